@@ -1,0 +1,75 @@
+/* Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), byte for byte.
+ * The pure-Python twin in partitioner.py is the reference; tests check both agree. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+static int32_t kafka_murmur2(const unsigned char *data, Py_ssize_t length)
+{
+    const uint32_t m = 0x5bd1e995u;
+    const int r = 24;
+    uint32_t h = 0x9747b28cu ^ (uint32_t)length;
+    Py_ssize_t length4 = length / 4;
+    for (Py_ssize_t i = 0; i < length4; i++) {
+        const Py_ssize_t i4 = i * 4;
+        uint32_t k = (uint32_t)data[i4] | ((uint32_t)data[i4 + 1] << 8)
+                   | ((uint32_t)data[i4 + 2] << 16) | ((uint32_t)data[i4 + 3] << 24);
+        k *= m;
+        k ^= k >> r;
+        k *= m;
+        h *= m;
+        h ^= k;
+    }
+    switch (length % 4) {
+    case 3: h ^= (uint32_t)data[(length & ~3) + 2] << 16; /* fall through */
+    case 2: h ^= (uint32_t)data[(length & ~3) + 1] << 8;  /* fall through */
+    case 1: h ^= (uint32_t)data[length & ~3];
+            h *= m;
+    }
+    h ^= h >> 13;
+    h *= m;
+    h ^= h >> 15;
+    return (int32_t)h;
+}
+
+static PyObject *murmur2(PyObject *self, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int32_t h = kafka_murmur2((const unsigned char *)view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(h);
+}
+
+static PyObject *partition_for_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "partition_for_key(key, num_partitions)");
+        return NULL;
+    }
+    long n = PyLong_AsLong(args[1]);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n <= 0) {
+        PyErr_SetString(PyExc_ValueError, "num_partitions must be positive");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int32_t h = kafka_murmur2((const unsigned char *)view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromLong((long)(((uint32_t)h & 0x7fffffffu) % (uint32_t)n));
+}
+
+static PyMethodDef methods[] = {
+    {"murmur2", murmur2, METH_O, "Kafka's murmur2 of a bytes-like object (signed 32-bit)."},
+    {"partition_for_key", (PyCFunction)(void (*)(void))partition_for_key, METH_FASTCALL,
+     "(murmur2(key) & 0x7fffffff) % num_partitions"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "kvlog._murmur2", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__murmur2(void) { return PyModule_Create(&module); }

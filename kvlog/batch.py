@@ -1,0 +1,316 @@
+"""Record batches: the unit the producer builds, the leader stores and the consumer reads.
+
+Byte layout (big-endian), mirroring Kafka's v2 batch without base offset and length (the
+base offset is the LMDB key; the length is the value's length)::
+
+    off  size  field
+      0     4  partition_leader_epoch  int32   stamped by the leader; producers write -1;
+                                              NOT covered by the CRC (like Kafka)
+      4     1  magic                   int8    = 1 (kvlog batch format v1)
+      5     4  crc                     uint32  CRC32C of bytes [9:] (everything after it)
+      9     2  attributes              int16   bits 0-2 codec, bit 3 timestamp type
+     11     4  last_offset_delta       int32   offset of the last record - base offset
+     15     8  first_timestamp         int64   ms since the epoch, of the first record
+     23     8  max_timestamp           int64   largest record timestamp in the batch
+     31     8  producer_id             int64   -1 when not idempotent
+     39     2  producer_epoch          int16   -1 when not idempotent
+     41     4  base_sequence           int32   -1 when not idempotent
+     45     4  record_count            int32   >= 1
+     49     -  payload                 the records, compressed with the codec
+
+The payload, once decompressed, is one CBOR array of records; each record is a CBOR
+array ``[offset_delta, timestamp_delta, key, value]`` or, with headers,
+``[offset_delta, timestamp_delta, key, value, [[name, value], ...]]`` where key and value
+are byte strings or null, header names text and header values bytes.
+
+The leader validates the header and CRC and assigns the base offset; it never decodes
+records. Decoding happens in consumers (and tools).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import cbor2
+from crc32c import crc32c
+
+from .codecs import Codec, compress, decompress
+from .errors import CorruptRecordError, UnsupportedCompressionTypeError
+
+MAGIC = 1
+HEADER_SIZE = 49
+NO_PRODUCER_ID = -1
+NO_PRODUCER_EPOCH = -1
+NO_SEQUENCE = -1
+NO_LEADER_EPOCH = -1
+
+TIMESTAMP_CREATE_TIME = 0
+TIMESTAMP_LOG_APPEND_TIME = 1
+
+_CODEC_MASK = 0x07
+_TIMESTAMP_TYPE_BIT = 0x08
+
+_HEADER = struct.Struct(">ibIhiqqqhii")
+_PREFIX = struct.Struct(">ibI")  # leader epoch, magic, crc
+_BODY = struct.Struct(">hiqqqhii")  # attributes .. record_count (covered by the CRC)
+_EPOCH = struct.Struct(">i")
+_CRC_START = _PREFIX.size
+assert _HEADER.size == HEADER_SIZE
+
+
+class BatchHeader(NamedTuple):
+    partition_leader_epoch: int
+    magic: int
+    crc: int
+    attributes: int
+    last_offset_delta: int
+    first_timestamp: int
+    max_timestamp: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    record_count: int
+
+    @property
+    def codec(self) -> Codec:
+        return Codec(self.attributes & _CODEC_MASK)
+
+    @property
+    def timestamp_type(self) -> int:
+        return TIMESTAMP_LOG_APPEND_TIME if self.attributes & _TIMESTAMP_TYPE_BIT else 0
+
+    @property
+    def last_sequence(self) -> int:
+        """Sequence of the last record (wraps at int32 like Kafka's)."""
+        if self.base_sequence == NO_SEQUENCE:
+            return NO_SEQUENCE
+        return (self.base_sequence + self.record_count - 1) & 0x7FFFFFFF
+
+    @property
+    def is_idempotent(self) -> bool:
+        return self.producer_id >= 0
+
+
+class Record(NamedTuple):
+    """One decoded record; ``offset`` is absolute."""
+
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def read_header(buf: bytes | memoryview) -> BatchHeader:
+    """Parse the fixed header; raises CorruptRecordError when it cannot be one."""
+    if len(buf) < HEADER_SIZE:
+        raise CorruptRecordError(
+            f"record batch is {len(buf)} bytes, shorter than its {HEADER_SIZE}-byte header"
+        )
+    header = BatchHeader._make(_HEADER.unpack_from(buf))
+    if header.magic != MAGIC:
+        raise CorruptRecordError(
+            f"record batch has magic {header.magic}, expected {MAGIC}; not a kvlog batch"
+        )
+    return header
+
+
+def validate(buf: bytes | memoryview) -> BatchHeader:
+    """Check header sanity and the CRC without decoding records (the leader's check)."""
+    header = read_header(buf)
+    if header.record_count < 1:
+        raise CorruptRecordError(f"record batch has record_count {header.record_count}")
+    if not header.record_count - 1 <= header.last_offset_delta:
+        raise CorruptRecordError(
+            f"record batch has last_offset_delta {header.last_offset_delta} for "
+            f"{header.record_count} records"
+        )
+    if header.attributes & ~(_CODEC_MASK | _TIMESTAMP_TYPE_BIT):
+        raise CorruptRecordError(f"record batch has unknown attribute bits {header.attributes}")
+    if header.attributes & _CODEC_MASK > max(Codec):
+        raise UnsupportedCompressionTypeError(
+            f"record batch uses compression codec id {header.attributes & _CODEC_MASK}; "
+            "known codecs are 0-4 (none, gzip, snappy, lz4, zstd)"
+        )
+    actual = crc32c(memoryview(buf)[_CRC_START:])
+    if actual != header.crc:
+        raise CorruptRecordError(
+            f"record batch CRC32C mismatch: header says {header.crc:#010x}, "
+            f"content gives {actual:#010x}"
+        )
+    return header
+
+
+def next_offset(base_offset: int, buf: bytes | memoryview) -> int:
+    """The offset after the batch's last record."""
+    return base_offset + _EPOCH.unpack_from(buf, 11)[0] + 1
+
+
+def stamp_leader_epoch(buf: bytes | memoryview, leader_epoch: int) -> bytes:
+    """The batch with its partition_leader_epoch set (outside the CRC, so it stays valid)."""
+    return _EPOCH.pack(leader_epoch) + memoryview(buf)[4:]
+
+
+def encode(
+    records: Sequence[list[Any]],
+    *,
+    first_timestamp: int,
+    max_timestamp: int,
+    last_offset_delta: int | None = None,
+    codec: Codec = Codec.NONE,
+    producer_id: int = NO_PRODUCER_ID,
+    producer_epoch: int = NO_PRODUCER_EPOCH,
+    base_sequence: int = NO_SEQUENCE,
+    timestamp_type: int = TIMESTAMP_CREATE_TIME,
+) -> bytes:
+    """Encode raw record lists ``[offset_delta, ts_delta, key, value(, headers)]``.
+
+    This is the producer's per-batch step: one CBOR encode, one compress, one CRC.
+    """
+    if not records:
+        raise ValueError("a record batch needs at least one record")
+    payload = compress(codec, cbor2.dumps(records))
+    attributes = int(codec) | (_TIMESTAMP_TYPE_BIT if timestamp_type else 0)
+    body = _BODY.pack(
+        attributes,
+        len(records) - 1 if last_offset_delta is None else last_offset_delta,
+        first_timestamp,
+        max_timestamp,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        len(records),
+    )
+    crc = crc32c(payload, crc32c(body))
+    return b"".join((_PREFIX.pack(NO_LEADER_EPOCH, MAGIC, crc), body, payload))
+
+
+def decode_raw(buf: bytes | memoryview) -> tuple[BatchHeader, list[list[Any]]]:
+    """Header and raw record lists; checks the CRC. Raises CorruptRecordError."""
+    header = validate(buf)
+    try:
+        payload = decompress(header.codec, memoryview(buf)[HEADER_SIZE:])
+        raw = cbor2.loads(payload)
+    except Exception as exc:  # any decoder failure means a corrupt batch
+        raise CorruptRecordError(f"record batch payload does not decode: {exc}") from exc
+    if not isinstance(raw, list) or len(raw) != header.record_count:
+        raise CorruptRecordError(
+            f"record batch payload holds {len(raw) if isinstance(raw, list) else 'no'} "
+            f"records, header says {header.record_count}"
+        )
+    return header, raw
+
+
+def decode(buf: bytes | memoryview, base_offset: int) -> list[Record]:
+    """Every record of a batch with absolute offsets and timestamps."""
+    header, raw = decode_raw(buf)
+    first_ts = header.first_timestamp
+    try:
+        return [
+            Record(
+                base_offset + r[0],
+                first_ts + r[1],
+                r[2],
+                r[3],
+                [(h[0], h[1]) for h in r[4]] if len(r) > 4 else [],
+            )
+            for r in raw
+        ]
+    except (TypeError, IndexError, KeyError) as exc:
+        raise CorruptRecordError(f"record batch holds a malformed record: {exc}") from exc
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class BatchBuilder:
+    """Collects records for one partition and encodes them as one batch.
+
+    Not thread-safe: the producer's accumulator owns one per open batch.
+    """
+
+    __slots__ = (
+        "_records",
+        "base_sequence",
+        "codec",
+        "first_timestamp",
+        "max_timestamp",
+        "producer_epoch",
+        "producer_id",
+        "size_estimate",
+    )
+
+    def __init__(
+        self,
+        codec: Codec = Codec.NONE,
+        *,
+        producer_id: int = NO_PRODUCER_ID,
+        producer_epoch: int = NO_PRODUCER_EPOCH,
+        base_sequence: int = NO_SEQUENCE,
+    ) -> None:
+        self.codec = codec
+        self.producer_id = producer_id
+        self.producer_epoch = producer_epoch
+        self.base_sequence = base_sequence
+        self._records: list[list[Any]] = []
+        self.first_timestamp = -1
+        self.max_timestamp = -1
+        self.size_estimate = HEADER_SIZE
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def append(
+        self,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Iterable[tuple[str, bytes]] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> int:
+        """Add one record; returns its offset delta within the batch."""
+        ts = now_ms() if timestamp_ms is None else timestamp_ms
+        delta = len(self._records)
+        if not delta:
+            self.first_timestamp = ts
+        if ts > self.max_timestamp:
+            self.max_timestamp = ts
+        record: list[Any] = [delta, ts - self.first_timestamp, key, value]
+        size = 12 + (len(key) if key else 0) + (len(value) if value else 0)
+        if headers:
+            pairs = [[name, hvalue] for name, hvalue in headers]
+            record.append(pairs)
+            size += sum(len(n) + len(v) + 4 for n, v in pairs)
+        self._records.append(record)
+        self.size_estimate += size
+        return delta
+
+    def build(self) -> bytes:
+        return encode(
+            self._records,
+            first_timestamp=self.first_timestamp,
+            max_timestamp=self.max_timestamp,
+            codec=self.codec,
+            producer_id=self.producer_id,
+            producer_epoch=self.producer_epoch,
+            base_sequence=self.base_sequence,
+        )
+
+
+def build_batch(
+    records: Iterable[tuple[bytes | None, bytes | None]]
+    | Iterable[tuple[bytes | None, bytes | None, Iterable[tuple[str, bytes]] | None, int | None]],
+    codec: Codec = Codec.NONE,
+    **producer: int,
+) -> bytes:
+    """Convenience: a batch from ``(key, value)`` or ``(key, value, headers, ts)`` tuples."""
+    builder = BatchBuilder(codec, **producer)
+    for rec in records:
+        key, value, *rest = rec
+        headers = rest[0] if rest else None
+        ts = rest[1] if len(rest) > 1 else None
+        builder.append(value, key, headers, ts)
+    return builder.build()

@@ -1,0 +1,497 @@
+"""The log store on LMDB: one environment per log dir.
+
+Layout inside the environment (named sub-databases; the main DB holds only their names):
+
+- ``p/<topic>/<partition>``: one per partition. Key: 8-byte big-endian base offset of a
+  record batch. Value: the batch bytes as the producer built them (leader epoch stamped).
+- ``t/partitions``: per-partition offsets, key ``<topic>/<partition>``, value four int64
+  (log start, high watermark, log end, size in bytes). Changed in the same transaction
+  as the batches, so a crash never shows one without the other.
+- ``t/<name>``: small key-value tables (topics, offsets, producers, ...) that must commit
+  atomically with appends.
+
+Every commit is durable: the environment opens with ``sync=True, metasync=True`` so a
+commit returns after fsync. The map grows by itself (``MapFullError`` -> double and re-run
+the transaction; other processes follow on ``MapResizedError``).
+
+Open a ``LogDir`` after spawning, never across ``fork``. One ``LogDir`` may be shared by
+threads of one process (an internal lock serialises transactions); several processes may
+open the same path (LMDB's own locking; one writer at a time).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from . import batch as batch_format
+from .batch import BatchHeader
+from .errors import KvlogError, OffsetOutOfRangeError, StorageError, UnknownTopicOrPartitionError
+from .log import Batch
+from .types import PartitionOffsets, TopicPartition
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_KEY = struct.Struct(">Q")
+_STATE = struct.Struct(">qqqq")
+_STATE_TABLE = "partitions"
+_META_TABLE = "meta"
+FORMAT_VERSION = 1
+
+DEFAULT_MAP_SIZE = 256 << 20
+DEFAULT_MAX_PARTITIONS = 4096
+# Grow before a write once the used pages pass this share of the map, so that a
+# MapFullError (and the re-run of a whole group commit) stays rare.
+_GROW_AT = 0.75
+_MAX_WRITE_ATTEMPTS = 16
+
+
+def _partition_key(tp: TopicPartition) -> bytes:
+    return f"{tp.topic}/{tp.partition}".encode()
+
+
+def _parse_partition_key(key: bytes) -> TopicPartition:
+    topic, _, partition = key.decode().rpartition("/")
+    return TopicPartition(topic, int(partition))
+
+
+def _storage_error(path: Path, exc: BaseException) -> StorageError:
+    text = str(exc)
+    if (
+        isinstance(exc, OSError)
+        and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+        or any(s in text for s in ("No space left", "File too large", "Disk quota"))
+    ):
+        return StorageError(
+            f"log dir {path} is full ({text}); nothing was written. Free disk space; "
+            "writes resume by themselves."
+        )
+    return StorageError(f"log dir {path} failed: {text}; nothing was written.")
+
+
+class LogDir:
+    """A log store on one LMDB environment (implements ``kvlog.log.LogStore``)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_partitions: int = DEFAULT_MAX_PARTITIONS,
+        readonly: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        if not readonly:
+            self.path.mkdir(parents=True, exist_ok=True)
+        data_file = self.path / "data.mdb"
+        existing = data_file.stat().st_size if data_file.exists() else 0
+        self._lock = threading.RLock()
+        self._handles: dict[bytes, Any] = {}
+        try:
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=max(map_size, existing * 2),
+                max_dbs=max_partitions + 32,
+                max_readers=1024,
+                sync=True,
+                metasync=True,
+                readonly=readonly,
+                subdir=True,
+                create=not readonly,
+            )
+        except lmdb.Error as exc:
+            raise _storage_error(self.path, exc) from exc
+        self._psize = self.env.stat()["psize"]
+        if not readonly:
+            self.write(self._check_format)
+
+    def _check_format(self, w: _LmdbWrite) -> None:
+        stored = w.get(_META_TABLE, b"format")
+        if stored is None:
+            w.put(_META_TABLE, b"format", str(FORMAT_VERSION).encode())
+        elif int(stored) > FORMAT_VERSION:
+            raise StorageError(
+                f"log dir {self.path} uses format {int(stored)}; this kvlog reads up to "
+                f"{FORMAT_VERSION}. Upgrade kvlog."
+            )
+
+    def __repr__(self) -> str:
+        return f"LogDir({str(self.path)!r})"
+
+    def __enter__(self) -> LogDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._handles.clear()
+            self.env.close()
+
+    # -- transactions -----------------------------------------------------------------
+
+    def _begin(self, write: bool) -> lmdb.Transaction:
+        try:
+            return self.env.begin(write=write, buffers=True)
+        except lmdb.MapResizedError:
+            # Another process grew the map: adopt its size.
+            self.env.set_mapsize(0)
+            return self.env.begin(write=write, buffers=True)
+
+    def _grow(self, *, force: bool) -> None:
+        info = self.env.info()
+        used = (info["last_pgno"] + 1) * self._psize
+        if force or used > info["map_size"] * _GROW_AT:
+            new_size = max(info["map_size"] * 2, used * 2)
+            log.info("log dir %s: growing LMDB map to %d MiB", self.path, new_size >> 20)
+            self.env.set_mapsize(new_size)
+
+    def write(self, fn: Callable[[_LmdbWrite], T]) -> T:
+        """Run ``fn`` in one durable write transaction; re-run after growing the map."""
+        if self.readonly:
+            raise StorageError(f"log dir {self.path} is open read-only")
+        with self._lock:
+            for _attempt in range(_MAX_WRITE_ATTEMPTS):
+                try:
+                    self._grow(force=False)
+                    txn = self._begin(write=True)
+                except lmdb.Error as exc:
+                    raise _storage_error(self.path, exc) from exc
+                w = _LmdbWrite(self, txn)
+                try:
+                    result = fn(w)
+                    txn.commit()
+                except lmdb.MapFullError:
+                    txn.abort()
+                    w.discard()
+                    self._grow(force=True)
+                    continue
+                except KvlogError:
+                    txn.abort()
+                    w.discard()
+                    raise
+                except lmdb.Error as exc:
+                    txn.abort()
+                    w.discard()
+                    raise _storage_error(self.path, exc) from exc
+                except BaseException:
+                    txn.abort()
+                    w.discard()
+                    raise
+                w.promote()
+                return result
+            raise StorageError(f"log dir {self.path}: the map kept filling up while growing")
+
+    @contextmanager
+    def reader(self) -> Iterator[_LmdbRead]:
+        """A consistent read snapshot; keep it short (long readers pin old pages)."""
+        with self._lock:
+            try:
+                txn = self._begin(write=False)
+            except lmdb.Error as exc:
+                raise _storage_error(self.path, exc) from exc
+            r = _LmdbRead(self, txn)
+            try:
+                yield r
+            except lmdb.Error as exc:
+                raise _storage_error(self.path, exc) from exc
+            finally:
+                txn.abort()
+
+    # -- handles ------------------------------------------------------------------------
+
+    def _handle(self, name: bytes, txn: lmdb.Transaction, *, create: bool) -> Any | None:
+        db = self._handles.get(name)
+        if db is not None:
+            return db
+        try:
+            db = self.env.open_db(name, txn=txn, create=create)
+        except lmdb.NotFoundError:
+            return None
+        except lmdb.ReadonlyError:
+            return None
+        return db
+
+    # -- conveniences over write/reader -------------------------------------------------
+
+    def create_partition(self, tp: TopicPartition, *, start_offset: int = 0) -> bool:
+        return self.write(lambda w: w.create_partition(tp, start_offset=start_offset))
+
+    def drop_partition(self, tp: TopicPartition) -> bool:
+        return self.write(lambda w: w.drop_partition(tp))
+
+    def has_partition(self, tp: TopicPartition) -> bool:
+        with self.reader() as r:
+            return r.get(_STATE_TABLE, _partition_key(tp)) is not None
+
+    def partitions(self) -> list[TopicPartition]:
+        with self.reader() as r:
+            return [_parse_partition_key(k) for k, _ in r.items(_STATE_TABLE)]
+
+    def disk_usage(self) -> int:
+        """Bytes used by the environment's pages (not the sparse map size)."""
+        with self._lock:
+            return (self.env.info()["last_pgno"] + 1) * self._psize
+
+
+class _LmdbBase:
+    def __init__(self, store: LogDir, txn: lmdb.Transaction) -> None:
+        self._store = store
+        self._txn = txn
+        self._opened: dict[bytes, Any] = {}
+
+    def _db(self, name: bytes, *, create: bool = False) -> Any | None:
+        db = self._opened.get(name)
+        if db is None:
+            db = self._store._handle(name, self._txn, create=create)
+            if db is not None and name not in self._store._handles:
+                self._opened[name] = db
+        return db
+
+    def _partition_db(self, tp: TopicPartition) -> Any:
+        db = self._db(b"p/" + _partition_key(tp))
+        if db is None:
+            raise UnknownTopicOrPartitionError(f"partition {tp} does not exist in this log dir")
+        return db
+
+    def offsets(self, tp: TopicPartition) -> PartitionOffsets:
+        raw = self.get(_STATE_TABLE, _partition_key(tp))
+        if raw is None:
+            raise UnknownTopicOrPartitionError(f"partition {tp} does not exist in this log dir")
+        return PartitionOffsets._make(_STATE.unpack(raw))
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        db = self._db(b"t/" + table.encode())
+        if db is None:
+            return None
+        value = self._txn.get(key, db=db)
+        return None if value is None else bytes(value)
+
+    def items(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        db = self._db(b"t/" + table.encode())
+        if db is None:
+            return
+        cursor = self._txn.cursor(db=db)
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor.iternext():
+            key = bytes(key)
+            if not key.startswith(prefix):
+                return
+            yield key, bytes(value)
+
+
+class _LmdbRead(_LmdbBase):
+    def read(
+        self,
+        tp: TopicPartition,
+        offset: int,
+        max_bytes: int,
+        *,
+        max_offset: int | None = None,
+    ) -> list[tuple[int, bytes]]:
+        state = self.offsets(tp)
+        if offset < state.log_start_offset or offset > state.log_end_offset:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is out of range for {tp}: valid offsets are "
+                f"{state.log_start_offset}..{state.log_end_offset}",
+                log_start_offset=state.log_start_offset,
+                log_end_offset=state.log_end_offset,
+            )
+        limit = (
+            state.log_end_offset if max_offset is None else min(max_offset, state.log_end_offset)
+        )
+        if offset >= limit:
+            return []
+        cursor = self._txn.cursor(db=self._partition_db(tp))
+        if not _seek_containing(cursor, offset):
+            return []
+        out: list[tuple[int, bytes]] = []
+        total = 0
+        for key, value in cursor.iternext():
+            base = _KEY.unpack(key)[0]
+            if base >= limit:
+                break
+            if batch_format.next_offset(base, value) <= offset:
+                continue  # a gap: this batch ends before the requested offset
+            if out and total + len(value) > max_bytes:
+                break
+            out.append((base, bytes(value)))
+            total += len(value)
+        return out
+
+    def headers(
+        self, tp: TopicPartition, start_offset: int | None = None
+    ) -> Iterator[tuple[int, int, BatchHeader]]:
+        cursor = self._txn.cursor(db=self._partition_db(tp))
+        positioned = (
+            cursor.first() if start_offset is None else _seek_containing(cursor, start_offset)
+        )
+        if not positioned:
+            return
+        for key, value in cursor.iternext():
+            yield _KEY.unpack(key)[0], len(value), batch_format.read_header(value)
+
+
+def _seek_containing(cursor: lmdb.Cursor, offset: int) -> bool:
+    """Position on the batch containing ``offset`` (or the first after it)."""
+    key = _KEY.pack(offset)
+    if not cursor.set_range(key):
+        return cursor.last()
+    if bytes(cursor.key()) != key and not cursor.prev():
+        return cursor.first()
+    return True
+
+
+class _LmdbWrite(_LmdbRead):
+    def promote(self) -> None:
+        """After commit: handles opened in this transaction become the store's."""
+        self._store._handles.update(self._opened)
+
+    def discard(self) -> None:
+        self._opened.clear()
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        db = self._db(b"t/" + table.encode(), create=True)
+        self._txn.put(key, value, db=db)
+
+    def delete(self, table: str, key: bytes) -> bool:
+        db = self._db(b"t/" + table.encode())
+        return db is not None and self._txn.delete(key, db=db)
+
+    def _set_offsets(self, tp: TopicPartition, state: PartitionOffsets) -> None:
+        self.put(_STATE_TABLE, _partition_key(tp), _STATE.pack(*state))
+
+    def create_partition(self, tp: TopicPartition, *, start_offset: int = 0) -> bool:
+        key = _partition_key(tp)
+        if self.get(_STATE_TABLE, key) is not None:
+            return False
+        self._db(b"p/" + key, create=True)
+        self._set_offsets(tp, PartitionOffsets(start_offset, start_offset, start_offset, 0))
+        return True
+
+    def drop_partition(self, tp: TopicPartition) -> bool:
+        key = _partition_key(tp)
+        if not self.delete(_STATE_TABLE, key):
+            return False
+        name = b"p/" + key
+        db = self._db(name)
+        # LMDB closes the handle at once, whatever becomes of the transaction.
+        self._store._handles.pop(name, None)
+        self._opened.pop(name, None)
+        if db is not None:
+            self._txn.drop(db, delete=True)
+        return True
+
+    def append(
+        self,
+        tp: TopicPartition,
+        batches: Sequence[Batch],
+        *,
+        leader_epoch: int | None = None,
+        advance_high_watermark: bool = True,
+    ) -> list[int]:
+        state = self.offsets(tp)
+        db = self._partition_db(tp)
+        put = self._txn.put
+        leo = state.log_end_offset
+        size = state.size_bytes
+        bases = []
+        for batch in batches:
+            header = batch_format.validate(batch)
+            value = (
+                batch
+                if leader_epoch is None
+                else batch_format.stamp_leader_epoch(batch, leader_epoch)
+            )
+            if not put(_KEY.pack(leo), value, db=db, append=True):
+                raise StorageError(
+                    f"partition {tp}: offset {leo} exists already; log is inconsistent"
+                )
+            bases.append(leo)
+            leo += header.last_offset_delta + 1
+            size += len(value)
+        hw = leo if advance_high_watermark else state.high_watermark
+        self._set_offsets(tp, PartitionOffsets(state.log_start_offset, hw, leo, size))
+        return bases
+
+    def append_at(self, tp: TopicPartition, base_offset: int, batch: Batch) -> None:
+        state = self.offsets(tp)
+        if base_offset < state.log_end_offset:
+            raise OffsetOutOfRangeError(
+                f"partition {tp}: cannot append at {base_offset}, below the log end "
+                f"offset {state.log_end_offset}; truncate first"
+            )
+        header = batch_format.validate(batch)
+        self._txn.put(_KEY.pack(base_offset), batch, db=self._partition_db(tp), append=True)
+        leo = base_offset + header.last_offset_delta + 1
+        self._set_offsets(
+            tp, state._replace(log_end_offset=leo, size_bytes=state.size_bytes + len(batch))
+        )
+
+    def set_high_watermark(self, tp: TopicPartition, offset: int) -> None:
+        state = self.offsets(tp)
+        if not state.log_start_offset <= offset <= state.log_end_offset:
+            raise ValueError(
+                f"high watermark {offset} outside {state.log_start_offset}..{state.log_end_offset}"
+            )
+        self._set_offsets(tp, state._replace(high_watermark=offset))
+
+    def truncate_to(self, tp: TopicPartition, offset: int) -> PartitionOffsets:
+        state = self.offsets(tp)
+        if offset >= state.log_end_offset:
+            return state
+        cursor = self._txn.cursor(db=self._partition_db(tp))
+        size = state.size_bytes
+        leo = state.log_start_offset
+        while cursor.last():
+            base = _KEY.unpack(cursor.key())[0]
+            value = cursor.value()
+            end = batch_format.next_offset(base, value)
+            if end <= offset:
+                leo = end
+                break
+            size -= len(value)
+            cursor.delete()
+        leo = max(leo, state.log_start_offset)
+        new = PartitionOffsets(state.log_start_offset, min(state.high_watermark, leo), leo, size)
+        self._set_offsets(tp, new)
+        return new
+
+    def delete_before(self, tp: TopicPartition, offset: int) -> PartitionOffsets:
+        state = self.offsets(tp)
+        offset = min(offset, state.high_watermark)
+        if offset <= state.log_start_offset:
+            return state
+        cursor = self._txn.cursor(db=self._partition_db(tp))
+        size = state.size_bytes
+        while cursor.first():
+            base = _KEY.unpack(cursor.key())[0]
+            value = cursor.value()
+            if batch_format.next_offset(base, value) > offset:
+                break
+            size -= len(value)
+            cursor.delete()
+        new = state._replace(log_start_offset=offset, size_bytes=size)
+        self._set_offsets(tp, new)
+        return new
+
+    def reset(self, tp: TopicPartition, offset: int) -> PartitionOffsets:
+        self.offsets(tp)  # raises for an unknown partition
+        self._txn.drop(self._partition_db(tp), delete=False)
+        new = PartitionOffsets(offset, offset, offset, 0)
+        self._set_offsets(tp, new)
+        return new
