@@ -31,8 +31,7 @@ class Codec(enum.IntEnum):
                 return cls(value)
             except ValueError:
                 raise UnsupportedCompressionTypeError(
-                    f"unknown compression codec id {value}; use 0-4 "
-                    "(none, gzip, snappy, lz4, zstd)"
+                    f"unknown compression codec id {value}; use 0-4 (none, gzip, snappy, lz4, zstd)"
                 ) from None
         try:
             return cls[str(value).strip().upper()]
