@@ -45,9 +45,11 @@ class _CheckoutFinder(importlib.abc.MetaPathFinder):
         )
 
 
-if not (Path(__file__).parent / "ipc").is_dir() and (_ROOT / "ipc" / "__init__.py").is_file():
-    if not any(isinstance(f, _CheckoutFinder) for f in sys.meta_path):
-        sys.meta_path.append(_CheckoutFinder())
+_IN_CHECKOUT = (
+    not (Path(__file__).parent / "ipc").is_dir() and (_ROOT / "ipc" / "__init__.py").is_file()
+)
+if _IN_CHECKOUT and not any(isinstance(f, _CheckoutFinder) for f in sys.meta_path):
+    sys.meta_path.append(_CheckoutFinder())
 
 # name -> module that defines it; imported on first attribute access.
 _LAZY = {

@@ -68,10 +68,8 @@ def _parse_partition_key(key: bytes) -> TopicPartition:
 
 def _storage_error(path: Path, exc: BaseException) -> StorageError:
     text = str(exc)
-    if (
-        isinstance(exc, OSError)
-        and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-        or any(s in text for s in ("No space left", "File too large", "Disk quota"))
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)) or any(
+        s in text for s in ("No space left", "File too large", "Disk quota")
     ):
         return StorageError(
             f"log dir {path} is full ({text}); nothing was written. Free disk space; "
