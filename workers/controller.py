@@ -1,0 +1,386 @@
+"""The controller's logic, without sockets: topics, replica placement, nodes, leaders.
+
+Kafka splits this between the controller and the brokers' metadata caches; kvlog keeps it
+in the coordinator process, over the coordinator's own log store (``<data>/meta``), so
+topic metadata survives restarts with everything else the coordinator stores.
+
+State and who changes it:
+
+- topics (``t/topics``): created, deleted, grown and reconfigured by admin requests;
+- partition states (``t/partition_states``): leader, leader epoch and in-sync replicas of
+  every partition;
+- deleted topic ids (``t/deleted_topics``): tombstones, so that a node that was down
+  during a delete drops that topic's data when it comes back (and never a topic it was
+  simply not told about);
+- a metadata ``version`` that grows with every change, persisted so it keeps growing
+  across restarts; nodes and the broker cache compare versions to know they are behind;
+- nodes: registered by their heartbeats; in memory only (they heartbeat again).
+
+Every method takes ``now_ms``; nothing here sleeps or touches a socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cbor2
+
+from kvlog.errors import (
+    InvalidPartitionsError,
+    InvalidReplicationFactorError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
+from kvlog.log import LogStore, ReadTxn, WriteTxn
+from kvlog.metadata_store import (
+    TopicMetadata,
+    delete_topic,
+    get_topic,
+    list_topics,
+    put_topic,
+)
+from kvlog.topic_config import TOPIC_CONFIG, unknown_name_error, validate_topic_config
+from kvlog.types import TopicPartition, check_topic_name
+
+log = logging.getLogger(__name__)
+
+PARTITION_STATES_TABLE = "partition_states"
+DELETED_TOPICS_TABLE = "deleted_topics"
+CONTROLLER_TABLE = "controller"
+MAX_PARTITIONS_PER_TOPIC = 10_000
+
+
+@dataclass
+class PartitionState:
+    leader: int
+    leader_epoch: int
+    isr: list[int]
+
+    def encode(self) -> bytes:
+        return cbor2.dumps([self.leader, self.leader_epoch, self.isr])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> PartitionState:
+        leader, epoch, isr = cbor2.loads(raw)
+        return cls(leader, epoch, isr)
+
+
+@dataclass
+class NodeInfo:
+    node_id: int
+    endpoint: str
+    log_dir: str
+    last_heartbeat_ms: int
+    applied_version: int = -1
+    pid: int = 0
+    alive: bool = True
+
+
+@dataclass
+class TopicView:
+    """A topic with its partitions' live state, as metadata replies carry it."""
+
+    meta: TopicMetadata
+    states: list[PartitionState] = field(default_factory=list)
+
+
+def _state_key(tp: TopicPartition) -> bytes:
+    return f"{tp.topic}/{tp.partition}".encode()
+
+
+class ControllerCore:
+    """Owned by the coordinator's loop; not thread-safe."""
+
+    def __init__(self, store: LogStore, node_ids: list[int], *, node_timeout_ms: int = 6000):
+        self.store = store
+        self.node_ids = sorted(node_ids)
+        self.node_timeout_ms = node_timeout_ms
+        self.nodes: dict[int, NodeInfo] = {}
+        self.version = self.store.write(self._bump_version)
+
+    # -- version ------------------------------------------------------------------------
+
+    def _bump_version(self, w: WriteTxn) -> int:
+        raw = w.get(CONTROLLER_TABLE, b"version")
+        version = (int(raw) if raw else 0) + 1
+        w.put(CONTROLLER_TABLE, b"version", str(version).encode())
+        return version
+
+    def _commit(self, fn: Any) -> Any:
+        """Run a metadata change and bump the version in the same transaction."""
+
+        def run(w: WriteTxn) -> Any:
+            result = fn(w)
+            return result, self._bump_version(w)
+
+        result, self.version = self.store.write(run)
+        return result
+
+    # -- topics -------------------------------------------------------------------------
+
+    def _place_replicas(
+        self, first_partition: int, count: int, rf: int, seed: int
+    ) -> list[list[int]]:
+        """Kafka-like round robin: leaders spread over nodes, followers shifted."""
+        nodes = self.node_ids
+        n = len(nodes)
+        return [
+            [nodes[(seed + p + i) % n] for i in range(rf)]
+            for p in range(first_partition, first_partition + count)
+        ]
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int,
+        replication_factor: int,
+        config: dict[str, Any] | None,
+        now_ms: int,
+    ) -> TopicMetadata:
+        check_topic_name(name)
+        if not 1 <= partitions <= MAX_PARTITIONS_PER_TOPIC:
+            raise InvalidPartitionsError(
+                f"partitions={partitions}: a topic has 1..{MAX_PARTITIONS_PER_TOPIC} partitions"
+            )
+        if not 1 <= replication_factor <= len(self.node_ids):
+            raise InvalidReplicationFactorError(
+                f"replication_factor={replication_factor} but this broker has "
+                f"{len(self.node_ids)} node(s) (log dirs); use 1..{len(self.node_ids)} or "
+                "start kvlog serve with more --log-dir"
+            )
+        overrides = validate_topic_config(config)
+        seed = sum(name.encode()) % len(self.node_ids)
+        meta = TopicMetadata(
+            name=name,
+            topic_id=uuid.uuid4().hex,
+            partitions=partitions,
+            replication_factor=replication_factor,
+            replicas=self._place_replicas(0, partitions, replication_factor, seed),
+            config=overrides,
+            created_ms=now_ms,
+        )
+
+        def write(w: WriteTxn) -> None:
+            if get_topic(w, name) is not None:
+                raise TopicAlreadyExistsError(f"topic {name!r} exists already")
+            put_topic(w, meta)
+            for p, replicas in enumerate(meta.replicas):
+                self._put_state(
+                    w, TopicPartition(name, p), PartitionState(replicas[0], 0, replicas)
+                )
+
+        self._commit(write)
+        log.info("created topic %s (%d partitions, rf %d)", name, partitions, replication_factor)
+        return meta
+
+    def _put_state(self, w: WriteTxn, tp: TopicPartition, state: PartitionState) -> None:
+        w.put(PARTITION_STATES_TABLE, _state_key(tp), state.encode())
+
+    def _require(self, r: ReadTxn, name: str) -> TopicMetadata:
+        meta = get_topic(r, name)
+        if meta is None:
+            raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
+        return meta
+
+    def delete_topic(self, name: str, now_ms: int) -> TopicMetadata:
+        def write(w: WriteTxn) -> TopicMetadata:
+            meta = self._require(w, name)
+            delete_topic(w, name)
+            for p in range(meta.partitions):
+                w.delete(PARTITION_STATES_TABLE, _state_key(TopicPartition(name, p)))
+            w.put(DELETED_TOPICS_TABLE, meta.topic_id.encode(), str(now_ms).encode())
+            return meta
+
+        meta = self._commit(write)
+        log.info("deleted topic %s", name)
+        return meta
+
+    def create_partitions(self, name: str, total: int) -> tuple[TopicMetadata, int]:
+        """Grow a topic to ``total`` partitions; returns it and the old count."""
+
+        def write(w: WriteTxn) -> tuple[TopicMetadata, int]:
+            meta = self._require(w, name)
+            old = meta.partitions
+            if total <= old or total > MAX_PARTITIONS_PER_TOPIC:
+                raise InvalidPartitionsError(
+                    f"topic {name!r} has {old} partitions; the new count must be larger "
+                    f"(and at most {MAX_PARTITIONS_PER_TOPIC}): partitions never shrink"
+                )
+            seed = sum(name.encode()) % len(self.node_ids)
+            added = self._place_replicas(old, total - old, meta.replication_factor, seed)
+            meta.replicas.extend(added)
+            meta.partitions = total
+            put_topic(w, meta)
+            for p, replicas in enumerate(added, start=old):
+                self._put_state(
+                    w, TopicPartition(name, p), PartitionState(replicas[0], 0, replicas)
+                )
+            return meta, old
+
+        result = self._commit(write)
+        log.info("topic %s grown from %d to %d partitions", name, result[1], total)
+        return result
+
+    def alter_topic_config(self, name: str, changes: dict[str, Any]) -> TopicMetadata:
+        """Set the given config keys; a value of None removes the override."""
+        removals = [k for k, v in changes.items() if v is None]
+        for key in removals:
+            if key not in TOPIC_CONFIG:
+                raise unknown_name_error(key, TOPIC_CONFIG, "topic config")
+        updates = validate_topic_config({k: v for k, v in changes.items() if v is not None})
+
+        def write(w: WriteTxn) -> TopicMetadata:
+            meta = self._require(w, name)
+            config = dict(meta.config)
+            config.update(updates)
+            for key in removals:
+                config.pop(key, None)
+            meta.config = config
+            put_topic(w, meta)
+            return meta
+
+        return self._commit(write)
+
+    # -- reads --------------------------------------------------------------------------
+
+    def topics(self, names: list[str] | None = None) -> list[TopicView]:
+        with self.store.reader() as r:
+            metas = (
+                list_topics(r) if names is None else [m for n in names if (m := get_topic(r, n))]
+            )
+            views = []
+            for meta in metas:
+                states = []
+                for p in range(meta.partitions):
+                    raw = r.get(PARTITION_STATES_TABLE, _state_key(TopicPartition(meta.name, p)))
+                    states.append(
+                        PartitionState.decode(raw)
+                        if raw
+                        else PartitionState(meta.replicas[p][0], 0, meta.replicas[p])
+                    )
+                views.append(TopicView(meta, states))
+            return views
+
+    def deleted_topic_ids(self) -> list[str]:
+        with self.store.reader() as r:
+            return [k.decode() for k, _ in r.items(DELETED_TOPICS_TABLE)]
+
+    def metadata(self, names: list[str] | None = None) -> dict[str, Any]:
+        """The metadata reply body (PROTOCOL.md, op ``metadata``)."""
+        views = self.topics(names)
+        known = {v.meta.name for v in views}
+        topics = [self._topic_entry(v) for v in views]
+        for name in names or ():
+            if name not in known:
+                topics.append(
+                    {
+                        "name": name,
+                        "error": int(UnknownTopicOrPartitionError.code),
+                        "partitions": [],
+                    }
+                )
+        return {"version": self.version, "nodes": self.node_entries(), "topics": topics}
+
+    def node_entries(self) -> list[dict[str, Any]]:
+        return [
+            {"node_id": n.node_id, "endpoint": n.endpoint, "alive": n.alive}
+            for n in sorted(self.nodes.values(), key=lambda n: n.node_id)
+        ]
+
+    def _topic_entry(self, view: TopicView) -> dict[str, Any]:
+        meta = view.meta
+        return {
+            "name": meta.name,
+            "topic_id": meta.topic_id,
+            "error": 0,
+            "config": meta.config,
+            "replication_factor": meta.replication_factor,
+            "partitions": [
+                {
+                    "partition": p,
+                    "leader": state.leader if self._alive(state.leader) else -1,
+                    "leader_epoch": state.leader_epoch,
+                    "replicas": meta.replicas[p],
+                    "isr": state.isr,
+                }
+                for p, state in enumerate(view.states)
+            ],
+        }
+
+    def _alive(self, node_id: int) -> bool:
+        node = self.nodes.get(node_id)
+        return node is not None and node.alive
+
+    # -- nodes --------------------------------------------------------------------------
+
+    def node_heartbeat(
+        self, node_id: int, endpoint: str, log_dir: str, applied_version: int, pid: int, now_ms: int
+    ) -> NodeInfo:
+        node = self.nodes.get(node_id)
+        if node is None or node.endpoint != endpoint or node.pid != pid:
+            log.info(
+                "node %d registered at %s (pid %d, log dir %s)", node_id, endpoint, pid, log_dir
+            )
+            node = self.nodes[node_id] = NodeInfo(node_id, endpoint, log_dir, now_ms, pid=pid)
+        node.last_heartbeat_ms = now_ms
+        node.applied_version = applied_version
+        node.alive = True
+        return node
+
+    def assignment_for(self, node_id: int) -> list[dict[str, Any]]:
+        """The partitions a node holds, as its heartbeat reply carries them."""
+        out = []
+        for view in self.topics():
+            meta = view.meta
+            for p, state in enumerate(view.states):
+                if node_id in meta.replicas[p]:
+                    out.append(
+                        {
+                            "topic": meta.name,
+                            "partition": p,
+                            "topic_id": meta.topic_id,
+                            "leader": state.leader,
+                            "leader_epoch": state.leader_epoch,
+                            "replicas": meta.replicas[p],
+                            "isr": state.isr,
+                            "config": meta.config,
+                        }
+                    )
+        return out
+
+    def expire_nodes(self, now_ms: int) -> list[int]:
+        """Mark nodes whose heartbeats stopped as dead; returns the newly dead."""
+        dead = []
+        for node in self.nodes.values():
+            if node.alive and now_ms - node.last_heartbeat_ms > self.node_timeout_ms:
+                node.alive = False
+                dead.append(node.node_id)
+                log.warning(
+                    "node %d missed heartbeats for %d ms: marked dead",
+                    node.node_id,
+                    now_ms - node.last_heartbeat_ms,
+                )
+        return dead
+
+    def nodes_behind(self, node_ids: list[int], version: int) -> list[int]:
+        return [n for n in node_ids if self._alive(n) and self.nodes[n].applied_version < version]
+
+    # -- producer ids -------------------------------------------------------------------
+
+    def init_producer_id(self) -> tuple[int, int]:
+        """A fresh producer id (epoch 0), durable so ids are never reused."""
+
+        def write(w: WriteTxn) -> int:
+            raw = w.get(CONTROLLER_TABLE, b"next_producer_id")
+            pid = int(raw) if raw else 1000
+            w.put(CONTROLLER_TABLE, b"next_producer_id", str(pid + 1).encode())
+            return pid
+
+        return self.store.write(write), 0
+
+
+def topic_metadata_dict(meta: TopicMetadata) -> dict[str, Any]:
+    return asdict(meta)

@@ -1,0 +1,292 @@
+"""The node process: one per log dir; leads partitions, serves produce and fetch.
+
+A thin shell around :class:`workers.leader.LeaderCore`: it turns ROUTER frames into core
+calls and core results into replies. Each loop turn drains every waiting request, then
+commits all staged produce batches in one transaction (group commit) and answers them,
+then answers the long-poll fetches the new data satisfies.
+
+It heartbeats the coordinator (a long poll: the coordinator answers at once when the
+metadata changed, else after ``wait_ms``) and applies the partition assignment it gets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from kvlog.errors import (
+    InvalidRequestError,
+    KvlogError,
+    MessageSizeTooLargeError,
+)
+from kvlog.ipc.wire import INT32_MAX, Request, check_int, check_map, check_str
+from kvlog.lmdb_store import LogDir
+from kvlog.types import TopicPartition, check_partition
+
+from .leader import FetchPartition, HostedPartition, LeaderCore
+from .peer import PeerLink, first_deadline
+from .server import Server
+
+log = logging.getLogger(__name__)
+
+MAX_PARKED_FETCHES = 10_000
+
+
+@dataclass
+class NodeSettings:
+    node_id: int
+    log_dir: str
+    coordinator: str
+    heartbeat_wait_ms: int = 1000
+    message_max_bytes: int = 64 << 20  # the largest produce request accepted
+    fetch_max_wait_ms: int = 30_000
+    # Test hook: drop this many produce replies (after committing) to exercise retries.
+    test_drop_produce_replies: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ParkedFetch:
+    peer: bytes
+    request_id: int
+    partitions: list[FetchPartition]
+    max_bytes: int
+    min_bytes: int
+    deadline: float
+    replica: bool
+
+    def wants(self, touched: set[TopicPartition]) -> bool:
+        return any(p.tp in touched for p in self.partitions)
+
+
+def _tp(entry: object, where: str) -> TopicPartition:
+    if isinstance(entry, dict):
+        topic, partition = entry.get("topic"), entry.get("partition")
+    elif isinstance(entry, list) and len(entry) == 2:
+        topic, partition = entry
+    else:
+        raise InvalidRequestError(f"{where}: each entry must be [topic, partition] or a map")
+    return TopicPartition(
+        check_str(topic, f"{where}.topic", max_len=249), check_partition(partition)
+    )
+
+
+class NodeServer(Server):
+    name = "node"
+
+    def __init__(
+        self,
+        ctx: zmq.Context[Any],
+        router: zmq.Socket[Any],
+        endpoint: str,
+        settings: NodeSettings,
+        store: LogDir,
+    ) -> None:
+        super().__init__(ctx, router)
+        self.name = f"node {settings.node_id}"
+        self.settings = settings
+        self.endpoint = endpoint
+        self.core = LeaderCore(settings.node_id, store)
+        self.parked: list[ParkedFetch] = []
+        self.applied_version = -1
+        self.coordinator = PeerLink(ctx, settings.coordinator, name=f"{self.name} -> coordinator")
+        self.add_socket(self.coordinator.socket, self.coordinator.on_readable)
+        self._heartbeat_in_flight = False
+        self._drop_replies = settings.test_drop_produce_replies
+        self._send_heartbeat()
+
+    # -- coordinator link ------------------------------------------------------------------
+
+    def _send_heartbeat(self) -> None:
+        self._heartbeat_in_flight = True
+        wait = self.settings.heartbeat_wait_ms
+        self.coordinator.request(
+            "node_heartbeat",
+            {
+                "node_id": self.settings.node_id,
+                "endpoint": self.endpoint,
+                "log_dir": self.settings.log_dir,
+                "applied_version": self.applied_version,
+                "pid": os.getpid(),
+                "wait_ms": wait,
+            },
+            self._on_heartbeat,
+            timeout_ms=wait + 2000,
+        )
+
+    def _on_heartbeat(
+        self, header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
+    ) -> None:
+        self._heartbeat_in_flight = False
+        if header is None:  # timed out: the coordinator may be restarting
+            log.debug("%s: heartbeat: %s", self.name, error)
+            return
+        if error is not None:
+            log.warning("%s: heartbeat refused: %s", self.name, error.message)
+            return
+        if "partitions" in header:
+            try:
+                self._apply_assignment(header)
+            except KvlogError as exc:
+                log.error("%s: cannot apply assignment: %s", self.name, exc.message)
+                return
+            self.applied_version = header.get("version", self.applied_version)
+
+    def _apply_assignment(self, header: dict[str, Any]) -> None:
+        hosted = [
+            HostedPartition(
+                tp=TopicPartition(p["topic"], p["partition"]),
+                topic_id=p["topic_id"],
+                leader_id=p["leader"],
+                leader_epoch=p["leader_epoch"],
+                replicas=list(p["replicas"]),
+                config=dict(p.get("config") or {}),
+            )
+            for p in header["partitions"]
+        ]
+        self.core.apply_assignment(hosted, header.get("deleted_topic_ids", []))
+        log.info(
+            "%s: hosting %d partition(s), metadata version %s",
+            self.name,
+            len(hosted),
+            header.get("version"),
+        )
+
+    # -- produce ----------------------------------------------------------------------------
+
+    def op_produce(self, req: Request, peer: bytes) -> None:
+        acks = req.int("acks", -1, low=-1, high=1)
+        req.int("timeout_ms", 30_000, low=0, high=INT32_MAX)
+        entries = req.list("partitions", max_len=100_000)
+        if len(entries) != len(req.frames):
+            raise InvalidRequestError(
+                f"produce lists {len(entries)} partitions but carries {len(req.frames)} "
+                "batch frames; each partition entry needs exactly one frame"
+            )
+        total = sum(len(f) for f in req.frames)
+        if total > self.settings.message_max_bytes:
+            raise MessageSizeTooLargeError(
+                f"produce request of {total} bytes exceeds the broker's message.max.bytes="
+                f"{self.settings.message_max_bytes}; send smaller requests (max.request.size)"
+            )
+        pairs = [
+            (_tp(e, "partitions"), frame) for e, frame in zip(entries, req.frames, strict=True)
+        ]
+        self.core.stage_produce((peer, req.id), acks, pairs)
+        return None
+
+    def after_drain(self) -> None:
+        if self.core.has_staged:
+            for staged in self.core.commit():
+                if staged.acks == 0:
+                    continue
+                if self._drop_replies > 0:
+                    self._drop_replies -= 1
+                    log.warning("%s: test hook: dropping a produce reply", self.name)
+                    continue
+                peer, rid = staged.token
+                self.reply(peer, rid, {"results": staged.results()})
+        if self.core.touched and self.parked:
+            touched, self.core.touched = self.core.touched, set()
+            still = []
+            for parked in self.parked:
+                if parked.wants(touched) and self._try_answer(parked, final=False):
+                    continue
+                still.append(parked)
+            self.parked = still
+        else:
+            self.core.touched.clear()
+
+    # -- fetch -------------------------------------------------------------------------------
+
+    def op_fetch(self, req: Request, peer: bytes) -> None:
+        max_wait_ms = req.int("max_wait_ms", 500, low=0, high=self.settings.fetch_max_wait_ms)
+        min_bytes = req.int("min_bytes", 1, low=0, high=INT32_MAX)
+        max_bytes = req.int("max_bytes", 50 << 20, low=1, high=INT32_MAX)
+        replica = req.get("replica_id", -1) != -1
+        parts = []
+        for i, entry in enumerate(req.list("partitions", max_len=100_000)):
+            where = f"partitions[{i}]"
+            entry = check_map(entry, where)
+            parts.append(
+                FetchPartition(
+                    _tp(entry, where),
+                    check_int(entry.get("offset"), f"{where}.offset", low=0),
+                    check_int(
+                        entry.get("max_bytes", 1 << 20), f"{where}.max_bytes", low=1, high=INT32_MAX
+                    ),
+                )
+            )
+        parked = ParkedFetch(
+            peer,
+            req.id,
+            parts,
+            max_bytes,
+            min_bytes,
+            time.monotonic() + max_wait_ms / 1000,
+            replica,
+        )
+        if max_wait_ms == 0 or len(self.parked) >= MAX_PARKED_FETCHES:
+            self._try_answer(parked, final=True)
+        elif not self._try_answer(parked, final=False):
+            self.parked.append(parked)
+        return None
+
+    def _try_answer(self, parked: ParkedFetch, *, final: bool) -> bool:
+        results = self.core.fetch(parked.partitions, parked.max_bytes, replica=parked.replica)
+        size = sum(r.size for r in results)
+        if not final and size < parked.min_bytes and not any(r.error for r in results):
+            return False
+        frames = [batch for r in results for _, batch in r.batches]
+        self.reply(
+            parked.peer, parked.request_id, {"partitions": [r.header() for r in results]}, frames
+        )
+        return True
+
+    # -- offsets ------------------------------------------------------------------------------
+
+    def op_list_offsets(self, req: Request, peer: bytes) -> dict[str, Any]:
+        out = []
+        for i, entry in enumerate(req.list("partitions", max_len=100_000)):
+            where = f"partitions[{i}]"
+            entry = check_map(entry, where)
+            tp = _tp(entry, where)
+            timestamp = check_int(entry.get("timestamp", -1), f"{where}.timestamp")
+            item: dict[str, Any] = {"topic": tp.topic, "partition": tp.partition}
+            try:
+                offset, ts = self.core.list_offset(tp, timestamp)
+                item.update(error=0, offset=offset, timestamp=ts)
+            except KvlogError as exc:
+                item.update(error=int(exc.code), message=exc.message, offset=-1, timestamp=-1)
+            out.append(item)
+        return {"partitions": out}
+
+    def op_ping(self, req: Request, peer: bytes) -> dict[str, Any]:
+        return {"node_id": self.settings.node_id, "metadata_version": self.applied_version}
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def next_timeout_ms(self, now: float) -> float:
+        deadline = first_deadline(
+            self.coordinator.next_deadline(),
+            min((p.deadline for p in self.parked), default=None),
+        )
+        if not self._heartbeat_in_flight:
+            return 0.0
+        return 100.0 if deadline is None else max(0.0, min(100.0, (deadline - now) * 1000))
+
+    def on_timers(self, now: float) -> None:
+        self.coordinator.expire(now)
+        if not self._heartbeat_in_flight and not self.stopping:
+            self._send_heartbeat()
+        if self.parked:
+            due = [p for p in self.parked if p.deadline <= now]
+            if due:
+                self.parked = [p for p in self.parked if p.deadline > now]
+                for parked in due:
+                    self._try_answer(parked, final=True)

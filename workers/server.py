@@ -1,0 +1,184 @@
+"""The loop every kvlog server process runs: poll -> drain -> dispatch -> commit -> timers.
+
+A :class:`Server` owns one ROUTER socket for clients plus any other sockets a process
+needs (a DEALER to the coordinator, ...), all polled from one thread. Each turn it drains
+up to ``max_drain`` waiting requests, dispatches them to ``op_<name>`` handlers, then
+calls :meth:`after_drain` once: that is where the node puts every produce request of the
+turn into one write transaction (group commit). Timers run last.
+
+A handler returns a reply (``dict`` of fields, or ``(fields, frames)``) or ``None`` when it
+will answer later through :meth:`reply`. Nothing a client sends can stop the loop:
+undecodable frames, unknown ops, wrong field types and handler failures all become an
+error reply with a code and a message, and a log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import zmq
+
+from kvlog.errors import (
+    InvalidRequestError,
+    KvlogError,
+    UnknownServerError,
+    UnsupportedVersionError,
+)
+from kvlog.ipc import wire
+from kvlog.ipc.wire import Frame, Request
+
+log = logging.getLogger(__name__)
+
+Reply = dict[str, Any] | tuple[dict[str, Any], Sequence[Frame]] | None
+Handler = Callable[[Request, bytes], Reply]
+
+DEFAULT_MAX_FRAME_BYTES = 64 << 20
+
+
+def bind_router(
+    ctx: zmq.Context[Any], endpoint: str, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> tuple[zmq.Socket[Any], str]:
+    """A ROUTER bound to ``endpoint`` (port 0 picks a free port); returns it and the
+    endpoint actually bound."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    # ZeroMQ drops a connection that sends a larger frame; below this size, requests
+    # over message.max.bytes get a MESSAGE_TOO_LARGE reply instead.
+    sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+        endpoint = endpoint[:-2] + ":*"
+    sock.bind(endpoint)
+    bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    return sock, bound
+
+
+class Server:
+    """Base of the broker, node and coordinator loops. Single-threaded."""
+
+    name = "server"
+    max_drain = 2000
+
+    def __init__(self, ctx: zmq.Context[Any], router: zmq.Socket[Any]) -> None:
+        self.ctx = ctx
+        self.router = router
+        self.poller = zmq.Poller()
+        self.poller.register(router, zmq.POLLIN)
+        self._socket_handlers: dict[zmq.Socket[Any], Callable[[], None]] = {}
+        self.handlers: dict[str, Handler] = {
+            attr[3:]: getattr(self, attr) for attr in dir(self) if attr.startswith("op_")
+        }
+        self.stopping = False
+        self.requests_served = 0
+        self.bad_requests = 0
+
+    # -- sockets and replies ------------------------------------------------------------
+
+    def add_socket(self, sock: zmq.Socket[Any], on_readable: Callable[[], None]) -> None:
+        self._socket_handlers[sock] = on_readable
+        self.poller.register(sock, zmq.POLLIN)
+
+    def reply(
+        self,
+        peer: bytes,
+        request_id: int | None,
+        fields: dict[str, Any],
+        frames: Sequence[Frame] = (),
+    ) -> None:
+        header = {"v": wire.PROTOCOL_VERSION, "id": request_id, **fields}
+        try:
+            self.router.send_multipart([peer, wire.encode(header), *frames], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("%s: reply to a slow client dropped (send queue full)", self.name)
+        except zmq.ZMQError as exc:
+            log.warning("%s: reply could not be sent: %s", self.name, exc)
+
+    def reply_error(self, peer: bytes, request_id: int | None, exc: KvlogError) -> None:
+        self.reply(peer, request_id, exc.to_wire())
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def next_timeout_ms(self, now: float) -> float:
+        """Milliseconds until the next timer; subclasses with timers override."""
+        return 100.0
+
+    def on_timers(self, now: float) -> None:
+        """Run due timers (heartbeats, expired long polls, ...)."""
+
+    def after_drain(self) -> None:
+        """Called once per turn after the drained requests were dispatched."""
+
+    def run_once(self, timeout_ms: float | None = None) -> None:
+        now = time.monotonic()
+        if timeout_ms is None:
+            timeout_ms = max(0.0, self.next_timeout_ms(now))
+        for sock, _ in self.poller.poll(timeout_ms):
+            if sock is self.router:
+                self._drain_router()
+            else:
+                self._socket_handlers[sock]()
+        self.after_drain()
+        self.on_timers(time.monotonic())
+
+    def serve_forever(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        while not self.stopping and not should_stop():
+            self.run_once()
+
+    def _drain_router(self) -> None:
+        for _ in range(self.max_drain):
+            try:
+                parts = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            self.dispatch(parts)
+
+    def dispatch(self, parts: list[bytes]) -> None:
+        """Handle one ROUTER message ``[peer, header, *frames]``; never raises."""
+        peer = parts[0]
+        if len(parts) < 2:
+            self.bad_requests += 1
+            self.reply_error(peer, None, InvalidRequestError("empty message: frame 0 is missing"))
+            return
+        request_id = None
+        try:
+            header = wire.decode_header(parts[1])
+            request_id = wire.peek_id(header)
+            request = Request(header, parts[2:])
+            handler = self.handlers.get(request.op)
+            if handler is None:
+                raise UnsupportedVersionError(
+                    f"unknown op {request.op!r} for the {self.name}; known ops: "
+                    f"{', '.join(sorted(self.handlers))}"
+                )
+            result = handler(request, peer)
+        except KvlogError as exc:
+            self.bad_requests += 1
+            if isinstance(exc, InvalidRequestError | UnsupportedVersionError):
+                log.info("%s: bad request from client: %s", self.name, exc.message)
+            self.reply_error(peer, request_id, exc)
+            return
+        except Exception as exc:  # a bug must not take the process down
+            log.exception("%s: request failed", self.name)
+            self.reply_error(peer, request_id, UnknownServerError(f"{type(exc).__name__}: {exc}"))
+            return
+        self.requests_served += 1
+        if result is None:
+            return
+        if isinstance(result, tuple):
+            fields, frames = result
+            self.reply(peer, request_id, fields, frames)
+        else:
+            self.reply(peer, request_id, result)
+
+    def close(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.router.close(linger=0)
+        for sock in self._socket_handlers:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.close(linger=0)
