@@ -275,8 +275,8 @@ class BatchBuilder:
         ts = now_ms() if timestamp_ms is None else timestamp_ms
         delta = len(self._records)
         if not delta:
-            self.first_timestamp = ts
-        if ts > self.max_timestamp:
+            self.first_timestamp = self.max_timestamp = ts
+        elif ts > self.max_timestamp:
             self.max_timestamp = ts
         record: list[Any] = [delta, ts - self.first_timestamp, key, value]
         size = 12 + (len(key) if key else 0) + (len(value) if value else 0)
