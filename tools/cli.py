@@ -1,0 +1,60 @@
+"""The ``kvlog`` command line (console script ``kvlog = kvlog.tools.cli:main``).
+
+Every subcommand lives in its own module under ``kvlog.tools`` and is imported only when
+it runs, so ``kvlog --help`` stays fast and ``kvlog demo`` never loads ZeroMQ. Adding a
+command is one line in ``COMMANDS`` (or ``PERF_COMMANDS`` for ``kvlog perf ...``):
+``"name": "kvlog.tools.module:click_command"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from kvlog import __version__
+
+# name -> "module:attribute" of a click command, imported on first use.
+COMMANDS: dict[str, str] = {
+    "demo": "kvlog.tools.demo:demo",
+}
+
+PERF_COMMANDS: dict[str, str] = {
+    "log": "kvlog.tools.perf_log:perf_log",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported when they are invoked (or listed)."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            module_name, _, attr = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module_name), attr)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS)
+@click.version_option(__version__, prog_name="kvlog")
+def main() -> None:
+    """kvlog: a Kafka-style durable event log for one host."""
+
+
+@main.group(cls=LazyGroup, lazy=PERF_COMMANDS)
+def perf() -> None:
+    """Measure throughput (records/s, MB/s) of kvlog's layers."""
+
+
+if __name__ == "__main__":
+    main()
