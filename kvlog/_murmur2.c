@@ -60,7 +60,9 @@ static PyObject *partition_for_key(PyObject *self, PyObject *const *args, Py_ssi
         return NULL;
     int32_t h = kafka_murmur2((const unsigned char *)view.buf, view.len);
     PyBuffer_Release(&view);
-    return PyLong_FromLong((long)(((uint32_t)h & 0x7fffffffu) % (uint32_t)n));
+    /* Modulo in long: truncating n to 32 bits divided by zero (SIGFPE) at n = 2**32
+     * and gave wrong partitions above it. */
+    return PyLong_FromLong((long)((uint32_t)h & 0x7fffffffu) % n);
 }
 
 static PyMethodDef methods[] = {
