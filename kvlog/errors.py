@@ -536,7 +536,7 @@ class UnsupportedAssignorError(KvlogError):
     code = ErrorCode.UNSUPPORTED_ASSIGNOR
 
 
-class KafkaTimeoutError(KvlogError):
+class KafkaTimeoutError(RetriableError):
     """A client-side wait ran out (future.get(timeout), flush, metadata)."""
 
     code = ErrorCode.KAFKA_TIMEOUT
