@@ -320,15 +320,19 @@ class ControllerCore:
         self, node_id: int, endpoint: str, log_dir: str, applied_version: int, pid: int, now_ms: int
     ) -> NodeInfo:
         node = self.nodes.get(node_id)
-        if node is None or node.endpoint != endpoint or node.pid != pid:
+        if node is None or node.endpoint != endpoint or node.pid != pid or not node.alive:
             log.info(
                 "node %d registered at %s (pid %d, log dir %s)", node_id, endpoint, pid, log_dir
             )
             node = self.nodes[node_id] = NodeInfo(node_id, endpoint, log_dir, now_ms, pid=pid)
+            self.bump()  # who is alive is part of the metadata
         node.last_heartbeat_ms = now_ms
         node.applied_version = applied_version
-        node.alive = True
         return node
+
+    def bump(self) -> None:
+        """Move the metadata version on (durably, so it never goes back)."""
+        self.version = self.store.write(self._bump_version)
 
     def assignment_for(self, node_id: int) -> list[dict[str, Any]]:
         """The partitions a node holds, as its heartbeat reply carries them."""
@@ -363,6 +367,8 @@ class ControllerCore:
                     node.node_id,
                     now_ms - node.last_heartbeat_ms,
                 )
+        if dead:
+            self.bump()
         return dead
 
     def nodes_behind(self, node_ids: list[int], version: int) -> list[int]:

@@ -1,0 +1,324 @@
+"""The client I/O engine: one background thread that owns every ZeroMQ socket.
+
+ZeroMQ sockets are not thread-safe, so a client (Producer, Consumer, Admin) runs one
+:class:`IOThread`: it owns a DEALER per server endpoint, sends requests queued by any
+thread, matches replies by correlation id, fails requests that time out, and calls each
+request's callback on the I/O thread. Requests to one endpoint are pipelined and stay in
+order. A *driver* (the producer's sender, the consumer's fetcher) gets a turn on every
+loop iteration to issue more requests and say when it next needs to run.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import zmq
+
+from kvlog.errors import KafkaTimeoutError, KvlogError, NetworkError, RequestTimedOutError
+
+from . import wire
+from .wire import Frame
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[dict[str, Any] | None, list[bytes], KvlogError | None], None]
+
+
+class Driver(Protocol):
+    def run(self, io: IOThread, now: float) -> float | None:
+        """Do pending work on the I/O thread; return the monotonic time to run again."""
+        ...
+
+
+class _Pending:
+    __slots__ = ("callback", "deadline", "endpoint", "op")
+
+    def __init__(self, callback: Callback, deadline: float, endpoint: str, op: str) -> None:
+        self.callback = callback
+        self.deadline = deadline
+        self.endpoint = endpoint
+        self.op = op
+
+
+class IOThread:
+    """Owned by one client object; ``submit``/``call``/``wake`` are thread-safe."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        request_timeout_ms: int = 30_000,
+        driver: Driver | None = None,
+        socket_options: dict[int, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.request_timeout_ms = request_timeout_ms
+        self.driver = driver
+        self.socket_options = socket_options or {}
+        self._ctx = zmq.Context()
+        self._sockets: dict[str, zmq.Socket[Any]] = {}
+        self._by_socket: dict[zmq.Socket[Any], str] = {}
+        self._poller = zmq.Poller()
+        self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._poller.register(self._wake_r, zmq.POLLIN)
+        self._woken = False
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=f"kvlog-{name}-io", daemon=True)
+        self._thread.start()
+
+    # -- any thread ------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        if not self._woken:
+            self._woken = True
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"\x01")
+
+    def submit(
+        self,
+        endpoint: str,
+        op: str,
+        fields: dict[str, Any],
+        callback: Callback,
+        *,
+        frames: Sequence[Frame] = (),
+        timeout_ms: float | None = None,
+        expect_reply: bool = True,
+    ) -> None:
+        """Queue a request; ``callback`` runs on the I/O thread with the reply."""
+        if self._closing:
+            callback(None, [], KvlogError("the client is closed"))
+            return
+        self._inbox.append((endpoint, op, fields, frames, callback, timeout_ms, expect_reply))
+        if threading.current_thread() is not self._thread:
+            self.wake()
+
+    def call(
+        self,
+        endpoint: str,
+        op: str,
+        fields: dict[str, Any],
+        *,
+        frames: Sequence[Frame] = (),
+        timeout_ms: float | None = None,
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """Send a request and wait for its reply; raises its error as an exception."""
+        done = threading.Event()
+        box: list[Any] = []
+
+        def callback(
+            header: dict[str, Any] | None, rframes: list[bytes], error: KvlogError | None
+        ) -> None:
+            box.append((header, rframes, error))
+            done.set()
+
+        self.submit(endpoint, op, fields, callback, frames=frames, timeout_ms=timeout_ms)
+        limit = (timeout_ms if timeout_ms is not None else self.request_timeout_ms) / 1000
+        if not done.wait(limit + 5.0):
+            raise KafkaTimeoutError(f"{op} to {endpoint}: no answer within {limit:.1f} s")
+        header, rframes, error = box[0]
+        if error is not None:
+            raise error
+        return header, rframes
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._closing = True
+        self.wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- the I/O thread -------------------------------------------------------------------------
+
+    def in_io_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def socket_for(self, endpoint: str) -> zmq.Socket[Any]:
+        sock = self._sockets.get(endpoint)
+        if sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RECONNECT_IVL, 50)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            sock.setsockopt(zmq.SNDHWM, 100_000)
+            sock.setsockopt(zmq.RCVHWM, 100_000)
+            for option, value in self.socket_options.items():
+                sock.setsockopt(option, value)
+            sock.connect(endpoint)
+            self._sockets[endpoint] = sock
+            self._by_socket[sock] = endpoint
+            self._poller.register(sock, zmq.POLLIN)
+        return sock
+
+    def send_now(
+        self,
+        endpoint: str,
+        op: str,
+        fields: dict[str, Any],
+        callback: Callback | None,
+        *,
+        frames: Sequence[Frame] = (),
+        timeout_ms: float | None = None,
+    ) -> None:
+        """Send from the I/O thread itself (drivers use this)."""
+        rid = next(self._ids)
+        header = wire.request_header(op, rid, **fields)
+        try:
+            self.socket_for(endpoint).send_multipart([wire.encode(header), *frames], copy=False)
+        except zmq.ZMQError as exc:
+            if callback is not None:
+                callback(None, [], NetworkError(f"cannot send {op} to {endpoint}: {exc}"))
+            return
+        if callback is not None:
+            limit = self.request_timeout_ms if timeout_ms is None else timeout_ms
+            self._pending[rid] = _Pending(callback, time.monotonic() + limit / 1000, endpoint, op)
+
+    def _run(self) -> None:
+        next_driver = 0.0
+        try:
+            while not self._closing:
+                now = time.monotonic()
+                wait = 0.1
+                if self._pending:
+                    wait = min(wait, min(p.deadline for p in self._pending.values()) - now)
+                if self.driver is not None:
+                    wait = min(wait, next_driver - now)
+                events = dict(self._poller.poll(max(0.0, wait) * 1000))
+                if self._wake_r in events:
+                    self._woken = False
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                for sock in list(events):
+                    if sock is not self._wake_r:
+                        self._read_replies(sock)
+                self._drain_inbox()
+                now = time.monotonic()
+                if self.driver is not None:
+                    try:
+                        nxt = self.driver.run(self, now)
+                    except Exception:  # a driver bug must not kill the I/O thread
+                        log.exception("%s: driver failed", self.name)
+                        nxt = now + 0.1
+                    next_driver = nxt if nxt is not None else now + 0.1
+                self._expire(time.monotonic())
+        finally:
+            self._shutdown()
+
+    def _drain_inbox(self) -> None:
+        while self._inbox:
+            endpoint, op, fields, frames, callback, timeout_ms, expect = self._inbox.popleft()
+            self.send_now(
+                endpoint,
+                op,
+                fields,
+                callback if expect else None,
+                frames=frames,
+                timeout_ms=timeout_ms,
+            )
+            if not expect:
+                callback({}, [], None)
+
+    def _read_replies(self, sock: zmq.Socket[Any]) -> None:
+        for _ in range(10_000):
+            try:
+                parts = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            try:
+                header = wire.decode_header(parts[0])
+            except KvlogError as exc:
+                log.warning(
+                    "%s: undecodable reply from %s: %s", self.name, self._by_socket.get(sock), exc
+                )
+                continue
+            rid = wire.peek_id(header)
+            pending = self._pending.pop(rid, None) if rid is not None else None
+            if pending is None:
+                continue  # the request timed out already
+            self._complete(pending, header, parts[1:], wire.reply_error(header))
+
+    def _complete(
+        self,
+        pending: _Pending,
+        header: dict[str, Any] | None,
+        frames: list[bytes],
+        error: KvlogError | None,
+    ) -> None:
+        try:
+            pending.callback(header, frames, error)
+        except Exception:
+            log.exception("%s: callback for %s failed", self.name, pending.op)
+
+    def _expire(self, now: float) -> None:
+        if not self._pending:
+            return
+        expired = [rid for rid, p in self._pending.items() if p.deadline <= now]
+        for rid in expired:
+            pending = self._pending.pop(rid)
+            self._complete(
+                pending,
+                None,
+                [],
+                RequestTimedOutError(
+                    f"{pending.op} to {pending.endpoint} got no answer within the request "
+                    "timeout (request.timeout.ms); is the broker running?"
+                ),
+            )
+
+    def _shutdown(self) -> None:
+        for pending in self._pending.values():
+            with contextlib.suppress(Exception):
+                pending.callback(None, [], KvlogError("the client was closed"))
+        self._pending.clear()
+        while self._inbox:
+            *_, callback, _timeout, _expect = self._inbox.popleft()
+            with contextlib.suppress(Exception):
+                callback(None, [], KvlogError("the client was closed"))
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        self._ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+def blocking_call(
+    endpoint: str,
+    op: str,
+    fields: dict[str, Any],
+    *,
+    timeout_s: float = 5.0,
+    frames: Sequence[Frame] = (),
+) -> dict[str, Any]:
+    """One request on a throwaway socket (tools, health checks); raises its error."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(wire.normalize_endpoint(endpoint))
+        sock.send_multipart([wire.encode(wire.request_header(op, 1, **fields)), *frames])
+        if not sock.poll(timeout_s * 1000):
+            raise KafkaTimeoutError(f"{op} to {endpoint}: no answer within {timeout_s:.1f} s")
+        parts = sock.recv_multipart()
+    finally:
+        sock.close(linger=0)
+    header = wire.decode_header(parts[0])
+    error = wire.reply_error(header)
+    if error is not None:
+        raise error
+    return header

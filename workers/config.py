@@ -1,0 +1,85 @@
+"""Broker configuration: Kafka's dotted names, defaults and checks, in one table.
+
+Given as a dict (``kvlog.Broker(config={...})``) or in the TOML file of
+``kvlog serve --config``; snake_case spellings (``socket_request_max_bytes``) are
+accepted too. An unknown name is an error that names the closest valid one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from kvlog.errors import InvalidConfigError
+from kvlog.topic_config import unknown_name_error
+
+# dotted name -> (attribute, default, minimum, doc)
+_BROKER_KEYS: dict[str, tuple[str, int, int, str]] = {
+    "socket.request.max.bytes": (
+        "socket_request_max_bytes",
+        100 << 20,
+        1024,
+        "Largest produce request (all its batches) a node accepts.",
+    ),
+    "max.frame.bytes": (
+        "max_frame_bytes",
+        128 << 20,
+        1024,
+        "ZeroMQ MAXMSGSIZE: a peer sending a larger frame is disconnected.",
+    ),
+    "log.retention.check.interval.ms": (
+        "log_retention_check_interval_ms",
+        300_000,
+        10,
+        "How often the sweeper applies retention.ms / retention.bytes.",
+    ),
+    "node.session.timeout.ms": (
+        "node_session_timeout_ms",
+        6000,
+        100,
+        "A node whose heartbeats stop this long is marked dead.",
+    ),
+    "test.drop.produce.replies": (
+        "test_drop_produce_replies",
+        0,
+        0,
+        "Testing only: each node drops this many produce replies after committing.",
+    ),
+}
+
+BROKER_CONFIG_DOCS = {name: doc for name, (_, _, _, doc) in _BROKER_KEYS.items()}
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    socket_request_max_bytes: int = 100 << 20
+    max_frame_bytes: int = 128 << 20
+    log_retention_check_interval_ms: int = 300_000
+    node_session_timeout_ms: int = 6000
+    test_drop_produce_replies: int = 0
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> BrokerConfig:
+        by_attr = {attr: (name, low) for name, (attr, _, low, _) in _BROKER_KEYS.items()}
+        out: dict[str, int] = {}
+        for key, value in values.items():
+            name = key if key in _BROKER_KEYS else key.replace("_", ".")
+            attr = key if key in by_attr else _BROKER_KEYS.get(name, (None,))[0]
+            if attr is None:
+                raise unknown_name_error(key, _BROKER_KEYS, "broker config")
+            dotted, low = by_attr[attr]
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise InvalidConfigError(f"{dotted} must be an integer, got {value!r}")
+            try:
+                number = int(value)
+            except ValueError:
+                raise InvalidConfigError(f"{dotted} must be an integer, got {value!r}") from None
+            if number < low:
+                raise InvalidConfigError(f"{dotted}={number} is too small; it must be >= {low}")
+            out[attr] = number
+        return cls(**out)
+
+    def as_dotted(self) -> dict[str, int]:
+        names = {attr: name for name, (attr, _, _, _) in _BROKER_KEYS.items()}
+        return {names[f.name]: getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,167 @@
+"""Process entry points: what a spawned broker, node, coordinator or sweeper runs.
+
+Each process opens its own ZeroMQ context and LMDB environments after spawn (never
+across a fork), binds, reports the endpoint it bound to the supervisor through a pipe,
+and loops until SIGTERM. It asks the kernel to send it SIGTERM when the supervisor dies
+(Linux ``PR_SET_PDEATHSIG``), so no process is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("kvlog")
+
+ROLES = ("coordinator", "node", "broker", "sweeper")
+
+
+def _die_with_parent() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def setup_logging(role: str, level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s {role}[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def process_main(role: str, settings: dict[str, Any], conn: Any) -> None:
+    """Run one kvlog process until SIGTERM. ``conn`` receives one ready message."""
+    _die_with_parent()
+    setup_logging(
+        role if role != "node" else f"node{settings.get('node_id', '')}",
+        settings.get("log_level", "INFO"),
+    )
+    parent = os.getppid()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+
+    def should_stop() -> bool:
+        return stop.is_set() or os.getppid() != parent
+
+    try:
+        if role == "sweeper":
+            conn.send({"endpoint": "", "pid": os.getpid()})
+            conn.close()
+            run_sweeper(settings, should_stop)
+            return
+        run_server(role, settings, conn, should_stop)
+    except Exception as exc:
+        log.exception("%s failed", role)
+        with contextlib.suppress(Exception):
+            conn.send({"error": f"{type(exc).__name__}: {exc}"})
+        raise SystemExit(1) from exc
+
+
+def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any) -> None:
+    import zmq
+
+    from kvlog.lmdb_store import LogDir
+
+    from .server import bind_router
+
+    ctx = zmq.Context()
+    store = None
+    server: Any = None
+    try:
+        router, endpoint = bind_router(
+            ctx, settings["endpoint"], max_frame_bytes=settings.get("max_frame_bytes", 128 << 20)
+        )
+        if role == "coordinator":
+            from .coordinator import CoordinatorServer, CoordinatorSettings
+
+            store = LogDir(Path(settings["data_dir"]) / "meta")
+            server = CoordinatorServer(
+                ctx, router, CoordinatorSettings(**settings["coordinator"]), store
+            )
+        elif role == "node":
+            from .node import NodeServer, NodeSettings
+
+            node_settings = NodeSettings(**settings["node"])
+            store = LogDir(node_settings.log_dir)
+            server = NodeServer(ctx, router, endpoint, node_settings, store)
+        elif role == "broker":
+            from .broker import BrokerServer, BrokerSettings
+
+            server = BrokerServer(ctx, router, BrokerSettings(**settings["broker"]))
+        else:
+            raise ValueError(f"unknown role {role!r}")
+        conn.send({"endpoint": endpoint, "pid": os.getpid()})
+        conn.close()
+        log.info("%s listening on %s", role, endpoint)
+        server.serve_forever(should_stop)
+        log.info("%s stopping", role)
+    finally:
+        if server is not None:
+            server.close()
+        ctx.term()
+        if store is not None:
+            store.close()
+
+
+def run_sweeper(settings: dict[str, Any], should_stop: Any) -> None:
+    """Apply retention to every log dir every ``interval_ms``."""
+    from kvlog.errors import KvlogError
+    from kvlog.lmdb_store import LogDir
+    from kvlog.metadata_store import get_topic
+    from kvlog.retention import Sweeper
+
+    interval = settings["interval_ms"] / 1000
+    meta_path = Path(settings["data_dir"]) / "meta"
+    stores: dict[str, LogDir] = {}
+    meta: LogDir | None = None
+
+    def config_for(topic: str) -> dict[str, Any] | None:
+        assert meta is not None
+        with meta.reader() as r:
+            found = get_topic(r, topic)
+        return None if found is None else found.config
+
+    next_run = time.monotonic() + min(interval, 1.0)
+    try:
+        while not should_stop():
+            if time.monotonic() < next_run:
+                time.sleep(min(0.1, max(0.0, next_run - time.monotonic())))
+                continue
+            next_run = time.monotonic() + interval
+            try:
+                if meta is None:
+                    meta = LogDir(meta_path, readonly=True)
+                for path in settings["log_dirs"]:
+                    store = stores.get(path)
+                    if store is None:
+                        store = stores[path] = LogDir(path)
+                    now_ms = time.time_ns() // 1_000_000
+                    for result in Sweeper(store, config_for).sweep(now_ms):
+                        log.info(
+                            "retention freed %d bytes of %s (log start %d -> %d)",
+                            result.bytes_freed,
+                            result.tp,
+                            result.old_log_start,
+                            result.new_log_start,
+                        )
+            except KvlogError as exc:
+                log.warning("retention pass failed: %s", exc.message)
+    finally:
+        for store in stores.values():
+            store.close()
+        if meta is not None:
+            meta.close()

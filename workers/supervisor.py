@@ -1,0 +1,430 @@
+"""The supervisor: starts, watches and stops a kvlog process group.
+
+``kvlog serve`` runs it in the foreground; ``kvlog.Broker`` runs it inside the caller's
+process (a context manager)::
+
+    with kvlog.Broker(data_dir="./kvlog-data", listen="tcp://127.0.0.1:0") as broker:
+        producer = kvlog.Producer(bootstrap_servers=broker.bootstrap)
+
+It spawns (``multiprocess``, spawn context) the coordinator first, then one node per log
+dir and the broker, then the retention sweeper; waits until every node has registered;
+restarts any process that dies (same endpoint, so clients reconnect by themselves) and
+logs why; and on stop sends SIGTERM, waits a few seconds, then SIGKILLs what is left.
+
+Data dir layout::
+
+    <data_dir>/meta/       the coordinator's LMDB environment (topics, groups, offsets)
+    <data_dir>/logs/0/     node 0's log dir when no log dirs are given
+    <data_dir>/run/        processes.json (for ``kvlog status``), supervisor.lock
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import multiprocess
+import multiprocess.connection
+
+from kvlog.errors import InvalidConfigError, KafkaTimeoutError, KvlogError
+from kvlog.ipc.wire import normalize_endpoint
+
+from .config import BrokerConfig
+from .runtime import process_main
+
+log = logging.getLogger("kvlog.supervisor")
+
+STATUS_FILE = "processes.json"
+_STOP_ORDER = ("broker", "sweeper", "node", "coordinator")
+
+
+@dataclass
+class Child:
+    role: str
+    settings: dict[str, Any]
+    node_id: int | None = None
+    log_dir: str | None = None
+    process: Any = None
+    endpoint: str = ""
+    pid: int = 0
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff_s: float = 0.2
+    history: list[str] = field(default_factory=list)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "node_id": self.node_id,
+            "pid": self.pid,
+            "endpoint": self.endpoint,
+            "log_dir": self.log_dir,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at)),
+        }
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Spawned children re-import the parent's ``__main__`` script unless it has no file
+    (as in a REPL). Ours only need kvlog's own modules, so hide it while starting them:
+    ``kvlog.Broker`` then works from scripts without an ``if __name__ == "__main__"``
+    guard, from notebooks and from the REPL."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
+def _node_id_for(log_dir: Path, taken: set[int]) -> int:
+    """A log dir keeps its node id in ``node.id`` so reordering --log-dir is harmless."""
+    id_file = log_dir / "node.id"
+    if id_file.exists():
+        node_id = int(id_file.read_text().strip())
+        if node_id in taken:
+            raise InvalidConfigError(
+                f"log dir {log_dir} has node id {node_id}, which another log dir also has; "
+                "each log dir must be a separate directory"
+            )
+        return node_id
+    node_id = next(i for i in range(len(taken) + 1) if i not in taken)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    id_file.write_text(f"{node_id}\n")
+    return node_id
+
+
+def _internal_endpoint(listen: str, run_dir: Path, name: str) -> str:
+    if listen.startswith("tcp://"):
+        host = listen[len("tcp://") :].rsplit(":", 1)[0]
+        return f"tcp://{host}:0"
+    if listen.startswith("ipc://"):
+        return f"ipc://{run_dir / (name + '.sock')}"
+    raise InvalidConfigError(f"listen address {listen!r} must be tcp:// or ipc://")
+
+
+class Broker:
+    """A kvlog broker: the whole process group, owned by the calling process."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] = "./kvlog-data",
+        listen: str = "tcp://127.0.0.1:9092",
+        *,
+        log_dirs: list[str | os.PathLike[str]] | None = None,
+        config: dict[str, Any] | None = None,
+        log_level: str = "WARNING",
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        self.config = BrokerConfig.from_mapping(config or {})
+        self.data_dir = Path(data_dir).resolve()
+        self.listen = normalize_endpoint(listen)
+        self.log_dirs = [Path(d).resolve() for d in (log_dirs or [self.data_dir / "logs" / "0"])]
+        self.log_level = log_level
+        self.start_timeout_s = start_timeout_s
+        self.run_dir = self.data_dir / "run"
+        self.children: list[Child] = []
+        self._ctx = multiprocess.get_context("spawn")
+        self._lock_file: Any = None
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._mutex = threading.Lock()
+        self.bootstrap = ""
+        self.coordinator_endpoint = ""
+
+    def __repr__(self) -> str:
+        return f"Broker(data_dir={str(self.data_dir)!r}, bootstrap={self.bootstrap!r})"
+
+    def __enter__(self) -> Broker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def _lock(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.run_dir / "supervisor.lock", "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.seek(0)
+            owner = self._lock_file.read().strip() or "another process"
+            self._lock_file.close()
+            self._lock_file = None
+            raise InvalidConfigError(
+                f"data dir {self.data_dir} is in use by kvlog pid {owner}; stop it first or "
+                "use another --data-dir"
+            ) from None
+        self._lock_file.truncate(0)
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
+
+    def start(self) -> Broker:
+        self._lock()
+        try:
+            self._start_all()
+        except BaseException:
+            self.stop()
+            raise
+        self._monitor = threading.Thread(target=self._watch, name="kvlog-supervisor", daemon=True)
+        self._monitor.start()
+        return self
+
+    def _start_all(self) -> None:
+        cfg = self.config
+        taken: set[int] = set()
+        nodes = []
+        for log_dir in self.log_dirs:
+            node_id = _node_id_for(log_dir, taken)
+            taken.add(node_id)
+            nodes.append((node_id, log_dir))
+        common = {"log_level": self.log_level, "max_frame_bytes": cfg.max_frame_bytes}
+        coordinator = Child(
+            "coordinator",
+            {
+                **common,
+                "endpoint": _internal_endpoint(self.listen, self.run_dir, "coordinator"),
+                "data_dir": str(self.data_dir),
+                "coordinator": {
+                    "data_dir": str(self.data_dir),
+                    "node_ids": sorted(taken),
+                    "node_timeout_ms": cfg.node_session_timeout_ms,
+                },
+            },
+        )
+        self.children.append(coordinator)
+        self._spawn(coordinator)
+        self._await_ready([coordinator])
+        self.coordinator_endpoint = coordinator.endpoint
+        group = []
+        for node_id, log_dir in nodes:
+            child = Child(
+                "node",
+                {
+                    **common,
+                    "node_id": node_id,
+                    "endpoint": _internal_endpoint(self.listen, self.run_dir, f"node{node_id}"),
+                    "node": {
+                        "node_id": node_id,
+                        "log_dir": str(log_dir),
+                        "coordinator": coordinator.endpoint,
+                        "message_max_bytes": cfg.socket_request_max_bytes,
+                        "test_drop_produce_replies": cfg.test_drop_produce_replies,
+                    },
+                },
+                node_id=node_id,
+                log_dir=str(log_dir),
+            )
+            group.append(child)
+        group.append(
+            Child(
+                "broker",
+                {
+                    **common,
+                    "endpoint": self.listen,
+                    "broker": {"coordinator": coordinator.endpoint},
+                },
+            )
+        )
+        for child in group:
+            self.children.append(child)
+            self._spawn(child)
+        self._await_ready(group)
+        self.bootstrap = group[-1].endpoint
+        sweeper = Child(
+            "sweeper",
+            {
+                **common,
+                "data_dir": str(self.data_dir),
+                "log_dirs": [str(d) for _, d in nodes],
+                "interval_ms": cfg.log_retention_check_interval_ms,
+            },
+        )
+        self.children.append(sweeper)
+        self._spawn(sweeper)
+        self._await_ready([sweeper])
+        self._write_status()
+        self._await_nodes(len(nodes))
+        log.info("kvlog broker ready on %s (%d node(s))", self.bootstrap, len(nodes))
+
+    def _spawn(self, child: Child) -> None:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(
+            target=process_main,
+            args=(child.role, child.settings, child_conn),
+            name=f"kvlog-{child.role}{'' if child.node_id is None else child.node_id}",
+            daemon=True,
+        )
+        with _main_module_hidden():
+            process.start()
+        child_conn.close()
+        child.process = process
+        child.pid = process.pid
+        child.started_at = time.time()
+        child.settings["_ready"] = parent_conn
+
+    def _await_ready(self, children: list[Child]) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        for child in children:
+            conn = child.settings.pop("_ready")
+            try:
+                while not conn.poll(0.05):
+                    if not child.process.is_alive():
+                        raise KvlogError(
+                            f"kvlog {child.role} exited during start-up (exit code "
+                            f"{child.process.exitcode}); see its log lines above"
+                        )
+                    if time.monotonic() > deadline:
+                        raise KafkaTimeoutError(f"kvlog {child.role} did not start in time")
+                message = conn.recv()
+            finally:
+                conn.close()
+            if "error" in message:
+                raise KvlogError(f"kvlog {child.role} failed to start: {message['error']}")
+            if message["endpoint"]:
+                child.endpoint = message["endpoint"]
+                # A restart binds the same endpoint, so clients find it again.
+                child.settings["endpoint"] = child.endpoint
+
+    def _await_nodes(self, count: int) -> None:
+        """Wait until the broker's metadata shows every node alive."""
+        from kvlog.ipc.rpc import blocking_call
+
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            try:
+                reply = blocking_call(self.bootstrap, "metadata", {"topics": []}, timeout_s=2.0)
+                alive = [n for n in reply.get("nodes", []) if n.get("alive")]
+                if len(alive) >= count:
+                    return
+            except KvlogError:
+                pass
+            if time.monotonic() > deadline:
+                raise KafkaTimeoutError(
+                    f"kvlog nodes did not register with the coordinator within "
+                    f"{self.start_timeout_s:.0f} s"
+                )
+            time.sleep(0.02)
+
+    def _write_status(self) -> None:
+        path = self.run_dir / STATUS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "supervisor_pid": os.getpid(),
+                    "bootstrap": self.bootstrap,
+                    "processes": [c.status() for c in self.children],
+                },
+                indent=2,
+            )
+        )
+        tmp.replace(path)
+
+    # -- watch and restart ------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            with self._mutex:
+                sentinels = {c.process.sentinel: c for c in self.children if c.process}
+            ready = multiprocess.connection.wait(list(sentinels), timeout=0.2)
+            if self._stopping.is_set():
+                return
+            for sentinel in ready:
+                child = sentinels[sentinel]
+                self._restart(child)
+
+    def _restart(self, child: Child) -> None:
+        code = child.process.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        log.warning("kvlog %s (pid %d) died (%s); restarting", child.role, child.pid, how)
+        child.history.append(how)
+        if time.time() - child.started_at > 30:
+            child.backoff_s = 0.2
+        time.sleep(child.backoff_s)
+        child.backoff_s = min(child.backoff_s * 2, 10.0)
+        if self._stopping.is_set():
+            return
+        with self._mutex:
+            child.restarts += 1
+            try:
+                self._spawn(child)
+                self._await_ready([child])
+            except KvlogError as exc:
+                log.error("restart of kvlog %s failed: %s", child.role, exc.message)
+            self._write_status()
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """SIGTERM every process (broker first, coordinator last); SIGKILL stragglers."""
+        self._stopping.set()
+        if self._monitor is not None and self._monitor is not threading.current_thread():
+            self._monitor.join(timeout=2)
+        with self._mutex:
+            for role in _STOP_ORDER:
+                for child in self.children:
+                    if child.role == role and child.process is not None:
+                        with contextlib.suppress(Exception):
+                            if child.process.is_alive():
+                                os.kill(child.process.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            for child in self.children:
+                if child.process is None:
+                    continue
+                child.process.join(max(0.0, deadline - time.monotonic()))
+                if child.process.is_alive():
+                    log.warning(
+                        "kvlog %s did not stop in %.0f s; killing it", child.role, timeout_s
+                    )
+                    child.process.kill()
+                    child.process.join(2)
+            self.children = []
+        with contextlib.suppress(FileNotFoundError):
+            (self.run_dir / STATUS_FILE).unlink()
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` is called (from a signal handler, say)."""
+        while not self._stopping.wait(0.5):
+            pass
+
+    def processes(self) -> list[dict[str, Any]]:
+        with self._mutex:
+            return [c.status() for c in self.children]
+
+
+def read_status(data_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The live processes of a data dir, from its status file (for ``kvlog status``)."""
+    path = Path(data_dir) / "run" / STATUS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    alive = []
+    for entry in data.get("processes", []):
+        try:
+            os.kill(int(entry["pid"]), 0)
+        except (ProcessLookupError, PermissionError, ValueError):
+            continue
+        alive.append(entry)
+    return alive
