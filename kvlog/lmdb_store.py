@@ -408,8 +408,10 @@ class _LmdbWrite(_LmdbRead):
         leo = state.log_end_offset
         size = state.size_bytes
         bases = []
-        for batch in batches:
-            header = batch_format.validate(batch)
+        # Validate every batch before storing any: a caller that catches the error (a
+        # group commit refusing one producer's batch) must not find half of them stored.
+        headers = [batch_format.validate(batch) for batch in batches]
+        for batch, header in zip(batches, headers, strict=True):
             value = (
                 batch
                 if leader_epoch is None
