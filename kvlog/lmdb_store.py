@@ -237,7 +237,9 @@ class LogDir:
 
     def partitions(self) -> list[TopicPartition]:
         with self.reader() as r:
-            return [_parse_partition_key(k) for k, _ in r.items(_STATE_TABLE)]
+            # Sorted as TopicPartitions (not as key bytes, where "t/10" < "t/2"), like
+            # the memory store.
+            return sorted(_parse_partition_key(k) for k, _ in r.items(_STATE_TABLE))
 
     def disk_usage(self) -> int:
         """Bytes used by the environment's pages (not the sparse map size)."""

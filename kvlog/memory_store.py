@@ -16,11 +16,14 @@ from typing import TypeVar
 
 from . import batch as batch_format
 from .batch import BatchHeader
-from .errors import OffsetOutOfRangeError, UnknownTopicOrPartitionError
+from .errors import OffsetOutOfRangeError, StorageError, UnknownTopicOrPartitionError
 from .log import Batch
 from .types import PartitionOffsets, TopicPartition
 
 T = TypeVar("T")
+
+# LMDB's largest key (its default build); the LMDB store refuses longer and empty keys.
+MAX_KEY_SIZE = 511
 
 
 class _Partition:
@@ -187,6 +190,12 @@ class _MemoryWrite(_MemoryRead):
         return self._state.tables[table]
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
+        if not 0 < len(key) <= MAX_KEY_SIZE:
+            # Refuse what LMDB refuses, so code tested on the model also runs on disk.
+            raise StorageError(
+                f"table key of {len(key)} bytes: keys are 1 to {MAX_KEY_SIZE} bytes; "
+                "nothing was written."
+            )
         self._table(table)[bytes(key)] = bytes(value)
 
     def delete(self, table: str, key: bytes) -> bool:
