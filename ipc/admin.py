@@ -1,0 +1,156 @@
+"""The Admin client: topics and cluster description (groups in the groups module).
+
+Every call is a request to the broker (the bootstrap endpoint), which forwards changes to
+the coordinator and answers once the change is visible in its metadata, so a topic is
+usable as soon as ``create_topic`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvlog.errors import KvlogError, UnknownTopicOrPartitionError
+from kvlog.topic_config import effective_topic_config
+
+from .config import ADMIN_SETTINGS, resolve
+from .metadata import PartitionInfo
+from .rpc import IOThread
+from .wire import split_bootstrap
+
+log = logging.getLogger(__name__)
+
+
+class PartitionMappingWarning(UserWarning):
+    """Adding partitions moves keys to other partitions (murmur2 % partition count)."""
+
+
+@dataclass
+class TopicDescription:
+    name: str
+    topic_id: str
+    partitions: list[PartitionInfo]
+    replication_factor: int
+    config: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+class Admin:
+    """Manage topics. Safe to share between threads."""
+
+    def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        cfg = resolve(ADMIN_SETTINGS, config, kwargs, what="admin")
+        self.config = cfg
+        self._bootstrap = split_bootstrap(cfg["bootstrap_servers"])
+        self._timeout_ms = cfg["request_timeout_ms"]
+        self._io = IOThread(f"admin-{cfg['client_id']}", request_timeout_ms=self._timeout_ms)
+        self._next = 0
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._io.close()
+
+    def _call(self, op: str, **fields: Any) -> dict[str, Any]:
+        error: KvlogError | None = None
+        for attempt in range(len(self._bootstrap)):
+            endpoint = self._bootstrap[(self._next + attempt) % len(self._bootstrap)]
+            try:
+                header, _ = self._io.call(endpoint, op, fields, timeout_ms=self._timeout_ms)
+                return header
+            except KvlogError as exc:
+                if exc.retriable and len(self._bootstrap) > 1:
+                    error = exc
+                    continue
+                raise
+        self._next += 1
+        assert error is not None
+        raise error
+
+    # -- topics -------------------------------------------------------------------------------
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        replication_factor: int = 1,
+        config: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Create a topic; returns its topic id. Raises TopicAlreadyExistsError."""
+        reply = self._call(
+            "create_topic",
+            name=name,
+            partitions=partitions,
+            replication_factor=replication_factor,
+            config=dict(config or {}),
+        )
+        return str(reply.get("topic_id", ""))
+
+    def delete_topic(self, name: str) -> None:
+        self._call("delete_topic", name=name)
+
+    def create_partitions(self, name: str, count: int) -> int:
+        """Grow ``name`` to ``count`` partitions; returns the old count.
+
+        Warns (PartitionMappingWarning) that keyed records move: a key's partition is
+        murmur2(key) % partition count, so most keys now map elsewhere, and per-key order
+        across the change is no longer guaranteed.
+        """
+        reply = self._call("create_partitions", name=name, count=count)
+        old = int(reply.get("old_count", 0))
+        message = (
+            f"topic {name!r} grew from {old} to {count} partitions: keyed records are placed "
+            f"by murmur2(key) % {count} from now on, so most keys map to a different "
+            "partition than before and per-key order across the change is not guaranteed"
+        )
+        log.warning(message)
+        warnings.warn(message, PartitionMappingWarning, stacklevel=2)
+        return old
+
+    def alter_topic_config(self, name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Set topic config keys (a value of None removes the override); returns the
+        topic's overrides after the change."""
+        reply = self._call("alter_topic_config", name=name, config=dict(config))
+        return dict(reply.get("config") or {})
+
+    def _metadata(self, topics: list[str] | None) -> dict[str, Any]:
+        fields: dict[str, Any] = {} if topics is None else {"topics": topics}
+        return self._call("metadata", **fields)
+
+    def list_topics(self) -> list[str]:
+        return sorted(t["name"] for t in self._metadata(None)["topics"] if not t.get("error"))
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        reply = self._metadata([name])
+        entry = next((t for t in reply["topics"] if t["name"] == name), None)
+        if entry is None or entry.get("error"):
+            raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
+        overrides = dict(entry.get("config") or {})
+        return TopicDescription(
+            name=name,
+            topic_id=entry.get("topic_id", ""),
+            partitions=[
+                PartitionInfo(
+                    p["partition"],
+                    p["leader"],
+                    p.get("leader_epoch", 0),
+                    tuple(p.get("replicas", ())),
+                    tuple(p.get("isr", ())),
+                )
+                for p in entry["partitions"]
+            ],
+            replication_factor=entry.get("replication_factor", 1),
+            config=effective_topic_config(overrides),
+            overrides=overrides,
+        )
+
+    def describe_cluster(self) -> dict[str, Any]:
+        reply = self._metadata([])
+        return {"nodes": reply.get("nodes", []), "coordinator": reply.get("coordinator")}

@@ -1,0 +1,124 @@
+"""The client's picture of the cluster: topics, partition leaders, node endpoints.
+
+Filled from ``metadata`` replies of the broker (the bootstrap endpoint). Clients then send
+produce and fetch requests straight to each partition's leader node, as Kafka clients
+do. On NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION and network errors a client
+marks its metadata stale and refreshes it before retrying.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvlog.types import TopicPartition
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    partition: int
+    leader: int
+    leader_epoch: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+
+
+@dataclass
+class TopicInfo:
+    name: str
+    topic_id: str
+    partitions: list[PartitionInfo]
+    config: dict[str, Any] = field(default_factory=dict)
+    replication_factor: int = 1
+
+
+class ClusterMetadata:
+    """Thread-safe: written by the I/O thread, read by user threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self.topics: dict[str, TopicInfo] = {}
+        self.missing: set[str] = set()
+        self.nodes: dict[int, str] = {}
+        self.coordinator: str | None = None
+        self.version = -1
+        self.updated_at = 0.0
+        self.stale = True
+
+    def update(self, reply: dict[str, Any], *, requested: list[str] | None = None) -> None:
+        with self._lock:
+            self.nodes = {
+                n["node_id"]: n["endpoint"] for n in reply.get("nodes", []) if n.get("alive", True)
+            }
+            self.coordinator = reply.get("coordinator") or self.coordinator
+            self.version = reply.get("version", self.version)
+            seen = set()
+            for entry in reply.get("topics", []):
+                name = entry["name"]
+                seen.add(name)
+                if entry.get("error"):
+                    self.topics.pop(name, None)
+                    self.missing.add(name)
+                    continue
+                self.missing.discard(name)
+                self.topics[name] = TopicInfo(
+                    name=name,
+                    topic_id=entry.get("topic_id", ""),
+                    partitions=[
+                        PartitionInfo(
+                            p["partition"],
+                            p["leader"],
+                            p.get("leader_epoch", 0),
+                            tuple(p.get("replicas", ())),
+                            tuple(p.get("isr", ())),
+                        )
+                        for p in entry.get("partitions", [])
+                    ],
+                    config=entry.get("config") or {},
+                    replication_factor=entry.get("replication_factor", 1),
+                )
+            if requested is None:  # a full listing: anything not in it is gone
+                for name in list(self.topics):
+                    if name not in seen:
+                        del self.topics[name]
+            self.updated_at = time.monotonic()
+            self.stale = False
+            self._lock.notify_all()
+
+    def mark_stale(self) -> None:
+        with self._lock:
+            self.stale = True
+
+    def wait_for_update(self, since: float, timeout_s: float) -> bool:
+        """Block until an update newer than ``since`` (monotonic) or the timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self.updated_at <= since:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(left)
+            return True
+
+    def partition_count(self, topic: str) -> int | None:
+        info = self.topics.get(topic)
+        return None if info is None else len(info.partitions)
+
+    def leader_endpoint(self, tp: TopicPartition) -> str | None:
+        info = self.topics.get(tp.topic)
+        if info is None or tp.partition >= len(info.partitions):
+            return None
+        leader = info.partitions[tp.partition].leader
+        return self.nodes.get(leader) if leader >= 0 else None
+
+    def partitions_for(self, topic: str) -> set[int] | None:
+        info = self.topics.get(topic)
+        return None if info is None else {p.partition for p in info.partitions}
+
+    def available_partitions(self, topic: str) -> list[int]:
+        info = self.topics.get(topic)
+        if info is None:
+            return []
+        return [p.partition for p in info.partitions if p.leader in self.nodes]

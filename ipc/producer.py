@@ -1,0 +1,454 @@
+"""The Producer: kafka-python's API over kvlog's wire.
+
+``send()`` serializes, picks the partition (Kafka's murmur2 for keyed records, sticky
+batches for unkeyed ones), appends to the accumulator and returns a future. A background
+I/O thread (the :class:`Sender`) asks the broker for metadata and a producer id, sends
+full or lingered batches straight to each partition's leader node (one batch per
+partition per request, up to ``max.in.flight.requests.per.connection`` requests per node),
+and resolves futures as acknowledgements arrive. Retriable failures are retried with
+backoff within ``delivery.timeout.ms``; with idempotence (the default) the leader drops
+duplicates and refuses gaps, so retries never duplicate or reorder.
+
+The producer is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kvlog import batch as batch_format
+from kvlog.batch import now_ms
+from kvlog.errors import (
+    InvalidPartitionsError,
+    KafkaTimeoutError,
+    KvlogError,
+    ProducerClosedError,
+    Recovery,
+    UnknownTopicOrPartitionError,
+    error_from_code,
+)
+from kvlog.partitioner import partition_for_key
+from kvlog.types import TopicPartition
+
+from .accumulator import ProducerBatch, RecordAccumulator
+from .config import PRODUCER_SETTINGS, resolve
+from .futures import FutureRecordMetadata, RecordMetadata
+from .metadata import ClusterMetadata
+from .rpc import IOThread
+from .sequencing import Sequencer, Verdict
+from .serializers import serializer
+from .wire import split_bootstrap
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Producer", "RecordMetadata"]
+
+
+class Producer:
+    """Sends records to kvlog topics. See the module docstring."""
+
+    def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        cfg = resolve(PRODUCER_SETTINGS, config, kwargs, what="producer")
+        self.config = cfg
+        self._bootstrap = split_bootstrap(cfg["bootstrap_servers"])
+        self._key_serializer = serializer(cfg["key_serializer"], "key_serializer")
+        self._value_serializer = serializer(cfg["value_serializer"], "value_serializer")
+        self._max_block_s = cfg["max_block_ms"] / 1000
+        self.metadata = ClusterMetadata()
+        self._accumulator = RecordAccumulator(
+            batch_size=cfg["batch_size"],
+            linger_ms=cfg["linger_ms"],
+            buffer_memory=cfg["buffer_memory"],
+            max_block_ms=cfg["max_block_ms"],
+            delivery_timeout_ms=cfg["delivery_timeout_ms"],
+        )
+        self._sticky: dict[str, int] = {}
+        self._sticky_lock = threading.Lock()
+        self._closed = False
+        self._sender = Sender(self)
+        self._io = IOThread(
+            f"producer-{cfg['client_id']}",
+            request_timeout_ms=cfg["request_timeout_ms"],
+            driver=self._sender,
+        )
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<kvlog.Producer bootstrap={self._bootstrap}>"
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send(
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        headers: Iterable[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> FutureRecordMetadata:
+        """Queue one record; returns a future resolving to its RecordMetadata."""
+        if self._closed:
+            raise ProducerClosedError("send() on a closed producer; create a new one")
+        key_bytes = self._key_serializer(key)
+        value_bytes = self._value_serializer(value)
+        header_list = None
+        if headers:
+            header_list = [[str(name), bytes(hvalue)] for name, hvalue in headers]
+        count = self.metadata.partition_count(topic)
+        if count is None:
+            count = self._wait_for_topic(topic)
+        if partition is not None:
+            if not 0 <= partition < count:
+                raise InvalidPartitionsError(
+                    f"partition {partition} does not exist: topic {topic!r} has {count}"
+                )
+        elif key_bytes is not None:
+            partition = partition_for_key(key_bytes, count)
+        else:
+            partition = self._sticky_partition(topic, count)
+        ts = now_ms() if timestamp_ms is None else timestamp_ms
+        tp = TopicPartition(topic, partition)
+        future, delta, filled = self._accumulator.append(
+            tp, ts, key_bytes, value_bytes, header_list, time.monotonic()
+        )
+        if filled:
+            if key_bytes is None and self._sticky.get(topic) == partition:
+                self._next_sticky(topic, count, partition)
+            self._io.wake()
+        return FutureRecordMetadata(
+            future,
+            delta,
+            topic,
+            partition,
+            ts,
+            -1 if key_bytes is None else len(key_bytes),
+            -1 if value_bytes is None else len(value_bytes),
+        )
+
+    def _sticky_partition(self, topic: str, count: int) -> int:
+        partition = self._sticky.get(topic)
+        if partition is None or partition >= count:
+            with self._sticky_lock:
+                available = self.metadata.available_partitions(topic) or list(range(count))
+                partition = self._sticky[topic] = random.choice(available)
+        return partition
+
+    def _next_sticky(self, topic: str, count: int, current: int) -> None:
+        """Kafka's sticky partitioner: move on once a batch for the partition filled."""
+        with self._sticky_lock:
+            available = [p for p in self.metadata.available_partitions(topic) if p != current]
+            if not available:
+                available = [p for p in range(count) if p != current] or [current]
+            self._sticky[topic] = random.choice(available)
+
+    def _wait_for_topic(self, topic: str) -> int:
+        deadline = time.monotonic() + self._max_block_s
+        while True:
+            since = time.monotonic()
+            self._sender.want_topic(topic)
+            self._io.wake()
+            self.metadata.wait_for_update(since, max(0.0, deadline - time.monotonic()))
+            count = self.metadata.partition_count(topic)
+            if count is not None:
+                return count
+            if topic in self.metadata.missing and self.metadata.updated_at > since:
+                raise UnknownTopicOrPartitionError(
+                    f"topic {topic!r} does not exist; create it first (kvlog topics create "
+                    f"{topic}, or Admin.create_topic)"
+                )
+            if time.monotonic() >= deadline:
+                raise KafkaTimeoutError(
+                    f"no metadata for topic {topic!r} after max.block.ms "
+                    f"({self._max_block_s * 1000:.0f} ms); is the broker at "
+                    f"{', '.join(self._bootstrap)} running?"
+                )
+
+    def partitions_for(self, topic: str) -> set[int]:
+        if self.metadata.partition_count(topic) is None:
+            self._wait_for_topic(topic)
+        return self.metadata.partitions_for(topic) or set()
+
+    # -- flush / close -----------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Send everything queued so far and wait until each record is acknowledged or
+        failed (failures surface through the records' futures)."""
+        pending = self._accumulator.incomplete()
+        if not pending:
+            return
+        self._accumulator.begin_flush()
+        try:
+            self._io.wake()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            for batch in pending:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not batch.future.wait(left):
+                    raise KafkaTimeoutError(f"flush did not finish within {timeout} s")
+        finally:
+            self._accumulator.end_flush()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (up to ``timeout``), then stop; records still unsent fail."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.flush(timeout)
+        except KafkaTimeoutError:
+            log.warning("producer closed with records still unacknowledged")
+        finally:
+            self._accumulator.close()
+            self._sender.abort(ProducerClosedError("the producer was closed before sending"))
+            self._io.close()
+
+    def metrics(self) -> dict[str, Any]:
+        return dict(self._sender.stats)
+
+
+class Sender:
+    """The producer's driver on the I/O thread. Not thread-safe (I/O thread only), except
+    ``want_topic`` and ``abort``."""
+
+    def __init__(self, producer: Producer) -> None:
+        cfg = producer.config
+        self.producer = producer
+        self.metadata = producer.metadata
+        self.accumulator = producer._accumulator
+        self.bootstrap = producer._bootstrap
+        self.acks: int = cfg["acks"]
+        self.codec = cfg["compression_type"]
+        self.idempotent: bool = cfg["enable_idempotence"]
+        self.retries: int = cfg["retries"]
+        self.backoff_s = cfg["retry_backoff_ms"] / 1000
+        self.max_in_flight: int = cfg["max_in_flight_requests_per_connection"]
+        self.max_request_size: int = cfg["max_request_size"]
+        self.request_timeout_ms: int = cfg["request_timeout_ms"]
+        self.metadata_max_age_s = cfg["metadata_max_age_ms"] / 1000
+        self.sequencer = Sequencer(idempotent=self.idempotent, max_in_flight=self.max_in_flight)
+        self.producer_id = -1
+        self._pid_in_flight = False
+        self._pid_retry_at = 0.0
+        self._node_inflight: dict[str, int] = defaultdict(int)
+        self._metadata_in_flight = False
+        self._metadata_retry_at = 0.0
+        self._bootstrap_index = 0
+        self._wanted: set[str] = set()
+        self._wanted_lock = threading.Lock()
+        self._aborted: KvlogError | None = None
+        self.stats: dict[str, int] = defaultdict(int)
+
+    def want_topic(self, topic: str) -> None:
+        with self._wanted_lock:
+            self._wanted.add(topic)
+        self.metadata.mark_stale()
+
+    def abort(self, error: KvlogError) -> None:
+        self._aborted = error
+        for batch in self.accumulator.abort_all():
+            self._fail(batch, error)
+
+    # -- the driver turn ----------------------------------------------------------------------
+
+    def run(self, io: IOThread, now: float) -> float | None:
+        wake = now + 0.1
+        self._refresh_metadata(io, now)
+        if self.idempotent and self.producer_id < 0:
+            if self.accumulator.has_unsent:
+                self._init_producer_id(io, now)
+            return min(wake, now + 0.01)
+        for batch in self.accumulator.expired(now):
+            if batch.base_sequence >= 0:
+                self.sequencer.on_expired(batch.tp, batch)
+            self._fail(batch, self._timeout_error(batch))
+        ready, next_due = self.accumulator.ready(now)
+        if ready:
+            self._send_ready(io, ready, now)
+        if next_due is not None:
+            wake = min(wake, next_due)
+        return wake
+
+    def _timeout_error(self, batch: ProducerBatch) -> KafkaTimeoutError:
+        return KafkaTimeoutError(
+            f"{len(batch.records)} record(s) for {batch.tp} expired after delivery.timeout.ms "
+            f"({self.accumulator.delivery_timeout_s * 1000:.0f} ms) without acknowledgement"
+        )
+
+    def _refresh_metadata(self, io: IOThread, now: float) -> None:
+        if self._metadata_in_flight or now < self._metadata_retry_at:
+            return
+        with self._wanted_lock:
+            wanted = set(self._wanted)
+        known = set(self.metadata.topics)
+        due = self.metadata.stale or now - self.metadata.updated_at > self.metadata_max_age_s
+        if not due and wanted <= known | self.metadata.missing:
+            return
+        topics = sorted(known | wanted)
+        endpoint = self.bootstrap[self._bootstrap_index % len(self.bootstrap)]
+        self._metadata_in_flight = True
+
+        def done(
+            header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
+        ) -> None:
+            self._metadata_in_flight = False
+            if header is None or error is not None:
+                self._bootstrap_index += 1
+                self._metadata_retry_at = time.monotonic() + self.backoff_s
+                log.debug("metadata request failed: %s", error)
+                return
+            self.metadata.update(header, requested=topics)
+            with self._wanted_lock:
+                self._wanted -= set(self.metadata.topics) | self.metadata.missing
+
+        io.send_now(endpoint, "metadata", {"topics": topics}, done)
+
+    def _init_producer_id(self, io: IOThread, now: float) -> None:
+        if self._pid_in_flight or now < self._pid_retry_at:
+            return
+        self._pid_in_flight = True
+        endpoint = self.bootstrap[self._bootstrap_index % len(self.bootstrap)]
+
+        def done(
+            header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
+        ) -> None:
+            self._pid_in_flight = False
+            if header is None or error is not None:
+                self._bootstrap_index += 1
+                self._pid_retry_at = time.monotonic() + self.backoff_s
+                log.debug("init_producer_id failed: %s", error)
+                return
+            self.producer_id = header["producer_id"]
+            self.sequencer.producer_epoch = header["producer_epoch"]
+
+        io.send_now(endpoint, "init_producer_id", {}, done)
+
+    def _send_ready(self, io: IOThread, ready: list[TopicPartition], now: float) -> None:
+        by_endpoint: dict[str, list[TopicPartition]] = defaultdict(list)
+        for tp in ready:
+            endpoint = self.metadata.leader_endpoint(tp)
+            if endpoint is None:
+                self.metadata.mark_stale()
+                continue
+            by_endpoint[endpoint].append(tp)
+        for endpoint, tps in by_endpoint.items():
+            while self._node_inflight[endpoint] < self.max_in_flight:
+                batches = self._collect(tps, now)
+                if not batches:
+                    break
+                self._send(io, endpoint, batches)
+
+    def _collect(self, tps: list[TopicPartition], now: float) -> list[ProducerBatch]:
+        """At most one batch per partition, up to max.request.size (at least one)."""
+        batches: list[ProducerBatch] = []
+        size = 0
+        for tp in tps:
+            if not self.sequencer.may_send(tp):
+                continue
+            batch = self.accumulator.drain(tp, now)
+            if batch is None:
+                continue
+            self.sequencer.on_send(tp, batch)
+            if batch.encoded is None:
+                batch.encoded = self._encode(batch)
+            batches.append(batch)
+            size += len(batch.encoded)
+            if size >= self.max_request_size:
+                break
+        return batches
+
+    def _encode(self, batch: ProducerBatch) -> bytes:
+        return batch_format.encode(
+            batch.records,
+            first_timestamp=batch.first_timestamp,
+            max_timestamp=batch.max_timestamp,
+            codec=self.codec,
+            producer_id=self.producer_id if self.idempotent else -1,
+            producer_epoch=batch.producer_epoch if self.idempotent else -1,
+            base_sequence=batch.base_sequence if self.idempotent else -1,
+        )
+
+    def _send(self, io: IOThread, endpoint: str, batches: list[ProducerBatch]) -> None:
+        for batch in batches:
+            batch.attempts += 1
+        fields = {
+            "acks": self.acks,
+            "timeout_ms": self.request_timeout_ms,
+            "partitions": [[b.tp.topic, b.tp.partition] for b in batches],
+        }
+        frames = [b.encoded for b in batches if b.encoded is not None]
+        self.stats["requests"] += 1
+        self.stats["batches"] += len(batches)
+        if self.acks == 0:
+            io.send_now(endpoint, "produce", fields, None, frames=frames)
+            for batch in batches:
+                self._succeed(batch, -1, -1)
+            return
+        self._node_inflight[endpoint] += 1
+
+        def done(
+            header: dict[str, Any] | None, rframes: list[bytes], error: KvlogError | None
+        ) -> None:
+            self._node_inflight[endpoint] -= 1
+            self._on_reply(batches, header, error)
+
+        io.send_now(endpoint, "produce", fields, done, frames=frames)
+
+    def _on_reply(
+        self, batches: list[ProducerBatch], header: dict[str, Any] | None, error: KvlogError | None
+    ) -> None:
+        results = (header or {}).get("results")
+        if error is not None or not isinstance(results, list) or len(results) != len(batches):
+            error = error or KvlogError("malformed produce reply")
+            for batch in batches:
+                self._on_batch_error(batch, error)
+            return
+        for batch, result in zip(batches, results, strict=True):
+            code = result.get("error", 0)
+            if code:
+                self._on_batch_error(batch, error_from_code(code, result.get("message")))
+            else:
+                self._succeed(
+                    batch, result.get("base_offset", -1), result.get("log_start_offset", -1)
+                )
+
+    def _on_batch_error(self, batch: ProducerBatch, error: KvlogError) -> None:
+        now = time.monotonic()
+        if error.recovery is Recovery.REFRESH_METADATA:
+            self.metadata.mark_stale()
+        can_retry = (
+            self._aborted is None and batch.attempts <= self.retries and now < batch.deadline
+        )
+        verdict, resend = self.sequencer.on_error(batch.tp, batch, error, can_retry=can_retry)
+        if verdict is Verdict.FAIL:
+            if now >= batch.deadline:
+                error = self._timeout_error(batch)
+            self._fail(batch, error)
+        else:
+            self.stats["retries"] += 1
+            log.debug("retrying %s after %s", batch, error)
+        self._requeue(resend, now)
+
+    def _succeed(self, batch: ProducerBatch, base_offset: int, log_start_offset: int) -> None:
+        resend = self.sequencer.on_success(batch.tp, batch)
+        self.accumulator.complete(batch)
+        batch.future.set_result(base_offset, log_start_offset)
+        self._requeue(resend, time.monotonic())
+
+    def _fail(self, batch: ProducerBatch, error: BaseException) -> None:
+        self.accumulator.complete(batch)
+        batch.future.set_exception(error)
+
+    def _requeue(self, resend: list[Any], now: float) -> None:
+        if resend:
+            self.accumulator.requeue_front(resend, now + self.backoff_s)
