@@ -1,0 +1,630 @@
+"""The Consumer: kafka-python's API over kvlog's wire.
+
+Manual assignment (``assign``) or, without a group, ``subscribe`` to whole topics; with a
+``group_id``, ``subscribe`` joins a consumer group (see ``ipc/group_member.py``). ``poll()``
+returns ``{TopicPartition: [ConsumerRecord, ...]}`` from prefetched batches (the
+:class:`~ipc.fetcher.Fetcher` long-polls leaders on the I/O thread) and advances each
+partition's position past what it returned. Where a partition starts when there is no
+position: the group's committed offset, else ``auto.offset.reset`` (earliest, latest, or
+none: NoOffsetForPartitionError).
+
+Not thread-safe, like Kafka's consumer: use it from one thread (``wakeup``-style calls
+aside, nothing else is needed).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
+
+from kvlog import batch as batch_format
+from kvlog.errors import (
+    IllegalStateError,
+    KafkaTimeoutError,
+    KvlogError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+    Recovery,
+    UnknownTopicOrPartitionError,
+    error_from_code,
+)
+from kvlog.types import TopicPartition
+
+from .config import CONSUMER_SETTINGS, resolve
+from .fetcher import Fetcher, PartitionFetchState, out_of_range_message
+from .metadata import ClusterMetadata
+from .rpc import IOThread
+from .serializers import deserializer
+from .wire import split_bootstrap
+
+log = logging.getLogger(__name__)
+
+EARLIEST = -2
+LATEST = -1
+
+
+class ConsumerRecord(NamedTuple):
+    """One record as ``poll()`` returns it (kafka-python's field names)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: Any
+    value: Any
+    headers: list[tuple[str, bytes]]
+    timestamp_type: int = 0
+    serialized_key_size: int = -1
+    serialized_value_size: int = -1
+
+
+class OffsetAndMetadata(NamedTuple):
+    """A committed position: the next offset to read, plus free-form metadata."""
+
+    offset: int
+    metadata: str = ""
+    leader_epoch: int = -1
+
+
+class OffsetAndTimestamp(NamedTuple):
+    offset: int
+    timestamp: int
+
+
+class ConsumerRebalanceListener:
+    """Override to act when a group rebalance moves partitions (Kafka's interface)."""
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Before partitions leave: commit what was processed."""
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """After partitions arrive: seek if needed."""
+
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        """Partitions were taken away without a clean revoke (session lost); by default
+        the same as revoked, as in Kafka."""
+        self.on_partitions_revoked(lost)
+
+
+_tuple_new = tuple.__new__
+
+
+class Consumer:
+    """Reads records from kvlog topics. See the module docstring."""
+
+    def __init__(self, *topics: Any, **kwargs: Any) -> None:
+        config: Mapping[str, Any] | None = None
+        if topics and isinstance(topics[0], Mapping):
+            config, topics = topics[0], topics[1:]
+        cfg = resolve(CONSUMER_SETTINGS, config, kwargs, what="consumer")
+        self.config = cfg
+        self._bootstrap = split_bootstrap(cfg["bootstrap_servers"])
+        self._key_deserializer = deserializer(cfg["key_deserializer"], "key_deserializer")
+        self._value_deserializer = deserializer(cfg["value_deserializer"], "value_deserializer")
+        self._plain_keys = cfg["key_deserializer"] is None
+        self._plain_values = cfg["value_deserializer"] is None
+        self._reset = cfg["auto_offset_reset"]
+        self._request_timeout_ms = cfg["request_timeout_ms"]
+        self._check_crcs = cfg["check_crcs"]
+        self.metadata = ClusterMetadata()
+        self._fetcher = Fetcher(
+            self.metadata,
+            bootstrap=self._bootstrap,
+            fetch_max_wait_ms=cfg["fetch_max_wait_ms"],
+            fetch_min_bytes=cfg["fetch_min_bytes"],
+            fetch_max_bytes=cfg["fetch_max_bytes"],
+            max_partition_fetch_bytes=cfg["max_partition_fetch_bytes"],
+            backoff_s=cfg["retry_backoff_ms"] / 1000,
+            metadata_max_age_s=cfg["metadata_max_age_ms"] / 1000,
+            on_out_of_range=self._on_out_of_range,
+        )
+        self._io = IOThread(
+            f"consumer-{cfg['client_id']}",
+            request_timeout_ms=self._request_timeout_ms,
+            driver=self._fetcher,
+        )
+        self._lock = self._fetcher.lock
+        self._decoded: dict[TopicPartition, deque[ConsumerRecord]] = {}
+        self._subscription: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        self._manual = False
+        self._closed = False
+        self._iterator: Iterator[ConsumerRecord] | None = None
+        self._rr = 0
+        self._group: Any = None
+        self._thread_guard = threading.Lock()
+        if topics:
+            self.subscribe([str(t) for t in topics])
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<kvlog.Consumer group={self.config['group_id']!r} assigned={len(self.assignment())}>"
+        )
+
+    # -- assignment ----------------------------------------------------------------------------
+
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        """Read exactly these partitions (no group management)."""
+        if self._subscription or self._pattern is not None:
+            raise IllegalStateError(
+                "assign() after subscribe(): call unsubscribe() first; a consumer either "
+                "subscribes or assigns"
+            )
+        tps = [TopicPartition(*tp) for tp in partitions]
+        self._manual = bool(tps)
+        self._set_assignment(set(tps))
+
+    def _set_assignment(self, tps: set[TopicPartition]) -> None:
+        with self._lock:
+            for tp in list(self._fetcher.states):
+                if tp not in tps:
+                    del self._fetcher.states[tp]
+                    self._decoded.pop(tp, None)
+            for tp in tps:
+                if tp not in self._fetcher.states:
+                    self._fetcher.states[tp] = PartitionFetchState()
+            self._fetcher.topics_wanted = {tp.topic for tp in tps} | self._subscription
+        self._io.wake()
+
+    def assignment(self) -> set[TopicPartition]:
+        with self._lock:
+            return set(self._fetcher.states)
+
+    def subscribe(
+        self,
+        topics: Iterable[str] = (),
+        pattern: str | None = None,
+        listener: ConsumerRebalanceListener | None = None,
+    ) -> None:
+        """Subscribe to topics (or a regex ``pattern``). With a ``group_id`` the group
+        shares their partitions; without one this consumer reads all of them."""
+        if self._manual:
+            raise IllegalStateError("subscribe() after assign(): call unsubscribe() first")
+        topic_list = [topics] if isinstance(topics, str) else list(topics)
+        if bool(topic_list) == (pattern is not None):
+            raise IllegalStateError("subscribe() takes topics or a pattern, not both or neither")
+        self._subscription = set(topic_list)
+        self._pattern = re.compile(pattern) if pattern is not None else None
+        if self.config["group_id"] is not None:
+            from .group_member import GroupMember
+
+            if self._group is None:
+                self._group = GroupMember(self)
+            self._group.subscribe(self._subscription, self._pattern, listener)
+            return
+        self._assign_subscribed()
+
+    def subscription(self) -> set[str]:
+        return set(self._subscription)
+
+    def unsubscribe(self) -> None:
+        if self._group is not None:
+            self._group.unsubscribe()
+        self._subscription = set()
+        self._pattern = None
+        self._manual = False
+        self._set_assignment(set())
+
+    def _matching_topics(self) -> set[str]:
+        if self._pattern is None:
+            return set(self._subscription)
+        self._ensure_metadata(None)
+        return {
+            t
+            for t in self.metadata.topics
+            if self._pattern.fullmatch(t)
+            and not (self.config["exclude_internal_topics"] and t.startswith("__"))
+        }
+
+    def _assign_subscribed(self) -> None:
+        topics = self._matching_topics()
+        self._ensure_metadata(sorted(topics))
+        tps = {
+            TopicPartition(t, p)
+            for t in topics
+            for p in sorted(self.metadata.partitions_for(t) or ())
+        }
+        self._set_assignment(tps)
+
+    # -- metadata and offsets -------------------------------------------------------------------
+
+    def _ensure_metadata(self, topics: list[str] | None) -> None:
+        """Make sure the metadata knows ``topics`` (None: all); raises if one is missing."""
+        deadline = time.monotonic() + self._request_timeout_ms / 1000
+        while True:
+            if topics is not None and all(t in self.metadata.topics for t in topics):
+                return
+            since = time.monotonic()
+            try:
+                fields: dict[str, Any] = {} if topics is None else {"topics": topics}
+                header, _ = self._io.call(self._bootstrap[0], "metadata", fields)
+            except KvlogError as exc:
+                if not exc.retriable or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+                continue
+            self.metadata.update(header, requested=topics)
+            if topics is None:
+                return
+            missing = [t for t in topics if t in self.metadata.missing]
+            if missing:
+                raise UnknownTopicOrPartitionError(
+                    f"topic(s) {', '.join(missing)} do not exist; create them first"
+                )
+            if self.metadata.updated_at > since and all(t in self.metadata.topics for t in topics):
+                return
+            if time.monotonic() > deadline:
+                raise KafkaTimeoutError(f"no metadata for {topics} within request.timeout.ms")
+
+    def _list_offsets(
+        self, wanted: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, tuple[int, int]]:
+        """Kafka's ListOffsets: {tp: timestamp (-2 earliest, -1 latest, or ms)} ->
+        {tp: (offset, timestamp)}, asking each leader, retrying through leader moves."""
+        out: dict[TopicPartition, tuple[int, int]] = {}
+        todo = dict(wanted)
+        deadline = time.monotonic() + self._request_timeout_ms / 1000
+        while todo:
+            self._ensure_metadata(sorted({tp.topic for tp in todo}))
+            by_leader: dict[str, list[TopicPartition]] = {}
+            for tp in todo:
+                count = self.metadata.partition_count(tp.topic) or 0
+                if tp.partition >= count:
+                    raise UnknownTopicOrPartitionError(f"partition {tp} does not exist")
+                endpoint = self.metadata.leader_endpoint(tp)
+                if endpoint is not None:
+                    by_leader.setdefault(endpoint, []).append(tp)
+            retry = False
+            for endpoint, tps in by_leader.items():
+                fields = {
+                    "partitions": [
+                        {"topic": tp.topic, "partition": tp.partition, "timestamp": todo[tp]}
+                        for tp in tps
+                    ]
+                }
+                try:
+                    header, _ = self._io.call(endpoint, "list_offsets", fields)
+                except KvlogError as exc:
+                    if not exc.retriable:
+                        raise
+                    retry = True
+                    continue
+                for tp, entry in zip(tps, header.get("partitions", []), strict=False):
+                    code = entry.get("error", 0)
+                    if code:
+                        exc = error_from_code(code, entry.get("message"))
+                        if exc.recovery is Recovery.FATAL:
+                            raise exc
+                        retry = True
+                        continue
+                    out[tp] = (entry["offset"], entry.get("timestamp", -1))
+                    del todo[tp]
+            if todo and (retry or not by_leader):
+                if time.monotonic() > deadline:
+                    raise KafkaTimeoutError(f"could not list offsets of {sorted(todo)} in time")
+                self.metadata.mark_stale()
+                self.metadata.stale = True
+                time.sleep(0.05)
+                self._ensure_metadata_fresh()
+        return out
+
+    def _ensure_metadata_fresh(self) -> None:
+        topics = sorted({tp.topic for tp in self.assignment()} | self._subscription)
+        header, _ = self._io.call(self._bootstrap[0], "metadata", {"topics": topics})
+        self.metadata.update(header, requested=topics)
+
+    def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        found = self._list_offsets({TopicPartition(*tp): EARLIEST for tp in partitions})
+        return {tp: offset for tp, (offset, _) in found.items()}
+
+    def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The high watermark of each partition (the offset the next record will get)."""
+        found = self._list_offsets({TopicPartition(*tp): LATEST for tp in partitions})
+        return {tp: offset for tp, (offset, _) in found.items()}
+
+    def offsets_for_times(
+        self, timestamps: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
+        """The earliest offset whose timestamp is >= the given one (None if there is none)."""
+        for tp, ts in timestamps.items():
+            if ts < 0:
+                raise ValueError(f"timestamp for {tp} must be >= 0, got {ts}")
+        found = self._list_offsets({TopicPartition(*tp): ts for tp, ts in timestamps.items()})
+        return {
+            tp: (OffsetAndTimestamp(offset, ts) if offset >= 0 else None)
+            for tp, (offset, ts) in found.items()
+        }
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        self._ensure_metadata([topic])
+        return self.metadata.partitions_for(topic) or set()
+
+    def topics(self) -> set[str]:
+        self._ensure_metadata(None)
+        return set(self.metadata.topics)
+
+    # -- positions -----------------------------------------------------------------------------
+
+    def _state(self, tp: TopicPartition) -> PartitionFetchState:
+        state = self._fetcher.states.get(tp)
+        if state is None:
+            raise IllegalStateError(f"{tp} is not assigned to this consumer")
+        return state
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        """Read ``partition`` from ``offset`` on the next poll()."""
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+        tp = TopicPartition(*partition)
+        with self._lock:
+            self._fetcher.reset_state(self._state(tp), offset)
+            self._decoded.pop(tp, None)
+        self._io.wake()
+
+    def _seek_to(self, which: int, partitions: tuple[TopicPartition, ...]) -> None:
+        tps = [TopicPartition(*tp) for tp in partitions] or sorted(self.assignment())
+        for tp in tps:
+            self._state(tp)
+        for tp, (offset, _) in self._list_offsets(dict.fromkeys(tps, which)).items():
+            self.seek(tp, offset)
+
+    def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        self._seek_to(EARLIEST, partitions)
+
+    def seek_to_end(self, *partitions: TopicPartition) -> None:
+        self._seek_to(LATEST, partitions)
+
+    def position(self, partition: TopicPartition) -> int:
+        """The offset of the next record poll() returns for ``partition``."""
+        tp = TopicPartition(*partition)
+        with self._lock:
+            position = self._state(tp).position
+        if position is None:
+            self._resolve_positions([tp])
+            with self._lock:
+                position = self._state(tp).position
+        assert position is not None
+        return position
+
+    def _resolve_positions(self, tps: list[TopicPartition]) -> None:
+        """Committed offset (groups), else auto.offset.reset."""
+        committed: dict[TopicPartition, int] = {}
+        if self._group is not None:
+            committed = self._group.committed_positions(tps)
+        need = [tp for tp in tps if tp not in committed]
+        if need and self._reset == "none":
+            raise NoOffsetForPartitionError(
+                f"no committed offset for {', '.join(map(str, need))} and "
+                "auto.offset.reset is 'none'; seek() first or set auto.offset.reset"
+            )
+        which = EARLIEST if self._reset == "earliest" else LATEST
+        found = self._list_offsets(dict.fromkeys(need, which)) if need else {}
+        with self._lock:
+            for tp in tps:
+                state = self._fetcher.states.get(tp)
+                if state is None or state.position is not None:
+                    continue
+                offset = committed[tp] if tp in committed else found[tp][0]
+                self._fetcher.reset_state(state, offset)
+        self._io.wake()
+
+    def _on_out_of_range(self, tp: TopicPartition, exc: KvlogError) -> None:
+        """Called on the I/O thread when a fetch position left the log."""
+        with self._lock:
+            state = self._fetcher.states.get(tp)
+            if state is None:
+                return
+            if self._reset == "none":
+                state.error = OffsetOutOfRangeError(
+                    out_of_range_message(tp, state.fetch_offset, exc)
+                )
+            else:
+                log.warning(
+                    "%s; resetting to %s",
+                    out_of_range_message(tp, state.fetch_offset, exc),
+                    self._reset,
+                )
+                self._fetcher.reset_state(state, None)
+            self._lock.notify_all()
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        with self._lock:
+            for tp in partitions:
+                self._state(TopicPartition(*tp)).paused = True
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        with self._lock:
+            for tp in partitions:
+                self._state(TopicPartition(*tp)).paused = False
+        self._io.wake()
+
+    def paused(self) -> set[TopicPartition]:
+        with self._lock:
+            return {tp for tp, s in self._fetcher.states.items() if s.paused}
+
+    # -- polling ---------------------------------------------------------------------------------
+
+    def poll(
+        self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True
+    ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """Records from the assigned partitions, at most ``max.poll.records``; waits up to
+        ``timeout_ms`` for some to arrive."""
+        if self._closed:
+            raise IllegalStateError("poll() on a closed consumer")
+        limit = max_records or self.config["max_poll_records"]
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            if self._group is not None:
+                self._group.poll_tick(deadline)
+            with self._lock:
+                unresolved = [tp for tp, s in self._fetcher.states.items() if s.position is None]
+            if unresolved:
+                self._resolve_positions(unresolved)
+            with self._lock:
+                records = self._collect(limit, update_offsets)
+                if records:
+                    self._io.wake()
+                    return records
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return {}
+                self._lock.wait(min(left, 0.1))
+
+    def _collect(self, limit: int, update: bool) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """Take up to ``limit`` records from the buffers (lock held)."""
+        out: dict[TopicPartition, list[ConsumerRecord]] = {}
+        states = list(self._fetcher.states.items())
+        if not states:
+            return out
+        self._rr = (self._rr + 1) % len(states)
+        remaining = limit
+        for tp, state in states[self._rr :] + states[: self._rr]:
+            if state.error is not None:
+                error, state.error = state.error, None
+                if out:
+                    state.error = error  # report it on the next poll, after these records
+                    return out
+                raise error
+            if state.paused or state.position is None:
+                continue
+            taken = self._take(tp, state, remaining)
+            if taken:
+                out[tp] = taken
+                if update:
+                    state.position = taken[-1].offset + 1
+                remaining -= len(taken)
+                if remaining <= 0:
+                    break
+        return out
+
+    def _take(
+        self, tp: TopicPartition, state: PartitionFetchState, limit: int
+    ) -> list[ConsumerRecord]:
+        decoded = self._decoded.get(tp)
+        out: list[ConsumerRecord] = []
+        position = state.position or 0
+        while len(out) < limit:
+            if decoded:
+                while decoded and len(out) < limit:
+                    record = decoded.popleft()
+                    if record.offset >= position:
+                        out.append(record)
+                continue
+            if not state.buffered:
+                break
+            base, raw = state.buffered.popleft()
+            state.buffered_bytes -= len(raw)
+            decoded = self._decoded[tp] = deque(self._decode(tp, base, raw, position))
+        return out
+
+    def _decode(
+        self, tp: TopicPartition, base: int, raw: bytes, position: int
+    ) -> list[ConsumerRecord]:
+        if self._check_crcs:
+            header, records = batch_format.decode_raw(raw)
+        else:
+            header = batch_format.read_header(raw)
+            records = batch_format.decode_raw(raw)[1]
+        first_ts = header.first_timestamp
+        topic, partition = tp.topic, tp.partition
+        kd = None if self._plain_keys else self._key_deserializer
+        vd = None if self._plain_values else self._value_deserializer
+        new = _tuple_new
+        out = []
+        for r in records:
+            offset = base + r[0]
+            if offset < position:
+                continue
+            key, value = r[2], r[3]
+            out.append(
+                new(
+                    ConsumerRecord,
+                    (
+                        topic,
+                        partition,
+                        offset,
+                        first_ts + r[1],
+                        key if kd is None else kd(key),
+                        value if vd is None else vd(value),
+                        [(h[0], h[1]) for h in r[4]] if len(r) > 4 else [],
+                        0,
+                        -1 if key is None else len(key),
+                        -1 if value is None else len(value),
+                    ),
+                )
+            )
+        return out
+
+    # -- iteration (kafka-python) ------------------------------------------------------------------
+
+    def __iter__(self) -> Consumer:
+        return self
+
+    def __next__(self) -> ConsumerRecord:
+        timeout = self.config["consumer_timeout_ms"]
+        deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        while True:
+            if self._iterator is not None:
+                record = next(self._iterator, None)
+                if record is not None:
+                    return record
+                self._iterator = None
+            wait = 1000 if deadline is None else int(max(0.0, deadline - time.monotonic()) * 1000)
+            batch = self.poll(timeout_ms=wait)
+            if batch:
+                self._iterator = iter([r for records in batch.values() for r in records])
+            elif deadline is not None and time.monotonic() >= deadline:
+                raise StopIteration
+
+    # -- commits (groups) ----------------------------------------------------------
+
+    def _require_group(self, what: str) -> Any:
+        if self._group is None:
+            from .group_member import GroupMember
+
+            if self.config["group_id"] is None:
+                raise IllegalStateError(f"{what} needs a group_id")
+            self._group = GroupMember(self)
+        return self._group
+
+    def commit(
+        self, offsets: Mapping[TopicPartition, OffsetAndMetadata | int] | None = None
+    ) -> None:
+        """Commit positions (default: what poll() returned so far) synchronously."""
+        self._require_group("commit()").commit_sync(offsets)
+
+    def commit_async(
+        self,
+        offsets: Mapping[TopicPartition, OffsetAndMetadata | int] | None = None,
+        callback: Any = None,
+    ) -> None:
+        self._require_group("commit_async()").commit_async(offsets, callback)
+
+    def committed(self, partition: TopicPartition) -> int | None:
+        """The group's committed offset for ``partition`` (the next offset to read)."""
+        found = self._require_group("committed()").fetch_committed([TopicPartition(*partition)])
+        entry = found.get(TopicPartition(*partition))
+        return None if entry is None else entry.offset
+
+    # -- close ----------------------------------------------------------------------
+
+    def close(self, autocommit: bool = True) -> None:
+        if self._closed:
+            return
+        try:
+            if self._group is not None:
+                self._group.close(autocommit=autocommit)
+        finally:
+            self._closed = True
+            self._io.close()
