@@ -190,7 +190,7 @@ class RecordAccumulator:
         with self._cond:
             return bool(self._open) or any(self._queues.values())
 
-    # -- the I/O thread ----------------------------------------------------------------------
+    # -- the I/O thread --------------------------------------------------------------------
 
     def ready(self, now: float) -> tuple[list[TopicPartition], float | None]:
         """Partitions with a batch to send now, and when the next open batch is due."""

@@ -152,7 +152,7 @@ class Consumer:
             f"<kvlog.Consumer group={self.config['group_id']!r} assigned={len(self.assignment())}>"
         )
 
-    # -- assignment ----------------------------------------------------------------------------
+    # -- assignment ------------------------------------------------------------------------
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Read exactly these partitions (no group management)."""
@@ -237,7 +237,7 @@ class Consumer:
         }
         self._set_assignment(tps)
 
-    # -- metadata and offsets -------------------------------------------------------------------
+    # -- metadata and offsets --------------------------------------------------------------
 
     def _ensure_metadata(self, topics: list[str] | None) -> None:
         """Make sure the metadata knows ``topics`` (None: all); raises if one is missing."""
@@ -354,7 +354,7 @@ class Consumer:
         self._ensure_metadata(None)
         return set(self.metadata.topics)
 
-    # -- positions -----------------------------------------------------------------------------
+    # -- positions -------------------------------------------------------------------------
 
     def _state(self, tp: TopicPartition) -> PartitionFetchState:
         state = self._fetcher.states.get(tp)
@@ -453,7 +453,7 @@ class Consumer:
         with self._lock:
             return {tp for tp, s in self._fetcher.states.items() if s.paused}
 
-    # -- polling ---------------------------------------------------------------------------------
+    # -- polling ---------------------------------------------------------------------------
 
     def poll(
         self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True
@@ -587,7 +587,7 @@ class Consumer:
             elif deadline is not None and time.monotonic() >= deadline:
                 raise StopIteration
 
-    # -- commits (groups) ----------------------------------------------------------
+    # -- commits (groups) ------------------------------------------------------------------
 
     def _require_group(self, what: str) -> Any:
         if self._group is None:
@@ -617,7 +617,7 @@ class Consumer:
         entry = found.get(TopicPartition(*partition))
         return None if entry is None else entry.offset
 
-    # -- close ----------------------------------------------------------------------
+    # -- close -----------------------------------------------------------------------------
 
     def close(self, autocommit: bool = True) -> None:
         if self._closed:

@@ -87,7 +87,7 @@ class Fetcher:
         self._metadata_retry_at = 0.0
         self._bootstrap_index = 0
 
-    # -- driver --------------------------------------------------------------------------------
+    # -- driver ----------------------------------------------------------------------------
 
     def run(self, io: IOThread, now: float) -> float | None:
         self._refresh_metadata(io, now)
@@ -230,7 +230,7 @@ class Fetcher:
         for tp, exc in out_of_range:
             self.on_out_of_range(tp, exc)
 
-    # -- used by the consumer, lock held --------------------------------------------------------
+    # -- used by the consumer, lock held ---------------------------------------------------
 
     def reset_state(self, state: PartitionFetchState, offset: int | None) -> None:
         """Seek: new position, empty buffer, newer epoch (drops in-flight results)."""

@@ -87,7 +87,7 @@ class Producer:
     def __repr__(self) -> str:
         return f"<kvlog.Producer bootstrap={self._bootstrap}>"
 
-    # -- sending --------------------------------------------------------------------------
+    # -- sending ---------------------------------------------------------------------------
 
     def send(
         self,
@@ -180,7 +180,7 @@ class Producer:
             self._wait_for_topic(topic)
         return self.metadata.partitions_for(topic) or set()
 
-    # -- flush / close -----------------------------------------------------------------------
+    # -- flush / close ---------------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> None:
         """Send everything queued so far and wait until each record is acknowledged or
@@ -259,7 +259,7 @@ class Sender:
         for batch in self.accumulator.abort_all():
             self._fail(batch, error)
 
-    # -- the driver turn ----------------------------------------------------------------------
+    # -- the driver turn -------------------------------------------------------------------
 
     def run(self, io: IOThread, now: float) -> float | None:
         wake = now + 0.1

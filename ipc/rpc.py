@@ -144,7 +144,7 @@ class IOThread:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    # -- the I/O thread -------------------------------------------------------------------------
+    # -- the I/O thread --------------------------------------------------------------------
 
     def in_io_thread(self) -> bool:
         return threading.current_thread() is self._thread

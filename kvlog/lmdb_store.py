@@ -139,7 +139,7 @@ class LogDir:
             self._handles.clear()
             self.env.close()
 
-    # -- transactions -----------------------------------------------------------------
+    # -- transactions ----------------------------------------------------------------------
 
     def _begin(self, write: bool) -> lmdb.Transaction:
         try:
@@ -209,7 +209,7 @@ class LogDir:
             finally:
                 txn.abort()
 
-    # -- handles ------------------------------------------------------------------------
+    # -- handles ---------------------------------------------------------------------------
 
     def _handle(self, name: bytes, txn: lmdb.Transaction, *, create: bool) -> Any | None:
         db = self._handles.get(name)
@@ -223,7 +223,7 @@ class LogDir:
             return None
         return db
 
-    # -- conveniences over write/reader -------------------------------------------------
+    # -- conveniences over write/reader ----------------------------------------------------
 
     def create_partition(self, tp: TopicPartition, *, start_offset: int = 0) -> bool:
         return self.write(lambda w: w.create_partition(tp, start_offset=start_offset))

@@ -35,6 +35,11 @@ FORWARDED_OPS = (
     "create_partitions",
     "alter_topic_config",
     "init_producer_id",
+    "list_groups",
+    "describe_groups",
+    "delete_groups",
+    "offset_fetch",
+    "offset_commit",
 )
 
 
@@ -73,7 +78,7 @@ class BrokerServer(Server):
             self.handlers[op] = self._forward
         self._watch()
 
-    # -- metadata cache -----------------------------------------------------------------------
+    # -- metadata cache --------------------------------------------------------------------
 
     def _watch(self) -> None:
         self._watch_in_flight = True
@@ -129,7 +134,7 @@ class BrokerServer(Server):
     def op_ping(self, req: Request, peer: bytes) -> dict[str, Any]:
         return {"version": self.version, "ready": self.cache is not None}
 
-    # -- forwarding --------------------------------------------------------------------------
+    # -- forwarding ------------------------------------------------------------------------
 
     def _forward(self, req: Request, peer: bytes) -> None:
         fields = {k: v for k, v in req.header.items() if k not in ("v", "id", "op")}
@@ -169,7 +174,7 @@ class BrokerServer(Server):
                 still.append(held)
         self.held = still
 
-    # -- timers -------------------------------------------------------------------------------
+    # -- timers ----------------------------------------------------------------------------
 
     def next_timeout_ms(self, now: float) -> float:
         if not self._watch_in_flight:

@@ -101,7 +101,7 @@ class ControllerCore:
         self.nodes: dict[int, NodeInfo] = {}
         self.version = self.store.write(self._bump_version)
 
-    # -- version ------------------------------------------------------------------------
+    # -- version ---------------------------------------------------------------------------
 
     def _bump_version(self, w: WriteTxn) -> int:
         raw = w.get(CONTROLLER_TABLE, b"version")
@@ -119,7 +119,7 @@ class ControllerCore:
         result, self.version = self.store.write(run)
         return result
 
-    # -- topics -------------------------------------------------------------------------
+    # -- topics ----------------------------------------------------------------------------
 
     def _place_replicas(
         self, first_partition: int, count: int, rf: int, seed: int
@@ -244,7 +244,7 @@ class ControllerCore:
 
         return self._commit(write)
 
-    # -- reads --------------------------------------------------------------------------
+    # -- reads -----------------------------------------------------------------------------
 
     def topics(self, names: list[str] | None = None) -> list[TopicView]:
         with self.store.reader() as r:
@@ -314,7 +314,7 @@ class ControllerCore:
         node = self.nodes.get(node_id)
         return node is not None and node.alive
 
-    # -- nodes --------------------------------------------------------------------------
+    # -- nodes -----------------------------------------------------------------------------
 
     def node_heartbeat(
         self, node_id: int, endpoint: str, log_dir: str, applied_version: int, pid: int, now_ms: int
@@ -374,7 +374,7 @@ class ControllerCore:
     def nodes_behind(self, node_ids: list[int], version: int) -> list[int]:
         return [n for n in node_ids if self._alive(n) and self.nodes[n].applied_version < version]
 
-    # -- producer ids -------------------------------------------------------------------
+    # -- producer ids ----------------------------------------------------------------------
 
     def init_producer_id(self) -> tuple[int, int]:
         """A fresh producer id (epoch 0), durable so ids are never reused."""

@@ -22,6 +22,7 @@ from kvlog.ipc.wire import INT32_MAX, Request
 from kvlog.lmdb_store import LogDir
 
 from .controller import ControllerCore
+from .group_wire import GroupOps
 from .server import Server
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ class CoordinatorSettings:
     node_ids: list[int]
     node_timeout_ms: int = 6000
     admin_apply_timeout_ms: int = 5000
+    group_min_session_timeout_ms: int = 6000
+    group_max_session_timeout_ms: int = 1_800_000
+    group_initial_rebalance_delay_ms: int = 3000
+    group_max_size: int = 1000
 
 
 @dataclass
@@ -50,7 +55,7 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class CoordinatorServer(Server):
+class CoordinatorServer(GroupOps, Server):
     name = "coordinator"
 
     def __init__(
@@ -70,7 +75,7 @@ class CoordinatorServer(Server):
         self.admin_waiters: list[Parked] = []
         self._announced = self.core.version
 
-    # -- nodes -------------------------------------------------------------------------------
+    # -- nodes -----------------------------------------------------------------------------
 
     def op_node_heartbeat(self, req: Request, peer: bytes) -> dict[str, Any] | None:
         node_id = req.int("node_id", low=0, high=INT32_MAX)
@@ -106,7 +111,7 @@ class CoordinatorServer(Server):
             "deleted_topic_ids": self.core.deleted_topic_ids(),
         }
 
-    # -- metadata ------------------------------------------------------------------------------
+    # -- metadata --------------------------------------------------------------------------
 
     def op_metadata(self, req: Request, peer: bytes) -> dict[str, Any]:
         names = req.get("topics")
@@ -129,7 +134,7 @@ class CoordinatorServer(Server):
         )
         return None
 
-    # -- admin ---------------------------------------------------------------------------------
+    # -- admin -----------------------------------------------------------------------------
 
     def _after_change(
         self, peer: bytes, req: Request, fields: dict[str, Any], node_ids: list[int]
@@ -187,7 +192,7 @@ class CoordinatorServer(Server):
     def op_ping(self, req: Request, peer: bytes) -> dict[str, Any]:
         return {"version": self.core.version, "nodes": self.core.node_entries()}
 
-    # -- parked replies ------------------------------------------------------------------------
+    # -- parked replies --------------------------------------------------------------------
 
     def _announce(self) -> None:
         """Wake every parked heartbeat and watcher when the version moved."""
@@ -220,13 +225,23 @@ class CoordinatorServer(Server):
             self.reply(parked.peer, parked.request_id, parked.fields or {})
         self.admin_waiters = still
 
+    def _partition_count(self, topic: str) -> int | None:
+        views = self.core.topics([topic])
+        return views[0].meta.partitions if views else None
+
     def after_drain(self) -> None:
+        if self._announced != self.core.version:
+            self.groups.on_topics_changed(_now_ms())
         self._announce()
+        self.flush_group_outbox()
 
     def next_timeout_ms(self, now: float) -> float:
         deadlines = [p.deadline for p in self.node_waiters.values()]
         deadlines += [p.deadline for p in self.watchers]
         deadlines += [p.deadline for p in self.admin_waiters]
+        group_deadline = self.groups.next_deadline_ms()
+        if group_deadline is not None:
+            deadlines.append(now + (group_deadline - _now_ms()) / 1000)
         if not deadlines:
             return 100.0
         return max(0.0, min(100.0, (min(deadlines) - now) * 1000))
@@ -234,6 +249,8 @@ class CoordinatorServer(Server):
     def on_timers(self, now: float) -> None:
         self.core.expire_nodes(_now_ms())
         self._announce()
+        self.groups.tick(_now_ms())
+        self.flush_group_outbox()
         for node_id, parked in list(self.node_waiters.items()):
             if parked.deadline <= now:
                 del self.node_waiters[node_id]

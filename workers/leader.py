@@ -134,7 +134,7 @@ class LeaderCore:
         self._staged: list[StagedProduce] = []
         self.touched: set[TopicPartition] = set()
 
-    # -- assignment -------------------------------------------------------------------
+    # -- assignment ------------------------------------------------------------------------
 
     def apply_assignment(
         self, partitions: Iterable[HostedPartition], deleted_topic_ids: Iterable[str] = ()
@@ -192,7 +192,7 @@ class LeaderCore:
             )
         return hosted
 
-    # -- produce ------------------------------------------------------------------------
+    # -- produce ---------------------------------------------------------------------------
 
     def stage_produce(
         self, token: Any, acks: int, entries: list[tuple[TopicPartition, bytes | memoryview]]
@@ -272,7 +272,7 @@ class LeaderCore:
                 self.touched.add(item.tp)
         return staged
 
-    # -- fetch ----------------------------------------------------------------------------
+    # -- fetch -----------------------------------------------------------------------------
 
     def fetch(
         self, partitions: list[FetchPartition], max_bytes: int, *, replica: bool = False

@@ -157,7 +157,7 @@ class NodeServer(Server):
             header.get("version"),
         )
 
-    # -- produce ----------------------------------------------------------------------------
+    # -- produce ---------------------------------------------------------------------------
 
     def op_produce(self, req: Request, peer: bytes) -> None:
         acks = req.int("acks", -1, low=-1, high=1)
@@ -202,7 +202,7 @@ class NodeServer(Server):
         else:
             self.core.touched.clear()
 
-    # -- fetch -------------------------------------------------------------------------------
+    # -- fetch -----------------------------------------------------------------------------
 
     def op_fetch(self, req: Request, peer: bytes) -> None:
         max_wait_ms = req.int("max_wait_ms", 500, low=0, high=self.settings.fetch_max_wait_ms)
@@ -248,7 +248,7 @@ class NodeServer(Server):
         )
         return True
 
-    # -- offsets ------------------------------------------------------------------------------
+    # -- offsets ---------------------------------------------------------------------------
 
     def op_list_offsets(self, req: Request, peer: bytes) -> dict[str, Any]:
         out = []
@@ -269,7 +269,7 @@ class NodeServer(Server):
     def op_ping(self, req: Request, peer: bytes) -> dict[str, Any]:
         return {"node_id": self.settings.node_id, "metadata_version": self.applied_version}
 
-    # -- timers --------------------------------------------------------------------------------
+    # -- timers ----------------------------------------------------------------------------
 
     def next_timeout_ms(self, now: float) -> float:
         deadline = first_deadline(

@@ -78,7 +78,7 @@ class Server:
         self.requests_served = 0
         self.bad_requests = 0
 
-    # -- sockets and replies ------------------------------------------------------------
+    # -- sockets and replies ---------------------------------------------------------------
 
     def add_socket(self, sock: zmq.Socket[Any], on_readable: Callable[[], None]) -> None:
         self._socket_handlers[sock] = on_readable
@@ -102,7 +102,7 @@ class Server:
     def reply_error(self, peer: bytes, request_id: int | None, exc: KvlogError) -> None:
         self.reply(peer, request_id, exc.to_wire())
 
-    # -- the loop ----------------------------------------------------------------------
+    # -- the loop --------------------------------------------------------------------------
 
     def next_timeout_ms(self, now: float) -> float:
         """Milliseconds until the next timer; subclasses with timers override."""

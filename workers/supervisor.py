@@ -154,7 +154,7 @@ class Broker:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- start ---------------------------------------------------------------------------------
+    # -- start -----------------------------------------------------------------------------
 
     def _lock(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -336,7 +336,7 @@ class Broker:
         )
         tmp.replace(path)
 
-    # -- watch and restart ------------------------------------------------------------------
+    # -- watch and restart -----------------------------------------------------------------
 
     def _watch(self) -> None:
         while not self._stopping.is_set():
@@ -369,7 +369,7 @@ class Broker:
                 log.error("restart of kvlog %s failed: %s", child.role, exc.message)
             self._write_status()
 
-    # -- stop ----------------------------------------------------------------------------------
+    # -- stop ------------------------------------------------------------------------------
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM every process (broker first, coordinator last); SIGKILL stragglers."""
