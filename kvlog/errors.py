@@ -100,6 +100,7 @@ class ErrorCode(enum.IntEnum):
     PRODUCER_CLOSED = 1004
     SERIALIZATION_ERROR = 1005
     UNAUTHENTICATED = 1006
+    MAX_POLL_INTERVAL_EXCEEDED = 1007
 
     @property
     def info(self) -> _Info:
@@ -578,6 +579,12 @@ class UnauthenticatedError(KvlogError):
     code = ErrorCode.UNAUTHENTICATED
 
 
+class MaxPollIntervalExceededError(KvlogError):
+    """The consumer did not call poll() within max.poll.interval.ms and left its group."""
+
+    code = ErrorCode.MAX_POLL_INTERVAL_EXCEEDED
+
+
 class _Info:
     __slots__ = ("exception", "message", "recovery")
 
@@ -954,6 +961,13 @@ _TABLE: dict[ErrorCode, _Info] = {
             SerializationError,
             _F,
             "A serializer or deserializer failed; check the key/value serializer.",
+        ),
+        ErrorCode.MAX_POLL_INTERVAL_EXCEEDED: (
+            MaxPollIntervalExceededError,
+            _F,
+            "poll() was not called within max.poll.interval.ms, so the consumer left its "
+            "group and its partitions went to other members; it rejoins on the next poll(). "
+            "Raise max.poll.interval.ms or lower max.poll.records.",
         ),
         ErrorCode.UNAUTHENTICATED: (
             UnauthenticatedError,

@@ -40,6 +40,30 @@ _BROKER_KEYS: dict[str, tuple[str, int, int, str]] = {
         100,
         "A node whose heartbeats stop this long is marked dead.",
     ),
+    "group.min.session.timeout.ms": (
+        "group_min_session_timeout_ms",
+        6000,
+        1,
+        "Smallest session.timeout.ms a consumer may ask for.",
+    ),
+    "group.max.session.timeout.ms": (
+        "group_max_session_timeout_ms",
+        1_800_000,
+        1,
+        "Largest session.timeout.ms a consumer may ask for.",
+    ),
+    "group.initial.rebalance.delay.ms": (
+        "group_initial_rebalance_delay_ms",
+        3000,
+        0,
+        "How long the first rebalance of an empty group waits for more members.",
+    ),
+    "group.max.size": (
+        "group_max_size",
+        1000,
+        1,
+        "Most members one consumer group may have.",
+    ),
     "test.drop.produce.replies": (
         "test_drop_produce_replies",
         0,
@@ -57,6 +81,10 @@ class BrokerConfig:
     max_frame_bytes: int = 128 << 20
     log_retention_check_interval_ms: int = 300_000
     node_session_timeout_ms: int = 6000
+    group_min_session_timeout_ms: int = 6000
+    group_max_session_timeout_ms: int = 1_800_000
+    group_initial_rebalance_delay_ms: int = 3000
+    group_max_size: int = 1000
     test_drop_produce_replies: int = 0
 
     @classmethod

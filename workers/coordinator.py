@@ -22,6 +22,7 @@ from kvlog.ipc.wire import INT32_MAX, Request
 from kvlog.lmdb_store import LogDir
 
 from .controller import ControllerCore
+from .group_coordinator import GroupConfig, GroupCoordinator
 from .group_wire import GroupOps
 from .server import Server
 
@@ -70,6 +71,17 @@ class CoordinatorServer(GroupOps, Server):
         self.core = ControllerCore(
             store, settings.node_ids, node_timeout_ms=settings.node_timeout_ms
         )
+        self.groups = GroupCoordinator(
+            store,
+            GroupConfig(
+                min_session_timeout_ms=settings.group_min_session_timeout_ms,
+                max_session_timeout_ms=settings.group_max_session_timeout_ms,
+                initial_rebalance_delay_ms=settings.group_initial_rebalance_delay_ms,
+                max_size=settings.group_max_size,
+            ),
+            self._partition_count,
+        )
+        self.groups.load(_now_ms())
         self.node_waiters: dict[int, Parked] = {}
         self.watchers: list[Parked] = []
         self.admin_waiters: list[Parked] = []

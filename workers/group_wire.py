@@ -37,12 +37,10 @@ def _tps(value: Any, name: str) -> list[TopicPartition]:
 
 
 class GroupOps:
-    groups: GroupCoordinator
+    """Mixin for the coordinator server, which provides ``reply``."""
 
-    def reply(
-        self, peer: bytes, request_id: int | None, fields: dict[str, Any], frames: Any = ()
-    ) -> None:  # provided by Server
-        raise NotImplementedError
+    groups: GroupCoordinator
+    reply: Any
 
     def flush_group_outbox(self) -> None:
         outbox, self.groups.outbox = self.groups.outbox, []

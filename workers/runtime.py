@@ -112,7 +112,7 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
     finally:
         if server is not None:
             server.close()
-        ctx.term()
+        ctx.destroy(linger=0)  # closes whatever is still open, even after a failed start
         if store is not None:
             store.close()
 

@@ -204,6 +204,10 @@ class Broker:
                     "data_dir": str(self.data_dir),
                     "node_ids": sorted(taken),
                     "node_timeout_ms": cfg.node_session_timeout_ms,
+                    "group_min_session_timeout_ms": cfg.group_min_session_timeout_ms,
+                    "group_max_session_timeout_ms": cfg.group_max_session_timeout_ms,
+                    "group_initial_rebalance_delay_ms": cfg.group_initial_rebalance_delay_ms,
+                    "group_max_size": cfg.group_max_size,
                 },
             },
         )
@@ -314,6 +318,12 @@ class Broker:
                     return
             except KvlogError:
                 pass
+            for child in self.children:
+                if child.process is not None and not child.process.is_alive():
+                    raise KvlogError(
+                        f"kvlog {child.role} exited during start-up (exit code "
+                        f"{child.process.exitcode}); see its log lines above"
+                    )
             if time.monotonic() > deadline:
                 raise KafkaTimeoutError(
                     f"kvlog nodes did not register with the coordinator within "

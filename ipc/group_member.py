@@ -1,0 +1,662 @@
+"""A consumer's membership in a group (Kafka's classic consumer protocol, client side).
+
+Joining and syncing happen inside ``poll()``, on the caller's thread, so rebalance
+listener callbacks run where the user's code runs (as in Kafka). A background thread
+sends heartbeats every ``heartbeat.interval.ms``, so slow processing between polls does
+not cost the session; it also watches ``max.poll.interval.ms``: a consumer that stops
+polling leaves the group (its partitions go to the others), the next ``poll()`` raises
+MaxPollIntervalExceededError, and the one after rejoins.
+
+The leader of each generation computes the assignment with the first assignor of
+``partition.assignment.strategy`` every member supports. Eager assignors revoke
+everything before rejoining; ``cooperative-sticky`` revokes only what moves and rejoins
+at once to hand it over (incremental rebalancing).
+
+Subscription and assignment metadata are CBOR maps (PROTOCOL.md, "Consumer protocol").
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import cbor2
+
+from kvlog.errors import (
+    CommitFailedError,
+    ErrorCode,
+    FencedInstanceIdError,
+    IllegalStateError,
+    KafkaTimeoutError,
+    KvlogError,
+    MaxPollIntervalExceededError,
+    Recovery,
+    error_from_code,
+)
+from kvlog.types import TopicPartition
+
+from .assignors import COOPERATIVE, MemberSubscription, assignor
+
+if TYPE_CHECKING:
+    from .consumer import Consumer, ConsumerRebalanceListener, OffsetAndMetadata
+
+log = logging.getLogger(__name__)
+
+_REJOIN_ERRORS = {
+    ErrorCode.UNKNOWN_MEMBER_ID,
+    ErrorCode.ILLEGAL_GENERATION,
+    ErrorCode.REBALANCE_IN_PROGRESS,
+    ErrorCode.MEMBER_ID_REQUIRED,
+}
+
+
+class _State(enum.Enum):
+    UNJOINED = "unjoined"
+    JOINING = "joining"  # a JoinGroup or SyncGroup is in flight
+    STABLE = "stable"
+
+
+class _Exchange:
+    """One JoinGroup or SyncGroup in flight, completed on the I/O thread."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.done = threading.Event()
+        self.reply: dict[str, Any] | None = None
+        self.error: KvlogError | None = None
+
+    def finish(self, reply: dict[str, Any] | None, error: KvlogError | None) -> None:
+        self.reply = reply
+        self.error = (
+            error
+            if error is not None or reply is not None
+            else KafkaTimeoutError("no reply from the group coordinator")
+        )
+        self.done.set()
+
+
+def encode_subscription(topics: list[str], owned: set[TopicPartition], generation: int) -> bytes:
+    by_topic: dict[str, list[int]] = {}
+    for tp in owned:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    return cbor2.dumps(
+        {
+            "topics": sorted(topics),
+            "owned": [[t, sorted(ps)] for t, ps in sorted(by_topic.items())],
+            "generation": generation,
+        }
+    )
+
+
+def decode_subscription(member_id: str, instance_id: str | None, raw: bytes) -> MemberSubscription:
+    data = cbor2.loads(raw) if raw else {}
+    return MemberSubscription(
+        member_id,
+        list(data.get("topics", [])),
+        [TopicPartition(t, p) for t, ps in data.get("owned", []) for p in ps],
+        data.get("generation", -1),
+        instance_id,
+    )
+
+
+def encode_assignment(tps: list[TopicPartition]) -> bytes:
+    by_topic: dict[str, list[int]] = {}
+    for tp in tps:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    return cbor2.dumps({"partitions": [[t, sorted(ps)] for t, ps in sorted(by_topic.items())]})
+
+
+def decode_assignment(raw: bytes) -> set[TopicPartition]:
+    if not raw:
+        return set()
+    data = cbor2.loads(raw)
+    return {TopicPartition(t, p) for t, ps in data.get("partitions", []) for p in ps}
+
+
+class GroupMember:
+    """Owned by one Consumer. poll-side methods run on the consumer's thread; the
+    heartbeat thread only flags what poll() must do next."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        cfg = consumer.config
+        self.consumer = consumer
+        self.io = consumer._io
+        self.group_id: str = cfg["group_id"]
+        self.instance_id: str | None = cfg["group_instance_id"]
+        self.client_id: str = cfg["client_id"]
+        self.session_timeout_ms: int = cfg["session_timeout_ms"]
+        self.heartbeat_s = cfg["heartbeat_interval_ms"] / 1000
+        self.max_poll_interval_ms: int = cfg["max_poll_interval_ms"]
+        self.strategies: list[Any] = cfg["partition_assignment_strategy"]
+        self.auto_commit: bool = cfg["enable_auto_commit"]
+        self.auto_commit_s = cfg["auto_commit_interval_ms"] / 1000
+        self.request_timeout_ms: int = cfg["request_timeout_ms"]
+        self.backoff_s = cfg["retry_backoff_ms"] / 1000
+        self.member_id = ""
+        self.generation = -1
+        self.leader = ""
+        self.protocol: str | None = None
+        self.state = _State.UNJOINED
+        self.owned: set[TopicPartition] = set()
+        self.listener: ConsumerRebalanceListener | None = None
+        self.subscribed = False
+        self.need_rejoin = False
+        self.last_poll = time.monotonic()
+        self.pending_error: KvlogError | None = None
+        self.lost: set[TopicPartition] | None = None
+        self.lost_reason = ""
+        self.assigned_counts: dict[str, int] = {}
+        self.next_auto_commit = time.monotonic() + self.auto_commit_s
+        self.last_committed: dict[TopicPartition, int] = {}
+        self._pending: _Exchange | None = None
+        self._retry_at = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- coordinator calls ------------------------------------------------------------------
+
+    def _coordinator(self) -> str:
+        endpoint = self.consumer.metadata.coordinator
+        if endpoint is None:
+            self.consumer._ensure_metadata(None)
+            endpoint = self.consumer.metadata.coordinator
+        if endpoint is None:
+            raise KafkaTimeoutError("the broker did not name a group coordinator")
+        return endpoint
+
+    def _call(
+        self, op: str, fields: dict[str, Any], timeout_ms: float | None = None
+    ) -> dict[str, Any]:
+        header, _ = self.io.call(
+            self._coordinator(), op, {"group_id": self.group_id, **fields}, timeout_ms=timeout_ms
+        )
+        return header
+
+    # -- subscription -----------------------------------------------------------------------
+
+    def subscribe(
+        self, topics: set[str], pattern: Any, listener: ConsumerRebalanceListener | None
+    ) -> None:
+        self.listener = listener
+        self.subscribed = True
+        self.need_rejoin = True
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._heartbeat_loop, name=f"kvlog-heartbeat-{self.group_id}", daemon=True
+            )
+            self._thread.start()
+
+    def unsubscribe(self) -> None:
+        if self.state is _State.STABLE:
+            self._revoke(set(self.owned), "unsubscribe")
+            self._leave("unsubscribe")
+        self.subscribed = False
+        self.owned = set()
+        self.state = _State.UNJOINED
+
+    # -- poll side ----------------------------------------------------------------------------
+
+    def poll_tick(self, deadline: float) -> None:
+        now = time.monotonic()
+        self.last_poll = now
+        with self._lock:
+            error, self.pending_error = self.pending_error, None
+            lost, self.lost = self.lost, None
+        if lost:
+            log.warning(
+                "group %s: partitions lost (%s): %s",
+                self.group_id,
+                self.lost_reason,
+                sorted(map(str, lost)),
+            )
+            self.consumer._set_assignment(set())
+            if self.listener is not None:
+                self._safely(self.listener.on_partitions_lost, lost)
+            self.owned = set()
+        if error is not None:
+            raise error
+        if not self.subscribed:
+            return
+        if self.state is _State.STABLE and self._metadata_changed():
+            self.need_rejoin = True
+        if self.need_rejoin or self.state is not _State.STABLE or self._pending is not None:
+            self._join_and_sync(deadline)
+        if self.auto_commit and now >= self.next_auto_commit and self.state is _State.STABLE:
+            self.next_auto_commit = now + self.auto_commit_s
+            self.commit_async(None, None)
+
+    def _metadata_changed(self) -> bool:
+        """The leader rebalances when subscribed topics appear or grow (Kafka's leader
+        watches metadata the same way)."""
+        if self.member_id != self.leader and self.consumer._pattern is None:
+            return False
+        meta = self.consumer.metadata
+        if time.monotonic() - meta.updated_at > 5.0:
+            meta.mark_stale()
+        topics = self.consumer._matching_topics() if self.consumer._pattern else None
+        if topics is not None and topics != set(self.assigned_counts):
+            return True
+        for topic, count in self.assigned_counts.items():
+            now_count = meta.partition_count(topic)
+            if now_count is not None and now_count != count:
+                return True
+        return False
+
+    def _safely(self, fn: Callable[[set[TopicPartition]], None], tps: set[TopicPartition]) -> None:
+        try:
+            fn(set(tps))
+        except Exception:
+            log.exception("rebalance listener %s raised", getattr(fn, "__name__", fn))
+
+    def _revoke(self, tps: set[TopicPartition], why: str) -> None:
+        if not tps:
+            return
+        if self.auto_commit and self.generation >= 0:
+            try:
+                self.commit_sync(None, only=tps)
+            except KvlogError as exc:
+                log.warning(
+                    "group %s: commit before revoking failed: %s", self.group_id, exc.message
+                )
+        if self.listener is not None:
+            self._safely(self.listener.on_partitions_revoked, tps)
+        log.info("group %s: revoked %d partition(s) (%s)", self.group_id, len(tps), why)
+
+    def _join_and_sync(self, deadline: float) -> None:
+        """Advance the join/sync exchange as far as ``deadline`` allows; the next poll()
+        picks it up where this one stopped (so poll(timeout) never blocks past it)."""
+        while True:
+            pending = self._pending
+            if pending is None:
+                if not (self.need_rejoin or self.state is _State.UNJOINED):
+                    return
+                if time.monotonic() < self._retry_at:
+                    return
+                self._start_join()
+                continue
+            if not pending.done.wait(max(0.0, deadline - time.monotonic())):
+                return
+            self._pending = None
+            if pending.error is not None:
+                self._on_join_error(pending.error)
+                continue
+            assert pending.reply is not None
+            if pending.kind == "join":
+                self._on_join_reply(pending.reply)
+            else:
+                self._on_sync_reply(pending.reply)
+                return
+
+    def _cooperative(self) -> bool:
+        return any(s in COOPERATIVE for s in self.strategies if isinstance(s, str))
+
+    def _start_join(self) -> None:
+        if not self._cooperative() and self.owned:
+            self._revoke(set(self.owned), "rebalance")
+            self.owned = set()
+            self.consumer._set_assignment(set())
+        self.need_rejoin = False
+        self.state = _State.JOINING
+        topics = self._topics()
+        self.consumer._ensure_metadata(topics)
+        names = [s for s in self.strategies if isinstance(s, str)]
+        metadata = encode_subscription(topics, self.owned, self.generation)
+        self._submit(
+            "join",
+            "join_group",
+            {
+                "member_id": self.member_id,
+                "group_instance_id": self.instance_id,
+                "client_id": self.client_id,
+                "session_timeout_ms": self.session_timeout_ms,
+                "rebalance_timeout_ms": self.max_poll_interval_ms,
+                "protocol_type": "consumer",
+                "protocols": [[name, metadata] for name in names],
+            },
+        )
+
+    def _submit(self, kind: str, op: str, fields: dict[str, Any]) -> None:
+        pending = self._pending = _Exchange(kind)
+        try:
+            endpoint = self._coordinator()
+        except KvlogError as exc:
+            pending.finish(None, exc)
+            return
+
+        def done(
+            header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
+        ) -> None:
+            pending.finish(header, error)
+
+        self.io.submit(
+            endpoint,
+            op,
+            {"group_id": self.group_id, **fields},
+            done,
+            timeout_ms=self.max_poll_interval_ms + 5000,
+        )
+
+    def _on_join_error(self, exc: KvlogError) -> None:
+        if isinstance(exc, FencedInstanceIdError):
+            self.state = _State.UNJOINED
+            raise exc
+        if exc.code is ErrorCode.UNKNOWN_MEMBER_ID:
+            self.member_id = ""
+            self.generation = -1
+        if exc.code in _REJOIN_ERRORS or exc.retriable:
+            if exc.recovery is Recovery.REFRESH_METADATA or exc.code is ErrorCode.KAFKA_TIMEOUT:
+                self.consumer.metadata.mark_stale()
+                self.consumer.metadata.coordinator = None
+            log.info("group %s: rejoining (%s)", self.group_id, exc.message)
+            self.state = _State.UNJOINED
+            self._retry_at = time.monotonic() + self.backoff_s
+            return
+        self.state = _State.UNJOINED
+        raise exc
+
+    def _on_join_reply(self, reply: dict[str, Any]) -> None:
+        self.member_id = reply["member_id"]
+        self.generation = reply["generation"]
+        self.leader = reply.get("leader") or ""
+        self.protocol = reply.get("protocol")
+        assignments = None
+        if self.member_id == self.leader and not reply.get("skip_assignment"):
+            assignments = self._assign(reply.get("members") or [])
+        self._submit(
+            "sync",
+            "sync_group",
+            {
+                "generation": self.generation,
+                "member_id": self.member_id,
+                "group_instance_id": self.instance_id,
+                "assignments": assignments,
+            },
+        )
+
+    def _on_sync_reply(self, reply: dict[str, Any]) -> None:
+        new = decode_assignment(reply.get("assignment") or b"")
+        cooperative = self._cooperative()
+        revoked = self.owned - new
+        added = new - self.owned
+        if revoked:
+            self._revoke(revoked, "moved to another member")
+            self.need_rejoin = True  # hand them over in a follow-up rebalance
+        self.owned = new
+        self.consumer._set_assignment(new)
+        self.state = _State.STABLE
+        self.assigned_counts = {
+            t: self.consumer.metadata.partition_count(t) or 0 for t in self._topics()
+        }
+        log.info(
+            "group %s: generation %d, member %s, %d partition(s)",
+            self.group_id,
+            self.generation,
+            self.member_id,
+            len(new),
+        )
+        if self.listener is not None and (added or not cooperative):
+            self._safely(self.listener.on_partitions_assigned, added if cooperative else new)
+
+    def _topics(self) -> list[str]:
+        return sorted(self.consumer._matching_topics())
+
+    def _assign(self, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        subs = [
+            decode_subscription(m["member_id"], m.get("instance_id"), m.get("metadata") or b"")
+            for m in members
+        ]
+        topics = sorted({t for s in subs for t in s.topics})
+        self.consumer._ensure_metadata(topics)
+        counts = {t: n for t in topics if (n := self.consumer.metadata.partition_count(t))}
+        result = assignor(self.protocol or "range")(counts, subs)
+        log.info(
+            "group %s: leader assigned %d partition(s) to %d member(s) with %s",
+            self.group_id,
+            sum(len(v) for v in result.values()),
+            len(subs),
+            self.protocol,
+        )
+        return [
+            {"member_id": member_id, "assignment": encode_assignment(tps)}
+            for member_id, tps in result.items()
+        ]
+
+    # -- heartbeat thread -------------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            # Keep heartbeating while a rebalance waits for the next poll(): the session
+            # must not expire before this member rejoins.
+            if self.state is not _State.STABLE:
+                continue
+            idle_ms = (time.monotonic() - self.last_poll) * 1000
+            if idle_ms > self.max_poll_interval_ms:
+                self._poll_interval_exceeded(idle_ms)
+                continue
+            try:
+                self._call(
+                    "heartbeat",
+                    {
+                        "generation": self.generation,
+                        "member_id": self.member_id,
+                        "group_instance_id": self.instance_id,
+                    },
+                    timeout_ms=max(1000, self.session_timeout_ms // 2),
+                )
+            except KvlogError as exc:
+                self._on_heartbeat_error(exc)
+
+    def _on_heartbeat_error(self, exc: KvlogError) -> None:
+        if exc.code is ErrorCode.REBALANCE_IN_PROGRESS:
+            self.need_rejoin = True
+        elif exc.code in (ErrorCode.UNKNOWN_MEMBER_ID, ErrorCode.ILLEGAL_GENERATION):
+            with self._lock:
+                self.lost = set(self.owned)
+                self.lost_reason = (
+                    f"the coordinator no longer knows this member ({exc.message}); its "
+                    f"heartbeats may have stopped for session.timeout.ms="
+                    f"{self.session_timeout_ms}"
+                )
+            if exc.code is ErrorCode.UNKNOWN_MEMBER_ID:
+                self.member_id = ""
+            self.generation = -1
+            self.state = _State.UNJOINED
+        elif isinstance(exc, FencedInstanceIdError):
+            with self._lock:
+                self.pending_error = exc
+            self.state = _State.UNJOINED
+        else:
+            self.consumer.metadata.coordinator = None
+            log.debug("group %s: heartbeat failed: %s", self.group_id, exc)
+
+    def _poll_interval_exceeded(self, idle_ms: float) -> None:
+        reason = (
+            f"poll() was not called for {idle_ms / 1000:.1f} s, longer than "
+            f"max.poll.interval.ms={self.max_poll_interval_ms}"
+        )
+        log.warning(
+            "group %s: consumer %s is leaving the group because %s; its partitions go to the "
+            "other members. Process records faster, lower max.poll.records or raise "
+            "max.poll.interval.ms.",
+            self.group_id,
+            self.member_id,
+            reason,
+        )
+        self._leave(reason)
+        with self._lock:
+            self.lost = set(self.owned)
+            self.lost_reason = reason
+            self.pending_error = MaxPollIntervalExceededError(
+                f"this consumer left group {self.group_id!r} because {reason}; its partitions "
+                "were reassigned and it rejoins on the next poll(). Process records faster, "
+                "lower max.poll.records or raise max.poll.interval.ms."
+            )
+        self.state = _State.UNJOINED
+        self.generation = -1
+
+    def _leave(self, reason: str) -> None:
+        if not self.member_id:
+            return
+        try:
+            self._call(
+                "leave_group",
+                {"members": [{"member_id": self.member_id, "group_instance_id": self.instance_id}]},
+                timeout_ms=3000,
+            )
+        except KvlogError as exc:
+            log.info("group %s: leave failed (%s): %s", self.group_id, reason, exc.message)
+        if not self.instance_id:
+            self.member_id = ""
+
+    # -- offsets ------------------------------------------------------------------------------
+
+    def _positions(self, only: set[TopicPartition] | None) -> dict[TopicPartition, int]:
+        with self.consumer._lock:
+            return {
+                tp: state.position
+                for tp, state in self.consumer._fetcher.states.items()
+                if state.position is not None and (only is None or tp in only)
+            }
+
+    def _commit_fields(self, offsets: Mapping[TopicPartition, Any]) -> dict[str, Any]:
+        entries = []
+        for tp, value in offsets.items():
+            offset = value if isinstance(value, int) else value.offset
+            metadata = "" if isinstance(value, int) else value.metadata
+            entries.append(
+                {
+                    "topic": tp.topic,
+                    "partition": tp.partition,
+                    "offset": offset,
+                    "metadata": metadata,
+                }
+            )
+        return {
+            "generation": self.generation,
+            "member_id": self.member_id,
+            "group_instance_id": self.instance_id,
+            "offsets": entries,
+        }
+
+    def _commit_error(self, exc: KvlogError) -> KvlogError:
+        if exc.code in _REJOIN_ERRORS or isinstance(exc, FencedInstanceIdError):
+            self.need_rejoin = True
+            cause = self.lost_reason or (
+                "the group rebalanced and assigned the partitions to another member (a member "
+                "joined or left, or this consumer's heartbeats stopped for session.timeout.ms="
+                f"{self.session_timeout_ms})"
+            )
+            return CommitFailedError(
+                f"commit failed: {cause}. The records since the last commit will be read again "
+                "by the partitions' new owner. If processing is slow, raise "
+                f"max.poll.interval.ms (now {self.max_poll_interval_ms}) or lower "
+                "max.poll.records.",
+                cause=exc.message,
+            )
+        return exc
+
+    def commit_sync(
+        self,
+        offsets: Mapping[TopicPartition, OffsetAndMetadata | int] | None,
+        *,
+        only: set[TopicPartition] | None = None,
+    ) -> None:
+        if offsets is None:
+            offsets = self._positions(only)
+        if not offsets:
+            return
+        if self.generation < 0 and self.subscribed:
+            raise self._commit_error(
+                error_from_code(
+                    int(ErrorCode.ILLEGAL_GENERATION), "this member is not in the group"
+                )
+            )
+        try:
+            reply = self._call("offset_commit", self._commit_fields(offsets))
+        except KvlogError as exc:
+            raise self._commit_error(exc) from None
+        for entry in reply.get("partitions", []):
+            if entry.get("error"):
+                raise error_from_code(entry["error"], entry.get("message"))
+        for tp, value in offsets.items():
+            self.last_committed[tp] = value if isinstance(value, int) else value.offset
+
+    def commit_async(self, offsets: Mapping[TopicPartition, Any] | None, callback: Any) -> None:
+        if offsets is None:
+            offsets = {
+                tp: pos
+                for tp, pos in self._positions(None).items()
+                if self.last_committed.get(tp) != pos
+            }
+        if not offsets:
+            if callback is not None:
+                callback(offsets, None)
+            return
+        fields = {"group_id": self.group_id, **self._commit_fields(offsets)}
+        snapshot = dict(offsets)
+
+        def done(
+            header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
+        ) -> None:
+            if error is None and header is not None:
+                for tp, value in snapshot.items():
+                    self.last_committed[tp] = value if isinstance(value, int) else value.offset
+            elif error is not None:
+                error = self._commit_error(error)
+                log.warning("group %s: async commit failed: %s", self.group_id, error.message)
+            if callback is not None:
+                try:
+                    callback(snapshot, error)
+                except Exception:
+                    log.exception("commit_async callback raised")
+
+        try:
+            endpoint = self._coordinator()
+        except KvlogError as exc:
+            done(None, [], exc)
+            return
+        self.io.submit(endpoint, "offset_commit", fields, done)
+
+    def fetch_committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
+        from .consumer import OffsetAndMetadata
+
+        reply = self._call("offset_fetch", {"partitions": [[tp.topic, tp.partition] for tp in tps]})
+        out = {}
+        for entry in reply.get("partitions", []):
+            if entry.get("offset", -1) >= 0:
+                tp = TopicPartition(entry["topic"], entry["partition"])
+                out[tp] = OffsetAndMetadata(entry["offset"], entry.get("metadata", ""))
+        return out
+
+    def committed_positions(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: om.offset for tp, om in self.fetch_committed(tps).items()}
+
+    # -- close ----------------------------------------------------------------------------------
+
+    def close(self, *, autocommit: bool) -> None:
+        self._stop.set()
+        try:
+            if self.state is _State.STABLE:
+                if autocommit and self.auto_commit:
+                    try:
+                        self.commit_sync(None)
+                    except KvlogError as exc:
+                        log.warning(
+                            "group %s: commit on close failed: %s", self.group_id, exc.message
+                        )
+                if self.listener is not None and self.owned:
+                    self._safely(self.listener.on_partitions_revoked, self.owned)
+                if not self.instance_id:  # static members keep their partitions
+                    self._leave("close")
+        finally:
+            if self._thread is not None:
+                self._thread.join(timeout=self.heartbeat_s + 1)
+            self.state = _State.UNJOINED
+
+
+__all__ = ["GroupMember", "IllegalStateError"]
