@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -66,10 +67,33 @@ def _parse_partition_key(key: bytes) -> TopicPartition:
     return TopicPartition(topic, int(partition))
 
 
+# Free space below which an I/O error is taken for a full disk (see _looks_full).
+_LOW_SPACE = 16 << 20
+
+
+def _looks_full(path: Path, text: str) -> bool:
+    """LMDB reports a short write as EIO ("short write, filesystem full?" in its source):
+    a commit whose pwritev runs into a full disk or RLIMIT_FSIZE part-way gets EIO, not
+    ENOSPC/EFBIG. Tell that case from a failing disk by looking at the disk and limit."""
+    if os.strerror(errno.EIO) not in text:
+        return False
+    try:
+        limit, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        size = (path / "data.mdb").stat().st_size
+        if limit != resource.RLIM_INFINITY and size >= limit - (1 << 16):
+            return True
+        fs = os.statvfs(path)
+        return fs.f_bavail * fs.f_frsize < _LOW_SPACE
+    except OSError:
+        return False
+
+
 def _storage_error(path: Path, exc: BaseException) -> StorageError:
     text = str(exc)
-    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)) or any(
-        s in text for s in ("No space left", "File too large", "Disk quota")
+    if (
+        (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT))
+        or any(s in text for s in ("No space left", "File too large", "Disk quota"))
+        or _looks_full(path, text)
     ):
         return StorageError(
             f"log dir {path} is full ({text}); nothing was written. Free disk space; "
