@@ -104,7 +104,10 @@ class RecordAccumulator:
         self.buffer_memory = buffer_memory
         self.max_block_s = max_block_ms / 1000
         self.delivery_timeout_s = delivery_timeout_ms / 1000
-        self._cond = threading.Condition()
+        # A plain Lock on the hot path (send); the Condition on the same lock is only
+        # waited on when buffer.memory is full.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._open: dict[TopicPartition, ProducerBatch] = {}
         self._queues: dict[TopicPartition, deque[ProducerBatch]] = {}
         self._incomplete: dict[int, ProducerBatch] = {}
@@ -127,7 +130,7 @@ class RecordAccumulator:
         size = RECORD_OVERHEAD + (len(key) if key else 0) + (len(value) if value else 0)
         if headers:
             size += sum(len(h[0]) + len(h[1]) + 4 for h in headers)
-        with self._cond:
+        with self._lock:
             if self.closed:
                 raise ProducerClosedError("the producer is closed; create a new one")
             if self._used + size > self.buffer_memory and self._used:
@@ -142,7 +145,18 @@ class RecordAccumulator:
                 batch = ProducerBatch(tp, now, self.delivery_timeout_s)
                 self._open[tp] = batch
                 self._incomplete[id(batch)] = batch
-            delta = batch.add(timestamp, key, value, headers, size)
+            # ProducerBatch.add, inlined: this runs once per record.
+            records = batch.records
+            delta = len(records)
+            if not delta:
+                batch.first_timestamp = timestamp
+            if timestamp > batch.max_timestamp:
+                batch.max_timestamp = timestamp
+            if headers:
+                records.append([delta, timestamp - batch.first_timestamp, key, value, headers])
+            else:
+                records.append([delta, timestamp - batch.first_timestamp, key, value])
+            batch.size += size
             self._used += size
             if batch.size >= self.batch_size:
                 self._close(batch)
@@ -169,7 +183,7 @@ class RecordAccumulator:
         self._queues.setdefault(batch.tp, deque()).append(batch)
 
     def incomplete(self) -> list[ProducerBatch]:
-        with self._cond:
+        with self._lock:
             return list(self._incomplete.values())
 
     def begin_flush(self) -> None:

@@ -20,10 +20,10 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from time import monotonic, time_ns
 from typing import Any
 
 from kvlog import batch as batch_format
-from kvlog.batch import now_ms
 from kvlog.errors import (
     InvalidPartitionsError,
     KafkaTimeoutError,
@@ -69,6 +69,8 @@ class Producer:
             delivery_timeout_ms=cfg["delivery_timeout_ms"],
         )
         self._sticky: dict[str, int] = {}
+        self._topic_partitions: dict[str, list[TopicPartition]] = {}
+        self._tps_version = -2
         self._sticky_lock = threading.Lock()
         self._closed = False
         self._sender = Sender(self)
@@ -101,14 +103,18 @@ class Producer:
         """Queue one record; returns a future resolving to its RecordMetadata."""
         if self._closed:
             raise ProducerClosedError("send() on a closed producer; create a new one")
-        key_bytes = self._key_serializer(key)
-        value_bytes = self._value_serializer(value)
+        # bytes and None skip the serializer call: this path runs once per record.
+        key_bytes = key if key is None or type(key) is bytes else self._key_serializer(key)
+        value_bytes = (
+            value if value is None or type(value) is bytes else self._value_serializer(value)
+        )
         header_list = None
         if headers:
             header_list = [[str(name), bytes(hvalue)] for name, hvalue in headers]
-        count = self.metadata.partition_count(topic)
-        if count is None:
-            count = self._wait_for_topic(topic)
+        tps = self._topic_partitions.get(topic)
+        if tps is None or self._tps_version != self.metadata.version:
+            tps = self._partitions_of(topic)
+        count = len(tps)
         if partition is not None:
             if not 0 <= partition < count:
                 raise InvalidPartitionsError(
@@ -118,10 +124,9 @@ class Producer:
             partition = partition_for_key(key_bytes, count)
         else:
             partition = self._sticky_partition(topic, count)
-        ts = now_ms() if timestamp_ms is None else timestamp_ms
-        tp = TopicPartition(topic, partition)
+        ts = time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
         future, delta, filled = self._accumulator.append(
-            tp, ts, key_bytes, value_bytes, header_list, time.monotonic()
+            tps[partition], ts, key_bytes, value_bytes, header_list, monotonic()
         )
         if filled:
             if key_bytes is None and self._sticky.get(topic) == partition:
@@ -136,6 +141,19 @@ class Producer:
             -1 if key_bytes is None else len(key_bytes),
             -1 if value_bytes is None else len(value_bytes),
         )
+
+    def _partitions_of(self, topic: str) -> list[TopicPartition]:
+        """The topic's TopicPartition objects, cached per metadata version (send() reuses
+        them instead of building one per record)."""
+        if self._tps_version != self.metadata.version:
+            self._topic_partitions = {}
+            self._tps_version = self.metadata.version
+        count = self.metadata.partition_count(topic)
+        if count is None:
+            count = self._wait_for_topic(topic)
+        tps = [TopicPartition(topic, p) for p in range(count)]
+        self._topic_partitions[topic] = tps
+        return tps
 
     def _sticky_partition(self, topic: str, count: int) -> int:
         partition = self._sticky.get(topic)

@@ -180,7 +180,7 @@ class IOThread:
         rid = next(self._ids)
         header = wire.request_header(op, rid, **fields)
         try:
-            self.socket_for(endpoint).send_multipart([wire.encode(header), *frames], copy=False)
+            self.socket_for(endpoint).send_multipart([wire.encode(header), *frames])
         except zmq.ZMQError as exc:
             if callback is not None:
                 callback(None, [], NetworkError(f"cannot send {op} to {endpoint}: {exc}"))

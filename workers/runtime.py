@@ -107,7 +107,16 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
         conn.send({"endpoint": endpoint, "pid": os.getpid()})
         conn.close()
         log.info("%s listening on %s", role, endpoint)
-        server.serve_forever(should_stop)
+        profile_dir = os.environ.get("KVLOG_PROFILE_DIR")
+        if profile_dir:  # a developer aid: cProfile each server process into this dir
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.runcall(server.serve_forever, should_stop)
+            name = role if role != "node" else f"node{settings.get('node_id', '')}"
+            profiler.dump_stats(str(Path(profile_dir) / f"{name}-{os.getpid()}.prof"))
+        else:
+            server.serve_forever(should_stop)
         log.info("%s stopping", role)
     finally:
         if server is not None:
