@@ -73,7 +73,12 @@ class MemoryLogDir:
     @contextmanager
     def reader(self) -> Iterator[_MemoryRead]:
         with self._lock:
-            yield _MemoryRead(self._state)
+            # A snapshot, as an LMDB read transaction is: writes publish new dicts and
+            # copy what they change, so the current ones stay as they are.
+            snapshot = _State()
+            snapshot.partitions = self._state.partitions
+            snapshot.tables = self._state.tables
+            yield _MemoryRead(snapshot)
 
     def create_partition(self, tp: TopicPartition, *, start_offset: int = 0) -> bool:
         return self.write(lambda w: w.create_partition(tp, start_offset=start_offset))
