@@ -825,3 +825,70 @@ def test_partition_log_facade(store):
     assert log.truncate_to(3).log_end_offset == 3
     assert log.reset(9) == PartitionOffsets(9, 9, 9, 0)
     assert PartitionLog(store, TP, create=False).offsets() == log.offsets()
+
+
+# -- snapshots and threads ------------------------------------------------------------------
+
+
+def test_a_reader_is_a_snapshot(store_kind):
+    store_kind.map_size = 16 << 20  # no map growth here (growing ends open LMDB readers)
+    store = store_kind.open()
+    store.create_partition(TP)
+    fill(store, TP, [2])
+    store.write(lambda w: w.put("x", b"k", b"old"))
+    with store.reader() as r:
+        before = (r.offsets(TP), r.read(TP, 0, 1 << 20), r.get("x", b"k"))
+        # A write that commits while the reader is open (same thread: the stores
+        # serialise threads) must not show through it.
+        store.write(lambda w: (w.append(TP, [make_batch(3)]), w.put("x", b"k", b"new")))
+        store.write(lambda w: w.create_partition(TP1))
+        assert (r.offsets(TP), r.read(TP, 0, 1 << 20), r.get("x", b"k")) == before
+        with pytest.raises(UnknownTopicOrPartitionError):
+            r.offsets(TP1)
+    with store.reader() as r:
+        assert r.offsets(TP).log_end_offset == 5
+        assert r.get("x", b"k") == b"new"
+
+
+def test_threads_share_one_store(store):
+    import threading
+
+    tps = [TopicPartition("threads", p) for p in range(3)]
+    for tp in tps:
+        store.create_partition(tp)
+    errors: list[BaseException] = []
+    results: dict[int, list[int]] = {}
+
+    def writer(n: int) -> None:
+        tp = tps[n % len(tps)]
+        try:
+            mine = []
+            for i in range(25):
+                batch = make_batch(1 + i % 3, tag=f"w{n}-{i}")
+                mine.extend(store.write(lambda w, b=batch: w.append(tp, [b])))
+            results[n] = mine
+        except BaseException as exc:
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            for _ in range(60):
+                for tp in tps:
+                    check_partition(store, tp)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    threads += [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    for n, bases in results.items():
+        assert bases == sorted(bases), n  # one writer's batches stay in its order
+    for tp in tps:
+        state = check_partition(store, tp)
+        assert len(all_batches(store, tp)) == 50
+        assert state.log_end_offset == sum(2 * (1 + i % 3) for i in range(25))
