@@ -57,8 +57,9 @@ class WriteTxn(Protocol):
         ...
 
     def delete_before(self, tp: TopicPartition, offset: int) -> PartitionOffsets:
-        """Move the log start to ``offset`` (capped at the LEO) and drop whole batches
-        that end at or below it (retention, DeleteRecords)."""
+        """Move the log start to ``offset`` (capped at the high watermark; never
+        backwards) and drop whole batches that end at or below it (retention,
+        DeleteRecords)."""
         ...
 
     def reset(self, tp: TopicPartition, offset: int) -> PartitionOffsets:
