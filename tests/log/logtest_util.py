@@ -1,7 +1,8 @@
 """Helpers shared by the log-layer tests (tests/log is on sys.path; see conftest.py).
 
 Hypothesis budgets: the defaults keep the whole tests/log suite well under a minute and a
-half on two cores; ``KVLOG_SLOW_TESTS=1`` multiplies them for a thorough run.
+half on two cores; ``KVLOG_SLOW_TESTS=1`` multiplies them (and the crash test's rounds)
+for a thorough run of several minutes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
@@ -22,6 +24,8 @@ from kvlog.memory_store import MemoryLogDir
 from kvlog.types import PartitionOffsets, TopicPartition
 
 THOROUGH = os.environ.get("KVLOG_SLOW_TESTS") == "1"
+# The long tests may run past the suite's 120 s per-test timeout when thorough.
+long_test = pytest.mark.timeout(1800 if THOROUGH else 120)
 SMALL_MAP = 64 << 10
 
 # Every table the tests write; stores have no "list tables" call, so snapshots name them.

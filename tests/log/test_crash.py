@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from logtest_util import check_partition
+from logtest_util import THOROUGH, check_partition, long_test
 
 from kvlog.lmdb_store import LogDir
 
@@ -33,7 +33,7 @@ CHILD = Path(__file__).with_name("_log_child.py")
 sys.path.insert(0, str(CHILD.parent))
 from _log_child import ACKS_TABLE, MAIN, MIRROR, SEQ, seq_of  # noqa: E402
 
-ROUNDS = 30
+ROUNDS = 200 if THOROUGH else 40
 STARTUP_TIMEOUT_S = 30.0
 
 
@@ -131,6 +131,7 @@ def _records(batch: bytes, base: int) -> list:
     return decode(batch, base)
 
 
+@long_test
 def test_sigkill_never_loses_an_acknowledged_batch(tmp_path):
     seed = _seed()
     rng = random.Random(seed)

@@ -27,7 +27,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from logtest_util import SMALL_MAP, batches, budget, check_store, corrupt, snapshot
+from logtest_util import SMALL_MAP, batches, budget, check_store, corrupt, long_test, snapshot
 
 from kvlog.batch import build_batch
 from kvlog.codecs import Codec
@@ -286,7 +286,8 @@ class StoresAgree(RuleBasedStateMachine):
         check_store(self.disk)
 
 
+@long_test
 def test_lmdb_store_agrees_with_its_model():
     MAP_GROWTH.clear()
-    run_state_machine_as_test(StoresAgree, settings=budget(100, steps=50))
+    run_state_machine_as_test(StoresAgree, settings=budget(200, steps=60))
     assert MAP_GROWTH, "no example grew the LMDB map: raise the data sizes"
