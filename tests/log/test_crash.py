@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _log_child import ACKS_TABLE, MAIN, MIRROR, SEQ, seq_of
 from logtest_util import THOROUGH, check_partition, long_test
 
+from kvlog.batch import decode
 from kvlog.lmdb_store import LogDir
 
 CHILD = Path(__file__).with_name("_log_child.py")
-sys.path.insert(0, str(CHILD.parent))
-from _log_child import ACKS_TABLE, MAIN, MIRROR, SEQ, seq_of  # noqa: E402
 
 ROUNDS = 200 if THOROUGH else 40
 STARTUP_TIMEOUT_S = 30.0
@@ -105,14 +105,14 @@ def verify(store: LogDir, acked: dict[int, tuple[int, int]]) -> int:
     for n, (base, batch) in enumerate(stored):
         assert base == next_offset, f"gap or overlap before offset {base}"
         assert seq_of(batch, base) == n, f"batch at {base} is not sequence {n}"
-        next_offset = base + len(list(_records(batch, base)))
+        next_offset = base + len(decode(batch, base))
     assert next_offset == main_state.log_end_offset == main_state.high_watermark
 
     for seq, (base, count) in acked.items():
         assert seq < len(stored), f"acknowledged sequence {seq} (offset {base}) was lost"
         got_base, batch = stored[seq]
         assert got_base == base, f"sequence {seq} acknowledged at {base}, stored at {got_base}"
-        assert len(list(_records(batch, base))) == count
+        assert len(decode(batch, base)) == count
 
     # Written in the same transactions: the acks table and the mirror agree with MAIN.
     assert rows == {n: base for n, (base, _) in enumerate(stored)}
@@ -123,12 +123,6 @@ def verify(store: LogDir, acked: dict[int, tuple[int, int]]) -> int:
     else:
         assert mirror_state.log_end_offset == 0
     return len(stored)
-
-
-def _records(batch: bytes, base: int) -> list:
-    from kvlog.batch import decode
-
-    return decode(batch, base)
 
 
 @long_test
