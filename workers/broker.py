@@ -40,6 +40,7 @@ FORWARDED_OPS = (
     "delete_groups",
     "offset_fetch",
     "offset_commit",
+    "elect_leaders",
 )
 
 

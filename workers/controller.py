@@ -22,6 +22,7 @@ Every method takes ``now_ms``; nothing here sleeps or touches a socket.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,7 +30,9 @@ from typing import Any
 import cbor2
 
 from kvlog.errors import (
+    FencedLeaderEpochError,
     InvalidPartitionsError,
+    InvalidReplicaAssignmentError,
     InvalidReplicationFactorError,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
@@ -42,8 +45,15 @@ from kvlog.metadata_store import (
     list_topics,
     put_topic,
 )
-from kvlog.topic_config import TOPIC_CONFIG, unknown_name_error, validate_topic_config
+from kvlog.topic_config import (
+    TOPIC_CONFIG,
+    effective_topic_config,
+    unknown_name_error,
+    validate_topic_config,
+)
 from kvlog.types import TopicPartition, check_topic_name
+
+from .replication import elect_leader
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +110,8 @@ class ControllerCore:
         self.node_timeout_ms = node_timeout_ms
         self.nodes: dict[int, NodeInfo] = {}
         self.version = self.store.write(self._bump_version)
+        self.started_ms = time.time_ns() // 1_000_000
+        self._grace_over = False
 
     # -- version ---------------------------------------------------------------------------
 
@@ -325,7 +337,8 @@ class ControllerCore:
                 "node %d registered at %s (pid %d, log dir %s)", node_id, endpoint, pid, log_dir
             )
             node = self.nodes[node_id] = NodeInfo(node_id, endpoint, log_dir, now_ms, pid=pid)
-            self.bump()  # who is alive is part of the metadata
+            if not self.reelect():
+                self.bump()  # who is alive is part of the metadata
         node.last_heartbeat_ms = now_ms
         node.applied_version = applied_version
         return node
@@ -333,6 +346,9 @@ class ControllerCore:
     def bump(self) -> None:
         """Move the metadata version on (durably, so it never goes back)."""
         self.version = self.store.write(self._bump_version)
+
+    def node_endpoints(self) -> dict[int, str]:
+        return {n.node_id: n.endpoint for n in self.nodes.values() if n.alive}
 
     def assignment_for(self, node_id: int) -> list[dict[str, Any]]:
         """The partitions a node holds, as its heartbeat reply carries them."""
@@ -356,7 +372,8 @@ class ControllerCore:
         return out
 
     def expire_nodes(self, now_ms: int) -> list[int]:
-        """Mark nodes whose heartbeats stopped as dead; returns the newly dead."""
+        """Mark nodes whose heartbeats stopped as dead (and, once the start-up grace period
+        has passed, nodes that never registered); moves their leaderships."""
         dead = []
         for node in self.nodes.values():
             if node.alive and now_ms - node.last_heartbeat_ms > self.node_timeout_ms:
@@ -367,9 +384,124 @@ class ControllerCore:
                     node.node_id,
                     now_ms - node.last_heartbeat_ms,
                 )
-        if dead:
+        if not self._grace_over and now_ms - self.started_ms > self.node_timeout_ms:
+            self._grace_over = True
+            missing = [n for n in self.node_ids if n not in self.nodes]
+            if missing:
+                log.warning("nodes %s never registered since start-up: treated as dead", missing)
+                dead.extend(missing)
+        if dead and not self.reelect():
             self.bump()
         return dead
+
+    def node_down(self, node_id: int, pid: int) -> bool:
+        """The supervisor saw the node's process die: fail over at once instead of
+        waiting for node.session.timeout.ms. Ignored if that process is already gone."""
+        node = self.nodes.get(node_id)
+        if node is None or not node.alive or (pid and node.pid != pid):
+            return False
+        node.alive = False
+        log.warning("node %d (pid %d) died: moving its leaderships", node_id, node.pid)
+        if not self.reelect():
+            self.bump()
+        return True
+
+    # -- leadership ------------------------------------------------------------------------
+
+    def _alive_ids(self) -> set[int]:
+        return {n for n, info in self.nodes.items() if info.alive}
+
+    def reelect(self) -> bool:
+        """Give every partition whose leader is gone a new leader from its ISR (higher
+        leader epoch), and drop dead nodes from every ISR. True if anything changed (the
+        version then moved too)."""
+        alive = self._alive_ids()
+        changes: list[tuple[TopicPartition, PartitionState]] = []
+        for view in self.topics():
+            unclean = bool(
+                effective_topic_config(view.meta.config)["unclean.leader.election.enable"]
+            )
+            for p, state in enumerate(view.states):
+                tp = TopicPartition(view.meta.name, p)
+                replicas = view.meta.replicas[p]
+                if state.leader in alive:
+                    isr = [r for r in state.isr if r in alive]
+                    if isr != state.isr:
+                        changes.append((tp, PartitionState(state.leader, state.leader_epoch, isr)))
+                    continue
+                leader, isr = elect_leader(replicas, state.isr, alive, unclean=unclean)
+                if leader == state.leader and isr == state.isr:
+                    continue
+                if leader == -1 and state.leader == -1:
+                    continue
+                epoch = state.leader_epoch + 1
+                if leader >= 0 and leader not in state.isr:
+                    log.warning("%s: unclean election of node %d (records may be lost)", tp, leader)
+                log.info(
+                    "%s: leader %d -> %d (epoch %d, isr %s)", tp, state.leader, leader, epoch, isr
+                )
+                changes.append((tp, PartitionState(leader, epoch, isr)))
+        if not changes:
+            return False
+
+        def write(w: WriteTxn) -> None:
+            for tp, state in changes:
+                self._put_state(w, tp, state)
+
+        self._commit(write)
+        return True
+
+    def alter_isr(
+        self, tp: TopicPartition, leader: int, leader_epoch: int, isr: list[int]
+    ) -> PartitionState:
+        """A leader asks to shrink or expand its partition's ISR (Kafka's AlterPartition)."""
+        view = self.topics([tp.topic])
+        if not view or tp.partition >= view[0].meta.partitions:
+            raise UnknownTopicOrPartitionError(f"partition {tp} does not exist")
+        state = view[0].states[tp.partition]
+        replicas = view[0].meta.replicas[tp.partition]
+        if state.leader != leader or state.leader_epoch != leader_epoch:
+            raise FencedLeaderEpochError(
+                f"{tp}: node {leader} epoch {leader_epoch} is not the current leader "
+                f"(node {state.leader} epoch {state.leader_epoch})"
+            )
+        alive = self._alive_ids()
+        if leader not in isr or not set(isr) <= set(replicas):
+            raise InvalidReplicaAssignmentError(
+                f"{tp}: ISR {isr} must include the leader and only replicas {replicas}"
+            )
+        isr = [r for r in replicas if r in isr and (r in alive or r == leader)]
+        new = PartitionState(leader, leader_epoch, isr)
+        if isr != state.isr:
+            self._commit(lambda w: self._put_state(w, tp, new))
+            log.info("%s: ISR %s -> %s", tp, state.isr, isr)
+        return new
+
+    def elect_preferred(self, topics: list[str] | None = None) -> list[TopicPartition]:
+        """Move leadership back to each partition's first replica where it is alive and in
+        sync (``kvlog topics elect-leaders``; also run periodically)."""
+        alive = self._alive_ids()
+        changes = []
+        for view in self.topics(topics):
+            for p, state in enumerate(view.states):
+                preferred = view.meta.replicas[p][0]
+                if state.leader != preferred and preferred in alive and preferred in state.isr:
+                    tp = TopicPartition(view.meta.name, p)
+                    changes.append(
+                        (tp, PartitionState(preferred, state.leader_epoch + 1, state.isr))
+                    )
+        if changes:
+
+            def write(w: WriteTxn) -> None:
+                for tp, state in changes:
+                    self._put_state(w, tp, state)
+
+            self._commit(write)
+            for tp, state in changes:
+                log.info(
+                    "%s: preferred leader %d back (epoch %d)", tp, state.leader, state.leader_epoch
+                )
+        return [tp for tp, _ in changes]
 
     def nodes_behind(self, node_ids: list[int], version: int) -> list[int]:
         return [n for n in node_ids if self._alive(n) and self.nodes[n].applied_version < version]

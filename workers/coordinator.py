@@ -18,8 +18,9 @@ from typing import Any
 import zmq
 
 from kvlog.errors import InvalidRequestError
-from kvlog.ipc.wire import INT32_MAX, Request
+from kvlog.ipc.wire import INT32_MAX, Request, check_int, check_str
 from kvlog.lmdb_store import LogDir
+from kvlog.types import TopicPartition, check_partition
 
 from .controller import ControllerCore
 from .group_coordinator import GroupConfig, GroupCoordinator
@@ -39,6 +40,7 @@ class CoordinatorSettings:
     group_max_session_timeout_ms: int = 1_800_000
     group_initial_rebalance_delay_ms: int = 3000
     group_max_size: int = 1000
+    leader_imbalance_check_interval_ms: int = 30_000
 
 
 @dataclass
@@ -86,6 +88,9 @@ class CoordinatorServer(GroupOps, Server):
         self.watchers: list[Parked] = []
         self.admin_waiters: list[Parked] = []
         self._announced = self.core.version
+        self._next_preferred_check = (
+            time.monotonic() + settings.leader_imbalance_check_interval_ms / 1000
+        )
 
     # -- nodes -----------------------------------------------------------------------------
 
@@ -121,7 +126,44 @@ class CoordinatorServer(GroupOps, Server):
             "version": self.core.version,
             "partitions": self.core.assignment_for(node_id),
             "deleted_topic_ids": self.core.deleted_topic_ids(),
+            "nodes": [[n, ep] for n, ep in sorted(self.core.node_endpoints().items())],
         }
+
+    def op_node_down(self, req: Request, peer: bytes) -> dict[str, Any]:
+        """From the supervisor: a node process died (fail over without waiting)."""
+        moved = self.core.node_down(
+            req.int("node_id", low=0, high=INT32_MAX), req.int("pid", 0, low=0)
+        )
+        return {"moved": moved}
+
+    def op_alter_isr(self, req: Request, peer: bytes) -> dict[str, Any]:
+        """From a partition leader: shrink or expand the ISR."""
+        tp = TopicPartition(req.str("topic", max_len=249), check_partition(req.get("partition")))
+        isr = [check_int(n, "isr[]", low=0, high=INT32_MAX) for n in req.list("isr", max_len=64)]
+        state = self.core.alter_isr(
+            tp,
+            req.int("leader", low=0, high=INT32_MAX),
+            req.int("leader_epoch", low=0, high=INT32_MAX),
+            isr,
+        )
+        return {
+            "leader": state.leader,
+            "leader_epoch": state.leader_epoch,
+            "isr": state.isr,
+            "version": self.core.version,
+        }
+
+    def op_elect_leaders(self, req: Request, peer: bytes) -> None:
+        """Admin: move leadership back to preferred replicas (all topics or the given)."""
+        topics = req.get("topics")
+        names = None if topics is None else [check_str(t, "topics[]") for t in req.list("topics")]
+        moved = self.core.elect_preferred(names)
+        nodes = sorted(
+            {n for view in self.core.topics(names) for r in view.meta.replicas for n in r}
+        )
+        self._after_change(
+            peer, req, {"elected": [[tp.topic, tp.partition] for tp in moved]}, nodes
+        )
 
     # -- metadata --------------------------------------------------------------------------
 
@@ -260,6 +302,11 @@ class CoordinatorServer(GroupOps, Server):
 
     def on_timers(self, now: float) -> None:
         self.core.expire_nodes(_now_ms())
+        if now >= self._next_preferred_check:
+            self._next_preferred_check = (
+                now + self.settings.leader_imbalance_check_interval_ms / 1000
+            )
+            self.core.elect_preferred()
         self._announce()
         self.groups.tick(_now_ms())
         self.flush_group_outbox()
