@@ -499,7 +499,7 @@ def filesystem_of(path: Path) -> str:
 
 def _table(rows: list[tuple[Phase, Phase | None]]) -> Table:
     table = Table(title="kvlog perf log", box=box.SIMPLE_HEAD)
-    for column in ("phase", "s", "records/s", "MB/s", "txn ms p50/p99", "vs raw"):
+    for column in ("phase", "s", "records/s", "MB/s", "txn ms\np50/p99", "vs raw\nLMDB"):
         table.add_column(column, justify="left" if column == "phase" else "right", no_wrap=True)
     for phase, raw in rows:
         p50, p99 = phase.txn_ms(0.5), phase.txn_ms(0.99)
@@ -508,7 +508,7 @@ def _table(rows: list[tuple[Phase, Phase | None]]) -> Table:
             f"{phase.seconds:.3f}",
             f"{phase.records_per_s:,.0f}",
             f"{phase.mb_per_s:,.1f}",
-            "" if p50 is None or p99 is None else f"{p50:.2f} / {p99:.2f}",
+            "" if p50 is None or p99 is None else f"{p50:.2f}/{p99:.2f}",
             "" if raw is None else f"{raw.seconds / phase.seconds:.0%}",
         )
     return table
