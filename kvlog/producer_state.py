@@ -228,6 +228,11 @@ class ProducerStateStage:
         self._changed = {}
 
 
+def put_entry(w: WriteTxn, tp: TopicPartition, producer_id: int, entry: ProducerEntry) -> None:
+    """Store a producer's entry as is (used when rebuilding state from the log)."""
+    w.put(PRODUCERS_TABLE, _row_key(tp, producer_id), entry.encode())
+
+
 def delete_producer(w: WriteTxn, tp: TopicPartition, producer_id: int) -> None:
     w.delete(PRODUCERS_TABLE, _row_key(tp, producer_id))
 

@@ -64,6 +64,24 @@ _BROKER_KEYS: dict[str, tuple[str, int, int, str]] = {
         1,
         "Most members one consumer group may have.",
     ),
+    "replica.lag.time.max.ms": (
+        "replica_lag_time_max_ms",
+        30_000,
+        10,
+        "A follower not caught up for this long leaves the ISR.",
+    ),
+    "replica.fetch.wait.max.ms": (
+        "replica_fetch_wait_max_ms",
+        500,
+        0,
+        "Long-poll wait of a follower's fetch.",
+    ),
+    "leader.imbalance.check.interval.ms": (
+        "leader_imbalance_check_interval_ms",
+        30_000,
+        10,
+        "How often leadership moves back to preferred replicas.",
+    ),
     "test.drop.produce.replies": (
         "test_drop_produce_replies",
         0,
@@ -85,6 +103,9 @@ class BrokerConfig:
     group_max_session_timeout_ms: int = 1_800_000
     group_initial_rebalance_delay_ms: int = 3000
     group_max_size: int = 1000
+    replica_lag_time_max_ms: int = 30_000
+    replica_fetch_wait_max_ms: int = 500
+    leader_imbalance_check_interval_ms: int = 30_000
     test_drop_produce_replies: int = 0
 
     @classmethod

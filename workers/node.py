@@ -28,13 +28,19 @@ from kvlog.ipc.wire import INT32_MAX, Request, check_int, check_map, check_str
 from kvlog.lmdb_store import LogDir
 from kvlog.types import TopicPartition, check_partition
 
-from .leader import FetchPartition, HostedPartition, LeaderCore
+from .follower import FollowerCore, FollowTarget
+from .leader import FetchPartition, HostedPartition, LeaderCore, StagedProduce
 from .peer import PeerLink, first_deadline
+from .replication import LeaderReplica
 from .server import Server
 
 log = logging.getLogger(__name__)
 
 MAX_PARKED_FETCHES = 10_000
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -45,6 +51,8 @@ class NodeSettings:
     heartbeat_wait_ms: int = 1000
     message_max_bytes: int = 64 << 20  # the largest produce request accepted
     fetch_max_wait_ms: int = 30_000
+    replica_lag_time_max_ms: int = 30_000
+    replica_fetch_wait_max_ms: int = 500
     # Test hook: drop this many produce replies (after committing) to exercise retries.
     test_drop_produce_replies: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -58,7 +66,7 @@ class ParkedFetch:
     max_bytes: int
     min_bytes: int
     deadline: float
-    replica: bool
+    replica_id: int
 
     def wants(self, touched: set[TopicPartition]) -> bool:
         return any(p.tp in touched for p in self.partitions)
@@ -91,7 +99,17 @@ class NodeServer(Server):
         self.name = f"node {settings.node_id}"
         self.settings = settings
         self.endpoint = endpoint
-        self.core = LeaderCore(settings.node_id, store)
+        self.core = LeaderCore(
+            settings.node_id, store, lag_time_max_ms=settings.replica_lag_time_max_ms
+        )
+        self.follower = FollowerCore(self.core)
+        self.node_endpoints: dict[int, str] = {}
+        self.leader_links: dict[int, PeerLink] = {}
+        self._fetching: set[int] = set()  # leader ids with a replica fetch in flight
+        self._fetch_retry_at: dict[int, float] = {}
+        self._isr_in_flight: set[TopicPartition] = set()
+        self._next_isr_check = 0.0
+        self._next_hw_flush = 0.0
         self.parked: list[ParkedFetch] = []
         self.applied_version = -1
         self.coordinator = PeerLink(ctx, settings.coordinator, name=f"{self.name} -> coordinator")
@@ -146,10 +164,13 @@ class NodeServer(Server):
                 leader_epoch=p["leader_epoch"],
                 replicas=list(p["replicas"]),
                 config=dict(p.get("config") or {}),
+                isr=list(p.get("isr") or []),
             )
             for p in header["partitions"]
         ]
-        self.core.apply_assignment(hosted, header.get("deleted_topic_ids", []))
+        self.node_endpoints = {int(n): str(ep) for n, ep in header.get("nodes", [])}
+        self.core.apply_assignment(hosted, header.get("deleted_topic_ids", []), _now_ms())
+        self._answer_decided()
         log.info(
             "%s: hosting %d partition(s), metadata version %s",
             self.name,
@@ -161,7 +182,7 @@ class NodeServer(Server):
 
     def op_produce(self, req: Request, peer: bytes) -> None:
         acks = req.int("acks", -1, low=-1, high=1)
-        req.int("timeout_ms", 30_000, low=0, high=INT32_MAX)
+        timeout_ms = req.int("timeout_ms", 30_000, low=0, high=INT32_MAX)
         entries = req.list("partitions", max_len=100_000)
         if len(entries) != len(req.frames):
             raise InvalidRequestError(
@@ -177,20 +198,29 @@ class NodeServer(Server):
         pairs = [
             (_tp(e, "partitions"), frame) for e, frame in zip(entries, req.frames, strict=True)
         ]
-        self.core.stage_produce((peer, req.id), acks, pairs)
+        self.core.stage_produce((peer, req.id), acks, pairs, timeout_ms)
         return None
+
+    def _answer_produce(self, staged: StagedProduce) -> None:
+        if staged.acks == 0:
+            return
+        if self._drop_replies > 0:
+            self._drop_replies -= 1
+            log.warning("%s: test hook: dropping a produce reply", self.name)
+            return
+        peer, rid = staged.token
+        self.reply(peer, rid, {"results": staged.results()})
+
+    def _answer_decided(self) -> None:
+        decided, self.core.decided = self.core.decided, []
+        for staged in decided:
+            self._answer_produce(staged)
 
     def after_drain(self) -> None:
         if self.core.has_staged:
-            for staged in self.core.commit():
-                if staged.acks == 0:
-                    continue
-                if self._drop_replies > 0:
-                    self._drop_replies -= 1
-                    log.warning("%s: test hook: dropping a produce reply", self.name)
-                    continue
-                peer, rid = staged.token
-                self.reply(peer, rid, {"results": staged.results()})
+            for staged in self.core.commit(_now_ms()):
+                self._answer_produce(staged)
+        self._answer_decided()
         if self.core.touched and self.parked:
             touched, self.core.touched = self.core.touched, set()
             still = []
@@ -208,7 +238,7 @@ class NodeServer(Server):
         max_wait_ms = req.int("max_wait_ms", 500, low=0, high=self.settings.fetch_max_wait_ms)
         min_bytes = req.int("min_bytes", 1, low=0, high=INT32_MAX)
         max_bytes = req.int("max_bytes", 50 << 20, low=1, high=INT32_MAX)
-        replica = req.get("replica_id", -1) != -1
+        replica_id = req.int("replica_id", -1, low=-1, high=INT32_MAX)
         parts = []
         for i, entry in enumerate(req.list("partitions", max_len=100_000)):
             where = f"partitions[{i}]"
@@ -220,6 +250,18 @@ class NodeServer(Server):
                     check_int(
                         entry.get("max_bytes", 1 << 20), f"{where}.max_bytes", low=1, high=INT32_MAX
                     ),
+                    check_int(
+                        entry.get("last_fetched_epoch", -1),
+                        f"{where}.last_fetched_epoch",
+                        low=-1,
+                        high=INT32_MAX,
+                    ),
+                    check_int(
+                        entry.get("leader_epoch", -1),
+                        f"{where}.leader_epoch",
+                        low=-1,
+                        high=INT32_MAX,
+                    ),
                 )
             )
         parked = ParkedFetch(
@@ -229,7 +271,7 @@ class NodeServer(Server):
             max_bytes,
             min_bytes,
             time.monotonic() + max_wait_ms / 1000,
-            replica,
+            replica_id,
         )
         if max_wait_ms == 0 or len(self.parked) >= MAX_PARKED_FETCHES:
             self._try_answer(parked, final=True)
@@ -238,9 +280,12 @@ class NodeServer(Server):
         return None
 
     def _try_answer(self, parked: ParkedFetch, *, final: bool) -> bool:
-        results = self.core.fetch(parked.partitions, parked.max_bytes, replica=parked.replica)
+        results = self.core.fetch(
+            parked.partitions, parked.max_bytes, replica_id=parked.replica_id, now_ms=_now_ms()
+        )
         size = sum(r.size for r in results)
-        if not final and size < parked.min_bytes and not any(r.error for r in results):
+        decided = any(r.error or r.diverging for r in results)
+        if not final and size < parked.min_bytes and not decided:
             return False
         frames = [batch for r in results for _, batch in r.batches]
         self.reply(
@@ -275,18 +320,155 @@ class NodeServer(Server):
         deadline = first_deadline(
             self.coordinator.next_deadline(),
             min((p.deadline for p in self.parked), default=None),
+            *(link.next_deadline() for link in self.leader_links.values()),
         )
         if not self._heartbeat_in_flight:
             return 0.0
+        if self.core.leaders and any(r.waiters for r in self.core.leaders.values()):
+            deadline = first_deadline(deadline, now + 0.05)
         return 100.0 if deadline is None else max(0.0, min(100.0, (deadline - now) * 1000))
 
     def on_timers(self, now: float) -> None:
         self.coordinator.expire(now)
+        for link in self.leader_links.values():
+            link.expire(now)
         if not self._heartbeat_in_flight and not self.stopping:
             self._send_heartbeat()
+        self._fetch_from_leaders(now)
+        now_ms = _now_ms()
+        self.core.poll_waiters(now_ms)
+        self._answer_decided()
+        if now >= self._next_isr_check:
+            self._next_isr_check = now + 0.25
+            self._propose_isr_changes(now_ms)
+        if self.core.hw_dirty and now >= self._next_hw_flush:
+            self._next_hw_flush = now + 0.2
+            self.core.flush_high_watermarks()
         if self.parked:
             due = [p for p in self.parked if p.deadline <= now]
             if due:
                 self.parked = [p for p in self.parked if p.deadline > now]
                 for parked in due:
                     self._try_answer(parked, final=True)
+
+    # -- replication: following --------------------------------------------------------------
+
+    def _link(self, leader_id: int) -> PeerLink | None:
+        endpoint = self.node_endpoints.get(leader_id)
+        if endpoint is None:
+            return None
+        link = self.leader_links.get(leader_id)
+        if link is not None and link.endpoint != endpoint:
+            self.poller.unregister(link.socket)
+            del self._socket_handlers[link.socket]
+            link.close()
+            link = None
+            self._fetching.discard(leader_id)
+        if link is None:
+            link = PeerLink(self.ctx, endpoint, name=f"{self.name} -> node {leader_id}")
+            self.leader_links[leader_id] = link
+            self.add_socket(link.socket, link.on_readable)
+        return link
+
+    def _fetch_from_leaders(self, now: float) -> None:
+        """Keep one replica fetch in flight to each node this node follows."""
+        targets = self.follower.targets()
+        by_leader: dict[int, list[FollowTarget]] = {}
+        for target in targets:
+            by_leader.setdefault(target.leader_id, []).append(target)
+        for leader_id, group in by_leader.items():
+            if leader_id in self._fetching or self._fetch_retry_at.get(leader_id, 0.0) > now:
+                continue
+            link = self._link(leader_id)
+            if link is None:
+                continue
+            self._fetching.add(leader_id)
+            wait = self.settings.replica_fetch_wait_max_ms
+            link.request(
+                "fetch",
+                {
+                    "replica_id": self.settings.node_id,
+                    "max_wait_ms": wait,
+                    "min_bytes": 1,
+                    "max_bytes": 64 << 20,
+                    "partitions": [
+                        {
+                            "topic": t.tp.topic,
+                            "partition": t.tp.partition,
+                            "offset": t.offset,
+                            "max_bytes": 8 << 20,
+                            "last_fetched_epoch": t.last_fetched_epoch,
+                            "leader_epoch": t.leader_epoch,
+                        }
+                        for t in group
+                    ],
+                },
+                lambda header, frames, error, lid=leader_id, g=group: self._on_replica_data(
+                    lid, g, header, frames, error
+                ),
+                timeout_ms=wait + 5000,
+            )
+
+    def _on_replica_data(
+        self,
+        leader_id: int,
+        targets: list[FollowTarget],
+        header: dict[str, Any] | None,
+        frames: list[bytes],
+        error: KvlogError | None,
+    ) -> None:
+        self._fetching.discard(leader_id)
+        entries = (header or {}).get("partitions")
+        if error is not None or not isinstance(entries, list) or len(entries) != len(targets):
+            self._fetch_retry_at[leader_id] = time.monotonic() + 0.1
+            log.debug("%s: replica fetch from node %d failed: %s", self.name, leader_id, error)
+            return
+        try:
+            changed = self.follower.apply(targets, entries, frames)
+        except KvlogError as exc:
+            log.error("%s: replica data from node %d rejected: %s", self.name, leader_id, exc)
+            changed = set()
+        if any(e.get("error") for e in entries) and not changed:
+            self._fetch_retry_at[leader_id] = time.monotonic() + 0.1
+        # The next fetch (at the new log end offset) acknowledges what was just written.
+        self._fetch_from_leaders(time.monotonic())
+
+    # -- replication: leading ----------------------------------------------------------------
+
+    def _propose_isr_changes(self, now_ms: int) -> None:
+        for replica, isr in self.core.isr_proposals(now_ms):
+            tp = replica.tp
+            if tp in self._isr_in_flight:
+                continue
+            self._isr_in_flight.add(tp)
+            log.info("%s: %s asking for ISR %s (now %s)", self.name, tp, isr, replica.isr)
+
+            def done(
+                header: dict[str, Any] | None,
+                frames: list[bytes],
+                error: KvlogError | None,
+                replica: LeaderReplica = replica,
+            ) -> None:
+                self._isr_in_flight.discard(replica.tp)
+                if header is None or error is not None:
+                    replica.pending_isr = None
+                    log.info("%s: ISR change for %s refused: %s", self.name, replica.tp, error)
+                    return
+                replica.isr_applied(list(header.get("isr", replica.isr)))
+                self.core.hw_dirty.add(replica.tp)
+                self.core.touched.add(replica.tp)
+                self.core.poll_waiters(_now_ms(), [replica.tp])
+                self._answer_decided()
+
+            self.coordinator.request(
+                "alter_isr",
+                {
+                    "topic": tp.topic,
+                    "partition": tp.partition,
+                    "leader": self.settings.node_id,
+                    "leader_epoch": replica.leader_epoch,
+                    "isr": isr,
+                },
+                done,
+                timeout_ms=5000,
+            )

@@ -208,6 +208,7 @@ class Broker:
                     "group_max_session_timeout_ms": cfg.group_max_session_timeout_ms,
                     "group_initial_rebalance_delay_ms": cfg.group_initial_rebalance_delay_ms,
                     "group_max_size": cfg.group_max_size,
+                    "leader_imbalance_check_interval_ms": cfg.leader_imbalance_check_interval_ms,
                 },
             },
         )
@@ -229,6 +230,8 @@ class Broker:
                         "coordinator": coordinator.endpoint,
                         "message_max_bytes": cfg.socket_request_max_bytes,
                         "test_drop_produce_replies": cfg.test_drop_produce_replies,
+                        "replica_lag_time_max_ms": cfg.replica_lag_time_max_ms,
+                        "replica_fetch_wait_max_ms": cfg.replica_fetch_wait_max_ms,
                     },
                 },
                 node_id=node_id,
@@ -360,10 +363,13 @@ class Broker:
                 self._restart(child)
 
     def _restart(self, child: Child) -> None:
+        child.process.join(1.0)  # the sentinel fires a moment before the exit code is set
         code = child.process.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         log.warning("kvlog %s (pid %d) died (%s); restarting", child.role, child.pid, how)
         child.history.append(how)
+        if child.role == "node" and self.coordinator_endpoint:
+            self._report_node_down(child)
         if time.time() - child.started_at > 30:
             child.backoff_s = 0.2
         time.sleep(child.backoff_s)
@@ -378,6 +384,21 @@ class Broker:
             except KvlogError as exc:
                 log.error("restart of kvlog %s failed: %s", child.role, exc.message)
             self._write_status()
+
+    def _report_node_down(self, child: Child) -> None:
+        """Tell the coordinator at once, so leaderships move now rather than after
+        node.session.timeout.ms (the supervisor sees the process die; Kafka cannot)."""
+        from kvlog.ipc.rpc import blocking_call
+
+        try:
+            blocking_call(
+                self.coordinator_endpoint,
+                "node_down",
+                {"node_id": child.node_id, "pid": child.pid},
+                timeout_s=2.0,
+            )
+        except KvlogError as exc:
+            log.info("could not report node %s down: %s", child.node_id, exc.message)
 
     # -- stop ------------------------------------------------------------------------------
 
