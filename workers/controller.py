@@ -329,9 +329,29 @@ class ControllerCore:
     # -- nodes -----------------------------------------------------------------------------
 
     def node_heartbeat(
-        self, node_id: int, endpoint: str, log_dir: str, applied_version: int, pid: int, now_ms: int
+        self,
+        node_id: int,
+        endpoint: str,
+        log_dir: str,
+        applied_version: int,
+        pid: int,
+        now_ms: int,
+        *,
+        offline: bool = False,
     ) -> NodeInfo:
         node = self.nodes.get(node_id)
+        if offline:
+            # The node runs but its log dir fails (full, read-only, I/O errors): it leads
+            # nothing and counts as out of every ISR until it reports the disk back.
+            if node is None or node.alive or node.pid != pid:
+                log.warning("node %d reports its log dir %s offline", node_id, log_dir)
+                node = self.nodes[node_id] = NodeInfo(node_id, endpoint, log_dir, now_ms, pid=pid)
+                node.alive = False
+                if not self.reelect():
+                    self.bump()
+            node.last_heartbeat_ms = now_ms
+            node.applied_version = applied_version
+            return node
         if node is None or node.endpoint != endpoint or node.pid != pid or not node.alive:
             log.info(
                 "node %d registered at %s (pid %d, log dir %s)", node_id, endpoint, pid, log_dir

@@ -109,6 +109,7 @@ class CoordinatorServer(GroupOps, Server):
             applied,
             req.int("pid", 0),
             _now_ms(),
+            offline=req.bool("offline", False),
         )
         self._check_admin_waiters()
         old = self.node_waiters.pop(node_id, None)

@@ -17,7 +17,7 @@ from typing import Any
 
 from kvlog import batch as batch_format
 from kvlog import epochs
-from kvlog.errors import ErrorCode, KvlogError, error_from_code
+from kvlog.errors import ErrorCode, KvlogError, StorageError, error_from_code
 from kvlog.log import WriteTxn
 from kvlog.producer_state import ProducerStateStage, after_append, delete_partition_state, put_entry
 from kvlog.types import TopicPartition
@@ -145,6 +145,8 @@ class FollowerCore:
             changed, stage = core.store.write(write)
         except KvlogError as exc:
             log.error("node %d: applying replica data failed: %s", core.node_id, exc.message)
+            if isinstance(exc, StorageError):
+                core.storage_failed = True
             return set()
         stage.apply()
         with core.store.reader() as r:

@@ -34,6 +34,7 @@ from kvlog.errors import (
     MessageSizeTooLargeError,
     NotLeaderOrFollowerError,
     OffsetOutOfRangeError,
+    StorageError,
     UnknownLeaderEpochError,
     UnknownServerError,
     UnknownTopicOrPartitionError,
@@ -168,6 +169,7 @@ class LeaderCore:
         self.touched: set[TopicPartition] = set()
         self.hw_dirty: set[TopicPartition] = set()
         self.decided: list[StagedProduce] = []  # acks=all requests whose last item settled
+        self.storage_failed = False  # a write failed: the node takes its log dir offline
 
     # -- assignment ------------------------------------------------------------------------
 
@@ -373,6 +375,8 @@ class LeaderCore:
                 exc = UnknownServerError(f"group commit failed: {type(exc).__name__}: {exc}")
             else:
                 log.error("node %d: group commit failed: %s", self.node_id, exc.message)
+                if isinstance(exc, StorageError):
+                    self.storage_failed = True
             for request in staged:
                 for item in request.items:
                     if item.error is None:

@@ -110,6 +110,9 @@ class NodeServer(Server):
         self._isr_in_flight: set[TopicPartition] = set()
         self._next_isr_check = 0.0
         self._next_hw_flush = 0.0
+        self.offline = False
+        self._next_probe = 0.0
+        self._heartbeat_id = 0
         self.parked: list[ParkedFetch] = []
         self.applied_version = -1
         self.coordinator = PeerLink(ctx, settings.coordinator, name=f"{self.name} -> coordinator")
@@ -122,6 +125,8 @@ class NodeServer(Server):
 
     def _send_heartbeat(self) -> None:
         self._heartbeat_in_flight = True
+        self._heartbeat_id += 1
+        heartbeat_id = self._heartbeat_id
         wait = self.settings.heartbeat_wait_ms
         self.coordinator.request(
             "node_heartbeat",
@@ -132,14 +137,21 @@ class NodeServer(Server):
                 "applied_version": self.applied_version,
                 "pid": os.getpid(),
                 "wait_ms": wait,
+                "offline": self.offline,
             },
-            self._on_heartbeat,
+            lambda header, frames, error: self._on_heartbeat(heartbeat_id, header, frames, error),
             timeout_ms=wait + 2000,
         )
 
     def _on_heartbeat(
-        self, header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
+        self,
+        heartbeat_id: int,
+        header: dict[str, Any] | None,
+        frames: list[bytes],
+        error: KvlogError | None,
     ) -> None:
+        if heartbeat_id != self._heartbeat_id:
+            return  # superseded by a newer heartbeat (the offline flag changed)
         self._heartbeat_in_flight = False
         if header is None:  # timed out: the coordinator may be restarting
             log.debug("%s: heartbeat: %s", self.name, error)
@@ -334,7 +346,9 @@ class NodeServer(Server):
             link.expire(now)
         if not self._heartbeat_in_flight and not self.stopping:
             self._send_heartbeat()
-        self._fetch_from_leaders(now)
+        self._check_storage(now)
+        if not self.offline:
+            self._fetch_from_leaders(now)
         now_ms = _now_ms()
         self.core.poll_waiters(now_ms)
         self._answer_decided()
@@ -372,6 +386,8 @@ class NodeServer(Server):
 
     def _fetch_from_leaders(self, now: float) -> None:
         """Keep one replica fetch in flight to each node this node follows."""
+        if self.offline or self.core.storage_failed:
+            return
         targets = self.follower.targets()
         by_leader: dict[int, list[FollowTarget]] = {}
         for target in targets:
@@ -472,3 +488,35 @@ class NodeServer(Server):
                 done,
                 timeout_ms=5000,
             )
+
+    # -- a failing log dir -------------------------------------------------------------------
+
+    def _check_storage(self, now: float) -> None:
+        """A failed write takes the log dir offline: the coordinator moves leaderships
+        away. Probe the disk every second; when writes work again, come back online (as a
+        follower that catches up)."""
+        if self.core.storage_failed and not self.offline:
+            self.offline = True
+            self._next_probe = now + 1.0
+            log.error(
+                "%s: log dir %s failed; going offline until writes work again",
+                self.name,
+                self.settings.log_dir,
+            )
+            self._send_heartbeat()  # supersedes the parked one: tell the coordinator now
+            return
+        if not self.offline or now < self._next_probe:
+            return
+        self._next_probe = now + 1.0
+        try:
+            self.core.store.write(lambda w: w.put("meta", b"probe", str(time.time_ns()).encode()))
+        except KvlogError as exc:
+            log.info("%s: log dir still failing: %s", self.name, exc.message)
+            return
+        log.warning(
+            "%s: log dir %s writes again; coming back online", self.name, self.settings.log_dir
+        )
+        self.offline = False
+        self.core.storage_failed = False
+        self.follower.latest_epoch.clear()
+        self._send_heartbeat()

@@ -53,6 +53,9 @@ def process_main(role: str, settings: dict[str, Any], conn: Any) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+    # A file-size limit (RLIMIT_FSIZE) must fail the write (EFBIG -> STORAGE_ERROR, the log
+    # dir goes offline), not kill the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     def should_stop() -> bool:
         return stop.is_set() or os.getppid() != parent
