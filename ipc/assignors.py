@@ -119,25 +119,40 @@ def sticky_assign(partitions: Mapping[str, int], members: list[MemberSubscriptio
             tp = mine.pop()
             del owner[tp]
         out[m.member_id] = mine
-    # Give unowned partitions to the least loaded eligible member.
-    for tp in assignable:
+    kept = dict(owner)  # what members keep from before: the last to move while evening out
+
+    def load(member_id: str) -> tuple[int, tuple[str, str]]:
+        return (len(out[member_id]), _sort_key(by_id[member_id]))
+
+    # Give unowned partitions to the least loaded eligible member, the partitions with the
+    # fewest eligible members first (the flexible ones then fill the gaps).
+    for tp in sorted(assignable, key=lambda tp: len(eligible[tp])):
         if tp in owner:
             continue
-        target = min(eligible[tp], key=lambda i: (len(out[i]), _sort_key(by_id[i])))
+        target = min(eligible[tp], key=load)
         out[target].append(tp)
         owner[tp] = target
-    # Even out: move from the most to the least loaded while the gap exceeds one.
-    moved = True
-    while moved:
-        moved = False
-        for tp in assignable:
-            current = owner[tp]
-            target = min(eligible[tp], key=lambda i: (len(out[i]), _sort_key(by_id[i])))
-            if len(out[current]) - len(out[target]) > 1:
-                out[current].remove(tp)
-                out[target].append(tp)
-                owner[tp] = target
-                moved = True
+    # Even out: while a member holds two more than an eligible member of one of its
+    # partitions, the most loaded member gives one up: first what it did not own before,
+    # then its highest-numbered. Taking from the top never pushes a member below its fair
+    # share, so every owner keeps what balance allows.
+    order = {tp: i for i, tp in enumerate(all_tps)}
+    for _ in range(total * total + 1):  # each move lowers the sum of squared loads
+        move = None
+        for source in sorted(out, key=lambda i: (-len(out[i]), _sort_key(by_id[i]))):
+            for tp in sorted(out[source], key=lambda tp: (kept.get(tp) == source, -order[tp])):
+                target = min(eligible[tp], key=load)
+                if len(out[source]) - len(out[target]) > 1:
+                    move = (tp, source, target)
+                    break
+            if move is not None:
+                break
+        if move is None:
+            break
+        tp, source, target = move
+        out[source].remove(tp)
+        out[target].append(tp)
+        owner[tp] = target
     for member_id in out:
         out[member_id].sort(key=lambda tp: (tp.topic, tp.partition))
     return out
@@ -148,9 +163,13 @@ def cooperative_sticky_assign(
 ) -> Assignment:
     """Sticky, minus partitions that would move while another member still owns them."""
     target = sticky_assign(partitions, members)
-    owned_by = {tp: m.member_id for m in members for tp in m.owned}
+    # Any other member's claim withholds a partition: it keeps reading it until it revokes.
+    claims: dict[TopicPartition, set[str]] = {}
+    for m in members:
+        for tp in m.owned:
+            claims.setdefault(tp, set()).add(m.member_id)
     return {
-        member_id: [tp for tp in tps if owned_by.get(tp, member_id) == member_id]
+        member_id: [tp for tp in tps if claims.get(tp, set()) <= {member_id}]
         for member_id, tps in target.items()
     }
 
