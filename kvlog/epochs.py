@@ -56,7 +56,9 @@ def end_offset_for_epoch(
     """Kafka's OffsetsForLeaderEpoch: ``(largest epoch <= epoch, its end offset)``.
 
     The end offset is where the next newer epoch starts, or the log end offset when that
-    epoch is the latest. ``(-1, -1)`` when every cached epoch is newer than ``epoch``.
+    epoch is the latest. When every cached epoch is newer than ``epoch`` the answer is
+    ``(-1, start of the earliest cached epoch)``: every epoch that holds data is cached,
+    so a history can only be shared below that offset.
     """
     found = entries(r, tp)
     for i in range(len(found) - 1, -1, -1):
@@ -64,7 +66,7 @@ def end_offset_for_epoch(
         if cached <= epoch:
             end = found[i + 1][1] if i + 1 < len(found) else log_end_offset
             return cached, end
-    return UNDEFINED, UNDEFINED
+    return UNDEFINED, found[0][1] if found else log_end_offset
 
 
 def truncate_from(w: WriteTxn, tp: TopicPartition, offset: int) -> None:

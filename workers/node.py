@@ -112,6 +112,8 @@ class NodeServer(Server):
         self._next_hw_flush = 0.0
         self.offline = False
         self._next_probe = 0.0
+        self._probe_interval = 1.0
+        self._online_since = 0.0
         self._heartbeat_id = 0
         self.parked: list[ParkedFetch] = []
         self.applied_version = -1
@@ -497,7 +499,10 @@ class NodeServer(Server):
         follower that catches up)."""
         if self.core.storage_failed and not self.offline:
             self.offline = True
-            self._next_probe = now + 1.0
+            # A log dir that fails again soon after recovering is probed less often.
+            recent = now - self._online_since < 30.0
+            self._probe_interval = min(self._probe_interval * 2, 30.0) if recent else 1.0
+            self._next_probe = now + self._probe_interval
             log.error(
                 "%s: log dir %s failed; going offline until writes work again",
                 self.name,
@@ -517,6 +522,7 @@ class NodeServer(Server):
             "%s: log dir %s writes again; coming back online", self.name, self.settings.log_dir
         )
         self.offline = False
+        self._online_since = now
         self.core.storage_failed = False
         self.follower.latest_epoch.clear()
         self._send_heartbeat()
