@@ -672,17 +672,31 @@ def test_an_unknown_producer_must_start_at_zero(idem):
 
 def test_sequences_wrap_at_int32_max(idem):
     store, table = idem
-    table_row = ps.ProducerEntry(0, 0)
-    table_row.batches.append(ps.BatchMetadata(ps.INT32_MAX - 9, ps.INT32_MAX - 2, 0, 7))
-    store.write(lambda w: w.put(ps.PRODUCERS_TABLE, ps._row_key(TP, PID), table_row.encode()))
-    with store.reader() as r:
-        table.load(r, [TP])
-    assert produce(store, table, pbatch(ps.INT32_MAX - 1, 4)) == (0, False)  # ..MAX, 0, 1
-    assert table.entry(TP, PID).last_seq == 1
-    assert produce(store, table, pbatch(2)) == (4, False)
-    assert produce(store, table, pbatch(ps.INT32_MAX - 1, 4)) == (0, True)
+    other = PID + 1
+    # Two producers whose last batches ended at INT32_MAX - 2 (state only, no batches).
+    earlier = [bf.validate(pbatch(ps.INT32_MAX - 9, 8, pid=pid)) for pid in (PID, other)]
+
+    def seed(w):
+        stage = table.stage()
+        for header in earlier:
+            stage.record(w, TP, header, 0)
+        return stage
+
+    store.write(seed).apply()
+    # One ends exactly at INT32_MAX; its next batch starts again at 0.
+    assert produce(store, table, pbatch(ps.INT32_MAX - 1, 2)) == (0, False)
+    assert table.entry(TP, PID).last_seq == ps.INT32_MAX
     with pytest.raises(OutOfOrderSequenceNumberError):
-        produce(store, table, pbatch(0))
+        produce(store, table, pbatch(1))  # after INT32_MAX comes 0
+    assert produce(store, table, pbatch(0, 3)) == (2, False)
+    assert produce(store, table, pbatch(ps.INT32_MAX - 1, 2)) == (0, True)
+    # The other's batch runs across the wrap: MAX - 1, MAX, 0, 1.
+    assert produce(store, table, pbatch(ps.INT32_MAX - 1, 4, pid=other)) == (5, False)
+    assert table.entry(TP, other).last_seq == 1
+    assert produce(store, table, pbatch(2, pid=other)) == (9, False)
+    assert produce(store, table, pbatch(ps.INT32_MAX - 1, 4, pid=other)) == (5, True)
+    with pytest.raises(OutOfOrderSequenceNumberError):
+        produce(store, table, pbatch(0, pid=other))
 
 
 def test_stage_changes_land_only_on_apply(idem):
