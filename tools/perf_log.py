@@ -6,9 +6,9 @@ One run measures, on the same pre-built record batches (building is not timed):
   transaction per ``--batches-per-txn`` batches;
 - raw LMDB write: a plain ``lmdb`` environment opened with the same sync flags gets the
   same batch bytes under the same 8-byte big-endian keys in the same transaction grouping
-  (``putmulti(append=True)``). The two writers take turns, one transaction each, so both
-  see the same disk and page-cache conditions; each figure is the sum of its own
-  transactions' times;
+  (``putmulti(append=True)``). The writers take turns, one transaction each (the order
+  rotates), so all see the same disk and page-cache conditions; each figure is the sum
+  of its own transactions' times;
 - kvlog read: ``ReadTxn.read`` from the first appended offset in 1 MiB chunks, one read
   transaction per chunk as a fetch would do; raw LMDB read: one cursor pass copying every
   value to ``bytes``. Both run ``READ_ROUNDS`` times, alternating; the median is reported;
@@ -16,7 +16,9 @@ One run measures, on the same pre-built record batches (building is not timed):
   lists (``decode_raw``) or ``Record`` objects (``decode``), once each.
 
 ``--preload N`` first stores N records in both environments (untimed, large
-transactions), so the append can be compared with an empty log's.
+transactions), then times the append there; an empty kvlog log dir and an empty raw
+environment take the same turns, so "append with N stored vs. an empty log" is one
+paired measurement, not two runs minutes apart on a machine whose disk speed drifts.
 
 MB are 10^6 bytes of stored batches (header + CBOR records), the same bytes for kvlog
 and raw LMDB.
@@ -165,60 +167,79 @@ def kvlog_txn(store: LogDir, group: Sequence[bytes]) -> None:
     store.write(partial(_append, group))
 
 
-def open_raw(path: Path, map_size: int) -> tuple[lmdb.Environment, Any]:
-    """A plain environment with LogDir's durability flags and one named database."""
-    path.mkdir(parents=True)
-    env = lmdb.open(str(path), map_size=map_size, max_dbs=2, sync=True, metasync=True, subdir=True)
-    return env, env.open_db(b"p/perf/0")
+class RawLog:
+    """The ceiling: a plain LMDB environment with LogDir's durability flags, one named
+    database, the same 8-byte big-endian base-offset keys; no kvlog code."""
+
+    def __init__(self, path: Path, map_size: int) -> None:
+        path.mkdir(parents=True)
+        self.env = lmdb.open(
+            str(path), map_size=map_size, max_dbs=2, sync=True, metasync=True, subdir=True
+        )
+        self.db = self.env.open_db(b"p/perf/0")
+        self.next_offset = 0
+
+    def append(self, group: Sequence[bytes], counts: Sequence[int]) -> None:
+        """One durable transaction: ``putmulti(append=True)`` of the batches."""
+        offset = self.next_offset
+        items = []
+        for data, n in zip(group, counts, strict=True):
+            items.append((offset.to_bytes(8, "big"), data))
+            offset += n
+        with self.env.begin(write=True, db=self.db) as txn:
+            txn.cursor().putmulti(items, append=True)
+        self.next_offset = offset
+
+    def read(self, first_offset: int, records: int, tick: Tick) -> Phase:
+        """One read transaction, one cursor pass from ``first_offset``, each value copied."""
+        nbytes = 0
+        faults = _minor_faults()
+        t0 = time.perf_counter()
+        with self.env.begin(db=self.db, buffers=True) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(first_offset.to_bytes(8, "big")):
+                for _key, value in cursor.iternext():
+                    nbytes += len(bytes(value))
+        elapsed = time.perf_counter() - t0
+        faults = _minor_faults() - faults
+        tick(1)
+        return Phase("raw LMDB read", records, nbytes, elapsed, minor_faults=faults)
+
+    def close(self) -> None:
+        self.env.close()
 
 
-def raw_txn(
-    env: lmdb.Environment, db: Any, group: Sequence[bytes], counts: Sequence[int], offset: int
-) -> int:
-    """The same batches under the same keys in one plain LMDB transaction; no kvlog code."""
-    items = []
-    for data, n in zip(group, counts, strict=True):
-        items.append((offset.to_bytes(8, "big"), data))
-        offset += n
-    with env.begin(write=True, db=db) as txn:
-        txn.cursor().putmulti(items, append=True)
-    return offset
+Appender = Callable[[Sequence[bytes], Sequence[int]], None]
 
 
-def write_both(
-    store: LogDir,
-    env: lmdb.Environment,
-    db: Any,
+def write_interleaved(
+    writers: dict[str, tuple[str, Appender]],
     groups: Sequence[Sequence[bytes]],
     counts: Sequence[Sequence[int]],
-    first_offset: int,
     tick: Tick,
-) -> tuple[Phase, Phase]:
-    """kvlog and raw LMDB take turns, one transaction each; each side's times add up."""
+) -> dict[str, Phase]:
+    """Each writer appends each group in its own durable transaction, taking turns (the
+    order rotates every group), so all see the same disk and page-cache conditions; a
+    writer's figure is the sum of its own transactions' times."""
+    keys = list(writers)
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    faults = dict.fromkeys(keys, 0)
     clock = time.perf_counter
-    kv_times: list[float] = []
-    raw_times: list[float] = []
-    kv_faults = raw_faults = 0
-    offset = first_offset
-    for group, group_counts in zip(groups, counts, strict=True):
-        f0 = _minor_faults()
-        t0 = clock()
-        kvlog_txn(store, group)
-        t1 = clock()
-        f1 = _minor_faults()
-        offset = raw_txn(env, db, group, group_counts, offset)
-        t2 = clock()
-        raw_faults += _minor_faults() - f1
-        kv_faults += f1 - f0
-        kv_times.append(t1 - t0)
-        raw_times.append(t2 - t1)
+    for i, (group, group_counts) in enumerate(zip(groups, counts, strict=True)):
+        shift = i % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            f0 = _minor_faults()
+            t0 = clock()
+            writers[key][1](group, group_counts)
+            times[key].append(clock() - t0)
+            faults[key] += _minor_faults() - f0
         tick(len(group))
-    records = offset - first_offset
+    records = sum(map(sum, counts))
     nbytes = sum(len(b) for g in groups for b in g)
-    return (
-        Phase("kvlog write", records, nbytes, sum(kv_times), kv_times, kv_faults),
-        Phase("raw LMDB write", records, nbytes, sum(raw_times), raw_times, raw_faults),
-    )
+    return {
+        key: Phase(name, records, nbytes, sum(times[key]), times[key], faults[key])
+        for key, (name, _) in writers.items()
+    }
 
 
 # -- reads ----------------------------------------------------------------------------------
@@ -263,22 +284,6 @@ def _decode_raw(data: bytes, base: int) -> int:
     return len(decode_raw(data)[1])
 
 
-def raw_read(env: lmdb.Environment, db: Any, first_offset: int, records: int, tick: Tick) -> Phase:
-    """One read transaction, one cursor pass from ``first_offset``, each value copied."""
-    nbytes = 0
-    faults = _minor_faults()
-    t0 = time.perf_counter()
-    with env.begin(db=db, buffers=True) as txn:
-        cursor = txn.cursor()
-        if cursor.set_range(first_offset.to_bytes(8, "big")):
-            for _key, value in cursor.iternext():
-                nbytes += len(bytes(value))
-    elapsed = time.perf_counter() - t0
-    faults = _minor_faults() - faults
-    tick(1)
-    return Phase("raw LMDB read", records, nbytes, elapsed, minor_faults=faults)
-
-
 def _median(phases: list[Phase]) -> Phase:
     return sorted(phases, key=lambda p: p.seconds)[len(phases) // 2]
 
@@ -311,11 +316,22 @@ class Report:
         """kvlog throughput as a share of raw LMDB's, for 'write' or 'read'."""
         return self.phases[f"raw_{what}"].seconds / self.phases[f"kvlog_{what}"].seconds
 
+    def ratios(self) -> dict[str, float]:
+        out = {"write": self.ratio("write"), "read": self.ratio("read")}
+        p = self.phases
+        if "kvlog_write_empty" in p:
+            # append throughput with the preloaded records stored, as a share of an empty log's
+            out["kvlog_stored_vs_empty"] = p["kvlog_write_empty"].seconds / p["kvlog_write"].seconds
+            out["raw_stored_vs_empty"] = p["raw_write_empty"].seconds / p["raw_write"].seconds
+        return out
+
     def rows(self) -> list[tuple[Phase, Phase | None]]:
         p = self.phases
+        rows = [(p["kvlog_write"], p["raw_write"]), (p["raw_write"], None)]
+        if "kvlog_write_empty" in p:
+            rows += [(p["kvlog_write_empty"], p["raw_write_empty"]), (p["raw_write_empty"], None)]
         return [
-            (p["kvlog_write"], p["raw_write"]),
-            (p["raw_write"], None),
+            *rows,
             (p["kvlog_read"], p["raw_read"]),
             (p["raw_read"], None),
             (p["kvlog_read_decode_raw"], None),
@@ -354,10 +370,7 @@ class Report:
                 },
             },
             **{name: phase.as_dict() for name, phase in self.phases.items()},
-            "ratios": {
-                "write": round(self.ratio("write"), 4),
-                "read": round(self.ratio("read"), 4),
-            },
+            "ratios": {k: round(v, 4) for k, v in self.ratios().items()},
         }
 
 
@@ -373,7 +386,11 @@ def run(config: Config, root: Path, bars: Bars) -> Report:
     map_size = max(256 << 20, int(2 * per_record * (c.records + c.preload)) + (64 << 20))
 
     store = LogDir(root / "kvlog")  # LogDir's defaults: its map grows as a user's would
-    env, db = open_raw(root / "raw", map_size)
+    raw = RawLog(root / "raw", map_size)
+    # With --preload, an empty kvlog log and an empty raw environment take the same turns,
+    # so "append with N stored vs. an empty log" is measured under the same conditions.
+    empty = LogDir(root / "kvlog-empty") if c.preload else None
+    raw_empty = RawLog(root / "raw-empty", map_size) if c.preload else None
     phases: dict[str, Phase] = {}
     try:
         store.create_partition(TP)
@@ -381,26 +398,33 @@ def run(config: Config, root: Path, bars: Bars) -> Report:
         t0 = time.perf_counter()
         with bars.phase("preloading", c.preload) as tick:
             for group in preload_groups(batches, c.preload):
-                kvlog_txn(store, group)
                 n = [record_count(b) for b in group]
-                raw_txn(env, db, group, n, preloaded)
+                kvlog_txn(store, group)
+                raw.append(group, n)
                 preloaded += sum(n)
                 tick(sum(n))
         preload_seconds = time.perf_counter() - t0
         with store.reader() as r:
             start = r.offsets(TP).log_end_offset
-        assert start == preloaded, (start, preloaded)
+        assert start == preloaded == raw.next_offset, (start, preloaded, raw.next_offset)
 
+        writers: dict[str, tuple[str, Appender]] = {
+            "kvlog_write": ("kvlog write", lambda g, _n: kvlog_txn(store, g)),
+            "raw_write": ("raw LMDB write", raw.append),
+        }
+        if empty is not None and raw_empty is not None:
+            empty.create_partition(TP)
+            writers["kvlog_write_empty"] = ("kvlog write, empty", lambda g, _n: kvlog_txn(empty, g))
+            writers["raw_write_empty"] = ("raw LMDB write, empty", raw_empty.append)
         nb = len(batches)
-        with bars.phase("writing (kvlog, raw)", nb) as tick:
-            phases["kvlog_write"], phases["raw_write"] = write_both(
-                store, env, db, groups, counts, start, tick
-            )
+        with bars.phase("writing", nb) as tick:
+            phases.update(write_interleaved(writers, groups, counts, tick))
+
         kv_reads, raw_reads = [], []
         with bars.phase("reading (kvlog, raw)", READ_ROUNDS * (nb + 1)) as tick:
             for _round in range(READ_ROUNDS):
                 kv_reads.append(kvlog_read(store, start, "kvlog read", None, tick))
-                raw_reads.append(raw_read(env, db, start, c.records, tick))
+                raw_reads.append(raw.read(start, c.records, tick))
         phases["kvlog_read"], phases["raw_read"] = _median(kv_reads), _median(raw_reads)
         for name, decoder in (("decode_raw", _decode_raw), ("decode", _decode)):
             with bars.phase(f"reading+{name}", nb) as tick:
@@ -408,8 +432,9 @@ def run(config: Config, root: Path, bars: Bars) -> Report:
                     store, start, f"kvlog read+{name}", decoder, tick
                 )
     finally:
-        store.close()
-        env.close()
+        for log in (store, raw, empty, raw_empty):
+            if log is not None:
+                log.close()
 
     for phase in phases.values():
         if phase.records != c.records or phase.nbytes != total_bytes:
@@ -611,7 +636,14 @@ def perf_log(
         f"{', removed after' if temporary else ''})"
     )
     console.print(_table(report.rows()))
+    ratios = report.ratios()
     console.print(
-        f"kvlog / raw LMDB: write {report.ratio('write'):.0%}, read {report.ratio('read'):.0%}"
-        f" (reads: median of {READ_ROUNDS})"
+        f"kvlog / raw LMDB: write {ratios['write']:.0%}, read {ratios['read']:.0%} "
+        f"(reads: median of {READ_ROUNDS})"
     )
+    if "kvlog_stored_vs_empty" in ratios:
+        console.print(
+            f"append with {report.preloaded:,} records stored / empty log: "
+            f"kvlog {ratios['kvlog_stored_vs_empty']:.0%}, "
+            f"raw LMDB {ratios['raw_stored_vs_empty']:.0%}"
+        )
