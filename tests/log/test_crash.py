@@ -33,7 +33,7 @@ from kvlog.lmdb_store import LogDir
 
 CHILD = Path(__file__).with_name("_log_child.py")
 
-ROUNDS = 200 if THOROUGH else 40
+ROUNDS = 200 if THOROUGH else 30
 STARTUP_TIMEOUT_S = 30.0
 
 

@@ -289,5 +289,5 @@ class StoresAgree(RuleBasedStateMachine):
 @long_test
 def test_lmdb_store_agrees_with_its_model():
     MAP_GROWTH.clear()
-    run_state_machine_as_test(StoresAgree, settings=budget(200, steps=60))
+    run_state_machine_as_test(StoresAgree, settings=budget(100, steps=50))
     assert MAP_GROWTH, "no example grew the LMDB map: raise the data sizes"
