@@ -269,12 +269,13 @@ def test_truncate_keeps_a_lower_high_watermark_and_the_log_start(store):
     store.write(lambda w: w.set_high_watermark(TP, 3))
     state = store.write(lambda w: w.truncate_to(TP, 6))
     assert state[:3] == (0, 3, 6)
+    assert all_batches(store, TP) == appended[:3]
     store.write(lambda w: w.set_high_watermark(TP, 6))
-    store.write(lambda w: w.delete_before(TP, 3))
+    store.write(lambda w: w.delete_before(TP, 3))  # mid batch 2-3: it stays
+    assert all_batches(store, TP) == appended[1:3]
     state = store.write(lambda w: w.truncate_to(TP, 1))  # below the log start
     assert state == PartitionOffsets(3, 3, 3, 0)
     assert all_batches(store, TP) == []
-    del appended
     check_partition(store, TP)
 
 
