@@ -13,12 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvlog.errors import KvlogError, UnknownTopicOrPartitionError
+from kvlog.errors import KvlogError, UnknownTopicOrPartitionError, error_from_code
 from kvlog.topic_config import effective_topic_config
+from kvlog.types import TopicPartition
 
 from .config import ADMIN_SETTINGS, resolve
 from .metadata import PartitionInfo
 from .rpc import IOThread
+from .security import client_socket_options
 from .wire import split_bootstrap
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,89 @@ class TopicDescription:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-class Admin:
+class _AdminGroupsAndAcls:
+    """Mixed into Admin below: consumer groups, ACLs, leader elections."""
+
+    _call: Any
+
+    # -- consumer groups -----------------------------------------------------------------------
+
+    def list_groups(self) -> list[dict[str, Any]]:
+        """Every group with members or committed offsets: group_id, state, protocol_type."""
+        return list(self._call("list_groups").get("groups", []))
+
+    def describe_groups(self, group_ids: list[str]) -> list[dict[str, Any]]:
+        """State, generation, protocol, leader and members (with assignments) per group."""
+        out = []
+        for entry in self._call("describe_groups", group_ids=list(group_ids)).get("groups", []):
+            if entry.get("error"):
+                raise error_from_code(entry["error"], entry.get("message"))
+            out.append(entry)
+        return out
+
+    def delete_groups(self, group_ids: list[str]) -> None:
+        """Delete groups and their committed offsets; refused while a group has members."""
+        for entry in self._call("delete_groups", group_ids=list(group_ids)).get("results", []):
+            if entry.get("error"):
+                raise error_from_code(entry["error"], entry.get("message"))
+
+    def list_group_offsets(self, group_id: str) -> dict[TopicPartition, int]:
+        """The group's committed offsets (the next offset each partition reads)."""
+        reply = self._call("offset_fetch", group_id=group_id, partitions=None)
+        return {
+            TopicPartition(e["topic"], e["partition"]): e["offset"]
+            for e in reply.get("partitions", [])
+            if e.get("offset", -1) >= 0
+        }
+
+    def alter_group_offsets(self, group_id: str, offsets: dict[TopicPartition, int]) -> None:
+        """Set a group's committed offsets; only while the group has no members."""
+        reply = self._call(
+            "offset_commit",
+            group_id=group_id,
+            generation=-1,
+            member_id="",
+            offsets=[
+                {"topic": tp.topic, "partition": tp.partition, "offset": off, "metadata": ""}
+                for tp, off in offsets.items()
+            ],
+        )
+        for entry in reply.get("partitions", []):
+            if entry.get("error"):
+                raise error_from_code(entry["error"], entry.get("message"))
+
+    # -- leaders ---------------------------------------------------------------------------------
+
+    def elect_leaders(self, topics: list[str] | None = None) -> list[TopicPartition]:
+        """Move leadership back to each partition's preferred (first) replica where it is
+        in sync; returns the partitions that moved."""
+        fields: dict[str, Any] = {} if topics is None else {"topics": list(topics)}
+        reply = self._call("elect_leaders", **fields)
+        return [TopicPartition(t, p) for t, p in reply.get("elected", [])]
+
+    # -- ACLs --------------------------------------------------------------------------------------
+
+    def add_acl(self, principal: str, resource_type: str, name: str, operation: str) -> bool:
+        reply = self._call(
+            "acl_add",
+            principal=principal,
+            resource_type=resource_type,
+            name=name,
+            operation=operation,
+        )
+        return bool(reply.get("added"))
+
+    def remove_acls(self, **match: str | None) -> list[dict[str, str]]:
+        """Remove every ACL matching the given fields (principal, resource_type, name,
+        operation); returns what was removed."""
+        fields = {k: v for k, v in match.items() if v is not None}
+        return list(self._call("acl_remove", **fields).get("removed", []))
+
+    def list_acls(self) -> list[dict[str, str]]:
+        return list(self._call("acl_list").get("acls", []))
+
+
+class Admin(_AdminGroupsAndAcls):
     """Manage topics. Safe to share between threads."""
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
@@ -46,7 +130,11 @@ class Admin:
         self.config = cfg
         self._bootstrap = split_bootstrap(cfg["bootstrap_servers"])
         self._timeout_ms = cfg["request_timeout_ms"]
-        self._io = IOThread(f"admin-{cfg['client_id']}", request_timeout_ms=self._timeout_ms)
+        self._io = IOThread(
+            f"admin-{cfg['client_id']}",
+            request_timeout_ms=self._timeout_ms,
+            socket_options=client_socket_options(cfg),
+        )
         self._next = 0
 
     def __enter__(self) -> Admin:

@@ -39,6 +39,7 @@ from .config import CONSUMER_SETTINGS, resolve
 from .fetcher import Fetcher, PartitionFetchState, out_of_range_message
 from .metadata import ClusterMetadata
 from .rpc import IOThread
+from .security import client_socket_options
 from .serializers import deserializer
 from .wire import split_bootstrap
 
@@ -127,6 +128,7 @@ class Consumer:
             f"consumer-{cfg['client_id']}",
             request_timeout_ms=self._request_timeout_ms,
             driver=self._fetcher,
+            socket_options=client_socket_options(cfg),
         )
         self._lock = self._fetcher.lock
         self._decoded: dict[TopicPartition, deque[ConsumerRecord]] = {}

@@ -41,6 +41,7 @@ from .config import PRODUCER_SETTINGS, resolve
 from .futures import FutureRecordMetadata, RecordMetadata
 from .metadata import ClusterMetadata
 from .rpc import IOThread
+from .security import client_socket_options
 from .sequencing import Sequencer, Verdict
 from .serializers import serializer
 from .wire import split_bootstrap
@@ -78,6 +79,7 @@ class Producer:
             f"producer-{cfg['client_id']}",
             request_timeout_ms=cfg["request_timeout_ms"],
             driver=self._sender,
+            socket_options=client_socket_options(cfg),
         )
 
     def __enter__(self) -> Producer:
@@ -341,6 +343,13 @@ class Sender:
             header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
         ) -> None:
             self._pid_in_flight = False
+            if header is not None and error is not None and not error.retriable:
+                # Refused for good (e.g. not authorized): fail what waits, don't spin.
+                log.error("the broker refused a producer id: %s", error.message)
+                for batch in self.accumulator.abort_all():
+                    self._fail(batch, error)
+                self._pid_retry_at = time.monotonic() + 1.0
+                return
             if header is None or error is not None:
                 self._bootstrap_index += 1
                 self._pid_retry_at = time.monotonic() + self.backoff_s

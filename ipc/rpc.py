@@ -304,11 +304,14 @@ def blocking_call(
     *,
     timeout_s: float = 5.0,
     frames: Sequence[Frame] = (),
+    socket_options: dict[int, Any] | None = None,
 ) -> dict[str, Any]:
     """One request on a throwaway socket (tools, health checks); raises its error."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    for option, value in (socket_options or {}).items():
+        sock.setsockopt(option, value)
     try:
         sock.connect(wire.normalize_endpoint(endpoint))
         sock.send_multipart([wire.encode(wire.request_header(op, 1, **fields)), *frames])

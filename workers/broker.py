@@ -20,11 +20,13 @@ from kvlog.errors import (
     CoordinatorNotAvailableError,
     KvlogError,
     LeaderNotAvailableError,
+    TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
 )
 from kvlog.ipc.wire import Request
 
 from .peer import PeerLink, first_deadline
+from .security import ServerSecurity
 from .server import Server
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,9 @@ FORWARDED_OPS = (
     "offset_fetch",
     "offset_commit",
     "elect_leaders",
+    "acl_add",
+    "acl_remove",
+    "acl_list",
 )
 
 
@@ -65,11 +70,20 @@ class BrokerServer(Server):
     name = "broker"
 
     def __init__(
-        self, ctx: zmq.Context[Any], router: zmq.Socket[Any], settings: BrokerSettings
+        self,
+        ctx: zmq.Context[Any],
+        router: zmq.Socket[Any],
+        settings: BrokerSettings,
+        security: ServerSecurity | None = None,
     ) -> None:
-        super().__init__(ctx, router)
+        super().__init__(ctx, router, security)
         self.settings = settings
-        self.coordinator = PeerLink(ctx, settings.coordinator, name="broker -> coordinator")
+        self.coordinator = PeerLink(
+            ctx,
+            settings.coordinator,
+            name="broker -> coordinator",
+            options=security.client_options() if security else None,
+        )
         self.add_socket(self.coordinator.socket, self.coordinator.on_readable)
         self.cache: dict[str, Any] | None = None
         self.version = -1
@@ -122,12 +136,30 @@ class BrokerServer(Server):
                 }
                 for name in wanted
             ]
+        if self.security is not None:
+            topics = [self._visible(t) for t in topics]
+            topics = [t for t in topics if t is not None]
         return {
             "version": self.version,
             "nodes": self.cache["nodes"],
             "topics": topics,
             "coordinator": self.settings.coordinator,
         }
+
+    def _visible(self, topic: dict[str, Any]) -> dict[str, Any] | None:
+        """Topics the principal may not describe: left out of a full listing, an
+        authorization error when asked for by name (Kafka's behaviour)."""
+        assert self.security is not None
+        if self.security.authorizer.allowed(self.principal, "topic", topic["name"], "describe"):
+            return topic
+        if topic.get("error") == int(UnknownTopicOrPartitionError.code) or "topic_id" in topic:
+            return {
+                "name": topic["name"],
+                "error": int(TopicAuthorizationFailedError.code),
+                "message": f"principal {self.principal!r} may not describe topic {topic['name']!r}",
+                "partitions": [],
+            }
+        return None
 
     def op_find_coordinator(self, req: Request, peer: bytes) -> dict[str, Any]:
         return {"endpoint": self.settings.coordinator}

@@ -22,9 +22,11 @@ from kvlog.ipc.wire import INT32_MAX, Request, check_int, check_str
 from kvlog.lmdb_store import LogDir
 from kvlog.types import TopicPartition, check_partition
 
+from .acl import AclEntry, add_acl, load_acls, remove_acls
 from .controller import ControllerCore
 from .group_coordinator import GroupConfig, GroupCoordinator
 from .group_wire import GroupOps
+from .security import ServerSecurity
 from .server import Server
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,9 @@ class CoordinatorServer(GroupOps, Server):
         router: zmq.Socket[Any],
         settings: CoordinatorSettings,
         store: LogDir,
+        security: ServerSecurity | None = None,
     ) -> None:
-        super().__init__(ctx, router)
+        super().__init__(ctx, router, security)
         self.settings = settings
         self.core = ControllerCore(
             store, settings.node_ids, node_timeout_ms=settings.node_timeout_ms
@@ -239,6 +242,44 @@ class CoordinatorServer(GroupOps, Server):
         meta = self.core.alter_topic_config(req.str("name", max_len=249), req.map("config"))
         nodes = [n for replicas in meta.replicas for n in replicas]
         self._after_change(peer, req, {"config": meta.config}, nodes)
+
+    # -- ACLs ----------------------------------------------------------------------------------
+
+    def refresh_acls(self) -> None:
+        if self.security is not None:
+            self.security.refresh_acls(self.core.store)
+
+    def _acl_entry(self, req: Request) -> AclEntry:
+        return AclEntry(
+            req.str("principal", max_len=1024),
+            req.str("resource_type", max_len=32),
+            req.str("name", "kvlog", max_len=1024),
+            req.str("operation", max_len=32),
+        )
+
+    def op_acl_add(self, req: Request, peer: bytes) -> dict[str, Any]:
+        entry = self._acl_entry(req)
+        added = self.core.store.write(lambda w: add_acl(w, entry))
+        log.info("ACL %s: %s", "added" if added else "exists", entry)
+        self.refresh_acls()
+        return {"added": added}
+
+    def op_acl_remove(self, req: Request, peer: bytes) -> dict[str, Any]:
+        want = {
+            k: req.opt_str(k, max_len=1024)
+            for k in ("principal", "resource_type", "name", "operation")
+        }
+
+        def match(entry: AclEntry) -> bool:
+            return all(v is None or getattr(entry, k) == v for k, v in want.items())
+
+        gone = self.core.store.write(lambda w: remove_acls(w, match))
+        self.refresh_acls()
+        return {"removed": [e.as_dict() for e in gone]}
+
+    def op_acl_list(self, req: Request, peer: bytes) -> dict[str, Any]:
+        with self.core.store.reader() as r:
+            return {"acls": [e.as_dict() for e in sorted(load_acls(r))]}
 
     def op_init_producer_id(self, req: Request, peer: bytes) -> dict[str, Any]:
         producer_id, epoch = self.core.init_producer_id()

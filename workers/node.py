@@ -32,6 +32,7 @@ from .follower import FollowerCore, FollowTarget
 from .leader import FetchPartition, HostedPartition, LeaderCore, StagedProduce
 from .peer import PeerLink, first_deadline
 from .replication import LeaderReplica
+from .security import ServerSecurity
 from .server import Server
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,10 @@ class NodeServer(Server):
         endpoint: str,
         settings: NodeSettings,
         store: LogDir,
+        security: ServerSecurity | None = None,
     ) -> None:
-        super().__init__(ctx, router)
+        super().__init__(ctx, router, security)
+        self.link_options = security.client_options() if security else None
         self.name = f"node {settings.node_id}"
         self.settings = settings
         self.endpoint = endpoint
@@ -117,7 +120,9 @@ class NodeServer(Server):
         self._heartbeat_id = 0
         self.parked: list[ParkedFetch] = []
         self.applied_version = -1
-        self.coordinator = PeerLink(ctx, settings.coordinator, name=f"{self.name} -> coordinator")
+        self.coordinator = PeerLink(
+            ctx, settings.coordinator, name=f"{self.name} -> coordinator", options=self.link_options
+        )
         self.add_socket(self.coordinator.socket, self.coordinator.on_readable)
         self._heartbeat_in_flight = False
         self._drop_replies = settings.test_drop_produce_replies
@@ -381,7 +386,12 @@ class NodeServer(Server):
             link = None
             self._fetching.discard(leader_id)
         if link is None:
-            link = PeerLink(self.ctx, endpoint, name=f"{self.name} -> node {leader_id}")
+            link = PeerLink(
+                self.ctx,
+                endpoint,
+                name=f"{self.name} -> node {leader_id}",
+                options=self.link_options,
+            )
             self.leader_links[leader_id] = link
             self.add_socket(link.socket, link.on_readable)
         return link

@@ -29,11 +29,20 @@ ReplyCallback = Callable[[dict[str, Any] | None, list[bytes], KvlogError | None]
 class PeerLink:
     """Owned by one server loop; not thread-safe."""
 
-    def __init__(self, ctx: zmq.Context[Any], endpoint: str, *, name: str) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context[Any],
+        endpoint: str,
+        *,
+        name: str,
+        options: dict[int, Any] | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.name = name
         self.socket = ctx.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        for option, value in (options or {}).items():
+            self.socket.setsockopt(option, value)
         self.socket.setsockopt(zmq.RECONNECT_IVL, 50)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self.socket.connect(endpoint)

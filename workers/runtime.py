@@ -79,36 +79,45 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
 
     from kvlog.lmdb_store import LogDir
 
+    from .security import SecuritySettings, ServerSecurity
     from .server import bind_router
 
     ctx = zmq.Context()
     store = None
     server: Any = None
+    security = None
     try:
+        sec = SecuritySettings(**settings.get("security", {}))
+        if sec.enabled:
+            security = ServerSecurity(ctx, sec, Path(settings["data_dir"]) / "meta")
         router, endpoint = bind_router(
-            ctx, settings["endpoint"], max_frame_bytes=settings.get("max_frame_bytes", 128 << 20)
+            ctx,
+            settings["endpoint"],
+            max_frame_bytes=settings.get("max_frame_bytes", 128 << 20),
+            security=security,
         )
         if role == "coordinator":
             from .coordinator import CoordinatorServer, CoordinatorSettings
 
             store = LogDir(Path(settings["data_dir"]) / "meta")
             server = CoordinatorServer(
-                ctx, router, CoordinatorSettings(**settings["coordinator"]), store
+                ctx, router, CoordinatorSettings(**settings["coordinator"]), store, security
             )
         elif role == "node":
             from .node import NodeServer, NodeSettings
 
             node_settings = NodeSettings(**settings["node"])
             store = LogDir(node_settings.log_dir)
-            server = NodeServer(ctx, router, endpoint, node_settings, store)
+            server = NodeServer(ctx, router, endpoint, node_settings, store, security)
         elif role == "broker":
             from .broker import BrokerServer, BrokerSettings
 
-            server = BrokerServer(ctx, router, BrokerSettings(**settings["broker"]))
+            server = BrokerServer(ctx, router, BrokerSettings(**settings["broker"]), security)
         else:
             raise ValueError(f"unknown role {role!r}")
         conn.send({"endpoint": endpoint, "pid": os.getpid()})
         conn.close()
+        signal.signal(signal.SIGHUP, lambda *_: setattr(server, "reload_requested", True))
         log.info("%s listening on %s", role, endpoint)
         profile_dir = os.environ.get("KVLOG_PROFILE_DIR")
         if profile_dir:  # a developer aid: cProfile each server process into this dir
@@ -124,6 +133,8 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
     finally:
         if server is not None:
             server.close()
+        elif security is not None:
+            security.close()
         ctx.destroy(linger=0)  # closes whatever is still open, even after a failed start
         if store is not None:
             store.close()

@@ -23,6 +23,7 @@ from typing import Any
 import zmq
 
 from kvlog.errors import (
+    AuthorizationError,
     InvalidRequestError,
     KvlogError,
     UnknownServerError,
@@ -30,6 +31,9 @@ from kvlog.errors import (
 )
 from kvlog.ipc import wire
 from kvlog.ipc.wire import Frame, Request
+
+from .acl import INTERNAL_PRINCIPAL, authorize
+from .security import ServerSecurity
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,11 @@ DEFAULT_MAX_FRAME_BYTES = 64 << 20
 
 
 def bind_router(
-    ctx: zmq.Context[Any], endpoint: str, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    ctx: zmq.Context[Any],
+    endpoint: str,
+    *,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    security: ServerSecurity | None = None,
 ) -> tuple[zmq.Socket[Any], str]:
     """A ROUTER bound to ``endpoint`` (port 0 picks a free port); returns it and the
     endpoint actually bound."""
@@ -52,6 +60,8 @@ def bind_router(
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     sock.setsockopt(zmq.SNDHWM, 100_000)
     sock.setsockopt(zmq.RCVHWM, 100_000)
+    if security is not None:
+        security.secure_server(sock)
     if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
         endpoint = endpoint[:-2] + ":*"
     sock.bind(endpoint)
@@ -65,9 +75,18 @@ class Server:
     name = "server"
     max_drain = 2000
 
-    def __init__(self, ctx: zmq.Context[Any], router: zmq.Socket[Any]) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context[Any],
+        router: zmq.Socket[Any],
+        security: ServerSecurity | None = None,
+    ) -> None:
         self.ctx = ctx
         self.router = router
+        self.security = security
+        self.principal = INTERNAL_PRINCIPAL  # of the request being handled
+        self.reload_requested = False  # set by SIGHUP
+        self._next_acl_refresh = 0.0
         self.poller = zmq.Poller()
         self.poller.register(router, zmq.POLLIN)
         self._socket_handlers: dict[zmq.Socket[Any], Callable[[], None]] = {}
@@ -124,18 +143,40 @@ class Server:
             else:
                 self._socket_handlers[sock]()
         self.after_drain()
-        self.on_timers(time.monotonic())
+        now = time.monotonic()
+        if self.security is not None:
+            if self.reload_requested:
+                self.reload_requested = False
+                self.security.reload_keys()
+            if now >= self._next_acl_refresh:
+                self._next_acl_refresh = now + 0.2
+                self.refresh_acls()
+        self.on_timers(now)
 
     def serve_forever(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         while not self.stopping and not should_stop():
             self.run_once()
 
+    def refresh_acls(self) -> None:
+        """Reload ACLs if they changed (the coordinator overrides: it owns the store)."""
+        if self.security is not None:
+            self.security.refresh_acls()
+
     def _drain_router(self) -> None:
+        secure = self.security is not None
         for _ in range(self.max_drain):
             try:
-                parts = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+                if secure:
+                    frames = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    # ZAP put the authenticated principal on every message of the connection.
+                    principal = frames[-1].get("User-Id") or "unknown"
+                    parts = [f.bytes for f in frames]
+                else:
+                    parts = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+                    principal = INTERNAL_PRINCIPAL
             except zmq.Again:
                 return
+            self.principal = principal
             self.dispatch(parts)
 
     def dispatch(self, parts: list[bytes]) -> None:
@@ -151,6 +192,8 @@ class Server:
             request_id = wire.peek_id(header)
             request = Request(header, parts[2:])
             handler = self.handlers.get(request.op)
+            if self.security is not None:
+                authorize(self.security.authorizer, self.principal, request.op, request.header)
             if handler is None:
                 raise UnsupportedVersionError(
                     f"unknown op {request.op!r} for the {self.name}; known ops: "
@@ -161,6 +204,8 @@ class Server:
             self.bad_requests += 1
             if isinstance(exc, InvalidRequestError | UnsupportedVersionError):
                 log.info("%s: bad request from client: %s", self.name, exc.message)
+            elif isinstance(exc, AuthorizationError):
+                log.info("%s: refused: %s", self.name, exc.message)
             self.reply_error(peer, request_id, exc)
             return
         except Exception as exc:  # a bug must not take the process down
@@ -177,6 +222,8 @@ class Server:
             self.reply(peer, request_id, result)
 
     def close(self) -> None:
+        if self.security is not None:
+            self.security.close()
         with contextlib.suppress(zmq.ZMQError):
             self.router.close(linger=0)
         for sock in self._socket_handlers:

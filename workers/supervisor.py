@@ -31,7 +31,7 @@ import threading
 import time
 import types
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,12 @@ import multiprocess
 import multiprocess.connection
 
 from kvlog.errors import InvalidConfigError, KafkaTimeoutError, KvlogError
+from kvlog.ipc.security import load_keys
 from kvlog.ipc.wire import normalize_endpoint
 
 from .config import BrokerConfig
 from .runtime import process_main
+from .security import SecuritySettings, client_options_for
 
 log = logging.getLogger("kvlog.supervisor")
 
@@ -128,8 +130,21 @@ class Broker:
         config: dict[str, Any] | None = None,
         log_level: str = "WARNING",
         start_timeout_s: float = 60.0,
+        curve_secret_key: str | os.PathLike[str] | None = None,
+        curve_authorized_keys: str | os.PathLike[str] | None = None,
+        super_users: list[str] | None = None,
     ) -> None:
         self.config = BrokerConfig.from_mapping(config or {})
+        self.security = SecuritySettings(
+            str(curve_secret_key) if curve_secret_key else None,
+            str(curve_authorized_keys) if curve_authorized_keys else None,
+            list(super_users or []),
+        )
+        self.security.validate()
+        self._internal_options: dict[int, Any] = {}
+        if self.security.enabled:
+            keys = load_keys(self.security.server_secret_key or "")
+            self._internal_options = client_options_for(keys.public, keys.secret or b"")
         self.data_dir = Path(data_dir).resolve()
         self.listen = normalize_endpoint(listen)
         self.log_dirs = [Path(d).resolve() for d in (log_dirs or [self.data_dir / "logs" / "0"])]
@@ -193,7 +208,12 @@ class Broker:
             node_id = _node_id_for(log_dir, taken)
             taken.add(node_id)
             nodes.append((node_id, log_dir))
-        common = {"log_level": self.log_level, "max_frame_bytes": cfg.max_frame_bytes}
+        common = {
+            "log_level": self.log_level,
+            "max_frame_bytes": cfg.max_frame_bytes,
+            "data_dir": str(self.data_dir),
+            "security": asdict(self.security),
+        }
         coordinator = Child(
             "coordinator",
             {
@@ -315,7 +335,13 @@ class Broker:
         deadline = time.monotonic() + self.start_timeout_s
         while True:
             try:
-                reply = blocking_call(self.bootstrap, "metadata", {"topics": []}, timeout_s=2.0)
+                reply = blocking_call(
+                    self.bootstrap,
+                    "metadata",
+                    {"topics": []},
+                    timeout_s=2.0,
+                    socket_options=self._internal_options,
+                )
                 alive = [n for n in reply.get("nodes", []) if n.get("alive")]
                 if len(alive) >= count:
                     return
@@ -396,6 +422,7 @@ class Broker:
                 "node_down",
                 {"node_id": child.node_id, "pid": child.pid},
                 timeout_s=2.0,
+                socket_options=self._internal_options,
             )
         except KvlogError as exc:
             log.info("could not report node %s down: %s", child.node_id, exc.message)
@@ -433,6 +460,20 @@ class Broker:
                 fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
+
+    def reload_security(self) -> int:
+        """Re-read the authorized-keys directory in every server process (SIGHUP)."""
+        sent = 0
+        with self._mutex:
+            for child in self.children:
+                if (
+                    child.role != "sweeper"
+                    and child.process is not None
+                    and child.process.is_alive()
+                ):
+                    os.kill(child.process.pid, signal.SIGHUP)
+                    sent += 1
+        return sent
 
     def wait(self) -> None:
         """Block until :meth:`stop` is called (from a signal handler, say)."""

@@ -1,0 +1,276 @@
+"""ACLs: who may do what to which topic, group or the cluster. Pure logic plus storage.
+
+With security on, everything is denied unless an ACL allows it (Kafka's
+``allow.everyone.if.no.acl.found=false``); ``super.users`` and kvlog's own processes
+bypass ACLs. An entry is (principal, resource type, resource name, operation); the
+principal ``*`` and the name ``*`` match any. As in Kafka, read, write, delete and alter
+imply describe.
+
+ACLs live in the coordinator's store (table ``acls``) with a version that grows on each
+change; the broker and nodes open that store read-only and reload when the version moves.
+
+:data:`OP_PERMISSIONS` is the one place that says which permission each op needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from kvlog.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    InvalidRequestError,
+    KvlogError,
+    TopicAuthorizationFailedError,
+)
+from kvlog.log import ReadTxn, WriteTxn
+
+ACLS_TABLE = "acls"
+ACL_VERSION_KEY = b"acl_version"
+CONTROLLER_TABLE = "controller"
+INTERNAL_PRINCIPAL = "kvlog-internal"
+ANONYMOUS = "ANONYMOUS"
+
+RESOURCE_TYPES = ("topic", "group", "cluster")
+OPERATIONS = ("read", "write", "create", "delete", "describe", "alter")
+_IMPLIES_DESCRIBE = {"read", "write", "delete", "alter"}
+
+
+@dataclass(frozen=True, order=True)
+class AclEntry:
+    principal: str
+    resource_type: str
+    name: str
+    operation: str
+
+    def __post_init__(self) -> None:
+        if self.resource_type not in RESOURCE_TYPES:
+            raise InvalidRequestError(f"resource type must be one of {RESOURCE_TYPES}")
+        if self.operation not in OPERATIONS:
+            raise InvalidRequestError(f"operation must be one of {OPERATIONS}")
+        if not self.principal or not self.name:
+            raise InvalidRequestError("an ACL needs a principal and a resource name")
+
+    def key(self) -> bytes:
+        return cbor2.dumps([self.principal, self.resource_type, self.name, self.operation])
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "principal": self.principal,
+            "resource_type": self.resource_type,
+            "name": self.name,
+            "operation": self.operation,
+        }
+
+
+def acl_version(r: ReadTxn) -> int:
+    raw = r.get(CONTROLLER_TABLE, ACL_VERSION_KEY)
+    return int(raw) if raw else 0
+
+
+def load_acls(r: ReadTxn) -> list[AclEntry]:
+    return [AclEntry(*cbor2.loads(key)) for key, _ in r.items(ACLS_TABLE)]
+
+
+def _bump(w: WriteTxn) -> None:
+    w.put(CONTROLLER_TABLE, ACL_VERSION_KEY, str(acl_version(w) + 1).encode())
+
+
+def add_acl(w: WriteTxn, entry: AclEntry) -> bool:
+    if w.get(ACLS_TABLE, entry.key()) is not None:
+        return False
+    w.put(ACLS_TABLE, entry.key(), b"")
+    _bump(w)
+    return True
+
+
+def remove_acls(w: WriteTxn, match: Callable[[AclEntry], bool]) -> list[AclEntry]:
+    gone = [e for e in load_acls(w) if match(e)]
+    for entry in gone:
+        w.delete(ACLS_TABLE, entry.key())
+    if gone:
+        _bump(w)
+    return gone
+
+
+_DENIED: dict[str, type[KvlogError]] = {
+    "topic": TopicAuthorizationFailedError,
+    "group": GroupAuthorizationFailedError,
+    "cluster": ClusterAuthorizationFailedError,
+}
+
+
+class Authorizer:
+    """Answers "may this principal do this?"; immutable snapshot of the ACLs."""
+
+    def __init__(self, entries: Iterable[AclEntry], super_users: Iterable[str] = ()) -> None:
+        self.entries = list(entries)
+        self.super_users = set(super_users) | {INTERNAL_PRINCIPAL}
+        self._grants: dict[tuple[str, str], list[AclEntry]] = {}
+        for entry in self.entries:
+            self._grants.setdefault((entry.resource_type, entry.operation), []).append(entry)
+
+    def allowed(self, principal: str, resource_type: str, name: str, operation: str) -> bool:
+        if principal in self.super_users:
+            return True
+        ops = [operation]
+        if operation == "describe":
+            ops += sorted(_IMPLIES_DESCRIBE)
+        for op in ops:
+            for entry in self._grants.get((resource_type, op), ()):
+                if entry.principal in (principal, "*") and entry.name in (name, "*"):
+                    return True
+        return False
+
+    def check(self, principal: str, resource_type: str, name: str, operation: str) -> None:
+        if not self.allowed(principal, resource_type, name, operation):
+            where = "--cluster" if resource_type == "cluster" else f"--{resource_type} {name}"
+            raise _DENIED[resource_type](
+                f"principal {principal!r} may not {operation} {resource_type} {name!r}; an "
+                f"admin can allow it with: kvlog acls add --principal {principal} {where} "
+                f"--operation {operation}"
+            )
+
+    def may_write_any_topic(self, principal: str) -> bool:
+        if principal in self.super_users:
+            return True
+        return any(
+            e.principal in (principal, "*") for e in self._grants.get(("topic", "write"), ())
+        )
+
+
+# -- which permission each op needs ----------------------------------------------------------
+
+Check = Callable[[Authorizer, str, dict[str, Any]], None]
+
+
+def _topics_of(header: dict[str, Any], field: str = "partitions") -> set[str]:
+    out = set()
+    for entry in header.get(field) or []:
+        if isinstance(entry, dict) and isinstance(entry.get("topic"), str):
+            out.add(entry["topic"])
+        elif isinstance(entry, list) and entry and isinstance(entry[0], str):
+            out.add(entry[0])
+    return out
+
+
+def _each_topic(operation: str, field: str = "partitions") -> Check:
+    def check(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+        for topic in sorted(_topics_of(header, field)):
+            auth.check(principal, "topic", topic, operation)
+
+    return check
+
+
+def _named(resource_type: str, operation: str, field: str) -> Check:
+    def check(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+        name = header.get(field)
+        auth.check(principal, resource_type, name if isinstance(name, str) else "", operation)
+
+    return check
+
+
+def _cluster(operation: str) -> Check:
+    def check(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+        auth.check(principal, "cluster", "kvlog", operation)
+
+    return check
+
+
+def _internal(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+    if principal != INTERNAL_PRINCIPAL:
+        raise ClusterAuthorizationFailedError(
+            f"principal {principal!r} may not call internal ops (kvlog's own processes only)"
+        )
+
+
+def _anyone(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+    """Any authenticated principal (the answer is filtered per permission)."""
+
+
+def _fetch(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+    if header.get("replica_id", -1) != -1:
+        _internal(auth, principal, header)
+    else:
+        _each_topic("read")(auth, principal, header)
+
+
+def _create_topic(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+    if not auth.allowed(principal, "cluster", "kvlog", "create"):
+        _named("topic", "create", "name")(auth, principal, header)
+
+
+def _init_producer_id(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+    if not auth.may_write_any_topic(principal):
+        raise ClusterAuthorizationFailedError(
+            f"principal {principal!r} may write no topic, so it gets no producer id; an admin "
+            f"can allow it with: kvlog acls add --principal {principal} --topic T "
+            "--operation write"
+        )
+
+
+def _group_op(operation: str) -> Check:
+    return _named("group", operation, "group_id")
+
+
+def _offset_commit(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+    _group_op("read")(auth, principal, header)
+    _each_topic("read", "offsets")(auth, principal, header)
+
+
+def _groups_list(operation: str) -> Check:
+    def check(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+        for gid in header.get("group_ids") or []:
+            auth.check(principal, "group", gid if isinstance(gid, str) else "", operation)
+
+    return check
+
+
+OP_PERMISSIONS: dict[str, Check] = {
+    # nodes
+    "produce": _each_topic("write"),
+    "fetch": _fetch,
+    "list_offsets": _each_topic("describe"),
+    "ping": _anyone,
+    # broker (and the coordinator, which checks again when called directly)
+    "metadata": _anyone,  # topics the principal may not describe are left out
+    "find_coordinator": _anyone,
+    "create_topic": _create_topic,
+    "delete_topic": _named("topic", "delete", "name"),
+    "create_partitions": _named("topic", "alter", "name"),
+    "alter_topic_config": _named("topic", "alter", "name"),
+    "init_producer_id": _init_producer_id,
+    "elect_leaders": _cluster("alter"),
+    "list_groups": _cluster("describe"),
+    "describe_groups": _groups_list("describe"),
+    "delete_groups": _groups_list("delete"),
+    "acl_add": _cluster("alter"),
+    "acl_remove": _cluster("alter"),
+    "acl_list": _cluster("describe"),
+    "reload_security": _cluster("alter"),
+    # groups
+    "join_group": _group_op("read"),
+    "sync_group": _group_op("read"),
+    "heartbeat": _group_op("read"),
+    "leave_group": _group_op("read"),
+    "offset_commit": _offset_commit,
+    "offset_fetch": _group_op("describe"),
+    # kvlog's own processes
+    "node_heartbeat": _internal,
+    "watch_metadata": _internal,
+    "alter_isr": _internal,
+    "node_down": _internal,
+}
+
+
+def authorize(auth: Authorizer, principal: str, op: str, header: dict[str, Any]) -> None:
+    """Raise the named authorization error unless ``principal`` may run ``op``."""
+    check = OP_PERMISSIONS.get(op)
+    if check is None:
+        _internal(auth, principal, header)  # unknown ops: only kvlog itself (then unknown)
+        return
+    check(auth, principal, header)
