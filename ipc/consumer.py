@@ -533,12 +533,9 @@ class Consumer:
     def _decode(
         self, tp: TopicPartition, base: int, raw: bytes, position: int
     ) -> list[ConsumerRecord]:
-        if self._check_crcs:
-            header, records = batch_format.decode_raw(raw)
-        else:
-            header = batch_format.read_header(raw)
-            records = batch_format.decode_raw(raw)[1]
+        header, records = batch_format.decode_raw(raw, verify=self._check_crcs)
         first_ts = header.first_timestamp
+        ts_type = header.timestamp_type
         topic, partition = tp.topic, tp.partition
         kd = None if self._plain_keys else self._key_deserializer
         vd = None if self._plain_values else self._value_deserializer
@@ -560,7 +557,7 @@ class Consumer:
                         key if kd is None else kd(key),
                         value if vd is None else vd(value),
                         [(h[0], h[1]) for h in r[4]] if len(r) > 4 else [],
-                        0,
+                        ts_type,
                         -1 if key is None else len(key),
                         -1 if value is None else len(value),
                     ),

@@ -46,6 +46,20 @@ def normalize_endpoint(address: str) -> str:
     return "tcp://" + address
 
 
+_WILDCARDS = ("0.0.0.0", "*", "[::]", "::")
+
+
+def advertise(endpoint: str, host: str | None = None) -> str:
+    """The address to hand to clients for an endpoint bound on a wildcard host
+    (``tcp://0.0.0.0:PORT`` -> ``tcp://HOST:PORT``, HOST defaulting to 127.0.0.1)."""
+    if not endpoint.startswith("tcp://"):
+        return endpoint
+    bound_host, _, port = endpoint[len("tcp://") :].rpartition(":")
+    if bound_host in _WILDCARDS:
+        return f"tcp://{host or '127.0.0.1'}:{port}"
+    return endpoint
+
+
 def split_bootstrap(servers: str | Sequence[str]) -> list[str]:
     """``bootstrap.servers`` as Kafka spells it: a comma-separated string or a list."""
     items = servers.split(",") if isinstance(servers, str) else list(servers)
@@ -103,7 +117,7 @@ class Request:
 
     def __init__(self, header: dict[str, Any], frames: Sequence[Frame]) -> None:
         version = header.get("v")
-        if version != PROTOCOL_VERSION:
+        if type(version) is not int or version != PROTOCOL_VERSION:
             raise UnsupportedVersionError(
                 f"protocol version {version!r} is not supported; this server speaks "
                 f"v{PROTOCOL_VERSION}"

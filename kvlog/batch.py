@@ -188,9 +188,12 @@ def encode(
     return b"".join((_PREFIX.pack(NO_LEADER_EPOCH, MAGIC, crc), body, payload))
 
 
-def decode_raw(buf: bytes | memoryview) -> tuple[BatchHeader, list[list[Any]]]:
-    """Header and raw record lists; checks the CRC. Raises CorruptRecordError."""
-    header = validate(buf)
+def decode_raw(
+    buf: bytes | memoryview, *, verify: bool = True
+) -> tuple[BatchHeader, list[list[Any]]]:
+    """Header and raw record lists; checks the CRC unless ``verify`` is False (a
+    consumer's ``check.crcs=false``). Raises CorruptRecordError."""
+    header = validate(buf) if verify else read_header(buf)
     try:
         payload = decompress(header.codec, memoryview(buf)[HEADER_SIZE:])
         raw = cbor2.loads(payload)

@@ -136,6 +136,8 @@ class LogDir:
         except lmdb.Error as exc:
             raise _storage_error(self.path, exc) from exc
         self._psize = self.env.stat()["psize"]
+        # Free reader slots of processes that died (a SIGKILLed reader pins old pages).
+        self.env.reader_check()
         if not readonly:
             self.write(self._check_format)
 

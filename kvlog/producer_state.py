@@ -182,7 +182,8 @@ class ProducerStateTable:
             del self._entries[key]
 
     def expire(self, now_ms: int, expiration_ms: int) -> list[_Key]:
-        """Drop producers idle longer than ``producer.id.expiration.ms``."""
+        """Drop producers idle longer than ``producer.id.expiration.ms`` from memory; the
+        caller deletes their rows (:func:`delete_producer`) in a write transaction."""
         doomed = [k for k, e in self._entries.items() if e.last_timestamp < now_ms - expiration_ms]
         for key in doomed:
             del self._entries[key]

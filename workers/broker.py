@@ -23,7 +23,7 @@ from kvlog.errors import (
     TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
 )
-from kvlog.ipc.wire import Request
+from kvlog.ipc.wire import Request, check_str
 
 from .peer import PeerLink, first_deadline
 from .security import ServerSecurity
@@ -124,7 +124,7 @@ class BrokerServer(Server):
         names = req.get("topics")
         topics = self.cache["topics"]
         if names is not None:
-            wanted = [t for t in req.list("topics") if isinstance(t, str)]
+            wanted = [check_str(t, "topics[]", max_len=4096) for t in req.list("topics")]
             by_name = {t["name"]: t for t in topics}
             topics = [
                 by_name.get(name)

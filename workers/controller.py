@@ -31,6 +31,7 @@ import cbor2
 
 from kvlog.errors import (
     FencedLeaderEpochError,
+    InvalidConfigError,
     InvalidPartitionsError,
     InvalidReplicaAssignmentError,
     InvalidReplicationFactorError,
@@ -164,6 +165,12 @@ class ControllerCore:
                 "start kvlog serve with more --log-dir"
             )
         overrides = validate_topic_config(config)
+        min_isr = effective_topic_config(overrides)["min.insync.replicas"]
+        if min_isr > replication_factor:
+            raise InvalidConfigError(
+                f"min.insync.replicas={min_isr} is more than replication_factor="
+                f"{replication_factor}: every acks=all write would fail; lower it or add replicas"
+            )
         seed = sum(name.encode()) % len(self.node_ids)
         meta = TopicMetadata(
             name=name,

@@ -174,7 +174,7 @@ class CoordinatorServer(GroupOps, Server):
     def op_metadata(self, req: Request, peer: bytes) -> dict[str, Any]:
         names = req.get("topics")
         if names is not None:
-            names = [t for t in req.list("topics") if isinstance(t, str)]
+            names = [check_str(t, "topics[]", max_len=4096) for t in req.list("topics")]
         return self._metadata(names)
 
     def _metadata(self, names: list[str] | None = None) -> dict[str, Any]:
@@ -217,7 +217,7 @@ class CoordinatorServer(GroupOps, Server):
         if not isinstance(config, dict):
             raise InvalidRequestError("field 'config' must be a map of topic config names")
         meta = self.core.create_topic(
-            req.str("name", max_len=249),
+            req.str("name", max_len=4096),
             req.int("partitions", 1, low=-(1 << 31), high=INT32_MAX),
             req.int("replication_factor", 1, low=-(1 << 31), high=INT32_MAX),
             config,
@@ -227,19 +227,19 @@ class CoordinatorServer(GroupOps, Server):
         self._after_change(peer, req, {"topic_id": meta.topic_id}, nodes)
 
     def op_delete_topic(self, req: Request, peer: bytes) -> None:
-        meta = self.core.delete_topic(req.str("name", max_len=249), _now_ms())
+        meta = self.core.delete_topic(req.str("name", max_len=4096), _now_ms())
         nodes = [n for replicas in meta.replicas for n in replicas]
         self._after_change(peer, req, {"topic_id": meta.topic_id}, nodes)
 
     def op_create_partitions(self, req: Request, peer: bytes) -> None:
         meta, old = self.core.create_partitions(
-            req.str("name", max_len=249), req.int("count", low=-(1 << 31), high=INT32_MAX)
+            req.str("name", max_len=4096), req.int("count", low=-(1 << 31), high=INT32_MAX)
         )
         nodes = [n for replicas in meta.replicas for n in replicas]
         self._after_change(peer, req, {"old_count": old, "count": meta.partitions}, nodes)
 
     def op_alter_topic_config(self, req: Request, peer: bytes) -> None:
-        meta = self.core.alter_topic_config(req.str("name", max_len=249), req.map("config"))
+        meta = self.core.alter_topic_config(req.str("name", max_len=4096), req.map("config"))
         nodes = [n for replicas in meta.replicas for n in replicas]
         self._after_change(peer, req, {"config": meta.config}, nodes)
 

@@ -24,8 +24,9 @@ from kvlog.errors import (
     KvlogError,
     MessageSizeTooLargeError,
 )
-from kvlog.ipc.wire import INT32_MAX, Request, check_int, check_map, check_str
+from kvlog.ipc.wire import INT32_MAX, Request, advertise, check_int, check_map, check_str
 from kvlog.lmdb_store import LogDir
+from kvlog.producer_state import delete_producer
 from kvlog.types import TopicPartition, check_partition
 
 from .follower import FollowerCore, FollowTarget
@@ -50,9 +51,11 @@ class NodeSettings:
     log_dir: str
     coordinator: str
     heartbeat_wait_ms: int = 1000
-    message_max_bytes: int = 64 << 20  # the largest produce request accepted
+    message_max_bytes: int = 100 << 20  # the largest produce request accepted
     fetch_max_wait_ms: int = 30_000
     replica_lag_time_max_ms: int = 30_000
+    producer_id_expiration_ms: int = 86_400_000
+    advertised_host: str | None = None
     replica_fetch_wait_max_ms: int = 500
     # Test hook: drop this many produce replies (after committing) to exercise retries.
     test_drop_produce_replies: int = 0
@@ -101,7 +104,7 @@ class NodeServer(Server):
         self.link_options = security.client_options() if security else None
         self.name = f"node {settings.node_id}"
         self.settings = settings
-        self.endpoint = endpoint
+        self.endpoint = advertise(endpoint, settings.advertised_host)
         self.core = LeaderCore(
             settings.node_id, store, lag_time_max_ms=settings.replica_lag_time_max_ms
         )
@@ -114,6 +117,7 @@ class NodeServer(Server):
         self._next_isr_check = 0.0
         self._next_hw_flush = 0.0
         self.offline = False
+        self._next_producer_expiry = time.monotonic() + 600.0
         self._next_probe = 0.0
         self._probe_interval = 1.0
         self._online_since = 0.0
@@ -254,7 +258,10 @@ class NodeServer(Server):
     # -- fetch -----------------------------------------------------------------------------
 
     def op_fetch(self, req: Request, peer: bytes) -> None:
-        max_wait_ms = req.int("max_wait_ms", 500, low=0, high=self.settings.fetch_max_wait_ms)
+        # Longer waits than the node allows are shortened, not refused (clients retry).
+        max_wait_ms = min(
+            req.int("max_wait_ms", 500, low=0, high=INT32_MAX), self.settings.fetch_max_wait_ms
+        )
         min_bytes = req.int("min_bytes", 1, low=0, high=INT32_MAX)
         max_bytes = req.int("max_bytes", 50 << 20, low=1, high=INT32_MAX)
         replica_id = req.int("replica_id", -1, low=-1, high=INT32_MAX)
@@ -362,6 +369,9 @@ class NodeServer(Server):
         if now >= self._next_isr_check:
             self._next_isr_check = now + 0.25
             self._propose_isr_changes(now_ms)
+        if now >= self._next_producer_expiry:
+            self._next_producer_expiry = now + 600.0
+            self._expire_producers(now_ms)
         if self.core.hw_dirty and now >= self._next_hw_flush:
             self._next_hw_flush = now + 0.2
             self.core.flush_high_watermarks()
@@ -500,6 +510,22 @@ class NodeServer(Server):
                 done,
                 timeout_ms=5000,
             )
+
+    def _expire_producers(self, now_ms: int) -> None:
+        """Forget idempotent producers idle for producer.id.expiration.ms (Kafka: 1 day)."""
+        expired = self.core.producers.expire(now_ms, self.settings.producer_id_expiration_ms)
+        if not expired:
+            return
+
+        def write(w: Any) -> None:
+            for tp, producer_id in expired:
+                delete_producer(w, tp, producer_id)
+
+        try:
+            self.core.store.write(write)
+        except KvlogError as exc:
+            log.warning("%s: could not delete expired producer state: %s", self.name, exc)
+        log.info("%s: expired %d idle producer id(s)", self.name, len(expired))
 
     # -- a failing log dir -------------------------------------------------------------------
 

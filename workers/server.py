@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 Reply = dict[str, Any] | tuple[dict[str, Any], Sequence[Frame]] | None
 Handler = Callable[[Request, bytes], Reply]
 
-DEFAULT_MAX_FRAME_BYTES = 64 << 20
+DEFAULT_MAX_FRAME_BYTES = 128 << 20
 
 
 def bind_router(

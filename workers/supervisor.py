@@ -40,7 +40,7 @@ import multiprocess.connection
 
 from kvlog.errors import InvalidConfigError, KafkaTimeoutError, KvlogError
 from kvlog.ipc.security import load_keys
-from kvlog.ipc.wire import normalize_endpoint
+from kvlog.ipc.wire import advertise, normalize_endpoint
 
 from .config import BrokerConfig
 from .runtime import process_main
@@ -133,7 +133,9 @@ class Broker:
         curve_secret_key: str | os.PathLike[str] | None = None,
         curve_authorized_keys: str | os.PathLike[str] | None = None,
         super_users: list[str] | None = None,
+        advertised_host: str | None = None,
     ) -> None:
+        self.advertised_host = advertised_host
         self.config = BrokerConfig.from_mapping(config or {})
         self.security = SecuritySettings(
             str(curve_secret_key) if curve_secret_key else None,
@@ -235,7 +237,7 @@ class Broker:
         self.children.append(coordinator)
         self._spawn(coordinator)
         self._await_ready([coordinator])
-        self.coordinator_endpoint = coordinator.endpoint
+        self.coordinator_endpoint = advertise(coordinator.endpoint, self.advertised_host)
         group = []
         for node_id, log_dir in nodes:
             child = Child(
@@ -247,7 +249,8 @@ class Broker:
                     "node": {
                         "node_id": node_id,
                         "log_dir": str(log_dir),
-                        "coordinator": coordinator.endpoint,
+                        "coordinator": self.coordinator_endpoint,
+                        "advertised_host": self.advertised_host,
                         "message_max_bytes": cfg.socket_request_max_bytes,
                         "test_drop_produce_replies": cfg.test_drop_produce_replies,
                         "replica_lag_time_max_ms": cfg.replica_lag_time_max_ms,
@@ -264,7 +267,7 @@ class Broker:
                 {
                     **common,
                     "endpoint": self.listen,
-                    "broker": {"coordinator": coordinator.endpoint},
+                    "broker": {"coordinator": self.coordinator_endpoint},
                 },
             )
         )
@@ -272,7 +275,7 @@ class Broker:
             self.children.append(child)
             self._spawn(child)
         self._await_ready(group)
-        self.bootstrap = group[-1].endpoint
+        self.bootstrap = advertise(group[-1].endpoint, self.advertised_host)
         sweeper = Child(
             "sweeper",
             {
