@@ -33,8 +33,10 @@ way (Kafka's ``ClassicGroupState``):
 Members whose heartbeats stop for ``session.timeout.ms`` are removed. Static members
 (``group.instance.id``) that come back within their session get their old assignment
 without a rebalance. Group state is written durably whenever a group becomes Stable or
-Empty, and reloaded at start (members' sessions restart then), so a coordinator crash
-is invisible to members that keep heartbeating.
+Empty, and when a new generation starts (so a restart never hands out a generation
+twice), and reloaded at start (members' sessions restart then; a group caught waiting
+for its leader's SyncGroup goes back to PreparingRebalance), so a coordinator crash is
+invisible to members of a stable group that keep heartbeating.
 
 Every method takes ``now_ms``. Replies that cannot be given at once (parked JoinGroup and
 SyncGroup) appear later in :attr:`outbox` as ``(token, fields)``.
@@ -279,6 +281,12 @@ class GroupCoordinator:
             for key, raw in r.items(GROUPS_TABLE):
                 group = Group.decode(key.decode(), raw, now_ms)
                 self.groups[group.group_id] = group
+        for group in self.groups.values():
+            if group.state is GroupState.COMPLETING_REBALANCE:
+                # Its members' parked SyncGroups died with the old process: they rejoin
+                # (into a newer generation; this one's assignment was never handed out).
+                group.transition(GroupState.PREPARING_REBALANCE)
+                group.join_deadline_ms = now_ms + group.rebalance_timeout_ms()
         log.info("loaded %d group(s)", len(self.groups))
         return len(self.groups)
 
@@ -614,6 +622,7 @@ class GroupCoordinator:
         else:
             group.transition(GroupState.COMPLETING_REBALANCE)
             group.sync_deadline_ms = now_ms + group.rebalance_timeout_ms()
+            self._persist(group)  # a restart must not hand this generation out again
         log.info(
             "group %s: generation %d with %d member(s), leader %s, protocol %s",
             group.group_id,
