@@ -287,6 +287,8 @@ class GroupCoordinator:
                 # (into a newer generation; this one's assignment was never handed out).
                 group.transition(GroupState.PREPARING_REBALANCE)
                 group.join_deadline_ms = now_ms + group.rebalance_timeout_ms()
+        # Partitions may have been added while this coordinator was down.
+        self.on_topics_changed(now_ms)
         log.info("loaded %d group(s)", len(self.groups))
         return len(self.groups)
 
