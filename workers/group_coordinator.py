@@ -367,7 +367,9 @@ class GroupCoordinator:
             protocols = [(server_assignor, b"")]
         if not protocols:
             raise InconsistentGroupProtocolError("JoinGroup needs at least one protocol")
-        group = self._group(group_id, create=True)
+        # Only a newcomer (no member id) creates a group, as in Kafka: a join with a member
+        # id of a group that is gone answers UNKNOWN_MEMBER_ID and leaves nothing behind.
+        group = self._group(group_id, create=not member_id)
         if group.members and group.protocol_type not in (None, protocol_type):
             raise InconsistentGroupProtocolError(
                 f"group {group_id!r} runs protocol type {group.protocol_type!r}, not "
