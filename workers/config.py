@@ -82,6 +82,24 @@ _BROKER_KEYS: dict[str, tuple[str, int, int, str]] = {
         10,
         "How often leadership moves back to preferred replicas.",
     ),
+    "quota.producer.byte.rate": (
+        "quota_producer_byte_rate",
+        -1,
+        -1,
+        "Produce bytes/s per principal (security on); over it, replies are delayed.",
+    ),
+    "quota.consumer.byte.rate": (
+        "quota_consumer_byte_rate",
+        -1,
+        -1,
+        "Fetch bytes/s per principal (security on); over it, replies are delayed.",
+    ),
+    "max.inflight.requests.per.client": (
+        "max_inflight_requests_per_client",
+        1000,
+        1,
+        "Requests one client may have waiting at a node.",
+    ),
     "test.drop.produce.replies": (
         "test_drop_produce_replies",
         0,
@@ -106,6 +124,9 @@ class BrokerConfig:
     replica_lag_time_max_ms: int = 30_000
     replica_fetch_wait_max_ms: int = 500
     leader_imbalance_check_interval_ms: int = 30_000
+    quota_producer_byte_rate: int = -1
+    quota_consumer_byte_rate: int = -1
+    max_inflight_requests_per_client: int = 1000
     test_drop_produce_replies: int = 0
 
     @classmethod

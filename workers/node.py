@@ -23,6 +23,7 @@ from kvlog.errors import (
     InvalidRequestError,
     KvlogError,
     MessageSizeTooLargeError,
+    ThrottlingQuotaExceededError,
 )
 from kvlog.ipc.wire import INT32_MAX, Request, advertise, check_int, check_map, check_str
 from kvlog.lmdb_store import LogDir
@@ -32,6 +33,7 @@ from kvlog.types import TopicPartition, check_partition
 from .follower import FollowerCore, FollowTarget
 from .leader import FetchPartition, HostedPartition, LeaderCore, StagedProduce
 from .peer import PeerLink, first_deadline
+from .quotas import InflightLimit, Quotas
 from .replication import LeaderReplica
 from .security import ServerSecurity
 from .server import Server
@@ -55,6 +57,9 @@ class NodeSettings:
     fetch_max_wait_ms: int = 30_000
     replica_lag_time_max_ms: int = 30_000
     producer_id_expiration_ms: int = 86_400_000
+    quota_producer_byte_rate: int = -1
+    quota_consumer_byte_rate: int = -1
+    max_inflight_requests_per_client: int = 1000
     advertised_host: str | None = None
     replica_fetch_wait_max_ms: int = 500
     # Test hook: drop this many produce replies (after committing) to exercise retries.
@@ -71,6 +76,7 @@ class ParkedFetch:
     min_bytes: int
     deadline: float
     replica_id: int
+    principal: str = ""
 
     def wants(self, touched: set[TopicPartition]) -> bool:
         return any(p.tp in touched for p in self.partitions)
@@ -130,6 +136,13 @@ class NodeServer(Server):
         self.add_socket(self.coordinator.socket, self.coordinator.on_readable)
         self._heartbeat_in_flight = False
         self._drop_replies = settings.test_drop_produce_replies
+        # Quotas are per principal, so they apply when security gives principals.
+        self.quotas = Quotas(
+            settings.quota_producer_byte_rate if security else -1,
+            settings.quota_consumer_byte_rate if security else -1,
+        )
+        self.inflight = InflightLimit(settings.max_inflight_requests_per_client)
+        self.delayed: list[tuple[float, bytes, int, dict[str, Any], list[bytes]]] = []
         self._send_heartbeat()
 
     # -- coordinator link ------------------------------------------------------------------
@@ -221,18 +234,51 @@ class NodeServer(Server):
         pairs = [
             (_tp(e, "partitions"), frame) for e, frame in zip(entries, req.frames, strict=True)
         ]
-        self.core.stage_produce((peer, req.id), acks, pairs, timeout_ms)
+        token = (peer, req.id, self.principal, total)
+        self._acquire(peer)  # after every check that can refuse the request
+        self.core.stage_produce(token, acks, pairs, timeout_ms)
         return None
 
+    def _acquire(self, peer: bytes) -> None:
+        if not self.inflight.try_acquire(peer):
+            raise ThrottlingQuotaExceededError(
+                f"this client has {self.inflight.limit} requests waiting at {self.name} "
+                "(max.inflight.requests.per.client); wait for replies before sending more"
+            )
+
+    def _reply_throttled(
+        self,
+        kind: str,
+        peer: bytes,
+        rid: int,
+        principal: str,
+        nbytes: int,
+        fields: dict[str, Any],
+        frames: list[bytes],
+    ) -> None:
+        """Reply now, or later if the principal is over its byte-rate quota."""
+        self.inflight.release(peer)
+        now = time.monotonic()
+        delay = self.quotas.throttle(kind, principal, nbytes, now) if principal else 0.0
+        fields["throttle_time_ms"] = int(delay * 1000)
+        if delay <= 0:
+            self.reply(peer, rid, fields, frames)
+        else:
+            self.delayed.append((now + delay, peer, rid, fields, frames))
+
     def _answer_produce(self, staged: StagedProduce) -> None:
+        peer, rid, principal, nbytes = staged.token
         if staged.acks == 0:
+            self.inflight.release(peer)
             return
         if self._drop_replies > 0:
             self._drop_replies -= 1
+            self.inflight.release(peer)
             log.warning("%s: test hook: dropping a produce reply", self.name)
             return
-        peer, rid = staged.token
-        self.reply(peer, rid, {"results": staged.results()})
+        self._reply_throttled(
+            "produce", peer, rid, principal, nbytes, {"results": staged.results()}, []
+        )
 
     def _answer_decided(self) -> None:
         decided, self.core.decided = self.core.decided, []
@@ -298,7 +344,9 @@ class NodeServer(Server):
             min_bytes,
             time.monotonic() + max_wait_ms / 1000,
             replica_id,
+            self.principal if replica_id < 0 else "",  # replication is never throttled
         )
+        self._acquire(peer)
         if max_wait_ms == 0 or len(self.parked) >= MAX_PARKED_FETCHES:
             self._try_answer(parked, final=True)
         elif not self._try_answer(parked, final=False):
@@ -314,8 +362,14 @@ class NodeServer(Server):
         if not final and size < parked.min_bytes and not decided:
             return False
         frames = [batch for r in results for _, batch in r.batches]
-        self.reply(
-            parked.peer, parked.request_id, {"partitions": [r.header() for r in results]}, frames
+        self._reply_throttled(
+            "fetch",
+            parked.peer,
+            parked.request_id,
+            parked.principal,
+            size,
+            {"partitions": [r.header() for r in results]},
+            frames,
         )
         return True
 
@@ -347,6 +401,7 @@ class NodeServer(Server):
             self.coordinator.next_deadline(),
             min((p.deadline for p in self.parked), default=None),
             *(link.next_deadline() for link in self.leader_links.values()),
+            min((d[0] for d in self.delayed), default=None),
         )
         if not self._heartbeat_in_flight:
             return 0.0
@@ -356,6 +411,12 @@ class NodeServer(Server):
 
     def on_timers(self, now: float) -> None:
         self.coordinator.expire(now)
+        if self.delayed:
+            due = [d for d in self.delayed if d[0] <= now]
+            if due:
+                self.delayed = [d for d in self.delayed if d[0] > now]
+                for _, peer, rid, fields, frames in due:
+                    self.reply(peer, rid, fields, frames)
         for link in self.leader_links.values():
             link.expire(now)
         if not self._heartbeat_in_flight and not self.stopping:
