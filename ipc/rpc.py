@@ -21,13 +21,26 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from kvlog.errors import KafkaTimeoutError, KvlogError, NetworkError, RequestTimedOutError
+from kvlog.errors import (
+    KafkaTimeoutError,
+    KvlogError,
+    NetworkError,
+    RequestTimedOutError,
+    UnauthenticatedError,
+)
 
 from . import wire
 from .wire import Frame
 
 log = logging.getLogger(__name__)
+
+_HANDSHAKE_FAILURES = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 Callback = Callable[[dict[str, Any] | None, list[bytes], KvlogError | None], None]
 
@@ -66,6 +79,7 @@ class IOThread:
         self._ctx = zmq.Context()
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._by_socket: dict[zmq.Socket[Any], str] = {}
+        self._monitors: dict[zmq.Socket[Any], str] = {}
         self._poller = zmq.Poller()
         self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self._pending: dict[int, _Pending] = {}
@@ -160,11 +174,39 @@ class IOThread:
             sock.setsockopt(zmq.RCVHWM, 100_000)
             for option, value in self.socket_options.items():
                 sock.setsockopt(option, value)
+            # A refused handshake (unknown CURVE key, CURVE vs plaintext) never answers a
+            # request: watch for it, so callers hear why instead of a timeout.
+            monitor = sock.get_monitor_socket(_HANDSHAKE_FAILURES)
+            self._monitors[monitor] = endpoint
+            self._poller.register(monitor, zmq.POLLIN)
             sock.connect(endpoint)
             self._sockets[endpoint] = sock
             self._by_socket[sock] = endpoint
             self._poller.register(sock, zmq.POLLIN)
         return sock
+
+    def _read_monitor(self, monitor: zmq.Socket[Any]) -> None:
+        endpoint = self._monitors[monitor]
+        while True:
+            try:
+                event = recv_monitor_message(monitor, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                reason = (
+                    f"the server at {endpoint} refused this client's CURVE key; ask its admin "
+                    "to add your .key file to its authorized keys (then kvlog acls reload)"
+                )
+            else:
+                reason = (
+                    f"the security handshake with {endpoint} failed: the server expects "
+                    "another security_protocol (curve or plaintext) or other keys"
+                )
+            self._fail_endpoint(endpoint, UnauthenticatedError(reason))
+
+    def _fail_endpoint(self, endpoint: str, error: KvlogError) -> None:
+        for rid in [r for r, p in self._pending.items() if p.endpoint == endpoint]:
+            self._complete(self._pending.pop(rid), None, [], error)
 
     def send_now(
         self,
@@ -205,7 +247,11 @@ class IOThread:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
                 for sock in list(events):
-                    if sock is not self._wake_r:
+                    if sock is self._wake_r:
+                        continue
+                    if sock in self._monitors:
+                        self._read_monitor(sock)
+                    else:
                         self._read_replies(sock)
                 self._drain_inbox()
                 now = time.monotonic()
@@ -290,7 +336,10 @@ class IOThread:
             *_, callback, _timeout, _expect = self._inbox.popleft()
             with contextlib.suppress(Exception):
                 callback(None, [], KvlogError("the client was closed"))
+        for monitor in self._monitors:
+            monitor.close(linger=0)
         for sock in self._sockets.values():
+            sock.disable_monitor()
             sock.close(linger=0)
         self._ctx.term()
         os.close(self._wake_r)
