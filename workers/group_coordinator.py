@@ -847,15 +847,17 @@ class GroupCoordinator:
             if group is None or group.state is GroupState.DEAD:
                 raise UnknownMemberIdError(f"group {group_id!r} has no members; rejoin")
             member = self._member(group, member_id, instance_id)
-            if group.state is GroupState.COMPLETING_REBALANCE:
-                raise RebalanceInProgressError(
-                    f"group {group_id} is completing a rebalance; commit after it finishes"
-                )
+            # Kafka's order: a stale generation is ILLEGAL_GENERATION (the partitions may
+            # have moved: CommitFailedError), even while the next generation syncs.
             if generation != group.generation:
                 raise IllegalGenerationError(
                     f"commit from generation {generation}, but group {group_id} is at "
                     f"generation {group.generation}: a rebalance happened since this member "
                     "joined"
+                )
+            if group.state is GroupState.COMPLETING_REBALANCE:
+                raise RebalanceInProgressError(
+                    f"group {group_id} is completing a rebalance; commit after it finishes"
                 )
             member.deadline_ms = now_ms + member.session_timeout_ms
         results = []
