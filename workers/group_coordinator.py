@@ -259,6 +259,24 @@ def decode_assignment(raw: bytes) -> list[TopicPartition]:
     return [TopicPartition(t, p) for t, ps in data.get("partitions", []) for p in ps]
 
 
+def _subscribed_topics(metadata: bytes) -> Any:
+    """The topics of a consumer-protocol subscription (the raw bytes if it is not one)."""
+    try:
+        data = cbor2.loads(metadata) if metadata else {}
+    except Exception:
+        return metadata
+    if not isinstance(data, dict):
+        return metadata
+    return sorted(map(str, data.get("topics") or []))
+
+
+def _same_subscription(a: list[tuple[str, bytes]], b: list[tuple[str, bytes]]) -> bool:
+    """Same assignors, in the same order, over the same topics."""
+    return [n for n, _ in a] == [n for n, _ in b] and all(
+        _subscribed_topics(x) == _subscribed_topics(y) for (_, x), (_, y) in zip(a, b, strict=True)
+    )
+
+
 PartitionCounts = Callable[[str], int | None]
 
 
@@ -491,7 +509,12 @@ class GroupCoordinator:
             raise FencedInstanceIdError(
                 f"group.instance.id {instance_id!r} belongs to member {old_id}; this one is fenced"
             )
-        changed = old.protocols != protocols or old.topics != topics
+        if member_id:
+            changed = old.protocols != protocols or old.topics != topics
+        else:
+            # A restart: its metadata's owned partitions and generation start afresh (and
+            # always differ); only a change of assignors or topics calls for a rebalance.
+            changed = not _same_subscription(old.protocols, protocols) or old.topics != topics
         new_id = old_id if member_id else f"{client_id}-{uuid.uuid4().hex[:12]}"
         if new_id != old_id:
             # The restarted instance replaces the old member id (fencing the old process).
