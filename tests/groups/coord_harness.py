@@ -157,9 +157,7 @@ class Harness:
 
     def leave(self, group: str, member_id: str, *, instance_id: str | None = None) -> int:
         try:
-            reply = self.coord.leave(
-                self.now, group_id=group, members=[(member_id, instance_id)]
-            )
+            reply = self.coord.leave(self.now, group_id=group, members=[(member_id, instance_id)])
         except KvlogError as exc:
             return int(exc.code)
         finally:

@@ -275,7 +275,7 @@ def test_static_member_restart_keeps_its_assignment_without_a_rebalance(who) -> 
 
 def test_static_member_restart_with_new_topics_rebalances() -> None:
     h = Harness({"t": 4, "u": 2})
-    a, b = stable_static_pair(h)
+    stable_static_pair(h)
     new = Member(h, "b", instance_id="B", topics=["t", "u"], session_timeout_ms=5000)
     new.join()
     assert new.join_reply is None

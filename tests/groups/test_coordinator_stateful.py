@@ -398,9 +398,7 @@ class GroupMachine(RuleBasedStateMachine):
             return
         c = data.draw(st.sampled_from(candidates))
         try:
-            self.coord.leave(
-                self.h.now, group_id=c.group, members=[(c.member_id, c.instance_id)]
-            )
+            self.coord.leave(self.h.now, group_id=c.group, members=[(c.member_id, c.instance_id)])
         except KvlogError:
             pass
         c.phase = "left"
