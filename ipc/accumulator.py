@@ -176,6 +176,69 @@ class RecordAccumulator:
         if self.closed:
             raise ProducerClosedError("the producer was closed while send() waited")
 
+    def append_many(
+        self,
+        tp: TopicPartition,
+        timestamp: int,
+        keys: list[bytes | None],
+        values: list[bytes | None],
+        now: float,
+    ) -> list[tuple[BatchFuture, int, int, bool]]:
+        """Add many records to one partition under one lock (``send_batch``'s path).
+
+        Returns ``(future, first delta, count, batch filled)`` per batch the records
+        landed in."""
+        sizes = [
+            RECORD_OVERHEAD + (len(k) if k else 0) + (len(v) if v else 0)
+            for k, v in zip(keys, values, strict=True)
+        ]
+        out: list[tuple[BatchFuture, int, int, bool]] = []
+        i, n = 0, len(values)
+        with self._lock:
+            if self.closed:
+                raise ProducerClosedError("the producer is closed; create a new one")
+            while i < n:
+                need = sizes[i]
+                if self._used + need > self.buffer_memory and self._used:
+                    self._wait_for_room(need)
+                batch = self._open.get(tp)
+                if batch is None or (batch.records and batch.size + need > self.batch_size):
+                    if batch is not None:
+                        self._close(batch)
+                    batch = ProducerBatch(tp, now, self.delivery_timeout_s)
+                    self._open[tp] = batch
+                    self._incomplete[id(batch)] = batch
+                # Take as many records as fit in this batch (at least one) and the buffer.
+                room = max(self.batch_size - batch.size, need)
+                budget = min(room, max(self.buffer_memory - self._used, need))
+                j, taken = i, 0
+                while j < n and (j == i or taken + sizes[j] <= budget):
+                    taken += sizes[j]
+                    j += 1
+                records = batch.records
+                start = len(records)
+                if not start:
+                    batch.first_timestamp = timestamp
+                if timestamp > batch.max_timestamp:
+                    batch.max_timestamp = timestamp
+                delta_ts = timestamp - batch.first_timestamp
+                records.extend(
+                    [
+                        [d, delta_ts, k, v]
+                        for d, k, v in zip(
+                            range(start, start + j - i), keys[i:j], values[i:j], strict=True
+                        )
+                    ]
+                )
+                batch.size += taken
+                self._used += taken
+                filled = batch.size >= self.batch_size
+                if filled:
+                    self._close(batch)
+                out.append((batch.future, start, j - i, filled))
+                i = j
+        return out
+
     def _close(self, batch: ProducerBatch) -> None:
         """Move an open batch to its partition's send queue (lock held)."""
         if self._open.get(batch.tp) is batch:

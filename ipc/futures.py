@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -204,6 +205,56 @@ class FutureRecordMetadata:
 
     def add_done_callback(self, fn: Callable[[FutureRecordMetadata], Any]) -> None:
         self._batch.add_callback(lambda _batch: fn(self))
+
+
+class BatchSendResult:
+    """What ``Producer.send_batch`` returns: the fate of many records at once."""
+
+    __slots__ = ("_segments", "count", "timestamp", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        timestamp: int,
+        count: int,
+        segments: list[tuple[int, list[int], BatchFuture, int]],
+    ) -> None:
+        self.topic = topic
+        self.timestamp = timestamp
+        self.count = count
+        self._segments = segments  # (partition, caller indices, batch future, first delta)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def done(self) -> bool:
+        return all(f.done() for _, _, f, _ in self._segments)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The first error of any record (None when all were acknowledged)."""
+        self._wait(timeout)
+        return next((f.error for _, _, f, _ in self._segments if f.error is not None), None)
+
+    def _wait(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _, _, future, _ in self._segments:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not future.wait(left):
+                raise KafkaTimeoutError(f"{self.count} records not acknowledged within {timeout} s")
+
+    def get(self, timeout: float | None = None) -> list[RecordMetadata]:
+        """Every record's metadata, in the order given; raises the first error."""
+        self._wait(timeout)
+        out: list[RecordMetadata | None] = [None] * self.count
+        for partition, indices, future, delta in self._segments:
+            if future.error is not None:
+                raise future.error
+            base = future.base_offset + delta
+            for j, index in enumerate(indices):
+                out[index] = RecordMetadata(
+                    self.topic, partition, base + j, self.timestamp, future.log_start_offset
+                )
+        return out  # type: ignore[return-value]
 
 
 def failed_future(

@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from time import monotonic, time_ns
 from typing import Any
 
@@ -38,7 +38,7 @@ from kvlog.types import TopicPartition
 
 from .accumulator import ProducerBatch, RecordAccumulator
 from .config import PRODUCER_SETTINGS, resolve
-from .futures import FutureRecordMetadata, RecordMetadata
+from .futures import BatchFuture, BatchSendResult, FutureRecordMetadata, RecordMetadata
 from .metadata import ClusterMetadata
 from .rpc import IOThread
 from .security import client_socket_options
@@ -48,7 +48,7 @@ from .wire import split_bootstrap
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Producer", "RecordMetadata"]
+__all__ = ["BatchSendResult", "Producer", "RecordMetadata"]
 
 
 class Producer:
@@ -143,6 +143,72 @@ class Producer:
             -1 if key_bytes is None else len(key_bytes),
             -1 if value_bytes is None else len(value_bytes),
         )
+
+    def send_batch(
+        self,
+        topic: str,
+        values: Sequence[Any],
+        keys: Sequence[Any] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> BatchSendResult:
+        """Queue many records at once: the fast path (per-batch work, not a call, a lock
+        and a future per record). Keyed records go where ``send`` would put them; unkeyed
+        ones fill the sticky partition batch by batch. All get one timestamp.
+
+        Returns a :class:`BatchSendResult`; ``.get(timeout)`` gives every record's
+        RecordMetadata in the order given.
+        """
+        if self._closed:
+            raise ProducerClosedError("send_batch() on a closed producer; create a new one")
+        vs = [v if v is None or type(v) is bytes else self._value_serializer(v) for v in values]
+        if keys is None:
+            ks: list[bytes | None] = [None] * len(vs)
+        else:
+            if len(keys) != len(vs):
+                raise ValueError(f"send_batch: {len(keys)} keys for {len(vs)} values")
+            ks = [k if k is None or type(k) is bytes else self._key_serializer(k) for k in keys]
+        tps = self._topic_partitions.get(topic)
+        if tps is None or self._tps_version != self.metadata.version:
+            tps = self._partitions_of(topic)
+        count = len(tps)
+        if partition is not None and not 0 <= partition < count:
+            raise InvalidPartitionsError(
+                f"partition {partition} does not exist: topic {topic!r} has {count}"
+            )
+        ts = time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
+        now = monotonic()
+        # Caller indices per partition; -1 collects unkeyed records for the sticky one.
+        groups: dict[int, list[int]] = {}
+        if partition is not None:
+            groups[partition] = list(range(len(vs)))
+        else:
+            for i, k in enumerate(ks):
+                p = partition_for_key(k, count) if k is not None else -1
+                groups.setdefault(p, []).append(i)
+        segments: list[tuple[int, list[int], BatchFuture, int]] = []
+        woke = False
+        for p, idxs in groups.items():
+            rest = idxs
+            while rest:
+                target = self._sticky_partition(topic, count) if p == -1 else p
+                landed = self._accumulator.append_many(
+                    tps[target], ts, [ks[i] for i in rest], [vs[i] for i in rest], now
+                )
+                placed = 0
+                for future, delta, n, filled in landed:
+                    segments.append((target, rest[placed : placed + n], future, delta))
+                    placed += n
+                    if filled:
+                        woke = True
+                        if p == -1:
+                            # Sticky partitioning: a full batch moves unkeyed records on.
+                            self._next_sticky(topic, count, target)
+                            break
+                rest = rest[placed:]
+        if woke:
+            self._io.wake()
+        return BatchSendResult(topic, ts, len(vs), segments)
 
     def _partitions_of(self, topic: str) -> list[TopicPartition]:
         """The topic's TopicPartition objects, cached per metadata version (send() reuses
