@@ -1,0 +1,293 @@
+"""``kvlog serve`` (run a broker in the foreground) and ``kvlog status`` (what runs).
+
+``kvlog serve`` runs :class:`kvlog.Broker` (the supervisor and its coordinator, node,
+broker and sweeper processes) until SIGTERM or SIGINT, then stops every process within a
+few seconds. SIGHUP (also sent by ``kvlog acls reload``) re-reads the authorized CURVE keys.
+
+``--config FILE.toml`` may set the server settings below and any broker config key
+(Kafka's dotted names; ``a.b = 1`` unquoted works too)::
+
+    listen = "tcp://127.0.0.1:9092"
+    data_dir = "/var/lib/kvlog"          # relative paths: relative to the file's directory
+    log_dirs = ["/disk1/kvlog", "/disk2/kvlog"]
+    curve_secret_key = "keys/server.key_secret"
+    curve_authorized_keys = "keys/authorized"
+    super_users = ["admin"]
+    advertised_host = "10.0.0.5"
+    log_level = "INFO"
+    "group.initial.rebalance.delay.ms" = 0
+
+Command-line flags override the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from kvlog.errors import InvalidConfigError
+
+from .common import Command, check_endpoint, flatten, make_console, read_toml
+
+DEFAULT_DATA_DIR = "./kvlog-data"
+DEFAULT_LISTEN = "tcp://127.0.0.1:9092"
+STATUS_KEYS = ("role", "node_id", "pid", "endpoint", "log_dir", "started_at")
+
+# Server settings a config file may hold (beside broker config keys): name -> kind.
+SERVER_KEYS: dict[str, type] = {
+    "listen": str,
+    "data_dir": str,
+    "log_dirs": list,
+    "curve_secret_key": str,
+    "curve_authorized_keys": str,
+    "super_users": list,
+    "advertised_host": str,
+    "log_level": str,
+}
+_PATH_KEYS = ("data_dir", "curve_secret_key", "curve_authorized_keys")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def load_server_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(server settings, broker config) from a TOML file; unknown keys are an error
+    naming the closest valid one. Relative paths become relative to the file."""
+    from kvlog.workers.config import BROKER_CONFIG_DOCS
+
+    server: dict[str, Any] = {}
+    broker: dict[str, Any] = {}
+    for key, value in flatten(read_toml(path)).items():
+        name = key.replace("-", "_")
+        if name in SERVER_KEYS:
+            kind = SERVER_KEYS[name]
+            if kind is list:
+                value = [value] if isinstance(value, str) else value
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise InvalidConfigError(f"{path}: {key} must be a list of strings")
+                if name == "log_dirs":
+                    value = [str(path.parent / v) for v in value]
+            elif not isinstance(value, str):
+                raise InvalidConfigError(f"{path}: {key} must be a string, got {value!r}")
+            elif name in _PATH_KEYS:
+                value = str(path.parent / value)
+            server[name] = value
+        elif key in BROKER_CONFIG_DOCS or key.replace("_", ".") in BROKER_CONFIG_DOCS:
+            broker[key] = value
+        else:
+            known = [*SERVER_KEYS, *BROKER_CONFIG_DOCS]
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            raise InvalidConfigError(f"{path}: unknown key {key!r}{hint}")
+    return server, broker
+
+
+class _Starting(Exception):
+    """Raised by a stop signal that arrives while the broker is still starting."""
+
+
+@click.command(cls=Command)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Data dir (metadata, default log dir, run files). [default: {DEFAULT_DATA_DIR}]",
+)
+@click.option("--listen", default=None, help=f"Bootstrap endpoint. [default: {DEFAULT_LISTEN}]")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML file with server settings and broker config keys (flags override it).",
+)
+@click.option(
+    "--log-dir",
+    "log_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="A log dir, one node process each (repeat for replication). [default: DATA_DIR/logs/0]",
+)
+@click.option(
+    "--curve-secret-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The server's .key_secret file: turns on CURVE authentication and encryption.",
+)
+@click.option(
+    "--curve-authorized-keys",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Directory of authorized client public keys (*.key); re-read on SIGHUP.",
+)
+@click.option("--super-user", "super_users", multiple=True, help="Principal that bypasses ACLs.")
+@click.option("--advertised-host", default=None, help="Host clients use for wildcard binds.")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default=None,
+    help="Log level of every process. [default: INFO]",
+)
+def serve(
+    data_dir: Path | None,
+    listen: str | None,
+    config_file: Path | None,
+    log_dirs: tuple[str, ...],
+    curve_secret_key: str | None,
+    curve_authorized_keys: str | None,
+    super_users: tuple[str, ...],
+    advertised_host: str | None,
+    log_level: str | None,
+) -> None:
+    """Run a kvlog broker in the foreground until SIGTERM or Ctrl-C.
+
+    Prints the bootstrap address once every process is ready. SIGHUP (or `kvlog acls
+    reload`) re-reads the authorized keys directory.
+    """
+    from kvlog.workers.supervisor import Broker
+
+    server, broker_config = load_server_file(config_file) if config_file else ({}, {})
+    flags: dict[str, Any] = {
+        "data_dir": str(data_dir) if data_dir is not None else None,
+        "listen": listen,
+        "log_dirs": list(log_dirs) or None,
+        "curve_secret_key": curve_secret_key,
+        "curve_authorized_keys": curve_authorized_keys,
+        "super_users": list(super_users) or None,
+        "advertised_host": advertised_host,
+        "log_level": log_level,
+    }
+    settings = {**server, **{k: v for k, v in flags.items() if v is not None}}
+    level = str(settings.get("log_level", "INFO")).upper()
+    if level not in LOG_LEVELS:
+        raise InvalidConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    listen_at = check_endpoint(settings.get("listen", DEFAULT_LISTEN), "listen")
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s supervisor[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+    broker = Broker(
+        settings.get("data_dir", DEFAULT_DATA_DIR),
+        listen_at,
+        log_dirs=settings.get("log_dirs"),
+        config=broker_config,
+        log_level=level,
+        curve_secret_key=settings.get("curve_secret_key"),
+        curve_authorized_keys=settings.get("curve_authorized_keys"),
+        super_users=settings.get("super_users"),
+        advertised_host=settings.get("advertised_host"),
+    )
+    stop = threading.Event()
+    reload = threading.Event()
+    starting = True
+
+    def on_stop(signum: int, frame: Any) -> None:
+        stop.set()
+        if starting:
+            raise _Starting
+
+    def on_hup(signum: int, frame: Any) -> None:
+        reload.set()
+
+    old = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
+        signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, on_hup),
+    }
+    try:
+        try:
+            broker.start()  # stops what it started if a signal interrupts it
+        except _Starting:
+            click.echo("kvlog: stopped during start-up", err=True)
+            return
+        starting = False
+        if stop.is_set():
+            return
+        nodes = len(broker.log_dirs)
+        security = "CURVE" if broker.security.enabled else "plaintext"
+        click.echo(f"kvlog broker ready on {broker.bootstrap}")
+        click.echo(
+            f"  data dir {broker.data_dir}, {nodes} node{'s' if nodes != 1 else ''}, "
+            f"{security}; stop with Ctrl-C or SIGTERM, reload keys with SIGHUP",
+        )
+        sys.stdout.flush()
+        while not stop.wait(0.2):
+            if reload.is_set():
+                reload.clear()
+                sent = broker.reload_security()
+                logging.getLogger("kvlog.serve").info(
+                    "SIGHUP: asked %d process(es) to reload the authorized keys", sent
+                )
+    finally:
+        starting = False
+        try:
+            broker.stop()
+        finally:
+            for signum, handler in old.items():
+                signal.signal(signum, handler)
+    click.echo("kvlog broker stopped", err=True)
+
+
+def status_entries(data_dir: Path) -> list[dict[str, Any]]:
+    from kvlog.workers.supervisor import read_status
+
+    return [{key: entry.get(key) for key in STATUS_KEYS} for entry in read_status(data_dir)]
+
+
+def read_run_file(data_dir: Path) -> dict[str, Any]:
+    """``<data_dir>/run/processes.json`` (supervisor_pid, bootstrap, processes) or {}."""
+    from kvlog.workers.supervisor import STATUS_FILE
+
+    try:
+        data = json.loads((data_dir / "run" / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@click.command(cls=Command)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(DEFAULT_DATA_DIR),
+    show_default=True,
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print a JSON list of {role, node_id, pid, endpoint, log_dir, started_at}.",
+)
+def status(data_dir: Path, as_json: bool) -> None:
+    """List the running processes of a data dir.
+
+    Exits 0 whether or not anything runs: with nothing running, --json prints [] and the
+    table form says so.
+    """
+    entries = status_entries(data_dir)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    console = make_console()
+    if not entries:
+        console.print(f"no kvlog processes are running for data dir {data_dir.resolve()}")
+        return
+    run = read_run_file(data_dir)
+    table = Table(
+        title=f"kvlog on {run.get('bootstrap', '?')} "
+        f"(supervisor pid {run.get('supervisor_pid', '?')}, data dir {data_dir.resolve()})"
+    )
+    for key in STATUS_KEYS:
+        table.add_column(key, justify="right" if key in ("node_id", "pid") else "left")
+    for entry in entries:
+        table.add_row(*("" if entry[k] is None else str(entry[k]) for k in STATUS_KEYS))
+    console.print(table)
