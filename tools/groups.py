@@ -1,0 +1,404 @@
+"""``kvlog groups``: list, describe, delete consumer groups and reset their offsets
+(named after Kafka's ``kafka-consumer-groups``).
+
+``describe`` shows the members (member id, client id, assigned partitions) and, per
+partition, the committed offset, the log end offset (the high watermark, from a
+consumer's ``end_offsets``) and the lag between them.
+
+``reset-offsets`` computes new committed offsets for a group with no members and stores
+them (or only prints the plan with ``--dry-run``). As in Kafka, every new offset is
+clamped to the partition's current range [log start, log end]. ``--to-datetime`` takes
+ISO 8601 (``2024-05-01T12:00:00Z``; without a zone: local time) and picks the first
+offset at or after it (the log end if none). ``--shift-by`` moves from the committed
+offset, or from the log start where the group has none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from .common import Group, admin_client, client_config, client_options, make_console
+
+
+@contextlib.contextmanager
+def _clients(
+    bootstrap_server: str | None, command_config: Path | None, *, consumer: bool
+) -> Iterator[tuple[Any, Any]]:
+    """An Admin and (if asked) a group-less Consumer for offset lookups."""
+    admin = admin_client(bootstrap_server, command_config)
+    offsets_client = None
+    try:
+        if consumer:
+            from kvlog.ipc.consumer import Consumer
+
+            offsets_client = Consumer(
+                client_config(bootstrap_server, command_config, client_id="kvlog-groups")
+            )
+        yield admin, offsets_client
+    finally:
+        if offsets_client is not None:
+            offsets_client.close()
+        admin.close()
+
+
+def _describe_or_empty(admin: Any, group_id: str) -> dict[str, Any]:
+    """describe_groups, with an unknown group read as an empty one."""
+    from kvlog.errors import GroupIdNotFoundError
+
+    try:
+        return admin.describe_groups([group_id])[0]
+    except GroupIdNotFoundError:
+        return {"group_id": group_id, "state": "Dead", "members": []}
+
+
+@click.group(cls=Group)
+def groups() -> None:
+    """List, describe, delete consumer groups and reset their offsets."""
+
+
+@groups.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def list_(as_json: bool, bootstrap_server: str | None, command_config: Path | None) -> None:
+    """Every group with members or committed offsets."""
+    admin = admin_client(bootstrap_server, command_config)
+    try:
+        found = admin.list_groups()
+    finally:
+        admin.close()
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not found:
+        click.echo("no consumer groups")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("group", "state", "protocol type"):
+        table.add_column(column)
+    for g in sorted(found, key=lambda g: g.get("group_id", "")):
+        table.add_row(g.get("group_id", ""), g.get("state", ""), g.get("protocol_type") or "")
+    make_console().print(table)
+
+
+def group_report(admin: Any, consumer: Any, group_id: str) -> dict[str, Any]:
+    """Description, members and per-partition committed / end offsets and lag."""
+    from kvlog.types import TopicPartition
+
+    desc = _describe_or_empty(admin, group_id)
+    committed = admin.list_group_offsets(group_id)
+    owners: dict[TopicPartition, dict[str, Any]] = {}
+    for m in desc.get("members", []):
+        for topic, partition in m.get("assignment", []):
+            owners[TopicPartition(topic, partition)] = m
+    tps = sorted(set(committed) | set(owners))
+    ends = consumer.end_offsets(tps) if tps else {}
+    rows = []
+    for tp in tps:
+        offset = committed.get(tp)
+        end = ends.get(tp)
+        member = owners.get(tp)
+        rows.append(
+            {
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "committed_offset": offset,
+                "log_end_offset": end,
+                "lag": None if offset is None or end is None else max(0, end - offset),
+                "member_id": member.get("member_id") if member else None,
+                "client_id": member.get("client_id") if member else None,
+            }
+        )
+    return {
+        "group_id": group_id,
+        "state": desc.get("state"),
+        "generation": desc.get("generation"),
+        "protocol": desc.get("protocol"),
+        "leader": desc.get("leader"),
+        "members": [
+            {
+                "member_id": m.get("member_id"),
+                "client_id": m.get("client_id"),
+                "instance_id": m.get("instance_id"),
+                "assignment": [f"{t}-{p}" for t, p in m.get("assignment", [])],
+            }
+            for m in desc.get("members", [])
+        ],
+        "partitions": rows,
+    }
+
+
+def _print_report(console: Any, report: dict[str, Any]) -> None:
+    members = report["members"]
+    console.print(
+        f"[bold]{report['group_id']}[/bold]  state {report['state']}  generation "
+        f"{report.get('generation') if report.get('generation') is not None else '-'}  "
+        f"protocol {report.get('protocol') or '-'}  {len(members)} member(s)"
+    )
+    if members:
+        console.print("members:")
+        table = Table(box=None, pad_edge=False)
+        for column in ("member id", "client id", "instance id", "assigned partitions"):
+            table.add_column(column)
+        for m in members:
+            table.add_row(
+                m["member_id"] + (" (leader)" if m["member_id"] == report.get("leader") else ""),
+                m["client_id"] or "",
+                m["instance_id"] or "",
+                ", ".join(m["assignment"]) or "-",
+            )
+        console.print(table)
+    if not report["partitions"]:
+        console.print("no committed offsets and no assigned partitions")
+        return
+    console.print("offsets:")
+    table = Table(box=None, pad_edge=False)
+    for column in ("topic", "partition", "committed", "log end", "lag", "member / client"):
+        table.add_column(
+            column,
+            justify="right" if column in ("partition", "committed", "log end", "lag") else "left",
+        )
+    for r in report["partitions"]:
+        table.add_row(
+            r["topic"],
+            str(r["partition"]),
+            "-" if r["committed_offset"] is None else str(r["committed_offset"]),
+            "-" if r["log_end_offset"] is None else str(r["log_end_offset"]),
+            "-" if r["lag"] is None else str(r["lag"]),
+            f"{r['member_id']} / {r['client_id']}" if r["member_id"] else "-",
+        )
+    console.print(table)
+
+
+@groups.command()
+@click.argument("group_ids", nargs=-1)
+@click.option("--group", "group_opts", multiple=True, help="Same as GROUP_IDS (Kafka's spelling).")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+def describe(
+    group_ids: tuple[str, ...],
+    group_opts: tuple[str, ...],
+    as_json: bool,
+    bootstrap_server: str | None,
+    command_config: Path | None,
+) -> None:
+    """Members, committed offsets, log end offsets and lag of groups."""
+    wanted = list(group_ids) + list(group_opts)
+    if not wanted:
+        raise click.UsageError("name a group: kvlog groups describe GROUP (or --group GROUP)")
+    with _clients(bootstrap_server, command_config, consumer=True) as (admin, consumer):
+        reports = [group_report(admin, consumer, g) for g in wanted]
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+        return
+    console = make_console()
+    for i, report in enumerate(reports):
+        if i:
+            console.print()
+        _print_report(console, report)
+
+
+@groups.command()
+@click.argument("group_ids", nargs=-1)
+@click.option("--group", "group_opts", multiple=True, help="Same as GROUP_IDS.")
+@client_options
+def delete(
+    group_ids: tuple[str, ...],
+    group_opts: tuple[str, ...],
+    bootstrap_server: str | None,
+    command_config: Path | None,
+) -> None:
+    """Delete groups and their committed offsets (refused while a group has members)."""
+    wanted = list(group_ids) + list(group_opts)
+    if not wanted:
+        raise click.UsageError("name a group: kvlog groups delete GROUP")
+    admin = admin_client(bootstrap_server, command_config)
+    try:
+        for g in wanted:
+            admin.delete_groups([g])
+            click.echo(f"Deleted group {g}.")
+    finally:
+        admin.close()
+
+
+def parse_datetime(value: str) -> int:
+    """ISO 8601 -> ms since the epoch (no zone: local time)."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 date-time (e.g. 2024-05-01T12:00:00Z)",
+            param_hint="--to-datetime",
+        ) from None
+    return int(moment.timestamp() * 1000)
+
+
+def _topic_partitions(specs: tuple[str, ...], consumer: Any) -> list[Any]:
+    """``T`` (every partition) or ``T:0,2`` -> TopicPartitions."""
+    from kvlog.types import TopicPartition
+
+    out: list[TopicPartition] = []
+    for spec in specs:
+        topic, _, parts = spec.partition(":")
+        existing = sorted(consumer.partitions_for_topic(topic))
+        if not parts:
+            out.extend(TopicPartition(topic, p) for p in existing)
+            continue
+        for item in parts.split(","):
+            try:
+                p = int(item)
+            except ValueError:
+                raise click.BadParameter(
+                    f"{spec!r}: partitions must be numbers", param_hint="--topic"
+                ) from None
+            if p not in existing:
+                raise click.BadParameter(
+                    f"topic {topic} has no partition {p} (it has {len(existing)})",
+                    param_hint="--topic",
+                )
+            out.append(TopicPartition(topic, p))
+    return sorted(set(out))
+
+
+def plan_reset(
+    consumer: Any,
+    tps: list[Any],
+    committed: dict[Any, int],
+    *,
+    to_earliest: bool,
+    to_latest: bool,
+    to_offset: int | None,
+    to_datetime: str | None,
+    shift_by: int | None,
+) -> dict[Any, int]:
+    """The new offset of each partition, clamped to [log start, log end]."""
+    begin = consumer.beginning_offsets(tps)
+    end = consumer.end_offsets(tps)
+    if to_earliest:
+        target = dict(begin)
+    elif to_latest:
+        target = dict(end)
+    elif to_offset is not None:
+        target = dict.fromkeys(tps, to_offset)
+    elif to_datetime is not None:
+        ms = parse_datetime(to_datetime)
+        found = consumer.offsets_for_times(dict.fromkeys(tps, ms))
+        target = {tp: end[tp] if found.get(tp) is None else found[tp].offset for tp in tps}
+    else:
+        assert shift_by is not None
+        target = {tp: committed.get(tp, begin[tp]) + shift_by for tp in tps}
+    return {tp: min(max(target[tp], begin[tp]), end[tp]) for tp in tps}
+
+
+@groups.command("reset-offsets")
+@click.option("--group", "group_id", required=True)
+@click.option(
+    "--topic",
+    "topic_specs",
+    multiple=True,
+    required=True,
+    metavar="TOPIC[:P,P...]",
+    help="Topic (all partitions) or TOPIC:0,2 (repeatable).",
+)
+@click.option("--to-earliest", is_flag=True, help="The log start offset.")
+@click.option("--to-latest", is_flag=True, help="The log end offset.")
+@click.option("--to-offset", type=click.IntRange(min=0), default=None, help="This offset.")
+@click.option("--to-datetime", default=None, metavar="ISO8601", help="First offset at/after it.")
+@click.option("--shift-by", type=int, default=None, metavar="N", help="Committed offset + N.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@client_options
+def reset_offsets(
+    group_id: str,
+    topic_specs: tuple[str, ...],
+    to_earliest: bool,
+    to_latest: bool,
+    to_offset: int | None,
+    to_datetime: str | None,
+    shift_by: int | None,
+    dry_run: bool,
+    as_json: bool,
+    bootstrap_server: str | None,
+    command_config: Path | None,
+) -> None:
+    """Set a group's committed offsets; refused while the group has members."""
+    chosen = [
+        name
+        for name, given in (
+            ("--to-earliest", to_earliest),
+            ("--to-latest", to_latest),
+            ("--to-offset", to_offset is not None),
+            ("--to-datetime", to_datetime is not None),
+            ("--shift-by", shift_by is not None),
+        )
+        if given
+    ]
+    if len(chosen) != 1:
+        raise click.UsageError(
+            "give exactly one of --to-earliest, --to-latest, --to-offset, --to-datetime, "
+            f"--shift-by{f' (got {chr(44).join(chosen)})' if chosen else ''}"
+        )
+    if to_datetime is not None:
+        parse_datetime(to_datetime)  # a bad date is a usage error before any network call
+    with _clients(bootstrap_server, command_config, consumer=True) as (admin, consumer):
+        desc = _describe_or_empty(admin, group_id)
+        members = desc.get("members") or []
+        if members:
+            raise click.ClickException(
+                f"group {group_id} has {len(members)} active member(s) (state "
+                f"{desc.get('state')}); stop its consumers first: offsets can only be reset "
+                "while a group is empty"
+            )
+        tps = _topic_partitions(topic_specs, consumer)
+        committed = admin.list_group_offsets(group_id)
+        plan = plan_reset(
+            consumer,
+            tps,
+            committed,
+            to_earliest=to_earliest,
+            to_latest=to_latest,
+            to_offset=to_offset,
+            to_datetime=to_datetime,
+            shift_by=shift_by,
+        )
+        if not dry_run:
+            admin.alter_group_offsets(group_id, plan)
+    rows = [
+        {
+            "topic": tp.topic,
+            "partition": tp.partition,
+            "current_offset": committed.get(tp),
+            "new_offset": offset,
+        }
+        for tp, offset in sorted(plan.items())
+    ]
+    if as_json:
+        click.echo(
+            json.dumps({"group_id": group_id, "dry_run": dry_run, "partitions": rows}, indent=2)
+        )
+        return
+    console = make_console()
+    console.print(
+        f"group {group_id}: " + ("plan (dry run, nothing changed)" if dry_run else "offsets reset")
+    )
+    table = Table(box=None, pad_edge=False)
+    for column in ("topic", "partition", "current", "new"):
+        table.add_column(column, justify="left" if column == "topic" else "right")
+    for r in rows:
+        table.add_row(
+            r["topic"],
+            str(r["partition"]),
+            "-" if r["current_offset"] is None else str(r["current_offset"]),
+            str(r["new_offset"]),
+        )
+    console.print(table)
