@@ -1,0 +1,575 @@
+"""``kvlog perf produce|consume|e2e``: client throughput and latency against a broker.
+
+Without ``--bootstrap-server`` each command starts an embedded :class:`kvlog.Broker` on a
+temporary data dir (one log dir per replica of ``--replication-factor``) and removes it
+afterwards. Keys and values are random bytes from a pool of 1,024 of each, built before
+the clock starts. MB/s counts key + value bytes (10^6 bytes per MB).
+
+- ``produce``: one producer sends ``--records`` records as fast as ``send()`` goes and
+  flushes; the time runs from the first send to the end of the flush. Latency is send ->
+  acknowledgement per record (every record up to 100,000 records, else an evenly spaced
+  sample of 100,000), from the producer's batch futures.
+- ``consume``: fills the topic first (untimed, large batches) unless ``--no-fill``, then one
+  consumer reads ``--records`` records from the start of every partition. Latency is the
+  duration of the ``poll()`` calls that returned records.
+- ``e2e``: produces ``--rate`` records/s for ``--seconds`` with the send time (CLOCK_MONOTONIC,
+  ns) in each value's first 8 bytes; a consumer in another process (so neither shares a
+  GIL with the other) records produce -> consume latency per record. ``--linger-ms``
+  defaults to 0 here.
+
+``--json`` prints one object with at least ``records_per_s``, ``mb_per_s``, ``p50_ms``,
+``p99_ms``, ``p999_ms`` and ``max_ms`` (HdrHistogram, microsecond resolution), and
+``latency`` naming what the percentiles measure. A progress bar shows on a terminal only,
+never with ``--json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import Command, client_config, make_console
+
+POOL = 1024  # distinct keys and values (a power of two: index with i & (POOL - 1))
+CHUNK = 16_384  # records between progress updates
+MAX_SAMPLES = 100_000
+_STAMP = struct.Struct(">q")
+ACKS = ("0", "1", "all", "-1")
+CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
+
+
+@dataclass
+class Options:
+    bootstrap_server: str | None
+    command_config: Path | None
+    topic: str
+    partitions: int
+    replication_factor: int
+    records: int
+    record_size: int
+    key_size: int
+    acks: str
+    compression: str
+    batch_size: int | None
+    linger_ms: int | None
+    as_json: bool
+
+    def producer_config(self, **extra: Any) -> dict[str, Any]:
+        config = client_config(self.bootstrap_server, self.command_config)
+        config.update({"acks": self.acks, "compression.type": self.compression})
+        if self.batch_size is not None:
+            config["batch.size"] = self.batch_size
+        if self.linger_ms is not None:
+            config["linger.ms"] = self.linger_ms
+        config.update(extra)
+        return config
+
+    def consumer_config(self, **extra: Any) -> dict[str, Any]:
+        config = client_config(self.bootstrap_server, self.command_config)
+        config.update(extra)
+        return config
+
+
+@dataclass
+class Result:
+    """What one run measured; ``as_dict`` is the ``--json`` object."""
+
+    test: str
+    records: int
+    seconds: float
+    payload_bytes: int
+    latency: str
+    latency_us: Counter[int] = field(default_factory=Counter)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self, options: Options, bootstrap: str, embedded: bool) -> dict[str, Any]:
+        from hdrh.histogram import HdrHistogram
+
+        hist = HdrHistogram(1, 3_600_000_000, 3)
+        for value, count in self.latency_us.items():
+            hist.record_value(max(1, value), count)
+        samples = hist.get_total_count()
+
+        def ms(percentile: float) -> float | None:
+            return round(hist.get_value_at_percentile(percentile) / 1000, 3) if samples else None
+
+        config = asdict(options)
+        config.pop("as_json")
+        config.pop("bootstrap_server")
+        config["command_config"] = str(options.command_config) if options.command_config else None
+        return {
+            "test": self.test,
+            "records": self.records,
+            "seconds": round(self.seconds, 6),
+            "records_per_s": round(self.records / self.seconds, 1) if self.seconds else None,
+            "mb_per_s": round(self.payload_bytes / self.seconds / 1e6, 3) if self.seconds else None,
+            "latency": self.latency,
+            "latency_samples": samples,
+            "p50_ms": ms(50),
+            "p99_ms": ms(99),
+            "p999_ms": ms(99.9),
+            "max_ms": round(hist.get_max_value() / 1000, 3) if samples else None,
+            "mean_ms": round(hist.get_mean_value() / 1000, 3) if samples else None,
+            **self.extra,
+            "bootstrap": bootstrap,
+            "embedded_broker": embedded,
+            "config": config,
+        }
+
+
+# -- the broker and the topic ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def broker_for(options: Options) -> Iterator[tuple[str, bool]]:
+    """(bootstrap, embedded): the given broker, or an embedded one on a temporary dir."""
+    if options.bootstrap_server is not None:
+        yield options.bootstrap_server, False
+        return
+    from kvlog.workers.supervisor import Broker
+
+    root = Path(tempfile.mkdtemp(prefix="kvlog-perf-"))
+    try:
+        log_dirs = [root / "logs" / str(i) for i in range(options.replication_factor)]
+        with Broker(root, "tcp://127.0.0.1:0", log_dirs=log_dirs) as broker:
+            options.bootstrap_server = broker.bootstrap
+            try:
+                yield broker.bootstrap, True
+            finally:
+                options.bootstrap_server = None
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def ensure_topic(options: Options) -> int:
+    """Create the topic if missing; returns its partition count."""
+    from kvlog.errors import TopicAlreadyExistsError
+    from kvlog.ipc.admin import Admin
+
+    with Admin(client_config(options.bootstrap_server, options.command_config)) as admin:
+        with contextlib.suppress(TopicAlreadyExistsError):
+            admin.create_topic(options.topic, options.partitions, options.replication_factor)
+        return len(admin.describe_topic(options.topic).partitions)
+
+
+def payloads(options: Options) -> tuple[list[bytes | None], list[bytes]]:
+    keys = [os.urandom(options.key_size) if options.key_size else None for _ in range(POOL)]
+    values = [os.urandom(options.record_size) for _ in range(POOL)]
+    return keys, values
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+Tick = Callable[[int], None]
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int, enabled: bool) -> Iterator[Tick]:
+    if not enabled:
+        yield lambda _n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=make_console(stderr=True),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+# -- produce -----------------------------------------------------------------------------------
+
+
+def run_produce(options: Options, tick: Tick) -> Result:
+    from kvlog.ipc.producer import Producer
+
+    n = options.records
+    keys, values = payloads(options)
+    topic = options.topic
+    stride = max(1, n // MAX_SAMPLES)
+    sends: list[tuple[float, Any]] = []
+    acked: dict[Any, float] = {}
+    seen: set[Any] = set()
+    clock = time.perf_counter
+
+    def on_ack(batch: Any) -> None:
+        acked[batch] = clock()
+
+    with Producer(options.producer_config()) as producer:
+        producer.send(topic, value=b"warm-up").get(timeout=30)  # metadata and producer id
+        send = producer.send
+        mask = POOL - 1
+        record = sends.append
+        started = clock()
+        for first in range(0, n, CHUNK):
+            for i in range(first, min(n, first + CHUNK)):
+                future = send(topic, values[i & mask], keys[i & mask])
+                if not i % stride:
+                    # One real future per batch (FutureRecordMetadata._batch): time its ack
+                    # once, not a callback per record.
+                    batch = future._batch
+                    record((clock(), batch))
+                    if batch not in seen:
+                        seen.add(batch)
+                        batch.add_callback(on_ack)
+            tick(min(CHUNK, n - first))
+        producer.flush()
+        seconds = clock() - started
+        failed = sum(1 for b in seen if b.error is not None)
+        first_error = next((b.error for b in seen if b.error is not None), None)
+    if first_error is not None:
+        raise click.ClickException(f"{failed} batch(es) failed; the first: {first_error}")
+    latency = Counter(int((acked[b] - t) * 1e6) for t, b in sends)
+    return Result(
+        "produce",
+        n,
+        seconds,
+        n * (options.key_size + options.record_size),
+        "send -> acknowledgement, per record" + (f" (1 in {stride} sampled)" if stride > 1 else ""),
+        latency,
+    )
+
+
+# -- consume -----------------------------------------------------------------------------------
+
+
+def fill(options: Options, tick: Tick) -> None:
+    """Store ``records`` records in the topic, as fast as possible (not timed)."""
+    from kvlog.ipc.producer import Producer
+
+    keys, values = payloads(options)
+    mask = POOL - 1
+    config = options.producer_config(**{"batch.size": 1 << 20, "linger.ms": 20, "acks": "1"})
+    with Producer(config) as producer:
+        send = producer.send
+        topic = options.topic
+        for first in range(0, options.records, CHUNK):
+            for i in range(first, min(options.records, first + CHUNK)):
+                send(topic, values[i & mask], keys[i & mask])
+            tick(min(CHUNK, options.records - first))
+        producer.flush()
+
+
+def run_consume(options: Options, tick: Tick, max_poll_records: int) -> Result:
+    from kvlog.ipc.consumer import Consumer
+    from kvlog.types import TopicPartition
+
+    n = options.records
+    durations: Counter[int] = Counter()
+    received = 0
+    config = options.consumer_config(**{"max.poll.records": max_poll_records})
+    with Consumer(config) as consumer:
+        tps = [
+            TopicPartition(options.topic, p)
+            for p in sorted(consumer.partitions_for_topic(options.topic))
+        ]
+        consumer.assign(tps)
+        clock = time.perf_counter
+        started = clock()
+        consumer.seek_to_beginning()
+        idle_since = started
+        while received < n:
+            t = clock()
+            batch = consumer.poll(timeout_ms=1000, max_records=min(max_poll_records, n - received))
+            now = clock()
+            if not batch:
+                if now - idle_since > 10:
+                    raise click.ClickException(
+                        f"only {received} of {n} records arrived (nothing for 10 s); is the topic "
+                        "that full? (without --no-fill it is filled first)"
+                    )
+                continue
+            idle_since = now
+            durations[int((now - t) * 1e6)] += 1
+            got = sum(len(records) for records in batch.values())
+            received += got
+            tick(got)
+        seconds = clock() - started
+    # MB/s assumes --key-size + --record-size bytes per record (true for what fill() wrote).
+    payload = received * (options.key_size + options.record_size)
+    return Result("consume", received, seconds, payload, "poll() call duration", durations)
+
+
+# -- e2e ---------------------------------------------------------------------------------------
+
+
+def _e2e_consumer_main(spec: dict[str, Any]) -> None:
+    """The e2e consumer process: reads ``expected`` records, reports latencies as JSON."""
+    from kvlog.ipc.consumer import Consumer
+    from kvlog.types import TopicPartition
+
+    latency: Counter[int] = Counter()
+    received = 0
+    with Consumer(spec["config"]) as consumer:
+        topic = spec["topic"]
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_end()
+        for tp in tps:
+            consumer.position(tp)
+        print(json.dumps({"ready": True}), flush=True)
+        now_ns = time.monotonic_ns
+        unpack = _STAMP.unpack_from
+        idle_limit = spec["idle_s"]
+        last = time.monotonic()
+        while received < spec["expected"]:
+            batch = consumer.poll(timeout_ms=200)
+            if not batch:
+                if time.monotonic() - last > idle_limit:
+                    break
+                continue
+            now = now_ns()
+            last = time.monotonic()
+            for records in batch.values():
+                for r in records:
+                    latency[(now - unpack(r.value)[0]) // 1000] += 1
+                received += len(records)
+    print(json.dumps({"received": received, "latency_us": list(latency.items())}), flush=True)
+
+
+def run_e2e(options: Options, tick: Tick, rate: int, seconds: float) -> Result:
+    from kvlog.ipc.producer import Producer
+
+    total = max(1, int(rate * seconds))
+    spec = {
+        "topic": options.topic,
+        "expected": total,
+        "idle_s": 15.0,
+        "config": options.consumer_config(
+            **{"fetch.max.wait.ms": 500, "client.id": "kvlog-perf-e2e"}
+        ),
+    }
+    pad = os.urandom(max(0, options.record_size - _STAMP.size))
+    keys, _ = payloads(options)
+    with Producer(options.producer_config()) as producer:
+        # Metadata and a producer id first, before the consumer starts at the log end.
+        producer.send(options.topic, value=_STAMP.pack(time.monotonic_ns()) + pad).get(30)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "kvlog.tools.perf_client", "--e2e-consumer", json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None
+            if not child.stdout.readline():
+                raise click.ClickException("the e2e consumer process failed to start (see above)")
+            send = producer.send
+            topic = options.topic
+            pack = _STAMP.pack
+            now_ns = time.monotonic_ns
+            interval_ns = int(1e9 / rate)
+            mask = POOL - 1
+            started_ns = now_ns()
+            for i in range(total):
+                wait = started_ns + i * interval_ns - now_ns()
+                if wait > 0:
+                    time.sleep(wait / 1e9)
+                send(topic, pack(now_ns()) + pad, keys[i & mask])
+                if not i & 1023:
+                    tick(min(1024, total - i))
+            producer.flush()
+            elapsed = (now_ns() - started_ns) / 1e9
+            out, _ = child.communicate(timeout=60)
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    if child.returncode != 0 or not lines:
+        raise click.ClickException(
+            f"the e2e consumer process failed (exit code {child.returncode})"
+        )
+    report = lines[-1]
+    latency = Counter({int(v): int(c) for v, c in report["latency_us"]})
+    received = report["received"]
+    lost = total - received
+    return Result(
+        "e2e",
+        total,
+        elapsed,
+        total * (options.key_size + max(options.record_size, _STAMP.size)),
+        "produce -> consume, per record",
+        latency,
+        {"target_rate": rate, "received": received, "missing": max(0, lost)},
+    )
+
+
+# -- presentation ------------------------------------------------------------------------------
+
+
+def _report(result: dict[str, Any]) -> None:
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    line = (
+        f"{result['records']:,} records in {result['seconds']:.2f} s: "
+        f"{result['records_per_s']:,.0f} records/s, {result['mb_per_s']:.2f} MB/s"
+    )
+    click.echo(line)
+    click.echo(
+        f"latency ({result['latency']}, ms): p50 {fmt(result['p50_ms'])}, p99 "
+        f"{fmt(result['p99_ms'])}, p99.9 {fmt(result['p999_ms'])}, max {fmt(result['max_ms'])}"
+    )
+    if result.get("missing"):
+        click.echo(f"{result['missing']} record(s) never reached the consumer")
+
+
+def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed(
+        [
+            click.option(
+                "--bootstrap-server",
+                default=None,
+                metavar="HOST:PORT",
+                help="Broker to test (default: an embedded broker on a temporary data dir).",
+            ),
+            click.option(
+                "--command-config",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                default=None,
+                help="Client settings file (dotted names; TOML or .properties).",
+            ),
+            click.option("--topic", default="kvlog-perf", show_default=True),
+            click.option(
+                "--partitions",
+                type=click.IntRange(min=1),
+                default=1,
+                show_default=True,
+                help="Partitions when the topic is created here.",
+            ),
+            click.option(
+                "--replication-factor",
+                type=click.IntRange(min=1),
+                default=1,
+                show_default=True,
+                help="When the topic is created here (embedded: as many log dirs).",
+            ),
+            click.option(
+                "--records", type=click.IntRange(min=1), default=1_000_000, show_default=True
+            ),
+            click.option(
+                "--record-size",
+                type=click.IntRange(min=0),
+                default=100,
+                show_default=True,
+                help="Value size in bytes.",
+            ),
+            click.option(
+                "--key-size",
+                type=click.IntRange(min=0),
+                default=16,
+                show_default=True,
+                help="Key size in bytes (0: no key, sticky partitioning).",
+            ),
+            click.option("--acks", type=click.Choice(ACKS), default="all", show_default=True),
+            click.option(
+                "--compression", type=click.Choice(CODECS), default="none", show_default=True
+            ),
+            click.option(
+                "--batch-size",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Producer batch.size in bytes [default: the producer's, 16384].",
+            ),
+            click.option(
+                "--linger-ms",
+                type=click.IntRange(min=0),
+                default=None,
+                help="Producer linger.ms [default: the producer's, 5; e2e: 0].",
+            ),
+            click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+        ]
+    ):
+        f = decorator(f)
+    return f
+
+
+def _run(options: Options, body: Callable[[Options, bool], Result]) -> None:
+    if options.bootstrap_server is not None:
+        from .common import check_endpoint
+
+        check_endpoint(options.bootstrap_server, "--bootstrap-server")
+    bars = sys.stderr.isatty() and not options.as_json
+    with broker_for(options) as (bootstrap, embedded):
+        ensure_topic(options)
+        result = body(options, bars).as_dict(options, bootstrap, embedded)
+    if options.as_json:
+        click.echo(json.dumps(result))
+    else:
+        _report(result)
+
+
+@click.command("produce", cls=Command)
+@common_options
+def perf_produce(**kwargs: Any) -> None:
+    """Producer throughput and send -> ack latency."""
+    options = Options(**kwargs)
+
+    def body(o: Options, bars: bool) -> Result:
+        with progress_bar("produce", o.records, bars) as tick:
+            return run_produce(o, tick)
+
+    _run(options, body)
+
+
+@click.command("consume", cls=Command)
+@common_options
+@click.option("--no-fill", is_flag=True, help="Read what the topic holds; do not produce first.")
+@click.option("--max-poll-records", type=click.IntRange(min=1), default=10_000, show_default=True)
+def perf_consume(no_fill: bool, max_poll_records: int, **kwargs: Any) -> None:
+    """Consumer throughput: one consumer reads --records records from the start."""
+    options = Options(**kwargs)
+
+    def body(o: Options, bars: bool) -> Result:
+        if not no_fill:
+            with progress_bar("fill (untimed)", o.records, bars) as tick:
+                fill(o, tick)
+        with progress_bar("consume", o.records, bars) as tick:
+            return run_consume(o, tick, max_poll_records)
+
+    _run(options, body)
+
+
+@click.command("e2e", cls=Command)
+@common_options
+@click.option(
+    "--rate", type=click.IntRange(min=1), default=2000, show_default=True, help="Records/s."
+)
+@click.option("--seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+def perf_e2e(rate: int, seconds: float, **kwargs: Any) -> None:
+    """Produce -> consume latency at a fixed rate (--records is ignored: rate x seconds)."""
+    options = Options(**kwargs)
+    if options.linger_ms is None:
+        options.linger_ms = 0
+
+    def body(o: Options, bars: bool) -> Result:
+        with progress_bar("e2e", max(1, int(rate * seconds)), bars) as tick:
+            return run_e2e(o, tick, rate, seconds)
+
+    _run(options, body)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--e2e-consumer":
+        _e2e_consumer_main(json.loads(sys.argv[2]))
+    else:
+        sys.exit("usage: kvlog perf e2e (this module runs its consumer process)")
