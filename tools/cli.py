@@ -18,10 +18,22 @@ from kvlog import __version__
 # name -> "module:attribute" of a click command, imported on first use.
 COMMANDS: dict[str, str] = {
     "demo": "kvlog.tools.demo:demo",
+    "serve": "kvlog.tools.serve:serve",
+    "status": "kvlog.tools.serve:status",
+    "topics": "kvlog.tools.topics:topics",
+    "produce": "kvlog.tools.console:produce",
+    "consume": "kvlog.tools.console:consume",
+    "dump": "kvlog.tools.dump:dump",
+    "groups": "kvlog.tools.groups:groups",
+    "keys": "kvlog.tools.acls:keys",
+    "acls": "kvlog.tools.acls:acls",
 }
 
 PERF_COMMANDS: dict[str, str] = {
     "log": "kvlog.tools.perf_log:perf_log",
+    "produce": "kvlog.tools.perf_client:perf_produce",
+    "consume": "kvlog.tools.perf_client:perf_consume",
+    "e2e": "kvlog.tools.perf_client:perf_e2e",
 }
 
 
