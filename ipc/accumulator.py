@@ -35,17 +35,24 @@ class ProducerBatch:
         "encoded",
         "first_timestamp",
         "future",
+        "headers",
+        "keys",
         "max_timestamp",
         "producer_epoch",
-        "records",
         "retry_at",
         "size",
         "tp",
+        "ts_deltas",
+        "values",
     )
 
     def __init__(self, tp: TopicPartition, now: float, delivery_timeout_s: float) -> None:
         self.tp = tp
-        self.records: list[list[Any]] = []
+        # The batch's columns, as the payload stores them (kvlog.batch).
+        self.ts_deltas: list[int] = []
+        self.keys: list[bytes | None] = []
+        self.values: list[bytes | None] = []
+        self.headers: list[list[list[Any]] | None] | None = None
         self.first_timestamp = 0
         self.max_timestamp = -1
         self.size = 0
@@ -59,32 +66,11 @@ class ProducerBatch:
         self.retry_at = 0.0
 
     def __repr__(self) -> str:
-        return f"<ProducerBatch {self.tp} n={len(self.records)} seq={self.base_sequence}>"
+        return f"<ProducerBatch {self.tp} n={len(self.values)} seq={self.base_sequence}>"
 
     @property
     def record_count(self) -> int:
-        return len(self.records)
-
-    def add(
-        self,
-        timestamp: int,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[list[Any]] | None,
-        size: int,
-    ) -> int:
-        records = self.records
-        delta = len(records)
-        if not delta:
-            self.first_timestamp = timestamp
-        if timestamp > self.max_timestamp:
-            self.max_timestamp = timestamp
-        if headers:
-            records.append([delta, timestamp - self.first_timestamp, key, value, headers])
-        else:
-            records.append([delta, timestamp - self.first_timestamp, key, value])
-        self.size += size
-        return delta
+        return len(self.values)
 
 
 class RecordAccumulator:
@@ -145,17 +131,20 @@ class RecordAccumulator:
                 batch = ProducerBatch(tp, now, self.delivery_timeout_s)
                 self._open[tp] = batch
                 self._incomplete[id(batch)] = batch
-            # ProducerBatch.add, inlined: this runs once per record.
-            records = batch.records
-            delta = len(records)
+            # Three appends to the batch's columns: this runs once per record.
+            values = batch.values
+            delta = len(values)
             if not delta:
                 batch.first_timestamp = timestamp
             if timestamp > batch.max_timestamp:
                 batch.max_timestamp = timestamp
-            if headers:
-                records.append([delta, timestamp - batch.first_timestamp, key, value, headers])
-            else:
-                records.append([delta, timestamp - batch.first_timestamp, key, value])
+            batch.ts_deltas.append(timestamp - batch.first_timestamp)
+            batch.keys.append(key)
+            values.append(value)
+            if headers or batch.headers is not None:
+                if batch.headers is None:
+                    batch.headers = [None] * delta
+                batch.headers.append(headers)
             batch.size += size
             self._used += size
             if batch.size >= self.batch_size:
@@ -202,7 +191,7 @@ class RecordAccumulator:
                 if self._used + need > self.buffer_memory and self._used:
                     self._wait_for_room(need)
                 batch = self._open.get(tp)
-                if batch is None or (batch.records and batch.size + need > self.batch_size):
+                if batch is None or (batch.values and batch.size + need > self.batch_size):
                     if batch is not None:
                         self._close(batch)
                     batch = ProducerBatch(tp, now, self.delivery_timeout_s)
@@ -215,21 +204,16 @@ class RecordAccumulator:
                 while j < n and (j == i or taken + sizes[j] <= budget):
                     taken += sizes[j]
                     j += 1
-                records = batch.records
-                start = len(records)
+                start = len(batch.values)
                 if not start:
                     batch.first_timestamp = timestamp
                 if timestamp > batch.max_timestamp:
                     batch.max_timestamp = timestamp
-                delta_ts = timestamp - batch.first_timestamp
-                records.extend(
-                    [
-                        [d, delta_ts, k, v]
-                        for d, k, v in zip(
-                            range(start, start + j - i), keys[i:j], values[i:j], strict=True
-                        )
-                    ]
-                )
+                batch.ts_deltas.extend([timestamp - batch.first_timestamp] * (j - i))
+                batch.keys.extend(keys[i:j])
+                batch.values.extend(values[i:j])
+                if batch.headers is not None:
+                    batch.headers.extend([None] * (j - i))
                 batch.size += taken
                 self._used += taken
                 filled = batch.size >= self.batch_size

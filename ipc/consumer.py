@@ -93,6 +93,8 @@ class ConsumerRebalanceListener:
 
 
 _tuple_new = tuple.__new__
+# Records without headers share one empty, immutable headers value.
+_NO_HEADERS: tuple[tuple[str, bytes], ...] = ()
 
 
 class Consumer:
@@ -533,37 +535,45 @@ class Consumer:
     def _decode(
         self, tp: TopicPartition, base: int, raw: bytes, position: int
     ) -> list[ConsumerRecord]:
-        header, records = batch_format.decode_raw(raw, verify=self._check_crcs)
+        header, cols = batch_format.decode_raw(raw, verify=self._check_crcs)
+        offsets, ts_deltas, keys, values = cols[:4]
+        count = len(values)
+        # Skip what lies before the position (the batch that holds it starts earlier).
+        skip = 0
+        if position > base:
+            if isinstance(offsets, range):
+                skip = min(position - base, count)
+            else:
+                skip = next((i for i, d in enumerate(offsets) if base + d >= position), count)
+        if skip:
+            offsets, ts_deltas = offsets[skip:], ts_deltas[skip:]
+            keys, values = keys[skip:], values[skip:]
+        key_sizes = [-1 if k is None else len(k) for k in keys]
+        value_sizes = [-1 if v is None else len(v) for v in values]
+        if not self._plain_keys:
+            keys = [self._key_deserializer(k) for k in keys]
+        if not self._plain_values:
+            values = [self._value_deserializer(v) for v in values]
+        if cols.headers is None:
+            headers: Any = [_NO_HEADERS] * len(values)
+        else:
+            headers = [
+                [(h[0], h[1]) for h in pairs] if pairs else _NO_HEADERS
+                for pairs in cols.headers[skip:]
+            ]
+        topic, partition = tp.topic, tp.partition
         first_ts = header.first_timestamp
         ts_type = header.timestamp_type
-        topic, partition = tp.topic, tp.partition
-        kd = None if self._plain_keys else self._key_deserializer
-        vd = None if self._plain_values else self._value_deserializer
         new = _tuple_new
-        out = []
-        for r in records:
-            offset = base + r[0]
-            if offset < position:
-                continue
-            key, value = r[2], r[3]
-            out.append(
-                new(
-                    ConsumerRecord,
-                    (
-                        topic,
-                        partition,
-                        offset,
-                        first_ts + r[1],
-                        key if kd is None else kd(key),
-                        value if vd is None else vd(value),
-                        [(h[0], h[1]) for h in r[4]] if len(r) > 4 else [],
-                        ts_type,
-                        -1 if key is None else len(key),
-                        -1 if value is None else len(value),
-                    ),
-                )
+        return [
+            new(
+                ConsumerRecord,
+                (topic, partition, base + od, first_ts + td, k, v, h, ts_type, ks, vs),
             )
-        return out
+            for od, td, k, v, h, ks, vs in zip(
+                offsets, ts_deltas, keys, values, headers, key_sizes, value_sizes, strict=True
+            )
+        ]
 
     # -- iteration (kafka-python) ------------------------------------------------------------------
 

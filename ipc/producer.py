@@ -367,7 +367,7 @@ class Sender:
 
     def _timeout_error(self, batch: ProducerBatch) -> KafkaTimeoutError:
         return KafkaTimeoutError(
-            f"{len(batch.records)} record(s) for {batch.tp} expired after delivery.timeout.ms "
+            f"{batch.record_count} record(s) for {batch.tp} expired after delivery.timeout.ms "
             f"({self.accumulator.delivery_timeout_s * 1000:.0f} ms) without acknowledgement"
         )
 
@@ -461,8 +461,13 @@ class Sender:
         return batches
 
     def _encode(self, batch: ProducerBatch) -> bytes:
+        ts = batch.ts_deltas
         return batch_format.encode(
-            batch.records,
+            # One shared delta (a send_batch, or records sent in the same ms) encodes as one int.
+            ts[0] if ts.count(ts[0]) == len(ts) else ts,
+            batch.keys,
+            batch.values,
+            batch.headers,
             first_timestamp=batch.first_timestamp,
             max_timestamp=batch.max_timestamp,
             codec=self.codec,

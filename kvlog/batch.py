@@ -18,10 +18,20 @@ base offset is the LMDB key; the length is the value's length)::
      45     4  record_count            int32   >= 1
      49     -  payload                 the records, compressed with the codec
 
-The payload, once decompressed, is one CBOR array of records; each record is a CBOR
-array ``[offset_delta, timestamp_delta, key, value]`` or, with headers,
-``[offset_delta, timestamp_delta, key, value, [[name, value], ...]]`` where key and value
-are byte strings or null, header names text and header values bytes.
+The payload, once decompressed, is one CBOR array of *columns* (one array per field, each
+with ``record_count`` entries), which CBOR encodes and decodes about three times faster
+than one small array per record::
+
+    [offset_deltas, timestamp_deltas, keys, values]
+    [offset_deltas, timestamp_deltas, keys, values, headers]
+
+- ``offset_deltas``: ``null`` when the records' offsets are consecutive (delta i is i), else
+  an array of uints;
+- ``timestamp_deltas``: ms after ``first_timestamp``, an array of ints, or one int when
+  every record has the same delta;
+- ``keys``, ``values``: arrays of byte strings or nulls;
+- ``headers`` (only when some record has headers): one entry per record, null or an array
+  of ``[name (text), value (bytes)]`` pairs.
 
 The leader validates the header and CRC and assigns the base offset; it never decodes
 records. Decoding happens in consumers (and tools).
@@ -154,44 +164,89 @@ def stamp_leader_epoch(buf: bytes | memoryview, leader_epoch: int) -> bytes:
     return _EPOCH.pack(leader_epoch) + memoryview(buf)[4:]
 
 
+class Columns(NamedTuple):
+    """A batch's records as columns (the payload's CBOR layout)."""
+
+    offset_deltas: Sequence[int]
+    timestamp_deltas: Sequence[int]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    headers: list[list[list[Any]] | None] | None
+
+
 def encode(
-    records: Sequence[list[Any]],
+    timestamp_deltas: Sequence[int] | int,
+    keys: Sequence[bytes | None],
+    values: Sequence[bytes | None],
+    headers: Sequence[list[list[Any]] | None] | None = None,
     *,
     first_timestamp: int,
     max_timestamp: int,
-    last_offset_delta: int | None = None,
+    offset_deltas: Sequence[int] | None = None,
     codec: Codec = Codec.NONE,
     producer_id: int = NO_PRODUCER_ID,
     producer_epoch: int = NO_PRODUCER_EPOCH,
     base_sequence: int = NO_SEQUENCE,
     timestamp_type: int = TIMESTAMP_CREATE_TIME,
 ) -> bytes:
-    """Encode raw record lists ``[offset_delta, ts_delta, key, value(, headers)]``.
+    """Encode record columns as one batch (None ``offset_deltas``: consecutive).
 
     This is the producer's per-batch step: one CBOR encode, one compress, one CRC.
     """
-    if not records:
+    count = len(values)
+    if not count:
         raise ValueError("a record batch needs at least one record")
-    payload = compress(codec, cbor2.dumps(records))
+    columns: list[Any] = [
+        None if offset_deltas is None else list(offset_deltas),
+        timestamp_deltas,
+        keys,
+        values,
+    ]
+    if headers is not None and any(headers):
+        columns.append(headers)
+    payload = compress(codec, cbor2.dumps(columns))
     attributes = int(codec) | (_TIMESTAMP_TYPE_BIT if timestamp_type else 0)
+    last_delta = count - 1 if offset_deltas is None else offset_deltas[-1]
     body = _BODY.pack(
         attributes,
-        len(records) - 1 if last_offset_delta is None else last_offset_delta,
+        last_delta,
         first_timestamp,
         max_timestamp,
         producer_id,
         producer_epoch,
         base_sequence,
-        len(records),
+        count,
     )
     crc = crc32c(payload, crc32c(body))
     return b"".join((_PREFIX.pack(NO_LEADER_EPOCH, MAGIC, crc), body, payload))
 
 
-def decode_raw(
-    buf: bytes | memoryview, *, verify: bool = True
-) -> tuple[BatchHeader, list[list[Any]]]:
-    """Header and raw record lists; checks the CRC unless ``verify`` is False (a
+def _columns(header: BatchHeader, raw: Any) -> Columns:
+    count = header.record_count
+    if not isinstance(raw, list) or len(raw) not in (4, 5):
+        raise CorruptRecordError("record batch payload is not an array of 4 or 5 columns")
+    offsets, ts_deltas, keys, values = raw[:4]
+    headers = raw[4] if len(raw) == 5 else None
+    if offsets is None:
+        offsets = range(count)
+    if isinstance(ts_deltas, int) and not isinstance(ts_deltas, bool):
+        ts_deltas = [ts_deltas] * count
+    for name, column in (
+        ("offset", offsets),
+        ("timestamp", ts_deltas),
+        ("key", keys),
+        ("value", values),
+        ("header", headers),
+    ):
+        if column is None and name == "header":
+            continue
+        if not isinstance(column, list | range) or len(column) != count:
+            raise CorruptRecordError(f"record batch {name} column does not hold {count} entries")
+    return Columns(offsets, ts_deltas, keys, values, headers)
+
+
+def decode_raw(buf: bytes | memoryview, *, verify: bool = True) -> tuple[BatchHeader, Columns]:
+    """Header and record columns; checks the CRC unless ``verify`` is False (a
     consumer's ``check.crcs=false``). Raises CorruptRecordError."""
     header = validate(buf) if verify else read_header(buf)
     try:
@@ -199,28 +254,31 @@ def decode_raw(
         raw = cbor2.loads(payload)
     except Exception as exc:  # any decoder failure means a corrupt batch
         raise CorruptRecordError(f"record batch payload does not decode: {exc}") from exc
-    if not isinstance(raw, list) or len(raw) != header.record_count:
-        raise CorruptRecordError(
-            f"record batch payload holds {len(raw) if isinstance(raw, list) else 'no'} "
-            f"records, header says {header.record_count}"
-        )
-    return header, raw
+    return header, _columns(header, raw)
 
 
 def decode(buf: bytes | memoryview, base_offset: int) -> list[Record]:
     """Every record of a batch with absolute offsets and timestamps."""
-    header, raw = decode_raw(buf)
+    header, cols = decode_raw(buf)
     first_ts = header.first_timestamp
+    headers = cols.headers or [None] * header.record_count
     try:
         return [
             Record(
-                base_offset + r[0],
-                first_ts + r[1],
-                r[2],
-                r[3],
-                [(h[0], h[1]) for h in r[4]] if len(r) > 4 else [],
+                base_offset + delta,
+                first_ts + ts_delta,
+                key,
+                value,
+                [(h[0], h[1]) for h in pairs] if pairs else [],
             )
-            for r in raw
+            for delta, ts_delta, key, value, pairs in zip(
+                cols.offset_deltas,
+                cols.timestamp_deltas,
+                cols.keys,
+                cols.values,
+                headers,
+                strict=True,
+            )
         ]
     except (TypeError, IndexError, KeyError) as exc:
         raise CorruptRecordError(f"record batch holds a malformed record: {exc}") from exc
@@ -237,7 +295,10 @@ class BatchBuilder:
     """
 
     __slots__ = (
-        "_records",
+        "_headers",
+        "_keys",
+        "_ts_deltas",
+        "_values",
         "base_sequence",
         "codec",
         "first_timestamp",
@@ -259,13 +320,16 @@ class BatchBuilder:
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
         self.base_sequence = base_sequence
-        self._records: list[list[Any]] = []
+        self._ts_deltas: list[int] = []
+        self._keys: list[bytes | None] = []
+        self._values: list[bytes | None] = []
+        self._headers: list[list[list[Any]] | None] | None = None
         self.first_timestamp = -1
         self.max_timestamp = -1
         self.size_estimate = HEADER_SIZE
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._values)
 
     def append(
         self,
@@ -276,24 +340,31 @@ class BatchBuilder:
     ) -> int:
         """Add one record; returns its offset delta within the batch."""
         ts = now_ms() if timestamp_ms is None else timestamp_ms
-        delta = len(self._records)
+        delta = len(self._values)
         if not delta:
             self.first_timestamp = self.max_timestamp = ts
         elif ts > self.max_timestamp:
             self.max_timestamp = ts
-        record: list[Any] = [delta, ts - self.first_timestamp, key, value]
+        self._ts_deltas.append(ts - self.first_timestamp)
+        self._keys.append(key)
+        self._values.append(value)
         size = 12 + (len(key) if key else 0) + (len(value) if value else 0)
-        if headers:
-            pairs = [[name, hvalue] for name, hvalue in headers]
-            record.append(pairs)
+        pairs = [[name, hvalue] for name, hvalue in headers] if headers else None
+        if pairs:
             size += sum(len(n) + len(v) + 4 for n, v in pairs)
-        self._records.append(record)
+            if self._headers is None:
+                self._headers = [None] * delta
+        if self._headers is not None:
+            self._headers.append(pairs)
         self.size_estimate += size
         return delta
 
     def build(self) -> bytes:
         return encode(
-            self._records,
+            self._ts_deltas,
+            self._keys,
+            self._values,
+            self._headers,
             first_timestamp=self.first_timestamp,
             max_timestamp=self.max_timestamp,
             codec=self.codec,

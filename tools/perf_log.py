@@ -281,7 +281,7 @@ def _decode(data: bytes, base: int) -> int:
 
 
 def _decode_raw(data: bytes, base: int) -> int:
-    return len(decode_raw(data)[1])
+    return len(decode_raw(data)[1].values)
 
 
 def _median(phases: list[Phase]) -> Phase:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import cbor2
 import pytest
 from crc32c import crc32c
 from hypothesis import example, given
@@ -87,9 +88,12 @@ def test_round_trip_every_codec(recs, codec, pid, epoch, seq, base):
     ]
     assert decode(buf, base) == expected
     assert decode(memoryview(buf), base) == expected
-    raw_header, raw = decode_raw(buf)
+    raw_header, columns = decode_raw(buf)
     assert raw_header == header
-    assert [r[1] for r in raw] == [ts - recs[0][3] for *_, ts in recs]  # deltas, any sign
+    assert list(columns.offset_deltas) == list(range(len(recs)))
+    assert list(columns.timestamp_deltas) == [ts - recs[0][3] for *_, ts in recs]  # any sign
+    assert columns.keys == [key for key, *_ in recs]
+    assert columns.values == [value for _, value, *_ in recs]
 
 
 def test_max_timestamp_is_the_largest_even_for_negative_timestamps():
@@ -127,12 +131,13 @@ def test_build_batch_accepts_pairs_and_full_tuples():
 
 
 def test_encode_keeps_explicit_offset_delta_and_timestamp_type():
-    raw = [[0, 0, None, b"a"], [5, 1, None, b"b"]]
     buf = encode(
-        raw,
+        [0, 1],
+        [None, None],
+        [b"a", b"b"],
         first_timestamp=1000,
         max_timestamp=1001,
-        last_offset_delta=5,
+        offset_deltas=[0, 5],
         codec=Codec.LZ4,
         timestamp_type=bf.TIMESTAMP_LOG_APPEND_TIME,
     )
@@ -147,7 +152,7 @@ def test_encode_keeps_explicit_offset_delta_and_timestamp_type():
 
 def test_encode_refuses_an_empty_batch():
     with pytest.raises(ValueError):
-        encode([], first_timestamp=0, max_timestamp=0)
+        encode([], [], [], first_timestamp=0, max_timestamp=0)
     with pytest.raises(ValueError):
         BatchBuilder().build()
 
@@ -292,14 +297,24 @@ def test_payload_with_the_wrong_record_count_is_corrupt():
     buf = bytearray(make_batch(2))
     struct.pack_into(">ii", buf, 41, -1, 3)  # base_sequence, record_count: 3 claimed
     struct.pack_into(">i", buf, 11, 2)
-    with pytest.raises(CorruptRecordError, match="records"):
+    with pytest.raises(CorruptRecordError, match="3 entries"):
         decode(recrc(buf), 0)
 
 
-def test_malformed_record_is_corrupt():
-    buf = encode([[0, 0, None]], first_timestamp=0, max_timestamp=0)  # no value field
-    with pytest.raises(CorruptRecordError, match="malformed"):
-        decode(buf, 0)
+@pytest.mark.parametrize(
+    "columns",
+    [
+        [None, [0], [None]],  # a column missing
+        [None, [0], [None], [b"a", b"b"]],  # a column too long
+        [None, 0, [None], [b"a"], [None], [None]],  # too many columns
+        [[0], "0", [None], [b"a"]],  # timestamp deltas neither an array nor an int
+        {"keys": [None]},  # not an array at all
+    ],
+)
+def test_malformed_payload_is_corrupt(columns):
+    buf = bytearray(make_batch(1))[: bf.HEADER_SIZE] + cbor2.dumps(columns)
+    with pytest.raises(CorruptRecordError):
+        decode(recrc(buf), 0)
 
 
 # -- codecs -----------------------------------------------------------------------------
