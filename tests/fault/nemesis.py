@@ -1,0 +1,631 @@
+"""The fault tests' nemesis and scenario runner (issue 5).
+
+:class:`Nemesis` SIGKILLs, at random moments, a node (whatever it leads), the broker or
+the coordinator of a ``kvlog.Broker`` process group, and can turn one node's log dir
+"full" for a while. Its choices come from one seeded RNG (``KVLOG_FAULT_SEED`` replays a
+seed; the moments still depend on real process timing, so a replay is close, not exact).
+It never has two processes down at once, and kills a node only when every partition has
+its full ISR, so ``min.insync.replicas=2`` of 3 can always hold.
+
+A full log dir is made with ``prlimit(RLIMIT_FSIZE)`` on the node process, capped at its
+``data.mdb``'s current size (the node ignores SIGXFSZ, so writes fail instead of killing
+it). ``chmod`` cannot make a log dir read-only here: the tests run as root, whom file
+modes do not stop.
+
+:func:`run_scenario` runs producers, consumers and the nemesis against a fresh 3-node
+cluster, lets it settle, and checks it with :func:`checker.analyse`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from checker import (
+    ConsumerWorker,
+    Ledger,
+    ProducerWorker,
+    Seen,
+    Verdict,
+    analyse,
+    keys_covering,
+    leaders_from_metadata,
+    read_replicas,
+    replicas_settled,
+    unseen_count,
+)
+
+import kvlog
+from kvlog.errors import KvlogError
+from kvlog.ipc.rpc import blocking_call
+
+SEED_ENV = "KVLOG_FAULT_SEED"
+
+BROKER_CONFIG = {
+    "replica.lag.time.max.ms": 2000,
+    "group.min.session.timeout.ms": 100,
+    "group.initial.rebalance.delay.ms": 0,
+    # Preferred leaders come back within seconds, so leadership keeps moving and every
+    # node keeps leading something worth killing.
+    "leader.imbalance.check.interval.ms": 3000,
+}
+
+
+def seed_from_env() -> int:
+    raw = os.environ.get(SEED_ENV)
+    return int(raw) if raw else random.randrange(1 << 32)
+
+
+# -- the cluster as the nemesis sees it ------------------------------------------------------
+
+
+class Cluster:
+    """A started ``kvlog.Broker`` plus the one topic under test."""
+
+    def __init__(self, broker: Any, topic: str, partitions: int, rf: int) -> None:
+        self.broker = broker
+        self.topic = topic
+        self.partitions = partitions
+        self.rf = rf
+
+    def child(self, role: str, node_id: int | None = None) -> Any:
+        for c in self.broker.children:
+            if c.role == role and (node_id is None or c.node_id == node_id):
+                return c
+        raise LookupError(f"no {role} {node_id}")
+
+    @property
+    def node_ids(self) -> list[int]:
+        return sorted(c.node_id for c in self.broker.children if c.role == "node")
+
+    def log_dirs(self) -> dict[int, str]:
+        return {c.node_id: c.log_dir for c in self.broker.children if c.role == "node"}
+
+    def metadata(self, timeout_s: float = 1.0) -> dict[str, Any] | None:
+        """The topic's metadata from the broker, else straight from the coordinator
+        (either may be the one just killed); None if neither answers."""
+        for endpoint in (self.broker.bootstrap, self.broker.coordinator_endpoint):
+            try:
+                return blocking_call(
+                    endpoint, "metadata", {"topics": [self.topic]}, timeout_s=timeout_s
+                )
+            except KvlogError:
+                continue
+        return None
+
+    def processes_alive(self) -> bool:
+        return all(c.process is not None and c.process.is_alive() for c in self.broker.children)
+
+    def unhealthy(self) -> str | None:
+        """Why the cluster is not whole (every process up, every node alive, every
+        partition led with its full ISR), or None."""
+        if not self.processes_alive():
+            return "a process is down"
+        md = self.metadata()
+        if md is None:
+            return "no metadata"
+        dead = [n["node_id"] for n in md.get("nodes", []) if not n.get("alive")]
+        if dead or len(md.get("nodes", [])) < len(self.node_ids):
+            return f"nodes not alive: {dead or 'unregistered'}"
+        for t in md.get("topics", []):
+            for p in t.get("partitions", []):
+                if p["leader"] < 0 or sorted(p["isr"]) != sorted(p["replicas"]):
+                    return f"partition {p['partition']}: leader {p['leader']} isr {p['isr']}"
+        return None
+
+    def wait_healthy(self, timeout_s: float) -> str | None:
+        """None once healthy, else the last reason after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            why = self.unhealthy()
+            if why is None or time.monotonic() > deadline:
+                return why
+            time.sleep(0.1)
+
+    def node_alive(self, node_id: int) -> bool | None:
+        md = self.metadata(timeout_s=0.5)
+        if md is None:
+            return None
+        for n in md.get("nodes", []):
+            if n["node_id"] == node_id:
+                return bool(n.get("alive"))
+        return False
+
+    def led_by(self, node_id: int) -> list[int]:
+        md = self.metadata() or {}
+        return sorted(p for p, n in leaders_from_metadata(md, self.topic).items() if n == node_id)
+
+
+def set_file_size_limit(pid: int, limit: int) -> None:
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+
+def data_file_size(log_dir: str | Path) -> int:
+    return (Path(log_dir) / "data.mdb").stat().st_size
+
+
+# -- the nemesis ------------------------------------------------------------------------------
+
+
+@dataclass
+class Kill:
+    at_s: float  # since the run started
+    role: str
+    node_id: int | None
+    pid: int
+    led: list[int]  # partitions the node led just before (nodes only)
+    back_after_s: float = -1.0  # until the supervisor's replacement ran (-1: never)
+    whole_after_s: float = -1.0  # until every partition had its full ISR again
+
+    def describe(self) -> str:
+        who = self.role if self.node_id is None else f"node {self.node_id} (led {self.led})"
+        back = f"back after {self.back_after_s:.2f} s" if self.back_after_s >= 0 else "NOT BACK"
+        return f"SIGKILL {who} pid {self.pid} at t={self.at_s:.2f} s; {back}"
+
+    def describe_whole(self) -> str:
+        return (
+            f"cluster whole again {self.whole_after_s:.2f} s after the kill at t={self.at_s:.2f} s"
+        )
+
+
+@dataclass
+class DiskEpisode:
+    node_id: int
+    pid: int = 0
+    limit: int = 0
+    start_s: float = 0.0
+    end_s: float = 0.0
+    offline_after_s: float = -1.0  # from the cap until the node was reported offline
+    flaps: int = 0  # times it was seen coming back (and failing again) while capped
+    recovered_after_s: float = -1.0  # from the restore until the cluster was whole again
+    acks_during: int = 0  # acknowledgements from its going offline to its recovery
+
+    def describe(self) -> str:
+        return (
+            f"node {self.node_id} (pid {self.pid}) log dir capped at {self.limit} bytes from "
+            f"t={self.start_s:.2f} to t={self.end_s:.2f} s; offline after "
+            f"{self.offline_after_s:.2f} s, flapped back {self.flaps} time(s), "
+            f"{self.acks_during} acks meanwhile; whole again {self.recovered_after_s:.2f} s "
+            "after the restore"
+        )
+
+
+class Nemesis(threading.Thread):
+    """Kills ``kills`` processes, one at a time; optionally one full-disk episode after
+    kill number ``disk_after``. Everything it decides comes from ``seed``."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        seed: int,
+        kills: int,
+        t0: float,
+        *,
+        gap_s: tuple[float, float] = (0.3, 1.5),
+        disk_after: int | None = None,
+        disk_hold_s: float = 4.0,
+        disk_kills: int = 0,
+        ledger: Ledger | None = None,
+        health_timeout_s: float = 30.0,
+    ) -> None:
+        super().__init__(name="fault-nemesis", daemon=True)
+        self.cluster = cluster
+        self.rng = random.Random(seed)
+        self.kills_planned = kills
+        self.t0 = t0
+        self.gap_s = gap_s
+        self.disk_after = disk_after
+        self.disk_hold_s = disk_hold_s
+        self.disk_kills = disk_kills
+        self.ledger = ledger
+        self.health_timeout_s = health_timeout_s
+        self.kills: list[Kill] = []
+        self.episode: DiskEpisode | None = None
+        self.events: list[tuple[float, str]] = []
+        self.liveness: list[str] = []  # the cluster did not recover in time
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self._unsettled: list[Kill] = []  # kills the cluster is not yet whole after
+        # The plan, drawn up front so a seed always means the same choices.
+        roles = [("node", n) for n in cluster.node_ids] + [("broker", None), ("coordinator", None)]
+        self.plan = [(self.rng.uniform(*gap_s), self.rng.choice(roles)) for _ in range(kills)]
+        self.disk_node = self.rng.choice(cluster.node_ids)
+        self.disk_plan = [
+            (self.rng.uniform(0.2, 0.8), self.rng.choice(["broker", "coordinator"]))
+            for _ in range(disk_kills)
+        ]
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def say(self, text: str) -> None:
+        self.events.append((self.now(), text))
+        print(f"[nemesis] t={self.now():7.2f} s  {text}", flush=True)
+
+    def run(self) -> None:
+        try:
+            for i, (gap, (role, node_id)) in enumerate(self.plan):
+                if self.disk_after is not None and i == self.disk_after:
+                    self.disk_episode()
+                if self._idle(gap):
+                    return
+                self.kill(role, node_id)
+            if self.disk_after is not None and self.disk_after >= len(self.plan):
+                self.disk_episode()
+            why = self.wait_whole(self.health_timeout_s)
+            if why is not None:
+                self.liveness.append(
+                    f"not whole {self.health_timeout_s:.0f} s after the last fault: {why}"
+                )
+        except BaseException as exc:
+            self.error = exc
+            self.say(f"nemesis failed: {exc!r}")
+
+    def _note_whole(self) -> bool:
+        """Check the cluster once; stamp the kills it has recovered from."""
+        if not self._unsettled:
+            return True
+        if self.cluster.unhealthy() is not None:
+            return False
+        for kill in self._unsettled:
+            kill.whole_after_s = self.now() - kill.at_s
+            self.say(kill.describe_whole())
+        self._unsettled = []
+        return True
+
+    def _idle(self, seconds: float) -> bool:
+        """Wait ``seconds``, watching the cluster recover; True if told to stop."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self._note_whole()
+            if self.stop_event.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+                return True
+        return False
+
+    def wait_whole(self, timeout_s: float) -> str | None:
+        deadline = time.monotonic() + timeout_s
+        while not self._note_whole() or self.cluster.unhealthy() is not None:
+            if time.monotonic() > deadline:
+                return self.cluster.unhealthy()
+            time.sleep(0.1)
+        return None
+
+    # -- kills ---------------------------------------------------------------------------
+
+    def _await_processes(self) -> None:
+        deadline = time.monotonic() + self.health_timeout_s
+        while not self.cluster.processes_alive():
+            if time.monotonic() > deadline:
+                self.liveness.append(f"t={self.now():.2f} s: a process stayed down")
+                return
+            time.sleep(0.05)
+
+    def kill(self, role: str, node_id: int | None) -> Kill | None:
+        self._await_processes()
+        if role == "node":
+            why = self.wait_whole(self.health_timeout_s)
+            if why is not None:
+                self.liveness.append(
+                    f"t={self.now():.2f} s: not whole {self.health_timeout_s:.0f} s after the "
+                    f"last fault ({why}); killing the broker instead of node {node_id}"
+                )
+                self.say(self.liveness[-1])
+                role, node_id = "broker", None
+        child = self.cluster.child(role, node_id)
+        led = self.cluster.led_by(node_id) if role == "node" and node_id is not None else []
+        pid = child.pid
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            self.say(f"{role} {node_id} pid {pid} was already gone")
+            return None
+        kill = Kill(self.now(), role, node_id, pid, led)
+        self.kills.append(kill)
+        self._unsettled.append(kill)
+        started = time.monotonic()
+        deadline = started + self.health_timeout_s
+        while time.monotonic() < deadline:
+            if child.pid != pid and child.process is not None and child.process.is_alive():
+                kill.back_after_s = time.monotonic() - started
+                break
+            time.sleep(0.02)
+        else:
+            self.liveness.append(f"{kill.describe()}: the supervisor did not restart it")
+        self.say(kill.describe())
+        return kill
+
+    # -- a full log dir ------------------------------------------------------------------
+
+    def disk_episode(self) -> None:
+        why = self.wait_whole(self.health_timeout_s)
+        if why is not None:
+            self.liveness.append(f"t={self.now():.2f} s: not whole before the disk episode: {why}")
+        node_id = self.disk_node
+        child = self.cluster.child("node", node_id)
+        ep = self.episode = DiskEpisode(node_id, child.pid)
+        ep.limit = data_file_size(child.log_dir)
+        set_file_size_limit(ep.pid, ep.limit)
+        ep.start_s = self.now()
+        self.say(f"log dir of node {node_id} (pid {ep.pid}) capped at {ep.limit} bytes")
+        offline_at = None
+        was_alive = True
+        plan = list(self.disk_plan)
+        next_kill = ep.start_s + (plan[0][0] * self.disk_hold_s if plan else 0)
+        while self.now() - ep.start_s < self.disk_hold_s:
+            alive = self.cluster.node_alive(node_id)
+            if alive is False and was_alive:
+                if offline_at is None:
+                    offline_at = self.now()
+                    ep.offline_after_s = offline_at - ep.start_s
+                    self.say(f"node {node_id} reported offline")
+            elif alive is True and not was_alive:
+                ep.flaps += 1
+                self.say(f"node {node_id} back online while its log dir is still capped")
+            if alive is not None:
+                was_alive = alive
+            if plan and self.now() >= next_kill:
+                _, role = plan.pop(0)
+                self.kill(role, None)
+                if plan:
+                    next_kill = self.now() + plan[0][0] * self.disk_hold_s
+            time.sleep(0.1)
+        try:
+            set_file_size_limit(ep.pid, resource.RLIM_INFINITY)
+        except ProcessLookupError:
+            self.say(f"node {node_id} pid {ep.pid} is gone; nothing to restore")
+        ep.end_s = self.now()
+        self.say(f"log dir of node {node_id} restored")
+        restored = time.monotonic()
+        why = self.wait_whole(max(self.health_timeout_s, 40.0))
+        if why is None:
+            ep.recovered_after_s = time.monotonic() - restored
+        else:
+            self.liveness.append(f"node {node_id} did not recover from its full log dir: {why}")
+        if offline_at is None:
+            self.liveness.append(f"node {node_id} never went offline with its log dir full")
+        elif self.ledger is not None:
+            # The others carry on: records are acknowledged while the node is out.
+            ep.acks_during = self.ledger.acks_between(self.t0 + offline_at, time.monotonic())
+            if not ep.acks_during:
+                self.liveness.append(f"nothing was acknowledged while node {node_id} was out")
+        self.say(ep.describe())
+
+
+# -- a whole run ------------------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    seed: int
+    kills: int
+    producers: int = 2
+    consumers: int = 2
+    rate: float = 300.0  # records/s per producer
+    partitions: int = 6
+    gap_s: tuple[float, float] = (0.3, 1.5)
+    disk_after: int | None = None  # full-disk episode after this many kills (None: none)
+    disk_hold_s: float = 4.0
+    disk_kills: int = 0  # broker/coordinator kills during the episode
+    settle_timeout_s: float = 60.0
+    consume_timeout_s: float = 45.0
+
+
+@dataclass
+class Outcome:
+    scenario: Scenario
+    verdict: Verdict
+    kills: list[Kill]
+    episode: DiskEpisode | None
+    sent: int
+    error_kinds: Counter[str]
+    consumer_errors: Counter[str]
+    run_s: float
+    error_examples: list[str] = field(default_factory=list)
+    liveness: list[str] = field(default_factory=list)
+    events: list[tuple[float, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict.ok and not self.liveness
+
+    def kills_by_role(self) -> dict[str, int]:
+        out: Counter[str] = Counter()
+        for k in self.kills:
+            out[k.role] += 1
+            if k.role == "node" and k.led:
+                out["node (leading)"] += 1
+        return dict(out)
+
+    def figures(self) -> dict[str, Any]:
+        v = self.verdict
+        return {
+            "seed": self.scenario.seed,
+            "kills": len(self.kills),
+            "kills_by_role": self.kills_by_role(),
+            "records_sent": self.sent,
+            "acknowledged": v.acknowledged,
+            "failed": v.failed,
+            "failed_stored": v.failed_stored,
+            "lost": v.lost + v.misplaced,
+            "duplicated": v.duplicated,
+            "reordered": v.reordered,
+            "replicas_identical": v.replicas_identical,
+            "consumer_coverage": f"{v.consumer_seen}/{v.acknowledged}",
+            "run_s": round(self.run_s, 1),
+        }
+
+    def report(self) -> str:
+        s = self.scenario
+        lines = [
+            f"fault run: seed {s.seed} (replay: {SEED_ENV}={s.seed}), {len(self.kills)} kills "
+            f"{self.kills_by_role()}, {self.run_s:.1f} s",
+            f"sent {self.sent}; failures by error: {dict(self.error_kinds)}",
+            *(f"  e.g. {m}" for m in self.error_examples),
+            f"consumer errors: {dict(self.consumer_errors)}",
+            self.verdict.summary(),
+        ]
+        if self.episode is not None:
+            lines.append("disk: " + self.episode.describe())
+        if self.liveness:
+            lines.append("liveness problems:")
+            lines.extend(f"  {x}" for x in self.liveness)
+        lines.append("events:")
+        lines.extend(f"  t={at:7.2f} s  {text}" for at, text in self.events)
+        return "\n".join(lines)
+
+
+def run_scenario(data_dir: Path, s: Scenario) -> Outcome:
+    """Start a 3-node cluster in ``data_dir``, run the workload under the nemesis, settle,
+    check. Never raises for a failed invariant: the Outcome says."""
+    print(f"[fault] {SEED_ENV}={s.seed}", flush=True)
+    t0 = time.monotonic()
+    topic = "fault"
+    log_dirs = [data_dir / name for name in ("a", "b", "c")]
+    broker = kvlog.Broker(
+        data_dir, "tcp://127.0.0.1:0", log_dirs=log_dirs, config=dict(BROKER_CONFIG)
+    ).start()
+    ledger, seen = Ledger(), Seen()
+    producers: list[ProducerWorker] = []
+    consumers: list[ConsumerWorker] = []
+    nemesis: Nemesis | None = None
+    liveness: list[str] = []
+    events: list[tuple[float, str]] = []
+
+    def phase(text: str) -> None:
+        events.append((time.monotonic() - t0, text))
+        print(f"[fault] t={events[-1][0]:7.2f} s  {text}", flush=True)
+
+    try:
+        with kvlog.Admin(bootstrap_servers=broker.bootstrap) as admin:
+            admin.create_topic(
+                topic,
+                partitions=s.partitions,
+                replication_factor=3,
+                config={"min.insync.replicas": 2},
+            )
+        cluster = Cluster(broker, topic, s.partitions, 3)
+        keys = keys_covering(s.partitions)
+        rng = random.Random(s.seed)
+        consumers = [
+            ConsumerWorker(f"c{i}", broker.bootstrap, topic, "fault-group", seen)
+            for i in range(s.consumers)
+        ]
+        producers = [
+            ProducerWorker(
+                f"p{i}",
+                broker.bootstrap,
+                topic,
+                keys,
+                ledger,
+                seed=rng.randrange(1 << 32),
+                rate=s.rate,
+            )
+            for i in range(s.producers)
+        ]
+        for worker in [*consumers, *producers]:
+            worker.start()
+        deadline = time.monotonic() + 20
+        while not ledger.acked and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not ledger.acked:
+            liveness.append("no record was acknowledged within 20 s of the start")
+        nemesis = Nemesis(
+            cluster,
+            s.seed,
+            s.kills,
+            t0,
+            gap_s=s.gap_s,
+            disk_after=s.disk_after,
+            disk_hold_s=s.disk_hold_s,
+            disk_kills=s.disk_kills,
+            ledger=ledger,
+        )
+        phase(f"{ledger.resolved} records resolved; nemesis starts")
+        nemesis.start()
+        nemesis.join()
+        if nemesis.error is not None:
+            liveness.append(f"the nemesis failed: {nemesis.error!r}")
+        time.sleep(1.0)  # some writes after the last fault
+        phase("faults over")
+        for p in producers:
+            p.stop_event.set()
+        for p in producers:
+            p.join(timeout=180)
+            if p.is_alive():
+                liveness.append(f"producer {p.producer_name} did not finish flushing")
+            elif p.error is not None:
+                liveness.append(f"producer {p.producer_name} failed: {p.error!r}")
+            elif p.unflushed:
+                liveness.append(f"producer {p.producer_name}: {p.unflushed} records unresolved")
+        phase("producers flushed")
+        why = cluster.wait_healthy(s.settle_timeout_s)
+        if why is not None:
+            liveness.append(f"not whole {s.settle_timeout_s:.0f} s after the run: {why}")
+        phase("cluster whole")
+        deadline = time.monotonic() + s.settle_timeout_s
+        while True:
+            not_yet = replicas_settled(
+                read_replicas(cluster.log_dirs(), topic, s.partitions, with_batches=False), 3
+            )
+            if not not_yet or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if not_yet:
+            liveness.append(f"replicas did not converge: {not_yet}")
+        phase("replicas converged")
+        # A consumer whose fetch was parked on a killed node waits out the fetcher's
+        # fixed 30 s timeout (test_consumer_resumes_soon_after_leader_restart), so give
+        # the group more than that after the last fault.
+        deadline = time.monotonic() + s.consume_timeout_s
+        while unseen_count(ledger.acked, seen) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for c in consumers:
+            c.stop_event.set()
+        for c in consumers:
+            c.join(timeout=30)
+            if c.error is not None:
+                liveness.append(f"consumer {c.consumer_name} failed: {c.error!r}")
+        phase("consumers done")
+        md = cluster.metadata(timeout_s=5.0) or {}
+        replicas = read_replicas(cluster.log_dirs(), topic, s.partitions)
+        verdict = analyse(
+            dict(ledger.acked),
+            dict(ledger.failed),
+            replicas,
+            leaders_from_metadata(md, topic),
+            dict(seen.at),
+        )
+        for text in seen.conflicts:
+            verdict.consumer_inconsistent += 1
+            verdict.note("one offset read with two values", text)
+    finally:
+        if nemesis is not None:
+            nemesis.stop_event.set()
+        for worker in [*producers, *consumers]:
+            worker.stop_event.set()
+        broker.stop()
+    consumer_errors: Counter[str] = Counter()
+    for c in consumers:
+        consumer_errors.update(c.errors)
+    assert nemesis is not None
+    return Outcome(
+        s,
+        verdict,
+        nemesis.kills,
+        nemesis.episode,
+        ledger.sent,
+        ledger.error_kinds(),
+        consumer_errors,
+        time.monotonic() - t0,
+        ledger.error_examples(),
+        liveness + nemesis.liveness,
+        sorted(nemesis.events + events),
+    )
