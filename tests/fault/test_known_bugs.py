@@ -1,0 +1,151 @@
+"""Minimal reproductions of bugs the fault tests found (issue 5). Open ones are strict
+xfails: each passes once its bug is fixed, and then its xfail mark must go.
+
+The fault runs showed them as records failing with errors a retry should have ridden
+over (no acknowledged record was lost or duplicated), and as stalls.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import kvlog
+from kvlog import batch as batch_format
+from kvlog.errors import ErrorCode, OutOfOrderSequenceNumberError
+from kvlog.ipc.sequencing import Sequencer, Verdict
+from kvlog.lmdb_store import LogDir
+from kvlog.types import TopicPartition
+from kvlog.workers.controller import ControllerCore
+from kvlog.workers.leader import HostedPartition, LeaderCore
+
+TP = TopicPartition("t", 0)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.xfail(
+    strict=True,
+    reason="workers/leader.py LeaderCore.commit: `leaders[item.tp]` raises KeyError when a "
+    "heartbeat reply moved the leadership between stage_produce and commit (same loop "
+    "turn); the whole group commit then fails with UNKNOWN_SERVER_ERROR (fatal for the "
+    "producer) instead of NOT_LEADER_OR_FOLLOWER (retriable)",
+)
+def test_leadership_moving_between_stage_and_commit_is_retriable(tmp_path: Path) -> None:
+    store = LogDir(tmp_path / "log")
+    try:
+        core = LeaderCore(0, store)
+
+        def assignment(leader: int, epoch: int) -> list[HostedPartition]:
+            return [HostedPartition(TP, "topic-id", leader, epoch, [0, 1, 2], {}, [0, 1, 2])]
+
+        core.apply_assignment(assignment(0, 0), now_ms=1)
+        batch = batch_format.encode([[0, 0, b"k", b"v", []]], first_timestamp=1, max_timestamp=1)
+        core.stage_produce("request", 1, [(TP, batch)])
+        core.apply_assignment(assignment(1, 1), now_ms=2)  # node 1 leads now
+        answered = core.commit(3) + core.decided
+        [result] = answered[0].results()
+        assert result["error"] == ErrorCode.NOT_LEADER_OR_FOLLOWER, result
+    finally:
+        store.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.xfail(
+    strict=True,
+    reason="workers/controller.py: a restarted coordinator knows no node until each "
+    "heartbeats again, and the first heartbeat's reelect() treats the others as dead: "
+    "every partition led by another node gets a new leader (epoch + 1) and an ISR of one",
+)
+def test_coordinator_restart_keeps_leaders_and_isr(tmp_path: Path) -> None:
+    store = LogDir(tmp_path / "meta")
+    try:
+        now = time.time_ns() // 1_000_000
+        core = ControllerCore(store, [0, 1, 2])
+        for n in (0, 1, 2):
+            core.node_heartbeat(n, f"tcp://127.0.0.1:{5000 + n}", f"/d{n}", -1, 100 + n, now)
+        core.create_topic("t", 6, 3, {"min.insync.replicas": 2}, now)
+        before = [(s.leader, s.leader_epoch, s.isr) for s in core.topics()[0].states]
+        assert {leader for leader, _, _ in before} == {0, 1, 2}
+
+        restarted = ControllerCore(store, [0, 1, 2])  # the coordinator process came back
+        restarted.node_heartbeat(0, "tcp://127.0.0.1:5000", "/d0", -1, 100, now + 10)
+        after = [(s.leader, s.leader_epoch, s.isr) for s in restarted.topics()[0].states]
+        assert after == before
+    finally:
+        store.close()
+
+
+@dataclass
+class _Batch:
+    record_count: int
+    base_sequence: int = -1
+    producer_epoch: int = 0
+    encoded: bytes | None = None
+
+
+@pytest.mark.timeout(30)
+def test_out_of_order_behind_an_unanswered_batch_is_retried() -> None:
+    """Found by the fault runs on ipc/sequencing.py at 90215ca (records failed with a
+    fatal OutOfOrderSequenceNumberError during a leader failover): a batch sent while an
+    earlier batch of its partition is still unanswered (its request died with the killed
+    leader; the later batch went to the new leader) gets OUT_OF_ORDER_SEQUENCE_NUMBER.
+    The gap is the earlier batch's, so this one must be retried, as Kafka does."""
+    seq = Sequencer(idempotent=True, max_in_flight=5)
+    first, second = _Batch(10), _Batch(10)
+    seq.on_send(TP, first)  # to the old leader, which is SIGKILLed: no answer yet
+    seq.on_send(TP, second)  # to the new leader, after a metadata refresh
+    verdict, _ = seq.on_error(
+        TP,
+        second,
+        OutOfOrderSequenceNumberError("sent sequence 10 after -1; expected 0"),
+        can_retry=True,
+    )
+    assert verdict is Verdict.RETRY
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.xfail(
+    strict=True,
+    reason="ipc/fetcher.py: a fetch's reply timeout is fetch.max.wait.ms + 30 s, whatever "
+    "request.timeout.ms says; when the leader is SIGKILLed with a fetch parked on it the "
+    "reply never comes (ZeroMQ does not fail requests on a dead peer as a dropped TCP "
+    "connection does in Kafka), so the consumer stalls on that node's partitions ~30 s",
+)
+def test_consumer_resumes_soon_after_leader_restart(tmp_path: Path) -> None:
+    with kvlog.Broker(tmp_path, "tcp://127.0.0.1:0") as broker:
+        with kvlog.Admin(bootstrap_servers=broker.bootstrap) as admin:
+            admin.create_topic("t", partitions=1)
+        producer = kvlog.Producer(bootstrap_servers=broker.bootstrap, request_timeout_ms=2000)
+        consumer = kvlog.Consumer(
+            bootstrap_servers=broker.bootstrap,
+            auto_offset_reset="earliest",
+            request_timeout_ms=2000,
+            fetch_max_wait_ms=500,
+        )
+        try:
+            producer.send("t", value=b"before").get(10)
+            consumer.assign([TP])
+            got: list[bytes] = []
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=200).values():
+                    got.extend(r.value for r in records)
+            assert got == [b"before"]
+            time.sleep(0.2)  # the next fetch is parked on the node now
+            node = next(c for c in broker.children if c.role == "node")
+            os.kill(node.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            producer.send("t", value=b"after").get(20)
+            # request.timeout.ms (2 s) + fetch.max.wait.ms + a restart is plenty.
+            while b"after" not in got and time.monotonic() - killed < 8:
+                for records in consumer.poll(timeout_ms=200).values():
+                    got.extend(r.value for r in records)
+            assert b"after" in got, f"consumer saw nothing new {time.monotonic() - killed:.1f} s"
+        finally:
+            consumer.close()
+            producer.close()
