@@ -24,9 +24,7 @@ from kvlog.types import TopicPartition
 
 
 def _batch(values: list[bytes]) -> bytes:
-    return batch_format.encode(
-        [[i, 0, b"k", v, []] for i, v in enumerate(values)], first_timestamp=1, max_timestamp=1
-    )
+    return batch_format.build_batch((b"k", v) for v in values)
 
 
 def _replica(node_id: int, batches: list[list[bytes]], hw: int | None = None) -> ReplicaLog:

@@ -44,7 +44,7 @@ def test_leadership_moving_between_stage_and_commit_is_retriable(tmp_path: Path)
             return [HostedPartition(TP, "topic-id", leader, epoch, [0, 1, 2], {}, [0, 1, 2])]
 
         core.apply_assignment(assignment(0, 0), now_ms=1)
-        batch = batch_format.encode([[0, 0, b"k", b"v", []]], first_timestamp=1, max_timestamp=1)
+        batch = batch_format.build_batch([(b"k", b"v")])
         core.stage_produce("request", 1, [(TP, batch)])
         core.apply_assignment(assignment(1, 1), now_ms=2)  # node 1 leads now
         answered = core.commit(3) + core.decided
