@@ -17,7 +17,7 @@ import zmq
 from sectest_util import RawDealer, unique, wait_until
 
 import kvlog
-from kvlog.batch import encode as encode_batch
+from kvlog.batch import build_batch
 from kvlog.errors import UnauthenticatedError
 from kvlog.types import TopicPartition
 
@@ -51,8 +51,7 @@ def _groups(secured: Any) -> set[str]:
 
 
 def _batch(value: bytes = b"intruder") -> bytes:
-    now = int(time.time() * 1000)
-    return encode_batch([[0, 0, None, value]], first_timestamp=now, max_timestamp=now)
+    return build_batch([(None, value)])
 
 
 def _requests_for(role: str, topic: str, group: str) -> list[tuple[str, dict[str, Any], list]]:
