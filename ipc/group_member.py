@@ -142,6 +142,10 @@ class GroupMember:
         self.protocol: str | None = None
         self.state = _State.UNJOINED
         self.owned: set[TopicPartition] = set()
+        # The last assignment, which an eager member revokes before it rejoins: its
+        # subscription still tells the assignor, so sticky can give it back (Kafka's
+        # StickyAssignor sends the same as user data).
+        self.previous: set[TopicPartition] = set()
         self.listener: ConsumerRebalanceListener | None = None
         self.subscribed = False
         self.need_rejoin = False
@@ -218,6 +222,7 @@ class GroupMember:
             if self.listener is not None:
                 self._safely(self.listener.on_partitions_lost, lost)
             self.owned = set()
+            self.previous = set()
         if error is not None:
             raise error
         if not self.subscribed:
@@ -296,7 +301,8 @@ class GroupMember:
         return any(s in COOPERATIVE for s in self.strategies if isinstance(s, str))
 
     def _start_join(self) -> None:
-        if not self._cooperative() and self.owned:
+        cooperative = self._cooperative()
+        if not cooperative and self.owned:
             self._revoke(set(self.owned), "rebalance")
             self.owned = set()
             self.consumer._set_assignment(set())
@@ -305,7 +311,8 @@ class GroupMember:
         topics = self._topics()
         self.consumer._ensure_metadata(topics)
         names = [s for s in self.strategies if isinstance(s, str)]
-        metadata = encode_subscription(topics, self.owned, self.generation)
+        owned = self.owned if cooperative else self.previous
+        metadata = encode_subscription(topics, owned, self.generation)
         self._submit(
             "join",
             "join_group",
@@ -387,6 +394,7 @@ class GroupMember:
             self._revoke(revoked, "moved to another member")
             self.need_rejoin = True  # hand them over in a follow-up rebalance
         self.owned = new
+        self.previous = set(new)
         self.consumer._set_assignment(new)
         self.state = _State.STABLE
         self.assigned_counts = {
