@@ -196,9 +196,9 @@ class GroupMember:
             self._thread.start()
 
     def unsubscribe(self) -> None:
-        if self.state is _State.STABLE:
-            self._revoke(set(self.owned), "unsubscribe")
-            self._leave("unsubscribe")
+        self._revoke(set(self.owned), "unsubscribe")
+        self._leave("unsubscribe")  # also mid-rebalance (see close)
+        self._pending = None
         self.subscribed = False
         self.owned = set()
         self.state = _State.UNJOINED
@@ -649,18 +649,19 @@ class GroupMember:
     def close(self, *, autocommit: bool) -> None:
         self._stop.set()
         try:
-            if self.state is _State.STABLE:
-                if autocommit and self.auto_commit:
-                    try:
-                        self.commit_sync(None)
-                    except KvlogError as exc:
-                        log.warning(
-                            "group %s: commit on close failed: %s", self.group_id, exc.message
-                        )
-                if self.listener is not None and self.owned:
-                    self._safely(self.listener.on_partitions_revoked, self.owned)
-                if not self.instance_id:  # static members keep their partitions
-                    self._leave("close")
+            if self.state is _State.STABLE and autocommit and self.auto_commit:
+                try:
+                    self.commit_sync(None)
+                except KvlogError as exc:
+                    log.warning(
+                        "group %s: commit on close failed: %s", self.group_id, exc.message
+                    )
+            if self.listener is not None and self.owned:
+                self._safely(self.listener.on_partitions_revoked, self.owned)
+            # Leave even in the middle of a rebalance: otherwise the group counts this
+            # member in and hands it partitions until its session runs out.
+            if not self.instance_id:  # static members keep their partitions
+                self._leave("close")
         finally:
             if self._thread is not None:
                 self._thread.join(timeout=self.heartbeat_s + 1)
