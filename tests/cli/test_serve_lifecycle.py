@@ -1,0 +1,93 @@
+"""``kvlog serve`` starting and stopping, and ``kvlog demo`` on a fresh directory."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from clitest_util import Serve, cli, pid_alive, run_kvlog, wait_until
+
+
+def test_serve_with_two_log_dirs_stops_on_sigterm_leaving_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "kvlog.toml"
+    # The file's listen address is overridden by the --listen flag Serve passes (port 0);
+    # were it used, binding port 1 would fail.
+    config.write_text('listen = "tcp://127.0.0.1:1"\nlog_level = "WARNING"\n')
+    server = Serve(
+        tmp_path / "data",
+        "--config",
+        str(config),
+        "--log-dir",
+        str(tmp_path / "a"),
+        "--log-dir",
+        str(tmp_path / "b"),
+    )
+    try:
+        entries = server.status()
+        nodes = sorted((e["node_id"], e["log_dir"]) for e in entries if e["role"] == "node")
+        assert nodes == [(0, str(tmp_path / "a")), (1, str(tmp_path / "b"))]
+        topic = cli(
+            "topics",
+            "create",
+            "rf2",
+            "--replication-factor",
+            "2",
+            "--bootstrap-server",
+            server.bootstrap,
+        )
+        assert topic.exit_code == 0, topic.output
+        desc = json.loads(
+            cli(
+                "topics", "describe", "rf2", "--json", "--bootstrap-server", server.bootstrap
+            ).output
+        )
+        assert sorted(desc[0]["partitions"][0]["replicas"]) == [0, 1]
+        pids = server.pids()
+        assert len(pids) == 6 and all(pid_alive(p) for p in pids)
+        started = time.monotonic()
+        assert server.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 10
+        wait_until(lambda: not any(pid_alive(p) for p in pids), 5, "every process to exit")
+        assert cli("status", "--data-dir", str(server.data_dir), "--json").output.strip() == "[]"
+        assert "kvlog broker stopped" in "".join(server.stderr)
+    finally:
+        server.kill()
+
+
+def test_serve_stops_on_sigint_and_refuses_a_busy_data_dir(tmp_path: Path) -> None:
+    server = Serve(tmp_path / "data", "--log-level", "WARNING")
+    try:
+        busy = run_kvlog(
+            ["serve", "--data-dir", str(tmp_path / "data"), "--listen", "tcp://127.0.0.1:0"]
+        )
+        assert busy.returncode == 1
+        assert f"in use by kvlog pid {server.proc.pid}" in busy.stderr
+        assert "Traceback" not in busy.stderr
+        pids = server.pids()
+        assert server.stop(signal.SIGINT) == 0
+        wait_until(lambda: not any(pid_alive(p) for p in pids), 5, "every process to exit")
+    finally:
+        server.kill()
+
+
+def test_demo_on_a_fresh_directory(tmp_path: Path) -> None:
+    first = run_kvlog(["demo"], cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "What just happened" in first.stdout
+    assert "kvlog topics list" in first.stdout
+    assert "an earlier run" not in first.stdout
+    assert (tmp_path / "kvlog-data" / "logs" / "0" / "data.mdb").is_file()
+    assert (
+        cli("status", "--data-dir", str(tmp_path / "kvlog-data"), "--json").output.strip() == "[]"
+    )
+    # Run again: new records land after the old ones; the group reads only the new ones.
+    second = run_kvlog(["demo"], cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "exists already" in second.stdout
+    assert "an earlier run" not in second.stdout
+    dump = cli("dump", "--log-dir", str(tmp_path / "kvlog-data" / "logs" / "0"), "--json")
+    lines = [json.loads(line) for line in dump.output.splitlines()]
+    stored = sum(x["log_end_offset"] for x in lines if x["type"] == "partition")
+    assert stored == 12
