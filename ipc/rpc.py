@@ -36,10 +36,11 @@ from .wire import Frame
 
 log = logging.getLogger(__name__)
 
-_HANDSHAKE_FAILURES = (
+_MONITORED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_DISCONNECTED
 )
 
 Callback = Callable[[dict[str, Any] | None, list[bytes], KvlogError | None], None]
@@ -174,9 +175,10 @@ class IOThread:
             sock.setsockopt(zmq.RCVHWM, 100_000)
             for option, value in self.socket_options.items():
                 sock.setsockopt(option, value)
-            # A refused handshake (unknown CURVE key, CURVE vs plaintext) never answers a
-            # request: watch for it, so callers hear why instead of a timeout.
-            monitor = sock.get_monitor_socket(_HANDSHAKE_FAILURES)
+            # A refused handshake (unknown CURVE key, CURVE vs plaintext) or a dropped
+            # connection (the server died) never answers the requests sent on it: watch for
+            # both, so callers hear at once instead of after a timeout.
+            monitor = sock.get_monitor_socket(_MONITORED)
             self._monitors[monitor] = endpoint
             self._poller.register(monitor, zmq.POLLIN)
             sock.connect(endpoint)
@@ -192,6 +194,14 @@ class IOThread:
                 event = recv_monitor_message(monitor, flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self._fail_endpoint(
+                    endpoint,
+                    NetworkError(
+                        f"the connection to {endpoint} dropped; the client reconnects and retries"
+                    ),
+                )
+                continue
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 reason = (
                     f"the server at {endpoint} refused this client's CURVE key; ask its admin "

@@ -436,7 +436,13 @@ class ControllerCore:
     # -- leadership ------------------------------------------------------------------------
 
     def _alive_ids(self) -> set[int]:
-        return {n for n, info in self.nodes.items() if info.alive}
+        """Nodes that may lead. After a coordinator restart, a node that has not
+        registered yet is unknown, not dead: it keeps its leaderships through the start-up
+        grace period (else the first node to register would take every leadership)."""
+        alive = {n for n, info in self.nodes.items() if info.alive}
+        if not self._grace_over:
+            alive |= {n for n in self.node_ids if n not in self.nodes}
+        return alive
 
     def reelect(self) -> bool:
         """Give every partition whose leader is gone a new leader from its ISR (higher

@@ -345,6 +345,15 @@ class LeaderCore:
                 for item in request.items:
                     if item.error is not None or item.header is None or item.batch is None:
                         continue
+                    replica = leaders.get(item.tp)
+                    if replica is None:
+                        # Leadership moved between staging and this commit.
+                        moved = NotLeaderOrFollowerError(
+                            f"node {self.node_id} stopped leading {item.tp} before the "
+                            "write; refresh metadata and retry"
+                        )
+                        outcome.append((item, -1, False, moved))
+                        continue
                     try:
                         duplicate_of = stage.check(item.tp, item.header)
                     except KvlogError as exc:
@@ -353,7 +362,6 @@ class LeaderCore:
                     if duplicate_of is not None:
                         outcome.append((item, duplicate_of, True, None))
                         continue
-                    replica = leaders[item.tp]
                     alone = replica.isr == [self.node_id] and len(replica.replicas) == 1
                     base = w.append(
                         item.tp,
@@ -364,7 +372,7 @@ class LeaderCore:
                     stage.record(w, item.tp, item.header, base)
                     outcome.append((item, base, False, None))
             self._write_high_watermarks(w)
-            offsets = {o[0].tp: w.offsets(o[0].tp) for o in outcome}
+            offsets = {o[0].tp: w.offsets(o[0].tp) for o in outcome if o[0].tp in leaders}
             return stage, outcome, offsets
 
         try:
@@ -394,7 +402,8 @@ class LeaderCore:
             item.error = error
             item.base_offset = base
             item.duplicate = duplicate
-            item.log_start_offset = offsets[item.tp].log_start_offset
+            if item.tp in offsets:
+                item.log_start_offset = offsets[item.tp].log_start_offset
             if error is None and not duplicate:
                 self.touched.add(item.tp)
         ready = []

@@ -28,13 +28,6 @@ TP = TopicPartition("t", 0)
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(
-    strict=True,
-    reason="workers/leader.py LeaderCore.commit: `leaders[item.tp]` raises KeyError when a "
-    "heartbeat reply moved the leadership between stage_produce and commit (same loop "
-    "turn); the whole group commit then fails with UNKNOWN_SERVER_ERROR (fatal for the "
-    "producer) instead of NOT_LEADER_OR_FOLLOWER (retriable)",
-)
 def test_leadership_moving_between_stage_and_commit_is_retriable(tmp_path: Path) -> None:
     store = LogDir(tmp_path / "log")
     try:
@@ -55,12 +48,6 @@ def test_leadership_moving_between_stage_and_commit_is_retriable(tmp_path: Path)
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(
-    strict=True,
-    reason="workers/controller.py: a restarted coordinator knows no node until each "
-    "heartbeats again, and the first heartbeat's reelect() treats the others as dead: "
-    "every partition led by another node gets a new leader (epoch + 1) and an ISR of one",
-)
 def test_coordinator_restart_keeps_leaders_and_isr(tmp_path: Path) -> None:
     store = LogDir(tmp_path / "meta")
     try:
@@ -109,13 +96,6 @@ def test_out_of_order_behind_an_unanswered_batch_is_retried() -> None:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(
-    strict=True,
-    reason="ipc/fetcher.py: a fetch's reply timeout is fetch.max.wait.ms + 30 s, whatever "
-    "request.timeout.ms says; when the leader is SIGKILLed with a fetch parked on it the "
-    "reply never comes (ZeroMQ does not fail requests on a dead peer as a dropped TCP "
-    "connection does in Kafka), so the consumer stalls on that node's partitions ~30 s",
-)
 def test_consumer_resumes_soon_after_leader_restart(tmp_path: Path) -> None:
     with kvlog.Broker(tmp_path, "tcp://127.0.0.1:0") as broker:
         with kvlog.Admin(bootstrap_servers=broker.bootstrap) as admin:
