@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -206,39 +207,45 @@ def run_produce(options: Options, tick: Tick) -> Result:
     keys, values = payloads(options)
     topic = options.topic
     stride = max(1, n // MAX_SAMPLES)
-    sends: list[tuple[float, Any]] = []
-    acked: dict[Any, float] = {}
-    seen: set[Any] = set()
+    # Per sample: a send time and the index of its batch, in arrays: per-record objects
+    # that the garbage collector tracks (tuples, say) would slow the producer itself.
+    sent_at = array("d")
+    batch_of = array("l")
+    batches: dict[Any, int] = {}
+    acked_at: dict[Any, float] = {}
     clock = time.perf_counter
 
     def on_ack(batch: Any) -> None:
-        acked[batch] = clock()
+        acked_at[batch] = clock()
 
     with Producer(options.producer_config()) as producer:
         producer.send(topic, value=b"warm-up").get(timeout=30)  # metadata and producer id
         send = producer.send
         mask = POOL - 1
-        record = sends.append
         started = clock()
         for first in range(0, n, CHUNK):
             for i in range(first, min(n, first + CHUNK)):
                 future = send(topic, values[i & mask], keys[i & mask])
                 if not i % stride:
-                    # One real future per batch (FutureRecordMetadata._batch): time its ack
-                    # once, not a callback per record.
+                    # One real future per batch (FutureRecordMetadata._batch): time its
+                    # acknowledgement once, not with a callback per record.
                     batch = future._batch
-                    record((clock(), batch))
-                    if batch not in seen:
-                        seen.add(batch)
+                    index = batches.get(batch)
+                    if index is None:
+                        index = batches[batch] = len(batches)
                         batch.add_callback(on_ack)
+                    sent_at.append(clock())
+                    batch_of.append(index)
             tick(min(CHUNK, n - first))
         producer.flush()
         seconds = clock() - started
-        failed = sum(1 for b in seen if b.error is not None)
-        first_error = next((b.error for b in seen if b.error is not None), None)
-    if first_error is not None:
-        raise click.ClickException(f"{failed} batch(es) failed; the first: {first_error}")
-    latency = Counter(int((acked[b] - t) * 1e6) for t, b in sends)
+    failed = [b.error for b in batches if b.error is not None]
+    if failed:
+        raise click.ClickException(f"{len(failed)} batch(es) failed; the first: {failed[0]}")
+    ack_by_index = [acked_at[b] for b in batches]  # dicts keep insertion order
+    latency = Counter(
+        int((ack_by_index[k] - t) * 1e6) for t, k in zip(sent_at, batch_of, strict=True)
+    )
     return Result(
         "produce",
         n,
