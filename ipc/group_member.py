@@ -212,17 +212,7 @@ class GroupMember:
             error, self.pending_error = self.pending_error, None
             lost, self.lost = self.lost, None
         if lost:
-            log.warning(
-                "group %s: partitions lost (%s): %s",
-                self.group_id,
-                self.lost_reason,
-                sorted(map(str, lost)),
-            )
-            self.consumer._set_assignment(set())
-            if self.listener is not None:
-                self._safely(self.listener.on_partitions_lost, lost)
-            self.owned = set()
-            self.previous = set()
+            self._lose(lost, self.lost_reason)
         if error is not None:
             raise error
         if not self.subscribed:
@@ -234,6 +224,17 @@ class GroupMember:
         if self.auto_commit and now >= self.next_auto_commit and self.state is _State.STABLE:
             self.next_auto_commit = now + self.auto_commit_s
             self.commit_async(None, None)
+
+    def _lose(self, lost: set[TopicPartition], reason: str) -> None:
+        """Drop partitions another member may own by now, without committing."""
+        log.warning(
+            "group %s: partitions lost (%s): %s", self.group_id, reason, sorted(map(str, lost))
+        )
+        self.consumer._set_assignment(set())
+        if self.listener is not None:
+            self._safely(self.listener.on_partitions_lost, lost)
+        self.owned = set()
+        self.previous = set()
 
     def _metadata_changed(self) -> bool:
         """The leader rebalances when subscribed topics appear or grow (Kafka's leader
@@ -355,6 +356,15 @@ class GroupMember:
         if exc.code is ErrorCode.UNKNOWN_MEMBER_ID:
             self.member_id = ""
             self.generation = -1
+        if self.owned and exc.code in (ErrorCode.UNKNOWN_MEMBER_ID, ErrorCode.ILLEGAL_GENERATION):
+            # A cooperative member keeps reading while it rejoins; this answer means the
+            # group went on without it, so others may own those partitions now (Kafka
+            # calls them lost too).
+            self.lost_reason = (
+                f"the group rebalanced without this member ({exc.message}); its heartbeats "
+                f"may have stopped for session.timeout.ms={self.session_timeout_ms}"
+            )
+            self._lose(set(self.owned), self.lost_reason)
         if exc.code in _REJOIN_ERRORS or exc.retriable:
             if exc.recovery is Recovery.REFRESH_METADATA or exc.code is ErrorCode.KAFKA_TIMEOUT:
                 self.consumer.metadata.mark_stale()
@@ -653,9 +663,7 @@ class GroupMember:
                 try:
                     self.commit_sync(None)
                 except KvlogError as exc:
-                    log.warning(
-                        "group %s: commit on close failed: %s", self.group_id, exc.message
-                    )
+                    log.warning("group %s: commit on close failed: %s", self.group_id, exc.message)
             if self.listener is not None and self.owned:
                 self._safely(self.listener.on_partitions_revoked, self.owned)
             # Leave even in the middle of a rebalance: otherwise the group counts this
