@@ -78,10 +78,12 @@ def child_spec(broker, group: str, topics: list[str], **config) -> dict:
     }
 
 
-def start_children(n, broker, tmp_path: Path, closing, group, topics, prefix="c", **spec):
+def start_children(
+    n, broker, tmp_path: Path, closing, group, topics, prefix="c", config=None, **spec
+):
     kids = []
     for i in range(n):
-        base = child_spec(broker, group, topics, client_id=f"{prefix}{i}")
+        base = child_spec(broker, group, topics, client_id=f"{prefix}{i}", **(config or {}))
         base.update(spec)
         kid = ChildConsumer(f"{prefix}{i}", base, tmp_path)
         closing.append(kid)
@@ -703,3 +705,67 @@ def test_close_during_a_rebalance_leaves_the_group_at_once(broker, admin, closin
         lambda: len(a.assignment() | c.assignment()) == 4,
         timeout_s=10,
     )
+
+
+def test_cooperative_member_dropped_mid_rebalance_stops_reading_its_partitions(
+    broker, admin, tmp_path, closing
+) -> None:
+    """A cooperative member keeps its partitions while it rejoins. If the group goes on
+    without it (here: frozen between JoinGroup and SyncGroup past its session), the
+    coordinator answers its SyncGroup with UNKNOWN_MEMBER_ID: the partitions are lost,
+    since others own them now, and it must stop reading them at once."""
+    topic = "coop-zombie"
+    admin.create_topic(topic, partitions=4)
+    coop = {"partition_assignment_strategy": ["cooperative-sticky"]}
+    zombie = start_children(1, broker, tmp_path, closing, topic, [topic], "zc", coop)[0]
+    wait_until("zc0 to own everything", lambda: len(zombie.assignment()) == 4)
+    b = consumer(broker.bootstrap, topic, client_id="zd", **coop)
+    closing.append(b)
+    b.subscribe([topic])
+    poll_until(
+        "2 each",
+        [b],
+        lambda: len(b.assignment()) == 2 and len(zombie.assignment()) == 2,
+        timeout_s=20,
+    )
+    produce(broker.bootstrap, topic, 40, partitions=4)
+    wait_until("zc0 reading", lambda: len(zombie.of("records")) >= 2)
+    c = consumer(broker.bootstrap, topic, client_id="ze", **coop)
+    closing.append(c)
+    c.subscribe([topic])
+    c.poll(timeout_ms=0)  # a rebalance begins; b does not rejoin yet, so it cannot end
+    joining = len(zombie.of("state"))
+    wait_until(
+        "zc0 to rejoin",
+        lambda: [e for e in zombie.of("state")[joining - 1 :] if e["state"] == "joining"],
+    )
+    time.sleep(0.3)  # its JoinGroup leaves the process (nothing to observe it by)
+    zombie.proc.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        # b and c complete the rebalance (zc0's parked join counts it in), zc0 never
+        # syncs, its session runs out, and b and c split everything
+        poll_until(
+            "b and c to own all four",
+            [b, c],
+            lambda: len(b.assignment() | c.assignment()) == 4,
+            timeout_s=20,
+        )
+    finally:
+        zombie.proc.send_signal(signal.SIGCONT)
+    produce(broker.bootstrap, topic, 40, partitions=4, start=40)
+    wait_until("zc0 to notice", lambda: zombie.of("lost") or zombie.of("error"), timeout_s=10)
+    wait_until("zc0 to be back", lambda: len(zombie.of("state")) > joining + 1, timeout_s=15)
+    given = {(t.topic, t.partition) for t in b.assignment() | c.assignment()}
+    back = [a for a in zombie.of("assigned") if a["t"] > stopped_at]
+
+    def given_back(e: dict) -> bool:
+        return any(a["t"] < e["t"] and e["tp"] in a["tps"] for a in back)
+
+    late = [
+        e
+        for e in zombie.of("records")
+        if e["t"] > stopped_at and tuple(e["tp"]) in given and not given_back(e)
+    ]
+    assert not late, f"zc0 read partitions the group gave to others: {late[:3]}"
+    assert zombie.of("lost"), "its partitions were lost, and its listener must hear so"
