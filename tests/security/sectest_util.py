@@ -245,8 +245,14 @@ class RawDealer:
         self.sock.send_multipart([cbor2.dumps(header), *frames], copy=True)
         return rid
 
-    def send_raw(self, parts: Sequence[bytes]) -> None:
-        self.sock.send_multipart(list(parts), flags=zmq.NOBLOCK)
+    def send_raw(self, parts: Sequence[bytes]) -> bool:
+        """Send without blocking; False when ZeroMQ has nowhere to queue it (no peer: a
+        refused handshake drops the connection for good)."""
+        try:
+            self.sock.send_multipart(list(parts), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
 
     def recv(self, timeout_s: float) -> tuple[dict[str, Any], list[bytes]] | None:
         if not self.sock.poll(timeout_s * 1000):
