@@ -581,9 +581,8 @@ def run_scenario(data_dir: Path, s: Scenario) -> Outcome:
         if not_yet:
             liveness.append(f"replicas did not converge: {not_yet}")
         phase("replicas converged")
-        # A consumer whose fetch was parked on a killed node waits out the fetcher's
-        # fixed 30 s timeout (test_consumer_resumes_soon_after_leader_restart), so give
-        # the group more than that after the last fault.
+        # Generous: before 3684ed8 a consumer whose fetch was parked on a killed node
+        # stalled 30 s (test_consumer_resumes_soon_after_leader_restart).
         deadline = time.monotonic() + s.consume_timeout_s
         while unseen_count(ledger.acked, seen) and time.monotonic() < deadline:
             time.sleep(0.2)
