@@ -377,3 +377,12 @@ def test_perf_with_an_embedded_broker() -> None:
     assert result["embedded_broker"] is True
     assert result["records"] == 2000
     assert time.monotonic() - started < 30
+
+
+def test_demo_uses_the_broker_already_running_on_its_data_dir(serve: Serve) -> None:
+    result = cli("demo", "--data-dir", str(serve.data_dir))
+    assert result.exit_code == 0, result.output
+    assert f"already running at {serve.bootstrap}" in result.output
+    assert "What just happened" in result.output
+    assert "Stopping the broker" not in result.output
+    assert serve.proc.poll() is None and len(serve.status()) == 4
