@@ -128,6 +128,8 @@ class Request:
         op = header.get("op")
         if not isinstance(op, str):
             raise InvalidRequestError("field 'op' must be a text string")
+        if not all(isinstance(key, str) for key in header):
+            raise InvalidRequestError("every field name in frame 0 must be a text string")
         self.header = header
         self.frames = frames
         self.id = rid

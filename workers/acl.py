@@ -148,9 +148,19 @@ class Authorizer:
 Check = Callable[[Authorizer, str, dict[str, Any]], None]
 
 
+def _array(header: dict[str, Any], field: str) -> list[Any]:
+    """The field as an array (the check runs before the handler has typed the request)."""
+    value = header.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidRequestError(f"field {field!r} must be an array")
+    return value
+
+
 def _topics_of(header: dict[str, Any], field: str = "partitions") -> set[str]:
     out = set()
-    for entry in header.get(field) or []:
+    for entry in _array(header, field):
         if isinstance(entry, dict) and isinstance(entry.get("topic"), str):
             out.add(entry["topic"])
         elif isinstance(entry, list) and entry and isinstance(entry[0], str):
@@ -224,7 +234,7 @@ def _offset_commit(auth: Authorizer, principal: str, header: dict[str, Any]) -> 
 
 def _groups_list(operation: str) -> Check:
     def check(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
-        for gid in header.get("group_ids") or []:
+        for gid in _array(header, "group_ids"):
             auth.check(principal, "group", gid if isinstance(gid, str) else "", operation)
 
     return check

@@ -360,13 +360,6 @@ def _reply(secured: Any, ring: Any, role: str, header: dict[Any, Any]) -> dict[s
     return reply[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG workers/acl.py _topics_of/_groups_list iterate a field before any type "
-    "check: a non-array 'partitions', 'offsets' or 'group_ids' (an int, float, bool, tag) "
-    "raises TypeError -> UNKNOWN_SERVER_ERROR and a logged traceback per request, instead "
-    "of INVALID_REQUEST",
-)
 @pytest.mark.parametrize(
     ("role", "op", "field"),
     [
@@ -383,13 +376,6 @@ def test_acl_check_of_a_non_array_field(
     assert reply.get("error") == ErrorCode.INVALID_REQUEST, reply
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG workers/broker.py BrokerServer._forward passes the request's fields as "
-    "**kwargs (peer.py request -> wire.request_header): a header map with a non-text key "
-    "raises 'TypeError: keywords must be strings' -> UNKNOWN_SERVER_ERROR, instead of "
-    "INVALID_REQUEST",
-)
 def test_forwarded_request_with_a_non_text_key(fuzz_target: Any, ring: Any) -> None:
     reply = _reply(fuzz_target, ring, "broker", {"op": "offset_fetch", "group_id": GROUP, 7: 1})
     assert reply.get("error") == ErrorCode.INVALID_REQUEST, reply
