@@ -60,6 +60,10 @@ class Producer:
         self._bootstrap = split_bootstrap(cfg["bootstrap_servers"])
         self._key_serializer = serializer(cfg["key_serializer"], "key_serializer")
         self._value_serializer = serializer(cfg["value_serializer"], "value_serializer")
+        # Without a serializer, bytes and None pass through untouched (no call per record);
+        # with one, every key/value goes through it, as in kafka-python.
+        self._raw_keys = cfg["key_serializer"] is None
+        self._raw_values = cfg["value_serializer"] is None
         self._max_block_s = cfg["max_block_ms"] / 1000
         self.metadata = ClusterMetadata()
         self._accumulator = RecordAccumulator(
@@ -105,10 +109,15 @@ class Producer:
         """Queue one record; returns a future resolving to its RecordMetadata."""
         if self._closed:
             raise ProducerClosedError("send() on a closed producer; create a new one")
-        # bytes and None skip the serializer call: this path runs once per record.
-        key_bytes = key if key is None or type(key) is bytes else self._key_serializer(key)
+        key_bytes = (
+            key
+            if self._raw_keys and (key is None or type(key) is bytes)
+            else self._key_serializer(key)
+        )
         value_bytes = (
-            value if value is None or type(value) is bytes else self._value_serializer(value)
+            value
+            if self._raw_values and (value is None or type(value) is bytes)
+            else self._value_serializer(value)
         )
         header_list = None
         if headers:
@@ -161,13 +170,19 @@ class Producer:
         """
         if self._closed:
             raise ProducerClosedError("send_batch() on a closed producer; create a new one")
-        vs = [v if v is None or type(v) is bytes else self._value_serializer(v) for v in values]
+        if self._raw_values and all(v is None or type(v) is bytes for v in values):
+            vs = list(values)
+        else:
+            vs = [self._value_serializer(v) for v in values]
         if keys is None:
             ks: list[bytes | None] = [None] * len(vs)
         else:
             if len(keys) != len(vs):
                 raise ValueError(f"send_batch: {len(keys)} keys for {len(vs)} values")
-            ks = [k if k is None or type(k) is bytes else self._key_serializer(k) for k in keys]
+            if self._raw_keys and all(k is None or type(k) is bytes for k in keys):
+                ks = list(keys)
+            else:
+                ks = [self._key_serializer(k) for k in keys]
         tps = self._topic_partitions.get(topic)
         if tps is None or self._tps_version != self.metadata.version:
             tps = self._partitions_of(topic)
