@@ -7,10 +7,11 @@ the clock starts. MB/s counts key + value bytes (10^6 bytes per MB).
 
 - ``produce``: one producer sends ``--records`` records as fast as ``send()`` goes and
   flushes; the time runs from the first send to the end of the flush. Latency is send ->
-  acknowledgement per record (every record up to 100,000 records, else an evenly spaced
-  sample of 100,000), from the producer's batch futures.
-- ``consume``: fills the topic first (untimed, large batches) unless ``--no-fill``, then one
-  consumer reads ``--records`` records from the start of every partition. Latency is the
+  acknowledgement per record (every k-th record, k = records // 100,000 or 1, so at least
+  100,000 are timed), from the producer's batch futures.
+- ``consume``: fills the topic first (untimed; batches of ``--batch-size``, default 1 MiB)
+  unless ``--no-fill``, then one consumer reads ``--records`` records from the start of
+  every partition. Latency is the
   duration of the ``poll()`` calls that returned records.
 - ``e2e``: produces ``--rate`` records/s for ``--seconds`` with the send time (CLOCK_MONOTONIC,
   ns) in each value's first 8 bytes; a consumer in another process (so neither shares a
@@ -48,6 +49,7 @@ from .common import Command, client_config, make_console
 POOL = 1024  # distinct keys and values (a power of two: index with i & (POOL - 1))
 CHUNK = 16_384  # records between progress updates
 MAX_SAMPLES = 100_000
+FILL_BATCH_SIZE = 1 << 20
 _STAMP = struct.Struct(">q")
 ACKS = ("0", "1", "all", "-1")
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
@@ -265,7 +267,13 @@ def fill(options: Options, tick: Tick) -> None:
 
     keys, values = payloads(options)
     mask = POOL - 1
-    config = options.producer_config(**{"batch.size": 1 << 20, "linger.ms": 20, "acks": "1"})
+    config = options.producer_config(acks="1")
+    # Large batches unless --batch-size / --linger-ms say otherwise: the stored batches
+    # are what the consumer then reads.
+    if options.batch_size is None:
+        config["batch.size"] = FILL_BATCH_SIZE
+    if options.linger_ms is None:
+        config["linger.ms"] = 20
     with Producer(config) as producer:
         send = producer.send
         topic = options.topic
@@ -495,7 +503,8 @@ def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 "--batch-size",
                 type=click.IntRange(min=1),
                 default=None,
-                help="Producer batch.size in bytes [default: the producer's, 16384].",
+                help="Producer batch.size in bytes [default: the producer's, 16384; "
+                "consume's fill: 1 MiB].",
             ),
             click.option(
                 "--linger-ms",
