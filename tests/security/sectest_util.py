@@ -176,6 +176,22 @@ class SecuredBroker:
         self.broker.stop()
 
 
+def await_topic_acl(secured: SecuredBroker, principal: str, topic: str) -> None:
+    """Wait until the node leading ``topic`` (partition 0) lets ``principal`` describe it:
+    nodes and the broker pick ACL changes up within a moment, not at once."""
+    node = secured.endpoints()["node0"]
+    with RawDealer(node, secured.ring.curve(principal)) as raw:
+
+        def allowed() -> bool:
+            reply = raw.request(
+                "list_offsets",
+                {"partitions": [{"topic": topic, "partition": 0, "timestamp": -1}]},
+            )
+            return reply is not None and "error" not in reply
+
+        wait_until(allowed, 10, what=f"the node loading {principal}'s ACL on {topic}")
+
+
 def start_secured_broker(
     root: Path,
     ring: KeyRing,

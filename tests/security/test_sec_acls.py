@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from sectest_util import RawDealer, unique, wait_until
+from sectest_util import RawDealer, await_topic_acl, unique, wait_until
 
 import kvlog
 from kvlog.batch import build_batch
@@ -49,17 +49,7 @@ def topics(secured: Any, ring: Any) -> type[Topics]:
             producer.send(Topics.hidden, value, partition=i % 2)
         producer.flush(30)
     # Nodes and the broker reload ACLs within a moment: wait until both see alice's.
-    node = secured.endpoints()["node0"]
-    with RawDealer(node, ring.curve("alice")) as raw:
-
-        def node_allows() -> bool:
-            reply = raw.request(
-                "list_offsets",
-                {"partitions": [{"topic": Topics.readable, "partition": 0, "timestamp": -1}]},
-            )
-            return reply is not None and "error" not in reply
-
-        wait_until(node_allows, 10, what="the node loading alice's ACLs")
+    await_topic_acl(secured, "alice", Topics.readable)
     with secured.admin("alice") as admin:
         wait_until(
             lambda: Topics.writable in admin.list_topics(), 10, what="the broker's ACL reload"

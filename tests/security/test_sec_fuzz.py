@@ -283,15 +283,6 @@ def test_garbage_on_every_socket_leaves_every_process_up(fuzz_target: Any, ring:
     _assert_still_serves(secured)
 
 
-# Handler crashes found by this fuzzer, each with a deterministic test below (xfail
-# until fixed): (file:function of the innermost frame, start of the exception line).
-KNOWN_CRASHES = {
-    ("workers/acl.py:_topics_of", "TypeError:"): "test_acl_check_of_a_non_array_field",
-    ("workers/acl.py:check", "TypeError:"): "test_acl_check_of_a_non_array_field",
-    ("workers/peer.py:request", "TypeError: keywords must be strings"): (
-        "test_forwarded_request_with_a_non_text_key"
-    ),
-}
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d ")
 _FRAME = re.compile(
     r'^\s+File "(?:.*/)?(workers/\w+\.py|ipc/\w+\.py|kvlog/\w+\.py)", '
@@ -320,15 +311,10 @@ def handler_crashes(log_text: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def is_known(crash: tuple[str, str, str]) -> bool:
-    _, frame, exc = crash
-    return any(frame == f and exc.startswith(e) for f, e in KNOWN_CRASHES)
-
-
 def test_handlers_never_crash_on_garbage(fuzz_target: Any, ring: Any) -> None:
     """Bad input gets an error reply naming what is wrong, never UNKNOWN_SERVER_ERROR (a
-    handler that raised something unexpected: a bug). Crashes already known (and pinned
-    by the xfail tests below) are left out, so this keeps finding new ones."""
+    handler that raised something unexpected: a bug). What it found so far is pinned by
+    the deterministic tests below."""
     secured = fuzz_target
     rng = random.Random(SEED + 1)
     log_start = len(secured.log_text())
@@ -348,8 +334,8 @@ def test_handlers_never_crash_on_garbage(fuzz_target: Any, ring: Any) -> None:
         return found if len(found) >= unknown_errors else None
 
     crashes = wait_until(logged, 10, what="crash tracebacks") if unknown_errors else []
-    new = sorted({c for c in crashes if not is_known(c)})
-    assert not new, f"handlers crashed on garbage ({_ctx(rng)}): {new[:10]}"
+    found = sorted(set(crashes))
+    assert not found, f"handlers crashed on garbage ({_ctx(rng)}): {found[:10]}"
 
 
 def _reply(secured: Any, ring: Any, role: str, header: dict[Any, Any]) -> dict[str, Any]:
