@@ -283,18 +283,23 @@ class RawDealer:
             out.append(self.sock.recv_multipart())
         return out
 
-    def request(
+    def call(
         self, op: str, fields: dict[str, Any] | None = None, frames=(), timeout_s: float = 5.0
-    ) -> dict[str, Any] | None:
-        """Send one request and return its reply header (None: no reply in time)."""
+    ) -> tuple[dict[str, Any], list[bytes]] | None:
+        """Send one request; its reply header and frames (None: no reply in time)."""
         rid = self.send_request(op, fields, frames)
         deadline = time.monotonic() + timeout_s
         while True:
             reply = self.recv(max(0.0, deadline - time.monotonic()))
-            if reply is None:
-                return None
-            if reply[0].get("id") == rid:
-                return reply[0]
+            if reply is None or reply[0].get("id") == rid:
+                return reply
+
+    def request(
+        self, op: str, fields: dict[str, Any] | None = None, frames=(), timeout_s: float = 5.0
+    ) -> dict[str, Any] | None:
+        """Send one request and return its reply header (None: no reply in time)."""
+        reply = self.call(op, fields, frames, timeout_s)
+        return None if reply is None else reply[0]
 
     def handshake_events(self, timeout_s: float = 0.0) -> list[int]:
         """Handshake events seen so far (waits up to ``timeout_s`` for the first)."""

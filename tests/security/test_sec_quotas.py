@@ -32,7 +32,7 @@ from sectest_util import (
 )
 
 import kvlog
-from kvlog.batch import build_batch
+from kvlog.batch import build_batch, read_header
 from kvlog.errors import ErrorCode
 from kvlog.types import TopicPartition
 
@@ -245,28 +245,32 @@ def test_throttled_fetch_replies_carry_throttle_time(quota_broker: Any, ring: An
         admin.create_topic(topic, 1)
         admin.add_acl("carol", "topic", topic, "read")
     value = b"f" * 1000
+    count = 3 * QUOTA // len(value) // 2  # 1.5 s of quota
     with kvlog.Producer(**quota_broker.config("admin", batch_size=256 << 10)) as producer:
-        for _ in range(3 * QUOTA // len(value) // 2):  # 1.5 s of quota
+        for _ in range(count):
             producer.send(topic, value)
         producer.flush(60)
     await_topic_acl(quota_broker, "carol", topic)
     replies = []
-    offset = 0
+    offset = read = 0
     with RawDealer(quota_broker.endpoints()["node0"], ring.curve("carol")) as raw:
         while True:
             fetch = {"max_wait_ms": 0, "partitions": [
                 {"topic": topic, "partition": 0, "offset": offset, "max_bytes": 256 << 10}
             ]}  # fmt: skip
             started = time.monotonic()
-            reply = raw.request("fetch", fetch, timeout_s=30)
-            assert reply is not None and "error" not in reply, reply
+            answer = raw.call("fetch", fetch, timeout_s=30)
+            assert answer is not None, "a throttled fetch was never answered"
+            reply, frames = answer
+            assert "error" not in reply, reply
             replies.append((reply, time.monotonic() - started))
             entry = reply["partitions"][0]
             assert entry["error"] == 0, entry
             if not entry["bases"]:
                 break
-            offset = entry["high_watermark"] if len(replies) > 100 else offset
-            offset = max(offset, entry["bases"][-1] + 1)
+            read += sum(read_header(frame).record_count for frame in frames)
+            offset = entry["bases"][-1] + read_header(frames[-1]).last_offset_delta + 1
+    assert read == count, "a throttled fetch lost or repeated records"
     assert all(isinstance(r.get("throttle_time_ms"), int) for r, _ in replies), replies[:3]
     throttled = [(r["throttle_time_ms"], waited) for r, waited in replies if r["throttle_time_ms"]]
     assert replies[0][0]["throttle_time_ms"] == 0, "the first second of quota is free"
