@@ -4,10 +4,12 @@ One :class:`LeaderReplica` per partition a node leads. Followers fetch from the 
 the offset a follower fetches from is its log end offset, which tells the leader how far
 it has durably written (a follower fsyncs what it appended before fetching again).
 
-- A follower is *caught up* when it fetches from the leader's log end offset. An in-sync
-  follower that has not been caught up for ``replica.lag.time.max.ms`` is proposed for
-  removal from the ISR; an out-of-sync follower that reached the high watermark is
-  proposed for re-entry. The controller decides (``alter_isr``).
+- A follower is *caught up* when it fetches from the leader's log end offset, or (under
+  steady writes, when the end keeps moving) from the end as it was at its previous fetch,
+  which makes it caught up as of that previous fetch (Kafka's rule). An in-sync follower
+  that has not been caught up for ``replica.lag.time.max.ms`` is proposed for removal
+  from the ISR; an out-of-sync follower that reached the high watermark and is caught up
+  is proposed for re-entry. The controller decides (``alter_isr``).
 - The high watermark is the smallest log end offset over the ISR *including pending
   changes* (Kafka's "maximal ISR", so it never moves past what a member being added or
   removed has not got).
@@ -41,6 +43,7 @@ class FollowerProgress:
     log_end_offset: int = -1
     last_fetch_ms: int = 0
     last_caught_up_ms: int = 0
+    last_fetch_leader_leo: int = -1  # the leader's log end offset at the previous fetch
 
 
 @dataclass
@@ -115,10 +118,13 @@ class LeaderReplica:
         progress = self.followers.get(follower)
         if progress is None:
             return False
+        if fetch_offset >= self.log_end_offset:
+            progress.last_caught_up_ms = max(progress.last_caught_up_ms, now_ms)
+        elif fetch_offset >= progress.last_fetch_leader_leo >= 0:
+            progress.last_caught_up_ms = max(progress.last_caught_up_ms, progress.last_fetch_ms)
         progress.log_end_offset = fetch_offset
         progress.last_fetch_ms = now_ms
-        if fetch_offset >= self.log_end_offset:
-            progress.last_caught_up_ms = now_ms
+        progress.last_fetch_leader_leo = self.log_end_offset
         return self.recompute_high_watermark()
 
     def recompute_high_watermark(self) -> bool:
@@ -151,7 +157,6 @@ class LeaderReplica:
                 continue
             if (
                 progress.log_end_offset >= self.high_watermark
-                and progress.log_end_offset >= self.log_end_offset
                 and now_ms - progress.last_caught_up_ms <= self.lag_time_max_ms
             ):
                 out.append(follower)

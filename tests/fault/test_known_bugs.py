@@ -73,15 +73,6 @@ def test_coordinator_restart_keeps_leaders_and_isr(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(
-    strict=True,
-    reason="workers/replication.py: a follower counts as caught up only when a fetch "
-    "arrives at the leader's current log end offset, and re-enters the ISR only if its "
-    "last fetch offset is at the current log end offset when the leader checks; under "
-    "steady writes the end has moved on by then, so a restarted follower stays out of the "
-    "ISR (fault runs: 13-60 s, twice over 30 s) and, when a commit lands between every "
-    "two fetches, in-sync followers that keep up are dropped after replica.lag.time.max.ms",
-)
 def test_followers_that_keep_up_stay_in_and_rejoin_the_isr_under_steady_writes() -> None:
     lag_ms, step_ms = 2000, 100
 
