@@ -157,6 +157,7 @@ class GroupMember:
         self.next_auto_commit = time.monotonic() + self.auto_commit_s
         self.last_committed: dict[TopicPartition, int] = {}
         self._pending: _Exchange | None = None
+        self._joined: tuple[str, int] | None = None  # (member id, generation) while syncing
         self._retry_at = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -302,6 +303,7 @@ class GroupMember:
         return any(s in COOPERATIVE for s in self.strategies if isinstance(s, str))
 
     def _start_join(self) -> None:
+        self._joined = None
         cooperative = self._cooperative()
         if not cooperative and self.owned:
             self._revoke(set(self.owned), "rebalance")
@@ -339,6 +341,10 @@ class GroupMember:
         def done(
             header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
         ) -> None:
+            if kind == "join" and header is not None and error is None:
+                # Heartbeat for the new generation at once, even before the next poll()
+                # sends SyncGroup (Kafka heartbeats through that gap too).
+                self._joined = (header.get("member_id", ""), header.get("generation", -1))
             pending.finish(header, error)
 
         self.io.submit(
@@ -396,6 +402,8 @@ class GroupMember:
         )
 
     def _on_sync_reply(self, reply: dict[str, Any]) -> None:
+        self._joined = None
+        self.lost_reason = ""  # a fresh generation: older causes no longer apply
         new = decode_assignment(reply.get("assignment") or b"")
         cooperative = self._cooperative()
         revoked = self.owned - new
@@ -448,20 +456,26 @@ class GroupMember:
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            # Keep heartbeating while a rebalance waits for the next poll(): the session
-            # must not expire before this member rejoins.
-            if self.state is not _State.STABLE:
+            # Keep heartbeating while a rebalance waits for the next poll() (the session
+            # must not expire before this member rejoins), and between the JoinGroup reply
+            # and the SyncGroup the next poll() sends.
+            joined = self._joined
+            if self.state is _State.STABLE:
+                member_id, generation = self.member_id, self.generation
+            elif self.state is _State.JOINING and joined is not None:
+                member_id, generation = joined
+            else:
                 continue
             idle_ms = (time.monotonic() - self.last_poll) * 1000
-            if idle_ms > self.max_poll_interval_ms:
+            if idle_ms > self.max_poll_interval_ms and self.state is _State.STABLE:
                 self._poll_interval_exceeded(idle_ms)
                 continue
             try:
                 self._call(
                     "heartbeat",
                     {
-                        "generation": self.generation,
-                        "member_id": self.member_id,
+                        "generation": generation,
+                        "member_id": member_id,
                         "group_instance_id": self.instance_id,
                     },
                     timeout_ms=max(1000, self.session_timeout_ms // 2),
@@ -472,6 +486,8 @@ class GroupMember:
     def _on_heartbeat_error(self, exc: KvlogError) -> None:
         if exc.code is ErrorCode.REBALANCE_IN_PROGRESS:
             self.need_rejoin = True
+        elif self.state is _State.JOINING:
+            return  # the SyncGroup reply brings the same error to poll(), which acts on it
         elif exc.code in (ErrorCode.UNKNOWN_MEMBER_ID, ErrorCode.ILLEGAL_GENERATION):
             with self._lock:
                 self.lost = set(self.owned)
