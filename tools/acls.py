@@ -20,7 +20,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from .common import Command, Group, admin_client, client_options, make_console
+from .common import Group, admin_client, client_options, make_console
 
 OPERATIONS = ("read", "write", "create", "delete", "describe", "alter")
 CLUSTER_NAME = "kvlog"  # the one cluster resource's name (workers/acl.py)
@@ -218,7 +218,7 @@ def _is_kvlog_serve(pid: int) -> bool:
     return b"serve" in argv
 
 
-@acls.command(cls=Command)
+@acls.command()
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),

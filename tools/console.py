@@ -275,6 +275,7 @@ def consume(
             ("--partition", partition is not None),
             ("--offset", offset is not None),
             ("--max-messages", max_messages is not None),
+            ("--timeout-ms", timeout_ms is not None),
         ):
             if given:
                 raise click.UsageError(f"{name} does not apply to pool mode")

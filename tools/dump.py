@@ -2,7 +2,8 @@
 
 Opens the LMDB environment read-only (LMDB readers never block the node writing it, so
 this works while the broker runs) and reads in short transactions of about 4 MiB each.
-For every partition: log start offset, high watermark, log end offset and size; for every
+For every partition: log start offset, high watermark (as last stored: a leader may
+store it a moment after acknowledging), log end offset and size; for every
 batch its header and whether its CRC32C holds; with ``--records`` every record. A batch
 that does not decode is reported and skipped, never fatal: this is a debugging tool.
 

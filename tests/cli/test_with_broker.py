@@ -320,17 +320,18 @@ def test_dump_reads_the_log_dir_while_the_broker_runs(serve: Serve) -> None:
     partitions = [x for x in lines if x["type"] == "partition"]
     batches = [x for x in lines if x["type"] == "batch"]
     records = [x for x in lines if x["type"] == "record"]
-    assert partitions == [
-        {
-            "type": "partition",
-            "topic": topic,
-            "partition": 0,
-            "log_start_offset": 0,
-            "high_watermark": 3,
-            "log_end_offset": 3,
-            "size": sum(x["size"] for x in batches),
-        }
-    ]
+    (part,) = partitions
+    # The leader stores its high watermark a moment after it acknowledges (as Kafka
+    # checkpoints it): the stored one may trail the log end here.
+    assert 2 <= part.pop("high_watermark") <= 3
+    assert part == {
+        "type": "partition",
+        "topic": topic,
+        "partition": 0,
+        "log_start_offset": 0,
+        "log_end_offset": 3,
+        "size": sum(x["size"] for x in batches),
+    }
     assert [(x["base_offset"], x["record_count"], x["crc"], x["codec"]) for x in batches] == [
         (0, 2, "ok", "none"),
         (2, 1, "ok", "none"),
@@ -342,7 +343,7 @@ def test_dump_reads_the_log_dir_while_the_broker_runs(serve: Serve) -> None:
         (2, None, "bin"),
     ]
     text = ok("dump", "--log-dir", log_dir, "--topic", topic, "--records")
-    assert f"{topic}-0: log start 0, high watermark 3" in text
+    assert f"{topic}-0: log start 0, high watermark " in text and "log end 3" in text
     assert "crc ok" in text and "key b'k1' value b'v1'" in text
     assert "no matching partitions" in ok("dump", "--log-dir", log_dir, "--topic", unique("none"))
 
