@@ -431,7 +431,7 @@ class LeaderCore:
                 continue
             state = w.offsets(tp)
             hw = min(max(replica.high_watermark, state.log_start_offset), state.log_end_offset)
-            if hw != state.high_watermark:
+            if hw > state.high_watermark:  # never lower it: this commit may have moved it
                 w.set_high_watermark(tp, hw)
 
     def flush_high_watermarks(self) -> None:
