@@ -1,0 +1,70 @@
+"""Fixtures for the broker tests: real kvlog process groups on free ports.
+
+``broker`` is module-scoped (start-up costs about a second): tests sharing it must not
+disturb it (no killing, no broker-wide config) and each uses its own topic names.
+Tests that kill processes or need a broker config start their own with ``make_broker``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from brokertest_util import pid_alive  # noqa: E402
+
+import kvlog  # noqa: E402
+
+
+def _start(data_dir: Path, config: dict[str, Any] | None) -> Any:
+    broker = kvlog.Broker(data_dir=data_dir, listen="tcp://127.0.0.1:0", config=config or {})
+    return broker.start()
+
+
+def _stop(broker: Any) -> None:
+    pids = [p["pid"] for p in broker.processes()]
+    broker.stop()
+    alive = [pid for pid in pids if pid_alive(pid)]
+    assert not alive, f"processes left behind by Broker.stop(): {alive}"
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    b = _start(tmp_path_factory.mktemp("broker"), {})
+    try:
+        yield b
+    finally:
+        _stop(b)
+
+
+@pytest.fixture(scope="module")
+def admin(broker: Any) -> Iterator[Any]:
+    a = kvlog.Admin(bootstrap_servers=broker.bootstrap)
+    try:
+        yield a
+    finally:
+        a.close()
+
+
+@pytest.fixture
+def make_broker(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start a broker of the test's own (``make_broker(config={...})``); stopped after."""
+    started: list[Any] = []
+
+    def make(config: dict[str, Any] | None = None, name: str = "data") -> Any:
+        b = _start(tmp_path / name, config)
+        started.append(b)
+        return b
+
+    try:
+        yield make
+    finally:
+        for b in started:
+            _stop(b)

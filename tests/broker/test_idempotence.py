@@ -1,0 +1,77 @@
+"""Idempotent producer against a node that loses produce replies.
+
+The broker config ``test.drop.produce.replies`` makes each node commit a produce request
+and then drop its reply, so the producer times out (request.timeout.ms) and retries the
+same batch with the same sequence: the leader must answer the retry with the original
+offset instead of storing the batch again. With idempotence off, the same fault stores a
+duplicate (the control that shows the test can fail).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from brokertest_util import read_partitions, unique_topic
+
+import kvlog
+from kvlog.types import TopicPartition
+
+FAST_RETRY = {"request_timeout_ms": 1500, "retry_backoff_ms": 20, "linger_ms": 0}
+
+
+def _setup(make_broker: Any, drops: int) -> tuple[Any, str, TopicPartition]:
+    broker = make_broker({"test.drop.produce.replies": drops})
+    topic = unique_topic("idem")
+    with kvlog.Admin(bootstrap_servers=broker.bootstrap) as admin:
+        admin.create_topic(topic, partitions=1)
+    return broker, topic, TopicPartition(topic, 0)
+
+
+def test_lost_reply_is_retried_and_stored_once(make_broker: Any) -> None:
+    broker, topic, tp = _setup(make_broker, drops=1)
+    with kvlog.Producer(bootstrap_servers=broker.bootstrap, acks="all", **FAST_RETRY) as p:
+        meta = p.send(topic, value=b"only-once", key=b"k", partition=0).get(timeout=20)
+        assert meta.offset == 0
+        assert p.metrics().get("retries", 0) >= 1, "the dropped reply was never retried"
+    records = read_partitions(broker.bootstrap, [tp])[tp]
+    assert [(r.offset, r.value) for r in records] == [(0, b"only-once")]
+    consumer = kvlog.Consumer(bootstrap_servers=broker.bootstrap)
+    try:
+        assert consumer.end_offsets([tp]) == {tp: 1}
+    finally:
+        consumer.close()
+
+
+def test_lost_reply_with_five_in_flight_keeps_order(make_broker: Any) -> None:
+    broker, topic, tp = _setup(make_broker, drops=1)
+    count = 60
+    with kvlog.Producer(
+        bootstrap_servers=broker.bootstrap,
+        acks="all",
+        max_in_flight_requests_per_connection=5,
+        batch_size=64,  # about one record per batch: many requests in flight
+        **FAST_RETRY,
+    ) as p:
+        futures = [p.send(topic, value=b"%04d" % i, partition=0) for i in range(count)]
+        p.flush(30)
+        offsets = [f.get(timeout=0).offset for f in futures]
+        assert p.metrics().get("retries", 0) >= 1
+        assert p.metrics().get("batches", 0) > 10, "records were not spread over batches"
+    assert offsets == list(range(count)), "acknowledged offsets are not in send order"
+    records = read_partitions(broker.bootstrap, [tp])[tp]
+    assert [r.value for r in records] == [b"%04d" % i for i in range(count)]
+    assert [r.offset for r in records] == list(range(count))
+
+
+@pytest.mark.parametrize("drops", [1])
+def test_without_idempotence_a_lost_reply_duplicates(make_broker: Any, drops: int) -> None:
+    """The control: the same fault with enable_idempotence=False stores the record twice,
+    so the tests above would notice if the leader's duplicate check stopped working."""
+    broker, topic, tp = _setup(make_broker, drops=drops)
+    with kvlog.Producer(
+        bootstrap_servers=broker.bootstrap, acks="all", enable_idempotence=False, **FAST_RETRY
+    ) as p:
+        p.send(topic, value=b"twice", partition=0).get(timeout=20)
+    records = read_partitions(broker.bootstrap, [tp])[tp]
+    assert [r.value for r in records] == [b"twice", b"twice"]
