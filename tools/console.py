@@ -34,7 +34,9 @@ def _separator(value: str | None) -> bytes | None:
         return None
     if not value:
         raise click.BadParameter("the separator must not be empty", param_hint="--key-separator")
-    return value.encode().decode("unicode_escape").encode()
+    if "\\" in value:  # typed escapes such as \t; other text (even non-ASCII) as is
+        value = value.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    return value.encode()
 
 
 # -- produce -----------------------------------------------------------------------------------

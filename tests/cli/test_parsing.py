@@ -227,3 +227,13 @@ def test_unknown_client_setting_names_the_closest(tmp_path: Path) -> None:
 
 def test_parse_pairs() -> None:
     assert parse_pairs(("a=1", "b==2", "c="), "--config") == {"a": "1", "b": "=2", "c": ""}
+
+
+def test_key_separator_escapes() -> None:
+    from kvlog.tools.console import _separator
+
+    assert _separator("\\t") == b"\t"
+    assert _separator("\t") == b"\t"
+    assert _separator("::") == b"::"
+    assert _separator("→") == "→".encode()
+    assert _separator(None) is None
