@@ -127,14 +127,16 @@ class Ledger:
         with self._lock:
             return sum(1 for a in self.acked.values() if start <= a.at < end)
 
-    def error_examples(self, limit: int = MAX_EXAMPLES) -> list[str]:
-        """One failure per distinct message (numbers blanked), oldest first."""
+    def error_examples(self, t0: float = 0.0, limit: int = MAX_EXAMPLES) -> list[str]:
+        """One failure per distinct message (numbers blanked), oldest first, with its
+        time since ``t0`` (a time.monotonic())."""
         out: dict[str, str] = {}
         with self._lock:
             for rid, f in sorted(self.failed.items(), key=lambda kv: kv[1].at):
                 shape = re.sub(r"\d+", "#", f.error)
                 if shape not in out and len(out) < limit:
-                    out[shape] = f"{rid} partition {f.partition}: {f.error}"
+                    when = f"t={f.at - t0:.2f} s " if t0 else ""
+                    out[shape] = f"{when}{rid} partition {f.partition}: {f.error}"
         return list(out.values())
 
     def error_kinds(self) -> Counter[str]:

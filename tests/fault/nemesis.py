@@ -230,7 +230,11 @@ class Nemesis(threading.Thread):
         self.kills: list[Kill] = []
         self.episode: DiskEpisode | None = None
         self.events: list[tuple[float, str]] = []
-        self.liveness: list[str] = []  # the cluster did not recover in time
+        self.liveness: list[str] = []  # failures: a process not back, a disk never "full"
+        # Recoveries slower than health_timeout_s: reported, not failed (the final settle
+        # decides); under steady writes a restarted follower can take long to rejoin the
+        # ISR (test_followers_that_keep_up_stay_in_and_rejoin_the_isr_under_steady_writes).
+        self.slow: list[str] = []
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self._unsettled: list[Kill] = []  # kills the cluster is not yet whole after
@@ -262,7 +266,7 @@ class Nemesis(threading.Thread):
                 self.disk_episode()
             why = self.wait_whole(self.health_timeout_s)
             if why is not None:
-                self.liveness.append(
+                self.slow.append(
                     f"not whole {self.health_timeout_s:.0f} s after the last fault: {why}"
                 )
         except BaseException as exc:
@@ -313,11 +317,11 @@ class Nemesis(threading.Thread):
         if role == "node":
             why = self.wait_whole(self.health_timeout_s)
             if why is not None:
-                self.liveness.append(
+                self.slow.append(
                     f"t={self.now():.2f} s: not whole {self.health_timeout_s:.0f} s after the "
                     f"last fault ({why}); killing the broker instead of node {node_id}"
                 )
-                self.say(self.liveness[-1])
+                self.say(self.slow[-1])
                 role, node_id = "broker", None
         child = self.cluster.child(role, node_id)
         led = self.cluster.led_by(node_id) if role == "node" and node_id is not None else []
@@ -332,8 +336,15 @@ class Nemesis(threading.Thread):
         self._unsettled.append(kill)
         started = time.monotonic()
         deadline = started + self.health_timeout_s
+        # Back means serving (it answers a ping), not merely spawned: a process killed
+        # during its start-up is another fault (test_supervisor_survives_a_death_during_
+        # start_up), which this nemesis leaves to that test.
         while time.monotonic() < deadline:
             if child.pid != pid and child.process is not None and child.process.is_alive():
+                try:
+                    blocking_call(child.endpoint, "ping", {}, timeout_s=0.5)
+                except KvlogError:
+                    continue
                 kill.back_after_s = time.monotonic() - started
                 break
             time.sleep(0.02)
@@ -347,7 +358,7 @@ class Nemesis(threading.Thread):
     def disk_episode(self) -> None:
         why = self.wait_whole(self.health_timeout_s)
         if why is not None:
-            self.liveness.append(f"t={self.now():.2f} s: not whole before the disk episode: {why}")
+            self.slow.append(f"t={self.now():.2f} s: not whole before the disk episode: {why}")
         node_id = self.disk_node
         child = self.cluster.child("node", node_id)
         ep = self.episode = DiskEpisode(node_id, child.pid)
@@ -388,7 +399,7 @@ class Nemesis(threading.Thread):
         if why is None:
             ep.recovered_after_s = time.monotonic() - restored
         else:
-            self.liveness.append(f"node {node_id} did not recover from its full log dir: {why}")
+            self.slow.append(f"node {node_id} not back in every ISR 40 s after the restore: {why}")
         if offline_at is None:
             self.liveness.append(f"node {node_id} never went offline with its log dir full")
         elif self.ledger is not None:
@@ -430,6 +441,7 @@ class Outcome:
     run_s: float
     error_examples: list[str] = field(default_factory=list)
     liveness: list[str] = field(default_factory=list)
+    slow: list[str] = field(default_factory=list)
     events: list[tuple[float, str]] = field(default_factory=list)
 
     @property
@@ -443,6 +455,19 @@ class Outcome:
             if k.role == "node" and k.led:
                 out["node (leading)"] += 1
         return dict(out)
+
+    def recovery_times(self) -> dict[str, float]:
+        """From a node's SIGKILL until every partition had its full ISR again."""
+        times = sorted(
+            k.whole_after_s for k in self.kills if k.role == "node" and k.whole_after_s >= 0
+        )
+        if not times:
+            return {}
+        return {
+            "median": round(times[len(times) // 2], 2),
+            "p90": round(times[int(len(times) * 0.9)], 2),
+            "max": round(times[-1], 2),
+        }
 
     def figures(self) -> dict[str, Any]:
         v = self.verdict
@@ -459,6 +484,8 @@ class Outcome:
             "reordered": v.reordered,
             "replicas_identical": v.replicas_identical,
             "consumer_coverage": f"{v.consumer_seen}/{v.acknowledged}",
+            "node_kill_to_whole_s": self.recovery_times(),
+            "slow_recoveries": len(self.slow),
             "run_s": round(self.run_s, 1),
         }
 
@@ -477,6 +504,9 @@ class Outcome:
         if self.liveness:
             lines.append("liveness problems:")
             lines.extend(f"  {x}" for x in self.liveness)
+        if self.slow:
+            lines.append("slow recoveries (not failures):")
+            lines.extend(f"  {x}" for x in self.slow)
         lines.append("events:")
         lines.extend(f"  t={at:7.2f} s  {text}" for at, text in self.events)
         return "\n".join(lines)
@@ -616,15 +646,16 @@ def run_scenario(data_dir: Path, s: Scenario) -> Outcome:
         consumer_errors.update(c.errors)
     assert nemesis is not None
     return Outcome(
-        s,
-        verdict,
-        nemesis.kills,
-        nemesis.episode,
-        ledger.sent,
-        ledger.error_kinds(),
-        consumer_errors,
-        time.monotonic() - t0,
-        ledger.error_examples(),
-        liveness + nemesis.liveness,
-        sorted(nemesis.events + events),
+        scenario=s,
+        verdict=verdict,
+        kills=nemesis.kills,
+        episode=nemesis.episode,
+        sent=ledger.sent,
+        error_kinds=ledger.error_kinds(),
+        consumer_errors=consumer_errors,
+        run_s=time.monotonic() - t0,
+        error_examples=ledger.error_examples(t0),
+        liveness=liveness + nemesis.liveness,
+        slow=nemesis.slow,
+        events=sorted(nemesis.events + events),
     )
