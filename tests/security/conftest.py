@@ -18,7 +18,12 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from sectest_util import KeyRing, SecuredBroker, pid_alive, start_secured_broker  # noqa: E402
+from sectest_util import (  # noqa: E402
+    KeyRing,
+    SecuredBroker,
+    start_secured_broker,
+    stop_and_check,
+)
 
 PRINCIPALS = ("admin", "alice", "bob", "carol")
 
@@ -30,13 +35,6 @@ def ring(tmp_path_factory: pytest.TempPathFactory) -> KeyRing:
         keys.create(name)
     keys.create("mallory", authorize=False)
     return keys
-
-
-def stop_and_check(secured: SecuredBroker) -> None:
-    pids = list(secured.pids().values())
-    secured.stop()
-    left = [pid for pid in pids if pid_alive(pid)]
-    assert not left, f"processes left behind by Broker.stop(): {left}"
 
 
 @pytest.fixture(scope="module")

@@ -215,6 +215,14 @@ def start_secured_broker(
     return SecuredBroker(broker, ring, log_path)
 
 
+def stop_and_check(secured: SecuredBroker) -> None:
+    """Stop the broker; every one of its processes must be gone afterwards."""
+    pids = list(secured.pids().values())
+    secured.stop()
+    left = [pid for pid in pids if pid_alive(pid)]
+    assert not left, f"processes left behind by Broker.stop(): {left}"
+
+
 def pid_alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import stop_and_check
 from sectest_util import (
     HERE,
     RawDealer,
     await_topic_acl,
     start_secured_broker,
+    stop_and_check,
     unique,
 )
 
