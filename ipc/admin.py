@@ -198,7 +198,6 @@ class Admin(_AdminGroupsAndAcls):
             f"by murmur2(key) % {count} from now on, so most keys map to a different "
             "partition than before and per-key order across the change is not guaranteed"
         )
-        log.warning(message)
         warnings.warn(message, PartitionMappingWarning, stacklevel=2)
         return old
 
@@ -218,8 +217,10 @@ class Admin(_AdminGroupsAndAcls):
     def describe_topic(self, name: str) -> TopicDescription:
         reply = self._metadata([name])
         entry = next((t for t in reply["topics"] if t["name"] == name), None)
-        if entry is None or entry.get("error"):
+        if entry is None:
             raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
+        if entry.get("error"):
+            raise error_from_code(entry["error"], entry.get("message"))
         overrides = dict(entry.get("config") or {})
         return TopicDescription(
             name=name,

@@ -262,6 +262,10 @@ class Consumer:
             if topics is None:
                 return
             missing = [t for t in topics if t in self.metadata.missing]
+            for topic in missing:
+                refused = self.metadata.topic_error(topic)
+                if refused is not None:
+                    raise refused
             if missing:
                 raise UnknownTopicOrPartitionError(
                     f"topic(s) {', '.join(missing)} do not exist; create them first"

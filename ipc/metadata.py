@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvlog.errors import ErrorCode, KvlogError, error_from_code
 from kvlog.types import TopicPartition
 
 
@@ -41,11 +42,15 @@ class ClusterMetadata:
         self._lock = threading.Condition()
         self.topics: dict[str, TopicInfo] = {}
         self.missing: set[str] = set()
+        # Topics the broker answered with an error other than "does not exist" (e.g. not
+        # authorized): (code, message).
+        self.topic_errors: dict[str, tuple[int, str]] = {}
         self.nodes: dict[int, str] = {}
         self.coordinator: str | None = None
         self.version = -1
         self.updated_at = 0.0
         self.stale = True
+        self.fatal_error: KvlogError | None = None  # e.g. the handshake was refused
 
     def update(self, reply: dict[str, Any], *, requested: list[str] | None = None) -> None:
         with self._lock:
@@ -58,11 +63,15 @@ class ClusterMetadata:
             for entry in reply.get("topics", []):
                 name = entry["name"]
                 seen.add(name)
-                if entry.get("error"):
+                code = entry.get("error", 0)
+                if code:
                     self.topics.pop(name, None)
                     self.missing.add(name)
+                    if code != int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION):
+                        self.topic_errors[name] = (code, entry.get("message") or "")
                     continue
                 self.missing.discard(name)
+                self.topic_errors.pop(name, None)
                 self.topics[name] = TopicInfo(
                     name=name,
                     topic_id=entry.get("topic_id", ""),
@@ -85,7 +94,21 @@ class ClusterMetadata:
                         del self.topics[name]
             self.updated_at = time.monotonic()
             self.stale = False
+            self.fatal_error = None
             self._lock.notify_all()
+
+    def topic_error(self, topic: str) -> KvlogError | None:
+        """The error the broker gave for this topic (other than "does not exist")."""
+        found = self.topic_errors.get(topic)
+        return None if found is None else error_from_code(found[0], found[1] or None)
+
+    def failed(self, error: KvlogError) -> None:
+        """A metadata request failed; a fatal failure wakes whoever waits for metadata."""
+        with self._lock:
+            self.stale = True
+            if not error.retriable:
+                self.fatal_error = error
+                self._lock.notify_all()
 
     def mark_stale(self) -> None:
         with self._lock:
@@ -95,7 +118,7 @@ class ClusterMetadata:
         """Block until an update newer than ``since`` (monotonic) or the timeout."""
         deadline = time.monotonic() + timeout_s
         with self._lock:
-            while self.updated_at <= since:
+            while self.updated_at <= since and self.fatal_error is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

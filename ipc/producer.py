@@ -143,6 +143,8 @@ class Producer:
             if key_bytes is None and self._sticky.get(topic) == partition:
                 self._next_sticky(topic, count, partition)
             self._io.wake()
+        elif delta == 0:
+            self._io.wake()  # a new batch: the sender must start its linger.ms clock now
         return FutureRecordMetadata(
             future,
             delta,
@@ -202,7 +204,6 @@ class Producer:
                 p = partition_for_key(k, count) if k is not None else -1
                 groups.setdefault(p, []).append(i)
         segments: list[tuple[int, list[int], BatchFuture, int]] = []
-        woke = False
         for p, idxs in groups.items():
             rest = idxs
             while rest:
@@ -214,15 +215,12 @@ class Producer:
                 for future, delta, n, filled in landed:
                     segments.append((target, rest[placed : placed + n], future, delta))
                     placed += n
-                    if filled:
-                        woke = True
-                        if p == -1:
-                            # Sticky partitioning: a full batch moves unkeyed records on.
-                            self._next_sticky(topic, count, target)
-                            break
+                    if filled and p == -1:
+                        # Sticky partitioning: a full batch moves unkeyed records on.
+                        self._next_sticky(topic, count, target)
+                        break
                 rest = rest[placed:]
-        if woke:
-            self._io.wake()
+        self._io.wake()  # full batches go now; new ones start their linger.ms clock
         return BatchSendResult(topic, ts, len(vs), segments)
 
     def _partitions_of(self, topic: str) -> list[TopicPartition]:
@@ -264,7 +262,12 @@ class Producer:
             count = self.metadata.partition_count(topic)
             if count is not None:
                 return count
+            if self.metadata.fatal_error is not None:
+                raise self.metadata.fatal_error
             if topic in self.metadata.missing and self.metadata.updated_at > since:
+                refused = self.metadata.topic_error(topic)
+                if refused is not None:
+                    raise refused
                 raise UnknownTopicOrPartitionError(
                     f"topic {topic!r} does not exist; create it first (kvlog topics create "
                     f"{topic}, or Admin.create_topic)"
@@ -407,6 +410,8 @@ class Sender:
                 self._bootstrap_index += 1
                 self._metadata_retry_at = time.monotonic() + self.backoff_s
                 log.debug("metadata request failed: %s", error)
+                if error is not None:
+                    self.metadata.failed(error)
                 return
             self.metadata.update(header, requested=topics)
             with self._wanted_lock:

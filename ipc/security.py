@@ -23,7 +23,8 @@ import zmq.auth
 
 from kvlog.errors import InvalidConfigError
 
-_META_LINE = re.compile(r'^\s+([\w.-]+)\s*=\s*"(.*)"\s*$')
+# pyzmq writes `name = value` in some versions and `name = "value"` in others.
+_META_LINE = re.compile(r'^\s+([\w.-]+)\s*=\s*"?(.*?)"?\s*$')
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,22 @@ def generate_keys(directory: str | os.PathLike[str], name: str) -> tuple[Path, P
     folder.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(folder, name, metadata={"principal": name})
     os.chmod(secret, 0o600)
+    _ensure_principal(Path(public), name)
     return Path(public), Path(secret)
+
+
+def _ensure_principal(path: Path, name: str) -> None:
+    """Put the principal into the public key file too (pyzmq writes it only into the
+    secret one), so an authorized-keys directory of public files names its principals."""
+    if certificate_metadata(path).get("principal") == name:
+        return
+    lines = path.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip() == "curve")
+    block = ["metadata", f'    principal = "{name}"']
+    if any(line.strip() == "metadata" for line in lines):
+        at = next(i for i, line in enumerate(lines) if line.strip() == "metadata") + 1
+        block = [f'    principal = "{name}"']
+    path.write_text("\n".join([*lines[:at], *block, *lines[at:]]) + "\n")
 
 
 def certificate_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

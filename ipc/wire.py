@@ -18,6 +18,7 @@ import cbor2
 
 from kvlog.errors import (
     ErrorCode,
+    InvalidConfigError,
     InvalidRequestError,
     KvlogError,
     UnsupportedVersionError,
@@ -39,10 +40,14 @@ def normalize_endpoint(address: str) -> str:
     if "://" in address:
         scheme = address.split("://", 1)[0]
         if scheme not in ("tcp", "ipc", "inproc"):
-            raise ValueError(f"unsupported endpoint scheme in {address!r}: use tcp:// or ipc://")
+            raise InvalidConfigError(
+                f"unsupported endpoint scheme in {address!r}: use tcp:// or ipc://"
+            )
         return address
     if ":" not in address:
-        raise ValueError(f"endpoint {address!r} needs a port (host:port) or a scheme (ipc://path)")
+        raise InvalidConfigError(
+            f"endpoint {address!r} needs a port (host:port) or a scheme (ipc://path)"
+        )
     return "tcp://" + address
 
 
@@ -65,7 +70,7 @@ def split_bootstrap(servers: str | Sequence[str]) -> list[str]:
     items = servers.split(",") if isinstance(servers, str) else list(servers)
     out = [normalize_endpoint(s) for s in items if s.strip()]
     if not out:
-        raise ValueError("bootstrap.servers is empty: give host:port of a kvlog broker")
+        raise InvalidConfigError("bootstrap.servers is empty: give host:port of a kvlog broker")
     return out
 
 

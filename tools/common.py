@@ -140,14 +140,15 @@ def load_client_config(path: Path | None) -> dict[str, Any]:
 
 
 def check_endpoint(value: str, what: str) -> str:
+    from kvlog.errors import InvalidConfigError
     from kvlog.ipc.wire import normalize_endpoint
 
     try:
         for part in value.split(","):
             if part.strip():
                 normalize_endpoint(part)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=what) from None
+    except InvalidConfigError as exc:
+        raise click.BadParameter(exc.message, param_hint=what) from None
     return value
 
 

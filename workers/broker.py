@@ -189,6 +189,8 @@ class BrokerServer(Server):
                 self.reply_error(peer, req.id, error)
                 return
             body = {k: v for k, v in header.items() if k not in ("v", "id")}
+            if req.op.startswith("acl_"):
+                self.refresh_acls()  # this broker applies the change before it answers
             version = body.get("version", -1)
             if isinstance(version, int) and version > self.version:
                 deadline = time.monotonic() + self.settings.cache_catch_up_ms / 1000

@@ -56,10 +56,15 @@ class SecuritySettings:
             raise InvalidConfigError(
                 f"{self.server_secret_key} holds no secret key: pass the server's .key_secret"
             )
-        if not self.authorized_keys or not Path(self.authorized_keys).is_dir():
+        if not self.authorized_keys:
             raise InvalidConfigError(
-                f"--curve-authorized-keys {self.authorized_keys!r} must be a directory of "
-                "client .key files"
+                "--curve-secret-key needs --curve-authorized-keys DIR: the directory of the "
+                "client public keys (.key files) allowed in"
+            )
+        if not Path(self.authorized_keys).is_dir():
+            raise InvalidConfigError(
+                f"--curve-authorized-keys {self.authorized_keys} is not a directory of client "
+                ".key files"
             )
 
 
