@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from checker import (
     Ack,
     Failure,
@@ -21,6 +22,8 @@ from kvlog import batch as batch_format
 from kvlog.lmdb_store import LogDir
 from kvlog.partitioner import partition_for_key
 from kvlog.types import TopicPartition
+
+pytestmark = pytest.mark.timeout(30)
 
 
 def _batch(values: list[bytes]) -> bytes:
