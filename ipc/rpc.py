@@ -213,6 +213,25 @@ class IOThread:
                     "another security_protocol (curve or plaintext) or other keys"
                 )
             self._fail_endpoint(endpoint, UnauthenticatedError(reason))
+            # libzmq never reconnects after a failed handshake: start afresh next time
+            # (the key may have been authorized meanwhile).
+            self._drop_socket(endpoint)
+            return
+
+    def _drop_socket(self, endpoint: str) -> None:
+        sock = self._sockets.pop(endpoint, None)
+        if sock is None:
+            return
+        self._by_socket.pop(sock, None)
+        for monitor, ep in list(self._monitors.items()):
+            if ep == endpoint:
+                del self._monitors[monitor]
+                self._poller.unregister(monitor)
+                monitor.close(linger=0)
+        self._poller.unregister(sock)
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disable_monitor()
+        sock.close(linger=0)
 
     def _fail_endpoint(self, endpoint: str, error: KvlogError) -> None:
         for rid in [r for r, p in self._pending.items() if p.endpoint == endpoint]:
@@ -232,7 +251,10 @@ class IOThread:
         rid = next(self._ids)
         header = wire.request_header(op, rid, **fields)
         try:
-            self.socket_for(endpoint).send_multipart([wire.encode(header), *frames])
+            # Never block the I/O thread: a socket with no usable connection refuses at once.
+            self.socket_for(endpoint).send_multipart(
+                [wire.encode(header), *frames], flags=zmq.NOBLOCK
+            )
         except zmq.ZMQError as exc:
             if callback is not None:
                 callback(None, [], NetworkError(f"cannot send {op} to {endpoint}: {exc}"))
@@ -261,7 +283,7 @@ class IOThread:
                         continue
                     if sock in self._monitors:
                         self._read_monitor(sock)
-                    else:
+                    elif sock in self._by_socket:  # not dropped by a monitor event just now
                         self._read_replies(sock)
                 self._drain_inbox()
                 now = time.monotonic()

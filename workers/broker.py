@@ -137,8 +137,8 @@ class BrokerServer(Server):
                 for name in wanted
             ]
         if self.security is not None:
-            topics = [self._visible(t) for t in topics]
-            topics = [t for t in topics if t is not None]
+            visible = [self._visible(t, by_name=names is not None) for t in topics]
+            topics = [t for t in visible if t is not None]
         return {
             "version": self.version,
             "nodes": self.cache["nodes"],
@@ -146,13 +146,13 @@ class BrokerServer(Server):
             "coordinator": self.settings.coordinator,
         }
 
-    def _visible(self, topic: dict[str, Any]) -> dict[str, Any] | None:
+    def _visible(self, topic: dict[str, Any], *, by_name: bool) -> dict[str, Any] | None:
         """Topics the principal may not describe: left out of a full listing, an
         authorization error when asked for by name (Kafka's behaviour)."""
         assert self.security is not None
         if self.security.authorizer.allowed(self.principal, "topic", topic["name"], "describe"):
             return topic
-        if topic.get("error") == int(UnknownTopicOrPartitionError.code) or "topic_id" in topic:
+        if by_name:
             return {
                 "name": topic["name"],
                 "error": int(TopicAuthorizationFailedError.code),

@@ -56,6 +56,9 @@ def process_main(role: str, settings: dict[str, Any], conn: Any) -> None:
     # A file-size limit (RLIMIT_FSIZE) must fail the write (EFBIG -> STORAGE_ERROR, the log
     # dir goes offline), not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # Until the server is up a reload means nothing (it reads the keys when it starts);
+    # the default action would kill the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     def should_stop() -> bool:
         return stop.is_set() or os.getppid() != parent

@@ -110,6 +110,7 @@ class ServerSecurity:
                 continue
             principals[keys.public] = keys.principal
         self.principals = principals
+        self._authorized = set(principals.values())
         self.auth.configure_curve_callback(domain=ZAP_DOMAIN.decode(), credentials_provider=self)
         log.info("authorized %d client key(s) from %s", len(principals) - 1, folder)
         return len(principals) - 1
@@ -127,6 +128,10 @@ class ServerSecurity:
                 self.settings.authorized_keys,
             )
         return False
+
+    def still_authorized(self, principal: str) -> bool:
+        """False for a principal whose every key was removed since its handshake."""
+        return principal in self._authorized
 
     # -- sockets ---------------------------------------------------------------------------
 

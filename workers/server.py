@@ -26,6 +26,7 @@ from kvlog.errors import (
     AuthorizationError,
     InvalidRequestError,
     KvlogError,
+    UnauthenticatedError,
     UnknownServerError,
     UnsupportedVersionError,
 )
@@ -171,6 +172,12 @@ class Server:
                     # ZAP put the authenticated principal on every message of the connection.
                     principal = frames[-1].get("User-Id") or "unknown"
                     parts = [f.bytes for f in frames]
+                    if not self.security.still_authorized(principal):
+                        # ZAP checks keys only at the handshake; a key removed since then
+                        # must not keep its connection's rights.
+                        self.principal = principal
+                        self._refuse_revoked(parts, principal)
+                        continue
                 else:
                     parts = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=True)
                     principal = INTERNAL_PRINCIPAL
@@ -178,6 +185,19 @@ class Server:
                 return
             self.principal = principal
             self.dispatch(parts)
+
+    def _refuse_revoked(self, parts: list[bytes], principal: str) -> None:
+        request_id = None
+        with contextlib.suppress(KvlogError):
+            request_id = wire.peek_id(wire.decode_header(parts[1])) if len(parts) > 1 else None
+        self.reply_error(
+            parts[0],
+            request_id,
+            UnauthenticatedError(
+                f"principal {principal!r} is no longer authorized (its key was removed); "
+                "reconnect with an authorized key"
+            ),
+        )
 
     def dispatch(self, parts: list[bytes]) -> None:
         """Handle one ROUTER message ``[peer, header, *frames]``; never raises."""

@@ -18,7 +18,7 @@ from sectest_util import RawDealer, unique, wait_until
 
 import kvlog
 from kvlog.batch import build_batch
-from kvlog.errors import KafkaTimeoutError, NetworkError, UnauthenticatedError
+from kvlog.errors import UnauthenticatedError
 from kvlog.types import TopicPartition
 
 FAST_S = 5.0  # "at once": well under any request timeout (request.timeout.ms is 30 s)
@@ -121,15 +121,6 @@ def test_unknown_key_cannot_list_topics(secured: Any, topic: str) -> None:
         assert time.monotonic() - started < FAST_S
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(KafkaTimeoutError, NetworkError),
-    reason="BUG ipc/rpc.py IOThread: libzmq drops a connection whose handshake failed and "
-    "never reconnects, but the client keeps the dead DEALER; its next request blocks the "
-    "I/O thread in send_multipart for good, so every later call times out (or, when the "
-    "late DISCONNECTED monitor event lands after it was queued, fails with a NetworkError "
-    "promising a reconnect that never comes)",
-)
 def test_refused_client_keeps_failing_at_once(secured: Any, topic: str) -> None:
     with secured.admin("mallory", request_timeout_ms=1000) as admin:
         with pytest.raises(UnauthenticatedError):
@@ -171,13 +162,6 @@ def test_unknown_key_cannot_join_a_group(secured: Any, topic: str) -> None:
     assert group not in _groups(secured)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KafkaTimeoutError,
-    reason="BUG ipc/producer.py _Sender._refresh_metadata: a refused handshake "
-    "(UnauthenticatedError) is treated as retriable, so send() blocks for max.block.ms "
-    "and raises KafkaTimeoutError instead of UnauthenticatedError",
-)
 def test_unauthenticated_producer_fails_at_once(secured: Any, topic: str) -> None:
     # (A plaintext producer takes the same path and fails the same way.)
     with kvlog.Producer(**secured.config("mallory"), max_block_ms=2000) as producer:
