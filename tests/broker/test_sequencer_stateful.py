@@ -8,16 +8,16 @@ with the real ``check_sequence`` / ``after_append`` of kvlog/producer_state.py.
 
 The network delivers requests and replies in order (one connection) but may lose any of
 them; a request may time out while it is still on its way (the leader then still
-appends it); the leader may answer with a retriable error without appending; some
-batches are poison (the leader always rejects them as too large); any batch may pass
-its delivery timeout.
+appends it); the leader may answer with a retriable error, or reject an attempt with a
+fatal error, without appending; some batches are poison (the leader always rejects them
+as too large); time passes delivery timeouts in creation order.
 
 Safety, after every step: no record is stored twice; stored records are in send order;
 an acknowledged batch is stored exactly at the offset it was acknowledged with; a batch
-fails only if it was poison or passed its delivery timeout (so the leader's sequence
-errors reach a final failure only where the sequencer was told to give up); nothing is
-ever stored for a poison batch. Liveness, at the end: with the faults stopped, every
-batch reaches a final verdict (no deadlock).
+fails only if the leader rejected it (poison, or a fatal rejection of one attempt) or it
+passed its delivery timeout, so the leader's sequence errors never end in a failure the
+sequencer could have ridden over; nothing is ever stored for a poison batch. Liveness,
+at the end: with the faults stopped, every batch reaches a final verdict (no deadlock).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class Batch:
         self.producer_epoch = -1
         self.encoded: bytes | None = None
         self.poison = poison
+        self.rejected = False  # the leader refused an attempt with a fatal error
         self.past_deadline = False
         self.verdict: str | None = None  # "done" / "fail"
         self.acked_offset = -1
@@ -232,6 +233,16 @@ class SequencerMachine(RuleBasedStateMachine):
         )
 
     @precondition(lambda self: self.requests)
+    @rule()
+    def leader_rejects_fatally(self) -> None:
+        """A fatal rejection of any attempt, before the sequence check (as when the
+        topic's max.message.bytes was lowered meanwhile): nothing is appended."""
+        request = self.requests.pop(0)
+        request.batch.rejected = True
+        error = MessageSizeTooLargeError("batch exceeds max.message.bytes")
+        self.replies.append((request.attempt, error, -1))
+
+    @precondition(lambda self: self.requests)
     @rule(data=st.data())
     def lose_request(self, data: st.DataObject) -> None:
         self.requests.pop(data.draw(st.integers(0, len(self.requests) - 1)))
@@ -267,10 +278,12 @@ class SequencerMachine(RuleBasedStateMachine):
     @invariant()
     def batches_fail_only_when_poison_or_out_of_time(self) -> None:
         for batch in self.batches:
-            if batch.verdict == "fail" and not (batch.poison or batch.past_deadline):
+            if batch.verdict == "fail" and not (
+                batch.poison or batch.rejected or batch.past_deadline
+            ):
                 raise AssertionError(
-                    f"{batch} failed with {batch.fail_error!r} though it was neither "
-                    "rejected as poison nor past its delivery timeout"
+                    f"{batch} failed with {batch.fail_error!r} though the leader never "
+                    "rejected it and it was not past its delivery timeout"
                 )
 
     @invariant()
