@@ -64,6 +64,39 @@ def test_lost_reply_with_five_in_flight_keeps_order(make_broker: Any) -> None:
     assert [r.offset for r in records] == list(range(count))
 
 
+def test_many_lost_replies_over_many_partitions(make_broker: Any) -> None:
+    """Ten dropped replies (several in flight at once) across four partitions of keyed
+    records: every record stored once, in send order per partition, none failed."""
+    broker = make_broker({"test.drop.produce.replies": 10})
+    topic = unique_topic("idem-many")
+    with kvlog.Admin(bootstrap_servers=broker.bootstrap) as admin:
+        admin.create_topic(topic, partitions=4)
+    count = 2000
+    with kvlog.Producer(
+        bootstrap_servers=broker.bootstrap,
+        acks="all",
+        batch_size=100,
+        request_timeout_ms=1000,
+        retry_backoff_ms=10,
+        linger_ms=0,
+    ) as p:
+        futures = [p.send(topic, value=b"%05d" % i, key=b"k%d" % (i % 13)) for i in range(count)]
+        p.flush(60)
+        assert [f.exception(0) for f in futures if f.exception(0) is not None] == []
+        assert p.metrics().get("retries", 0) >= 10
+    tps = [TopicPartition(topic, n) for n in range(4)]
+    read = read_partitions(broker.bootstrap, tps)
+    stored = [r.value for tp in tps for r in read[tp]]
+    assert sorted(stored) == [b"%05d" % i for i in range(count)]
+    for tp in tps:
+        values = [r.value for r in read[tp]]
+        assert values == sorted(values), f"{tp}: out of send order"
+    by_offset = {(tp.partition, r.offset): r.value for tp in tps for r in read[tp]}
+    for i, future in enumerate(futures):  # each acknowledged offset holds its own record
+        meta = future.get(0)
+        assert by_offset[(meta.partition, meta.offset)] == b"%05d" % i
+
+
 @pytest.mark.parametrize("drops", [1])
 def test_without_idempotence_a_lost_reply_duplicates(make_broker: Any, drops: int) -> None:
     """The control: the same fault with enable_idempotence=False stores the record twice,
