@@ -26,6 +26,7 @@ from typing import Any
 from kvlog import batch as batch_format
 from kvlog.errors import (
     InvalidPartitionsError,
+    InvalidTimestampError,
     KafkaTimeoutError,
     KvlogError,
     ProducerClosedError,
@@ -47,6 +48,7 @@ from .serializers import serializer
 from .wire import split_bootstrap
 
 log = logging.getLogger(__name__)
+_INT64_MAX = (1 << 63) - 1
 
 __all__ = ["BatchSendResult", "Producer", "RecordMetadata"]
 
@@ -135,7 +137,7 @@ class Producer:
             partition = partition_for_key(key_bytes, count)
         else:
             partition = self._sticky_partition(topic, count)
-        ts = time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
+        ts = time_ns() // 1_000_000 if timestamp_ms is None else _check_timestamp(timestamp_ms)
         future, delta, filled = self._accumulator.append(
             tps[partition], ts, key_bytes, value_bytes, header_list, monotonic()
         )
@@ -193,7 +195,7 @@ class Producer:
             raise InvalidPartitionsError(
                 f"partition {partition} does not exist: topic {topic!r} has {count}"
             )
-        ts = time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
+        ts = time_ns() // 1_000_000 if timestamp_ms is None else _check_timestamp(timestamp_ms)
         now = monotonic()
         # Caller indices per partition; -1 collects unkeyed records for the sticky one.
         groups: dict[int, list[int]] = {}
@@ -319,6 +321,22 @@ class Producer:
 
     def metrics(self) -> dict[str, Any]:
         return dict(self._sender.stats)
+
+
+def _check_timestamp(timestamp_ms: Any) -> int:
+    """A record timestamp: ms since the epoch, non-negative and within int64 (as Kafka
+    requires). Refused here: the batch header could not hold it, and its encoding would
+    fail on the I/O thread, leaving the record unsent and flush() waiting forever."""
+    if isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int):
+        raise InvalidTimestampError(
+            f"timestamp_ms must be an integer (ms since the epoch), got {timestamp_ms!r}"
+        )
+    if not 0 <= timestamp_ms <= _INT64_MAX:
+        raise InvalidTimestampError(
+            f"timestamp_ms={timestamp_ms} is invalid: a timestamp is ms since the epoch, "
+            "non-negative (or None for now)"
+        )
+    return timestamp_ms
 
 
 class Sender:
