@@ -19,6 +19,7 @@ from kvlog import batch as batch_format
 from kvlog.codecs import Codec
 from kvlog.errors import (
     InvalidConfigError,
+    InvalidTimestampError,
     NoOffsetForPartitionError,
     SerializationError,
     TopicAlreadyExistsError,
@@ -174,6 +175,20 @@ def test_headers_and_timestamps_round_trip(broker: Any, admin: Any) -> None:
     assert [(r.key, r.value, list(r.headers), r.timestamp) for r in got] == [
         (k, v, h or [], ts) for k, v, h, ts in sent
     ]
+
+
+@pytest.mark.parametrize("bad", [-5, 1 << 63, 1.5, "now", True])
+def test_an_invalid_timestamp_is_refused_by_send(broker: Any, admin: Any, bad: Any) -> None:
+    """Such a timestamp cannot be encoded: accepted, it wedged the record (never sent,
+    never failed) and close() waited for it forever."""
+    topic = _topic(admin, "bad-ts")
+    with kvlog.Producer(bootstrap_servers=broker.bootstrap) as producer:
+        with pytest.raises(InvalidTimestampError, match="timestamp"):
+            producer.send(topic, value=b"x", timestamp_ms=bad)
+        with pytest.raises(InvalidTimestampError):
+            producer.send_batch(topic, [b"x"], timestamp_ms=bad)
+        assert producer.send(topic, value=b"ok", timestamp_ms=0).get(timeout=10).offset == 0
+        producer.flush(10)
 
 
 def test_dict_config_with_dotted_names(broker: Any, admin: Any) -> None:
