@@ -31,6 +31,7 @@ from kvlog.errors import (
     KvlogError,
     ProducerClosedError,
     Recovery,
+    SerializationError,
     UnknownTopicOrPartitionError,
     error_from_code,
 )
@@ -123,7 +124,7 @@ class Producer:
         )
         header_list = None
         if headers:
-            header_list = [[str(name), bytes(hvalue)] for name, hvalue in headers]
+            header_list = [[str(name), _header_value(hvalue)] for name, hvalue in headers]
         tps = self._topic_partitions.get(topic)
         if tps is None or self._tps_version != self.metadata.version:
             tps = self._partitions_of(topic)
@@ -321,6 +322,17 @@ class Producer:
 
     def metrics(self) -> dict[str, Any]:
         return dict(self._sender.stats)
+
+
+def _header_value(value: Any) -> bytes:
+    """Header values are bytes, as in Kafka. (``bytes(5)`` would silently give five zero
+    bytes, and ``bytes("text")`` a bare TypeError.)"""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise SerializationError(
+        f"header values must be bytes, got {type(value).__name__} {value!r:.40}; encode it "
+        "first (e.g. str.encode())"
+    )
 
 
 def _check_timestamp(timestamp_ms: Any) -> int:
