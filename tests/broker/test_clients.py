@@ -191,6 +191,17 @@ def test_an_invalid_timestamp_is_refused_by_send(broker: Any, admin: Any, bad: A
         producer.flush(10)
 
 
+@pytest.mark.parametrize("bad", [5, "text", None])
+def test_header_values_must_be_bytes(broker: Any, admin: Any, bad: Any) -> None:
+    """bytes(5) would have stored five zero bytes."""
+    topic = _topic(admin, "bad-header")
+    with kvlog.Producer(bootstrap_servers=broker.bootstrap) as producer:
+        with pytest.raises(SerializationError, match="header values must be bytes"):
+            producer.send(topic, value=b"x", headers=[("h", bad)])
+        producer.send(topic, value=b"x", headers=[("h", bytearray(b"ok"))]).get(timeout=10)
+    assert [list(r.headers) for r in _read(broker, topic)] == [[("h", b"ok")]]
+
+
 def test_dict_config_with_dotted_names(broker: Any, admin: Any) -> None:
     topic = _topic(admin, "dotted")
     producer = kvlog.Producer(
