@@ -232,8 +232,8 @@ class Nemesis(threading.Thread):
         self.events: list[tuple[float, str]] = []
         self.liveness: list[str] = []  # failures: a process not back, a disk never "full"
         # Recoveries slower than health_timeout_s: reported, not failed (the final settle
-        # decides); under steady writes a restarted follower can take long to rejoin the
-        # ISR (test_followers_that_keep_up_stay_in_and_rejoin_the_isr_under_steady_writes).
+        # decides). Before ad6cf34 a restarted follower could stay out of the ISR for as
+        # long as producers kept writing (test_followers_that_keep_up_stay_in_and_...).
         self.slow: list[str] = []
         self.stop_event = threading.Event()
         self.error: BaseException | None = None

@@ -5,10 +5,10 @@ mark must go.
 The fault runs showed them as records failing with errors a retry should have ridden
 over (no acknowledged record was lost or duplicated), and as stalls. Fixed: three in
 3684ed8 (leader, controller, client connections), the out-of-order one by the sequencer
-retrying a sequence error while an older batch is open. Open: the ISR rules under steady
-writes (workers/replication.py); the supervisor's thread dying when a child dies during
-its start-up (workers/supervisor.py); a plaintext client taking a server's death during
-the handshake for an authentication failure (ipc/rpc.py).
+retrying a sequence error while an older batch is open, the ISR rules under steady writes
+in ad6cf34. Open: the supervisor's thread dying when a child dies during its start-up
+(workers/supervisor.py); a plaintext client taking a server's death during the handshake
+for an authentication failure (ipc/rpc.py).
 """
 
 from __future__ import annotations
