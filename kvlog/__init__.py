@@ -62,6 +62,7 @@ _LAZY = {
     "ErrorCode": "kvlog.errors",
     "KvlogError": "kvlog.errors",
     "murmur2": "kvlog.partitioner",
+    "tune_allocator": "kvlog.allocator",
     "partition_for_key": "kvlog.partitioner",
     "Producer": "kvlog.ipc.producer",
     "RecordMetadata": "kvlog.ipc.producer",

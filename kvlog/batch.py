@@ -263,13 +263,17 @@ def decode(buf: bytes | memoryview, base_offset: int) -> list[Record]:
     first_ts = header.first_timestamp
     headers = cols.headers or [None] * header.record_count
     try:
+        new = tuple.__new__  # NamedTuple's own constructor is a Python-level call
         return [
-            Record(
-                base_offset + delta,
-                first_ts + ts_delta,
-                key,
-                value,
-                [(h[0], h[1]) for h in pairs] if pairs else [],
+            new(
+                Record,
+                (
+                    base_offset + delta,
+                    first_ts + ts_delta,
+                    key,
+                    value,
+                    [(h[0], h[1]) for h in pairs] if pairs else [],
+                ),
             )
             for delta, ts_delta, key, value, pairs in zip(
                 cols.offset_deltas,

@@ -61,6 +61,9 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="kvlog")
 def main() -> None:
     """kvlog: a Kafka-style durable event log for one host."""
+    from kvlog.allocator import tune_allocator
+
+    tune_allocator()  # the CLI moves record batches too (perf, dump, consume)
 
 
 @main.group(cls=LazyGroup, lazy=PERF_COMMANDS)

@@ -38,6 +38,7 @@ from typing import Any
 
 import multiprocess
 
+from kvlog.allocator import tune_allocator
 from kvlog.errors import InvalidConfigError, KvlogError, TopicAlreadyExistsError
 
 log = logging.getLogger("kvlog.pool")
@@ -216,6 +217,7 @@ def _worker_main(settings: PoolSettings, stop: Any, stats: Any, index: int, leve
     from .runtime import _die_with_parent, setup_logging
 
     _die_with_parent()
+    tune_allocator()
     setup_logging(f"pool-worker{index}", level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kvlog.allocator import tune_allocator
+
 log = logging.getLogger("kvlog")
 
 ROLES = ("coordinator", "node", "broker", "sweeper")
@@ -45,6 +47,7 @@ def setup_logging(role: str, level: str) -> None:
 def process_main(role: str, settings: dict[str, Any], conn: Any) -> None:
     """Run one kvlog process until SIGTERM. ``conn`` receives one ready message."""
     _die_with_parent()
+    tune_allocator()
     setup_logging(
         role if role != "node" else f"node{settings.get('node_id', '')}",
         settings.get("log_level", "INFO"),
