@@ -592,7 +592,7 @@ def _exchange(target: Target, name: str, case: Case) -> None:
 
 
 FUZZ_SETTINGS = settings(
-    max_examples=300,
+    max_examples=600,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

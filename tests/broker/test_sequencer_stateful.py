@@ -327,7 +327,7 @@ class SequencerMachine(RuleBasedStateMachine):
 
 
 SequencerMachine.TestCase.settings = settings(
-    max_examples=400,
+    max_examples=500,
     stateful_step_count=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
