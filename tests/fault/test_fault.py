@@ -18,7 +18,8 @@ import os
 from pathlib import Path
 
 import pytest
-from nemesis import Outcome, Scenario, run_scenario, seed_from_env
+from nemesis import seed_from_env
+from scenario import Outcome, Scenario, run_scenario
 
 LONG = os.environ.get("KVLOG_LONG_TESTS") == "1"
 long_only = pytest.mark.skipif(
