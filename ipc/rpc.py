@@ -40,6 +40,7 @@ _MONITORED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
 )
 
@@ -77,6 +78,8 @@ class IOThread:
         self.request_timeout_ms = request_timeout_ms
         self.driver = driver
         self.socket_options = socket_options or {}
+        self._handshake_failures: dict[str, int] = {}
+        self._connected: set[str] = set()
         self._ctx = zmq.Context()
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._by_socket: dict[zmq.Socket[Any], str] = {}
@@ -188,33 +191,55 @@ class IOThread:
         return sock
 
     def _read_monitor(self, monitor: zmq.Socket[Any]) -> None:
+        """Handshake and connection events of one endpoint's socket.
+
+        - A dropped connection that had completed its handshake fails the requests sent
+          on it at once (the server died; the client reconnects and retries).
+        - A refused CURVE key fails them with UNAUTHENTICATED.
+        - Other handshake failures are ambiguous: a server dying mid-connect fails one,
+          while a security mismatch (plaintext against CURVE, wrong server key) fails
+          every reconnect. Three in a row count as a refusal.
+        """
         endpoint = self._monitors[monitor]
         while True:
             try:
                 event = recv_monitor_message(monitor, flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                self._fail_endpoint(
-                    endpoint,
-                    NetworkError(
-                        f"the connection to {endpoint} dropped; the client reconnects and retries"
-                    ),
-                )
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshake_failures[endpoint] = 0
+                self._connected.add(endpoint)
                 continue
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            if kind == zmq.EVENT_DISCONNECTED:
+                if endpoint in self._connected:
+                    self._connected.discard(endpoint)
+                    self._fail_endpoint(
+                        endpoint,
+                        NetworkError(
+                            f"the connection to {endpoint} dropped; the client reconnects "
+                            "and retries"
+                        ),
+                    )
+                continue
+            failures = self._handshake_failures.get(endpoint, 0) + 1
+            self._handshake_failures[endpoint] = failures
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 reason = (
                     f"the server at {endpoint} refused this client's CURVE key; ask its admin "
                     "to add your .key file to its authorized keys (then kvlog acls reload)"
                 )
-            else:
+            elif failures >= 3 or event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
                 reason = (
-                    f"the security handshake with {endpoint} failed: the server expects "
+                    f"the security handshake with {endpoint} keeps failing: the server expects "
                     "another security_protocol (curve or plaintext) or other keys"
                 )
+            else:
+                continue  # maybe a server going away mid-connect: libzmq reconnects
+            self._handshake_failures[endpoint] = 0
             self._fail_endpoint(endpoint, UnauthenticatedError(reason))
-            # libzmq never reconnects after a failed handshake: start afresh next time
-            # (the key may have been authorized meanwhile).
+            # Start afresh on the next request (the key may be authorized by then; libzmq
+            # does not reconnect after a refused CURVE key).
             self._drop_socket(endpoint)
             return
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -41,6 +43,22 @@ from .server import Server
 log = logging.getLogger(__name__)
 
 MAX_PARKED_FETCHES = 10_000
+PROBE_HEADROOM = 1 << 20  # room a failed log dir needs before it is tried again
+
+
+def _headroom(log_dir: str) -> int:
+    """Bytes the log dir's data file can still grow: free disk space, capped by this
+    process's file-size limit (RLIMIT_FSIZE)."""
+    path = Path(log_dir)
+    try:
+        fs = os.statvfs(path)
+        room = fs.f_bavail * fs.f_frsize
+        soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            room = min(room, soft - (path / "data.mdb").stat().st_size)
+    except OSError:
+        return 0
+    return room
 
 
 def _now_ms() -> int:
@@ -609,7 +627,13 @@ class NodeServer(Server):
             return
         if not self.offline or now < self._next_probe:
             return
-        self._next_probe = now + 1.0
+        self._next_probe = now + self._probe_interval
+        # A small write can succeed on LMDB's free pages while the disk is still full;
+        # coming back then only fails again at the next append. Ask for real room first.
+        room = _headroom(self.settings.log_dir)
+        if room < PROBE_HEADROOM:
+            log.info("%s: log dir still full (%d bytes of room)", self.name, room)
+            return
         try:
             self.core.store.write(lambda w: w.put("meta", b"probe", str(time.time_ns()).encode()))
         except KvlogError as exc:

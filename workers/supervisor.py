@@ -324,7 +324,13 @@ class Broker:
                         )
                     if time.monotonic() > deadline:
                         raise KafkaTimeoutError(f"kvlog {child.role} did not start in time")
-                message = conn.recv()
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    raise KvlogError(
+                        f"kvlog {child.role} exited during start-up (exit code "
+                        f"{child.process.exitcode}); see its log lines above"
+                    ) from None
             finally:
                 conn.close()
             if "error" in message:
@@ -413,8 +419,9 @@ class Broker:
             try:
                 self._spawn(child)
                 self._await_ready([child])
-            except KvlogError as exc:
-                log.error("restart of kvlog %s failed: %s", child.role, exc.message)
+            except Exception as exc:  # the watch thread must outlive any failed restart
+                message = exc.message if isinstance(exc, KvlogError) else repr(exc)
+                log.error("restart of kvlog %s failed: %s; trying again", child.role, message)
             self._write_status()
 
     def _report_node_down(self, child: Child) -> None:
