@@ -225,16 +225,7 @@ class Admin(_AdminGroupsAndAcls):
         return TopicDescription(
             name=name,
             topic_id=entry.get("topic_id", ""),
-            partitions=[
-                PartitionInfo(
-                    p["partition"],
-                    p["leader"],
-                    p.get("leader_epoch", 0),
-                    tuple(p.get("replicas", ())),
-                    tuple(p.get("isr", ())),
-                )
-                for p in entry["partitions"]
-            ],
+            partitions=[PartitionInfo.from_wire(p) for p in entry["partitions"]],
             replication_factor=entry.get("replication_factor", 1),
             config=effective_topic_config(overrides),
             overrides=overrides,

@@ -24,8 +24,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import cbor2
-
 from kvlog.errors import (
     CommitFailedError,
     ErrorCode,
@@ -39,7 +37,13 @@ from kvlog.errors import (
 )
 from kvlog.types import TopicPartition
 
-from .assignors import COOPERATIVE, MemberSubscription, assignor
+from .assignors import COOPERATIVE, assignor
+from .consumer_protocol import (
+    decode_assignment,
+    decode_subscription,
+    encode_assignment,
+    encode_subscription,
+)
 
 if TYPE_CHECKING:
     from .consumer import Consumer, ConsumerRebalanceListener, OffsetAndMetadata
@@ -77,44 +81,6 @@ class _Exchange:
             else KafkaTimeoutError("no reply from the group coordinator")
         )
         self.done.set()
-
-
-def encode_subscription(topics: list[str], owned: set[TopicPartition], generation: int) -> bytes:
-    by_topic: dict[str, list[int]] = {}
-    for tp in owned:
-        by_topic.setdefault(tp.topic, []).append(tp.partition)
-    return cbor2.dumps(
-        {
-            "topics": sorted(topics),
-            "owned": [[t, sorted(ps)] for t, ps in sorted(by_topic.items())],
-            "generation": generation,
-        }
-    )
-
-
-def decode_subscription(member_id: str, instance_id: str | None, raw: bytes) -> MemberSubscription:
-    data = cbor2.loads(raw) if raw else {}
-    return MemberSubscription(
-        member_id,
-        list(data.get("topics", [])),
-        [TopicPartition(t, p) for t, ps in data.get("owned", []) for p in ps],
-        data.get("generation", -1),
-        instance_id,
-    )
-
-
-def encode_assignment(tps: list[TopicPartition]) -> bytes:
-    by_topic: dict[str, list[int]] = {}
-    for tp in tps:
-        by_topic.setdefault(tp.topic, []).append(tp.partition)
-    return cbor2.dumps({"partitions": [[t, sorted(ps)] for t, ps in sorted(by_topic.items())]})
-
-
-def decode_assignment(raw: bytes) -> set[TopicPartition]:
-    if not raw:
-        return set()
-    data = cbor2.loads(raw)
-    return {TopicPartition(t, p) for t, ps in data.get("partitions", []) for p in ps}
 
 
 class GroupMember:

@@ -25,6 +25,17 @@ class PartitionInfo:
     replicas: tuple[int, ...]
     isr: tuple[int, ...]
 
+    @classmethod
+    def from_wire(cls, entry: dict[str, Any]) -> PartitionInfo:
+        """One ``topics[].partitions[]`` entry of a metadata reply."""
+        return cls(
+            entry["partition"],
+            entry["leader"],
+            entry.get("leader_epoch", 0),
+            tuple(entry.get("replicas", ())),
+            tuple(entry.get("isr", ())),
+        )
+
 
 @dataclass
 class TopicInfo:
@@ -75,16 +86,7 @@ class ClusterMetadata:
                 self.topics[name] = TopicInfo(
                     name=name,
                     topic_id=entry.get("topic_id", ""),
-                    partitions=[
-                        PartitionInfo(
-                            p["partition"],
-                            p["leader"],
-                            p.get("leader_epoch", 0),
-                            tuple(p.get("replicas", ())),
-                            tuple(p.get("isr", ())),
-                        )
-                        for p in entry.get("partitions", [])
-                    ],
+                    partitions=[PartitionInfo.from_wire(p) for p in entry.get("partitions", [])],
                     config=entry.get("config") or {},
                     replication_factor=entry.get("replication_factor", 1),
                 )

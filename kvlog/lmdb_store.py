@@ -37,7 +37,7 @@ import lmdb
 from . import batch as batch_format
 from .batch import BatchHeader
 from .errors import KvlogError, OffsetOutOfRangeError, StorageError, UnknownTopicOrPartitionError
-from .log import Batch
+from .log import Batch, collect_batches, read_limit
 from .types import PartitionOffsets, TopicPartition
 
 log = logging.getLogger(__name__)
@@ -329,35 +329,14 @@ class _LmdbRead(_LmdbBase):
         *,
         max_offset: int | None = None,
     ) -> list[tuple[int, bytes]]:
-        state = self.offsets(tp)
-        if offset < state.log_start_offset or offset > state.log_end_offset:
-            raise OffsetOutOfRangeError(
-                f"offset {offset} is out of range for {tp}: valid offsets are "
-                f"{state.log_start_offset}..{state.log_end_offset}",
-                log_start_offset=state.log_start_offset,
-                log_end_offset=state.log_end_offset,
-            )
-        limit = (
-            state.log_end_offset if max_offset is None else min(max_offset, state.log_end_offset)
-        )
+        limit = read_limit(tp, self.offsets(tp), offset, max_offset)
         if offset >= limit:
             return []
         cursor = self._txn.cursor(db=self._partition_db(tp))
         if not _seek_containing(cursor, offset):
             return []
-        out: list[tuple[int, bytes]] = []
-        total = 0
-        for key, value in cursor.iternext():
-            base = _KEY.unpack(key)[0]
-            if base >= limit:
-                break
-            if batch_format.next_offset(base, value) <= offset:
-                continue  # a gap: this batch ends before the requested offset
-            if out and total + len(value) > max_bytes:
-                break
-            out.append((base, bytes(value)))
-            total += len(value)
-        return out
+        batches = ((_KEY.unpack(key)[0], value) for key, value in cursor.iternext())
+        return collect_batches(batches, offset, limit, max_bytes)
 
     def headers(
         self, tp: TopicPartition, start_offset: int | None = None

@@ -14,15 +14,53 @@ starting with the one that contains N; the reader skips records before N.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol, TypeVar
 
+from . import batch as batch_format
 from .batch import BatchHeader
+from .errors import OffsetOutOfRangeError
 from .types import PartitionOffsets, TopicPartition
 
 T = TypeVar("T")
 Batch = bytes | memoryview
+
+
+def read_limit(
+    tp: TopicPartition, state: PartitionOffsets, offset: int, max_offset: int | None
+) -> int:
+    """Where a read from ``offset`` stops (exclusive): the LEO, or ``max_offset`` if lower.
+    Raises OffsetOutOfRangeError for an offset below the log start or past the LEO."""
+    if offset < state.log_start_offset or offset > state.log_end_offset:
+        raise OffsetOutOfRangeError(
+            f"offset {offset} is out of range for {tp}: valid offsets are "
+            f"{state.log_start_offset}..{state.log_end_offset}",
+            log_start_offset=state.log_start_offset,
+            log_end_offset=state.log_end_offset,
+        )
+    if max_offset is None:
+        return state.log_end_offset
+    return min(max_offset, state.log_end_offset)
+
+
+def collect_batches(
+    batches: Iterable[tuple[int, Batch]], offset: int, limit: int, max_bytes: int
+) -> list[tuple[int, bytes]]:
+    """Whole batches from the one holding ``offset`` (``batches`` start there or just
+    before), stopping at ``limit`` and before ``max_bytes``, but never returning none."""
+    out: list[tuple[int, bytes]] = []
+    total = 0
+    for base, value in batches:
+        if base >= limit:
+            break
+        if batch_format.next_offset(base, value) <= offset:
+            continue  # a gap: this batch ends before the requested offset
+        if out and total + len(value) > max_bytes:
+            break
+        out.append((base, bytes(value)))
+        total += len(value)
+    return out
 
 
 class WriteTxn(Protocol):

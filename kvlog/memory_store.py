@@ -17,7 +17,7 @@ from typing import TypeVar
 from . import batch as batch_format
 from .batch import BatchHeader
 from .errors import OffsetOutOfRangeError, StorageError, UnknownTopicOrPartitionError
-from .log import Batch
+from .log import Batch, collect_batches, read_limit
 from .types import PartitionOffsets, TopicPartition
 
 T = TypeVar("T")
@@ -120,32 +120,13 @@ class _MemoryRead:
         max_offset: int | None = None,
     ) -> list[tuple[int, bytes]]:
         part = self._partition(tp)
-        state = part.offsets
-        if offset < state.log_start_offset or offset > state.log_end_offset:
-            raise OffsetOutOfRangeError(
-                f"offset {offset} is out of range for {tp}: valid offsets are "
-                f"{state.log_start_offset}..{state.log_end_offset}",
-                log_start_offset=state.log_start_offset,
-                log_end_offset=state.log_end_offset,
-            )
-        limit = (
-            state.log_end_offset if max_offset is None else min(max_offset, state.log_end_offset)
-        )
+        limit = read_limit(tp, part.offsets, offset, max_offset)
         if offset >= limit or not part.bases:
             return []
-        out: list[tuple[int, bytes]] = []
-        total = 0
-        for i in range(part.index_containing(offset), len(part.bases)):
-            base, value = part.bases[i], part.values[i]
-            if base >= limit:
-                break
-            if batch_format.next_offset(base, value) <= offset:
-                continue
-            if out and total + len(value) > max_bytes:
-                break
-            out.append((base, value))
-            total += len(value)
-        return out
+        first = part.index_containing(offset)
+        return collect_batches(
+            zip(part.bases[first:], part.values[first:], strict=True), offset, limit, max_bytes
+        )
 
     def headers(
         self, tp: TopicPartition, start_offset: int | None = None

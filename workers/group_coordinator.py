@@ -44,14 +44,10 @@ SyncGroup) appear later in :attr:`outbox` as ``(token, fields)``.
 
 from __future__ import annotations
 
-import enum
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
-
-import cbor2
 
 from kvlog.errors import (
     FencedInstanceIdError,
@@ -67,6 +63,7 @@ from kvlog.errors import (
     UnknownMemberIdError,
 )
 from kvlog.ipc.assignors import MemberSubscription, assignor
+from kvlog.ipc.consumer_protocol import decode_assignment, encode_assignment, same_subscription
 from kvlog.log import LogStore, WriteTxn
 from kvlog.metadata_store import (
     CommittedOffset,
@@ -76,208 +73,14 @@ from kvlog.metadata_store import (
 )
 from kvlog.types import TopicPartition
 
+from .group_model import Group, GroupConfig, GroupState, Member
+
 log = logging.getLogger(__name__)
+
+PartitionCounts = Callable[[str], int | None]
 
 GROUPS_TABLE = "groups"
 MAX_METADATA_BYTES = 4096
-
-
-class GroupState(enum.Enum):
-    EMPTY = "Empty"
-    PREPARING_REBALANCE = "PreparingRebalance"
-    COMPLETING_REBALANCE = "CompletingRebalance"
-    STABLE = "Stable"
-    DEAD = "Dead"
-
-
-# Legal previous states of each state (Kafka's validPreviousStates).
-_VALID_PREVIOUS = {
-    GroupState.EMPTY: {GroupState.PREPARING_REBALANCE},
-    GroupState.PREPARING_REBALANCE: {
-        GroupState.EMPTY,
-        GroupState.STABLE,
-        GroupState.COMPLETING_REBALANCE,
-    },
-    GroupState.COMPLETING_REBALANCE: {GroupState.PREPARING_REBALANCE},
-    GroupState.STABLE: {GroupState.COMPLETING_REBALANCE, GroupState.PREPARING_REBALANCE},
-    GroupState.DEAD: {
-        GroupState.EMPTY,
-        GroupState.STABLE,
-        GroupState.PREPARING_REBALANCE,
-        GroupState.COMPLETING_REBALANCE,
-        GroupState.DEAD,
-    },
-}
-
-
-@dataclass
-class GroupConfig:
-    min_session_timeout_ms: int = 6000
-    max_session_timeout_ms: int = 1_800_000
-    initial_rebalance_delay_ms: int = 3000
-    max_size: int = 1000
-
-
-@dataclass
-class Member:
-    member_id: str
-    instance_id: str | None
-    client_id: str
-    session_timeout_ms: int
-    rebalance_timeout_ms: int
-    protocols: list[tuple[str, bytes]]
-    server_assignor: str | None = None
-    topics: list[str] = field(default_factory=list)
-    owned: list[TopicPartition] = field(default_factory=list)
-    assignment: bytes = b""
-    assigned: list[TopicPartition] = field(default_factory=list)
-    deadline_ms: int = 0
-    join_token: Any = None
-    sync_token: Any = None
-
-    def metadata_for(self, protocol: str) -> bytes:
-        for name, meta in self.protocols:
-            if name == protocol:
-                return meta
-        return b""
-
-    @property
-    def awaiting(self) -> bool:
-        return self.join_token is not None or self.sync_token is not None
-
-
-@dataclass
-class Group:
-    group_id: str
-    state: GroupState = GroupState.EMPTY
-    generation: int = 0
-    protocol_type: str | None = None
-    protocol: str | None = None
-    leader: str | None = None
-    members: dict[str, Member] = field(default_factory=dict)
-    static: dict[str, str] = field(default_factory=dict)  # instance id -> member id
-    join_deadline_ms: int = 0
-    sync_deadline_ms: int = 0
-    initial_delay: bool = False
-    server_mode: bool = False
-
-    def transition(self, to: GroupState) -> None:
-        if self.state not in _VALID_PREVIOUS[to]:
-            raise AssertionError(f"group {self.group_id}: illegal transition {self.state} -> {to}")
-        self.state = to
-
-    def rebalance_timeout_ms(self) -> int:
-        return max((m.rebalance_timeout_ms for m in self.members.values()), default=0)
-
-    def all_joined(self) -> bool:
-        return all(m.join_token is not None for m in self.members.values())
-
-    def candidate_protocols(self) -> set[str]:
-        sets = [{name for name, _ in m.protocols} for m in self.members.values()]
-        return set.intersection(*sets) if sets else set()
-
-    def select_protocol(self) -> str:
-        """Kafka's vote: each member votes for its first protocol every member supports."""
-        candidates = self.candidate_protocols()
-        votes: dict[str, int] = {}
-        for member in self.members.values():
-            choice = next(name for name, _ in member.protocols if name in candidates)
-            votes[choice] = votes.get(choice, 0) + 1
-        return max(sorted(votes), key=lambda name: votes[name])
-
-    def encode(self) -> bytes:
-        return cbor2.dumps(
-            {
-                "state": self.state.value,
-                "generation": self.generation,
-                "protocol_type": self.protocol_type,
-                "protocol": self.protocol,
-                "leader": self.leader,
-                "server_mode": self.server_mode,
-                "members": [
-                    {
-                        "member_id": m.member_id,
-                        "instance_id": m.instance_id,
-                        "client_id": m.client_id,
-                        "session_timeout_ms": m.session_timeout_ms,
-                        "rebalance_timeout_ms": m.rebalance_timeout_ms,
-                        "protocols": [[n, p] for n, p in m.protocols],
-                        "server_assignor": m.server_assignor,
-                        "topics": m.topics,
-                        "assignment": m.assignment,
-                        "assigned": [[tp.topic, tp.partition] for tp in m.assigned],
-                    }
-                    for m in self.members.values()
-                ],
-            }
-        )
-
-    @classmethod
-    def decode(cls, group_id: str, raw: bytes, now_ms: int) -> Group:
-        data = cbor2.loads(raw)
-        group = cls(
-            group_id,
-            GroupState(data["state"]),
-            data["generation"],
-            data["protocol_type"],
-            data["protocol"],
-            data["leader"],
-        )
-        group.server_mode = data.get("server_mode", False)
-        for m in data["members"]:
-            member = Member(
-                m["member_id"],
-                m["instance_id"],
-                m["client_id"],
-                m["session_timeout_ms"],
-                m["rebalance_timeout_ms"],
-                [(n, p) for n, p in m["protocols"]],
-                m.get("server_assignor"),
-                list(m.get("topics") or []),
-                assignment=m["assignment"],
-                assigned=[TopicPartition(t, p) for t, p in m.get("assigned", [])],
-                deadline_ms=now_ms + m["session_timeout_ms"],
-            )
-            group.members[member.member_id] = member
-            if member.instance_id:
-                group.static[member.instance_id] = member.member_id
-        return group
-
-
-def encode_assignment(tps: list[TopicPartition]) -> bytes:
-    """The consumer protocol's assignment bytes (CBOR; see PROTOCOL.md)."""
-    by_topic: dict[str, list[int]] = {}
-    for tp in tps:
-        by_topic.setdefault(tp.topic, []).append(tp.partition)
-    return cbor2.dumps({"partitions": [[t, sorted(ps)] for t, ps in sorted(by_topic.items())]})
-
-
-def decode_assignment(raw: bytes) -> list[TopicPartition]:
-    if not raw:
-        return []
-    data = cbor2.loads(raw)
-    return [TopicPartition(t, p) for t, ps in data.get("partitions", []) for p in ps]
-
-
-def _subscribed_topics(metadata: bytes) -> Any:
-    """The topics of a consumer-protocol subscription (the raw bytes if it is not one)."""
-    try:
-        data = cbor2.loads(metadata) if metadata else {}
-    except Exception:
-        return metadata
-    if not isinstance(data, dict):
-        return metadata
-    return sorted(map(str, data.get("topics") or []))
-
-
-def _same_subscription(a: list[tuple[str, bytes]], b: list[tuple[str, bytes]]) -> bool:
-    """Same assignors, in the same order, over the same topics."""
-    return [n for n, _ in a] == [n for n, _ in b] and all(
-        _subscribed_topics(x) == _subscribed_topics(y) for (_, x), (_, y) in zip(a, b, strict=True)
-    )
-
-
-PartitionCounts = Callable[[str], int | None]
 
 
 class GroupCoordinator:
@@ -514,7 +317,7 @@ class GroupCoordinator:
         else:
             # A restart: its metadata's owned partitions and generation start afresh (and
             # always differ); only a change of assignors or topics calls for a rebalance.
-            changed = not _same_subscription(old.protocols, protocols) or old.topics != topics
+            changed = not same_subscription(old.protocols, protocols) or old.topics != topics
         new_id = old_id if member_id else f"{client_id}-{uuid.uuid4().hex[:12]}"
         if new_id != old_id:
             # The restarted instance replaces the old member id (fencing the old process).
@@ -724,7 +527,7 @@ class GroupCoordinator:
             for m in group.members.values():
                 m.assignment = bytes(assignments.get(m.member_id, b""))
                 try:
-                    m.assigned = decode_assignment(m.assignment)
+                    m.assigned = sorted(decode_assignment(m.assignment))
                 except Exception:
                     m.assigned = []
             group.transition(GroupState.STABLE)
@@ -979,7 +782,7 @@ class GroupCoordinator:
                     "client_id": m.client_id,
                     "assignment": [
                         [tp.topic, tp.partition]
-                        for tp in (m.assigned or decode_assignment(m.assignment))
+                        for tp in (m.assigned or sorted(decode_assignment(m.assignment)))
                     ],
                 }
                 for m in group.members.values()

@@ -11,7 +11,7 @@ import itertools
 from typing import Any
 
 from kvlog.errors import ErrorCode, KvlogError
-from kvlog.ipc.group_member import decode_assignment, encode_subscription
+from kvlog.ipc.consumer_protocol import decode_assignment, encode_subscription
 from kvlog.memory_store import MemoryLogDir
 from kvlog.types import TopicPartition
 from kvlog.workers.group_coordinator import GroupConfig, GroupCoordinator

@@ -9,7 +9,7 @@ from coord_harness import Harness, assignment, error_of
 
 from kvlog.errors import ErrorCode
 from kvlog.ipc.assignors import range_assign
-from kvlog.ipc.group_member import decode_subscription, encode_assignment
+from kvlog.ipc.consumer_protocol import decode_subscription, encode_assignment
 from kvlog.types import TopicPartition as TP
 from kvlog.workers.group_coordinator import Group, GroupState
 

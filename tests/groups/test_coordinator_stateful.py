@@ -36,7 +36,7 @@ from hypothesis.stateful import (
 
 from kvlog.errors import ErrorCode, KvlogError
 from kvlog.ipc.assignors import assignor
-from kvlog.ipc.group_member import (
+from kvlog.ipc.consumer_protocol import (
     decode_assignment,
     decode_subscription,
     encode_assignment,
