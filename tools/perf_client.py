@@ -8,11 +8,18 @@ the clock starts. MB/s counts key + value bytes (10^6 bytes per MB).
 - ``produce``: one producer sends ``--records`` records as fast as ``send()`` goes and
   flushes; the time runs from the first send to the end of the flush. Latency is send ->
   acknowledgement per record (every k-th record, k = records // 100,000 or 1, so at least
-  100,000 are timed), from the producer's batch futures.
+  100,000 are timed), from the producer's batch futures. ``--send-batch N`` uses the fast
+  path instead, ``Producer.send_batch`` with N records per call (every record timed: the
+  call's start to its batch's acknowledgement).
 - ``consume``: fills the topic first (untimed; batches of ``--batch-size``, default 1 MiB)
   unless ``--no-fill``, then one consumer reads ``--records`` records from the start of
   every partition. Latency is the
   duration of the ``poll()`` calls that returned records.
+- ``--preload N`` (produce, consume): stores N records first (untimed, like the fill), so
+  the run appends to (or reads after) a log that already holds them. Consume then reads
+  the ``--records`` records filled after the preload, not the preloaded ones.
+- ``--log-dirs N``: the embedded broker gets N log dirs (N node processes; default: the
+  replication factor), e.g. 3 log dirs with replication factor 1 for three writers.
 - ``e2e``: produces ``--rate`` records/s for ``--seconds`` with the send time (CLOCK_MONOTONIC,
   ns) in each value's first 8 bytes; a consumer in another process (so neither shares a
   GIL with the other) records produce -> consume latency per record. ``--linger-ms``
@@ -20,7 +27,8 @@ the clock starts. MB/s counts key + value bytes (10^6 bytes per MB).
 
 ``--json`` prints one object with at least ``records_per_s``, ``mb_per_s``, ``p50_ms``,
 ``p99_ms``, ``p999_ms`` and ``max_ms`` (HdrHistogram, microsecond resolution), and
-``latency`` naming what the percentiles measure. A progress bar shows on a terminal only,
+``latency`` naming what the percentiles measure, and ``percentiles``: [percentile, ms]
+pairs of the whole distribution (for plots). A progress bar shows on a terminal only,
 never with ``--json``.
 """
 
@@ -50,7 +58,10 @@ POOL = 1024  # distinct keys and values (a power of two: index with i & (POOL - 
 CHUNK = 16_384  # records between progress updates
 MAX_SAMPLES = 100_000
 FILL_BATCH_SIZE = 1 << 20
+FILL_CHUNK = 10_000  # records per send_batch call when filling
 _STAMP = struct.Struct(">q")
+# The distribution printed under "percentiles" (HdrHistogram, as in its percentile tables).
+PERCENTILES = (0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0)
 ACKS = ("0", "1", "all", "-1")
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 
@@ -69,7 +80,10 @@ class Options:
     compression: str
     batch_size: int | None
     linger_ms: int | None
+    log_dirs: int | None
     as_json: bool
+    send_batch: int = 0
+    preload: int = 0
 
     def producer_config(self, **extra: Any) -> dict[str, Any]:
         config = client_config(self.bootstrap_server, self.command_config)
@@ -127,6 +141,7 @@ class Result:
             "p999_ms": ms(99.9),
             "max_ms": round(hist.get_max_value() / 1000, 3) if samples else None,
             "mean_ms": round(hist.get_mean_value() / 1000, 3) if samples else None,
+            "percentiles": [[p, ms(p)] for p in PERCENTILES] if samples else [],
             **self.extra,
             "bootstrap": bootstrap,
             "embedded_broker": embedded,
@@ -147,7 +162,8 @@ def broker_for(options: Options) -> Iterator[tuple[str, bool]]:
 
     root = Path(tempfile.mkdtemp(prefix="kvlog-perf-"))
     try:
-        log_dirs = [root / "logs" / str(i) for i in range(options.replication_factor)]
+        count = max(options.log_dirs or 0, options.replication_factor)
+        log_dirs = [root / "logs" / str(i) for i in range(count)]
         with Broker(root, "tcp://127.0.0.1:0", log_dirs=log_dirs) as broker:
             options.bootstrap_server = broker.bootstrap
             try:
@@ -178,6 +194,7 @@ def payloads(options: Options) -> tuple[list[bytes | None], list[bytes]]:
 # -- progress ----------------------------------------------------------------------------------
 
 Tick = Callable[[int], None]
+TopicPartitionLike = Any  # kvlog.types.TopicPartition, imported lazily
 
 
 @contextlib.contextmanager
@@ -255,18 +272,83 @@ def run_produce(options: Options, tick: Tick) -> Result:
         n * (options.key_size + options.record_size),
         "send -> acknowledgement, per record" + (f" (1 in {stride} sampled)" if stride > 1 else ""),
         latency,
+        {"api": "send"},
     )
+
+
+def run_produce_batches(options: Options, tick: Tick) -> Result:
+    """``--send-batch N``: ``Producer.send_batch`` with N records per call. Every record's
+    latency is its call's start -> the acknowledgement of the batch that holds it."""
+    from kvlog.ipc.producer import Producer
+
+    n = options.records
+    chunk = options.send_batch
+    keys, values = chunk_payloads(options, chunk)
+    topic = options.topic
+    clock = time.perf_counter
+    calls: list[tuple[float, Any]] = []  # (call start, BatchSendResult): one per chunk
+    acked_at: dict[Any, float] = {}
+
+    def on_ack(batch: Any) -> None:
+        acked_at[batch] = clock()
+
+    with Producer(options.producer_config()) as producer:
+        producer.send(topic, value=b"warm-up").get(timeout=30)  # metadata and producer id
+        send_batch = producer.send_batch
+        started = clock()
+        done = 0
+        while done < n:
+            size = min(chunk, n - done)
+            ks = keys[:size] if keys is not None else None
+            t = clock()
+            result = send_batch(topic, values[:size], ks)
+            for _, _, future, _ in result._segments:
+                if future not in acked_at:
+                    acked_at[future] = 0.0
+                    future.add_callback(on_ack)
+            calls.append((t, result))
+            done += size
+            tick(size)
+        producer.flush()
+        seconds = clock() - started
+    latency: Counter[int] = Counter()
+    for t, result in calls:
+        for _, indices, future, _ in result._segments:
+            if future.error is not None:
+                raise click.ClickException(f"a batch failed: {future.error}")
+            latency[int((acked_at[future] - t) * 1e6)] += len(indices)
+    return Result(
+        "produce",
+        n,
+        seconds,
+        n * (options.key_size + options.record_size),
+        f"send_batch call -> acknowledgement, per record ({chunk} records per call)",
+        latency,
+        {"api": "send_batch", "send_batch_records": chunk},
+    )
+
+
+def chunk_payloads(options: Options, chunk: int) -> tuple[list[bytes] | None, list[bytes]]:
+    """``chunk`` values and keys (None: unkeyed) for send_batch: the first ``chunk`` of a
+    long-enough cycle of the random pool, rotated per call would cost time per record."""
+    keys, values = payloads(options)
+    reps = -(-chunk // POOL)
+    vs = (values * reps)[:chunk]
+    ks = None if not options.key_size else (keys * reps)[:chunk]
+    return ks, vs  # type: ignore[return-value]
 
 
 # -- consume -----------------------------------------------------------------------------------
 
 
-def fill(options: Options, tick: Tick) -> None:
-    """Store ``records`` records in the topic, as fast as possible (not timed)."""
+def fill(options: Options, tick: Tick, records: int | None = None) -> None:
+    """Store ``records`` (default ``--records``) records in the topic, as fast as possible
+    (not timed), through ``send_batch``."""
     from kvlog.ipc.producer import Producer
 
-    keys, values = payloads(options)
-    mask = POOL - 1
+    total = options.records if records is None else records
+    chunk = FILL_CHUNK
+    keys, values = chunk_payloads(options, chunk)
     config = options.producer_config(acks="1")
     # Large batches unless --batch-size / --linger-ms say otherwise: the stored batches
     # are what the consumer then reads.
@@ -275,16 +357,44 @@ def fill(options: Options, tick: Tick) -> None:
     if options.linger_ms is None:
         config["linger.ms"] = 20
     with Producer(config) as producer:
-        send = producer.send
+        send_batch = producer.send_batch
         topic = options.topic
-        for first in range(0, options.records, CHUNK):
-            for i in range(first, min(options.records, first + CHUNK)):
-                send(topic, values[i & mask], keys[i & mask])
-            tick(min(CHUNK, options.records - first))
+        done = 0
+        while done < total:
+            size = min(chunk, total - done)
+            send_batch(topic, values[:size], keys[:size] if keys is not None else None)
+            done += size
+            tick(size)
         producer.flush()
 
 
-def run_consume(options: Options, tick: Tick, max_poll_records: int) -> Result:
+def preload(options: Options, bars: bool) -> dict[TopicPartitionLike, int]:
+    """``--preload N``: store N records (untimed); returns each partition's end offset."""
+    if options.preload:
+        with progress_bar("preload (untimed)", options.preload, bars) as tick:
+            fill(options, tick, options.preload)
+    return end_offsets(options)
+
+
+def end_offsets(options: Options) -> dict[TopicPartitionLike, int]:
+    from kvlog.ipc.consumer import Consumer
+    from kvlog.types import TopicPartition
+
+    with Consumer(options.consumer_config()) as consumer:
+        tps = [
+            TopicPartition(options.topic, p)
+            for p in sorted(consumer.partitions_for_topic(options.topic))
+        ]
+        return dict(consumer.end_offsets(tps))
+
+
+def run_consume(
+    options: Options,
+    tick: Tick,
+    max_poll_records: int,
+    start: dict[TopicPartitionLike, int] | None = None,
+) -> Result:
+    """One consumer reads ``--records`` records from ``start`` (default: the beginning)."""
     from kvlog.ipc.consumer import Consumer
     from kvlog.types import TopicPartition
 
@@ -301,6 +411,9 @@ def run_consume(options: Options, tick: Tick, max_poll_records: int) -> Result:
         clock = time.perf_counter
         started = clock()
         consumer.seek_to_beginning()
+        for tp, offset in (start or {}).items():
+            if offset:
+                consumer.seek(tp, offset)
         idle_since = started
         while received < n:
             t = clock()
@@ -512,6 +625,13 @@ def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 default=None,
                 help="Producer linger.ms [default: the producer's, 5; e2e: 0].",
             ),
+            click.option(
+                "--log-dirs",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Embedded broker: log dirs, one node process each [default: the "
+                "replication factor].",
+            ),
             click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
         ]
     ):
@@ -536,13 +656,31 @@ def _run(options: Options, body: Callable[[Options, bool], Result]) -> None:
 
 @click.command("produce", cls=Command)
 @common_options
+@click.option(
+    "--send-batch",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Use Producer.send_batch with N records per call (0: send() per record).",
+)
+@click.option(
+    "--preload",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Records stored before the run (untimed).",
+)
 def perf_produce(**kwargs: Any) -> None:
     """Producer throughput and send -> ack latency."""
     options = Options(**kwargs)
 
     def body(o: Options, bars: bool) -> Result:
+        stored = sum(preload(o, bars).values())
         with progress_bar("produce", o.records, bars) as tick:
-            return run_produce(o, tick)
+            result = run_produce_batches(o, tick) if o.send_batch else run_produce(o, tick)
+        result.extra["stored_before"] = stored
+        return result
 
     _run(options, body)
 
@@ -551,16 +689,27 @@ def perf_produce(**kwargs: Any) -> None:
 @common_options
 @click.option("--no-fill", is_flag=True, help="Read what the topic holds; do not produce first.")
 @click.option("--max-poll-records", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option(
+    "--preload",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Records stored before the run (untimed).",
+)
 def perf_consume(no_fill: bool, max_poll_records: int, **kwargs: Any) -> None:
-    """Consumer throughput: one consumer reads --records records from the start."""
+    """Consumer throughput: one consumer reads --records records from the start (after
+    --preload's records)."""
     options = Options(**kwargs)
 
     def body(o: Options, bars: bool) -> Result:
+        start = preload(o, bars) if o.preload else None
         if not no_fill:
             with progress_bar("fill (untimed)", o.records, bars) as tick:
                 fill(o, tick)
         with progress_bar("consume", o.records, bars) as tick:
-            return run_consume(o, tick, max_poll_records)
+            result = run_consume(o, tick, max_poll_records, start)
+        result.extra["stored_before"] = sum(start.values()) if start else 0
+        return result
 
     _run(options, body)
 
