@@ -34,6 +34,7 @@ PERF_COMMANDS: dict[str, str] = {
     "produce": "kvlog.tools.perf_client:perf_produce",
     "consume": "kvlog.tools.perf_client:perf_consume",
     "e2e": "kvlog.tools.perf_client:perf_e2e",
+    "groups": "kvlog.tools.perf_groups:perf_groups",
 }
 
 
