@@ -35,6 +35,8 @@ PERF_COMMANDS: dict[str, str] = {
     "consume": "kvlog.tools.perf_client:perf_consume",
     "e2e": "kvlog.tools.perf_client:perf_e2e",
     "groups": "kvlog.tools.perf_groups:perf_groups",
+    "failover": "kvlog.tools.perf_failover:perf_failover",
+    "pipeline": "kvlog.tools.perf_pipeline:perf_pipeline",
 }
 
 

@@ -1,0 +1,144 @@
+"""``kvlog perf pipeline``: produce and consume at the same time.
+
+One producer (this process; ``send()`` per record, or ``Producer.send_batch`` with
+``--send-batch N``) writes ``--records`` records as fast as it can while one consumer in
+another process (its own GIL) reads them from the log end as they arrive. Reported:
+
+- ``records_per_s``: the pipeline's rate, records over the time from the producer's
+  first send to the consumer's last record (the figure the scenario is about);
+- ``produce_records_per_s``: the producer's own rate (first send to end of flush);
+- ``consume_records_per_s``: the consumer's rate from its first record to its last.
+
+Options and the embedded broker are those of ``kvlog perf produce``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import click
+
+from .common import Command
+from .perf_client import (
+    Options,
+    Result,
+    Tick,
+    _run,
+    common_options,
+    progress_bar,
+    run_produce,
+    run_produce_batches,
+)
+
+IDLE_S = 15.0
+
+
+def _consumer_main(spec: dict[str, Any]) -> None:
+    """The consumer process: counts ``expected`` records from the log end."""
+    from kvlog.ipc.consumer import Consumer
+    from kvlog.types import TopicPartition
+
+    clock = time.time  # comparable across processes (perf_counter is not)
+    received = 0
+    first = last = 0.0
+    with Consumer(spec["config"]) as consumer:
+        topic = spec["topic"]
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_end()
+        for tp in tps:
+            consumer.position(tp)
+        print(json.dumps({"ready": True}), flush=True)
+        idle_since = time.monotonic()
+        while received < spec["expected"]:
+            batch = consumer.poll(timeout_ms=200)
+            if not batch:
+                if time.monotonic() - idle_since > IDLE_S:
+                    break
+                continue
+            idle_since = time.monotonic()
+            last = clock()
+            if not received:
+                first = last
+            received += sum(len(records) for records in batch.values())
+    print(json.dumps({"received": received, "first": first, "last": last}), flush=True)
+
+
+def run_pipeline(options: Options, tick: Tick, max_poll_records: int) -> Result:
+    spec = {
+        "topic": options.topic,
+        "expected": options.records,
+        "config": options.consumer_config(
+            **{"max.poll.records": max_poll_records, "client.id": "kvlog-perf-pipeline"}
+        ),
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-m", "kvlog.tools.perf_pipeline", "--consumer", json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        if not child.stdout.readline():
+            raise click.ClickException("the pipeline's consumer process failed to start")
+        produced = (
+            run_produce_batches(options, tick) if options.send_batch else run_produce(options, tick)
+        )
+        out, _ = child.communicate(timeout=IDLE_S + 120)
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    if child.returncode != 0 or not lines:
+        raise click.ClickException(f"the consumer process failed (exit code {child.returncode})")
+    report = lines[-1]
+    received = report["received"]
+    n = options.records
+    if received < n:
+        raise click.ClickException(f"the consumer got {received} of {n} records")
+    produce_s = produced.seconds
+    consume_s = report["last"] - report["first"]
+    produced.test = "pipeline"
+    produced.seconds = report["last"] - produced.started_wall
+    produced.extra.update(
+        {
+            "produce_records_per_s": round(n / produce_s, 1),
+            "consume_records_per_s": round(received / consume_s, 1) if consume_s else None,
+            "received": received,
+        }
+    )
+    return produced
+
+
+@click.command("pipeline", cls=Command)
+@common_options
+@click.option(
+    "--send-batch",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Use Producer.send_batch with N records per call (0: send() per record).",
+)
+@click.option("--max-poll-records", type=click.IntRange(min=1), default=10_000, show_default=True)
+def perf_pipeline(max_poll_records: int, **kwargs: Any) -> None:
+    """Produce and consume together: one producer, one consumer process."""
+    options = Options(**kwargs)
+
+    def body(o: Options, bars: bool) -> Result:
+        with progress_bar("produce + consume", o.records, bars) as tick:
+            return run_pipeline(o, tick, max_poll_records)
+
+    _run(options, body)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--consumer":
+        _consumer_main(json.loads(sys.argv[2]))
+    else:
+        sys.exit("usage: kvlog perf pipeline (this module runs its consumer process)")
