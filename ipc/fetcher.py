@@ -30,7 +30,7 @@ from kvlog.errors import (
 )
 from kvlog.types import TopicPartition
 
-from .metadata import ClusterMetadata
+from .metadata import ClusterMetadata, MetadataRefresher
 from .rpc import IOThread
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,7 @@ class Fetcher:
         self.states: dict[TopicPartition, PartitionFetchState] = {}
         self.topics_wanted: set[str] = set()
         self._node_inflight: set[str] = set()
-        self._metadata_in_flight = False
-        self._metadata_retry_at = 0.0
-        self._bootstrap_index = 0
+        self.refresher = MetadataRefresher(metadata, bootstrap, backoff_s, pause_after_success=True)
 
     # -- driver ----------------------------------------------------------------------------
 
@@ -122,7 +120,7 @@ class Fetcher:
         return wake
 
     def _refresh_metadata(self, io: IOThread, now: float) -> None:
-        if self._metadata_in_flight or now < self._metadata_retry_at:
+        if self.refresher.busy(now):
             return
         with self.lock:
             topics = sorted({tp.topic for tp in self.states} | self.topics_wanted)
@@ -131,23 +129,12 @@ class Fetcher:
         fresh = now - self.metadata.updated_at < self.metadata_max_age_s
         if not self.metadata.stale and fresh and all(t in self.metadata.topics for t in topics):
             return
-        self._metadata_in_flight = True
-        endpoint = self.bootstrap[self._bootstrap_index % len(self.bootstrap)]
 
-        def done(
-            header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
-        ) -> None:
-            self._metadata_in_flight = False
-            if header is None or error is not None:
-                self._bootstrap_index += 1
-                self._metadata_retry_at = time.monotonic() + self.backoff_s
-                return
-            self.metadata.update(header, requested=topics)
-            self._metadata_retry_at = time.monotonic() + self.backoff_s
+        def updated() -> None:
             with self.lock:
                 self.lock.notify_all()
 
-        io.send_now(endpoint, "metadata", {"topics": topics}, done)
+        self.refresher.request(io, topics, updated)
 
     def _send_fetch(
         self, io: IOThread, endpoint: str, parts: list[tuple[TopicPartition, int, int]]

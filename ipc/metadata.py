@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,3 +148,59 @@ class ClusterMetadata:
         if info is None:
             return []
         return [p.partition for p in info.partitions if p.leader in self.nodes]
+
+
+class MetadataRefresher:
+    """At most one metadata request in flight for a client: bootstrap servers are tried
+    in turn and a failure backs off. Used on the client's I/O thread only."""
+
+    def __init__(
+        self,
+        metadata: ClusterMetadata,
+        bootstrap: list[str],
+        backoff_s: float,
+        *,
+        pause_after_success: bool = False,
+    ) -> None:
+        self.metadata = metadata
+        self.bootstrap = bootstrap
+        self.backoff_s = backoff_s
+        self.pause_after_success = pause_after_success
+        self.in_flight = False
+        self.retry_at = 0.0
+        self._index = 0
+
+    def endpoint(self) -> str:
+        """The bootstrap server to ask now (other bootstrap requests use it too)."""
+        return self.bootstrap[self._index % len(self.bootstrap)]
+
+    def rotate(self) -> None:
+        """The current bootstrap server failed: ask the next one next time."""
+        self._index += 1
+
+    def busy(self, now: float) -> bool:
+        return self.in_flight or now < self.retry_at
+
+    def request(
+        self, io: Any, topics: list[str], on_update: Callable[[], None] | None = None
+    ) -> None:
+        """Ask for ``topics``; ``on_update`` runs after a successful update."""
+        self.in_flight = True
+
+        def done(
+            header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
+        ) -> None:
+            self.in_flight = False
+            if header is None or error is not None:
+                self.rotate()
+                self.retry_at = time.monotonic() + self.backoff_s
+                if error is not None:
+                    self.metadata.failed(error)
+                return
+            self.metadata.update(header, requested=topics)
+            if self.pause_after_success:
+                self.retry_at = time.monotonic() + self.backoff_s
+            if on_update is not None:
+                on_update()
+
+        io.send_now(self.endpoint(), "metadata", {"topics": topics}, done)

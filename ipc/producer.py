@@ -41,7 +41,7 @@ from kvlog.types import TopicPartition
 from .accumulator import ProducerBatch, RecordAccumulator
 from .config import PRODUCER_SETTINGS, resolve
 from .futures import BatchFuture, BatchSendResult, FutureRecordMetadata, RecordMetadata
-from .metadata import ClusterMetadata
+from .metadata import ClusterMetadata, MetadataRefresher
 from .rpc import IOThread
 from .security import client_socket_options
 from .sequencing import Sequencer, Verdict
@@ -375,9 +375,7 @@ class Sender:
         self._pid_in_flight = False
         self._pid_retry_at = 0.0
         self._node_inflight: dict[str, int] = defaultdict(int)
-        self._metadata_in_flight = False
-        self._metadata_retry_at = 0.0
-        self._bootstrap_index = 0
+        self.refresher = MetadataRefresher(self.metadata, self.bootstrap, self.backoff_s)
         self._wanted: set[str] = set()
         self._wanted_lock = threading.Lock()
         self._aborted: KvlogError | None = None
@@ -420,7 +418,7 @@ class Sender:
         )
 
     def _refresh_metadata(self, io: IOThread, now: float) -> None:
-        if self._metadata_in_flight or now < self._metadata_retry_at:
+        if self.refresher.busy(now):
             return
         with self._wanted_lock:
             wanted = set(self._wanted)
@@ -428,32 +426,18 @@ class Sender:
         due = self.metadata.stale or now - self.metadata.updated_at > self.metadata_max_age_s
         if not due and wanted <= known | self.metadata.missing:
             return
-        topics = sorted(known | wanted)
-        endpoint = self.bootstrap[self._bootstrap_index % len(self.bootstrap)]
-        self._metadata_in_flight = True
 
-        def done(
-            header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
-        ) -> None:
-            self._metadata_in_flight = False
-            if header is None or error is not None:
-                self._bootstrap_index += 1
-                self._metadata_retry_at = time.monotonic() + self.backoff_s
-                log.debug("metadata request failed: %s", error)
-                if error is not None:
-                    self.metadata.failed(error)
-                return
-            self.metadata.update(header, requested=topics)
+        def updated() -> None:
             with self._wanted_lock:
                 self._wanted -= set(self.metadata.topics) | self.metadata.missing
 
-        io.send_now(endpoint, "metadata", {"topics": topics}, done)
+        self.refresher.request(io, sorted(known | wanted), updated)
 
     def _init_producer_id(self, io: IOThread, now: float) -> None:
         if self._pid_in_flight or now < self._pid_retry_at:
             return
         self._pid_in_flight = True
-        endpoint = self.bootstrap[self._bootstrap_index % len(self.bootstrap)]
+        endpoint = self.refresher.endpoint()
 
         def done(
             header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
@@ -467,7 +451,7 @@ class Sender:
                 self._pid_retry_at = time.monotonic() + 1.0
                 return
             if header is None or error is not None:
-                self._bootstrap_index += 1
+                self.refresher.rotate()
                 self._pid_retry_at = time.monotonic() + self.backoff_s
                 log.debug("init_producer_id failed: %s", error)
                 return

@@ -36,6 +36,8 @@ from .wire import Frame
 
 log = logging.getLogger(__name__)
 
+CLOSE_LINGER_MS = 1000
+
 _MONITORED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -397,7 +399,9 @@ class IOThread:
             monitor.close(linger=0)
         for sock in self._sockets.values():
             sock.disable_monitor()
-            sock.close(linger=0)
+            # Messages still queued (acks=0 produce, a last commit) get a moment to leave:
+            # a fire-and-forget send handed to ZeroMQ must not vanish on close().
+            sock.close(linger=CLOSE_LINGER_MS)
         self._ctx.term()
         os.close(self._wake_r)
         os.close(self._wake_w)
