@@ -531,9 +531,18 @@ class Consumer:
                 continue
             if not state.buffered:
                 break
-            base, raw = state.buffered.popleft()
+            base, raw = state.buffered[0]
+            try:
+                records = self._decode(tp, base, raw, position)
+            except KvlogError:
+                # A batch that does not decode stays where it is: poll() raises until the
+                # application seeks past it (as Kafka does), after what came before it.
+                if out:
+                    return out
+                raise
+            state.buffered.popleft()
             state.buffered_bytes -= len(raw)
-            decoded = self._decoded[tp] = deque(self._decode(tp, base, raw, position))
+            decoded = self._decoded[tp] = deque(records)
         return out
 
     def _decode(

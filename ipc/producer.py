@@ -487,7 +487,14 @@ class Sender:
                 continue
             self.sequencer.on_send(tp, batch)
             if batch.encoded is None:
-                batch.encoded = self._encode(batch)
+                try:
+                    batch.encoded = self._encode(batch)
+                except Exception as exc:  # a record CBOR cannot encode: fail the batch
+                    error = SerializationError(f"batch for {tp} cannot be encoded: {exc}")
+                    _, resend = self.sequencer.on_error(tp, batch, error, can_retry=False)
+                    self._fail(batch, error)
+                    self._requeue(resend, now)
+                    continue
             batches.append(batch)
             size += len(batch.encoded)
             if size >= self.max_request_size:

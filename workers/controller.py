@@ -425,8 +425,8 @@ class ControllerCore:
         """The supervisor saw the node's process die: fail over at once instead of
         waiting for node.session.timeout.ms. Ignored if that process is already gone."""
         node = self.nodes.get(node_id)
-        if node is None or not node.alive or (pid and node.pid != pid):
-            return False
+        if node is None or not node.alive or node.pid != pid:
+            return False  # only the process that died counts (the supervisor knows its pid)
         node.alive = False
         log.warning("node %d (pid %d) died: moving its leaderships", node_id, node.pid)
         if not self.reelect():

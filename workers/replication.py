@@ -99,6 +99,7 @@ class LeaderReplica:
             if follower != node_id:
                 # A new leader gives every follower a full lag window to show up.
                 replica.followers[follower] = FollowerProgress(follower, -1, now_ms, now_ms)
+        replica.recompute_high_watermark()
         return replica
 
     # -- progress --------------------------------------------------------------------------
