@@ -94,6 +94,12 @@ _BROKER_KEYS: dict[str, tuple[str, int, int, str]] = {
         -1,
         "Fetch bytes/s per principal (security on); over it, replies are delayed.",
     ),
+    "max.connections": (
+        "max_connections",
+        10_000,
+        -1,
+        "Client connections each server process accepts (-1: no limit); more are shut.",
+    ),
     "max.inflight.requests.per.client": (
         "max_inflight_requests_per_client",
         1000,
@@ -126,6 +132,7 @@ class BrokerConfig:
     leader_imbalance_check_interval_ms: int = 30_000
     quota_producer_byte_rate: int = -1
     quota_consumer_byte_rate: int = -1
+    max_connections: int = 10_000
     max_inflight_requests_per_client: int = 1000
     test_drop_produce_replies: int = 0
 

@@ -121,6 +121,7 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
             server = BrokerServer(ctx, router, BrokerSettings(**settings["broker"]), security)
         else:
             raise ValueError(f"unknown role {role!r}")
+        server.limit_connections(settings.get("max_connections", -1))
         conn.send({"endpoint": endpoint, "pid": os.getpid()})
         conn.close()
         signal.signal(signal.SIGHUP, lambda *_: setattr(server, "reload_requested", True))

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from kvlog.errors import (
     AuthorizationError,
@@ -99,6 +102,47 @@ class Server:
         self.bad_requests = 0
 
     # -- sockets and replies ---------------------------------------------------------------
+
+    def limit_connections(self, limit: int) -> None:
+        """Keep at most ``limit`` client connections (broker config max.connections).
+
+        ZeroMQ has no such option; its socket monitor reports each accepted connection
+        with its file descriptor. A connection over the limit is shut down through a
+        duplicate of that descriptor (libzmq's own stays open; it sees the peer go and
+        cleans up), so the client backs off and retries until a place frees up."""
+        if limit <= 0:
+            return
+        self._max_connections = limit
+        self._connections: set[int] = set()
+        self._refused_at = 0.0
+        monitor = self.router.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self.add_socket(monitor, lambda: self._on_connection_event(monitor))
+
+    def _on_connection_event(self, monitor: zmq.Socket[Any]) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(monitor, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            fd = event["value"]
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self._connections.discard(fd)
+                continue
+            if len(self._connections) < self._max_connections:
+                self._connections.add(fd)
+                continue
+            with contextlib.suppress(OSError):
+                extra = socket.socket(fileno=os.dup(fd))
+                extra.shutdown(socket.SHUT_RDWR)
+                extra.close()
+            now = time.monotonic()
+            if now - self._refused_at > 10.0:
+                self._refused_at = now
+                log.warning(
+                    "%s: refused a connection: %d open is max.connections",
+                    self.name,
+                    self._max_connections,
+                )
 
     def add_socket(self, sock: zmq.Socket[Any], on_readable: Callable[[], None]) -> None:
         self._socket_handlers[sock] = on_readable

@@ -213,6 +213,7 @@ class Broker:
         common = {
             "log_level": self.log_level,
             "max_frame_bytes": cfg.max_frame_bytes,
+            "max_connections": cfg.max_connections,
             "data_dir": str(self.data_dir),
             "security": asdict(self.security),
         }

@@ -1,0 +1,48 @@
+"""max.connections: a server process keeps at most that many client connections."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import zmq
+
+import kvlog
+from kvlog.ipc import wire
+
+
+def _dealer(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    return sock
+
+
+def _pings(sock: zmq.Socket[Any], timeout_s: float) -> bool:
+    """Send ping (again and again) until one answer arrives or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    rid = 0
+    while time.monotonic() < deadline:
+        rid += 1
+        sock.send(wire.encode(wire.request_header("ping", rid)))
+        if sock.poll(200):
+            wire.decode_header(sock.recv_multipart()[0])
+            return True
+    return False
+
+
+@pytest.mark.timeout(60)
+def test_connections_over_the_cap_are_refused_until_one_closes(tmp_path: Any) -> None:
+    with kvlog.Broker(tmp_path, "tcp://127.0.0.1:0", config={"max.connections": 3}) as broker:
+        ctx = zmq.Context()
+        try:
+            held = [_dealer(ctx, broker.bootstrap) for _ in range(3)]
+            assert all(_pings(sock, 10) for sock in held)
+            extra = _dealer(ctx, broker.bootstrap)
+            assert not _pings(extra, 1.5), "a fourth connection was served"
+            held.pop().close(linger=0)
+            assert _pings(extra, 10), "a freed place was not given to the waiting client"
+            assert all(_pings(sock, 5) for sock in held)  # the first ones were never dropped
+        finally:
+            ctx.destroy(linger=0)
