@@ -1,0 +1,156 @@
+"""The benchmark suite's commands and scripts on tiny workloads: they run, their JSON
+has the fields BENCHMARKS.md and the plots read. No test measures speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clitest_util import Serve, cli, unique
+
+BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench"
+
+
+def perf(*args: str) -> dict[str, Any]:
+    result = cli("perf", *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output.strip().splitlines()[-1])
+
+
+def test_produce_with_send_batch_and_preload(serve: Serve) -> None:
+    topic = unique("perf-batch")
+    b = ("--bootstrap-server", serve.bootstrap, "--topic", topic, "--partitions", "3")
+    result = perf("produce", *b, "--records", "2500", "--send-batch", "1000", "--preload", "700")
+    assert result["api"] == "send_batch" and result["send_batch_records"] == 1000
+    assert result["records"] == 2500 and result["stored_before"] == 700
+    assert result["latency_samples"] == 2500  # every record, not a sample
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    percentiles = dict(result["percentiles"])
+    assert percentiles[50.0] == result["p50_ms"] and percentiles[100.0] >= result["p999_ms"]
+    # send() path: the same fields, and "api" says which
+    assert perf("produce", *b, "--records", "500")["api"] == "send"
+
+
+def test_consume_after_a_preload_reads_the_filled_records(serve: Serve) -> None:
+    topic = unique("perf-preload")
+    b = ("--bootstrap-server", serve.bootstrap, "--topic", topic, "--partitions", "2")
+    result = perf("consume", *b, "--records", "1500", "--preload", "900")
+    assert result["records"] == 1500 and result["stored_before"] == 900
+
+
+def test_pipeline_produces_and_consumes_together(serve: Serve) -> None:
+    topic = unique("perf-pipeline")
+    b = ("--bootstrap-server", serve.bootstrap, "--topic", topic)
+    result = perf("pipeline", *b, "--records", "3000", "--send-batch", "500")
+    assert result["test"] == "pipeline" and result["received"] == 3000
+    assert result["produce_records_per_s"] > 0 and result["consume_records_per_s"] > 0
+
+
+@pytest.mark.parametrize(
+    ("scenario", "extra"),
+    [("leave", []), ("join", []), ("grow", ["--grow-to", "4"])],
+)
+def test_groups_rebalance_time(serve: Serve, scenario: str, extra: list[str]) -> None:
+    result = perf(
+        "groups",
+        "--bootstrap-server",
+        serve.bootstrap,
+        "--members",
+        "2",
+        "--partitions",
+        "4",
+        "--scenario",
+        scenario,
+        "--repeat",
+        "2",
+        "--heartbeat-interval-ms",
+        "100",
+        "--session-timeout-ms",
+        "3000",
+        *extra,
+    )
+    assert result["scenario"] == scenario and len(result["seconds"]) == 2
+    assert 0 < result["min_s"] <= result["median_s"] <= result["max_s"]
+
+
+def test_groups_refuses_a_grow_that_does_not_grow() -> None:
+    result = cli("perf", "groups", "--scenario", "grow", "--members", "5", "--grow-to", "5")
+    assert result.exit_code == 2 and "--grow-to" in result.output
+
+
+def test_failover_kills_the_leader_and_times_the_new_one() -> None:
+    result = perf("failover", "--repeat", "1", "--settle-s", "0", "--rate", "200")
+    (rep,) = result["repetitions"]
+    assert rep["killed_node"] != rep["new_leader"]
+    assert 0 < rep["seconds"] <= rep["seconds_to_record_sent_after_kill"]
+
+
+def _script(name: str, *args: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / name), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_compare_skips_missing_peers_cleanly(tmp_path: Path) -> None:
+    # A PATH without redis-server and nats-server: both peers are skipped, kvlog runs.
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent))
+    out_file = tmp_path / "compare.json"
+    out = _script(
+        "compare", "--records", "3000", "--rounds", "1", "--json-out", str(out_file), env=env
+    )
+    assert "skipping Redis Streams: redis-server is not installed" in out
+    assert "skipping NATS JetStream: nats-server is not installed" in out
+    data = json.loads(out_file.read_text())
+    assert set(data["medians"]) == {"kvlog"}
+    assert data["medians"]["kvlog"]["produce (send_batch)"] > 0
+
+
+def _fake_results(root: Path) -> Path:
+    results = root / "results"
+    results.mkdir()
+    meta = {"_meta": {"loadavg_before": [0.5, 0.5, 0.5]}}
+    run = {
+        "test": "produce",
+        "records_per_s": 1000.0,
+        "mb_per_s": 0.1,
+        "p50_ms": 1.0,
+        "p99_ms": 2.0,
+        "p999_ms": 3.0,
+        "max_ms": 4.0,
+        "percentiles": [[0.0, 0.5], [50.0, 1.0], [99.0, 2.0], [100.0, 4.0]],
+        **meta,
+    }
+    for name in ("produce-p1", "produce-p16", "consume-stored-0", "consume-stored-1m"):
+        entry = {"scenario": name, "command": f"kvlog perf {name}", "runs": [run, run]}
+        (results / f"{name}.json").write_text(json.dumps(entry))
+    e2e = {"scenario": "e2e-2000", "command": "kvlog perf e2e", "runs": [dict(run, test="e2e")]}
+    (results / "e2e-2000.json").write_text(json.dumps(e2e))
+    groups = {"test": "groups", "seconds": [0.1, 0.3], "median_s": 0.2, **meta}
+    entry = {"scenario": "groups-leave", "command": "kvlog perf groups", "runs": [groups]}
+    (results / "groups-leave.json").write_text(json.dumps(entry))
+    return results
+
+
+def test_report_prints_the_tables(tmp_path: Path) -> None:
+    out = _script("report", "--results", str(_fake_results(tmp_path)))
+    assert "| produce-p16 | `kvlog perf produce-p16` | 1 k (1 k .. 1 k)" in out
+    assert "| groups-leave | `kvlog perf groups` | 0.200 | 0.300 | 2 |" in out
+
+
+def test_plot_draws_the_pngs(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = _script("plot", "--results", str(_fake_results(tmp_path)), "--out", str(tmp_path))
+    for name in ("latency-e2e.png", "throughput-stored.png", "throughput-partitions.png"):
+        assert name in out
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
