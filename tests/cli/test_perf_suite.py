@@ -116,6 +116,18 @@ def test_compare_skips_missing_peers_cleanly(tmp_path: Path) -> None:
     assert data["medians"]["kvlog"]["produce (send_batch)"] > 0
 
 
+def test_stored_pairs_a_preloaded_log_with_an_empty_one(tmp_path: Path) -> None:
+    out_file = tmp_path / "stored.json"
+    out = _script(
+        "stored", "--preload", "3000", "--records", "2000", "--rounds", "1",
+        "--json-out", str(out_file),
+    )  # fmt: skip
+    assert "produce: stored / empty, median of 1 paired rounds" in out
+    data = json.loads(out_file.read_text())
+    assert len(data["ratios"]["produce"]) == len(data["ratios"]["consume"]) == 1
+    assert all(r > 0 for r in data["ratios"]["consume"])
+
+
 def _fake_results(root: Path) -> Path:
     results = root / "results"
     results.mkdir()
