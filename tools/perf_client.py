@@ -22,8 +22,9 @@ the clock starts. MB/s counts key + value bytes (10^6 bytes per MB).
   replication factor), e.g. 3 log dirs with replication factor 1 for three writers.
 - ``e2e``: produces ``--rate`` records/s for ``--seconds`` with the send time (CLOCK_MONOTONIC,
   ns) in each value's first 8 bytes; a consumer in another process (so neither shares a
-  GIL with the other) records produce -> consume latency per record. ``--linger-ms``
-  defaults to 0 here.
+  GIL with the other) records produce -> consume latency per record, and the producer
+  records send -> acknowledgement of the same records (``ack_p50_ms`` ... ``ack_max_ms``:
+  the produce half). ``--linger-ms`` defaults to 0 here.
 
 ``--json`` prints one object with at least ``records_per_s``, ``mb_per_s``, ``p50_ms``,
 ``p99_ms``, ``p999_ms`` and ``max_ms`` (HdrHistogram, microsecond resolution), and
@@ -148,6 +149,23 @@ class Result:
             "embedded_broker": embedded,
             "config": config,
         }
+
+
+def percentiles_ms(latency_us: Counter[int]) -> dict[str, float | None]:
+    """p50 / p99 / p99.9 / max in ms of a latency histogram in microseconds."""
+    from hdrh.histogram import HdrHistogram
+
+    hist = HdrHistogram(1, 3_600_000_000, 3)
+    for value, count in latency_us.items():
+        hist.record_value(max(1, value), count)
+    if not hist.get_total_count():
+        return {"p50_ms": None, "p99_ms": None, "p999_ms": None, "max_ms": None}
+    return {
+        "p50_ms": round(hist.get_value_at_percentile(50) / 1000, 3),
+        "p99_ms": round(hist.get_value_at_percentile(99) / 1000, 3),
+        "p999_ms": round(hist.get_value_at_percentile(99.9) / 1000, 3),
+        "max_ms": round(hist.get_max_value() / 1000, 3),
+    }
 
 
 # -- the broker and the topic ------------------------------------------------------------------
@@ -513,13 +531,19 @@ def run_e2e(options: Options, tick: Tick, rate: int, seconds: float) -> Result:
             pack = _STAMP.pack
             now_ns = time.monotonic_ns
             interval_ns = int(1e9 / rate)
+            acked: Counter[int] = Counter()  # send -> acknowledgement, us (the I/O thread)
+
+            def on_ack(_meta: Any, sent: int) -> None:
+                acked[(now_ns() - sent) // 1000] += 1
+
             mask = POOL - 1
             started_ns = now_ns()
             for i in range(total):
                 wait = started_ns + i * interval_ns - now_ns()
                 if wait > 0:
                     time.sleep(wait / 1e9)
-                send(topic, pack(now_ns()) + pad, keys[i & mask])
+                sent = now_ns()
+                send(topic, pack(sent) + pad, keys[i & mask]).add_callback(on_ack, sent)
                 if not i & 1023:
                     tick(min(1024, total - i))
             producer.flush()
@@ -545,7 +569,13 @@ def run_e2e(options: Options, tick: Tick, rate: int, seconds: float) -> Result:
         total * (options.key_size + max(options.record_size, _STAMP.size)),
         "produce -> consume, per record",
         latency,
-        {"target_rate": rate, "received": received, "missing": max(0, lost)},
+        {
+            "target_rate": rate,
+            "received": received,
+            "missing": max(0, lost),
+            # The produce half of the latency: send -> acknowledgement of the same records.
+            **{f"ack_{k}": v for k, v in percentiles_ms(acked).items()},
+        },
     )
 
 

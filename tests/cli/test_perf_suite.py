@@ -51,6 +51,13 @@ def test_pipeline_produces_and_consumes_together(serve: Serve) -> None:
     assert result["produce_records_per_s"] > 0 and result["consume_records_per_s"] > 0
 
 
+def test_e2e_reports_the_produce_half_too(serve: Serve) -> None:
+    b = ("--bootstrap-server", serve.bootstrap, "--topic", unique("perf-e2e"))
+    result = perf("e2e", *b, "--rate", "300", "--seconds", "1")
+    assert result["received"] == 300
+    assert 0 < result["ack_p50_ms"] <= result["ack_p99_ms"] <= result["ack_max_ms"]
+
+
 @pytest.mark.parametrize(
     ("scenario", "extra"),
     [("leave", []), ("join", []), ("grow", ["--grow-to", "4"])],
