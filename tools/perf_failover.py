@@ -17,6 +17,11 @@ acknowledgement. Each repetition:
 4. waits for the supervisor to restart the node, for it to rejoin the ISR, and then
    ``--settle-s`` more, so each kill meets a settled cluster.
 
+The supervisor delays the restart of a process that dies again within 30 s of its last
+start (0.2 s, doubling up to 10 s), so repeated kills in one broker measure failover under
+a crash loop; ``--fresh-broker`` starts a new embedded broker for every repetition, so each
+kill is a first crash.
+
 The leader moves because the supervisor sees its child die and tells the coordinator at
 once (``node_down``); without that the coordinator would wait ``node.session.timeout.ms``.
 Default broker and client settings otherwise. ``--json`` prints each repetition and the
@@ -126,6 +131,64 @@ def _wait_full_isr(admin: Any, topic: str, replicas: int) -> int:
     raise click.ClickException(f"the ISR did not get back to {replicas} replicas in {WAIT_S} s")
 
 
+def _session(
+    kills: int,
+    log_dirs: int,
+    replication_factor: int,
+    rate: int,
+    settle_s: float,
+    report: Any,
+) -> None:
+    """One embedded broker, one topic, one steady producer, ``kills`` leader kills."""
+    from kvlog.ipc.admin import Admin
+    from kvlog.workers.supervisor import Broker
+
+    root = Path(tempfile.mkdtemp(prefix="kvlog-perf-failover-"))
+    topic = f"perf-failover-{uuid.uuid4().hex[:8]}"
+    try:
+        dirs = [root / "logs" / str(i) for i in range(log_dirs)]
+        with Broker(root, "tcp://127.0.0.1:0", log_dirs=dirs) as broker:
+            admin = Admin(bootstrap_servers=broker.bootstrap)
+            try:
+                admin.create_topic(topic, 1, replication_factor, config={"min.insync.replicas": 2})
+                producer = SteadyProducer(broker.bootstrap, topic, rate)
+                producer.start()
+                try:
+                    for _ in range(kills):
+                        _wait_full_isr(admin, topic, replication_factor)
+                        time.sleep(settle_s)
+                        leader = _wait_full_isr(admin, topic, replication_factor)
+                        producer.first_ack_after(time.perf_counter(), WAIT_S)  # flowing
+                        pid = next(
+                            p["pid"]
+                            for p in broker.processes()
+                            if p["role"] == "node" and p["node_id"] == leader
+                        )
+                        killed_at = time.perf_counter()
+                        os.kill(pid, signal.SIGKILL)
+                        first, first_new = producer.first_ack_after(killed_at, WAIT_S)
+                        report(
+                            {
+                                "killed_node": leader,
+                                "new_leader": _leader(admin, topic)[0],
+                                "seconds": round(first - killed_at, 4),
+                                "seconds_to_record_sent_after_kill": round(
+                                    first_new - killed_at, 4
+                                ),
+                            }
+                        )
+                finally:
+                    producer.close()
+                if producer.errors:
+                    raise click.ClickException(
+                        f"{len(producer.errors)} record(s) failed; the first: {producer.errors[0]}"
+                    )
+            finally:
+                admin.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @click.command("failover", cls=Command)
 @click.option("--repeat", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--log-dirs", type=click.IntRange(min=2), default=3, show_default=True)
@@ -144,69 +207,42 @@ def _wait_full_isr(admin: Any, topic: str, replicas: int) -> int:
     show_default=True,
     help="Wait after the ISR is full again, before the next kill.",
 )
+@click.option(
+    "--fresh-broker",
+    is_flag=True,
+    help="A new embedded broker for every repetition: each kill is the cluster's first "
+    "(no supervisor restart backoff from earlier kills).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def perf_failover(
-    repeat: int, log_dirs: int, replication_factor: int, rate: int, settle_s: float, as_json: bool
+    repeat: int,
+    log_dirs: int,
+    replication_factor: int,
+    rate: int,
+    settle_s: float,
+    fresh_broker: bool,
+    as_json: bool,
 ) -> None:
     """Leader SIGKILL -> first acknowledged produce on the new leader."""
-    from kvlog.ipc.admin import Admin
-    from kvlog.workers.supervisor import Broker
-
     if replication_factor > log_dirs:
         raise click.BadParameter("at most --log-dirs", param_hint="--replication-factor")
     console = make_console(stderr=True)
-    root = Path(tempfile.mkdtemp(prefix="kvlog-perf-failover-"))
-    topic = f"perf-failover-{uuid.uuid4().hex[:8]}"
     reps: list[dict[str, Any]] = []
-    try:
-        dirs = [root / "logs" / str(i) for i in range(log_dirs)]
-        with Broker(root, "tcp://127.0.0.1:0", log_dirs=dirs) as broker:
-            admin = Admin(bootstrap_servers=broker.bootstrap)
-            try:
-                admin.create_topic(topic, 1, replication_factor, config={"min.insync.replicas": 2})
-                producer = SteadyProducer(broker.bootstrap, topic, rate)
-                producer.start()
-                try:
-                    for rep in range(repeat):
-                        _wait_full_isr(admin, topic, replication_factor)
-                        time.sleep(settle_s)
-                        leader = _wait_full_isr(admin, topic, replication_factor)
-                        producer.first_ack_after(time.perf_counter(), WAIT_S)  # flowing
-                        pid = next(
-                            p["pid"]
-                            for p in broker.processes()
-                            if p["role"] == "node" and p["node_id"] == leader
-                        )
-                        killed_at = time.perf_counter()
-                        os.kill(pid, signal.SIGKILL)
-                        first, first_new = producer.first_ack_after(killed_at, WAIT_S)
-                        new_leader = _leader(admin, topic)[0]
-                        reps.append(
-                            {
-                                "killed_node": leader,
-                                "new_leader": new_leader,
-                                "seconds": round(first - killed_at, 4),
-                                "seconds_to_record_sent_after_kill": round(
-                                    first_new - killed_at, 4
-                                ),
-                            }
-                        )
-                        if not as_json:
-                            console.print(
-                                f"repetition {rep + 1}: node {leader} killed, node "
-                                f"{new_leader} acknowledged a new record after "
-                                f"{(first_new - killed_at) * 1000:.0f} ms"
-                            )
-                finally:
-                    producer.close()
-                if producer.errors:
-                    raise click.ClickException(
-                        f"{len(producer.errors)} record(s) failed; the first: {producer.errors[0]}"
-                    )
-            finally:
-                admin.close()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+
+    def report(rep: dict[str, Any]) -> None:
+        reps.append(rep)
+        if not as_json:
+            console.print(
+                f"repetition {len(reps)}: node {rep['killed_node']} killed, node "
+                f"{rep['new_leader']} acknowledged a new record after "
+                f"{rep['seconds_to_record_sent_after_kill'] * 1000:.0f} ms"
+            )
+
+    if fresh_broker:
+        for _ in range(repeat):
+            _session(1, log_dirs, replication_factor, rate, settle_s, report)
+    else:
+        _session(repeat, log_dirs, replication_factor, rate, settle_s, report)
     times = [r["seconds_to_record_sent_after_kill"] for r in reps]
     result = {
         "test": "failover",
@@ -216,6 +252,7 @@ def perf_failover(
         "min_insync_replicas": 2,
         "rate": rate,
         "settle_s": settle_s,
+        "fresh_broker": fresh_broker,
         "repetitions": reps,
         "median_s": round(statistics.median(times), 4),
         "max_s": round(max(times), 4),

@@ -91,7 +91,8 @@ def test_groups_refuses_a_grow_that_does_not_grow() -> None:
 
 
 def test_failover_kills_the_leader_and_times_the_new_one() -> None:
-    result = perf("failover", "--repeat", "1", "--settle-s", "0", "--rate", "200")
+    result = perf("failover", "--repeat", "1", "--settle-s", "0", "--rate", "200", "--fresh-broker")
+    assert result["fresh_broker"] is True
     (rep,) = result["repetitions"]
     assert rep["killed_node"] != rep["new_leader"]
     assert 0 < rep["seconds"] <= rep["seconds_to_record_sent_after_kill"]
