@@ -18,7 +18,6 @@ import logging
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -38,6 +37,7 @@ from kvlog.types import TopicPartition
 from .config import CONSUMER_SETTINGS, resolve
 from .fetcher import Fetcher, PartitionFetchState, out_of_range_message
 from .metadata import ClusterMetadata
+from .records import ConsumerRecord, DecodedBatch, RecordColumns
 from .rpc import IOThread
 from .security import client_socket_options
 from .serializers import deserializer
@@ -47,21 +47,6 @@ log = logging.getLogger(__name__)
 
 EARLIEST = -2
 LATEST = -1
-
-
-class ConsumerRecord(NamedTuple):
-    """One record as ``poll()`` returns it (kafka-python's field names)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: Any
-    value: Any
-    headers: list[tuple[str, bytes]]
-    timestamp_type: int = 0
-    serialized_key_size: int = -1
-    serialized_value_size: int = -1
 
 
 class OffsetAndMetadata(NamedTuple):
@@ -92,11 +77,6 @@ class ConsumerRebalanceListener:
         self.on_partitions_revoked(lost)
 
 
-_tuple_new = tuple.__new__
-# Records without headers share one empty, immutable headers value.
-_NO_HEADERS: tuple[tuple[str, bytes], ...] = ()
-
-
 class Consumer:
     """Reads records from kvlog topics. See the module docstring."""
 
@@ -109,8 +89,9 @@ class Consumer:
         self._bootstrap = split_bootstrap(cfg["bootstrap_servers"])
         self._key_deserializer = deserializer(cfg["key_deserializer"], "key_deserializer")
         self._value_deserializer = deserializer(cfg["value_deserializer"], "value_deserializer")
-        self._plain_keys = cfg["key_deserializer"] is None
-        self._plain_values = cfg["value_deserializer"] is None
+        # None when the application takes the bytes as they are (no call per record).
+        self._keys_in = None if cfg["key_deserializer"] is None else self._key_deserializer
+        self._values_in = None if cfg["value_deserializer"] is None else self._value_deserializer
         self._reset = cfg["auto_offset_reset"]
         self._request_timeout_ms = cfg["request_timeout_ms"]
         self._check_crcs = cfg["check_crcs"]
@@ -133,7 +114,7 @@ class Consumer:
             socket_options=client_socket_options(cfg),
         )
         self._lock = self._fetcher.lock
-        self._decoded: dict[TopicPartition, deque[ConsumerRecord]] = {}
+        self._decoded: dict[TopicPartition, DecodedBatch] = {}
         self._subscription: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
         self._manual = False
@@ -468,6 +449,20 @@ class Consumer:
     ) -> dict[TopicPartition, list[ConsumerRecord]]:
         """Records from the assigned partitions, at most ``max.poll.records``; waits up to
         ``timeout_ms`` for some to arrive."""
+        return self._poll(timeout_ms, max_records, update_offsets, columns=False)
+
+    def poll_batch(
+        self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True
+    ) -> dict[TopicPartition, RecordColumns]:
+        """Like ``poll()``, but each partition's records come as one :class:`RecordColumns`
+        (lists of offsets, timestamps, keys, values, headers) instead of a ConsumerRecord
+        each: the consume-side counterpart of ``Producer.send_batch``, for applications
+        that work on whole columns."""
+        return self._poll(timeout_ms, max_records, update_offsets, columns=True)
+
+    def _poll(
+        self, timeout_ms: int, max_records: int | None, update_offsets: bool, *, columns: bool
+    ) -> Any:
         if self._closed:
             raise IllegalStateError("poll() on a closed consumer")
         limit = max_records or self.config["max_poll_records"]
@@ -480,18 +475,18 @@ class Consumer:
             if unresolved:
                 self._resolve_positions(unresolved)
             with self._lock:
-                records = self._collect(limit, update_offsets)
-                if records:
+                taken = self._collect(limit, update_offsets, columns)
+                if taken:
                     self._io.wake()
-                    return records
+                    return taken
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return {}
                 self._lock.wait(min(left, 0.1))
 
-    def _collect(self, limit: int, update: bool) -> dict[TopicPartition, list[ConsumerRecord]]:
+    def _collect(self, limit: int, update: bool, columns: bool) -> dict[TopicPartition, Any]:
         """Take up to ``limit`` records from the buffers (lock held)."""
-        out: dict[TopicPartition, list[ConsumerRecord]] = {}
+        out: dict[TopicPartition, Any] = {}
         states = list(self._fetcher.states.items())
         if not states:
             return out
@@ -506,87 +501,68 @@ class Consumer:
                 raise error
             if state.paused or state.position is None:
                 continue
-            taken = self._take(tp, state, remaining)
+            taken, next_offset = self._take(tp, state, remaining, columns)
             if taken:
                 out[tp] = taken
                 if update:
-                    state.position = taken[-1].offset + 1
+                    state.position = next_offset
                 remaining -= len(taken)
                 if remaining <= 0:
                     break
         return out
 
     def _take(
-        self, tp: TopicPartition, state: PartitionFetchState, limit: int
-    ) -> list[ConsumerRecord]:
-        decoded = self._decoded.get(tp)
-        out: list[ConsumerRecord] = []
+        self, tp: TopicPartition, state: PartitionFetchState, limit: int, columns: bool
+    ) -> tuple[Any, int]:
+        """Up to ``limit`` records of ``tp`` from its decoded and buffered batches, as a
+        list of ConsumerRecords or as one RecordColumns; and the offset after them."""
+        taken: Any = None
+        count = 0
+        next_offset = 0
         position = state.position or 0
-        while len(out) < limit:
-            if decoded:
-                while decoded and len(out) < limit:
-                    record = decoded.popleft()
-                    if record.offset >= position:
-                        out.append(record)
+        while count < limit:
+            decoded = self._decoded.get(tp)
+            if decoded is None or not decoded:
+                if not state.buffered:
+                    break
+                base, raw = state.buffered[0]
+                try:
+                    header, cols = batch_format.decode_raw(raw, verify=self._check_crcs)
+                except KvlogError:
+                    # A batch that does not decode stays where it is: poll() raises until
+                    # the application seeks past it (as Kafka does), after what came before.
+                    if count:
+                        break
+                    raise
+                state.buffered.popleft()
+                state.buffered_bytes -= len(raw)
+                decoded = self._decoded[tp] = DecodedBatch(header, cols, base)
+            decoded.skip_to(position)
+            if not decoded:
                 continue
-            if not state.buffered:
-                break
-            base, raw = state.buffered[0]
-            try:
-                records = self._decode(tp, base, raw, position)
-            except KvlogError:
-                # A batch that does not decode stays where it is: poll() raises until the
-                # application seeks past it (as Kafka does), after what came before it.
-                if out:
-                    return out
-                raise
-            state.buffered.popleft()
-            state.buffered_bytes -= len(raw)
-            decoded = self._decoded[tp] = deque(records)
-        return out
-
-    def _decode(
-        self, tp: TopicPartition, base: int, raw: bytes, position: int
-    ) -> list[ConsumerRecord]:
-        header, cols = batch_format.decode_raw(raw, verify=self._check_crcs)
-        offsets, ts_deltas, keys, values = cols[:4]
-        count = len(values)
-        # Skip what lies before the position (the batch that holds it starts earlier).
-        skip = 0
-        if position > base:
-            if isinstance(offsets, range):
-                skip = min(position - base, count)
+            if columns:
+                if taken is not None and decoded.ts_type != taken.timestamp_type:
+                    break  # one RecordColumns holds one timestamp type
+                run = decoded.take_columns(
+                    tp.topic, tp.partition, limit - count, self._keys_in, self._values_in
+                )
+                if taken is None:
+                    taken = run
+                else:
+                    taken.extend(run)
+                next_offset = run.next_offset
             else:
-                skip = next((i for i, d in enumerate(offsets) if base + d >= position), count)
-        if skip:
-            offsets, ts_deltas = offsets[skip:], ts_deltas[skip:]
-            keys, values = keys[skip:], values[skip:]
-        key_sizes = [-1 if k is None else len(k) for k in keys]
-        value_sizes = [-1 if v is None else len(v) for v in values]
-        if not self._plain_keys:
-            keys = [self._key_deserializer(k) for k in keys]
-        if not self._plain_values:
-            values = [self._value_deserializer(v) for v in values]
-        if cols.headers is None:
-            headers: Any = [_NO_HEADERS] * len(values)
-        else:
-            headers = [
-                [(h[0], h[1]) for h in pairs] if pairs else _NO_HEADERS
-                for pairs in cols.headers[skip:]
-            ]
-        topic, partition = tp.topic, tp.partition
-        first_ts = header.first_timestamp
-        ts_type = header.timestamp_type
-        new = _tuple_new
-        return [
-            new(
-                ConsumerRecord,
-                (topic, partition, base + od, first_ts + td, k, v, h, ts_type, ks, vs),
-            )
-            for od, td, k, v, h, ks, vs in zip(
-                offsets, ts_deltas, keys, values, headers, key_sizes, value_sizes, strict=True
-            )
-        ]
+                records = decoded.take_records(
+                    tp.topic, tp.partition, limit - count, self._keys_in, self._values_in
+                )
+                if taken is None:
+                    taken = records
+                else:
+                    taken += records
+                next_offset = records[-1].offset + 1
+            count = len(taken)
+            position = next_offset
+        return taken, next_offset
 
     # -- iteration (kafka-python) ------------------------------------------------------------------
 

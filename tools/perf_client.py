@@ -419,8 +419,10 @@ def run_consume(
     tick: Tick,
     max_poll_records: int,
     start: dict[TopicPartitionLike, int] | None = None,
+    columns: bool = False,
 ) -> Result:
-    """One consumer reads ``--records`` records from ``start`` (default: the beginning)."""
+    """One consumer reads ``--records`` records from ``start`` (default: the beginning),
+    with ``poll()`` or, with ``columns``, ``poll_batch()``."""
     from kvlog.ipc.consumer import Consumer
     from kvlog.types import TopicPartition
 
@@ -441,9 +443,10 @@ def run_consume(
             if offset:
                 consumer.seek(tp, offset)
         idle_since = started
+        poll = consumer.poll_batch if columns else consumer.poll
         while received < n:
             t = clock()
-            batch = consumer.poll(timeout_ms=1000, max_records=min(max_poll_records, n - received))
+            batch = poll(timeout_ms=1000, max_records=min(max_poll_records, n - received))
             now = clock()
             if not batch:
                 if now - idle_since > 10:
@@ -460,7 +463,10 @@ def run_consume(
         seconds = clock() - started
     # MB/s assumes --key-size + --record-size bytes per record (true for what fill() wrote).
     payload = received * (options.key_size + options.record_size)
-    return Result("consume", received, seconds, payload, "poll() call duration", durations)
+    what = "poll_batch() call duration" if columns else "poll() call duration"
+    result = Result("consume", received, seconds, payload, what, durations)
+    result.extra["api"] = "poll_batch" if columns else "poll"
+    return result
 
 
 # -- e2e ---------------------------------------------------------------------------------------
@@ -734,7 +740,13 @@ def perf_produce(**kwargs: Any) -> None:
     show_default=True,
     help="Records stored before the run (untimed).",
 )
-def perf_consume(no_fill: bool, max_poll_records: int, **kwargs: Any) -> None:
+@click.option(
+    "--poll-batch",
+    "columns",
+    is_flag=True,
+    help="Read with Consumer.poll_batch() (columns) instead of poll() (a record each).",
+)
+def perf_consume(no_fill: bool, max_poll_records: int, columns: bool, **kwargs: Any) -> None:
     """Consumer throughput: one consumer reads --records records from the start (after
     --preload's records)."""
     options = Options(**kwargs)
@@ -745,7 +757,7 @@ def perf_consume(no_fill: bool, max_poll_records: int, **kwargs: Any) -> None:
             with progress_bar("fill (untimed)", o.records, bars) as tick:
                 fill(o, tick)
         with progress_bar("consume", o.records, bars) as tick:
-            result = run_consume(o, tick, max_poll_records, start)
+            result = run_consume(o, tick, max_poll_records, start, columns)
         result.extra["stored_before"] = sum(start.values()) if start else 0
         return result
 

@@ -371,6 +371,59 @@ def test_iteration_with_consumer_timeout(broker: Any, admin: Any) -> None:
         consumer.close()
 
 
+def test_poll_batch_returns_the_records_poll_would_as_columns(broker: Any, admin: Any) -> None:
+    topic = _topic(admin, "columns", partitions=2)
+    with kvlog.Producer(
+        bootstrap_servers=broker.bootstrap, value_serializer="json", batch_size=4096
+    ) as producer:
+        for i in range(600):
+            headers = [("n", b"%d" % i)] if i % 7 == 0 else None
+            producer.send(topic, value={"i": i}, key=b"k%d" % (i % 13), headers=headers)
+        producer.flush(10)
+    expected = {
+        TopicPartition(topic, p): [
+            (r.offset, r.timestamp, r.key, json.loads(r.value), [tuple(h) for h in r.headers])
+            for r in _read(broker, topic, 2)
+            if r.partition == p
+        ]
+        for p in range(2)
+    }
+    consumer = kvlog.Consumer(
+        bootstrap_servers=broker.bootstrap,
+        auto_offset_reset="earliest",
+        value_deserializer="json",
+        max_poll_records=50,
+    )
+    got: dict[TopicPartition, list[tuple[Any, ...]]] = {tp: [] for tp in expected}
+    try:
+        consumer.assign(list(expected))
+        deadline = time.monotonic() + 30
+        turn = 0
+        while sum(map(len, got.values())) < 600 and time.monotonic() < deadline:
+            turn += 1
+            if turn % 3:  # mostly columns, some records: both take from the same batches
+                for tp, run in consumer.poll_batch(timeout_ms=500).items():
+                    assert isinstance(run, kvlog.RecordColumns) and len(run) <= 50
+                    assert (run.topic, run.partition) == tp
+                    assert consumer.position(tp) == run.next_offset
+                    headers = run.headers or [()] * len(run)
+                    got[tp] += [
+                        (o, t, k, v, [tuple(h) for h in hs])
+                        for o, t, k, v, hs in zip(
+                            run.offsets, run.timestamps, run.keys, run.values, headers, strict=True
+                        )
+                    ]
+            else:
+                for tp, records in consumer.poll(timeout_ms=500).items():
+                    got[tp] += [
+                        (r.offset, r.timestamp, r.key, r.value, [tuple(h) for h in r.headers])
+                        for r in records
+                    ]
+    finally:
+        consumer.close()
+    assert got == expected
+
+
 # -- admin -------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,234 @@
+"""What a consumer hands the application: records one by one, or columns.
+
+A fetched batch is decoded once into columns (:class:`DecodedBatch`); ``poll()`` builds a
+:class:`ConsumerRecord` only for the records it returns, and ``poll_batch()`` returns
+slices of the columns themselves (:class:`RecordColumns`), so a consumer that works on
+whole columns pays no per-record Python work in kvlog at all.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+from kvlog.batch import BatchHeader, Columns
+
+_tuple_new = tuple.__new__  # a NamedTuple's own constructor is a Python-level call
+# Records without headers share one empty, immutable headers value.
+NO_HEADERS: tuple[tuple[str, bytes], ...] = ()
+
+Deserializer = Callable[[Any], Any]
+
+
+class ConsumerRecord(NamedTuple):
+    """One record as ``poll()`` returns it (kafka-python's field names)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: Any
+    value: Any
+    headers: list[tuple[str, bytes]]
+    timestamp_type: int = 0
+    serialized_key_size: int = -1
+    serialized_value_size: int = -1
+
+
+class RecordColumns:
+    """A run of consecutive records of one partition as columns: ``poll_batch()``'s
+    value per partition. Column ``i`` of every attribute belongs to the same record;
+    keys and values went through the consumer's deserializers."""
+
+    __slots__ = (
+        "headers",
+        "keys",
+        "offsets",
+        "partition",
+        "timestamp_type",
+        "timestamps",
+        "topic",
+        "values",
+    )
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offsets: Sequence[int],
+        timestamps: list[int],
+        keys: list[Any],
+        values: list[Any],
+        headers: list[Sequence[tuple[str, bytes]]] | None,
+        timestamp_type: int,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offsets = offsets  # a range when the offsets are contiguous
+        self.timestamps = timestamps
+        self.keys = keys
+        self.values = values
+        self.headers = headers  # None when no record in the run has headers
+        self.timestamp_type = timestamp_type
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[ConsumerRecord]:
+        return iter(self.records())
+
+    def __repr__(self) -> str:
+        span = f"{self.offsets[0]}..{self.offsets[-1]}" if self.values else "empty"
+        return f"RecordColumns({self.topic}-{self.partition}, offsets {span})"
+
+    @property
+    def next_offset(self) -> int:
+        """The offset after the last record: what to commit once the run is processed."""
+        return self.offsets[-1] + 1
+
+    def records(self) -> list[ConsumerRecord]:
+        """The same records as ConsumerRecords (serialized sizes are not known here: -1)."""
+        headers = self.headers or [NO_HEADERS] * len(self.values)
+        topic, partition, ts_type, new = self.topic, self.partition, self.timestamp_type, _tuple_new
+        return [
+            new(ConsumerRecord, (topic, partition, o, t, k, v, h, ts_type, -1, -1))
+            for o, t, k, v, h in zip(
+                self.offsets, self.timestamps, self.keys, self.values, headers, strict=True
+            )
+        ]
+
+    def extend(self, more: RecordColumns) -> None:
+        """Append a later run of the same partition (list concatenation, no per-record work)."""
+        if isinstance(self.offsets, range) and isinstance(more.offsets, range):
+            if self.offsets.stop == more.offsets.start:
+                self.offsets = range(self.offsets.start, more.offsets.stop)
+            else:
+                self.offsets = [*self.offsets, *more.offsets]
+        else:
+            self.offsets = [*self.offsets, *more.offsets]
+        if self.headers is not None or more.headers is not None:
+            mine = self.headers or [NO_HEADERS] * len(self.values)
+            theirs = more.headers or [NO_HEADERS] * len(more.values)
+            self.headers = mine + theirs
+        self.timestamps += more.timestamps
+        self.keys += more.keys
+        self.values += more.values
+
+
+class DecodedBatch:
+    """One fetched batch's records, decoded to columns, of which the first ``start`` have
+    been handed out. Keys and values are deserialized as they are handed out."""
+
+    __slots__ = (
+        "first_timestamp",
+        "headers",
+        "keys",
+        "offsets",
+        "start",
+        "ts_deltas",
+        "ts_type",
+        "values",
+    )
+
+    def __init__(self, header: BatchHeader, columns: Columns, base_offset: int) -> None:
+        deltas = columns.offset_deltas
+        if isinstance(deltas, range):
+            self.offsets: Sequence[int] = range(
+                base_offset + deltas.start, base_offset + deltas.stop
+            )
+        else:
+            self.offsets = [base_offset + d for d in deltas]
+        self.ts_deltas = columns.timestamp_deltas
+        self.first_timestamp = header.first_timestamp
+        self.ts_type = header.timestamp_type
+        self.keys: list[Any] = columns.keys
+        self.values: list[Any] = columns.values
+        self.headers = columns.headers
+        self.start = 0
+
+    def __len__(self) -> int:
+        return len(self.values) - self.start
+
+    def skip_to(self, position: int) -> None:
+        """Drop the records before ``position`` (a fetch starts at the batch holding it)."""
+        self.start = max(self.start, bisect_left(self.offsets, position))
+
+    def _slice(self, limit: int) -> tuple[int, int]:
+        start = self.start
+        return start, min(len(self.values), start + limit)
+
+    def take_records(
+        self,
+        topic: str,
+        partition: int,
+        limit: int,
+        key_deserializer: Deserializer | None,
+        value_deserializer: Deserializer | None,
+    ) -> list[ConsumerRecord]:
+        start, stop = self._slice(limit)
+        keys, values = self.keys[start:stop], self.values[start:stop]
+        key_sizes = [-1 if k is None else len(k) for k in keys]
+        value_sizes = [-1 if v is None else len(v) for v in values]
+        if key_deserializer is not None:
+            keys = [key_deserializer(k) for k in keys]
+        if value_deserializer is not None:
+            values = [value_deserializer(v) for v in values]
+        headers = _headers(self.headers, start, stop) or [NO_HEADERS] * (stop - start)
+        first_ts, ts_type, new = self.first_timestamp, self.ts_type, _tuple_new
+        out = [
+            new(ConsumerRecord, (topic, partition, o, first_ts + td, k, v, h, ts_type, ks, vs))
+            for o, td, k, v, h, ks, vs in zip(
+                self.offsets[start:stop],
+                self.ts_deltas[start:stop],
+                keys,
+                values,
+                headers,
+                key_sizes,
+                value_sizes,
+                strict=True,
+            )
+        ]
+        self.start = stop  # only once every record was built (a deserializer may raise)
+        return out
+
+    def take_columns(
+        self,
+        topic: str,
+        partition: int,
+        limit: int,
+        key_deserializer: Deserializer | None,
+        value_deserializer: Deserializer | None,
+    ) -> RecordColumns:
+        start, stop = self._slice(limit)
+        keys, values = self.keys[start:stop], self.values[start:stop]
+        if key_deserializer is not None:
+            keys = [key_deserializer(k) for k in keys]
+        if value_deserializer is not None:
+            values = [value_deserializer(v) for v in values]
+        first_ts = self.first_timestamp
+        ts_deltas = self.ts_deltas[start:stop]
+        if ts_deltas and ts_deltas.count(ts_deltas[0]) == len(ts_deltas):
+            timestamps = [first_ts + ts_deltas[0]] * len(ts_deltas)  # one timestamp for all
+        else:
+            timestamps = [first_ts + td for td in ts_deltas]
+        run = RecordColumns(
+            topic,
+            partition,
+            self.offsets[start:stop],
+            timestamps,
+            keys,
+            values,
+            _headers(self.headers, start, stop),
+            self.ts_type,
+        )
+        self.start = stop
+        return run
+
+
+def _headers(
+    column: list[Any] | None, start: int, stop: int
+) -> list[Sequence[tuple[str, bytes]]] | None:
+    if column is None:
+        return None
+    return [[(h[0], h[1]) for h in pairs] if pairs else NO_HEADERS for pairs in column[start:stop]]
