@@ -35,24 +35,40 @@ class RecordMetadata(NamedTuple):
     serialized_value_size: int = -1
 
 
-class BatchFuture:
-    """Completed once by the I/O thread; waited on by any thread."""
+# Guards every BatchFuture's completion, lazy Event and callbacks. One lock for all: a
+# batch is completed once and rarely waited on, so contention is negligible, while a
+# Lock and an Event per batch cost ~2 us each to make (a third of send_batch's time with
+# 1,000 partitions, where every call opens hundreds of batches).
+_FUTURES_LOCK = threading.Lock()
 
-    __slots__ = ("_callbacks", "_event", "_lock", "base_offset", "error", "log_start_offset")
+
+class BatchFuture:
+    """Completed once by the I/O thread; waited on by any thread. The Event a waiter
+    blocks on is made only when someone waits before completion."""
+
+    __slots__ = ("_callbacks", "_done", "_event", "base_offset", "error", "log_start_offset")
 
     def __init__(self) -> None:
-        self._event = threading.Event()
-        self._lock = threading.Lock()
+        self._done = False
+        self._event: threading.Event | None = None
         self._callbacks: list[Callable[[BatchFuture], None]] | None = None
         self.base_offset = -1
         self.log_start_offset = -1
         self.error: BaseException | None = None
 
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._done
 
     def wait(self, timeout: float | None) -> bool:
-        return self._event.wait(timeout)
+        if self._done:
+            return True
+        with _FUTURES_LOCK:
+            if self._done:
+                return True
+            event = self._event
+            if event is None:
+                event = self._event = threading.Event()
+        return event.wait(timeout)
 
     def set_result(self, base_offset: int, log_start_offset: int = -1) -> None:
         self.base_offset = base_offset
@@ -64,9 +80,12 @@ class BatchFuture:
         self._finish()
 
     def _finish(self) -> None:
-        with self._lock:
-            self._event.set()
+        with _FUTURES_LOCK:
+            self._done = True
+            event = self._event
             callbacks, self._callbacks = self._callbacks, None
+        if event is not None:
+            event.set()
         for fn in callbacks or ():
             try:
                 fn(self)
@@ -74,8 +93,8 @@ class BatchFuture:
                 log.exception("a produce callback raised")
 
     def add_callback(self, fn: Callable[[BatchFuture], None]) -> None:
-        with self._lock:
-            if not self._event.is_set():
+        with _FUTURES_LOCK:
+            if not self._done:
                 if self._callbacks is None:
                     self._callbacks = []
                 self._callbacks.append(fn)

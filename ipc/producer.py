@@ -35,7 +35,7 @@ from kvlog.errors import (
     UnknownTopicOrPartitionError,
     error_from_code,
 )
-from kvlog.partitioner import partition_for_key
+from kvlog.partitioner import group_by_partition, partition_for_key
 from kvlog.types import TopicPartition
 
 from .accumulator import ProducerBatch, RecordAccumulator
@@ -198,33 +198,57 @@ class Producer:
             )
         ts = time_ns() // 1_000_000 if timestamp_ms is None else _check_timestamp(timestamp_ms)
         now = monotonic()
-        # Caller indices per partition; -1 collects unkeyed records for the sticky one.
-        groups: dict[int, list[int]] = {}
-        if partition is not None:
-            groups[partition] = list(range(len(vs)))
-        else:
-            for i, k in enumerate(ks):
-                p = partition_for_key(k, count) if k is not None else -1
-                groups.setdefault(p, []).append(i)
         segments: list[tuple[int, list[int], BatchFuture, int]] = []
-        for p, idxs in groups.items():
-            rest = idxs
-            while rest:
-                target = self._sticky_partition(topic, count) if p == -1 else p
-                landed = self._accumulator.append_many(
-                    tps[target], ts, [ks[i] for i in rest], [vs[i] for i in rest], now
-                )
-                placed = 0
-                for future, delta, n, filled in landed:
-                    segments.append((target, rest[placed : placed + n], future, delta))
-                    placed += n
-                    if filled and p == -1:
-                        # Sticky partitioning: a full batch moves unkeyed records on.
-                        self._next_sticky(topic, count, target)
-                        break
-                rest = rest[placed:]
+        if partition is not None or count == 1:
+            # One partition given, or the topic has one: nothing to hash.
+            target = partition or 0
+            landed = self._accumulator.append_many(tps[target], ts, ks, vs, now)
+            _add_segments(segments, target, list(range(len(vs))), landed)
+        elif keys is None:
+            self._append_sticky(topic, tps, list(range(len(vs))), ks, vs, ts, now, segments)
+        else:
+            # Hashing and grouping in one C call, then every partition's share appended
+            # under one lock: per-partition work, not per-record work, in Python.
+            groups = group_by_partition(ks, vs, count)
+            unkeyed = groups.pop(-1, None)
+            appended = self._accumulator.append_partitioned(
+                tps, [(p, g[1], g[2]) for p, g in groups.items()], ts, now
+            )
+            for (p, landed), group in zip(appended, groups.values(), strict=True):
+                _add_segments(segments, p, group[0], landed)
+            if unkeyed is not None:
+                self._append_sticky(topic, tps, *unkeyed, ts, now, segments)
         self._io.wake()  # full batches go now; new ones start their linger.ms clock
         return BatchSendResult(topic, ts, len(vs), segments)
+
+    def _append_sticky(
+        self,
+        topic: str,
+        tps: list[TopicPartition],
+        indices: list[int],
+        keys: list[bytes | None],
+        values: list[bytes | None],
+        timestamp: int,
+        now: float,
+        segments: list[tuple[int, list[int], BatchFuture, int]],
+    ) -> None:
+        """Unkeyed records of send_batch: they fill the sticky partition, which moves on
+        each time a batch fills (Kafka's sticky partitioner)."""
+        count = len(tps)
+        done = 0
+        while done < len(values):
+            target = self._sticky_partition(topic, count)
+            landed = self._accumulator.append_many(
+                tps[target], timestamp, keys[done:], values[done:], now
+            )
+            taken = 0
+            for _future, _delta, n, filled in landed:
+                taken += n
+                if filled:
+                    self._next_sticky(topic, count, target)
+                    break
+            _add_segments(segments, target, indices[done : done + taken], landed)
+            done += taken
 
     def _partitions_of(self, topic: str) -> list[TopicPartition]:
         """The topic's TopicPartition objects, cached per metadata version (send() reuses
@@ -322,6 +346,24 @@ class Producer:
 
     def metrics(self) -> dict[str, Any]:
         return dict(self._sender.stats)
+
+
+def _add_segments(
+    segments: list[tuple[int, list[int], BatchFuture, int]],
+    partition: int,
+    indices: list[int],
+    landed: list[tuple[BatchFuture, int, int, bool]],
+) -> None:
+    """Record where a run of send_batch's records landed: (partition, caller indices,
+    batch future, first offset delta) per batch."""
+    if len(landed) == 1:
+        future, delta, _n, _filled = landed[0]
+        segments.append((partition, indices, future, delta))
+        return
+    placed = 0
+    for future, delta, n, _filled in landed:
+        segments.append((partition, indices[placed : placed + n], future, delta))
+        placed += n
 
 
 def _header_value(value: Any) -> bytes:

@@ -11,6 +11,8 @@ pure-Python ``murmur2_py`` is the reference and the fallback.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
+from typing import Any
 
 _M = 0x5BD1E995
 _SEED = 0x9747B28C
@@ -49,13 +51,43 @@ def partition_for_key_py(key: bytes, num_partitions: int) -> int:
     return (murmur2_py(key) & 0x7FFFFFFF) % num_partitions
 
 
+def group_by_partition_py(
+    keys: Sequence[bytes | None], values: Sequence[Any], num_partitions: int
+) -> dict[int, tuple[list[int], list[bytes | None], list[Any]]]:
+    """Records grouped by partition: ``{partition: (indices, keys, values)}`` in the
+    order given, partition -1 for a None key (the producer's ``send_batch``)."""
+    if num_partitions <= 0:
+        raise ValueError("num_partitions must be positive")
+    if len(keys) != len(values):
+        raise ValueError("as many keys as values are needed")
+    groups: dict[int, tuple[list[int], list[bytes | None], list[Any]]] = {}
+    for i, (key, value) in enumerate(zip(keys, values, strict=True)):
+        partition = -1 if key is None else partition_for_key(key, num_partitions)
+        group = groups.get(partition)
+        if group is None:
+            group = groups[partition] = ([], [], [])
+        group[0].append(i)
+        group[1].append(key)
+        group[2].append(value)
+    return groups
+
+
 try:
-    from ._murmur2 import murmur2, partition_for_key
+    from ._murmur2 import group_by_partition, murmur2, partition_for_key
 
     ACCELERATED = True
 except ImportError:  # no compiler at install time: same results, ~30x slower
     murmur2 = murmur2_py
     partition_for_key = partition_for_key_py
+    group_by_partition = group_by_partition_py
     ACCELERATED = False
 
-__all__ = ["ACCELERATED", "murmur2", "murmur2_py", "partition_for_key", "partition_for_key_py"]
+__all__ = [
+    "ACCELERATED",
+    "group_by_partition",
+    "group_by_partition_py",
+    "murmur2",
+    "murmur2_py",
+    "partition_for_key",
+    "partition_for_key_py",
+]

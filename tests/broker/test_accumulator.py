@@ -7,6 +7,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvlog.errors import KafkaTimeoutError, ProducerClosedError
 from kvlog.ipc.accumulator import RECORD_OVERHEAD, RecordAccumulator
@@ -224,3 +226,53 @@ def test_completing_twice_frees_memory_once() -> None:
     acc.append(TP, 1, None, rec(500), None, now=0.0)
     with pytest.raises(KafkaTimeoutError):  # 1000 held: a double free would have let it in
         acc.append(TP, 1, None, rec(500), None, now=0.0)
+
+
+def _drain_all(acc: RecordAccumulator, tps: list[TopicPartition]) -> dict[TopicPartition, list]:
+    acc.begin_flush()
+    out: dict[TopicPartition, list] = {}
+    for tp in tps:
+        while (batch := acc.drain(tp, 0.0)) is not None:
+            out.setdefault(tp, []).append((batch.keys, batch.values, batch.size))
+    acc.end_flush()
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    calls=st.lists(
+        st.lists(
+            st.tuples(
+                st.integers(0, 3),
+                st.one_of(st.none(), st.binary(max_size=20)),
+                st.one_of(st.none(), st.binary(max_size=120)),
+            ),
+            max_size=30,
+        ),
+        max_size=8,
+    ),
+    batch_size=st.integers(50, 400),
+)
+def test_append_partitioned_builds_the_batches_append_would(calls, batch_size) -> None:
+    # send_batch's path (one lock, a group per partition, a fast path when a group fits)
+    # must cut batches exactly where record-by-record send() would.
+    tps = [TopicPartition("t", p) for p in range(4)]
+    one_by_one = make(batch_size=batch_size, linger_ms=60_000)
+    grouped = make(batch_size=batch_size, linger_ms=60_000)
+    for records in calls:
+        for p, key, value in records:
+            one_by_one.append(tps[p], 5, key, value, None, now=0.0)
+        groups: dict[int, tuple[list, list]] = {}
+        for p, key, value in records:
+            keys, values = groups.setdefault(p, ([], []))
+            keys.append(key)
+            values.append(value)
+        out = grouped.append_partitioned(
+            tps, [(p, ks, vs) for p, (ks, vs) in groups.items()], 5, now=0.0
+        )
+        assert [p for p, _ in out] == list(groups)
+        for (_, landed), (_, values) in zip(out, groups.values(), strict=True):
+            assert sum(count for _, _, count, _ in landed) == len(values)
+        # Full batches are ready at once (linger.ms is a minute), the same ones.
+        assert sorted(grouped.ready(0.0)[0]) == sorted(one_by_one.ready(0.0)[0])
+    assert _drain_all(grouped, tps) == _drain_all(one_by_one, tps)

@@ -88,6 +88,7 @@ def test_module_exports_the_accelerator_when_built():
     if _C is not None:
         assert partitioner.murmur2 is _C.murmur2
         assert partitioner.partition_for_key is _C.partition_for_key
+        assert partitioner.group_by_partition is _C.group_by_partition
 
 
 @pytest.mark.skipif(_C is None, reason="C accelerator not built (no compiler)")
@@ -124,3 +125,38 @@ def test_c_partition_for_key_survives_counts_past_32_bits(partitions):
     assert done.returncode == 0, done.stderr
     expected = [partitioner.partition_for_key_py(k, partitions) for k in (b"abc", b"")]
     assert [int(x) for x in done.stdout.split()] == expected
+
+
+_GROUPERS = [partitioner.group_by_partition_py] + (
+    [_C.group_by_partition] if _C is not None else []
+)
+
+
+@pytest.mark.parametrize("group", _GROUPERS)
+@budget(200)
+@given(
+    keys=st.lists(st.one_of(st.none(), st.binary(max_size=40)), max_size=60),
+    partitions=st.integers(1, 2000),
+)
+def test_group_by_partition_groups_as_partition_for_key_would(group, keys, partitions):
+    values = [object() for _ in keys]  # any value, passed through by identity
+    groups = group(keys, values, partitions)
+    expected: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        p = -1 if key is None else partitioner.partition_for_key_py(key, partitions)
+        expected.setdefault(p, []).append(i)
+    assert {p: g[0] for p, g in groups.items()} == expected
+    assert list(groups) == list(expected)  # partitions in order of first appearance
+    for indices, group_keys, group_values in groups.values():
+        assert group_keys == [keys[i] for i in indices]
+        assert all(v is values[i] for v, i in zip(group_values, indices, strict=True))
+
+
+@pytest.mark.parametrize("group", _GROUPERS)
+def test_group_by_partition_rejects_bad_input(group):
+    with pytest.raises(ValueError):
+        group([b"a"], [b"x"], 0)
+    with pytest.raises(ValueError):
+        group([b"a", b"b"], [b"x"], 4)
+    with pytest.raises(TypeError):
+        group([b"a", 7], [b"x", b"y"], 4)
