@@ -2,9 +2,14 @@
 
 Joining and syncing happen inside ``poll()``, on the caller's thread, so rebalance
 listener callbacks run where the user's code runs (as in Kafka). A background thread
-sends heartbeats every ``heartbeat.interval.ms``, so slow processing between polls does
-not cost the session; it also watches ``max.poll.interval.ms``: a consumer that stops
-polling leaves the group (its partitions go to the others), the next ``poll()`` raises
+heartbeats, so slow processing between polls does not cost the session. Its heartbeats
+are long polls (``max_wait_ms`` = ``heartbeat.interval.ms``, at most half the session):
+the coordinator holds each until the wait ends, then the thread sends the next at once,
+or answers it REBALANCE_IN_PROGRESS the moment a rebalance starts, so a member hears of a
+rebalance within milliseconds, not at its next heartbeat. A heartbeat that gets no answer
+(the coordinator restarting) is retried after ``retry.backoff.ms``, doubling up to the
+interval. The thread also watches ``max.poll.interval.ms``: a consumer that stops polling
+leaves the group (its partitions go to the others), the next ``poll()`` raises
 MaxPollIntervalExceededError, and the one after rejoins.
 
 The leader of each generation computes the assignment with the first assignor of
@@ -95,7 +100,8 @@ class GroupMember:
         self.instance_id: str | None = cfg["group_instance_id"]
         self.client_id: str = cfg["client_id"]
         self.session_timeout_ms: int = cfg["session_timeout_ms"]
-        self.heartbeat_s = cfg["heartbeat_interval_ms"] / 1000
+        self.heartbeat_interval_ms: int = cfg["heartbeat_interval_ms"]
+        self.heartbeat_s = self.heartbeat_interval_ms / 1000
         self.max_poll_interval_ms: int = cfg["max_poll_interval_ms"]
         self.strategies: list[Any] = cfg["partition_assignment_strategy"]
         self.auto_commit: bool = cfg["enable_auto_commit"]
@@ -127,6 +133,14 @@ class GroupMember:
         self._retry_at = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # The heartbeat thread waits on this for its interval, its heartbeat's reply, a
+        # new generation to heartbeat for (kick: so it hears of the next rebalance at
+        # once) and close() (so a parked heartbeat never delays it).
+        self._heartbeat_cond = threading.Condition()
+        self._heartbeat_kick = False
+        # Bumped by every JoinGroup and LeaveGroup this member sends: a heartbeat answered
+        # after one speaks of a membership that is gone, and is ignored.
+        self._membership_epoch = 0
         self._thread: threading.Thread | None = None
 
     # -- coordinator calls ------------------------------------------------------------------
@@ -270,6 +284,7 @@ class GroupMember:
 
     def _start_join(self) -> None:
         self._joined = None
+        self._membership_epoch += 1
         cooperative = self._cooperative()
         if not cooperative and self.owned:
             self._revoke(set(self.owned), "rebalance")
@@ -311,6 +326,7 @@ class GroupMember:
                 # Heartbeat for the new generation at once, even before the next poll()
                 # sends SyncGroup (Kafka heartbeats through that gap too).
                 self._joined = (header.get("member_id", ""), header.get("generation", -1))
+                self._kick_heartbeat()
             pending.finish(header, error)
 
         self.io.submit(
@@ -381,6 +397,7 @@ class GroupMember:
         self.previous = set(new)
         self.consumer._set_assignment(new)
         self.state = _State.STABLE
+        self._kick_heartbeat()
         self.assigned_counts = {
             t: self.consumer.metadata.partition_count(t) or 0 for t in self._topics()
         }
@@ -420,40 +437,122 @@ class GroupMember:
 
     # -- heartbeat thread -------------------------------------------------------------------------
 
+    def _heartbeat_target(self) -> tuple[str, int] | None:
+        """(member id, generation) to heartbeat for, or None when there is none."""
+        # Keep heartbeating while a rebalance waits for the next poll() (the session
+        # must not expire before this member rejoins), and between the JoinGroup reply
+        # and the SyncGroup the next poll() sends.
+        joined = self._joined
+        if self.state is _State.STABLE:
+            return self.member_id, self.generation
+        if self.state is _State.JOINING and joined is not None:
+            return joined
+        return None
+
+    def _kick_heartbeat(self) -> None:
+        """A new generation to heartbeat for: heartbeat for it now, not after a sleep."""
+        with self._heartbeat_cond:
+            self._heartbeat_kick = True
+            self._heartbeat_cond.notify_all()
+
     def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            # Keep heartbeating while a rebalance waits for the next poll() (the session
-            # must not expire before this member rejoins), and between the JoinGroup reply
-            # and the SyncGroup the next poll() sends.
-            joined = self._joined
-            if self.state is _State.STABLE:
-                member_id, generation = self.member_id, self.generation
-            elif self.state is _State.JOINING and joined is not None:
-                member_id, generation = joined
-            else:
+        delay = self.heartbeat_s
+        failures = 0  # heartbeats in a row the coordinator did not answer
+        while True:
+            with self._heartbeat_cond:
+                self._heartbeat_cond.wait_for(
+                    lambda: self._stop.is_set() or self._heartbeat_kick, delay
+                )
+                # Taken before the state is read: a kick after this read is not lost.
+                self._heartbeat_kick = False
+            if self._stop.is_set():
+                return
+            delay = self.heartbeat_s
+            # Read before the target: a JoinGroup sent after this read makes the answer
+            # (maybe REBALANCE_IN_PROGRESS, for the rebalance that join started) moot.
+            epoch = self._membership_epoch
+            target = self._heartbeat_target()
+            if target is None:
                 continue
             idle_ms = (time.monotonic() - self.last_poll) * 1000
             if idle_ms > self.max_poll_interval_ms and self.state is _State.STABLE:
                 self._poll_interval_exceeded(idle_ms)
                 continue
-            try:
-                self._call(
-                    "heartbeat",
-                    {
-                        "generation": generation,
-                        "member_id": member_id,
-                        "group_instance_id": self.instance_id,
-                    },
-                    timeout_ms=max(1000, self.session_timeout_ms // 2),
-                )
-            except KvlogError as exc:
-                self._on_heartbeat_error(exc)
+            sent = time.monotonic()
+            error = self._heartbeat(*target)
+            if self._stop.is_set():
+                return
+            if epoch != self._membership_epoch:
+                continue  # a JoinGroup or LeaveGroup since: its own reply tells what's what
+            if error is None:
+                # The coordinator held it for up to the interval: send the next at once. A
+                # server that answers at once (older than long polls, or with too many
+                # parked) gets one per interval, as before.
+                failures = 0
+                delay = max(0.0, self.heartbeat_s - (time.monotonic() - sent))
+                continue
+            if self._on_heartbeat_error(error):
+                # No answer (the coordinator restarts: the connection dropped, or the
+                # request timed out): try again soon, backing off up to the interval, so
+                # the session outlives a restart and a rebalance is heard of early.
+                failures += 1
+                delay = min(self.heartbeat_s, self.backoff_s * 2 ** min(failures - 1, 16))
+            else:
+                failures = 0
 
-    def _on_heartbeat_error(self, exc: KvlogError) -> None:
+    def _heartbeat(self, member_id: str, generation: int) -> KvlogError | None:
+        """One heartbeat, long-polled for up to heartbeat.interval.ms; its error or None.
+        Returns early (None) when close() stops the thread."""
+        try:
+            endpoint = self._coordinator()
+        except KvlogError as exc:
+            return exc
+        box: list[KvlogError | None] = []
+
+        def callback(
+            header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
+        ) -> None:
+            if error is None and header is None:
+                error = KafkaTimeoutError("no reply from the group coordinator")
+            with self._heartbeat_cond:
+                box.append(error)
+                self._heartbeat_cond.notify_all()
+
+        # The coordinator answers within max_wait_ms (it caps the wait at half the
+        # session, and so does this); the request times out a grace period later. Wait
+        # plus grace stay within three quarters of the session, so after a lost answer
+        # the retry still arrives within the session the heartbeat began.
+        wait_ms = min(self.heartbeat_interval_ms, self.session_timeout_ms // 2)
+        timeout_ms = wait_ms + max(1000, self.session_timeout_ms // 4)
+        self.io.submit(
+            endpoint,
+            "heartbeat",
+            {
+                "group_id": self.group_id,
+                "generation": generation,
+                "member_id": member_id,
+                "group_instance_id": self.instance_id,
+                "max_wait_ms": wait_ms,
+            },
+            callback,
+            timeout_ms=timeout_ms,
+        )
+        # The I/O thread fails the request at its timeout; the extra seconds only guard
+        # against a stuck I/O thread.
+        with self._heartbeat_cond:
+            if not self._heartbeat_cond.wait_for(
+                lambda: bool(box) or self._stop.is_set(), timeout_ms / 1000 + 5.0
+            ):
+                return KafkaTimeoutError("no reply from the group coordinator")
+        return box[0] if box else None
+
+    def _on_heartbeat_error(self, exc: KvlogError) -> bool:
+        """Act on a failed heartbeat; True when the coordinator gave no answer (retry)."""
         if exc.code is ErrorCode.REBALANCE_IN_PROGRESS:
             self.need_rejoin = True
         elif self.state is _State.JOINING:
-            return  # the SyncGroup reply brings the same error to poll(), which acts on it
+            # The SyncGroup reply brings the same error to poll(), which acts on it.
+            return exc.code not in _REJOIN_ERRORS and not isinstance(exc, FencedInstanceIdError)
         elif exc.code in (ErrorCode.UNKNOWN_MEMBER_ID, ErrorCode.ILLEGAL_GENERATION):
             with self._lock:
                 self.lost = set(self.owned)
@@ -473,6 +572,8 @@ class GroupMember:
         else:
             self.consumer.metadata.coordinator = None
             log.debug("group %s: heartbeat failed: %s", self.group_id, exc)
+            return True
+        return False
 
     def _poll_interval_exceeded(self, idle_ms: float) -> None:
         reason = (
@@ -502,6 +603,7 @@ class GroupMember:
     def _leave(self, reason: str) -> None:
         if not self.member_id:
             return
+        self._membership_epoch += 1
         try:
             self._call(
                 "leave_group",
@@ -640,6 +742,8 @@ class GroupMember:
 
     def close(self, *, autocommit: bool) -> None:
         self._stop.set()
+        with self._heartbeat_cond:  # the thread must not wait out a parked heartbeat
+            self._heartbeat_cond.notify_all()
         try:
             if self.state is _State.STABLE and autocommit and self.auto_commit:
                 try:

@@ -9,7 +9,8 @@ way (Kafka's ``ClassicGroupState``):
     transition: first JoinGroup -> PreparingRebalance; DeleteGroups -> Dead.
 ``PreparingRebalance``: waiting for every known member to (re)join.
     action: JoinGroup is parked until the join phase completes; Heartbeat answers
-    REBALANCE_IN_PROGRESS (so members rejoin); SyncGroup answers REBALANCE_IN_PROGRESS;
+    REBALANCE_IN_PROGRESS (so members rejoin), and so does every parked Heartbeat the
+    moment this state is entered; SyncGroup answers REBALANCE_IN_PROGRESS;
     OffsetCommit from the current generation is accepted (members commit before they
     revoke).
     transition: all members joined, or the rebalance timeout passed (members that did
@@ -18,17 +19,29 @@ way (Kafka's ``ClassicGroupState``):
     coordinator assigns itself).
 ``CompletingRebalance``: joined; waiting for the leader's SyncGroup with the assignment.
     action: SyncGroup is parked until the leader's arrives; the leader's stores the
-    assignment and answers every parked SyncGroup; Heartbeat is fine; OffsetCommit
-    answers REBALANCE_IN_PROGRESS.
+    assignment and answers every parked SyncGroup; Heartbeat is fine (parked, see
+    below); OffsetCommit answers REBALANCE_IN_PROGRESS.
     transition: leader's SyncGroup -> Stable; a member joins, leaves or expires ->
     PreparingRebalance.
 ``Stable``: every member has its assignment.
-    action: Heartbeat keeps sessions alive; SyncGroup returns the member's assignment;
-    JoinGroup from a known member with unchanged metadata returns the current generation;
-    OffsetCommit from the current generation is accepted.
+    action: Heartbeat keeps sessions alive (parked, see below); SyncGroup returns the
+    member's assignment; JoinGroup from a known member with unchanged metadata returns
+    the current generation; OffsetCommit from the current generation is accepted.
     transition: a new member joins, one leaves or expires, the leader rejoins or metadata
     changes -> PreparingRebalance.
 ``Dead``: deleted; every request for it answers as for an unknown group.
+
+Heartbeats are long polls. One with ``max_wait_ms`` that has nothing to report is parked
+(one per member; at most ``max_parked_heartbeats`` over all groups, beyond which it is
+answered at once) and answered with REBALANCE_IN_PROGRESS the moment its group starts a
+rebalance, UNKNOWN_MEMBER_ID or FENCED_INSTANCE_ID when its member goes, else with success
+when its wait ends or a newer heartbeat of the member arrives. The wait is capped at half
+the member's session: the session runs from when a heartbeat *arrives* (as in Kafka, so a
+member that dies while parked is removed ``session.timeout.ms`` after its last heartbeat),
+and the cap leaves the other half for the answer to travel and the next one to arrive.
+Members thus hear of a rebalance at once instead of at their next heartbeat. Parked
+heartbeats live in memory only: never persisted, they die with the process (their
+clients see the connection drop, or time out, and heartbeat again).
 
 Members whose heartbeats stop for ``session.timeout.ms`` are removed. Static members
 (``group.instance.id``) that come back within their session get their old assignment
@@ -38,8 +51,8 @@ twice), and reloaded at start (members' sessions restart then; a group caught wa
 for its leader's SyncGroup goes back to PreparingRebalance), so a coordinator crash is
 invisible to members of a stable group that keep heartbeating.
 
-Every method takes ``now_ms``. Replies that cannot be given at once (parked JoinGroup and
-SyncGroup) appear later in :attr:`outbox` as ``(token, fields)``.
+Every method takes ``now_ms``. Replies that cannot be given at once (parked JoinGroup,
+SyncGroup and Heartbeat) appear later in :attr:`outbox` as ``(token, fields)``.
 """
 
 from __future__ import annotations
@@ -94,6 +107,7 @@ class GroupCoordinator:
         self.partition_count = partition_count
         self.groups: dict[str, Group] = {}
         self.outbox: list[tuple[Any, dict[str, Any]]] = []
+        self.parked_heartbeats = 0
 
     # -- persistence -----------------------------------------------------------------------
 
@@ -156,6 +170,26 @@ class GroupCoordinator:
 
     def _error_reply(self, token: Any, exc: KvlogError) -> None:
         self._reply(token, exc.to_wire())
+
+    def _take_heartbeat(self, member: Member) -> Any:
+        token, member.heartbeat_token = member.heartbeat_token, None
+        if token is not None:
+            self.parked_heartbeats -= 1
+        return token
+
+    def _release_heartbeat(self, member: Member) -> None:
+        """Answer the member's parked heartbeat, if any, with success. The session is not
+        renewed: it runs from the heartbeat's arrival, and the member sends its next one as
+        soon as it has this answer."""
+        token = self._take_heartbeat(member)
+        if token is not None:
+            self._reply(token, {})
+
+    def _fail_heartbeat(self, member: Member, exc: KvlogError) -> None:
+        """Answer the member's parked heartbeat, if any, with ``exc``."""
+        token = self._take_heartbeat(member)
+        if token is not None:
+            self._error_reply(token, exc)
 
     # -- JoinGroup -------------------------------------------------------------------------
 
@@ -321,20 +355,13 @@ class GroupCoordinator:
         new_id = old_id if member_id else f"{client_id}-{uuid.uuid4().hex[:12]}"
         if new_id != old_id:
             # The restarted instance replaces the old member id (fencing the old process).
-            if old.join_token is not None:
-                self._error_reply(
-                    old.join_token,
-                    FencedInstanceIdError(
-                        f"group.instance.id {instance_id!r} rejoined as a new member"
-                    ),
-                )
-            if old.sync_token is not None:
-                self._error_reply(
-                    old.sync_token,
-                    FencedInstanceIdError(
-                        f"group.instance.id {instance_id!r} rejoined as a new member"
-                    ),
-                )
+            fenced = FencedInstanceIdError(
+                f"group.instance.id {instance_id!r} rejoined as a new member"
+            )
+            for parked in (old.join_token, old.sync_token):
+                if parked is not None:
+                    self._error_reply(parked, fenced)
+            self._fail_heartbeat(old, fenced)
             del group.members[old_id]
             old.member_id = new_id
             old.join_token = old.sync_token = None
@@ -409,6 +436,15 @@ class GroupCoordinator:
         was_empty = group.state is GroupState.EMPTY
         group.transition(GroupState.PREPARING_REBALANCE)
         log.info("group %s: preparing rebalance (%s)", group.group_id, reason)
+        # Parked heartbeats are how members hear of it without waiting for their next one.
+        for member in group.members.values():
+            self._fail_heartbeat(
+                member,
+                RebalanceInProgressError(
+                    f"group {group.group_id} is rebalancing ({reason}); rejoin to get a new "
+                    "assignment"
+                ),
+            )
         timeout = group.rebalance_timeout_ms()
         if was_empty and self.config.initial_rebalance_delay_ms > 0:
             group.initial_delay = True
@@ -486,15 +522,14 @@ class GroupCoordinator:
             del group.static[member.instance_id]
         if group.leader == member.member_id:
             group.leader = next(iter(group.members), None)
+        gone = UnknownMemberIdError(
+            f"member {member.member_id} was removed from group {group.group_id}"
+        )
         for token in (member.join_token, member.sync_token):
             if token is not None:
-                self._error_reply(
-                    token,
-                    UnknownMemberIdError(
-                        f"member {member.member_id} was removed from group {group.group_id}"
-                    ),
-                )
+                self._error_reply(token, gone)
         member.join_token = member.sync_token = None
+        self._fail_heartbeat(member, gone)
 
     # -- SyncGroup -------------------------------------------------------------------------
 
@@ -547,7 +582,15 @@ class GroupCoordinator:
         generation: int,
         member_id: str,
         instance_id: str | None,
-    ) -> dict[str, Any]:
+        token: Any = None,
+        max_wait_ms: int | None = None,
+    ) -> dict[str, Any] | None:
+        """Errors are raised at once. Without a ``token`` or a positive ``max_wait_ms`` (a
+        client older than long polls), or with ``max_parked_heartbeats`` parked already, the
+        answer is ``{}`` at once. Else the heartbeat is parked (returns None) and its answer
+        lands in the outbox: REBALANCE_IN_PROGRESS when the group starts a rebalance,
+        UNKNOWN_MEMBER_ID / FENCED_INSTANCE_ID when the member goes, ``{}`` when the wait
+        (capped at half the session) ends or a newer heartbeat of the member arrives."""
         group = self._group(group_id)
         member = self._member(group, member_id, instance_id)
         member.deadline_ms = now_ms + member.session_timeout_ms
@@ -559,7 +602,20 @@ class GroupCoordinator:
             raise IllegalGenerationError(
                 f"generation {generation} is stale (current {group.generation}); rejoin"
             )
-        return {}
+        # One parked heartbeat per member: a newer one supersedes it (the client gave up
+        # on the old one, or two threads share a member id).
+        self._release_heartbeat(member)
+        wait_ms = min(max_wait_ms or 0, member.session_timeout_ms // 2)
+        if (
+            token is None
+            or wait_ms <= 0
+            or self.parked_heartbeats >= self.config.max_parked_heartbeats
+        ):
+            return {}
+        member.heartbeat_token = token
+        member.heartbeat_deadline_ms = now_ms + wait_ms
+        self.parked_heartbeats += 1
+        return None
 
     def leave(
         self, now_ms: int, *, group_id: str, members: list[tuple[str, str | None]]
@@ -601,6 +657,9 @@ class GroupCoordinator:
         for group in list(self.groups.values()):
             if group.state is GroupState.DEAD:
                 continue
+            for member in group.members.values():
+                if member.heartbeat_token is not None and member.heartbeat_due_ms() <= now_ms:
+                    self._release_heartbeat(member)
             for member in list(group.members.values()):
                 if member.join_token is not None and group.state is GroupState.PREPARING_REBALANCE:
                     continue  # a parked join counts as alive until the rebalance timeout
@@ -632,6 +691,11 @@ class GroupCoordinator:
             if group.state is GroupState.COMPLETING_REBALANCE:
                 deadlines.append(group.sync_deadline_ms)
             deadlines.extend(m.deadline_ms for m in group.members.values() if m.join_token is None)
+            deadlines.extend(
+                m.heartbeat_due_ms()
+                for m in group.members.values()
+                if m.heartbeat_token is not None
+            )
         return min(deadlines, default=None)
 
     def on_topics_changed(self, now_ms: int) -> None:

@@ -50,6 +50,9 @@ class GroupConfig:
     max_session_timeout_ms: int = 1_800_000
     initial_rebalance_delay_ms: int = 3000
     max_size: int = 1000
+    # Heartbeats parked at once (long polls), over every group: beyond it a heartbeat is
+    # answered at once, as for a client that sends no max_wait_ms.
+    max_parked_heartbeats: int = 10_000
 
 
 @dataclass
@@ -68,6 +71,9 @@ class Member:
     deadline_ms: int = 0
     join_token: Any = None
     sync_token: Any = None
+    # A parked (long-poll) heartbeat and when its wait ends; never persisted.
+    heartbeat_token: Any = None
+    heartbeat_deadline_ms: int = 0
 
     def metadata_for(self, protocol: str) -> bytes:
         for name, meta in self.protocols:
@@ -78,6 +84,12 @@ class Member:
     @property
     def awaiting(self) -> bool:
         return self.join_token is not None or self.sync_token is not None
+
+    def heartbeat_due_ms(self) -> int:
+        """When the parked heartbeat must be answered: its wait's end, or earlier if the
+        session would otherwise pass half its length unanswered (a rejoin with a shorter
+        session.timeout.ms while it waits)."""
+        return min(self.heartbeat_deadline_ms, self.deadline_ms - self.session_timeout_ms // 2)
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """The coordinator's group ops: wire fields in, GroupCoordinator calls, replies out.
 
 Mixed into the coordinator server; ``self.groups`` is its
-:class:`workers.group_coordinator.GroupCoordinator`. JoinGroup and SyncGroup are parked by
-the core; their replies come out of ``groups.outbox`` and are sent by
-``flush_group_outbox`` after every loop turn.
+:class:`workers.group_coordinator.GroupCoordinator`. JoinGroup, SyncGroup and long-poll
+Heartbeats are parked by the core; their replies come out of ``groups.outbox`` and are
+sent by ``flush_group_outbox`` after every loop turn.
 """
 
 from __future__ import annotations
@@ -99,13 +99,20 @@ class GroupOps:
         )
         return None
 
-    def op_heartbeat(self, req: Request, peer: bytes) -> dict[str, Any]:
+    def op_heartbeat(self, req: Request, peer: bytes) -> dict[str, Any] | None:
+        # A long poll when the client sends max_wait_ms (null = absent = answer at once,
+        # as for clients written before it existed).
+        max_wait_ms = req.get("max_wait_ms")
+        if max_wait_ms is not None:
+            max_wait_ms = req.int("max_wait_ms", low=0, high=INT32_MAX)
         return self.groups.heartbeat(
             _now_ms(),
             group_id=req.str("group_id", max_len=1024),
             generation=req.int("generation", low=-1, high=INT32_MAX),
             member_id=req.str("member_id", max_len=1024),
             instance_id=req.opt_str("group_instance_id", max_len=1024),
+            token=(peer, req.id),
+            max_wait_ms=max_wait_ms,
         )
 
     def op_leave_group(self, req: Request, peer: bytes) -> dict[str, Any]:

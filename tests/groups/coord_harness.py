@@ -1,8 +1,9 @@
 """A GroupCoordinator on a MemoryLogDir with a hand-driven clock (not a test module).
 
 ``Harness`` issues requests the way the coordinator's wire layer does: an error raised by
-the core is that request's reply; a parked JoinGroup or SyncGroup is answered later through
-``outbox``. Replies are collected per token, so a test reads ``h.replies[token]``.
+the core is that request's reply; a parked JoinGroup, SyncGroup or (long-poll) Heartbeat
+is answered later through ``outbox``. Replies are collected per token, so a test reads
+``h.replies[token]``.
 """
 
 from __future__ import annotations
@@ -123,8 +124,8 @@ class Harness:
     def heartbeat(
         self, group: str, member_id: str, generation: int, *, instance_id: str | None = None
     ) -> int:
-        """0 or the error code."""
-        return _code(
+        """0 or the error code (answering any parked heartbeat it supersedes)."""
+        code = _code(
             lambda: self.coord.heartbeat(
                 self.now,
                 group_id=group,
@@ -133,6 +134,39 @@ class Harness:
                 instance_id=instance_id,
             )
         )
+        self.drain()
+        return code
+
+    def long_poll(
+        self,
+        group: str,
+        member_id: str,
+        generation: int,
+        max_wait_ms: int | None,
+        *,
+        instance_id: str | None = None,
+    ) -> int:
+        """A heartbeat with ``max_wait_ms``, as the wire layer sends it; returns its token.
+        Its reply (at once, or when the core answers the parked heartbeat) lands in
+        ``replies``; a parked one has none yet."""
+        token = next(self.tokens)
+        try:
+            reply = self.coord.heartbeat(
+                self.now,
+                group_id=group,
+                generation=generation,
+                member_id=member_id,
+                instance_id=instance_id,
+                token=token,
+                max_wait_ms=max_wait_ms,
+            )
+        except KvlogError as exc:
+            reply = exc.to_wire()
+        if reply is not None:
+            assert token not in self.replies
+            self.replies[token] = reply
+        self.drain()
+        return token
 
     def commit(
         self,

@@ -84,6 +84,18 @@ class Member:
             instance_id=self.join_args.get("instance_id"),
         )
 
+    def long_poll(self, max_wait_ms: int | None = 3000) -> int:
+        """A heartbeat with ``max_wait_ms``: its token (``h.replies`` has no reply for it
+        while it is parked)."""
+        _ = self.join_reply  # learn the generation a parked join got meanwhile
+        return self.h.long_poll(
+            self.group,
+            self.member_id,
+            self.generation,
+            max_wait_ms,
+            instance_id=self.join_args.get("instance_id"),
+        )
+
     def commit(self, offsets: dict[TP, int], generation: int | None = None) -> int:
         return self.h.commit(
             self.group,

@@ -13,9 +13,17 @@ the server assignor) computed and covers every subscribed partition exactly once
 generations only grow; a commit from a stale generation is refused and an accepted one is
 what fetch_offsets returns; committed offsets change only by accepted commits; a leader's
 join reply lists every member; states move only along Kafka's transitions (the core
-asserts it). Liveness, at the end: with the clock moving and live members heartbeating and
-rejoining, every group settles to Stable with exactly its live members, each holding its
-stored assignment, and crashed members gone.
+asserts it). Long-poll heartbeats (``max_wait_ms``): the coordinator's count of parked
+heartbeats is the number of members holding one, within ``max_parked_heartbeats``; none is
+held in a group that prepares a rebalance, none is overdue (answered when its wait ends,
+capped at half the session, so no member's session lapses while it waits); a success
+answer comes no earlier than that wait's end unless a newer heartbeat superseded it;
+REBALANCE_IN_PROGRESS only once a rebalance began, UNKNOWN_MEMBER_ID / FENCED_INSTANCE_ID
+only for a member that is gone; every parked token is answered exactly once (or lost with
+a coordinator restart). Liveness, at the end: with the clock moving and live members
+heartbeating and rejoining, every group settles to Stable with exactly its live members,
+each holding its stored assignment, and crashed members gone; then every parked
+heartbeat gets its answer.
 """
 
 from __future__ import annotations
@@ -86,6 +94,18 @@ class Client:
         return self.instance_id or self.member_id
 
 
+@dataclass
+class Parked:
+    """A heartbeat the coordinator parked: whose, and when its wait ends."""
+
+    key: str
+    group: str
+    member_id: str
+    generation: int
+    due_ms: int
+    superseded: bool = False
+
+
 class GroupMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -101,13 +121,22 @@ class GroupMachine(RuleBasedStateMachine):
         self.plans: dict[tuple[str, int, int], dict[str, set[TP]]] = {}
         self.offsets: dict[str, dict[TP, int]] = {g: {} for g in GROUPS}
         self.serial = 0
+        self.long_polls = False  # whether progress rounds heartbeat with max_wait_ms
+        self.parked: dict[int, Parked] = {}  # parked heartbeats not answered yet
+        self.answered: set[int] = set()  # parked heartbeats answered
+        self.lost: set[int] = set()  # parked heartbeats lost with a coordinator restart
 
     @initialize(
         delay=st.sampled_from([0, 0, 100, 400]),
         counts=st.fixed_dictionaries({t: st.integers(1, 4) for t in TOPICS}),
+        long_polls=st.booleans(),
+        max_parked=st.sampled_from([1, 3, 10_000]),
     )
-    def setup(self, delay: int, counts: dict[str, int]) -> None:
-        self.h = Harness(counts, initial_rebalance_delay_ms=delay, max_size=8)
+    def setup(self, delay: int, counts: dict[str, int], long_polls: bool, max_parked: int) -> None:
+        self.h = Harness(
+            counts, initial_rebalance_delay_ms=delay, max_size=8, max_parked_heartbeats=max_parked
+        )
+        self.long_polls = long_polls
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -127,6 +156,11 @@ class GroupMachine(RuleBasedStateMachine):
             self.on_reply(token, fields)
 
     def on_reply(self, token: int, fields: dict[str, Any]) -> None:
+        parked = self.parked.pop(token, None)
+        if parked is not None:
+            self.answered.add(token)
+            self.on_parked_reply(parked, fields)
+            return
         entry = self.pending.pop(token, None)
         if entry is None:
             return  # the client gave up on it (coordinator restart)
@@ -162,6 +196,41 @@ class GroupMachine(RuleBasedStateMachine):
             c.generation = -1
             c.assignment = set()
         c.phase = "new"
+
+    def on_parked_reply(self, p: Parked, fields: dict[str, Any]) -> None:
+        """A parked heartbeat's answer: checked against the coordinator's state, then acted
+        on by its client if the client still is the membership it was sent for."""
+        code = ErrorCode(fields.get("error", 0))
+        event(f"parked heartbeat: {code.name}")
+        grp = self.coord.groups.get(p.group)
+        if code is ErrorCode.NONE:
+            assert p.superseded or self.h.now >= p.due_ms, (
+                f"a parked heartbeat answered at {self.h.now}, before its wait ended at "
+                f"{p.due_ms}, and no newer heartbeat replaced it"
+            )
+            return
+        if code is ErrorCode.REBALANCE_IN_PROGRESS:
+            assert grp is not None and (
+                grp.state is GroupState.PREPARING_REBALANCE or grp.generation > p.generation
+            ), "REBALANCE_IN_PROGRESS to a parked heartbeat, but no rebalance began"
+        else:
+            assert code in (ErrorCode.UNKNOWN_MEMBER_ID, ErrorCode.FENCED_INSTANCE_ID), code
+            assert grp is None or p.member_id not in grp.members, (
+                f"{code.name} to a parked heartbeat of a member that is still there"
+            )
+        c = self.clients[p.key]
+        if c.phase not in ("joined", "syncing", "stable") or (c.member_id, c.generation) != (
+            p.member_id,
+            p.generation,
+        ):
+            return  # a rejoin (or leave, crash) since: the client no longer waits on it
+        if c.phase in ("joined", "syncing") and code is ErrorCode.REBALANCE_IN_PROGRESS:
+            return  # its parked join/sync answers it
+        self.on_error(c, code, "parked heartbeat")
+        if c.phase == "new":
+            for token, (key, _, _) in list(self.pending.items()):
+                if key == c.key:
+                    del self.pending[token]  # a rejoin supersedes a parked sync
 
     def on_join_reply(self, c: Client, fields: dict[str, Any]) -> None:
         generation = fields["generation"]
@@ -267,7 +336,11 @@ class GroupMachine(RuleBasedStateMachine):
                 self.plans[(c.group, c.epoch, c.generation)] = plan
         self.deliver()
 
-    def send_heartbeat(self, c: Client) -> None:
+    def send_heartbeat(
+        self, c: Client, max_wait_ms: int | None = None, *, long: bool = False
+    ) -> None:
+        """An ordinary heartbeat, or with ``long`` one with a token and ``max_wait_ms``
+        (the coordinator may park it)."""
         group = self.coord.groups.get(c.group)
         expect_ok = (
             group is not None
@@ -275,23 +348,41 @@ class GroupMachine(RuleBasedStateMachine):
             and c.member_id in group.members
             and group.generation == c.generation
         )
+        mine = [t for t, p in self.parked.items() if p.key == c.key]
+        token = next(self.h.tokens) if long else None
         try:
-            self.coord.heartbeat(
+            reply = self.coord.heartbeat(
                 self.h.now,
                 group_id=c.group,
                 generation=c.generation,
                 member_id=c.member_id,
                 instance_id=c.instance_id,
+                token=token,
+                max_wait_ms=max_wait_ms,
             )
         except KvlogError as exc:
             assert not expect_ok, f"heartbeat of a current member refused: {exc.message}"
+            self.deliver()
             if c.phase in ("joined", "syncing") and exc.code is ErrorCode.REBALANCE_IN_PROGRESS:
                 return  # its parked join/sync answers it
             self.on_error(c, exc.code, "heartbeat")
             if c.phase == "new":
-                for token, (key, _, _) in list(self.pending.items()):
+                for pending, (key, _, _) in list(self.pending.items()):
                     if key == c.key:
-                        del self.pending[token]  # a rejoin supersedes a parked sync
+                        del self.pending[pending]  # a rejoin supersedes a parked sync
+            return
+        for old in mine:
+            self.parked[old].superseded = True  # the coordinator answers it now
+        if reply is None:
+            assert token is not None and max_wait_ms, "parked without a token or a wait"
+            wait = min(max_wait_ms, c.session_ms // 2)
+            self.parked[token] = Parked(
+                c.key, c.group, c.member_id, c.generation, self.h.now + wait
+            )
+            event("heartbeat parked")
+        else:
+            assert reply == {}
+        self.deliver()
 
     # -- rules ----------------------------------------------------------------------------------
 
@@ -377,7 +468,10 @@ class GroupMachine(RuleBasedStateMachine):
             elif c.phase == "joined":
                 self.send_sync(c)
             elif c.phase == "stable" or (c.phase == "syncing" and c.member_id):
-                self.send_heartbeat(c)
+                if self.long_polls:
+                    self.send_heartbeat(c, 300, long=True)
+                else:
+                    self.send_heartbeat(c)
 
     @rule(data=st.data())
     def sync(self, data: st.DataObject) -> None:
@@ -390,6 +484,13 @@ class GroupMachine(RuleBasedStateMachine):
         candidates = [c for c in self.live() if c.member_id and c.phase != "new"]
         if candidates:
             self.send_heartbeat(data.draw(st.sampled_from(candidates)))
+
+    @rule(data=st.data(), max_wait_ms=st.sampled_from([None, 0, 40, 100, 300, 5000]))
+    def long_poll(self, data: st.DataObject, max_wait_ms: int | None) -> None:
+        """A heartbeat with ``max_wait_ms`` (None: as from a client older than long polls)."""
+        candidates = [c for c in self.live() if c.member_id and c.phase != "new"]
+        if candidates:
+            self.send_heartbeat(data.draw(st.sampled_from(candidates)), max_wait_ms, long=True)
 
     @rule(data=st.data())
     def leave(self, data: st.DataObject) -> None:
@@ -521,6 +622,8 @@ class GroupMachine(RuleBasedStateMachine):
         }
         self.h.restart()
         event(f"restart with groups in {sorted(s.value for s, _, _ in before.values())}")
+        self.lost |= set(self.parked)  # they died with the process (clients time out)
+        self.parked.clear()
         for token in list(self.pending):
             key, _, _ = self.pending.pop(token)
             self.clients[key].phase = "new"
@@ -584,6 +687,30 @@ class GroupMachine(RuleBasedStateMachine):
             for m in grp.members.values():
                 assert all(tp.topic in m.topics for tp in m.assigned)
 
+    @invariant()
+    def parked_heartbeats_are_counted_and_never_overdue(self) -> None:
+        if self.h is None:
+            return
+        holders = [
+            (grp, m)
+            for grp in self.coord.groups.values()
+            for m in grp.members.values()
+            if m.heartbeat_token is not None
+        ]
+        assert self.coord.parked_heartbeats == len(holders), "parked_heartbeats is off"
+        assert len(holders) <= self.coord.config.max_parked_heartbeats
+        tokens = [m.heartbeat_token for _, m in holders]
+        assert len(tokens) == len(set(tokens)), "a token held twice"
+        assert set(tokens) == set(self.parked), "a parked heartbeat lost, or answered unseen"
+        now = self.h.now
+        for grp, m in holders:
+            p = self.parked[m.heartbeat_token]
+            assert (grp.group_id, m.member_id) == (p.group, p.member_id)
+            assert grp.state in (GroupState.STABLE, GroupState.COMPLETING_REBALANCE), grp.state
+            assert m.heartbeat_due_ms() > now, "a parked heartbeat is overdue"
+            assert m.heartbeat_due_ms() <= p.due_ms, "parked past its wait (or half a session)"
+            assert m.deadline_ms > m.heartbeat_due_ms(), "its session lapses while it waits"
+
     # -- liveness -------------------------------------------------------------------------------
 
     def teardown(self) -> None:
@@ -591,6 +718,7 @@ class GroupMachine(RuleBasedStateMachine):
             return
         for _ in range(600):
             if self.settled():
+                self.answer_every_parked_heartbeat()
                 return
             self.round()
             self.clock(50)
@@ -599,6 +727,21 @@ class GroupMachine(RuleBasedStateMachine):
             + repr({g: (grp.state, sorted(grp.members)) for g, grp in self.coord.groups.items()})
             + repr({c.key: (c.group, c.phase, c.member_id) for c in self.live()})
         )
+
+    def answer_every_parked_heartbeat(self) -> None:
+        """Ordinary heartbeats supersede the live members' parked ones; the clock answers
+        the rest (crashed members': at their wait's end). Each exactly once: the harness
+        refuses a second answer to a token."""
+        self.long_polls = False
+        for _ in range(30):
+            if not self.parked:
+                break
+            self.round()
+            self.clock(50)
+        assert not self.parked, f"parked heartbeats never answered: {sorted(self.parked)}"
+        assert self.coord.parked_heartbeats == 0
+        assert not (self.answered & self.lost)
+        assert set(self.h.replies) >= self.answered
 
     def settled(self) -> bool:
         for g in GROUPS:
