@@ -97,6 +97,7 @@ class Server:
         self.handlers: dict[str, Handler] = {
             attr[3:]: getattr(self, attr) for attr in dir(self) if attr.startswith("op_")
         }
+        self._connection_monitor = None  # set by limit_connections
         self.stopping = False
         self.requests_served = 0
         self.bad_requests = 0
@@ -109,14 +110,30 @@ class Server:
         ZeroMQ has no such option; its socket monitor reports each accepted connection
         with its file descriptor. A connection over the limit is shut down through a
         duplicate of that descriptor (libzmq's own stays open; it sees the peer go and
-        cleans up), so the client backs off and retries until a place frees up."""
+        cleans up), so the client backs off and retries until a place frees up.
+
+        The monitor's event can come after the connection's first requests (its
+        handshake and the monitor are separate queues), so every request is also checked
+        against the admitted connections by the descriptor it arrived on (ZeroMQ's
+        SRCFD): one from a connection not admitted is dropped unanswered."""
         if limit <= 0:
             return
         self._max_connections = limit
         self._connections: set[int] = set()
         self._refused_at = 0.0
         monitor = self.router.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self._connection_monitor: zmq.Socket[Any] | None = monitor
         self.add_socket(monitor, lambda: self._on_connection_event(monitor))
+
+    def _admitted(self, frame: zmq.Frame) -> bool:
+        """Whether the connection a message arrived on is within max.connections."""
+        fd = frame.get(zmq.SRCFD)
+        if fd in self._connections:
+            return True
+        monitor = self._connection_monitor
+        if monitor is not None:
+            self._on_connection_event(monitor)  # its ACCEPTED event may be waiting
+        return fd in self._connections
 
     def _on_connection_event(self, monitor: zmq.Socket[Any]) -> None:
         while True:
@@ -209,24 +226,29 @@ class Server:
 
     def _drain_router(self) -> None:
         secure = self.security is not None
+        capped = self._connection_monitor is not None
         for _ in range(self.max_drain):
             try:
-                if secure:
+                if not (secure or capped):
+                    parts = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+                else:  # frames, for their properties: the source fd, ZAP's User-Id
                     frames = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            principal = INTERNAL_PRINCIPAL
+            if secure or capped:
+                if capped and not self._admitted(frames[-1]):
+                    continue  # over max.connections: its connection is being shut
+                parts = [f.bytes for f in frames]
+                if secure:
                     # ZAP put the authenticated principal on every message of the connection.
                     principal = frames[-1].get("User-Id") or "unknown"
-                    parts = [f.bytes for f in frames]
                     if not self.security.still_authorized(principal):
                         # ZAP checks keys only at the handshake; a key removed since then
                         # must not keep its connection's rights.
                         self.principal = principal
                         self._refuse_revoked(parts, principal)
                         continue
-                else:
-                    parts = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=True)
-                    principal = INTERNAL_PRINCIPAL
-            except zmq.Again:
-                return
             self.principal = principal
             self.dispatch(parts)
 

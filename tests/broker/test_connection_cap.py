@@ -10,6 +10,7 @@ import zmq
 
 import kvlog
 from kvlog.ipc import wire
+from kvlog.workers.server import Server, bind_router
 
 
 def _dealer(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
@@ -46,3 +47,45 @@ def test_connections_over_the_cap_are_refused_until_one_closes(tmp_path: Any) ->
             assert all(_pings(sock, 5) for sock in held)  # the first ones were never dropped
         finally:
             ctx.destroy(linger=0)
+
+
+class _PingServer(Server):
+    name = "test"
+
+    def op_ping(self, req: Any, peer: bytes) -> dict[str, Any]:
+        return {}
+
+
+@pytest.mark.timeout(30)
+def test_a_request_that_beats_the_monitor_event_is_still_refused() -> None:
+    # The race the SRCFD check closes: an over-cap connection's request is already in the
+    # ROUTER's queue while its ACCEPTED event still waits on the monitor socket. Draining
+    # the router first must not serve it.
+    ctx = zmq.Context()
+    try:
+        router, endpoint = bind_router(ctx, "tcp://127.0.0.1:0")
+        server = _PingServer(ctx, router)
+        server.limit_connections(1)
+        admitted = _dealer(ctx, endpoint)
+        admitted.send(wire.encode(wire.request_header("ping", 1)))
+        deadline = time.monotonic() + 10
+        while not admitted.poll(0) and time.monotonic() < deadline:
+            server.run_once(50)
+        assert admitted.poll(0), "the first connection was not served"
+        admitted.recv_multipart()
+
+        extra = _dealer(ctx, endpoint)
+        extra.send(wire.encode(wire.request_header("ping", 2)))
+        monitor = server._connection_monitor
+        assert monitor is not None
+        assert router.poll(5000) and monitor.poll(5000)  # both queued, neither handled
+        server._drain_router()  # the router first, as a busy loop turn may do
+        assert not extra.poll(500), "a connection over max.connections was served"
+        admitted.send(wire.encode(wire.request_header("ping", 3)))
+        deadline = time.monotonic() + 10
+        while not admitted.poll(0) and time.monotonic() < deadline:
+            server.run_once(50)
+        assert admitted.poll(0), "the admitted connection stopped being served"
+        server.close()
+    finally:
+        ctx.destroy(linger=0)
