@@ -83,7 +83,7 @@ class Fetcher:
         self.states: dict[TopicPartition, PartitionFetchState] = {}
         self.topics_wanted: set[str] = set()
         self._node_inflight: set[str] = set()
-        self.refresher = MetadataRefresher(metadata, bootstrap, backoff_s, pause_after_success=True)
+        self.refresher = MetadataRefresher(metadata, bootstrap, backoff_s)
 
     # -- driver ----------------------------------------------------------------------------
 
@@ -105,8 +105,14 @@ class Fetcher:
                     wake = min(wake, state.retry_at)
                     continue
                 endpoint = self.metadata.leader_endpoint(tp)
-                if endpoint is None:
+                if endpoint is None or io.endpoint_down(endpoint):
+                    # No leader, or its connection dropped or was refused: refresh (every
+                    # retry.backoff.ms) until the metadata names a reachable leader, rather
+                    # than parking a fetch on a dead address until it restarts.
                     self.metadata.mark_stale()
+                    refresh_at = self.refresher.due_at(now)
+                    if refresh_at is not None:
+                        wake = min(wake, refresh_at)
                     continue
                 if endpoint in self._node_inflight:
                     continue
@@ -159,7 +165,15 @@ class Fetcher:
         ) -> None:
             self._on_fetch(endpoint, parts, header, frames, error)
 
-        io.send_now(endpoint, "fetch", fields, done, timeout_ms=self.fetch_max_wait_ms + 30_000)
+        # fail_fast: a refused connection (the leader is down) fails the fetch at once.
+        io.send_now(
+            endpoint,
+            "fetch",
+            fields,
+            done,
+            timeout_ms=self.fetch_max_wait_ms + 30_000,
+            fail_fast=True,
+        )
 
     def _on_fetch(
         self,

@@ -152,22 +152,22 @@ class ClusterMetadata:
 
 class MetadataRefresher:
     """At most one metadata request in flight for a client: bootstrap servers are tried
-    in turn and a failure backs off. Used on the client's I/O thread only."""
+    in turn and a failure backs off. Used on the client's I/O thread only.
 
-    def __init__(
-        self,
-        metadata: ClusterMetadata,
-        bootstrap: list[str],
-        backoff_s: float,
-        *,
-        pause_after_success: bool = False,
-    ) -> None:
+    Refreshes are also spaced ``backoff_s`` apart (Kafka's ``retry.backoff.ms`` for
+    metadata): a client waiting for a partition's leader to move asks again every
+    ``backoff_s`` rather than in a loop (the first answer after a leader's connection drops
+    often still names it: the controller moves leadership a few ms later). ``urgent``
+    requests (a topic the client knows nothing about yet) skip that spacing.
+    """
+
+    def __init__(self, metadata: ClusterMetadata, bootstrap: list[str], backoff_s: float) -> None:
         self.metadata = metadata
         self.bootstrap = bootstrap
         self.backoff_s = backoff_s
-        self.pause_after_success = pause_after_success
         self.in_flight = False
-        self.retry_at = 0.0
+        self.retry_at = 0.0  # after a failure
+        self.next_at = 0.0  # after a success
         self._index = 0
 
     def endpoint(self) -> str:
@@ -178,8 +178,16 @@ class MetadataRefresher:
         """The current bootstrap server failed: ask the next one next time."""
         self._index += 1
 
-    def busy(self, now: float) -> bool:
-        return self.in_flight or now < self.retry_at
+    def busy(self, now: float, *, urgent: bool = False) -> bool:
+        """Whether a request may not go now."""
+        if self.in_flight or now < self.retry_at:
+            return True
+        return not urgent and now < self.next_at
+
+    def due_at(self, now: float) -> float | None:
+        """When a refresh may go (for a driver's next wake-up); None while one is in
+        flight (its reply wakes the driver)."""
+        return None if self.in_flight else max(now, self.retry_at, self.next_at)
 
     def request(
         self, io: Any, topics: list[str], on_update: Callable[[], None] | None = None
@@ -198,8 +206,7 @@ class MetadataRefresher:
                     self.metadata.failed(error)
                 return
             self.metadata.update(header, requested=topics)
-            if self.pause_after_success:
-                self.retry_at = time.monotonic() + self.backoff_s
+            self.next_at = time.monotonic() + self.backoff_s
             if on_update is not None:
                 on_update()
 

@@ -447,8 +447,11 @@ class Sender:
                 self.sequencer.on_expired(batch.tp, batch)
             self._fail(batch, self._timeout_error(batch))
         ready, next_due = self.accumulator.ready(now)
-        if ready:
-            self._send_ready(io, ready, now)
+        if ready and self._send_ready(io, ready, now):
+            # Batches wait for a partition's leader: run again when metadata may be asked.
+            refresh_at = self.refresher.due_at(now)
+            if refresh_at is not None:
+                wake = min(wake, refresh_at)
         if next_due is not None:
             wake = min(wake, next_due)
         return wake
@@ -460,13 +463,14 @@ class Sender:
         )
 
     def _refresh_metadata(self, io: IOThread, now: float) -> None:
-        if self.refresher.busy(now):
-            return
         with self._wanted_lock:
             wanted = set(self._wanted)
         known = set(self.metadata.topics)
+        # A topic send() waits for goes at once; stale metadata (a leader moved or its
+        # connection dropped) is refreshed at most every retry.backoff.ms.
+        urgent = not wanted <= known | self.metadata.missing
         due = self.metadata.stale or now - self.metadata.updated_at > self.metadata_max_age_s
-        if not due and wanted <= known | self.metadata.missing:
+        if not (due or urgent) or self.refresher.busy(now, urgent=urgent):
             return
 
         def updated() -> None:
@@ -502,11 +506,18 @@ class Sender:
 
         io.send_now(endpoint, "init_producer_id", {}, done)
 
-    def _send_ready(self, io: IOThread, ready: list[TopicPartition], now: float) -> None:
+    def _send_ready(self, io: IOThread, ready: list[TopicPartition], now: float) -> bool:
+        """Send what the partitions' leaders can take; returns whether a partition waits
+        for its leader (none known, or its connection dropped or was refused)."""
         by_endpoint: dict[str, list[TopicPartition]] = defaultdict(list)
+        held = False
         for tp in ready:
             endpoint = self.metadata.leader_endpoint(tp)
-            if endpoint is None:
+            if endpoint is None or io.endpoint_down(endpoint):
+                # Hold the batches and refresh until the metadata names a leader that can
+                # be reached: sent to a dead leader's address they would wait there (ZeroMQ
+                # queues them) until it restarts, while another replica already leads.
+                held = True
                 self.metadata.mark_stale()
                 continue
             by_endpoint[endpoint].append(tp)
@@ -516,6 +527,7 @@ class Sender:
                 if not batches:
                     break
                 self._send(io, endpoint, batches)
+        return held
 
     def _collect(self, tps: list[TopicPartition], now: float) -> list[ProducerBatch]:
         """At most one batch per partition, up to max.request.size (at least one)."""
@@ -583,7 +595,9 @@ class Sender:
             self._node_inflight[endpoint] -= 1
             self._on_reply(batches, header, error)
 
-        io.send_now(endpoint, "produce", fields, done, frames=frames)
+        # fail_fast: a refused connection (the leader is down) fails the request at once,
+        # so the batches go to the new leader rather than waiting for a restart here.
+        io.send_now(endpoint, "produce", fields, done, frames=frames, fail_fast=True)
 
     def _on_reply(
         self, batches: list[ProducerBatch], header: dict[str, Any] | None, error: KvlogError | None

@@ -6,6 +6,13 @@ thread, matches replies by correlation id, fails requests that time out, and cal
 request's callback on the I/O thread. Requests to one endpoint are pipelined and stay in
 order. A *driver* (the producer's sender, the consumer's fetcher) gets a turn on every
 loop iteration to issue more requests and say when it next needs to run.
+
+A socket monitor tells the thread when an endpoint's connection drops (the server died)
+or is refused. Its requests then fail at once with NETWORK_EXCEPTION, the socket is
+replaced (so ZeroMQ does not deliver the failed requests later, to a server restarted at
+the same address) and the endpoint counts as *down* until a handshake succeeds again:
+drivers ask :meth:`IOThread.endpoint_down` and hold their requests for it, refreshing
+metadata, instead of parking them on a dead address until it comes back.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -44,6 +52,7 @@ _MONITORED = (
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_CONNECT_RETRIED
 )
 
 Callback = Callable[[dict[str, Any] | None, list[bytes], KvlogError | None], None]
@@ -56,13 +65,16 @@ class Driver(Protocol):
 
 
 class _Pending:
-    __slots__ = ("callback", "deadline", "endpoint", "op")
+    __slots__ = ("callback", "deadline", "endpoint", "fail_fast", "op")
 
-    def __init__(self, callback: Callback, deadline: float, endpoint: str, op: str) -> None:
+    def __init__(
+        self, callback: Callback, deadline: float, endpoint: str, op: str, fail_fast: bool
+    ) -> None:
         self.callback = callback
         self.deadline = deadline
         self.endpoint = endpoint
         self.op = op
+        self.fail_fast = fail_fast
 
 
 class IOThread:
@@ -81,7 +93,10 @@ class IOThread:
         self.driver = driver
         self.socket_options = socket_options or {}
         self._handshake_failures: dict[str, int] = {}
+        # Endpoints whose current socket completed a handshake (and has not dropped since).
         self._connected: set[str] = set()
+        # Endpoints whose connection dropped or was refused, with no handshake since.
+        self._down: set[str] = set()
         self._ctx = zmq.Context()
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._by_socket: dict[zmq.Socket[Any], str] = {}
@@ -192,11 +207,19 @@ class IOThread:
             self._poller.register(sock, zmq.POLLIN)
         return sock
 
+    def endpoint_down(self, endpoint: str) -> bool:
+        """Whether the endpoint's connection dropped or was refused and has not completed
+        a handshake since (I/O thread). Its socket keeps reconnecting in the background."""
+        return endpoint in self._down
+
     def _read_monitor(self, monitor: zmq.Socket[Any]) -> None:
         """Handshake and connection events of one endpoint's socket.
 
         - A dropped connection that had completed its handshake fails the requests sent
           on it at once (the server died; the client reconnects and retries).
+        - A refused connection (nothing listens: the server is down or restarting) fails
+          them at once if one of them asked for it (``fail_fast``); others wait for the
+          server to come back, as a request queued on a reconnecting socket always did.
         - A refused CURVE key fails them with UNAUTHENTICATED.
         - Other handshake failures are ambiguous: a server dying mid-connect fails one,
           while a security mismatch (plaintext against CURVE, wrong server key) fails
@@ -212,17 +235,32 @@ class IOThread:
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._handshake_failures[endpoint] = 0
                 self._connected.add(endpoint)
+                self._down.discard(endpoint)
                 continue
             if kind == zmq.EVENT_DISCONNECTED:
                 if endpoint in self._connected:
-                    self._connected.discard(endpoint)
-                    self._fail_endpoint(
+                    self._went_down(
                         endpoint,
                         NetworkError(
                             f"the connection to {endpoint} dropped; the client reconnects "
                             "and retries"
                         ),
                     )
+                    return  # the monitor was replaced with the socket
+                continue
+            if kind == zmq.EVENT_CONNECT_RETRIED:
+                if endpoint in self._connected:
+                    continue  # a stale event: the socket is connected
+                self._down.add(endpoint)
+                if any(p.fail_fast for p in self._pending.values() if p.endpoint == endpoint):
+                    self._went_down(
+                        endpoint,
+                        NetworkError(
+                            f"the connection to {endpoint} was refused (is the server "
+                            "running?); the client retries"
+                        ),
+                    )
+                    return
                 continue
             failures = self._handshake_failures.get(endpoint, 0) + 1
             self._handshake_failures[endpoint] = failures
@@ -245,19 +283,43 @@ class IOThread:
             self._drop_socket(endpoint)
             return
 
+    def _went_down(self, endpoint: str, error: KvlogError) -> None:
+        """The endpoint's connection dropped or was refused: fail what was sent to it and
+        replace its socket.
+
+        The old socket may still hold requests ZeroMQ has not written yet; it would send
+        them when a server comes back at that address, after the client failed them and
+        retried them elsewhere (the partition's new leader). Closing it discards them. The
+        new socket is opened at once, empty, so that a handshake tells when the endpoint
+        is back (drivers hold their requests for it meanwhile).
+        """
+        self._drop_socket(endpoint)
+        self._fail_endpoint(endpoint, error)
+        if not self._closing:
+            self.socket_for(endpoint)
+            self._down.add(endpoint)
+
     def _drop_socket(self, endpoint: str) -> None:
+        # Without a socket nothing would tell when the endpoint is back: the next request
+        # opens a new one (and finds out).
+        self._connected.discard(endpoint)
+        self._down.discard(endpoint)
         sock = self._sockets.pop(endpoint, None)
         if sock is None:
             return
         self._by_socket.pop(sock, None)
+        self._poller.unregister(sock)
+        # The monitor first, then its reading end: libzmq sends an event (a reconnect
+        # attempt, from its own I/O thread) with a blocking send under the monitor's lock,
+        # so an event sent after the reading end closed would block forever, and
+        # disable_monitor() with it.
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disable_monitor()
         for monitor, ep in list(self._monitors.items()):
             if ep == endpoint:
                 del self._monitors[monitor]
                 self._poller.unregister(monitor)
                 monitor.close(linger=0)
-        self._poller.unregister(sock)
-        with contextlib.suppress(zmq.ZMQError):
-            sock.disable_monitor()
         sock.close(linger=0)
 
     def _fail_endpoint(self, endpoint: str, error: KvlogError) -> None:
@@ -273,8 +335,11 @@ class IOThread:
         *,
         frames: Sequence[Frame] = (),
         timeout_ms: float | None = None,
+        fail_fast: bool = False,
     ) -> None:
-        """Send from the I/O thread itself (drivers use this)."""
+        """Send from the I/O thread itself (drivers use this). With ``fail_fast`` the
+        request fails with NETWORK_EXCEPTION as soon as its endpoint refuses the
+        connection, instead of waiting for the server to come back (or the timeout)."""
         rid = next(self._ids)
         header = wire.request_header(op, rid, **fields)
         try:
@@ -288,7 +353,9 @@ class IOThread:
             return
         if callback is not None:
             limit = self.request_timeout_ms if timeout_ms is None else timeout_ms
-            self._pending[rid] = _Pending(callback, time.monotonic() + limit / 1000, endpoint, op)
+            self._pending[rid] = _Pending(
+                callback, time.monotonic() + limit / 1000, endpoint, op, fail_fast
+            )
 
     def _run(self) -> None:
         next_driver = 0.0
@@ -300,7 +367,9 @@ class IOThread:
                     wait = min(wait, min(p.deadline for p in self._pending.values()) - now)
                 if self.driver is not None:
                     wait = min(wait, next_driver - now)
-                events = dict(self._poller.poll(max(0.0, wait) * 1000))
+                # Whole ms, rounded up: pyzmq truncates a float timeout, so a wake-up due
+                # in under 1 ms would poll with 0 and spin until it is due.
+                events = dict(self._poller.poll(math.ceil(max(0.0, wait) * 1000)))
                 if self._wake_r in events:
                     self._woken = False
                     with contextlib.suppress(BlockingIOError):
@@ -395,10 +464,12 @@ class IOThread:
             *_, callback, _timeout, _expect = self._inbox.popleft()
             with contextlib.suppress(Exception):
                 callback(None, [], KvlogError("the client was closed"))
+        for sock in self._sockets.values():  # before their monitors close: see _drop_socket
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
         for monitor in self._monitors:
             monitor.close(linger=0)
         for sock in self._sockets.values():
-            sock.disable_monitor()
             # Messages still queued (acks=0 produce, a last commit) get a moment to leave:
             # a fire-and-forget send handed to ZeroMQ must not vanish on close().
             sock.close(linger=CLOSE_LINGER_MS)

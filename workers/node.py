@@ -12,6 +12,7 @@ metadata changed, else after ``wait_ms``) and applies the partition assignment i
 from __future__ import annotations
 
 import logging
+import math
 import os
 import resource
 import time
@@ -137,6 +138,7 @@ class NodeServer(Server):
         self.leader_links: dict[int, PeerLink] = {}
         self._fetching: set[int] = set()  # leader ids with a replica fetch in flight
         self._fetch_retry_at: dict[int, float] = {}
+        self._stale_links: set[int] = set()  # leader links to replace (see _drop_stale_fetches)
         self._isr_in_flight: set[TopicPartition] = set()
         self._next_isr_check = 0.0
         self._next_hw_flush = 0.0
@@ -223,7 +225,9 @@ class NodeServer(Server):
             for p in header["partitions"]
         ]
         self.node_endpoints = {int(n): str(ep) for n, ep in header.get("nodes", [])}
+        followed = self._followed()
         self.core.apply_assignment(hosted, header.get("deleted_topic_ids", []), _now_ms())
+        self._drop_stale_fetches(followed)
         self._answer_decided()
         log.info(
             "%s: hosting %d partition(s), metadata version %s",
@@ -425,7 +429,11 @@ class NodeServer(Server):
             return 0.0
         if self.core.leaders and any(r.waiters for r in self.core.leaders.values()):
             deadline = first_deadline(deadline, now + 0.05)
-        return 100.0 if deadline is None else max(0.0, min(100.0, (deadline - now) * 1000))
+        if deadline is None:
+            return 100.0
+        # Rounded up to whole ms: the poller truncates, and a wait of 0 ms until a
+        # deadline under 1 ms away would spin.
+        return float(math.ceil(max(0.0, min(100.0, (deadline - now) * 1000))))
 
     def on_timers(self, now: float) -> None:
         self.coordinator.expire(now)
@@ -440,6 +448,10 @@ class NodeServer(Server):
         if not self._heartbeat_in_flight and not self.stopping:
             self._send_heartbeat()
         self._check_storage(now)
+        for leader_id in self._stale_links:
+            log.debug("%s: dropping the replica fetch in flight to node %d", self.name, leader_id)
+            self._drop_link(leader_id)
+        self._stale_links.clear()
         if not self.offline:
             self._fetch_from_leaders(now)
         now_ms = _now_ms()
@@ -463,17 +475,48 @@ class NodeServer(Server):
 
     # -- replication: following --------------------------------------------------------------
 
+    def _followed(self) -> dict[TopicPartition, tuple[int, int]]:
+        """(leader, leader epoch) of every partition this node follows."""
+        return {
+            tp: (h.leader_id, h.leader_epoch)
+            for tp, h in self.core.hosted.items()
+            if h.leader_id != self.settings.node_id
+        }
+
+    def _drop_stale_fetches(self, before: dict[TopicPartition, tuple[int, int]]) -> None:
+        """Leadership moved: drop the replica fetch in flight to every leader concerned.
+
+        A fetch parked at a leader that then died is never answered; it would block
+        fetching from that node (one fetch per leader) until its timeout (5.5 s), and if
+        that node leads again by then (restarted and re-elected, or elected after another
+        kill) the high watermark and every acks=all request wait for it. A fetch parked
+        at a live leader does not cover a partition it just took over either (up to
+        replica.fetch.wait.max.ms). So the link is replaced and a new fetch goes now.
+        """
+        after = self._followed()
+        moved = {lid for tp, (lid, _) in before.items() if after.get(tp) != before[tp]}
+        moved |= {lid for tp, (lid, _) in after.items() if before.get(tp) != after[tp]}
+        # Dropped on the next timer turn: this runs inside the poll loop's dispatch, which
+        # may still hold the link's socket among its ready sockets.
+        self._stale_links |= moved & self._fetching
+
+    def _drop_link(self, leader_id: int) -> None:
+        link = self.leader_links.pop(leader_id, None)
+        if link is not None:
+            self.poller.unregister(link.socket)
+            del self._socket_handlers[link.socket]
+            link.close()
+        self._fetching.discard(leader_id)
+        self._fetch_retry_at.pop(leader_id, None)
+
     def _link(self, leader_id: int) -> PeerLink | None:
         endpoint = self.node_endpoints.get(leader_id)
         if endpoint is None:
             return None
         link = self.leader_links.get(leader_id)
         if link is not None and link.endpoint != endpoint:
-            self.poller.unregister(link.socket)
-            del self._socket_handlers[link.socket]
-            link.close()
+            self._drop_link(leader_id)
             link = None
-            self._fetching.discard(leader_id)
         if link is None:
             link = PeerLink(
                 self.ctx,
