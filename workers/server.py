@@ -115,7 +115,9 @@ class Server:
         The monitor's event can come after the connection's first requests (its
         handshake and the monitor are separate queues), so every request is also checked
         against the admitted connections by the descriptor it arrived on (ZeroMQ's
-        SRCFD): one from a connection not admitted is dropped unanswered."""
+        SRCFD): one from a connection over the cap is dropped unanswered. A connection
+        with no ACCEPTED event (accepted before the monitor existed, or its event lost)
+        is admitted on its first request while there is room."""
         if limit <= 0:
             return
         self._max_connections = limit
@@ -133,7 +135,16 @@ class Server:
         monitor = self._connection_monitor
         if monitor is not None:
             self._on_connection_event(monitor)  # its ACCEPTED event may be waiting
-        return fd in self._connections
+        if fd in self._connections:
+            return True
+        # No ACCEPTED event will ever come for a connection accepted before the monitor
+        # existed: the router binds before the server is built and its cap set up, and
+        # clients reconnecting to a restarted process land in between. Admit it while
+        # there is room (else every request on it would be dropped, for good).
+        if len(self._connections) < self._max_connections:
+            self._connections.add(fd)
+            return True
+        return False
 
     def _on_connection_event(self, monitor: zmq.Socket[Any]) -> None:
         while True:
@@ -145,7 +156,7 @@ class Server:
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 self._connections.discard(fd)
                 continue
-            if len(self._connections) < self._max_connections:
+            if fd in self._connections or len(self._connections) < self._max_connections:
                 self._connections.add(fd)
                 continue
             with contextlib.suppress(OSError):

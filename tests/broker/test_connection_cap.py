@@ -89,3 +89,25 @@ def test_a_request_that_beats_the_monitor_event_is_still_refused() -> None:
         server.close()
     finally:
         ctx.destroy(linger=0)
+
+
+@pytest.mark.timeout(30)
+def test_a_connection_made_before_the_cap_was_set_up_is_served() -> None:
+    # A process binds its ROUTER before it builds its server and attaches the connection
+    # monitor; clients reconnecting to a restarted process land in that gap and get no
+    # ACCEPTED event. They must be served (while there is room), not ignored for good.
+    ctx = zmq.Context()
+    try:
+        router, endpoint = bind_router(ctx, "tcp://127.0.0.1:0")
+        early = _dealer(ctx, endpoint)
+        early.send(wire.encode(wire.request_header("ping", 1)))
+        assert router.poll(5000)  # connected and queued before the monitor exists
+        server = _PingServer(ctx, router)
+        server.limit_connections(2)
+        deadline = time.monotonic() + 10
+        while not early.poll(0) and time.monotonic() < deadline:
+            server.run_once(50)
+        assert early.poll(0), "a connection accepted before the monitor was never served"
+        server.close()
+    finally:
+        ctx.destroy(linger=0)
