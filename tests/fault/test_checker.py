@@ -27,7 +27,8 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def _batch(values: list[bytes]) -> bytes:
-    return batch_format.build_batch((b"k", v) for v in values)
+    # A fixed timestamp: replicas built a millisecond apart must still be byte-identical.
+    return batch_format.build_batch((b"k", v, None, 1_700_000_000_000) for v in values)
 
 
 def _replica(node_id: int, batches: list[list[bytes]], hw: int | None = None) -> ReplicaLog:
