@@ -18,8 +18,9 @@ assignments are disjoint and cover every partition), then:
 The clock stops at the last ``on_partitions_assigned`` (after the start) that makes the
 group complete again: every member present has been assigned after the start, and the
 assignments are disjoint and cover every partition. Members learn that a rebalance began
-from their next heartbeat (every ``heartbeat.interval.ms``) or poll, so that setting
-bounds the time; ``--heartbeat-interval-ms`` sets it for the members.
+from their parked (long-poll) heartbeat, answered the moment it begins, so the time is the
+JoinGroup/SyncGroup round; ``--heartbeat-interval-ms`` sets the members' interval (with an
+older coordinator that answers heartbeats at once, the interval bounds the time).
 
 Without ``--bootstrap-server`` an embedded broker runs with
 ``group.initial.rebalance.delay.ms=0`` (issue 4's setting). ``--json`` prints one object
