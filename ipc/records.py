@@ -167,13 +167,11 @@ class DecodedBatch:
         value_deserializer: Deserializer | None,
     ) -> list[ConsumerRecord]:
         start, stop = self._slice(limit)
-        keys, values = self.keys[start:stop], self.values[start:stop]
-        key_sizes = [-1 if k is None else len(k) for k in keys]
-        value_sizes = [-1 if v is None else len(v) for v in values]
-        if key_deserializer is not None:
-            keys = [key_deserializer(k) for k in keys]
-        if value_deserializer is not None:
-            values = [value_deserializer(v) for v in values]
+        raw_keys, raw_values = self.keys[start:stop], self.values[start:stop]
+        key_sizes = [-1 if k is None else len(k) for k in raw_keys]
+        value_sizes = [-1 if v is None else len(v) for v in raw_values]
+        keys = _deserialized(raw_keys, key_deserializer)
+        values = _deserialized(raw_values, value_deserializer)
         headers = _headers(self.headers, start, stop) or [NO_HEADERS] * (stop - start)
         first_ts, ts_type, new = self.first_timestamp, self.ts_type, _tuple_new
         out = [
@@ -201,11 +199,8 @@ class DecodedBatch:
         value_deserializer: Deserializer | None,
     ) -> RecordColumns:
         start, stop = self._slice(limit)
-        keys, values = self.keys[start:stop], self.values[start:stop]
-        if key_deserializer is not None:
-            keys = [key_deserializer(k) for k in keys]
-        if value_deserializer is not None:
-            values = [value_deserializer(v) for v in values]
+        keys = _deserialized(self.keys[start:stop], key_deserializer)
+        values = _deserialized(self.values[start:stop], value_deserializer)
         first_ts = self.first_timestamp
         ts_deltas = self.ts_deltas[start:stop]
         if ts_deltas and ts_deltas.count(ts_deltas[0]) == len(ts_deltas):
@@ -224,6 +219,10 @@ class DecodedBatch:
         )
         self.start = stop
         return run
+
+
+def _deserialized(column: list[Any], deserializer: Deserializer | None) -> list[Any]:
+    return column if deserializer is None else [deserializer(x) for x in column]
 
 
 def _headers(
