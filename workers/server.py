@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -210,7 +211,9 @@ class Server:
         now = time.monotonic()
         if timeout_ms is None:
             timeout_ms = max(0.0, self.next_timeout_ms(now))
-        for sock, _ in self.poller.poll(timeout_ms):
+        # Whole milliseconds, rounded up: pyzmq truncates, so a timer 0.4 ms away would poll
+        # with 0 and spin until it is due.
+        for sock, _ in self.poller.poll(math.ceil(timeout_ms)):
             if sock is self.router:
                 self._drain_router()
             else:
