@@ -158,6 +158,21 @@ class Group:
             member.start()
         return new
 
+    def remove(self, members: list[Member]) -> float:
+        """Close ``members`` (all at once) and drop them; returns when the first close began.
+
+        Count the group's completion from that time, not from when the last close returned:
+        a member's LeaveGroup lets the group rebalance at once while its close() still has
+        cleanup to do (stopping its heartbeat thread, its I/O), so the members left can be
+        assigned before every closing thread is done."""
+        t0 = time.perf_counter()
+        for member in members:
+            member.close()
+        for member in members:
+            member.closed.wait(30)
+            self.members.remove(member)
+        return t0
+
     def check_errors(self) -> None:
         for member in self.members:
             if member.error is not None:
@@ -204,9 +219,16 @@ class Group:
                 continue
             if time.monotonic() > deadline:
                 counts = [len(m.assigned.events) for m in self.members]
+                latest = [
+                    f"{len(m.assigned.events[-1][1])} at {m.assigned.events[-1][0] - t0:+.3f} s"
+                    if m.assigned.events
+                    else "none"
+                    for m in self.members
+                ]
                 raise click.ClickException(
                     f"group {self.group_id} not complete {timeout_s:.0f} s after the change "
-                    f"(assignment callbacks per member: {counts})"
+                    f"(assignment callbacks per member: {counts}; latest assignment per "
+                    f"member, partitions at seconds after the change: {latest})"
                 )
             time.sleep(0.005)
 
@@ -255,28 +277,21 @@ def run(options: Options, bootstrap: str, progress: Any) -> list[float]:
                 group.members.remove(leaving)
                 done = group.wait_complete(t0, STABLE_TIMEOUT_S)
                 # Put the group back to its size for the next repetition (untimed).
+                t1 = time.perf_counter()
                 group.add(1)
-                group.wait_complete(time.perf_counter(), STABLE_TIMEOUT_S)
+                group.wait_complete(t1, STABLE_TIMEOUT_S)
             elif options.scenario == "join":
                 t0 = time.perf_counter()
                 joined = group.add(1)
                 done = group.wait_complete(t0, STABLE_TIMEOUT_S)
                 if rep + 1 < options.repeat:  # back to its size (untimed)
-                    joined[0].close()
-                    joined[0].closed.wait(30)
-                    group.members.remove(joined[0])
-                    group.wait_complete(time.perf_counter(), STABLE_TIMEOUT_S)
+                    group.wait_complete(group.remove(joined), STABLE_TIMEOUT_S)
             else:  # grow
                 t0 = time.perf_counter()
                 grown = group.add(options.grow_to - options.members)
                 done = group.wait_complete(t0, STABLE_TIMEOUT_S)
-                if rep + 1 < options.repeat:
-                    for member in grown:
-                        member.close()
-                    for member in grown:
-                        member.closed.wait(30)
-                        group.members.remove(member)
-                    group.wait_complete(time.perf_counter(), STABLE_TIMEOUT_S)
+                if rep + 1 < options.repeat:  # back to its size (untimed)
+                    group.wait_complete(group.remove(grown), STABLE_TIMEOUT_S)
             times.append(done - t0)
             progress(rep + 1, done - t0)
     finally:
