@@ -49,6 +49,14 @@ def test_connections_over_the_cap_are_refused_until_one_closes(tmp_path: Any) ->
             ctx.destroy(linger=0)
 
 
+def _answered(server: Server, sock: zmq.Socket[Any]) -> bool:
+    """Run the server's loop until ``sock`` has a reply waiting (or 10 s pass)."""
+    deadline = time.monotonic() + 10
+    while not sock.poll(0) and time.monotonic() < deadline:
+        server.run_once(50)
+    return bool(sock.poll(0))
+
+
 class _PingServer(Server):
     name = "test"
 
@@ -68,10 +76,7 @@ def test_a_request_that_beats_the_monitor_event_is_still_refused() -> None:
         server.limit_connections(1)
         admitted = _dealer(ctx, endpoint)
         admitted.send(wire.encode(wire.request_header("ping", 1)))
-        deadline = time.monotonic() + 10
-        while not admitted.poll(0) and time.monotonic() < deadline:
-            server.run_once(50)
-        assert admitted.poll(0), "the first connection was not served"
+        assert _answered(server, admitted), "the first connection was not served"
         admitted.recv_multipart()
 
         extra = _dealer(ctx, endpoint)
@@ -82,10 +87,7 @@ def test_a_request_that_beats_the_monitor_event_is_still_refused() -> None:
         server._drain_router()  # the router first, as a busy loop turn may do
         assert not extra.poll(500), "a connection over max.connections was served"
         admitted.send(wire.encode(wire.request_header("ping", 3)))
-        deadline = time.monotonic() + 10
-        while not admitted.poll(0) and time.monotonic() < deadline:
-            server.run_once(50)
-        assert admitted.poll(0), "the admitted connection stopped being served"
+        assert _answered(server, admitted), "the admitted connection stopped being served"
         server.close()
     finally:
         ctx.destroy(linger=0)
@@ -104,10 +106,7 @@ def test_a_connection_made_before_the_cap_was_set_up_is_served() -> None:
         assert router.poll(5000)  # connected and queued before the monitor exists
         server = _PingServer(ctx, router)
         server.limit_connections(2)
-        deadline = time.monotonic() + 10
-        while not early.poll(0) and time.monotonic() < deadline:
-            server.run_once(50)
-        assert early.poll(0), "a connection accepted before the monitor was never served"
+        assert _answered(server, early), "a connection accepted before the monitor was never served"
         server.close()
     finally:
         ctx.destroy(linger=0)
