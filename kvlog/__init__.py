@@ -25,7 +25,9 @@ from ._version import __version__
 # The repository keeps ipc/, workers/ and tools/ beside kvlog/; installed they are
 # kvlog.ipc, kvlog.workers and kvlog.tools (setup.cfg package_dir). In a plain checkout
 # (PYTHONPATH=. or a non-editable run from the source tree) this finder maps those three
-# names to the sibling folders, so the same imports work everywhere.
+# names to the sibling folders, so the same imports work everywhere. It goes first on
+# sys.meta_path: the siblings are those of the kvlog/ that was imported, even when an
+# editable install of another checkout (a git worktree's main) is also on the path.
 _SIBLINGS = ("ipc", "workers", "tools")
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +51,7 @@ _IN_CHECKOUT = (
     not (Path(__file__).parent / "ipc").is_dir() and (_ROOT / "ipc" / "__init__.py").is_file()
 )
 if _IN_CHECKOUT and not any(isinstance(f, _CheckoutFinder) for f in sys.meta_path):
-    sys.meta_path.append(_CheckoutFinder())
+    sys.meta_path.insert(0, _CheckoutFinder())
 
 # name -> module that defines it; imported on first attribute access.
 _LAZY = {

@@ -40,13 +40,13 @@ records. Decoding happens in consumers (and tools).
 from __future__ import annotations
 
 import struct
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import cbor2
 from crc32c import crc32c
 
+from .clock import now_ms
 from .codecs import Codec, compress, decompress
 from .errors import CorruptRecordError, UnsupportedCompressionTypeError
 
@@ -286,10 +286,6 @@ def decode(buf: bytes | memoryview, base_offset: int) -> list[Record]:
         ]
     except (TypeError, IndexError, KeyError) as exc:
         raise CorruptRecordError(f"record batch holds a malformed record: {exc}") from exc
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class BatchBuilder:

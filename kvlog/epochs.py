@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 
 from .log import ReadTxn, WriteTxn
-from .types import TopicPartition
+from .types import TopicPartition, partition_key
 
 EPOCHS_TABLE = "epochs"
 UNDEFINED = -1
@@ -24,7 +24,7 @@ _OFFSET = struct.Struct(">q")
 
 
 def _prefix(tp: TopicPartition) -> bytes:
-    return f"{tp.topic}/{tp.partition}".encode() + b"\x00"
+    return partition_key(tp) + b"\x00"
 
 
 def entries(r: ReadTxn, tp: TopicPartition) -> list[tuple[int, int]]:

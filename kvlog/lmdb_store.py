@@ -38,7 +38,7 @@ from . import batch as batch_format
 from .batch import BatchHeader
 from .errors import KvlogError, OffsetOutOfRangeError, StorageError, UnknownTopicOrPartitionError
 from .log import Batch, collect_batches, read_limit
-from .types import PartitionOffsets, TopicPartition
+from .types import PartitionOffsets, TopicPartition, parse_partition_key, partition_key
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,6 @@ DEFAULT_MAX_PARTITIONS = 4096
 # MapFullError (and the re-run of a whole group commit) stays rare.
 _GROW_AT = 0.75
 _MAX_WRITE_ATTEMPTS = 16
-
-
-def _partition_key(tp: TopicPartition) -> bytes:
-    return f"{tp.topic}/{tp.partition}".encode()
-
-
-def _parse_partition_key(key: bytes) -> TopicPartition:
-    topic, _, partition = key.decode().rpartition("/")
-    return TopicPartition(topic, int(partition))
 
 
 # Free space below which an I/O error is taken for a full disk (see _looks_full).
@@ -259,13 +250,13 @@ class LogDir:
 
     def has_partition(self, tp: TopicPartition) -> bool:
         with self.reader() as r:
-            return r.get(_STATE_TABLE, _partition_key(tp)) is not None
+            return r.get(_STATE_TABLE, partition_key(tp)) is not None
 
     def partitions(self) -> list[TopicPartition]:
         with self.reader() as r:
             # Sorted as TopicPartitions (not as key bytes, where "t/10" < "t/2"), like
             # the memory store.
-            return sorted(_parse_partition_key(k) for k, _ in r.items(_STATE_TABLE))
+            return sorted(parse_partition_key(k) for k, _ in r.items(_STATE_TABLE))
 
     def disk_usage(self) -> int:
         """Bytes used by the environment's pages (not the sparse map size)."""
@@ -288,13 +279,13 @@ class _LmdbBase:
         return db
 
     def _partition_db(self, tp: TopicPartition) -> Any:
-        db = self._db(b"p/" + _partition_key(tp))
+        db = self._db(b"p/" + partition_key(tp))
         if db is None:
             raise UnknownTopicOrPartitionError(f"partition {tp} does not exist in this log dir")
         return db
 
     def offsets(self, tp: TopicPartition) -> PartitionOffsets:
-        raw = self.get(_STATE_TABLE, _partition_key(tp))
+        raw = self.get(_STATE_TABLE, partition_key(tp))
         if raw is None:
             raise UnknownTopicOrPartitionError(f"partition {tp} does not exist in this log dir")
         return PartitionOffsets._make(_STATE.unpack(raw))
@@ -378,10 +369,10 @@ class _LmdbWrite(_LmdbRead):
         return db is not None and self._txn.delete(key, db=db)
 
     def _set_offsets(self, tp: TopicPartition, state: PartitionOffsets) -> None:
-        self.put(_STATE_TABLE, _partition_key(tp), _STATE.pack(*state))
+        self.put(_STATE_TABLE, partition_key(tp), _STATE.pack(*state))
 
     def create_partition(self, tp: TopicPartition, *, start_offset: int = 0) -> bool:
-        key = _partition_key(tp)
+        key = partition_key(tp)
         if self.get(_STATE_TABLE, key) is not None:
             return False
         self._db(b"p/" + key, create=True)
@@ -389,7 +380,7 @@ class _LmdbWrite(_LmdbRead):
         return True
 
     def drop_partition(self, tp: TopicPartition) -> bool:
-        key = _partition_key(tp)
+        key = partition_key(tp)
         if not self.delete(_STATE_TABLE, key):
             return False
         name = b"p/" + key

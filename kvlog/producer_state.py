@@ -38,7 +38,7 @@ from .errors import (
     UnknownProducerIdError,
 )
 from .log import ReadTxn, WriteTxn
-from .types import TopicPartition
+from .types import TopicPartition, partition_key
 
 PRODUCERS_TABLE = "producers"
 MAX_CACHED_BATCHES = 5
@@ -91,11 +91,11 @@ def _in_sequence(last_seq: int, next_seq: int) -> bool:
 
 
 def _row_key(tp: TopicPartition, producer_id: int) -> bytes:
-    return f"{tp.topic}/{tp.partition}".encode() + b"\x00" + _PID.pack(producer_id)
+    return partition_key(tp) + b"\x00" + _PID.pack(producer_id)
 
 
 def _partition_prefix(tp: TopicPartition) -> bytes:
-    return f"{tp.topic}/{tp.partition}".encode() + b"\x00"
+    return partition_key(tp) + b"\x00"
 
 
 def check_sequence(

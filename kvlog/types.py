@@ -18,6 +18,20 @@ class TopicPartition(NamedTuple):
         return f"{self.topic}-{self.partition}"
 
 
+def partition_key(tp: TopicPartition) -> bytes:
+    """The one byte encoding of a partition in stored keys: ``b"topic/partition"``.
+
+    Topic names cannot hold ``/``, so :func:`parse_partition_key` splits at the last one.
+    Keys of per-partition rows in shared tables append ``b"\\x00"`` and their own suffix.
+    """
+    return f"{tp.topic}/{tp.partition}".encode()
+
+
+def parse_partition_key(key: bytes) -> TopicPartition:
+    topic, _, partition = key.decode().rpartition("/")
+    return TopicPartition(topic, int(partition))
+
+
 class PartitionOffsets(NamedTuple):
     """The three offsets of a partition and the bytes it stores.
 

@@ -1,6 +1,6 @@
 """The consumer-group model: states, their legal transitions, members, groups.
 
-Plain data owned by :class:`workers.group_coordinator.GroupCoordinator`; ``Group.encode``
+Plain data owned by :class:`workers.group_core.GroupCoordinator`; ``Group.encode``
 and ``Group.decode`` are the durable form the coordinator writes to its ``groups`` table
 (so a coordinator restart is a reload). Kafka's ``ClassicGroupState`` names the states.
 """

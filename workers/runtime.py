@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kvlog import clock
 from kvlog.allocator import tune_allocator
 
 log = logging.getLogger("kvlog")
@@ -86,7 +87,7 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
     from kvlog.lmdb_store import LogDir
 
     from .security import SecuritySettings, ServerSecurity
-    from .server import bind_router
+    from .zmq_server import bind_router
 
     ctx = zmq.Context()
     store = None
@@ -103,20 +104,23 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
             security=security,
         )
         if role == "coordinator":
-            from .coordinator import CoordinatorServer, CoordinatorSettings
+            from .coordinator_shell import CoordinatorServer
+            from .settings import CoordinatorSettings
 
             store = LogDir(Path(settings["data_dir"]) / "meta")
             server = CoordinatorServer(
                 ctx, router, CoordinatorSettings(**settings["coordinator"]), store, security
             )
         elif role == "node":
-            from .node import NodeServer, NodeSettings
+            from .node_shell import NodeServer
+            from .settings import NodeSettings
 
             node_settings = NodeSettings(**settings["node"])
             store = LogDir(node_settings.log_dir)
             server = NodeServer(ctx, router, endpoint, node_settings, store, security)
         elif role == "broker":
-            from .broker import BrokerServer, BrokerSettings
+            from .broker_shell import BrokerServer
+            from .settings import BrokerSettings
 
             server = BrokerServer(ctx, router, BrokerSettings(**settings["broker"]), security)
         else:
@@ -179,7 +183,7 @@ def run_sweeper(settings: dict[str, Any], should_stop: Any) -> None:
                     store = stores.get(path)
                     if store is None:
                         store = stores[path] = LogDir(path)
-                    now_ms = time.time_ns() // 1_000_000
+                    now_ms = clock.now_ms()
                     for result in Sweeper(store, config_for).sweep(now_ms):
                         log.info(
                             "retention freed %d bytes of %s (log start %d -> %d)",

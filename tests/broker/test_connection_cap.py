@@ -10,7 +10,7 @@ import zmq
 
 import kvlog
 from kvlog.ipc import wire
-from kvlog.workers.server import Server, bind_router
+from kvlog.workers.zmq_server import Server, bind_router
 
 
 def _dealer(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:

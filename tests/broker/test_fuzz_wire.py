@@ -36,9 +36,9 @@ from kvlog.batch import build_batch
 from kvlog.errors import ErrorCode
 from kvlog.ipc import wire
 from kvlog.types import TopicPartition
-from kvlog.workers.broker import FORWARDED_OPS, BrokerServer
-from kvlog.workers.coordinator import CoordinatorServer
-from kvlog.workers.node import NodeServer
+from kvlog.workers.broker_shell import FORWARDED_OPS, BrokerServer
+from kvlog.workers.coordinator_shell import CoordinatorServer
+from kvlog.workers.node_shell import NodeServer
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 INT32_MAX = (1 << 31) - 1

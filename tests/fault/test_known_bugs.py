@@ -29,9 +29,9 @@ from kvlog.errors import ErrorCode, KvlogError, OutOfOrderSequenceNumberError, R
 from kvlog.ipc.sequencing import Sequencer, Verdict
 from kvlog.lmdb_store import LogDir
 from kvlog.types import TopicPartition
-from kvlog.workers.controller import ControllerCore
-from kvlog.workers.leader import HostedPartition, LeaderCore
-from kvlog.workers.replication import LeaderReplica
+from kvlog.workers.controller_core import ControllerCore
+from kvlog.workers.leader_core import HostedPartition, LeaderCore
+from kvlog.workers.replication_core import LeaderReplica
 
 TP = TopicPartition("t", 0)
 

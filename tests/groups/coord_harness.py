@@ -15,7 +15,7 @@ from kvlog.errors import ErrorCode, KvlogError
 from kvlog.ipc.consumer_protocol import decode_assignment, encode_subscription
 from kvlog.memory_store import MemoryLogDir
 from kvlog.types import TopicPartition
-from kvlog.workers.group_coordinator import GroupConfig, GroupCoordinator
+from kvlog.workers.group_core import GroupConfig, GroupCoordinator
 
 START_MS = 1_000_000
 

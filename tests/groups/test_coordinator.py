@@ -11,7 +11,7 @@ from kvlog.errors import ErrorCode
 from kvlog.ipc.assignors import range_assign
 from kvlog.ipc.consumer_protocol import decode_subscription, encode_assignment
 from kvlog.types import TopicPartition as TP
-from kvlog.workers.group_coordinator import Group, GroupState
+from kvlog.workers.group_core import Group, GroupState
 
 EC = ErrorCode
 T = [TP("t", p) for p in range(4)]

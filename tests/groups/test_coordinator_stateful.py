@@ -51,7 +51,7 @@ from kvlog.ipc.consumer_protocol import (
     encode_subscription,
 )
 from kvlog.types import TopicPartition as TP
-from kvlog.workers.group_coordinator import GroupState
+from kvlog.workers.group_core import GroupState
 
 CLASSIC, SERVER = "classic", "server"
 GROUPS = (CLASSIC, SERVER)

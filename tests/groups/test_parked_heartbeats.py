@@ -16,11 +16,11 @@ import pytest
 from coord_harness import Harness, error_of
 from test_coordinator import Member, rebalance, stable_static_pair
 
+from kvlog import clock
 from kvlog.errors import ErrorCode, InvalidRequestError, NonEmptyGroupError
 from kvlog.ipc.wire import PROTOCOL_VERSION, Request
-from kvlog.workers import group_wire
-from kvlog.workers.group_coordinator import GroupState
-from kvlog.workers.group_wire import GroupOps
+from kvlog.workers.group_core import GroupState
+from kvlog.workers.group_shell import GroupOps
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -331,7 +331,7 @@ def heartbeat_request(rid: int, member: Member, **extra: Any) -> Request:
 def test_the_wire_op_parks_only_with_max_wait_ms(monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness()
     a, _ = pair(h, session_timeout_ms=10_000)
-    monkeypatch.setattr(group_wire, "_now_ms", lambda: h.now)
+    monkeypatch.setattr(clock, "now_ms", lambda: h.now)
     server = FakeServer(h)
     assert server.op_heartbeat(heartbeat_request(1, a), b"p") == {}, "an older client"
     assert server.op_heartbeat(heartbeat_request(2, a, max_wait_ms=None), b"p") == {}

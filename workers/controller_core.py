@@ -52,9 +52,9 @@ from kvlog.topic_config import (
     unknown_name_error,
     validate_topic_config,
 )
-from kvlog.types import TopicPartition, check_topic_name
+from kvlog.types import TopicPartition, check_topic_name, partition_key
 
-from .replication import elect_leader
+from .replication_core import elect_leader
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,6 @@ class TopicView:
 
     meta: TopicMetadata
     states: list[PartitionState] = field(default_factory=list)
-
-
-def _state_key(tp: TopicPartition) -> bytes:
-    return f"{tp.topic}/{tp.partition}".encode()
 
 
 class ControllerCore:
@@ -196,7 +192,7 @@ class ControllerCore:
         return meta
 
     def _put_state(self, w: WriteTxn, tp: TopicPartition, state: PartitionState) -> None:
-        w.put(PARTITION_STATES_TABLE, _state_key(tp), state.encode())
+        w.put(PARTITION_STATES_TABLE, partition_key(tp), state.encode())
 
     def _require(self, r: ReadTxn, name: str) -> TopicMetadata:
         meta = get_topic(r, name)
@@ -209,7 +205,7 @@ class ControllerCore:
             meta = self._require(w, name)
             delete_topic(w, name)
             for p in range(meta.partitions):
-                w.delete(PARTITION_STATES_TABLE, _state_key(TopicPartition(name, p)))
+                w.delete(PARTITION_STATES_TABLE, partition_key(TopicPartition(name, p)))
             w.put(DELETED_TOPICS_TABLE, meta.topic_id.encode(), str(now_ms).encode())
             return meta
 
@@ -274,7 +270,7 @@ class ControllerCore:
             for meta in metas:
                 states = []
                 for p in range(meta.partitions):
-                    raw = r.get(PARTITION_STATES_TABLE, _state_key(TopicPartition(meta.name, p)))
+                    raw = r.get(PARTITION_STATES_TABLE, partition_key(TopicPartition(meta.name, p)))
                     states.append(
                         PartitionState.decode(raw)
                         if raw

@@ -1,6 +1,6 @@
 """The coordinator process: topic metadata, nodes, producer ids (and groups).
 
-A shell around :class:`workers.controller.ControllerCore` over ``<data>/meta``. Nodes and
+A shell around :class:`workers.controller_core.ControllerCore` over ``<data>/meta``. Nodes and
 the broker long-poll it: a node's ``node_heartbeat`` and the broker's ``watch_metadata``
 are answered at once when the metadata version moved past theirs, else parked until it
 does or their ``wait_ms`` runs out. An admin change (create a topic, ...) is answered
@@ -17,32 +17,21 @@ from typing import Any
 
 import zmq
 
+from kvlog import clock
 from kvlog.errors import InvalidRequestError
 from kvlog.ipc.wire import INT32_MAX, Request, check_int, check_str
 from kvlog.lmdb_store import LogDir
 from kvlog.types import TopicPartition, check_partition
 
 from .acl import AclEntry, add_acl, load_acls, remove_acls
-from .controller import ControllerCore
-from .group_coordinator import GroupConfig, GroupCoordinator
-from .group_wire import GroupOps
+from .controller_core import ControllerCore
+from .group_core import GroupConfig, GroupCoordinator
+from .group_shell import GroupOps
 from .security import ServerSecurity
-from .server import Server
+from .settings import CoordinatorSettings
+from .zmq_server import Server
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CoordinatorSettings:
-    data_dir: str
-    node_ids: list[int]
-    node_timeout_ms: int = 6000
-    admin_apply_timeout_ms: int = 5000
-    group_min_session_timeout_ms: int = 6000
-    group_max_session_timeout_ms: int = 1_800_000
-    group_initial_rebalance_delay_ms: int = 3000
-    group_max_size: int = 1000
-    leader_imbalance_check_interval_ms: int = 30_000
 
 
 @dataclass
@@ -54,10 +43,6 @@ class Parked:
     version: int = 0
     fields: dict[str, Any] | None = None
     node_ids: list[int] | None = None
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class CoordinatorServer(GroupOps, Server):
@@ -86,7 +71,7 @@ class CoordinatorServer(GroupOps, Server):
             ),
             self._partition_count,
         )
-        self.groups.load(_now_ms())
+        self.groups.load(clock.now_ms())
         self.node_waiters: dict[int, Parked] = {}
         self.watchers: list[Parked] = []
         self.admin_waiters: list[Parked] = []
@@ -111,7 +96,7 @@ class CoordinatorServer(GroupOps, Server):
             req.str("log_dir"),
             applied,
             req.int("pid", 0),
-            _now_ms(),
+            clock.now_ms(),
             offline=req.bool("offline", False),
         )
         self._check_admin_waiters()
@@ -221,13 +206,13 @@ class CoordinatorServer(GroupOps, Server):
             req.int("partitions", 1, low=-(1 << 31), high=INT32_MAX),
             req.int("replication_factor", 1, low=-(1 << 31), high=INT32_MAX),
             config,
-            _now_ms(),
+            clock.now_ms(),
         )
         nodes = [n for replicas in meta.replicas for n in replicas]
         self._after_change(peer, req, {"topic_id": meta.topic_id}, nodes)
 
     def op_delete_topic(self, req: Request, peer: bytes) -> None:
-        meta = self.core.delete_topic(req.str("name", max_len=4096), _now_ms())
+        meta = self.core.delete_topic(req.str("name", max_len=4096), clock.now_ms())
         nodes = [n for replicas in meta.replicas for n in replicas]
         self._after_change(peer, req, {"topic_id": meta.topic_id}, nodes)
 
@@ -327,7 +312,7 @@ class CoordinatorServer(GroupOps, Server):
 
     def after_drain(self) -> None:
         if self._announced != self.core.version:
-            self.groups.on_topics_changed(_now_ms())
+            self.groups.on_topics_changed(clock.now_ms())
         self._announce()
         self.flush_group_outbox()
 
@@ -337,20 +322,20 @@ class CoordinatorServer(GroupOps, Server):
         deadlines += [p.deadline for p in self.admin_waiters]
         group_deadline = self.groups.next_deadline_ms()
         if group_deadline is not None:
-            deadlines.append(now + (group_deadline - _now_ms()) / 1000)
+            deadlines.append(now + (group_deadline - clock.now_ms()) / 1000)
         if not deadlines:
             return 100.0
         return max(0.0, min(100.0, (min(deadlines) - now) * 1000))
 
     def on_timers(self, now: float) -> None:
-        self.core.expire_nodes(_now_ms())
+        self.core.expire_nodes(clock.now_ms())
         if now >= self._next_preferred_check:
             self._next_preferred_check = (
                 now + self.settings.leader_imbalance_check_interval_ms / 1000
             )
             self.core.elect_preferred()
         self._announce()
-        self.groups.tick(_now_ms())
+        self.groups.tick(clock.now_ms())
         self.flush_group_outbox()
         for node_id, parked in list(self.node_waiters.items()):
             if parked.deadline <= now:

@@ -1,25 +1,21 @@
 """The coordinator's group ops: wire fields in, GroupCoordinator calls, replies out.
 
 Mixed into the coordinator server; ``self.groups`` is its
-:class:`workers.group_coordinator.GroupCoordinator`. JoinGroup, SyncGroup and long-poll
+:class:`workers.group_core.GroupCoordinator`. JoinGroup, SyncGroup and long-poll
 Heartbeats are parked by the core; their replies come out of ``groups.outbox`` and are
 sent by ``flush_group_outbox`` after every loop turn.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+from kvlog import clock
 from kvlog.errors import InvalidRequestError, KvlogError
 from kvlog.ipc.wire import INT32_MAX, Request, check_int, check_list, check_map, check_str
 from kvlog.types import TopicPartition, check_partition
 
-from .group_coordinator import GroupCoordinator
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+from .group_core import GroupCoordinator
 
 
 def _tps(value: Any, name: str) -> list[TopicPartition]:
@@ -62,7 +58,7 @@ class GroupOps:
         owned = _tps(req.get("owned", []), "owned")
         self.groups.join(
             (peer, req.id),
-            _now_ms(),
+            clock.now_ms(),
             group_id=req.str("group_id", max_len=1024),
             member_id=req.str("member_id", "", max_len=1024),
             instance_id=req.opt_str("group_instance_id", max_len=1024),
@@ -90,7 +86,7 @@ class GroupOps:
                 assignments[check_str(entry.get("member_id"), f"assignments[{i}].member_id")] = data
         self.groups.sync(
             (peer, req.id),
-            _now_ms(),
+            clock.now_ms(),
             group_id=req.str("group_id", max_len=1024),
             generation=req.int("generation", low=-1, high=INT32_MAX),
             member_id=req.str("member_id", max_len=1024),
@@ -106,7 +102,7 @@ class GroupOps:
         if max_wait_ms is not None:
             max_wait_ms = req.int("max_wait_ms", low=0, high=INT32_MAX)
         return self.groups.heartbeat(
-            _now_ms(),
+            clock.now_ms(),
             group_id=req.str("group_id", max_len=1024),
             generation=req.int("generation", low=-1, high=INT32_MAX),
             member_id=req.str("member_id", max_len=1024),
@@ -128,7 +124,7 @@ class GroupOps:
                 )
             )
         return self.groups.leave(
-            _now_ms(), group_id=req.str("group_id", max_len=1024), members=members
+            clock.now_ms(), group_id=req.str("group_id", max_len=1024), members=members
         )
 
     def op_offset_commit(self, req: Request, peer: bytes) -> dict[str, Any]:
@@ -147,7 +143,7 @@ class GroupOps:
                 )
             )
         return self.groups.commit(
-            _now_ms(),
+            clock.now_ms(),
             group_id=req.str("group_id", max_len=1024),
             generation=req.int("generation", -1, low=-1, high=INT32_MAX),
             member_id=req.str("member_id", "", max_len=1024),

@@ -25,9 +25,10 @@ from kvlog.errors import (
 )
 from kvlog.ipc.wire import Request, check_str
 
-from .peer import PeerLink, first_deadline
 from .security import ServerSecurity
-from .server import Server
+from .settings import BrokerSettings
+from .zmq_peer import PeerLink, first_deadline
+from .zmq_server import Server
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,6 @@ FORWARDED_OPS = (
     "acl_remove",
     "acl_list",
 )
-
-
-@dataclass
-class BrokerSettings:
-    coordinator: str
-    admin_timeout_ms: int = 15_000
-    watch_wait_ms: int = 1000
-    cache_catch_up_ms: int = 3000
 
 
 @dataclass

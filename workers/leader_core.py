@@ -10,7 +10,7 @@ Group commit: :meth:`stage_produce` validates a request's batches and queues the
 transaction (one fsync) together with the producer-state rows.
 
 Replication: for each partition this node leads, a
-:class:`~workers.replication.LeaderReplica` tracks followers (their fetch offsets are
+:class:`~workers.replication_core.LeaderReplica` tracks followers (their fetch offsets are
 their acknowledgements), the ISR and the high watermark. An ``acks=all`` item waits
 until the high watermark passes it; a request is answered once all its items are
 decided. Consumers read below the high watermark, followers up to the log end offset,
@@ -42,9 +42,9 @@ from kvlog.errors import (
 from kvlog.log import LogStore, WriteTxn
 from kvlog.producer_state import ProducerStateTable, delete_partition_state
 from kvlog.topic_config import effective_topic_config
-from kvlog.types import PartitionOffsets, TopicPartition
+from kvlog.types import PartitionOffsets, TopicPartition, partition_key
 
-from .replication import DEFAULT_REPLICA_LAG_TIME_MAX_MS, LeaderReplica
+from .replication_core import DEFAULT_REPLICA_LAG_TIME_MAX_MS, LeaderReplica
 
 log = logging.getLogger(__name__)
 
@@ -200,20 +200,20 @@ class LeaderCore:
         def reconcile(w: WriteTxn) -> list[TopicPartition]:
             changed = []
             for tp in local:
-                raw = w.get(TOPIC_IDS_TABLE, _tp_key(tp))
+                raw = w.get(TOPIC_IDS_TABLE, partition_key(tp))
                 stored_id = raw.decode() if raw else ""
                 want = assigned.get(tp)
                 stale = want is not None and stored_id and stored_id != want.topic_id
                 if stored_id in deleted or stale:
                     w.drop_partition(tp)
-                    w.delete(TOPIC_IDS_TABLE, _tp_key(tp))
+                    w.delete(TOPIC_IDS_TABLE, partition_key(tp))
                     delete_partition_state(w, tp)
                     epochs.clear(w, tp)
                     changed.append(tp)
             for tp, hosted in assigned.items():
                 if w.create_partition(tp) or tp in changed:
                     changed.append(tp)
-                w.put(TOPIC_IDS_TABLE, _tp_key(tp), hosted.topic_id.encode())
+                w.put(TOPIC_IDS_TABLE, partition_key(tp), hosted.topic_id.encode())
             for tp in new_leaders:
                 epochs.record(w, tp, assigned[tp].leader_epoch, w.offsets(tp).log_end_offset)
             return changed
@@ -572,10 +572,6 @@ class LeaderCore:
                     if record.offset >= state.log_start_offset and record.timestamp >= timestamp:
                         return record.offset, record.timestamp
         return -1, -1
-
-
-def _tp_key(tp: TopicPartition) -> bytes:
-    return f"{tp.topic}/{tp.partition}".encode()
 
 
 __all__ = [

@@ -22,7 +22,7 @@ from kvlog.log import WriteTxn
 from kvlog.producer_state import ProducerStateStage, after_append, delete_partition_state, put_entry
 from kvlog.types import TopicPartition
 
-from .leader import LeaderCore
+from .leader_core import LeaderCore
 
 log = logging.getLogger(__name__)
 

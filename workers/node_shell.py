@@ -1,6 +1,6 @@
 """The node process: one per log dir; leads partitions, serves produce and fetch.
 
-A thin shell around :class:`workers.leader.LeaderCore`: it turns ROUTER frames into core
+A thin shell around :class:`workers.leader_core.LeaderCore`: it turns ROUTER frames into core
 calls and core results into replies. Each loop turn drains every waiting request, then
 commits all staged produce batches in one transaction (group commit) and answers them,
 then answers the long-poll fetches the new data satisfies.
@@ -16,12 +16,13 @@ import math
 import os
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
 
+from kvlog import clock
 from kvlog.errors import (
     InvalidRequestError,
     KvlogError,
@@ -33,13 +34,14 @@ from kvlog.lmdb_store import LogDir
 from kvlog.producer_state import delete_producer
 from kvlog.types import TopicPartition, check_partition
 
-from .follower import FollowerCore, FollowTarget
-from .leader import FetchPartition, HostedPartition, LeaderCore, StagedProduce
-from .peer import PeerLink, first_deadline
+from .follower_core import FollowerCore, FollowTarget
+from .leader_core import FetchPartition, HostedPartition, LeaderCore, StagedProduce
 from .quotas import InflightLimit, Quotas
-from .replication import LeaderReplica
+from .replication_core import LeaderReplica
 from .security import ServerSecurity
-from .server import Server
+from .settings import NodeSettings
+from .zmq_peer import PeerLink, first_deadline
+from .zmq_server import Server
 
 log = logging.getLogger(__name__)
 
@@ -60,30 +62,6 @@ def _headroom(log_dir: str) -> int:
     except OSError:
         return 0
     return room
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@dataclass
-class NodeSettings:
-    node_id: int
-    log_dir: str
-    coordinator: str
-    heartbeat_wait_ms: int = 1000
-    message_max_bytes: int = 100 << 20  # the largest produce request accepted
-    fetch_max_wait_ms: int = 30_000
-    replica_lag_time_max_ms: int = 30_000
-    producer_id_expiration_ms: int = 86_400_000
-    quota_producer_byte_rate: int = -1
-    quota_consumer_byte_rate: int = -1
-    max_inflight_requests_per_client: int = 1000
-    advertised_host: str | None = None
-    replica_fetch_wait_max_ms: int = 500
-    # Test hook: drop this many produce replies (after committing) to exercise retries.
-    test_drop_produce_replies: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -226,7 +204,7 @@ class NodeServer(Server):
         ]
         self.node_endpoints = {int(n): str(ep) for n, ep in header.get("nodes", [])}
         followed = self._followed()
-        self.core.apply_assignment(hosted, header.get("deleted_topic_ids", []), _now_ms())
+        self.core.apply_assignment(hosted, header.get("deleted_topic_ids", []), clock.now_ms())
         self._drop_stale_fetches(followed)
         self._answer_decided()
         log.info(
@@ -309,7 +287,7 @@ class NodeServer(Server):
 
     def after_drain(self) -> None:
         if self.core.has_staged:
-            for staged in self.core.commit(_now_ms()):
+            for staged in self.core.commit(clock.now_ms()):
                 self._answer_produce(staged)
         self._answer_decided()
         if self.core.touched and self.parked:
@@ -377,7 +355,7 @@ class NodeServer(Server):
 
     def _try_answer(self, parked: ParkedFetch, *, final: bool) -> bool:
         results = self.core.fetch(
-            parked.partitions, parked.max_bytes, replica_id=parked.replica_id, now_ms=_now_ms()
+            parked.partitions, parked.max_bytes, replica_id=parked.replica_id, now_ms=clock.now_ms()
         )
         size = sum(r.size for r in results)
         decided = any(r.error or r.diverging for r in results)
@@ -454,7 +432,7 @@ class NodeServer(Server):
         self._stale_links.clear()
         if not self.offline:
             self._fetch_from_leaders(now)
-        now_ms = _now_ms()
+        now_ms = clock.now_ms()
         self.core.poll_waiters(now_ms)
         self._answer_decided()
         if now >= self._next_isr_check:
@@ -617,7 +595,7 @@ class NodeServer(Server):
                 replica.isr_applied(list(header.get("isr", replica.isr)))
                 self.core.hw_dirty.add(replica.tp)
                 self.core.touched.add(replica.tp)
-                self.core.poll_waiters(_now_ms(), [replica.tp])
+                self.core.poll_waiters(clock.now_ms(), [replica.tp])
                 self._answer_decided()
 
             self.coordinator.request(
