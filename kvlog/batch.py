@@ -62,7 +62,6 @@ from .errors import (
     CorruptRecordError,
     InvalidRecordError,
     UnsupportedCompressionTypeError,
-    UnsupportedVersionError,
 )
 
 MAGIC = 1
@@ -140,13 +139,8 @@ def read_header(buf: bytes | memoryview) -> BatchHeader:
         )
     header = BatchHeader._make(_HEADER.unpack_from(buf))
     if header.magic != MAGIC and header.magic != KAFKA_MAGIC:
-        if header.magic == 0:
-            # Kafka's message format v0 (before 0.10) lands its magic byte here too.
-            raise UnsupportedVersionError(
-                "record batch has magic 0: Kafka's message format v0 (clients before "
-                "Kafka 0.11) is not supported; kvlog stores its own batches (magic 1) and "
-                "Kafka RecordBatch v2 (magic 2)"
-            )
+        # Kafka's older message formats (magic 0/1) are refused where a Kafka record set
+        # comes in (kafka_batch.from_record_set); here any other magic is corruption.
         raise CorruptRecordError(
             f"record batch has magic {header.magic}; kvlog stores magic 1 (its own "
             "batches) and 2 (Kafka RecordBatch v2)"
