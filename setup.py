@@ -9,7 +9,7 @@ setup(
         Extension("kvlog._murmur2", ["kvlog/_murmur2.c"], optional=True),
         # Kafka RecordBatch v2 records <-> kvlog columns: the per-record loop of a
         # cross-format read. optional=True like murmur2: kvlog/_kafka_records_py.py is the
-        # same code in Python (about ten times slower), so a machine without a compiler
+        # same code in Python (10-100x slower), so a machine without a compiler
         # still installs and reads every batch.
         Extension("kvlog._kafka_records", ["kvlog/_kafka_records.c"], optional=True),
     ]
