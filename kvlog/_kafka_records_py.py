@@ -3,7 +3,8 @@ RecordBatch v2 to and from kvlog's columns.
 
 Used when the C accelerator was not built (no compiler), and by the tests as a second
 implementation to compare with. Same inputs, same outputs, same ``ValueError`` /
-``TypeError`` on malformed input; it is simply 10-100 times slower (tests/kafka/bench_kafka_batch.py).
+``TypeError`` on malformed input; it is simply 10-100 times slower
+(tests/kafka/bench_kafka_batch.py).
 """
 
 from __future__ import annotations
