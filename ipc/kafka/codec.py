@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import struct
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
 from .framing import Buffer, KafkaProtocolError, frame, nbytes
@@ -225,12 +224,3 @@ def _uvarint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
-
-
-def records_bytes(records: Buffer | Sequence[Buffer] | None) -> int:
-    """Bytes a Fetch partition's ``records`` value will take on the wire."""
-    if records is None:
-        return 0
-    if isinstance(records, list | tuple):
-        return sum(nbytes(p) for p in records)
-    return nbytes(records)
