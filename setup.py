@@ -1,4 +1,4 @@
-"""Only here for the optional C accelerator; all metadata lives in setup.cfg."""
+"""Only here for the optional C accelerators; all metadata lives in setup.cfg."""
 
 from setuptools import Extension, setup
 
@@ -7,5 +7,10 @@ setup(
         # Kafka's murmur2 sits on the producer's hot path (one call per keyed record).
         # optional=True: without a compiler the pure-Python fallback is used.
         Extension("kvlog._murmur2", ["kvlog/_murmur2.c"], optional=True),
+        # Kafka RecordBatch v2 records <-> kvlog columns: the per-record loop of a
+        # cross-format read. optional=True like murmur2: kvlog/_kafka_records_py.py is the
+        # same code in Python (10-100x slower), so a machine without a compiler
+        # still installs and reads every batch.
+        Extension("kvlog._kafka_records", ["kvlog/_kafka_records.c"], optional=True),
     ]
 )

@@ -35,6 +35,16 @@ than one small array per record::
 
 The leader validates the header and CRC and assigns the base offset; it never decodes
 records. Decoding happens in consumers (and tools).
+
+A second format shares this header: a Kafka client's RecordBatch v2, stored as it
+arrived minus its first 12 bytes (base offset and length), has exactly the field order
+above from ``partition_leader_epoch`` on, with ``magic`` = 2 and Kafka's varint records
+as the payload (:mod:`kvlog.kafka_batch`). The magic byte tells the two apart:
+:func:`validate` and :func:`read_header` accept both and return the same
+:class:`BatchHeader`, so the leader's checks (CRC, sequence, epoch) and its epoch stamping
+are one code path; :func:`decode_raw` and :func:`decode` read both. Magic 2 adds two
+attribute bits, refused until kvlog has transactions: bit 4 (transactional) and bit 5
+(control).
 """
 
 from __future__ import annotations
@@ -48,9 +58,14 @@ from crc32c import crc32c
 
 from .clock import now_ms
 from .codecs import Codec, compress, decompress
-from .errors import CorruptRecordError, UnsupportedCompressionTypeError
+from .errors import (
+    CorruptRecordError,
+    InvalidRecordError,
+    UnsupportedCompressionTypeError,
+)
 
 MAGIC = 1
+KAFKA_MAGIC = 2  # a Kafka RecordBatch v2 minus its first 12 bytes (kvlog.kafka_batch)
 HEADER_SIZE = 49
 NO_PRODUCER_ID = -1
 NO_PRODUCER_EPOCH = -1
@@ -62,6 +77,8 @@ TIMESTAMP_LOG_APPEND_TIME = 1
 
 _CODEC_MASK = 0x07
 _TIMESTAMP_TYPE_BIT = 0x08
+_TRANSACTIONAL_BIT = 0x10  # magic 2 only
+_CONTROL_BIT = 0x20  # magic 2 only
 
 _HEADER = struct.Struct(">ibIhiqqqhii")
 _PREFIX = struct.Struct(">ibI")  # leader epoch, magic, crc
@@ -121,9 +138,12 @@ def read_header(buf: bytes | memoryview) -> BatchHeader:
             f"record batch is {len(buf)} bytes, shorter than its {HEADER_SIZE}-byte header"
         )
     header = BatchHeader._make(_HEADER.unpack_from(buf))
-    if header.magic != MAGIC:
+    if header.magic != MAGIC and header.magic != KAFKA_MAGIC:
+        # Kafka's older message formats (magic 0/1) are refused where a Kafka record set
+        # comes in (kafka_batch.from_record_set); here any other magic is corruption.
         raise CorruptRecordError(
-            f"record batch has magic {header.magic}, expected {MAGIC}; not a kvlog batch"
+            f"record batch has magic {header.magic}; kvlog stores magic 1 (its own "
+            "batches) and 2 (Kafka RecordBatch v2)"
         )
     return header
 
@@ -137,6 +157,12 @@ def validate(buf: bytes | memoryview) -> BatchHeader:
         raise CorruptRecordError(
             f"record batch has last_offset_delta {header.last_offset_delta} for "
             f"{header.record_count} records"
+        )
+    if header.magic == KAFKA_MAGIC and header.attributes & (_TRANSACTIONAL_BIT | _CONTROL_BIT):
+        kind = "control" if header.attributes & _CONTROL_BIT else "transactional"
+        raise InvalidRecordError(
+            f"Kafka {kind} record batches are not supported: kvlog has no transactions "
+            "yet; produce without transactional.id"
         )
     if header.attributes & ~(_CODEC_MASK | _TIMESTAMP_TYPE_BIT):
         raise CorruptRecordError(f"record batch has unknown attribute bits {header.attributes}")
@@ -247,7 +273,12 @@ def _columns(header: BatchHeader, raw: Any) -> Columns:
 
 def decode_raw(buf: bytes | memoryview, *, verify: bool = True) -> tuple[BatchHeader, Columns]:
     """Header and record columns; checks the CRC unless ``verify`` is False (a
-    consumer's ``check.crcs=false``). Raises CorruptRecordError."""
+    consumer's ``check.crcs=false``). A Kafka batch (magic 2) comes back in the same
+    shape (:func:`kvlog.kafka_batch.decode`). Raises CorruptRecordError."""
+    if len(buf) > 4 and buf[4] == KAFKA_MAGIC:
+        from . import kafka_batch  # it imports this module: resolved at first use
+
+        return kafka_batch.decode(buf, verify=verify)
     header = validate(buf) if verify else read_header(buf)
     try:
         payload = decompress(header.codec, memoryview(buf)[HEADER_SIZE:])

@@ -275,7 +275,9 @@ def test_truncated_or_extended_buffers_are_rejected(codec):
         validate(buf + b"\x00")
 
 
-@pytest.mark.parametrize("magic", [0, 2, 0x7F, -1])
+# Magic 2 is a Kafka RecordBatch v2 (tests/kafka/test_kafka_batch.py); 3 is the one
+# single-bit flip of magic 1 besides 0.
+@pytest.mark.parametrize("magic", [0, 3, 0x7F, -1])
 def test_wrong_magic_is_rejected(magic):
     buf = bytearray(make_batch(1))
     struct.pack_into(">b", buf, 4, magic)
@@ -283,6 +285,16 @@ def test_wrong_magic_is_rejected(magic):
         validate(bytes(buf))
     with pytest.raises(CorruptRecordError, match="magic"):
         bf.read_header(bytes(buf))
+
+
+def test_a_native_payload_under_magic_2_does_not_decode():
+    # The magic byte is outside the CRC (as in Kafka), so a native batch relabelled as
+    # Kafka's (two bits apart) passes the header check; its payload then fails to decode.
+    buf = bytearray(make_batch(3))
+    struct.pack_into(">b", buf, 4, bf.KAFKA_MAGIC)
+    assert validate(bytes(buf)).magic == bf.KAFKA_MAGIC
+    with pytest.raises(CorruptRecordError):
+        decode(bytes(buf), 0)
 
 
 def test_payload_that_does_not_decode_is_corrupt_even_with_a_valid_crc():
