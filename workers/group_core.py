@@ -66,10 +66,7 @@ makes no random numbers. Committed offsets and the admin views are separate core
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from kvlog.errors import (
@@ -87,6 +84,7 @@ from kvlog.ipc.assignors import assignor
 from kvlog.ipc.consumer_protocol import same_subscription
 from kvlog.log import LogStore
 
+from .core_ids import IdSource, seeded_ids
 from .core_result import Result
 from .group_events import (
     Heartbeat,
@@ -109,20 +107,10 @@ from .group_transitions import (
 
 log = logging.getLogger(__name__)
 
-MemberIdSource = Callable[[], str]
 
-
-def seeded_member_ids(seed: bytes) -> MemberIdSource:
-    """Member id suffixes (12 hex digits) from a seed and a counter: distinct for distinct
-    seeds, the same sequence for the same seed (tests). The coordinator's shell seeds it
-    with random bytes at start, so ids never repeat across restarts."""
-    counter = itertools.count()
-
-    def next_id() -> str:
-        data = seed + next(counter).to_bytes(8, "big")
-        return hashlib.blake2b(data, digest_size=6).hexdigest()
-
-    return next_id
+def seeded_member_ids(seed: bytes) -> IdSource:
+    """Member id suffixes: 12 hex digits (PROTOCOL.md: ``<client_id>-<12 hex digits>``)."""
+    return seeded_ids(seed, 12)
 
 
 class GroupCoordinator(GroupTransitions):
@@ -134,7 +122,7 @@ class GroupCoordinator(GroupTransitions):
         store: LogStore,
         config: GroupConfig,
         partition_count: PartitionCounts,
-        member_ids: MemberIdSource,
+        member_ids: IdSource,
     ) -> None:
         super().__init__(store, config, partition_count)
         self.member_ids = member_ids

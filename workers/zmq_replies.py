@@ -2,10 +2,11 @@
 fields out.
 
 Shell side: the cores answer in their own vocabulary (:mod:`workers.group_events`,
-:mod:`workers.controller_events`); this module is the one place that turns each answer
-into the fields of kvlog's ZeroMQ wire (the Kafka shell encodes the same answers into
-Kafka's responses). :func:`encode` dispatches on the answer's type. No decisions here:
-every field comes from the answer.
+:mod:`workers.controller_events`, :mod:`workers.broker_core`); this module is the one
+place that turns each answer into the fields of kvlog's ZeroMQ wire (the Kafka shell
+encodes the same answers into Kafka's responses), and the broker's way back from the
+coordinator's metadata fields to the answer (:func:`decode_metadata`). :func:`encode`
+dispatches on the answer's type. No decisions here: every field comes from the answer.
 """
 
 from __future__ import annotations
@@ -13,8 +14,31 @@ from __future__ import annotations
 from functools import singledispatch
 from typing import Any
 
-from kvlog.errors import KvlogError
+from kvlog.errors import ErrorCode, InvalidRequestError, KvlogError
 
+from .broker_core import BrokerPingAnswer, FindCoordinatorAnswer, Forwarded
+from .controller_events import (
+    AclAdded,
+    AclListing,
+    AclsRemoved,
+    IsrAnswer,
+    LeadersElected,
+    MetadataAnswer,
+    MetadataUnchanged,
+    MissingTopic,
+    NodeAssignment,
+    NodeDownAnswer,
+    NodeEntry,
+    NodeHeartbeatAck,
+    PartitionEntry,
+    PartitionsCreated,
+    PingAnswer,
+    ProducerIdAnswer,
+    TopicConfigAltered,
+    TopicCreated,
+    TopicDeleted,
+    TopicEntry,
+)
 from .group_events import (
     DeleteGroupsAnswer,
     DescribeGroupsAnswer,
@@ -156,3 +180,187 @@ def _(body: DescribeGroupsAnswer) -> Fields:
 @encode.register
 def _(body: DeleteGroupsAnswer) -> Fields:
     return {"results": [{"group_id": r.group_id, **outcome(r.error)} for r in body.results]}
+
+
+# -- controller (PROTOCOL.md 3.1, 3.3, 3.7-3.12, 3.22-3.25) ---------------------------------
+
+
+def _node(n: NodeEntry) -> Fields:
+    return {"node_id": n.node_id, "endpoint": n.endpoint, "alive": n.alive}
+
+
+def _topic(t: TopicEntry | MissingTopic) -> Fields:
+    if isinstance(t, MissingTopic):
+        fields: Fields = {"name": t.name, "error": int(t.code)}
+        if t.message is not None:
+            fields["message"] = t.message
+        fields["partitions"] = []
+        return fields
+    return {
+        "name": t.name,
+        "topic_id": t.topic_id,
+        "error": 0,
+        "config": t.config,
+        "replication_factor": t.replication_factor,
+        "partitions": [
+            {
+                "partition": p.partition,
+                "leader": p.leader,
+                "leader_epoch": p.leader_epoch,
+                "replicas": p.replicas,
+                "isr": p.isr,
+            }
+            for p in t.partitions
+        ],
+    }
+
+
+@encode.register
+def _(body: MetadataAnswer) -> Fields:
+    return {
+        "version": body.version,
+        "nodes": [_node(n) for n in body.nodes],
+        "topics": [_topic(t) for t in body.topics],
+        "coordinator": body.coordinator,
+    }
+
+
+def decode_metadata(fields: Fields) -> MetadataAnswer:
+    """The coordinator's ``metadata`` / ``watch_metadata`` reply back into its answer (the
+    broker keeps it as its cache). Raises InvalidRequestError if it is not one."""
+    try:
+        nodes = [NodeEntry(n["node_id"], n["endpoint"], n["alive"]) for n in fields["nodes"]]
+        topics: list[TopicEntry | MissingTopic] = []
+        for t in fields["topics"]:
+            if t.get("error"):
+                topics.append(MissingTopic(t["name"], ErrorCode(t["error"]), t.get("message")))
+                continue
+            partitions = [
+                PartitionEntry(
+                    p["partition"], p["leader"], p["leader_epoch"], p["replicas"], p["isr"]
+                )
+                for p in t["partitions"]
+            ]
+            topics.append(
+                TopicEntry(
+                    t["name"], t["topic_id"], t["config"], t["replication_factor"], partitions
+                )
+            )
+        return MetadataAnswer(fields["version"], nodes, topics, fields.get("coordinator"))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidRequestError(f"not a metadata reply: {type(exc).__name__}: {exc}") from None
+
+
+@encode.register
+def _(body: MetadataUnchanged) -> Fields:
+    return {"version": body.version, "unchanged": True}
+
+
+@encode.register
+def _(body: NodeAssignment) -> Fields:
+    return {
+        "version": body.version,
+        "partitions": [
+            {
+                "topic": p.topic,
+                "partition": p.partition,
+                "topic_id": p.topic_id,
+                "leader": p.leader,
+                "leader_epoch": p.leader_epoch,
+                "replicas": p.replicas,
+                "isr": p.isr,
+                "config": p.config,
+            }
+            for p in body.partitions
+        ],
+        "deleted_topic_ids": body.deleted_topic_ids,
+        "nodes": [[n, endpoint] for n, endpoint in body.nodes],
+    }
+
+
+@encode.register
+def _(body: NodeHeartbeatAck) -> Fields:
+    return {"version": body.version}
+
+
+@encode.register
+def _(body: NodeDownAnswer) -> Fields:
+    return {"moved": body.moved}
+
+
+@encode.register
+def _(body: IsrAnswer) -> Fields:
+    return {
+        "leader": body.leader,
+        "leader_epoch": body.leader_epoch,
+        "isr": body.isr,
+        "version": body.version,
+    }
+
+
+@encode.register
+def _(body: TopicCreated) -> Fields:
+    return {"topic_id": body.topic_id, "version": body.version}
+
+
+@encode.register
+def _(body: TopicDeleted) -> Fields:
+    return {"topic_id": body.topic_id, "version": body.version}
+
+
+@encode.register
+def _(body: PartitionsCreated) -> Fields:
+    return {"old_count": body.old_count, "count": body.count, "version": body.version}
+
+
+@encode.register
+def _(body: TopicConfigAltered) -> Fields:
+    return {"config": body.config, "version": body.version}
+
+
+@encode.register
+def _(body: LeadersElected) -> Fields:
+    return {"elected": [[tp.topic, tp.partition] for tp in body.elected], "version": body.version}
+
+
+@encode.register
+def _(body: ProducerIdAnswer) -> Fields:
+    return {"producer_id": body.producer_id, "producer_epoch": body.producer_epoch}
+
+
+@encode.register
+def _(body: PingAnswer) -> Fields:
+    return {"version": body.version, "nodes": [_node(n) for n in body.nodes]}
+
+
+@encode.register
+def _(body: AclAdded) -> Fields:
+    return {"added": body.added}
+
+
+@encode.register
+def _(body: AclsRemoved) -> Fields:
+    return {"removed": [e.as_dict() for e in body.removed]}
+
+
+@encode.register
+def _(body: AclListing) -> Fields:
+    return {"acls": [e.as_dict() for e in body.acls]}
+
+
+# -- broker (PROTOCOL.md 3.2, 3.3; forwarded ops) -------------------------------------------
+
+
+@encode.register
+def _(body: FindCoordinatorAnswer) -> Fields:
+    return {"endpoint": body.endpoint}
+
+
+@encode.register
+def _(body: BrokerPingAnswer) -> Fields:
+    return {"version": body.version, "ready": body.ready}
+
+
+@encode.register
+def _(body: Forwarded) -> Fields:
+    return body.fields  # the coordinator's reply, passed on as it came
