@@ -55,7 +55,7 @@ from .zmq_replies import Fields
 from .zmq_server import Server
 
 
-def _names(req: Request, max_len: int | None = None) -> list[str] | None:
+def _names(req: Request, max_len: int = 1 << 16) -> list[str] | None:
     """The optional ``topics`` list (absent or null: None, all topics)."""
     if req.get("topics") is None:
         return None
