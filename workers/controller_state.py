@@ -203,6 +203,9 @@ class ControllerState:
 
         self._commit(write)
         log.info("created topic %s (%d partitions, rf %d)", name, partitions, replication_factor)
+        # A first replica that is dead (a failed disk, a crashed node) must not lead: the
+        # partition would have no leader until some node's liveness changed.
+        self.reelect()
         return meta
 
     def _put_state(self, w: WriteTxn, tp: TopicPartition, state: PartitionState) -> None:
@@ -251,6 +254,7 @@ class ControllerState:
 
         result = self._commit(write)
         log.info("topic %s grown from %d to %d partitions", name, result[1], total)
+        self.reelect()  # as for a new topic: no dead node leads a new partition
         return result
 
     def alter_topic_config(self, name: str, changes: dict[str, Any]) -> TopicMetadata:
@@ -453,7 +457,7 @@ class ControllerState:
 
     # -- leadership ------------------------------------------------------------------------
 
-    def _alive_ids(self) -> set[int]:
+    def alive_ids(self) -> set[int]:
         """Nodes that may lead. After a coordinator restart, a node that has not
         registered yet is unknown, not dead: it keeps its leaderships through the start-up
         grace period (else the first node to register would take every leadership)."""
@@ -466,7 +470,7 @@ class ControllerState:
         """Give every partition whose leader is gone a new leader from its ISR (higher
         leader epoch), and drop dead nodes from every ISR. True if anything changed (the
         version then moved too)."""
-        alive = self._alive_ids()
+        alive = self.alive_ids()
         changes: list[tuple[TopicPartition, PartitionState]] = []
         for view in self.topics():
             unclean = bool(
@@ -516,7 +520,7 @@ class ControllerState:
                 f"{tp}: node {leader} epoch {leader_epoch} is not the current leader "
                 f"(node {state.leader} epoch {state.leader_epoch})"
             )
-        alive = self._alive_ids()
+        alive = self.alive_ids()
         if leader not in isr or not set(isr) <= set(replicas):
             raise InvalidReplicaAssignmentError(
                 f"{tp}: ISR {isr} must include the leader and only replicas {replicas}"
@@ -531,7 +535,7 @@ class ControllerState:
     def elect_preferred(self, topics: list[str] | None = None) -> list[TopicPartition]:
         """Move leadership back to each partition's first replica where it is alive and in
         sync (``kvlog topics elect-leaders``; also run periodically)."""
-        alive = self._alive_ids()
+        alive = self.alive_ids()
         changes = []
         for view in self.topics(topics):
             for p, state in enumerate(view.states):
