@@ -15,6 +15,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import cbor2
+
 from kvlog.errors import KvlogError, RebalanceInProgressError, UnknownMemberIdError
 from kvlog.ipc.assignors import MemberSubscription, assignor
 from kvlog.ipc.consumer_protocol import decode_assignment, encode_assignment
@@ -38,7 +40,7 @@ def assigned_partitions(group: Group, member: Member) -> list[TopicPartition]:
     lists no partitions."""
     try:
         return sorted(decode_assignment(member.assignment))
-    except (ValueError, TypeError, AttributeError) as exc:  # cbor2's errors are ValueErrors
+    except (cbor2.CBORDecodeError, ValueError, TypeError, AttributeError) as exc:
         if group.protocol_type == "consumer":
             log.warning(
                 "group %s: member %s's assignment is not a consumer-protocol assignment "
