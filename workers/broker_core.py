@@ -42,6 +42,8 @@ WATCH = "watch_metadata"
 
 @dataclass
 class BrokerConfig:
+    """The broker's settings the core needs (from :class:`workers.settings.BrokerSettings`)."""
+
     coordinator: str  # its endpoint, as clients reach it
     admin_timeout_ms: int = 15_000
     watch_wait_ms: int = 1000
@@ -112,6 +114,8 @@ class Forwarded:
 
 @dataclass(slots=True)
 class Held:
+    """A forwarded answer waiting for the cache to reach ``version``."""
+
     token: Any
     answer: Forwarded
     version: int
@@ -120,6 +124,8 @@ class Held:
 
 @dataclass(slots=True)
 class _Forwarding:
+    """A forward's Send token: whose request, and which op."""
+
     token: Any
     op: str
 

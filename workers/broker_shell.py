@@ -169,5 +169,4 @@ class BrokerServer(CoreShell, Server):
 
     def on_timers(self, now: float) -> None:
         self.coordinator.expire(now)  # requests the coordinator did not answer in time
-        if not self.stopping:
-            super().on_timers(now)
+        super().on_timers(now)

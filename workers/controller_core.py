@@ -81,6 +81,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ControllerConfig:
+    """The coordinator's settings the controller core needs."""
+
     node_ids: list[int]
     node_timeout_ms: int = 6000
     admin_apply_timeout_ms: int = 5000
