@@ -9,9 +9,10 @@ core's event, once, and hand it to :meth:`CoreShell.call`, which reads the clock
 ``(peer, request id)``), sends go to :meth:`CoreShell.carry_out_sends`, and the deadline
 is kept for the timer. The request's own reply, when the core gives it at once, is
 returned to the server's dispatcher (an error is raised to it), which answers it as it
-answers every op. Timers: the shell keeps the earliest deadline any Result gave, replaced
-by each tick's, and calls ``self.core.tick`` when it is due. Nothing here decides
-anything about a request.
+answers every op; the Result's other replies (parked requests the event released) go
+after it, at the end of the loop turn, as they always have. Timers: the shell keeps the
+earliest deadline any Result gave, replaced by each tick's, and calls ``self.core.tick``
+when it is due. Nothing here decides anything about a request.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class CoreShell:
     reply: Any
     reply_error: Any
     _deadline_ms: int | None = None
+    _outgoing: list[Reply] | None = None  # replies to send at the end of the loop turn
 
     def call(self, peer: bytes, request_id: int | None, event: Any) -> Fields | None:
         """Hand one decoded request to the core; returns its reply if it has one now."""
@@ -50,11 +52,13 @@ class CoreShell:
         is an error) and sends; keep its deadline (``timer``: a tick's, which replaces the
         one kept)."""
         mine: Reply | None = None
+        if self._outgoing is None:
+            self._outgoing = []
         for reply in result.replies:
             if mine is None and own is not None and reply.token == own:
                 mine = reply
             else:
-                self.send_reply(reply)
+                self._outgoing.append(reply)
         if result.sends:
             self.carry_out_sends(result.sends)
         if timer or self._deadline_ms is None:
@@ -66,6 +70,14 @@ class CoreShell:
         if mine.error is not None:
             raise mine.error
         return encode(mine.body)
+
+    def flush_replies(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        for reply in outgoing or ():
+            self.send_reply(reply)
+
+    def after_drain(self) -> None:
+        self.flush_replies()
 
     def send_reply(self, reply: Reply) -> None:
         peer, request_id = reply.token
@@ -91,3 +103,4 @@ class CoreShell:
         now_ms = clock.now_ms()
         if self._deadline_ms is not None and self._deadline_ms <= now_ms:
             self.carry_out(self.core.tick(now_ms), timer=True)
+            self.flush_replies()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import cbor2
+
 from kvlog.errors import ErrorCode, RebalanceInProgressError
 from kvlog.workers.broker_core import (
     COORDINATOR,
@@ -30,6 +32,7 @@ from kvlog.workers.controller_events import (
     TopicEntry,
 )
 from kvlog.workers.core_result import Reply, Result, Send
+from kvlog.workers.zmq_replies import decode_metadata, encode
 
 EC = ErrorCode
 NOW = 1_000_000
@@ -180,3 +183,15 @@ def test_forwarded_answers_without_news_errors_and_silence() -> None:
     reply = b.replies["s"]
     assert reply.error.code is EC.COORDINATOR_NOT_AVAILABLE
     assert reply.error.message == "the coordinator did not answer x within 15000 ms; retry"
+
+
+def test_the_cache_passes_the_coordinators_metadata_on_unchanged() -> None:
+    """The broker shell decodes the coordinator's metadata fields into the cache and
+    encodes its answer from it: byte for byte what the coordinator sent (but the
+    coordinator's endpoint, which the broker fills in)."""
+    sent = encode(metadata(7, "a", "b"))
+    assert sent["coordinator"] is None
+    b = Broker()
+    b.cache(decode_metadata(cbor2.loads(cbor2.dumps(sent))))
+    answer = encode(b.request("m", BrokerMetadata()).body)
+    assert cbor2.dumps(answer) == cbor2.dumps({**sent, "coordinator": ENDPOINT})
