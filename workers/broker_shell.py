@@ -1,33 +1,44 @@
-"""The broker process: the bootstrap endpoint clients first connect to.
+"""The broker process on kvlog's ZeroMQ wire: the bootstrap endpoint clients first
+connect to.
 
-It answers ``metadata`` from a cache it keeps current by long-polling the coordinator
-(``watch_metadata``), so clients keep finding partition leaders even while the
-coordinator restarts. Admin requests and ``init_producer_id`` are forwarded to the
-coordinator; their replies are held until the cache has caught up with the change they
-made, so a client that creates a topic finds it in the very next metadata reply.
+Shell side: a :class:`workers.zmq_server.Server` over one
+:class:`workers.broker_core.BrokerCore`, which decides every answer (the metadata cache,
+which forwarded answers wait for it to catch up). Each ``op_<name>`` decodes the request
+into the core's event, once; the ops in :data:`FORWARDED_OPS` are passed on to the
+coordinator as they came. The core's sends go to the coordinator through a
+:class:`workers.zmq_peer.PeerLink`; its answers are decoded (a ``watch_metadata`` reply
+into the core's metadata answer) and handed back to the core.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from kvlog.errors import (
-    CoordinatorNotAvailableError,
-    KvlogError,
-    LeaderNotAvailableError,
-    TopicAuthorizationFailedError,
-    UnknownTopicOrPartitionError,
-)
+from kvlog import clock
+from kvlog.errors import InvalidRequestError, KvlogError
 from kvlog.ipc.wire import Request, check_str
 
+from .broker_core import (
+    WATCH,
+    BrokerConfig,
+    BrokerCore,
+    BrokerMetadata,
+    BrokerPing,
+    CoordinatorAnswer,
+    FindCoordinator,
+    Forward,
+    Forwarded,
+)
+from .controller_events import MetadataUnchanged
+from .core_result import Reply, Send
 from .security import ServerSecurity
 from .settings import BrokerSettings
-from .zmq_peer import PeerLink, first_deadline
+from .zmq_core_shell import CoreShell
+from .zmq_peer import PeerLink
+from .zmq_replies import Fields, decode_metadata
 from .zmq_server import Server
 
 log = logging.getLogger(__name__)
@@ -50,16 +61,7 @@ FORWARDED_OPS = (
 )
 
 
-@dataclass
-class HeldReply:
-    peer: bytes
-    request_id: int
-    fields: dict[str, Any]
-    version: int
-    deadline: float
-
-
-class BrokerServer(Server):
+class BrokerServer(CoreShell, Server):
     name = "broker"
 
     def __init__(
@@ -78,143 +80,93 @@ class BrokerServer(Server):
             options=security.client_options() if security else None,
         )
         self.add_socket(self.coordinator.socket, self.coordinator.on_readable)
-        self.cache: dict[str, Any] | None = None
-        self.version = -1
-        self.held: list[HeldReply] = []
-        self._watch_in_flight = False
+        self.core = BrokerCore(
+            BrokerConfig(
+                coordinator=settings.coordinator,
+                admin_timeout_ms=settings.admin_timeout_ms,
+                watch_wait_ms=settings.watch_wait_ms,
+                cache_catch_up_ms=settings.cache_catch_up_ms,
+            )
+        )
         for op in FORWARDED_OPS:
             self.handlers[op] = self._forward
-        self._watch()
+        self.carry_out(self.core.start(clock.now_ms()), timer=True)
 
-    # -- metadata cache --------------------------------------------------------------------
+    # -- requests --------------------------------------------------------------------------
 
-    def _watch(self) -> None:
-        self._watch_in_flight = True
-        wait = self.settings.watch_wait_ms if self.cache is not None else 0
-        self.coordinator.request(
-            "watch_metadata",
-            {"version": self.version, "wait_ms": wait},
-            self._on_watch,
-            timeout_ms=wait + 2000,
-        )
-
-    def _on_watch(
-        self, header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
-    ) -> None:
-        self._watch_in_flight = False
-        if header is None or error is not None:
-            return
-        if "topics" in header:
-            self.cache = header
-            self.version = header.get("version", self.version)
-            self._release_held(time.monotonic())
-
-    def op_metadata(self, req: Request, peer: bytes) -> dict[str, Any]:
-        if self.cache is None:
-            raise LeaderNotAvailableError(
-                "the broker is starting and has no metadata yet; retry in a moment"
-            )
-        names = req.get("topics")
-        topics = self.cache["topics"]
-        if names is not None:
-            wanted = [check_str(t, "topics[]", max_len=4096) for t in req.list("topics")]
-            by_name = {t["name"]: t for t in topics}
-            topics = [
-                by_name.get(name)
-                or {
-                    "name": name,
-                    "error": int(UnknownTopicOrPartitionError.code),
-                    "message": f"topic {name!r} does not exist; create it first",
-                    "partitions": [],
-                }
-                for name in wanted
-            ]
+    def op_metadata(self, req: Request, peer: bytes) -> Fields | None:
+        names = None
+        if req.get("topics") is not None:
+            names = [check_str(t, "topics[]", max_len=4096) for t in req.list("topics")]
+        event = BrokerMetadata(names)
         if self.security is not None:
-            visible = [self._visible(t, by_name=names is not None) for t in topics]
-            topics = [t for t in visible if t is not None]
-        return {
-            "version": self.version,
-            "nodes": self.cache["nodes"],
-            "topics": topics,
-            "coordinator": self.settings.coordinator,
-        }
+            authorizer, principal = self.security.authorizer, self.principal
+            event.principal = principal
+            event.may_describe = lambda topic: authorizer.allowed(
+                principal, "topic", topic, "describe"
+            )
+        return self.call(peer, req.id, event)
 
-    def _visible(self, topic: dict[str, Any], *, by_name: bool) -> dict[str, Any] | None:
-        """Topics the principal may not describe: left out of a full listing, an
-        authorization error when asked for by name (Kafka's behaviour)."""
-        assert self.security is not None
-        if self.security.authorizer.allowed(self.principal, "topic", topic["name"], "describe"):
-            return topic
-        if by_name:
-            return {
-                "name": topic["name"],
-                "error": int(TopicAuthorizationFailedError.code),
-                "message": f"principal {self.principal!r} may not describe topic {topic['name']!r}",
-                "partitions": [],
-            }
-        return None
+    def op_find_coordinator(self, req: Request, peer: bytes) -> Fields | None:
+        return self.call(peer, req.id, FindCoordinator())
 
-    def op_find_coordinator(self, req: Request, peer: bytes) -> dict[str, Any]:
-        return {"endpoint": self.settings.coordinator}
+    def op_ping(self, req: Request, peer: bytes) -> Fields | None:
+        return self.call(peer, req.id, BrokerPing())
 
-    def op_ping(self, req: Request, peer: bytes) -> dict[str, Any]:
-        return {"version": self.version, "ready": self.cache is not None}
-
-    # -- forwarding ------------------------------------------------------------------------
-
-    def _forward(self, req: Request, peer: bytes) -> None:
+    def _forward(self, req: Request, peer: bytes) -> Fields | None:
         fields = {k: v for k, v in req.header.items() if k not in ("v", "id", "op")}
+        return self.call(peer, req.id, Forward(req.op, fields))
 
+    def send_reply(self, reply: Reply) -> None:
+        if isinstance(reply.body, Forwarded) and reply.body.reload_acls:
+            self.refresh_acls()  # this broker applies the change before it answers
+        super().send_reply(reply)
+
+    # -- the coordinator link --------------------------------------------------------------
+
+    def carry_out_sends(self, sends: list[Send]) -> None:
+        for send in sends:
+            self.coordinator.request(
+                send.op, send.fields, self._answer_to(send), timeout_ms=send.timeout_ms
+            )
+
+    def _answer_to(self, send: Send) -> Any:
         def done(
             header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
         ) -> None:
-            if header is None:
-                self.reply_error(
-                    peer,
-                    req.id,
-                    CoordinatorNotAvailableError(
-                        f"the coordinator did not answer {req.op} within "
-                        f"{self.settings.admin_timeout_ms} ms; retry"
-                    ),
-                )
-                return
-            if error is not None:
-                self.reply_error(peer, req.id, error)
-                return
-            body = {k: v for k, v in header.items() if k not in ("v", "id")}
-            if req.op.startswith("acl_"):
-                self.refresh_acls()  # this broker applies the change before it answers
-            version = body.get("version", -1)
-            if isinstance(version, int) and version > self.version:
-                deadline = time.monotonic() + self.settings.cache_catch_up_ms / 1000
-                self.held.append(HeldReply(peer, req.id, body, version, deadline))
-            else:
-                self.reply(peer, req.id, body)
+            answer = self._decode_answer(send.op, header, error)
+            self.carry_out(self.core.on_answer(send.token, answer, clock.now_ms()))
 
-        self.coordinator.request(req.op, fields, done, timeout_ms=self.settings.admin_timeout_ms)
+        return done
 
-    def _release_held(self, now: float) -> None:
-        still = []
-        for held in self.held:
-            if held.version <= self.version or held.deadline <= now:
-                self.reply(held.peer, held.request_id, held.fields)
-            else:
-                still.append(held)
-        self.held = still
+    @staticmethod
+    def _decode_answer(
+        op: str, header: dict[str, Any] | None, error: KvlogError | None
+    ) -> CoordinatorAnswer:
+        if header is None:
+            return CoordinatorAnswer()  # no answer in time
+        if error is not None:
+            return CoordinatorAnswer(error=error)
+        body = {k: v for k, v in header.items() if k not in ("v", "id")}
+        if op != WATCH:
+            return CoordinatorAnswer(body)
+        if "topics" not in body:
+            return CoordinatorAnswer(MetadataUnchanged(body.get("version", -1)))
+        try:
+            return CoordinatorAnswer(decode_metadata(body))
+        except InvalidRequestError as exc:
+            log.warning("broker: the coordinator's metadata reply was not understood: %s", exc)
+            return CoordinatorAnswer(error=exc)
 
     # -- timers ----------------------------------------------------------------------------
 
     def next_timeout_ms(self, now: float) -> float:
-        if not self._watch_in_flight:
-            return 0.0
-        deadline = first_deadline(
-            self.coordinator.next_deadline(), min((h.deadline for h in self.held), default=None)
-        )
-        return 100.0 if deadline is None else max(0.0, min(100.0, (deadline - now) * 1000))
+        timeout = super().next_timeout_ms(now)
+        link = self.coordinator.next_deadline()  # on the loop's monotonic clock, as ``now``
+        if link is None:
+            return timeout
+        return max(0.0, min(timeout, (link - now) * 1000))
 
     def on_timers(self, now: float) -> None:
-        self.coordinator.expire(now)
-        if self.held:
-            self._release_held(now)
-        if not self._watch_in_flight and not self.stopping:
-            self._watch()
+        self.coordinator.expire(now)  # requests the coordinator did not answer in time
+        super().on_timers(now)

@@ -1,553 +1,373 @@
-"""The controller's logic, without sockets: topics, replica placement, nodes, leaders.
+"""The controller core: topic metadata, nodes, leadership and producer ids, without sockets.
 
-Kafka splits this between the controller and the brokers' metadata caches; kvlog keeps it
-in the coordinator process, over the coordinator's own log store (``<data>/meta``), so
-topic metadata survives restarts with everything else the coordinator stores.
+Theory of operation. Every request the controller serves is one event
+(:mod:`workers.controller_events`) handed to :meth:`ControllerCore.handle` with the
+shell's opaque ``token`` and ``now_ms``; the answer is one
+:class:`workers.core_result.Result`. :class:`workers.controller_state.ControllerState`
+decides (topics, placement, node liveness, elections, ISR changes); this class routes
+each event to its handler, turns a raised :class:`kvlog.errors.KvlogError` into the
+request's error reply, and parks what must wait:
 
-State and who changes it:
+- a node's ``NodeHeartbeat`` is answered at once with its assignment when the metadata
+  version moved past the version it applied, else parked until the version moves (the
+  assignment), its ``wait_ms`` runs out or a newer heartbeat of the node arrives (both
+  ``NodeHeartbeatAck``);
+- the broker's ``WatchMetadata`` is answered at once with the full metadata when the
+  version moved past its own, else parked until it moves (the metadata) or ``wait_ms``
+  runs out (``MetadataUnchanged``);
+- an admin change (CreateTopic, DeleteTopic, CreatePartitions, AlterTopicConfig,
+  ElectLeaders) is answered once every live node that hosts an affected partition has
+  applied the new version, or when ``admin_apply_timeout_ms`` runs out, so a client can
+  produce right after create_topic returns.
 
-- topics (``t/topics``): created, deleted, grown and reconfigured by admin requests;
-- partition states (``t/partition_states``): leader, leader epoch and in-sync replicas of
-  every partition;
-- deleted topic ids (``t/deleted_topics``): tombstones, so that a node that was down
-  during a delete drops that topic's data when it comes back (and never a topic it was
-  simply not told about);
-- a metadata ``version`` that grows with every change, persisted so it keeps growing
-  across restarts; nodes and the broker cache compare versions to know they are behind;
-- nodes: registered by their heartbeats; in memory only (they heartbeat again).
-
-Every method takes ``now_ms``; nothing here sleeps or touches a socket.
+Timers (:meth:`ControllerCore.tick`): nodes whose heartbeats stopped for
+``node_timeout_ms`` are marked dead and their leaderships move; so are configured nodes
+that never registered once the start-up grace period (``node_timeout_ms`` from
+:meth:`ControllerCore.start`) ends; every ``leader_imbalance_check_interval_ms``
+leadership moves back to preferred replicas; parked requests whose wait ended are
+answered. Every Result's ``deadline_ms`` is the core's next deadline.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-import cbor2
+from kvlog.errors import InvalidRequestError, KvlogError
+from kvlog.log import LogStore
 
-from kvlog.errors import (
-    FencedLeaderEpochError,
-    InvalidConfigError,
-    InvalidPartitionsError,
-    InvalidReplicaAssignmentError,
-    InvalidReplicationFactorError,
-    TopicAlreadyExistsError,
-    UnknownTopicOrPartitionError,
+from .acl import AclEntry, add_acl, load_acls, remove_acls
+from .controller_events import (
+    AclAdd,
+    AclAdded,
+    AclList,
+    AclListing,
+    AclRemove,
+    AclsRemoved,
+    AlterIsr,
+    AlterTopicConfig,
+    CreatePartitions,
+    CreateTopic,
+    DeleteTopic,
+    ElectLeaders,
+    InitProducerId,
+    IsrAnswer,
+    LeadersElected,
+    Metadata,
+    MetadataAnswer,
+    MetadataUnchanged,
+    NodeAssignment,
+    NodeDown,
+    NodeDownAnswer,
+    NodeHeartbeat,
+    NodeHeartbeatAck,
+    PartitionsCreated,
+    Ping,
+    PingAnswer,
+    ProducerIdAnswer,
+    TopicConfigAltered,
+    TopicCreated,
+    TopicDeleted,
+    WatchMetadata,
 )
-from kvlog.log import LogStore, ReadTxn, WriteTxn
-from kvlog.metadata_store import (
-    TopicMetadata,
-    delete_topic,
-    get_topic,
-    list_topics,
-    put_topic,
-)
-from kvlog.topic_config import (
-    TOPIC_CONFIG,
-    effective_topic_config,
-    unknown_name_error,
-    validate_topic_config,
-)
-from kvlog.types import TopicPartition, check_topic_name, partition_key
-
-from .replication_core import elect_leader
+from .controller_state import ControllerState
+from .core_ids import IdSource
+from .core_result import Result
 
 log = logging.getLogger(__name__)
 
-PARTITION_STATES_TABLE = "partition_states"
-DELETED_TOPICS_TABLE = "deleted_topics"
-CONTROLLER_TABLE = "controller"
-MAX_PARTITIONS_PER_TOPIC = 10_000
-
 
 @dataclass
-class PartitionState:
-    leader: int
-    leader_epoch: int
-    isr: list[int]
+class ControllerConfig:
+    """The coordinator's settings the controller core needs."""
 
-    def encode(self) -> bytes:
-        return cbor2.dumps([self.leader, self.leader_epoch, self.isr])
-
-    @classmethod
-    def decode(cls, raw: bytes) -> PartitionState:
-        leader, epoch, isr = cbor2.loads(raw)
-        return cls(leader, epoch, isr)
+    node_ids: list[int]
+    node_timeout_ms: int = 6000
+    admin_apply_timeout_ms: int = 5000
+    leader_imbalance_check_interval_ms: int = 30_000
 
 
-@dataclass
-class NodeInfo:
-    node_id: int
-    endpoint: str
-    log_dir: str
-    last_heartbeat_ms: int
-    applied_version: int = -1
-    pid: int = 0
-    alive: bool = True
+@dataclass(slots=True)
+class Parked:
+    """A request waiting inside the core: whose (``token``) and until when."""
+
+    token: Any
+    deadline_ms: int
+    version: int = 0  # the version it waits to see move (or be applied, for admin)
+    answer: Any = None  # an admin change's answer, given once the nodes applied it
+    node_ids: list[int] = field(default_factory=list)
 
 
-@dataclass
-class TopicView:
-    """A topic with its partitions' live state, as metadata replies carry it."""
-
-    meta: TopicMetadata
-    states: list[PartitionState] = field(default_factory=list)
+Handler = Callable[[Result, Any, Any, int], None]
 
 
 class ControllerCore:
     """Owned by the coordinator's loop; not thread-safe."""
 
-    def __init__(self, store: LogStore, node_ids: list[int], *, node_timeout_ms: int = 6000):
-        self.store = store
-        self.node_ids = sorted(node_ids)
-        self.node_timeout_ms = node_timeout_ms
-        self.nodes: dict[int, NodeInfo] = {}
-        self.version = self.store.write(self._bump_version)
-        self.started_ms = time.time_ns() // 1_000_000
-        self._grace_over = False
-
-    # -- version ---------------------------------------------------------------------------
-
-    def _bump_version(self, w: WriteTxn) -> int:
-        raw = w.get(CONTROLLER_TABLE, b"version")
-        version = (int(raw) if raw else 0) + 1
-        w.put(CONTROLLER_TABLE, b"version", str(version).encode())
-        return version
-
-    def _commit(self, fn: Any) -> Any:
-        """Run a metadata change and bump the version in the same transaction."""
-
-        def run(w: WriteTxn) -> Any:
-            result = fn(w)
-            return result, self._bump_version(w)
-
-        result, self.version = self.store.write(run)
-        return result
-
-    # -- topics ----------------------------------------------------------------------------
-
-    def _place_replicas(
-        self, first_partition: int, count: int, rf: int, seed: int
-    ) -> list[list[int]]:
-        """Kafka-like round robin: leaders spread over nodes, followers shifted."""
-        nodes = self.node_ids
-        n = len(nodes)
-        return [
-            [nodes[(seed + p + i) % n] for i in range(rf)]
-            for p in range(first_partition, first_partition + count)
-        ]
-
-    def create_topic(
-        self,
-        name: str,
-        partitions: int,
-        replication_factor: int,
-        config: dict[str, Any] | None,
-        now_ms: int,
-    ) -> TopicMetadata:
-        check_topic_name(name)
-        if not 1 <= partitions <= MAX_PARTITIONS_PER_TOPIC:
-            raise InvalidPartitionsError(
-                f"partitions={partitions}: a topic has 1..{MAX_PARTITIONS_PER_TOPIC} partitions"
-            )
-        if not 1 <= replication_factor <= len(self.node_ids):
-            raise InvalidReplicationFactorError(
-                f"replication_factor={replication_factor} but this broker has "
-                f"{len(self.node_ids)} node(s) (log dirs); use 1..{len(self.node_ids)} or "
-                "start kvlog serve with more --log-dir"
-            )
-        overrides = validate_topic_config(config)
-        min_isr = effective_topic_config(overrides)["min.insync.replicas"]
-        if min_isr > replication_factor:
-            raise InvalidConfigError(
-                f"min.insync.replicas={min_isr} is more than replication_factor="
-                f"{replication_factor}: every acks=all write would fail; lower it or add replicas"
-            )
-        seed = sum(name.encode()) % len(self.node_ids)
-        meta = TopicMetadata(
-            name=name,
-            topic_id=uuid.uuid4().hex,
-            partitions=partitions,
-            replication_factor=replication_factor,
-            replicas=self._place_replicas(0, partitions, replication_factor, seed),
-            config=overrides,
-            created_ms=now_ms,
+    def __init__(self, store: LogStore, config: ControllerConfig, topic_ids: IdSource) -> None:
+        self.config = config
+        self.state = ControllerState(
+            store, config.node_ids, node_timeout_ms=config.node_timeout_ms, topic_ids=topic_ids
         )
-
-        def write(w: WriteTxn) -> None:
-            if get_topic(w, name) is not None:
-                raise TopicAlreadyExistsError(f"topic {name!r} exists already")
-            put_topic(w, meta)
-            for p, replicas in enumerate(meta.replicas):
-                self._put_state(
-                    w, TopicPartition(name, p), PartitionState(replicas[0], 0, replicas)
-                )
-
-        self._commit(write)
-        log.info("created topic %s (%d partitions, rf %d)", name, partitions, replication_factor)
-        return meta
-
-    def _put_state(self, w: WriteTxn, tp: TopicPartition, state: PartitionState) -> None:
-        w.put(PARTITION_STATES_TABLE, partition_key(tp), state.encode())
-
-    def _require(self, r: ReadTxn, name: str) -> TopicMetadata:
-        meta = get_topic(r, name)
-        if meta is None:
-            raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
-        return meta
-
-    def delete_topic(self, name: str, now_ms: int) -> TopicMetadata:
-        def write(w: WriteTxn) -> TopicMetadata:
-            meta = self._require(w, name)
-            delete_topic(w, name)
-            for p in range(meta.partitions):
-                w.delete(PARTITION_STATES_TABLE, partition_key(TopicPartition(name, p)))
-            w.put(DELETED_TOPICS_TABLE, meta.topic_id.encode(), str(now_ms).encode())
-            return meta
-
-        meta = self._commit(write)
-        log.info("deleted topic %s", name)
-        return meta
-
-    def create_partitions(self, name: str, total: int) -> tuple[TopicMetadata, int]:
-        """Grow a topic to ``total`` partitions; returns it and the old count."""
-
-        def write(w: WriteTxn) -> tuple[TopicMetadata, int]:
-            meta = self._require(w, name)
-            old = meta.partitions
-            if total <= old or total > MAX_PARTITIONS_PER_TOPIC:
-                raise InvalidPartitionsError(
-                    f"topic {name!r} has {old} partitions; the new count must be larger "
-                    f"(and at most {MAX_PARTITIONS_PER_TOPIC}): partitions never shrink"
-                )
-            seed = sum(name.encode()) % len(self.node_ids)
-            added = self._place_replicas(old, total - old, meta.replication_factor, seed)
-            meta.replicas.extend(added)
-            meta.partitions = total
-            put_topic(w, meta)
-            for p, replicas in enumerate(added, start=old):
-                self._put_state(
-                    w, TopicPartition(name, p), PartitionState(replicas[0], 0, replicas)
-                )
-            return meta, old
-
-        result = self._commit(write)
-        log.info("topic %s grown from %d to %d partitions", name, result[1], total)
-        return result
-
-    def alter_topic_config(self, name: str, changes: dict[str, Any]) -> TopicMetadata:
-        """Set the given config keys; a value of None removes the override."""
-        removals = [k for k, v in changes.items() if v is None]
-        for key in removals:
-            if key not in TOPIC_CONFIG:
-                raise unknown_name_error(key, TOPIC_CONFIG, "topic config")
-        updates = validate_topic_config({k: v for k, v in changes.items() if v is not None})
-
-        def write(w: WriteTxn) -> TopicMetadata:
-            meta = self._require(w, name)
-            config = dict(meta.config)
-            config.update(updates)
-            for key in removals:
-                config.pop(key, None)
-            meta.config = config
-            put_topic(w, meta)
-            return meta
-
-        return self._commit(write)
-
-    # -- reads -----------------------------------------------------------------------------
-
-    def topics(self, names: list[str] | None = None) -> list[TopicView]:
-        with self.store.reader() as r:
-            metas = (
-                list_topics(r) if names is None else [m for n in names if (m := get_topic(r, n))]
-            )
-            views = []
-            for meta in metas:
-                states = []
-                for p in range(meta.partitions):
-                    raw = r.get(PARTITION_STATES_TABLE, partition_key(TopicPartition(meta.name, p)))
-                    states.append(
-                        PartitionState.decode(raw)
-                        if raw
-                        else PartitionState(meta.replicas[p][0], 0, meta.replicas[p])
-                    )
-                views.append(TopicView(meta, states))
-            return views
-
-    def deleted_topic_ids(self) -> list[str]:
-        with self.store.reader() as r:
-            return [k.decode() for k, _ in r.items(DELETED_TOPICS_TABLE)]
-
-    def metadata(self, names: list[str] | None = None) -> dict[str, Any]:
-        """The metadata reply body (PROTOCOL.md, op ``metadata``)."""
-        views = self.topics(names)
-        known = {v.meta.name for v in views}
-        topics = [self._topic_entry(v) for v in views]
-        for name in names or ():
-            if name not in known:
-                topics.append(
-                    {
-                        "name": name,
-                        "error": int(UnknownTopicOrPartitionError.code),
-                        "partitions": [],
-                    }
-                )
-        return {"version": self.version, "nodes": self.node_entries(), "topics": topics}
-
-    def node_entries(self) -> list[dict[str, Any]]:
-        return [
-            {"node_id": n.node_id, "endpoint": n.endpoint, "alive": n.alive}
-            for n in sorted(self.nodes.values(), key=lambda n: n.node_id)
-        ]
-
-    def _topic_entry(self, view: TopicView) -> dict[str, Any]:
-        meta = view.meta
-        return {
-            "name": meta.name,
-            "topic_id": meta.topic_id,
-            "error": 0,
-            "config": meta.config,
-            "replication_factor": meta.replication_factor,
-            "partitions": [
-                {
-                    "partition": p,
-                    "leader": state.leader if self._alive(state.leader) else -1,
-                    "leader_epoch": state.leader_epoch,
-                    "replicas": meta.replicas[p],
-                    "isr": state.isr,
-                }
-                for p, state in enumerate(view.states)
-            ],
+        self.node_waiters: dict[int, Parked] = {}
+        self.watchers: list[Parked] = []
+        self.admin_waiters: list[Parked] = []
+        self._announced = 0
+        self._next_preferred_ms = 0
+        # The one handler that decides each request's answer.
+        self._handlers: dict[type, Handler] = {
+            NodeHeartbeat: self._node_heartbeat,
+            NodeDown: self._node_down,
+            AlterIsr: self._alter_isr,
+            Metadata: self._metadata,
+            WatchMetadata: self._watch_metadata,
+            CreateTopic: self._create_topic,
+            DeleteTopic: self._delete_topic,
+            CreatePartitions: self._create_partitions,
+            AlterTopicConfig: self._alter_topic_config,
+            ElectLeaders: self._elect_leaders,
+            InitProducerId: self._init_producer_id,
+            Ping: self._ping,
+            AclAdd: self._acl_add,
+            AclRemove: self._acl_remove,
+            AclList: self._acl_list,
         }
 
-    def _alive(self, node_id: int) -> bool:
-        node = self.nodes.get(node_id)
-        return node is not None and node.alive
+    @property
+    def version(self) -> int:
+        return self.state.version
+
+    @property
+    def store(self) -> LogStore:
+        return self.state.store
+
+    def handles(self) -> list[type]:
+        """The request types :meth:`handle` takes."""
+        return list(self._handlers)
+
+    def partition_count(self, topic: str) -> int | None:
+        return self.state.partition_count(topic)
+
+    # -- entry points ----------------------------------------------------------------------
+
+    def start(self, now_ms: int) -> Result:
+        """A new process over the store: call once, before any event."""
+        self.state.start(now_ms)
+        self._announced = self.version
+        self._next_preferred_ms = now_ms + self.config.leader_imbalance_check_interval_ms
+        return Result(deadline_ms=self.next_deadline_ms())
+
+    def handle(self, token: Any, event: Any, now_ms: int) -> Result:
+        out = Result()
+        try:
+            self._handlers[type(event)](out, token, event, now_ms)
+        except KvlogError as exc:
+            out.fail(token, exc)
+        self._announce(out)
+        return out.wake_at(self.next_deadline_ms())
+
+    def tick(self, now_ms: int) -> Result:
+        out = Result()
+        self.state.expire_nodes(now_ms)
+        if now_ms >= self._next_preferred_ms:
+            self._next_preferred_ms = now_ms + self.config.leader_imbalance_check_interval_ms
+            self.state.elect_preferred()
+        self._announce(out)
+        for node_id, parked in list(self.node_waiters.items()):
+            if parked.deadline_ms <= now_ms:
+                del self.node_waiters[node_id]
+                out.reply(parked.token, NodeHeartbeatAck(self.version))
+        if any(p.deadline_ms <= now_ms for p in self.watchers):
+            due = [p for p in self.watchers if p.deadline_ms <= now_ms]
+            self.watchers = [p for p in self.watchers if p.deadline_ms > now_ms]
+            for parked in due:
+                out.reply(parked.token, MetadataUnchanged(self.version))
+        self._check_admin_waiters(out, now_ms)
+        out.deadline_ms = self.next_deadline_ms()
+        return out
+
+    def next_deadline_ms(self) -> int | None:
+        deadlines = [p.deadline_ms for p in self.node_waiters.values()]
+        deadlines += [p.deadline_ms for p in self.watchers]
+        deadlines += [p.deadline_ms for p in self.admin_waiters]
+        expiry = self.state.next_expiry_ms()
+        if expiry is not None:
+            deadlines.append(expiry)
+        deadlines.append(self._next_preferred_ms)
+        return min(deadlines)
+
+    # -- parking ---------------------------------------------------------------------------
+
+    def _announce(self, out: Result) -> None:
+        """Wake every parked node heartbeat and watcher when the version moved."""
+        if self.version == self._announced:
+            return
+        self._announced = self.version
+        for node_id, parked in list(self.node_waiters.items()):
+            del self.node_waiters[node_id]
+            out.reply(parked.token, self._assignment(node_id))
+        watchers, self.watchers = self.watchers, []
+        if watchers:
+            answer = self._metadata_answer(None)
+            for parked in watchers:
+                out.reply(parked.token, answer)
+
+    def _after_change(
+        self, out: Result, token: Any, answer: Any, node_ids: list[int], now_ms: int
+    ) -> None:
+        """Answer once every live node in ``node_ids`` applied the new version."""
+        self.admin_waiters.append(
+            Parked(
+                token,
+                now_ms + self.config.admin_apply_timeout_ms,
+                version=self.version,
+                answer=answer,
+                node_ids=sorted(set(node_ids)),
+            )
+        )
+        self._check_admin_waiters(out, None)
+
+    def _check_admin_waiters(self, out: Result, now_ms: int | None) -> None:
+        """Answer the admin changes every node applied (and, with ``now_ms``, those whose
+        wait ran out)."""
+        still = []
+        for parked in self.admin_waiters:
+            behind = self.state.nodes_behind(parked.node_ids, parked.version)
+            timed_out = now_ms is not None and parked.deadline_ms <= now_ms
+            if behind and not timed_out:
+                still.append(parked)
+                continue
+            if behind:
+                log.warning(
+                    "nodes %s did not apply metadata version %d in time; answering anyway",
+                    behind,
+                    parked.version,
+                )
+            out.reply(parked.token, parked.answer)
+        self.admin_waiters = still
 
     # -- nodes -----------------------------------------------------------------------------
 
-    def node_heartbeat(
-        self,
-        node_id: int,
-        endpoint: str,
-        log_dir: str,
-        applied_version: int,
-        pid: int,
-        now_ms: int,
-        *,
-        offline: bool = False,
-    ) -> NodeInfo:
-        node = self.nodes.get(node_id)
-        if offline:
-            # The node runs but its log dir fails (full, read-only, I/O errors): it leads
-            # nothing and counts as out of every ISR until it reports the disk back.
-            if node is None or node.alive or node.pid != pid:
-                log.warning("node %d reports its log dir %s offline", node_id, log_dir)
-                node = self.nodes[node_id] = NodeInfo(node_id, endpoint, log_dir, now_ms, pid=pid)
-                node.alive = False
-                if not self.reelect():
-                    self.bump()
-            node.last_heartbeat_ms = now_ms
-            node.applied_version = applied_version
-            return node
-        if node is None or node.endpoint != endpoint or node.pid != pid or not node.alive:
-            log.info(
-                "node %d registered at %s (pid %d, log dir %s)", node_id, endpoint, pid, log_dir
+    def _assignment(self, node_id: int) -> NodeAssignment:
+        return NodeAssignment(
+            self.version,
+            self.state.assignment_for(node_id),
+            self.state.deleted_topic_ids(),
+            sorted(self.state.node_endpoints().items()),
+        )
+
+    def _node_heartbeat(self, out: Result, token: Any, ev: NodeHeartbeat, now_ms: int) -> None:
+        if ev.node_id not in self.state.node_ids:
+            raise InvalidRequestError(
+                f"node {ev.node_id} is not one of this broker's nodes {self.state.node_ids}"
             )
-            node = self.nodes[node_id] = NodeInfo(node_id, endpoint, log_dir, now_ms, pid=pid)
-            if not self.reelect():
-                self.bump()  # who is alive is part of the metadata
-        node.last_heartbeat_ms = now_ms
-        node.applied_version = applied_version
-        return node
+        self.state.node_heartbeat(
+            ev.node_id,
+            ev.endpoint,
+            ev.log_dir,
+            ev.applied_version,
+            ev.pid,
+            now_ms,
+            offline=ev.offline,
+        )
+        self._check_admin_waiters(out, None)
+        old = self.node_waiters.pop(ev.node_id, None)
+        if old is not None:  # a newer heartbeat supersedes the parked one
+            out.reply(old.token, NodeHeartbeatAck(self.version))
+        if ev.applied_version < self.version:
+            out.reply(token, self._assignment(ev.node_id))
+            return
+        self.node_waiters[ev.node_id] = Parked(
+            token, now_ms + ev.wait_ms, version=ev.applied_version
+        )
 
-    def bump(self) -> None:
-        """Move the metadata version on (durably, so it never goes back)."""
-        self.version = self.store.write(self._bump_version)
+    def _node_down(self, out: Result, token: Any, ev: NodeDown, now_ms: int) -> None:
+        out.reply(token, NodeDownAnswer(self.state.node_down(ev.node_id, ev.pid)))
 
-    def node_endpoints(self) -> dict[int, str]:
-        return {n.node_id: n.endpoint for n in self.nodes.values() if n.alive}
+    def _alter_isr(self, out: Result, token: Any, ev: AlterIsr, now_ms: int) -> None:
+        state = self.state.alter_isr(ev.tp, ev.leader, ev.leader_epoch, ev.isr)
+        out.reply(token, IsrAnswer(state.leader, state.leader_epoch, state.isr, self.version))
 
-    def assignment_for(self, node_id: int) -> list[dict[str, Any]]:
-        """The partitions a node holds, as its heartbeat reply carries them."""
-        out = []
-        for view in self.topics():
-            meta = view.meta
-            for p, state in enumerate(view.states):
-                if node_id in meta.replicas[p]:
-                    out.append(
-                        {
-                            "topic": meta.name,
-                            "partition": p,
-                            "topic_id": meta.topic_id,
-                            "leader": state.leader,
-                            "leader_epoch": state.leader_epoch,
-                            "replicas": meta.replicas[p],
-                            "isr": state.isr,
-                            "config": meta.config,
-                        }
-                    )
-        return out
+    # -- metadata --------------------------------------------------------------------------
 
-    def expire_nodes(self, now_ms: int) -> list[int]:
-        """Mark nodes whose heartbeats stopped as dead (and, once the start-up grace period
-        has passed, nodes that never registered); moves their leaderships."""
-        dead = []
-        for node in self.nodes.values():
-            if node.alive and now_ms - node.last_heartbeat_ms > self.node_timeout_ms:
-                node.alive = False
-                dead.append(node.node_id)
-                log.warning(
-                    "node %d missed heartbeats for %d ms: marked dead",
-                    node.node_id,
-                    now_ms - node.last_heartbeat_ms,
-                )
-        if not self._grace_over and now_ms - self.started_ms > self.node_timeout_ms:
-            self._grace_over = True
-            missing = [n for n in self.node_ids if n not in self.nodes]
-            if missing:
-                log.warning("nodes %s never registered since start-up: treated as dead", missing)
-                dead.extend(missing)
-        if dead and not self.reelect():
-            self.bump()
-        return dead
+    def _metadata_answer(self, names: list[str] | None) -> MetadataAnswer:
+        return MetadataAnswer(
+            self.version, self.state.node_entries(), self.state.topic_entries(names)
+        )
 
-    def node_down(self, node_id: int, pid: int) -> bool:
-        """The supervisor saw the node's process die: fail over at once instead of
-        waiting for node.session.timeout.ms. Ignored if that process is already gone."""
-        node = self.nodes.get(node_id)
-        if node is None or not node.alive or node.pid != pid:
-            return False  # only the process that died counts (the supervisor knows its pid)
-        node.alive = False
-        log.warning("node %d (pid %d) died: moving its leaderships", node_id, node.pid)
-        if not self.reelect():
-            self.bump()
-        return True
+    def _metadata(self, out: Result, token: Any, ev: Metadata, now_ms: int) -> None:
+        out.reply(token, self._metadata_answer(ev.topics))
 
-    # -- leadership ------------------------------------------------------------------------
+    def _watch_metadata(self, out: Result, token: Any, ev: WatchMetadata, now_ms: int) -> None:
+        if ev.version < self.version:
+            out.reply(token, self._metadata_answer(None))
+            return
+        self.watchers.append(Parked(token, now_ms + ev.wait_ms, version=ev.version))
 
-    def _alive_ids(self) -> set[int]:
-        """Nodes that may lead. After a coordinator restart, a node that has not
-        registered yet is unknown, not dead: it keeps its leaderships through the start-up
-        grace period (else the first node to register would take every leadership)."""
-        alive = {n for n, info in self.nodes.items() if info.alive}
-        if not self._grace_over:
-            alive |= {n for n in self.node_ids if n not in self.nodes}
-        return alive
+    # -- admin -----------------------------------------------------------------------------
 
-    def reelect(self) -> bool:
-        """Give every partition whose leader is gone a new leader from its ISR (higher
-        leader epoch), and drop dead nodes from every ISR. True if anything changed (the
-        version then moved too)."""
-        alive = self._alive_ids()
-        changes: list[tuple[TopicPartition, PartitionState]] = []
-        for view in self.topics():
-            unclean = bool(
-                effective_topic_config(view.meta.config)["unclean.leader.election.enable"]
-            )
-            for p, state in enumerate(view.states):
-                tp = TopicPartition(view.meta.name, p)
-                replicas = view.meta.replicas[p]
-                if state.leader in alive:
-                    isr = [r for r in state.isr if r in alive]
-                    if isr != state.isr:
-                        changes.append((tp, PartitionState(state.leader, state.leader_epoch, isr)))
-                    continue
-                leader, isr = elect_leader(replicas, state.isr, alive, unclean=unclean)
-                if leader == state.leader and isr == state.isr:
-                    continue
-                if leader == -1 and state.leader == -1:
-                    continue
-                epoch = state.leader_epoch + 1
-                if leader >= 0 and leader not in state.isr:
-                    log.warning("%s: unclean election of node %d (records may be lost)", tp, leader)
-                log.info(
-                    "%s: leader %d -> %d (epoch %d, isr %s)", tp, state.leader, leader, epoch, isr
-                )
-                changes.append((tp, PartitionState(leader, epoch, isr)))
-        if not changes:
-            return False
+    def _create_topic(self, out: Result, token: Any, ev: CreateTopic, now_ms: int) -> None:
+        meta = self.state.create_topic(
+            ev.name, ev.partitions, ev.replication_factor, ev.config, now_ms
+        )
+        nodes = [n for replicas in meta.replicas for n in replicas]
+        self._after_change(out, token, TopicCreated(meta.topic_id, self.version), nodes, now_ms)
 
-        def write(w: WriteTxn) -> None:
-            for tp, state in changes:
-                self._put_state(w, tp, state)
+    def _delete_topic(self, out: Result, token: Any, ev: DeleteTopic, now_ms: int) -> None:
+        meta = self.state.delete_topic(ev.name, now_ms)
+        nodes = [n for replicas in meta.replicas for n in replicas]
+        self._after_change(out, token, TopicDeleted(meta.topic_id, self.version), nodes, now_ms)
 
-        self._commit(write)
-        return True
+    def _create_partitions(
+        self, out: Result, token: Any, ev: CreatePartitions, now_ms: int
+    ) -> None:
+        meta, old = self.state.create_partitions(ev.name, ev.count)
+        nodes = [n for replicas in meta.replicas for n in replicas]
+        answer = PartitionsCreated(old, meta.partitions, self.version)
+        self._after_change(out, token, answer, nodes, now_ms)
 
-    def alter_isr(
-        self, tp: TopicPartition, leader: int, leader_epoch: int, isr: list[int]
-    ) -> PartitionState:
-        """A leader asks to shrink or expand its partition's ISR (Kafka's AlterPartition)."""
-        view = self.topics([tp.topic])
-        if not view or tp.partition >= view[0].meta.partitions:
-            raise UnknownTopicOrPartitionError(f"partition {tp} does not exist")
-        state = view[0].states[tp.partition]
-        replicas = view[0].meta.replicas[tp.partition]
-        if state.leader != leader or state.leader_epoch != leader_epoch:
-            raise FencedLeaderEpochError(
-                f"{tp}: node {leader} epoch {leader_epoch} is not the current leader "
-                f"(node {state.leader} epoch {state.leader_epoch})"
-            )
-        alive = self._alive_ids()
-        if leader not in isr or not set(isr) <= set(replicas):
-            raise InvalidReplicaAssignmentError(
-                f"{tp}: ISR {isr} must include the leader and only replicas {replicas}"
-            )
-        isr = [r for r in replicas if r in isr and (r in alive or r == leader)]
-        new = PartitionState(leader, leader_epoch, isr)
-        if isr != state.isr:
-            self._commit(lambda w: self._put_state(w, tp, new))
-            log.info("%s: ISR %s -> %s", tp, state.isr, isr)
-        return new
+    def _alter_topic_config(
+        self, out: Result, token: Any, ev: AlterTopicConfig, now_ms: int
+    ) -> None:
+        meta = self.state.alter_topic_config(ev.name, ev.config)
+        nodes = [n for replicas in meta.replicas for n in replicas]
+        answer = TopicConfigAltered(meta.config, self.version)
+        self._after_change(out, token, answer, nodes, now_ms)
 
-    def elect_preferred(self, topics: list[str] | None = None) -> list[TopicPartition]:
-        """Move leadership back to each partition's first replica where it is alive and in
-        sync (``kvlog topics elect-leaders``; also run periodically)."""
-        alive = self._alive_ids()
-        changes = []
-        for view in self.topics(topics):
-            for p, state in enumerate(view.states):
-                preferred = view.meta.replicas[p][0]
-                if state.leader != preferred and preferred in alive and preferred in state.isr:
-                    tp = TopicPartition(view.meta.name, p)
-                    changes.append(
-                        (tp, PartitionState(preferred, state.leader_epoch + 1, state.isr))
-                    )
-        if changes:
+    def _elect_leaders(self, out: Result, token: Any, ev: ElectLeaders, now_ms: int) -> None:
+        moved = self.state.elect_preferred(ev.topics)
+        nodes = [n for view in self.state.topics(ev.topics) for r in view.meta.replicas for n in r]
+        self._after_change(out, token, LeadersElected(moved, self.version), nodes, now_ms)
 
-            def write(w: WriteTxn) -> None:
-                for tp, state in changes:
-                    self._put_state(w, tp, state)
+    def _init_producer_id(self, out: Result, token: Any, ev: InitProducerId, now_ms: int) -> None:
+        producer_id, epoch = self.state.init_producer_id()
+        out.reply(token, ProducerIdAnswer(producer_id, epoch))
 
-            self._commit(write)
-            for tp, state in changes:
-                log.info(
-                    "%s: preferred leader %d back (epoch %d)", tp, state.leader, state.leader_epoch
-                )
-        return [tp for tp, _ in changes]
+    def _ping(self, out: Result, token: Any, ev: Ping, now_ms: int) -> None:
+        out.reply(token, PingAnswer(self.version, self.state.node_entries()))
 
-    def nodes_behind(self, node_ids: list[int], version: int) -> list[int]:
-        return [n for n in node_ids if self._alive(n) and self.nodes[n].applied_version < version]
+    # -- ACLs (the table the broker and nodes reload from) ---------------------------------
 
-    # -- producer ids ----------------------------------------------------------------------
+    def _acl_add(self, out: Result, token: Any, ev: AclAdd, now_ms: int) -> None:
+        added = self.store.write(lambda w: add_acl(w, ev.entry))
+        log.info("ACL %s: %s", "added" if added else "exists", ev.entry)
+        out.reply(token, AclAdded(added))
 
-    def init_producer_id(self) -> tuple[int, int]:
-        """A fresh producer id (epoch 0), durable so ids are never reused."""
+    def _acl_remove(self, out: Result, token: Any, ev: AclRemove, now_ms: int) -> None:
+        want = {
+            "principal": ev.principal,
+            "resource_type": ev.resource_type,
+            "name": ev.name,
+            "operation": ev.operation,
+        }
 
-        def write(w: WriteTxn) -> int:
-            raw = w.get(CONTROLLER_TABLE, b"next_producer_id")
-            pid = int(raw) if raw else 1000
-            w.put(CONTROLLER_TABLE, b"next_producer_id", str(pid + 1).encode())
-            return pid
+        def match(entry: AclEntry) -> bool:
+            return all(v is None or getattr(entry, k) == v for k, v in want.items())
 
-        return self.store.write(write), 0
+        out.reply(token, AclsRemoved(self.store.write(lambda w: remove_acls(w, match))))
 
-
-def topic_metadata_dict(meta: TopicMetadata) -> dict[str, Any]:
-    return asdict(meta)
+    def _acl_list(self, out: Result, token: Any, ev: AclList, now_ms: int) -> None:
+        with self.store.reader() as r:
+            out.reply(token, AclListing(sorted(load_acls(r))))

@@ -51,67 +51,83 @@ twice), and reloaded at start (members' sessions restart then; a group caught wa
 for its leader's SyncGroup goes back to PreparingRebalance), so a coordinator crash is
 invisible to members of a stable group that keep heartbeating.
 
-Every method takes ``now_ms``. Replies that cannot be given at once (parked JoinGroup,
-SyncGroup and Heartbeat) appear later in :attr:`outbox` as ``(token, fields)``.
+Interface. Each request is one event (:mod:`workers.group_events`) with the shell's opaque
+``token`` and ``now_ms``; the answer is one :class:`workers.core_result.Result`. A reply
+that cannot be given at once (a parked JoinGroup, SyncGroup or Heartbeat) comes in the
+Result of a later event or of :meth:`GroupCoordinator.tick`, addressed by its token.
+Errors are raised inside as :class:`kvlog.errors.KvlogError` and turned into the
+request's error reply at the one place each request enters. A Result's ``deadline_ms``
+is the earliest deadline the event set (so a shell that keeps the earliest deadline it
+was given, and replaces it with each tick's, never ticks late); a tick's is the core's
+next deadline. Member ids come from the id source given at construction, so the core
+makes no random numbers. Committed offsets and the admin views are separate cores
+(:mod:`workers.offsets_core`, :mod:`workers.group_admin_core`) over this one.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 from kvlog.errors import (
     FencedInstanceIdError,
-    GroupIdNotFoundError,
     GroupMaxSizeReachedError,
     IllegalGenerationError,
     InconsistentGroupProtocolError,
     InvalidGroupIdError,
     InvalidSessionTimeoutError,
     KvlogError,
-    NonEmptyGroupError,
     RebalanceInProgressError,
     UnknownMemberIdError,
 )
-from kvlog.ipc.assignors import MemberSubscription, assignor
-from kvlog.ipc.consumer_protocol import decode_assignment, encode_assignment, same_subscription
-from kvlog.log import LogStore, WriteTxn
-from kvlog.metadata_store import (
-    CommittedOffset,
-    commit_offset,
-    delete_group_offsets,
-    group_offsets,
-)
-from kvlog.types import TopicPartition
+from kvlog.ipc.assignors import assignor
+from kvlog.ipc.consumer_protocol import same_subscription
+from kvlog.log import LogStore
 
+from .core_ids import IdSource, seeded_ids
+from .core_result import Result
+from .group_events import (
+    Heartbeat,
+    HeartbeatAnswer,
+    JoinGroup,
+    LeaveGroup,
+    LeaveGroupAnswer,
+    MemberLeft,
+    OffsetCommit,
+    SyncGroup,
+    SyncGroupAnswer,
+)
 from .group_model import Group, GroupConfig, GroupState, Member
+from .group_transitions import (
+    GROUPS_TABLE,
+    GroupTransitions,
+    PartitionCounts,
+    assigned_partitions,
+)
 
 log = logging.getLogger(__name__)
 
-PartitionCounts = Callable[[str], int | None]
 
-GROUPS_TABLE = "groups"
-MAX_METADATA_BYTES = 4096
+def seeded_member_ids(seed: bytes) -> IdSource:
+    """Member id suffixes: 12 hex digits (PROTOCOL.md: ``<client_id>-<12 hex digits>``)."""
+    return seeded_ids(seed, 12)
 
 
-class GroupCoordinator:
-    """Owned by the coordinator's loop; not thread-safe."""
+class GroupCoordinator(GroupTransitions):
+    """The group membership core: JoinGroup, SyncGroup, Heartbeat, LeaveGroup, and the
+    fencing of OffsetCommit. Owned by the coordinator's loop; not thread-safe."""
 
     def __init__(
-        self, store: LogStore, config: GroupConfig, partition_count: PartitionCounts
+        self,
+        store: LogStore,
+        config: GroupConfig,
+        partition_count: PartitionCounts,
+        member_ids: IdSource,
     ) -> None:
-        self.store = store
-        self.config = config
-        self.partition_count = partition_count
-        self.groups: dict[str, Group] = {}
-        self.outbox: list[tuple[Any, dict[str, Any]]] = []
-        self.parked_heartbeats = 0
+        super().__init__(store, config, partition_count)
+        self.member_ids = member_ids
 
-    # -- persistence -----------------------------------------------------------------------
-
-    def load(self, now_ms: int) -> int:
+    def load(self, now_ms: int) -> Result:
         with self.store.reader() as r:
             for key, raw in r.items(GROUPS_TABLE):
                 group = Group.decode(key.decode(), raw, now_ms)
@@ -122,27 +138,18 @@ class GroupCoordinator:
                 # (into a newer generation; this one's assignment was never handed out).
                 group.transition(GroupState.PREPARING_REBALANCE)
                 group.join_deadline_ms = now_ms + group.rebalance_timeout_ms()
-        # Partitions may have been added while this coordinator was down.
-        self.on_topics_changed(now_ms)
         log.info("loaded %d group(s)", len(self.groups))
-        return len(self.groups)
+        # Partitions may have been added while this coordinator was down.
+        out = self.on_topics_changed(now_ms)
+        return out.wake_at(self.next_deadline_ms())
 
-    def _persist(self, group: Group) -> None:
-        def write(w: WriteTxn) -> None:
-            if group.state is GroupState.DEAD:
-                w.delete(GROUPS_TABLE, group.group_id.encode())
-            else:
-                w.put(GROUPS_TABLE, group.group_id.encode(), group.encode())
-
-        self.store.write(write)
-
-    # -- helpers ---------------------------------------------------------------------------
+    # -- lookups ---------------------------------------------------------------------------
 
     def _group(self, group_id: str, *, create: bool = False) -> Group:
         if not isinstance(group_id, str) or not group_id:
             raise InvalidGroupIdError("group.id must be a non-empty string")
-        group = self.groups.get(group_id)
-        if group is None or group.state is GroupState.DEAD:
+        group = self.live_group(group_id)
+        if group is None:
             if not create:
                 raise UnknownMemberIdError(f"group {group_id!r} has no members")
             group = self.groups[group_id] = Group(group_id)
@@ -164,73 +171,46 @@ class GroupCoordinator:
             )
         return member
 
-    def _reply(self, token: Any, fields: dict[str, Any]) -> None:
-        if token is not None:
-            self.outbox.append((token, fields))
-
-    def _error_reply(self, token: Any, exc: KvlogError) -> None:
-        self._reply(token, exc.to_wire())
-
-    def _take_heartbeat(self, member: Member) -> Any:
-        token, member.heartbeat_token = member.heartbeat_token, None
-        if token is not None:
-            self.parked_heartbeats -= 1
-        return token
-
-    def _release_heartbeat(self, member: Member) -> None:
-        """Answer the member's parked heartbeat, if any, with success. The session is not
-        renewed: it runs from the heartbeat's arrival, and the member sends its next one as
-        soon as it has this answer."""
-        token = self._take_heartbeat(member)
-        if token is not None:
-            self._reply(token, {})
-
-    def _fail_heartbeat(self, member: Member, exc: KvlogError) -> None:
-        """Answer the member's parked heartbeat, if any, with ``exc``."""
-        token = self._take_heartbeat(member)
-        if token is not None:
-            self._error_reply(token, exc)
+    def _new_member_id(self, group: Group, client_id: str) -> str:
+        while True:
+            member_id = f"{client_id}-{self.member_ids()}"
+            if member_id not in group.members:
+                return member_id
 
     # -- JoinGroup -------------------------------------------------------------------------
 
-    def join(
-        self,
-        token: Any,
-        now_ms: int,
-        *,
-        group_id: str,
-        member_id: str,
-        instance_id: str | None,
-        client_id: str,
-        session_timeout_ms: int,
-        rebalance_timeout_ms: int,
-        protocol_type: str,
-        protocols: list[tuple[str, bytes]],
-        server_assignor: str | None = None,
-        topics: list[str] | None = None,
-        owned: list[TopicPartition] | None = None,
-    ) -> None:
-        """Park the join until the rebalance completes (the reply lands in the outbox)."""
+    def join(self, token: Any, event: JoinGroup, now_ms: int) -> Result:
+        """Parks the join until the rebalance completes (unless it can be answered now)."""
+        out = Result()
+        try:
+            self._join(out, token, event, now_ms)
+        except KvlogError as exc:
+            out.fail(token, exc)
+        return out
+
+    def _join(self, out: Result, token: Any, ev: JoinGroup, now_ms: int) -> None:
         cfg = self.config
-        if not cfg.min_session_timeout_ms <= session_timeout_ms <= cfg.max_session_timeout_ms:
+        if not cfg.min_session_timeout_ms <= ev.session_timeout_ms <= cfg.max_session_timeout_ms:
             raise InvalidSessionTimeoutError(
-                f"session.timeout.ms={session_timeout_ms} is outside the broker's "
+                f"session.timeout.ms={ev.session_timeout_ms} is outside the broker's "
                 f"{cfg.min_session_timeout_ms}..{cfg.max_session_timeout_ms}"
             )
-        if server_assignor is not None:
-            assignor(server_assignor)  # raises for an unknown name
-            protocols = [(server_assignor, b"")]
+        protocols = ev.protocols
+        if ev.server_assignor is not None:
+            assignor(ev.server_assignor)  # raises for an unknown name
+            protocols = [(ev.server_assignor, b"")]
         if not protocols:
             raise InconsistentGroupProtocolError("JoinGroup needs at least one protocol")
+        group_id, member_id, instance_id = ev.group_id, ev.member_id, ev.instance_id
         # Only a newcomer (no member id) creates a group, as in Kafka: a join with a member
         # id of a group that is gone answers UNKNOWN_MEMBER_ID and leaves nothing behind.
         group = self._group(group_id, create=not member_id)
-        if group.members and group.protocol_type not in (None, protocol_type):
+        if group.members and group.protocol_type not in (None, ev.protocol_type):
             raise InconsistentGroupProtocolError(
                 f"group {group_id!r} runs protocol type {group.protocol_type!r}, not "
-                f"{protocol_type!r}"
+                f"{ev.protocol_type!r}"
             )
-        server_mode = server_assignor is not None
+        server_mode = ev.server_assignor is not None
         if group.members and group.server_mode != server_mode:
             raise InconsistentGroupProtocolError(
                 f"group {group_id!r} is {'coordinator' if group.server_mode else 'leader'}-"
@@ -247,63 +227,50 @@ class GroupCoordinator:
                 f"member {member_id!r} is not in group {group_id!r}; rejoin with an empty member id"
             )
         if instance_id and instance_id in group.static:
-            self._join_static(
-                token,
-                now_ms,
-                group,
-                member_id,
-                instance_id,
-                client_id,
-                session_timeout_ms,
-                rebalance_timeout_ms,
-                protocols,
-                server_assignor,
-                topics or [],
-                owned or [],
-            )
+            self._join_static(out, token, ev, protocols, group, now_ms)
             return
         if not member_id:
             if len(group.members) >= cfg.max_size:
                 raise GroupMaxSizeReachedError(
                     f"group {group_id!r} has reached group.max.size={cfg.max_size} members"
                 )
-            member_id = f"{client_id}-{uuid.uuid4().hex[:12]}"
+            member_id = self._new_member_id(group, ev.client_id)
             member = Member(
                 member_id,
                 instance_id,
-                client_id,
-                session_timeout_ms,
-                rebalance_timeout_ms,
+                ev.client_id,
+                ev.session_timeout_ms,
+                ev.rebalance_timeout_ms,
                 protocols,
-                server_assignor,
-                topics or [],
-                owned or [],
+                ev.server_assignor,
+                list(ev.topics),
+                list(ev.owned),
             )
             group.members[member_id] = member
             if instance_id:
                 group.static[instance_id] = member_id
             if group.leader is None:
                 group.leader = member_id
-            group.protocol_type = protocol_type
+            group.protocol_type = ev.protocol_type
             group.server_mode = server_mode
             member.join_token = token
-            member.deadline_ms = now_ms + session_timeout_ms
+            self._renew(out, member, now_ms)
             log.info("group %s: member %s joined", group_id, member_id)
-            self._prepare_rebalance(group, now_ms, f"member {member_id} joined")
-            self._maybe_complete_join(group, now_ms)
+            self._prepare_rebalance(out, group, now_ms, f"member {member_id} joined")
+            self._maybe_complete_join(out, group, now_ms)
             return
         member = group.members[member_id]
         self._member(group, member_id, instance_id)
-        changed = member.protocols != protocols or member.topics != (topics or [])
+        changed = member.protocols != protocols or member.topics != ev.topics
         member.protocols = protocols
-        member.server_assignor = server_assignor
-        member.topics = topics or []
-        member.owned = owned or []
-        member.session_timeout_ms = session_timeout_ms
-        member.rebalance_timeout_ms = rebalance_timeout_ms
-        member.deadline_ms = now_ms + session_timeout_ms
+        member.server_assignor = ev.server_assignor
+        member.topics = list(ev.topics)
+        member.owned = list(ev.owned)
+        member.session_timeout_ms = ev.session_timeout_ms
+        member.rebalance_timeout_ms = ev.rebalance_timeout_ms
+        self._renew(out, member, now_ms)
         if member.join_token is not None and member.join_token != token:
-            self._error_reply(
+            out.fail(
                 member.join_token,
                 RebalanceInProgressError(
                     "a newer JoinGroup from the same member replaced this one"
@@ -311,7 +278,7 @@ class GroupCoordinator:
             )
         member.join_token = token
         if group.state is GroupState.PREPARING_REBALANCE:
-            self._maybe_complete_join(group, now_ms)
+            self._maybe_complete_join(out, group, now_ms)
         elif (
             group.state in (GroupState.STABLE, GroupState.COMPLETING_REBALANCE)
             and not changed
@@ -319,40 +286,36 @@ class GroupCoordinator:
         ):
             # Nothing changed: tell it the current generation again.
             member.join_token = None
-            self._reply(token, self._join_fields(group, member))
+            out.reply(token, self._join_answer(group, member))
         else:
-            self._prepare_rebalance(group, now_ms, f"member {member_id} rejoined")
-            self._maybe_complete_join(group, now_ms)
+            self._prepare_rebalance(out, group, now_ms, f"member {member_id} rejoined")
+            self._maybe_complete_join(out, group, now_ms)
 
     def _join_static(
         self,
+        out: Result,
         token: Any,
-        now_ms: int,
-        group: Group,
-        member_id: str,
-        instance_id: str,
-        client_id: str,
-        session_timeout_ms: int,
-        rebalance_timeout_ms: int,
+        ev: JoinGroup,
         protocols: list[tuple[str, bytes]],
-        server_assignor: str | None,
-        topics: list[str],
-        owned: list[TopicPartition],
+        group: Group,
+        now_ms: int,
     ) -> None:
         """A static member coming back: same assignment, no rebalance when nothing changed."""
+        instance_id = ev.instance_id
+        assert instance_id is not None
         old_id = group.static[instance_id]
         old = group.members[old_id]
-        if member_id and member_id != old_id:
+        if ev.member_id and ev.member_id != old_id:
             raise FencedInstanceIdError(
                 f"group.instance.id {instance_id!r} belongs to member {old_id}; this one is fenced"
             )
-        if member_id:
-            changed = old.protocols != protocols or old.topics != topics
+        if ev.member_id:
+            changed = old.protocols != protocols or old.topics != ev.topics
         else:
             # A restart: its metadata's owned partitions and generation start afresh (and
             # always differ); only a change of assignors or topics calls for a rebalance.
-            changed = not same_subscription(old.protocols, protocols) or old.topics != topics
-        new_id = old_id if member_id else f"{client_id}-{uuid.uuid4().hex[:12]}"
+            changed = not same_subscription(old.protocols, protocols) or old.topics != ev.topics
+        new_id = old_id if ev.member_id else self._new_member_id(group, ev.client_id)
         if new_id != old_id:
             # The restarted instance replaces the old member id (fencing the old process).
             fenced = FencedInstanceIdError(
@@ -360,8 +323,8 @@ class GroupCoordinator:
             )
             for parked in (old.join_token, old.sync_token):
                 if parked is not None:
-                    self._error_reply(parked, fenced)
-            self._fail_heartbeat(old, fenced)
+                    out.fail(parked, fenced)
+            self._fail_heartbeat(out, old, fenced)
             del group.members[old_id]
             old.member_id = new_id
             old.join_token = old.sync_token = None
@@ -373,502 +336,152 @@ class GroupCoordinator:
                 "group %s: static member %s came back as %s", group.group_id, instance_id, new_id
             )
         member = old
-        member.client_id = client_id
+        member.client_id = ev.client_id
         member.protocols = protocols
-        member.server_assignor = server_assignor
-        member.topics = topics
-        member.owned = owned
-        member.session_timeout_ms = session_timeout_ms
-        member.rebalance_timeout_ms = rebalance_timeout_ms
-        member.deadline_ms = now_ms + session_timeout_ms
+        member.server_assignor = ev.server_assignor
+        member.topics = list(ev.topics)
+        member.owned = list(ev.owned)
+        member.session_timeout_ms = ev.session_timeout_ms
+        member.rebalance_timeout_ms = ev.rebalance_timeout_ms
+        self._renew(out, member, now_ms)
         if group.state is GroupState.STABLE and not changed:
             self._persist(group)
-            fields = self._join_fields(group, member)
-            fields["skip_assignment"] = True
-            self._reply(token, fields)
+            answer = self._join_answer(group, member)
+            answer.skip_assignment = True
+            out.reply(token, answer)
             return
         member.join_token = token
         if group.state is not GroupState.PREPARING_REBALANCE:
-            self._prepare_rebalance(group, now_ms, f"static member {instance_id} rejoined")
-        self._maybe_complete_join(group, now_ms)
-
-    def _join_fields(self, group: Group, member: Member) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "generation": group.generation,
-            "protocol_type": group.protocol_type,
-            "protocol": group.protocol,
-            "leader": group.leader,
-            "member_id": member.member_id,
-            "members": [],
-        }
-        if group.server_mode:
-            fields["assignment"] = member.assignment
-        elif member.member_id == group.leader:
-            fields["members"] = [
-                {
-                    "member_id": m.member_id,
-                    "instance_id": m.instance_id,
-                    "metadata": m.metadata_for(group.protocol or ""),
-                }
-                for m in group.members.values()
-            ]
-        return fields
-
-    def _prepare_rebalance(self, group: Group, now_ms: int, reason: str) -> None:
-        if group.state is GroupState.PREPARING_REBALANCE:
-            if group.initial_delay:
-                # Each newcomer extends the initial delay, up to the rebalance timeout.
-                group.join_deadline_ms = min(
-                    now_ms + self.config.initial_rebalance_delay_ms,
-                    group.sync_deadline_ms,
-                )
-            return
-        if group.state is GroupState.COMPLETING_REBALANCE:
-            for member in group.members.values():
-                if member.sync_token is not None:
-                    self._error_reply(
-                        member.sync_token,
-                        RebalanceInProgressError(
-                            f"group {group.group_id} is rebalancing again ({reason}); rejoin"
-                        ),
-                    )
-                    member.sync_token = None
-        was_empty = group.state is GroupState.EMPTY
-        group.transition(GroupState.PREPARING_REBALANCE)
-        log.info("group %s: preparing rebalance (%s)", group.group_id, reason)
-        # Parked heartbeats are how members hear of it without waiting for their next one.
-        for member in group.members.values():
-            self._fail_heartbeat(
-                member,
-                RebalanceInProgressError(
-                    f"group {group.group_id} is rebalancing ({reason}); rejoin to get a new "
-                    "assignment"
-                ),
-            )
-        timeout = group.rebalance_timeout_ms()
-        if was_empty and self.config.initial_rebalance_delay_ms > 0:
-            group.initial_delay = True
-            group.sync_deadline_ms = now_ms + timeout  # the cap for the delay
-            group.join_deadline_ms = now_ms + min(self.config.initial_rebalance_delay_ms, timeout)
-        else:
-            group.initial_delay = False
-            group.join_deadline_ms = now_ms + timeout
-
-    def _maybe_complete_join(self, group: Group, now_ms: int, *, timed_out: bool = False) -> None:
-        if group.state is not GroupState.PREPARING_REBALANCE:
-            return
-        if group.initial_delay and not timed_out:
-            return
-        if not timed_out and not group.all_joined():
-            return
-        for member in [m for m in group.members.values() if m.join_token is None]:
-            log.info(
-                "group %s: member %s did not rejoin within the rebalance timeout; removed",
-                group.group_id,
-                member.member_id,
-            )
-            self._remove(group, member)
-        if not group.members:
-            group.generation += 1
-            group.protocol = None
-            group.leader = None
-            group.transition(GroupState.EMPTY)
-            self._persist(group)
-            return
-        group.generation += 1
-        group.protocol = group.select_protocol()
-        if group.leader not in group.members:
-            group.leader = next(iter(group.members))
-        group.initial_delay = False
-        if group.server_mode:
-            self._assign_on_server(group)
-            group.transition(GroupState.COMPLETING_REBALANCE)
-            group.transition(GroupState.STABLE)
-            self._persist(group)
-        else:
-            group.transition(GroupState.COMPLETING_REBALANCE)
-            group.sync_deadline_ms = now_ms + group.rebalance_timeout_ms()
-            self._persist(group)  # a restart must not hand this generation out again
-        log.info(
-            "group %s: generation %d with %d member(s), leader %s, protocol %s",
-            group.group_id,
-            group.generation,
-            len(group.members),
-            group.leader,
-            group.protocol,
-        )
-        for member in group.members.values():
-            token, member.join_token = member.join_token, None
-            member.deadline_ms = now_ms + member.session_timeout_ms
-            self._reply(token, self._join_fields(group, member))
-
-    def _assign_on_server(self, group: Group) -> None:
-        topics = sorted({t for m in group.members.values() for t in m.topics})
-        counts = {t: n for t in topics if (n := self.partition_count(t))}
-        subs = [
-            MemberSubscription(
-                m.member_id, m.topics, list(m.assigned), group.generation - 1, m.instance_id
-            )
-            for m in group.members.values()
-        ]
-        result = assignor(group.protocol or "range")(counts, subs)
-        for member in group.members.values():
-            member.assigned = result.get(member.member_id, [])
-            member.assignment = encode_assignment(member.assigned)
-
-    def _remove(self, group: Group, member: Member) -> None:
-        group.members.pop(member.member_id, None)
-        if member.instance_id and group.static.get(member.instance_id) == member.member_id:
-            del group.static[member.instance_id]
-        if group.leader == member.member_id:
-            group.leader = next(iter(group.members), None)
-        gone = UnknownMemberIdError(
-            f"member {member.member_id} was removed from group {group.group_id}"
-        )
-        for token in (member.join_token, member.sync_token):
-            if token is not None:
-                self._error_reply(token, gone)
-        member.join_token = member.sync_token = None
-        self._fail_heartbeat(member, gone)
+            self._prepare_rebalance(out, group, now_ms, f"static member {instance_id} rejoined")
+        self._maybe_complete_join(out, group, now_ms)
 
     # -- SyncGroup -------------------------------------------------------------------------
 
-    def sync(
-        self,
-        token: Any,
-        now_ms: int,
-        *,
-        group_id: str,
-        generation: int,
-        member_id: str,
-        instance_id: str | None,
-        assignments: dict[str, bytes] | None,
-    ) -> None:
-        group = self._group(group_id)
-        member = self._member(group, member_id, instance_id)
-        if generation != group.generation:
+    def sync(self, token: Any, event: SyncGroup, now_ms: int) -> Result:
+        out = Result()
+        try:
+            self._sync(out, token, event, now_ms)
+        except KvlogError as exc:
+            out.fail(token, exc)
+        return out
+
+    def _sync(self, out: Result, token: Any, ev: SyncGroup, now_ms: int) -> None:
+        group = self._group(ev.group_id)
+        member = self._member(group, ev.member_id, ev.instance_id)
+        if ev.generation != group.generation:
             raise IllegalGenerationError(
-                f"generation {generation} is not group {group_id}'s current {group.generation}; "
-                "rejoin"
+                f"generation {ev.generation} is not group {ev.group_id}'s current "
+                f"{group.generation}; rejoin"
             )
-        member.deadline_ms = now_ms + member.session_timeout_ms
+        self._renew(out, member, now_ms)
         if group.state is GroupState.PREPARING_REBALANCE:
-            raise RebalanceInProgressError(f"group {group_id} is rebalancing; rejoin")
+            raise RebalanceInProgressError(f"group {ev.group_id} is rebalancing; rejoin")
         if group.state is GroupState.STABLE:
-            self._reply(token, {"assignment": member.assignment})
+            out.reply(token, SyncGroupAnswer(member.assignment))
             return
         member.sync_token = token
-        if member_id == group.leader and assignments is not None:
+        if ev.member_id == group.leader and ev.assignments is not None:
             for m in group.members.values():
-                m.assignment = bytes(assignments.get(m.member_id, b""))
-                try:
-                    m.assigned = sorted(decode_assignment(m.assignment))
-                except Exception:
-                    m.assigned = []
+                m.assignment = bytes(ev.assignments.get(m.member_id, b""))
+                m.assigned = assigned_partitions(group, m)
             group.transition(GroupState.STABLE)
             self._persist(group)
             for m in group.members.values():
                 if m.sync_token is not None:
-                    token_, m.sync_token = m.sync_token, None
-                    self._reply(token_, {"assignment": m.assignment})
+                    parked, m.sync_token = m.sync_token, None
+                    out.reply(parked, SyncGroupAnswer(m.assignment))
 
     # -- Heartbeat / LeaveGroup ------------------------------------------------------------
 
-    def heartbeat(
-        self,
-        now_ms: int,
-        *,
-        group_id: str,
-        generation: int,
-        member_id: str,
-        instance_id: str | None,
-        token: Any = None,
-        max_wait_ms: int | None = None,
-    ) -> dict[str, Any] | None:
-        """Errors are raised at once. Without a ``token`` or a positive ``max_wait_ms`` (a
-        client older than long polls), or with ``max_parked_heartbeats`` parked already, the
-        answer is ``{}`` at once. Else the heartbeat is parked (returns None) and its answer
-        lands in the outbox: REBALANCE_IN_PROGRESS when the group starts a rebalance,
-        UNKNOWN_MEMBER_ID / FENCED_INSTANCE_ID when the member goes, ``{}`` when the wait
-        (capped at half the session) ends or a newer heartbeat of the member arrives."""
-        group = self._group(group_id)
-        member = self._member(group, member_id, instance_id)
-        member.deadline_ms = now_ms + member.session_timeout_ms
+    def heartbeat(self, token: Any, event: Heartbeat, now_ms: int) -> Result:
+        """Errors are answered at once. Without a positive ``max_wait_ms`` (a client older
+        than long polls), or with ``max_parked_heartbeats`` parked already, success is too.
+        Else the heartbeat is parked and answered later: REBALANCE_IN_PROGRESS when the
+        group starts a rebalance, UNKNOWN_MEMBER_ID / FENCED_INSTANCE_ID when the member
+        goes, success when the wait (capped at half the session) ends or a newer heartbeat
+        of the member arrives."""
+        out = Result()
+        try:
+            self._heartbeat(out, token, event, now_ms)
+        except KvlogError as exc:
+            out.fail(token, exc)
+        return out
+
+    def _heartbeat(self, out: Result, token: Any, ev: Heartbeat, now_ms: int) -> None:
+        group = self._group(ev.group_id)
+        member = self._member(group, ev.member_id, ev.instance_id)
+        self._renew(out, member, now_ms)
         if group.state is GroupState.PREPARING_REBALANCE:
             raise RebalanceInProgressError(
-                f"group {group_id} is rebalancing; rejoin to get a new assignment"
+                f"group {ev.group_id} is rebalancing; rejoin to get a new assignment"
             )
-        if generation != group.generation:
+        if ev.generation != group.generation:
             raise IllegalGenerationError(
-                f"generation {generation} is stale (current {group.generation}); rejoin"
+                f"generation {ev.generation} is stale (current {group.generation}); rejoin"
             )
         # One parked heartbeat per member: a newer one supersedes it (the client gave up
         # on the old one, or two threads share a member id).
-        self._release_heartbeat(member)
-        wait_ms = min(max_wait_ms or 0, member.session_timeout_ms // 2)
-        if (
-            token is None
-            or wait_ms <= 0
-            or self.parked_heartbeats >= self.config.max_parked_heartbeats
-        ):
-            return {}
+        self._release_heartbeat(out, member)
+        wait_ms = min(ev.max_wait_ms or 0, member.session_timeout_ms // 2)
+        if wait_ms <= 0 or self.parked_heartbeats >= self.config.max_parked_heartbeats:
+            out.reply(token, HeartbeatAnswer())
+            return
         member.heartbeat_token = token
         member.heartbeat_deadline_ms = now_ms + wait_ms
         self.parked_heartbeats += 1
-        return None
+        out.wake_at(member.heartbeat_due_ms())
 
-    def leave(
-        self, now_ms: int, *, group_id: str, members: list[tuple[str, str | None]]
-    ) -> dict[str, Any]:
-        group = self._group(group_id)
+    def leave(self, token: Any, event: LeaveGroup, now_ms: int) -> Result:
+        out = Result()
+        try:
+            group = self._group(event.group_id)
+        except KvlogError as exc:
+            return out.fail(token, exc)
         results = []
-        for member_id, instance_id in members:
+        for member_id, instance_id in event.members:
             try:
                 if instance_id and not member_id:
                     member_id = group.static.get(instance_id, "")
                 member = self._member(group, member_id, instance_id)
             except KvlogError as exc:
-                results.append({"member_id": member_id, **exc.to_wire()})
+                results.append(MemberLeft(member_id, exc))
                 continue
-            log.info("group %s: member %s left", group_id, member_id)
-            self._remove(group, member)
-            results.append({"member_id": member_id, "error": 0})
-            self._on_member_gone(group, now_ms, f"member {member_id} left")
-        return {"members": results}
+            log.info("group %s: member %s left", event.group_id, member_id)
+            self._remove(out, group, member)
+            results.append(MemberLeft(member_id))
+            self._on_member_gone(out, group, now_ms, f"member {member_id} left")
+        return out.reply(token, LeaveGroupAnswer(results))
 
-    def _on_member_gone(self, group: Group, now_ms: int, reason: str) -> None:
-        if group.state is GroupState.PREPARING_REBALANCE:
-            self._maybe_complete_join(group, now_ms)
-        elif group.state in (GroupState.STABLE, GroupState.COMPLETING_REBALANCE):
-            if not group.members:
-                group.transition(GroupState.PREPARING_REBALANCE)
-                group.generation += 1
-                group.leader = None
-                group.protocol = None
-                group.transition(GroupState.EMPTY)
-                self._persist(group)
-            else:
-                self._prepare_rebalance(group, now_ms, reason)
-                self._maybe_complete_join(group, now_ms)
+    # -- OffsetCommit's fencing (for the offsets core) -------------------------------------
 
-    # -- timers ----------------------------------------------------------------------------
-
-    def tick(self, now_ms: int) -> None:
-        for group in list(self.groups.values()):
-            if group.state is GroupState.DEAD:
-                continue
-            for member in group.members.values():
-                if member.heartbeat_token is not None and member.heartbeat_due_ms() <= now_ms:
-                    self._release_heartbeat(member)
-            for member in list(group.members.values()):
-                if member.join_token is not None and group.state is GroupState.PREPARING_REBALANCE:
-                    continue  # a parked join counts as alive until the rebalance timeout
-                if member.deadline_ms <= now_ms:
-                    log.info(
-                        "group %s: member %s missed its session (%d ms); removed",
-                        group.group_id,
-                        member.member_id,
-                        member.session_timeout_ms,
-                    )
-                    self._remove(group, member)
-                    self._on_member_gone(group, now_ms, f"member {member.member_id} expired")
-            if group.state is GroupState.PREPARING_REBALANCE and group.join_deadline_ms <= now_ms:
-                self._maybe_complete_join(group, now_ms, timed_out=True)
-            elif (
-                group.state is GroupState.COMPLETING_REBALANCE and group.sync_deadline_ms <= now_ms
-            ):
-                missing = [m for m in group.members.values() if m.sync_token is None]
-                for member in missing:
-                    self._remove(group, member)
-                self._prepare_rebalance(group, now_ms, "the leader did not sync in time")
-                self._maybe_complete_join(group, now_ms)
-
-    def next_deadline_ms(self) -> int | None:
-        deadlines: list[int] = []
-        for group in self.groups.values():
-            if group.state is GroupState.PREPARING_REBALANCE:
-                deadlines.append(group.join_deadline_ms)
-            if group.state is GroupState.COMPLETING_REBALANCE:
-                deadlines.append(group.sync_deadline_ms)
-            deadlines.extend(m.deadline_ms for m in group.members.values() if m.join_token is None)
-            deadlines.extend(
-                m.heartbeat_due_ms()
-                for m in group.members.values()
-                if m.heartbeat_token is not None
-            )
-        return min(deadlines, default=None)
-
-    def on_topics_changed(self, now_ms: int) -> None:
-        """Coordinator-assigned groups rebalance when a subscribed topic's partitions change."""
-        for group in self.groups.values():
-            if not group.server_mode or group.state is not GroupState.STABLE:
-                continue
-            topics = {t for m in group.members.values() for t in m.topics}
-            have = {tp for m in group.members.values() for tp in m.assigned}
-            want = {
-                TopicPartition(t, p) for t in topics for p in range(self.partition_count(t) or 0)
-            }
-            if have != want:
-                self._prepare_rebalance(group, now_ms, "subscribed topics changed")
-
-    # -- offsets ---------------------------------------------------------------------------
-
-    def commit(
-        self,
-        now_ms: int,
-        *,
-        group_id: str,
-        generation: int,
-        member_id: str,
-        instance_id: str | None,
-        offsets: list[tuple[TopicPartition, int, str]],
-    ) -> dict[str, Any]:
-        if not isinstance(group_id, str) or not group_id:
+    def admit_commit(self, out: Result, ev: OffsetCommit, now_ms: int) -> None:
+        """Raise unless ``ev`` may commit now: a standalone commit (no member id, negative
+        generation) only while the group has no members; a member's only from the current
+        generation of a group that is not completing a rebalance (Kafka's order: a stale
+        generation is ILLEGAL_GENERATION even while the next one syncs). A member's commit
+        renews its session."""
+        if not isinstance(ev.group_id, str) or not ev.group_id:
             raise InvalidGroupIdError("group.id must be a non-empty string")
-        group = self.groups.get(group_id)
-        standalone = generation < 0 and not member_id
-        if standalone:
+        group = self.groups.get(ev.group_id)
+        if ev.generation < 0 and not ev.member_id:
             if group is not None and group.members:
                 raise UnknownMemberIdError(
-                    f"group {group_id!r} has active members; a commit without a member id "
+                    f"group {ev.group_id!r} has active members; a commit without a member id "
                     "and generation is only allowed while the group is empty"
                 )
-        else:
-            if group is None or group.state is GroupState.DEAD:
-                raise UnknownMemberIdError(f"group {group_id!r} has no members; rejoin")
-            member = self._member(group, member_id, instance_id)
-            # Kafka's order: a stale generation is ILLEGAL_GENERATION (the partitions may
-            # have moved: CommitFailedError), even while the next generation syncs.
-            if generation != group.generation:
-                raise IllegalGenerationError(
-                    f"commit from generation {generation}, but group {group_id} is at "
-                    f"generation {group.generation}: a rebalance happened since this member "
-                    "joined"
-                )
-            if group.state is GroupState.COMPLETING_REBALANCE:
-                raise RebalanceInProgressError(
-                    f"group {group_id} is completing a rebalance; commit after it finishes"
-                )
-            member.deadline_ms = now_ms + member.session_timeout_ms
-        results = []
-        good: list[tuple[TopicPartition, int, str]] = []
-        for tp, offset, metadata in offsets:
-            if len(metadata.encode()) > MAX_METADATA_BYTES:
-                results.append(
-                    {
-                        "topic": tp.topic,
-                        "partition": tp.partition,
-                        "error": 12,
-                        "message": "offset metadata longer than 4096 bytes",
-                    }
-                )
-                continue
-            good.append((tp, offset, metadata))
-            results.append({"topic": tp.topic, "partition": tp.partition, "error": 0})
-
-        def write(w: WriteTxn) -> None:
-            for tp, offset, metadata in good:
-                commit_offset(w, group_id, tp, CommittedOffset(offset, metadata, now_ms))
-
-        if good:
-            self.store.write(write)
-        return {"partitions": results}
-
-    def fetch_offsets(
-        self, group_id: str, partitions: list[TopicPartition] | None
-    ) -> dict[str, Any]:
-        with self.store.reader() as r:
-            found = group_offsets(r, group_id)
-        if partitions is None:
-            partitions = sorted(found)
-        out = []
-        for tp in partitions:
-            entry = found.get(tp)
-            out.append(
-                {
-                    "topic": tp.topic,
-                    "partition": tp.partition,
-                    "offset": -1 if entry is None else entry.offset,
-                    "metadata": "" if entry is None else entry.metadata,
-                    "commit_timestamp": -1 if entry is None else entry.commit_timestamp,
-                    "error": 0,
-                }
+            return
+        group = self.live_group(ev.group_id)
+        if group is None:
+            raise UnknownMemberIdError(f"group {ev.group_id!r} has no members; rejoin")
+        member = self._member(group, ev.member_id, ev.instance_id)
+        if ev.generation != group.generation:
+            raise IllegalGenerationError(
+                f"commit from generation {ev.generation}, but group {ev.group_id} is at "
+                f"generation {group.generation}: a rebalance happened since this member "
+                "joined"
             )
-        return {"partitions": out}
-
-    # -- admin -----------------------------------------------------------------------------
-
-    def list_groups(self) -> list[dict[str, Any]]:
-        with self.store.reader() as r:
-            with_offsets = {
-                key[2 : 2 + int.from_bytes(key[:2], "big")].decode()
-                for key, _ in r.items("offsets")
-            }
-        names = {g for g, grp in self.groups.items() if grp.state is not GroupState.DEAD}
-        return [
-            {
-                "group_id": name,
-                "state": self.groups[name].state.value if name in self.groups else "Empty",
-                "protocol_type": (
-                    self.groups[name].protocol_type if name in self.groups else "consumer"
-                )
-                or "consumer",
-            }
-            for name in sorted(names | with_offsets)
-        ]
-
-    def describe_group(self, group_id: str) -> dict[str, Any]:
-        group = self.groups.get(group_id)
-        if group is None or group.state is GroupState.DEAD:
-            with self.store.reader() as r:
-                if not group_offsets(r, group_id):
-                    raise GroupIdNotFoundError(f"group {group_id!r} does not exist")
-            return {
-                "group_id": group_id,
-                "state": "Empty",
-                "generation": 0,
-                "protocol": None,
-                "protocol_type": "consumer",
-                "leader": None,
-                "members": [],
-            }
-        return {
-            "group_id": group_id,
-            "state": group.state.value,
-            "generation": group.generation,
-            "protocol": group.protocol,
-            "protocol_type": group.protocol_type,
-            "leader": group.leader,
-            "members": [
-                {
-                    "member_id": m.member_id,
-                    "instance_id": m.instance_id,
-                    "client_id": m.client_id,
-                    "assignment": [
-                        [tp.topic, tp.partition]
-                        for tp in (m.assigned or sorted(decode_assignment(m.assignment)))
-                    ],
-                }
-                for m in group.members.values()
-            ],
-        }
-
-    def delete_group(self, group_id: str) -> None:
-        group = self.groups.get(group_id)
-        if group is not None and group.members:
-            raise NonEmptyGroupError(
-                f"group {group_id!r} still has {len(group.members)} member(s); stop them first"
+        if group.state is GroupState.COMPLETING_REBALANCE:
+            raise RebalanceInProgressError(
+                f"group {ev.group_id} is completing a rebalance; commit after it finishes"
             )
-        with self.store.reader() as r:
-            has_offsets = bool(group_offsets(r, group_id))
-        if (group is None or group.state is GroupState.DEAD) and not has_offsets:
-            raise GroupIdNotFoundError(f"group {group_id!r} does not exist")
-
-        def write(w: WriteTxn) -> None:
-            delete_group_offsets(w, group_id)
-            w.delete(GROUPS_TABLE, group_id.encode())
-
-        self.store.write(write)
-        if group is not None:
-            group.transition(GroupState.DEAD)
-            del self.groups[group_id]
+        self._renew(out, member, now_ms)

@@ -1,21 +1,33 @@
-"""The coordinator's group ops: wire fields in, GroupCoordinator calls, replies out.
+"""The coordinator's group ops on kvlog's ZeroMQ wire: request fields in, group events out.
 
-Mixed into the coordinator server; ``self.groups`` is its
-:class:`workers.group_core.GroupCoordinator`. JoinGroup, SyncGroup and long-poll
-Heartbeats are parked by the core; their replies come out of ``groups.outbox`` and are
-sent by ``flush_group_outbox`` after every loop turn.
+Shell side, mixed into :class:`workers.coordinator_shell.CoordinatorServer`. Each
+``op_<name>`` decodes PROTOCOL.md's fields (3.13-3.21) into one event of
+:mod:`workers.group_events`, once, refusing malformed fields with INVALID_REQUEST, and
+hands it to the core (:meth:`workers.zmq_core_shell.CoreShell.call`), which decides the
+answer: at once, or later for a parked JoinGroup, SyncGroup or long-poll Heartbeat.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kvlog import clock
-from kvlog.errors import InvalidRequestError, KvlogError
+from kvlog.errors import InvalidRequestError
 from kvlog.ipc.wire import INT32_MAX, Request, check_int, check_list, check_map, check_str
 from kvlog.types import TopicPartition, check_partition
 
-from .group_core import GroupCoordinator
+from .group_events import (
+    CommitEntry,
+    DeleteGroups,
+    DescribeGroups,
+    Heartbeat,
+    JoinGroup,
+    LeaveGroup,
+    ListGroups,
+    OffsetCommit,
+    OffsetFetch,
+    SyncGroup,
+)
+from .zmq_replies import Fields
 
 
 def _tps(value: Any, name: str) -> list[TopicPartition]:
@@ -32,18 +44,18 @@ def _tps(value: Any, name: str) -> list[TopicPartition]:
     return out
 
 
+def _group_ids(req: Request) -> list[str]:
+    return [
+        check_str(gid, "group_ids[]", max_len=1024) for gid in req.list("group_ids", max_len=10_000)
+    ]
+
+
 class GroupOps:
-    """Mixin for the coordinator server, which provides ``reply``."""
+    """Mixin for the coordinator server, which provides ``call`` (a CoreShell)."""
 
-    groups: GroupCoordinator
-    reply: Any
+    call: Any
 
-    def flush_group_outbox(self) -> None:
-        outbox, self.groups.outbox = self.groups.outbox, []
-        for (peer, request_id), fields in outbox:
-            self.reply(peer, request_id, fields)
-
-    def op_join_group(self, req: Request, peer: bytes) -> None:
+    def op_join_group(self, req: Request, peer: bytes) -> Fields | None:
         protocols = []
         for i, entry in enumerate(req.list("protocols", max_len=64, default=[])):
             entry = check_list(entry, f"protocols[{i}]", max_len=2)
@@ -56,9 +68,7 @@ class GroupOps:
             for t in req.list("topics", default=[], max_len=100_000)
         ]
         owned = _tps(req.get("owned", []), "owned")
-        self.groups.join(
-            (peer, req.id),
-            clock.now_ms(),
+        event = JoinGroup(
             group_id=req.str("group_id", max_len=1024),
             member_id=req.str("member_id", "", max_len=1024),
             instance_id=req.opt_str("group_instance_id", max_len=1024),
@@ -71,9 +81,9 @@ class GroupOps:
             topics=topics,
             owned=owned,
         )
-        return None
+        return self.call(peer, req.id, event)
 
-    def op_sync_group(self, req: Request, peer: bytes) -> None:
+    def op_sync_group(self, req: Request, peer: bytes) -> Fields | None:
         raw = req.get("assignments")
         assignments = None
         if raw is not None:
@@ -84,34 +94,31 @@ class GroupOps:
                 if not isinstance(data, bytes):
                     raise InvalidRequestError(f"assignments[{i}].assignment must be bytes")
                 assignments[check_str(entry.get("member_id"), f"assignments[{i}].member_id")] = data
-        self.groups.sync(
-            (peer, req.id),
-            clock.now_ms(),
+        event = SyncGroup(
             group_id=req.str("group_id", max_len=1024),
             generation=req.int("generation", low=-1, high=INT32_MAX),
             member_id=req.str("member_id", max_len=1024),
             instance_id=req.opt_str("group_instance_id", max_len=1024),
             assignments=assignments,
         )
-        return None
+        return self.call(peer, req.id, event)
 
-    def op_heartbeat(self, req: Request, peer: bytes) -> dict[str, Any] | None:
+    def op_heartbeat(self, req: Request, peer: bytes) -> Fields | None:
         # A long poll when the client sends max_wait_ms (null = absent = answer at once,
         # as for clients written before it existed).
         max_wait_ms = req.get("max_wait_ms")
         if max_wait_ms is not None:
             max_wait_ms = req.int("max_wait_ms", low=0, high=INT32_MAX)
-        return self.groups.heartbeat(
-            clock.now_ms(),
+        event = Heartbeat(
             group_id=req.str("group_id", max_len=1024),
             generation=req.int("generation", low=-1, high=INT32_MAX),
             member_id=req.str("member_id", max_len=1024),
             instance_id=req.opt_str("group_instance_id", max_len=1024),
-            token=(peer, req.id),
             max_wait_ms=max_wait_ms,
         )
+        return self.call(peer, req.id, event)
 
-    def op_leave_group(self, req: Request, peer: bytes) -> dict[str, Any]:
+    def op_leave_group(self, req: Request, peer: bytes) -> Fields | None:
         members = []
         for i, entry in enumerate(req.list("members", max_len=10_000)):
             entry = check_map(entry, f"members[{i}]")
@@ -123,11 +130,10 @@ class GroupOps:
                     None if instance_id is None else check_str(instance_id, "group_instance_id"),
                 )
             )
-        return self.groups.leave(
-            clock.now_ms(), group_id=req.str("group_id", max_len=1024), members=members
-        )
+        event = LeaveGroup(req.str("group_id", max_len=1024), members)
+        return self.call(peer, req.id, event)
 
-    def op_offset_commit(self, req: Request, peer: bytes) -> dict[str, Any]:
+    def op_offset_commit(self, req: Request, peer: bytes) -> Fields | None:
         offsets = []
         for i, entry in enumerate(req.list("offsets", max_len=100_000)):
             entry = check_map(entry, f"offsets[{i}]")
@@ -136,46 +142,32 @@ class GroupOps:
                 check_partition(entry.get("partition")),
             )
             offsets.append(
-                (
+                CommitEntry(
                     tp,
                     check_int(entry.get("offset"), f"offsets[{i}].offset", low=0),
                     check_str(entry.get("metadata", ""), f"offsets[{i}].metadata"),
                 )
             )
-        return self.groups.commit(
-            clock.now_ms(),
+        event = OffsetCommit(
             group_id=req.str("group_id", max_len=1024),
+            offsets=offsets,
             generation=req.int("generation", -1, low=-1, high=INT32_MAX),
             member_id=req.str("member_id", "", max_len=1024),
             instance_id=req.opt_str("group_instance_id", max_len=1024),
-            offsets=offsets,
         )
+        return self.call(peer, req.id, event)
 
-    def op_offset_fetch(self, req: Request, peer: bytes) -> dict[str, Any]:
+    def op_offset_fetch(self, req: Request, peer: bytes) -> Fields | None:
         raw = req.get("partitions")
         partitions = None if raw is None else _tps(raw, "partitions")
-        return self.groups.fetch_offsets(req.str("group_id", max_len=1024), partitions)
+        event = OffsetFetch(req.str("group_id", max_len=1024), partitions)
+        return self.call(peer, req.id, event)
 
-    def op_list_groups(self, req: Request, peer: bytes) -> dict[str, Any]:
-        return {"groups": self.groups.list_groups()}
+    def op_list_groups(self, req: Request, peer: bytes) -> Fields | None:
+        return self.call(peer, req.id, ListGroups())
 
-    def op_describe_groups(self, req: Request, peer: bytes) -> dict[str, Any]:
-        out = []
-        for gid in req.list("group_ids", max_len=10_000):
-            gid = check_str(gid, "group_ids[]", max_len=1024)
-            try:
-                out.append({"error": 0, **self.groups.describe_group(gid)})
-            except KvlogError as exc:
-                out.append({"group_id": gid, **exc.to_wire()})
-        return {"groups": out}
+    def op_describe_groups(self, req: Request, peer: bytes) -> Fields | None:
+        return self.call(peer, req.id, DescribeGroups(_group_ids(req)))
 
-    def op_delete_groups(self, req: Request, peer: bytes) -> dict[str, Any]:
-        out = []
-        for gid in req.list("group_ids", max_len=10_000):
-            gid = check_str(gid, "group_ids[]", max_len=1024)
-            try:
-                self.groups.delete_group(gid)
-                out.append({"group_id": gid, "error": 0})
-            except KvlogError as exc:
-                out.append({"group_id": gid, **exc.to_wire()})
-        return {"results": out}
+    def op_delete_groups(self, req: Request, peer: bytes) -> Fields | None:
+        return self.call(peer, req.id, DeleteGroups(_group_ids(req)))

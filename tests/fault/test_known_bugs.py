@@ -29,7 +29,9 @@ from kvlog.errors import ErrorCode, KvlogError, OutOfOrderSequenceNumberError, R
 from kvlog.ipc.sequencing import Sequencer, Verdict
 from kvlog.lmdb_store import LogDir
 from kvlog.types import TopicPartition
-from kvlog.workers.controller_core import ControllerCore
+from kvlog.workers.controller_core import ControllerConfig, ControllerCore
+from kvlog.workers.controller_events import CreateTopic, NodeHeartbeat
+from kvlog.workers.core_ids import seeded_ids
 from kvlog.workers.leader_core import HostedPartition, LeaderCore
 from kvlog.workers.replication_core import LeaderReplica
 
@@ -61,16 +63,22 @@ def test_coordinator_restart_keeps_leaders_and_isr(tmp_path: Path) -> None:
     store = LogDir(tmp_path / "meta")
     try:
         now = time.time_ns() // 1_000_000
-        core = ControllerCore(store, [0, 1, 2])
+        config = ControllerConfig([0, 1, 2])
+        core = ControllerCore(store, config, seeded_ids(b"first", 32))
+        core.start(now)
         for n in (0, 1, 2):
-            core.node_heartbeat(n, f"tcp://127.0.0.1:{5000 + n}", f"/d{n}", -1, 100 + n, now)
-        core.create_topic("t", 6, 3, {"min.insync.replicas": 2}, now)
-        before = [(s.leader, s.leader_epoch, s.isr) for s in core.topics()[0].states]
+            heartbeat = NodeHeartbeat(n, f"tcp://127.0.0.1:{5000 + n}", f"/d{n}", -1, 100 + n)
+            core.handle(("node", n), heartbeat, now)
+        core.handle("admin", CreateTopic("t", 6, 3, {"min.insync.replicas": 2}), now)
+        before = [(s.leader, s.leader_epoch, s.isr) for s in core.state.topics()[0].states]
         assert {leader for leader, _, _ in before} == {0, 1, 2}
 
-        restarted = ControllerCore(store, [0, 1, 2])  # the coordinator process came back
-        restarted.node_heartbeat(0, "tcp://127.0.0.1:5000", "/d0", -1, 100, now + 10)
-        after = [(s.leader, s.leader_epoch, s.isr) for s in restarted.topics()[0].states]
+        # the coordinator process came back
+        restarted = ControllerCore(store, config, seeded_ids(b"second", 32))
+        restarted.start(now + 10)
+        heartbeat = NodeHeartbeat(0, "tcp://127.0.0.1:5000", "/d0", -1, 100)
+        restarted.handle(("node", 0), heartbeat, now + 10)
+        after = [(s.leader, s.leader_epoch, s.isr) for s in restarted.state.topics()[0].states]
         assert after == before
     finally:
         store.close()

@@ -51,7 +51,17 @@ from kvlog.ipc.consumer_protocol import (
     encode_subscription,
 )
 from kvlog.types import TopicPartition as TP
-from kvlog.workers.group_core import GroupState
+from kvlog.workers.core_result import Reply, Result
+from kvlog.workers.group_events import (
+    CommitEntry,
+    Heartbeat,
+    JoinGroup,
+    LeaveGroup,
+    OffsetCommit,
+    SyncGroup,
+)
+from kvlog.workers.group_model import GroupState
+from kvlog.workers.zmq_replies import encode
 
 CLASSIC, SERVER = "classic", "server"
 GROUPS = (CLASSIC, SERVER)
@@ -150,6 +160,19 @@ class GroupMachine(RuleBasedStateMachine):
             for c in self.clients.values()
             if c.phase in LIVE and (group is None or c.group == group)
         ]
+
+    def call(self, token: int, result: Result) -> Reply | None:
+        """Carry out a request's Result (its replies wait in the harness for
+        :meth:`deliver`); returns the request's own reply if it was answered at once."""
+        self.h.run(result)
+        return next((r for r in result.replies if r.token == token), None)
+
+    def commit_error(self, event: OffsetCommit) -> KvlogError | None:
+        token = next(self.h.tokens)
+        own = self.call(token, self.h.offsets.commit(token, event, self.h.now))
+        self.deliver()
+        assert own is not None, "a commit is answered at once"
+        return own.error
 
     def deliver(self) -> None:
         for token, fields in self.h.drain():
@@ -283,24 +306,20 @@ class GroupMachine(RuleBasedStateMachine):
         c.phase = "joining"
         meta = encode_subscription(c.topics, c.assignment, c.generation)
         server = c.group == SERVER
-        try:
-            self.coord.join(
-                token,
-                self.h.now,
-                group_id=c.group,
-                member_id=c.member_id,
-                instance_id=c.instance_id,
-                client_id=c.key,
-                session_timeout_ms=c.session_ms,
-                rebalance_timeout_ms=c.rebalance_ms,
-                protocol_type="consumer",
-                protocols=[(name, meta) for name in c.protocols],
-                server_assignor=SERVER_ASSIGNOR if server else None,
-                topics=list(c.topics) if server else None,
-                owned=sorted(c.assignment) if server else None,
-            )
-        except KvlogError as exc:
-            self.h.coord.outbox.append((token, exc.to_wire()))
+        request = JoinGroup(
+            group_id=c.group,
+            member_id=c.member_id,
+            instance_id=c.instance_id,
+            client_id=c.key,
+            session_timeout_ms=c.session_ms,
+            rebalance_timeout_ms=c.rebalance_ms,
+            protocol_type="consumer",
+            protocols=[(name, meta) for name in c.protocols],
+            server_assignor=SERVER_ASSIGNOR if server else None,
+            topics=list(c.topics) if server else [],
+            owned=sorted(c.assignment) if server else [],
+        )
+        self.call(token, self.coord.join(token, request, self.h.now))
         self.deliver()
 
     def send_sync(self, c: Client) -> None:
@@ -319,21 +338,10 @@ class GroupMachine(RuleBasedStateMachine):
         token = next(self.h.tokens)
         self.pending[token] = (c.key, "sync", c.generation)
         c.phase = "syncing"
-        try:
-            self.coord.sync(
-                token,
-                self.h.now,
-                group_id=c.group,
-                generation=c.generation,
-                member_id=c.member_id,
-                instance_id=c.instance_id,
-                assignments=assignments,
-            )
-        except KvlogError as exc:
-            self.h.coord.outbox.append((token, exc.to_wire()))
-        else:
-            if plan is not None:
-                self.plans[(c.group, c.epoch, c.generation)] = plan
+        request = SyncGroup(c.group, c.generation, c.member_id, c.instance_id, assignments)
+        own = self.call(token, self.coord.sync(token, request, self.h.now))
+        if (own is None or own.error is None) and plan is not None:
+            self.plans[(c.group, c.epoch, c.generation)] = plan
         self.deliver()
 
     def send_heartbeat(
@@ -349,18 +357,13 @@ class GroupMachine(RuleBasedStateMachine):
             and group.generation == c.generation
         )
         mine = [t for t, p in self.parked.items() if p.key == c.key]
-        token = next(self.h.tokens) if long else None
-        try:
-            reply = self.coord.heartbeat(
-                self.h.now,
-                group_id=c.group,
-                generation=c.generation,
-                member_id=c.member_id,
-                instance_id=c.instance_id,
-                token=token,
-                max_wait_ms=max_wait_ms,
-            )
-        except KvlogError as exc:
+        token = next(self.h.tokens)
+        request = Heartbeat(
+            c.group, c.generation, c.member_id, c.instance_id, max_wait_ms if long else None
+        )
+        own = self.call(token, self.coord.heartbeat(token, request, self.h.now))
+        if own is not None and own.error is not None:
+            exc = own.error
             assert not expect_ok, f"heartbeat of a current member refused: {exc.message}"
             self.deliver()
             if c.phase in ("joined", "syncing") and exc.code is ErrorCode.REBALANCE_IN_PROGRESS:
@@ -373,15 +376,15 @@ class GroupMachine(RuleBasedStateMachine):
             return
         for old in mine:
             self.parked[old].superseded = True  # the coordinator answers it now
-        if reply is None:
-            assert token is not None and max_wait_ms, "parked without a token or a wait"
+        if own is None:
+            assert long and max_wait_ms, "parked without a token or a wait"
             wait = min(max_wait_ms, c.session_ms // 2)
             self.parked[token] = Parked(
                 c.key, c.group, c.member_id, c.generation, self.h.now + wait
             )
             event("heartbeat parked")
         else:
-            assert reply == {}
+            assert encode(own.body) == {}
         self.deliver()
 
     # -- rules ----------------------------------------------------------------------------------
@@ -498,10 +501,9 @@ class GroupMachine(RuleBasedStateMachine):
         if not candidates:
             return
         c = data.draw(st.sampled_from(candidates))
-        try:
-            self.coord.leave(self.h.now, group_id=c.group, members=[(c.member_id, c.instance_id)])
-        except KvlogError:
-            pass
+        token = next(self.h.tokens)
+        request = LeaveGroup(c.group, [(c.member_id, c.instance_id)])
+        self.call(token, self.coord.leave(token, request, self.h.now))
         c.phase = "left"
         self.deliver()
 
@@ -515,7 +517,7 @@ class GroupMachine(RuleBasedStateMachine):
     @rule(ms=st.sampled_from([10, 50, 50, 150, 150, 400, 1100, 3100]))
     def clock(self, ms: int) -> None:
         self.h.now += ms
-        self.coord.tick(self.h.now)
+        self.h.tick()
         self.deliver()
 
     @rule(
@@ -543,16 +545,10 @@ class GroupMachine(RuleBasedStateMachine):
             and generation == group.generation
         )
         tp = TP(topic, partition)
-        try:
-            self.coord.commit(
-                self.h.now,
-                group_id=c.group,
-                generation=generation,
-                member_id=c.member_id,
-                instance_id=c.instance_id,
-                offsets=[(tp, offset, "")],
-            )
-        except KvlogError as exc:
+        exc = self.commit_error(
+            OffsetCommit(c.group, [CommitEntry(tp, offset)], generation, c.member_id, c.instance_id)
+        )
+        if exc is not None:
             assert exc.code in REFUSED_COMMIT, exc
             assert not expect_ok, f"a current member's commit was refused: {exc.message}"
             event(f"commit refused: {exc.code.name}")
@@ -570,16 +566,8 @@ class GroupMachine(RuleBasedStateMachine):
         """A commit without member id and generation (offset reset): only while empty."""
         state = self.coord.groups.get(group)
         empty = state is None or not state.members
-        try:
-            self.coord.commit(
-                self.h.now,
-                group_id=group,
-                generation=-1,
-                member_id="",
-                instance_id=None,
-                offsets=[(TP("a", 0), offset, "")],
-            )
-        except KvlogError as exc:
+        exc = self.commit_error(OffsetCommit(group, [CommitEntry(TP("a", 0), offset)]))
+        if exc is not None:
             assert not empty, exc
             assert exc.code is ErrorCode.UNKNOWN_MEMBER_ID
             return
@@ -589,9 +577,8 @@ class GroupMachine(RuleBasedStateMachine):
     @rule(group=st.sampled_from(GROUPS))
     def delete_group(self, group: str) -> None:
         state = self.coord.groups.get(group)
-        try:
-            self.coord.delete_group(group)
-        except KvlogError as exc:
+        exc = self.h.delete_group(group)
+        if exc is not None:
             if state is not None and state.members:
                 assert exc.code is ErrorCode.NON_EMPTY_GROUP
             else:
@@ -608,7 +595,7 @@ class GroupMachine(RuleBasedStateMachine):
     def grow_topic(self, topic: str) -> None:
         if self.h.counts[topic] < 6:
             self.h.counts[topic] += 1
-            self.coord.on_topics_changed(self.h.now)
+            self.h.run(self.coord.on_topics_changed(self.h.now))
             self.deliver()
 
     @rule()

@@ -17,10 +17,13 @@ from coord_harness import Harness, error_of
 from test_coordinator import Member, rebalance, stable_static_pair
 
 from kvlog import clock
-from kvlog.errors import ErrorCode, InvalidRequestError, NonEmptyGroupError
+from kvlog.errors import ErrorCode, InvalidRequestError, KvlogError, NonEmptyGroupError
 from kvlog.ipc.wire import PROTOCOL_VERSION, Request
-from kvlog.workers.group_core import GroupState
+from kvlog.workers.core_result import Result
+from kvlog.workers.group_events import Heartbeat
+from kvlog.workers.group_model import GroupState
 from kvlog.workers.group_shell import GroupOps
+from kvlog.workers.zmq_core_shell import CoreShell
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -123,8 +126,7 @@ def test_a_parked_heartbeat_of_a_coordinator_assigned_group_hears_of_new_partiti
     assert h.group().state is GroupState.STABLE
     token = a.long_poll(3000)
     h.counts["t"] = 4
-    h.coord.on_topics_changed(h.now)
-    h.drain()
+    h.topics_changed()
     assert error_of(h.replies[token]) is EC.REBALANCE_IN_PROGRESS
     assert held(h) == 0
 
@@ -291,12 +293,11 @@ def test_a_group_with_a_parked_heartbeat_is_not_deleted_and_leaving_answers_it()
     a = Member(h, "a", session_timeout_ms=10_000)
     rebalance([a])
     token = a.long_poll(3000)
-    with pytest.raises(NonEmptyGroupError):
-        h.coord.delete_group("g")
+    assert isinstance(h.delete_group("g"), NonEmptyGroupError)
     assert token not in h.replies and held(h) == 1
     assert h.leave("g", a.member_id) == 0
     assert error_of(h.replies[token]) is EC.UNKNOWN_MEMBER_ID
-    h.coord.delete_group("g")
+    assert h.delete_group("g") is None
     assert "g" not in h.coord.groups
     assert h.coord.parked_heartbeats == 0
 
@@ -304,15 +305,34 @@ def test_a_group_with_a_parked_heartbeat_is_not_deleted_and_leaving_answers_it()
 # -- the wire op --------------------------------------------------------------------------------
 
 
-class FakeServer(GroupOps):
-    """GroupOps on a harness's coordinator; replies are recorded."""
+class HarnessCore:
+    """The coordinator core's routes for heartbeats and timers, over a harness's group
+    core."""
 
     def __init__(self, h: Harness) -> None:
-        self.groups = h.coord
+        self.h = h
+
+    def handle(self, token: Any, event: Any, now_ms: int) -> Result:
+        assert isinstance(event, Heartbeat)
+        return self.h.coord.heartbeat(token, event, now_ms)
+
+    def tick(self, now_ms: int) -> Result:
+        return self.h.coord.tick(now_ms)
+
+
+class FakeServer(GroupOps, CoreShell):
+    """The coordinator's group ops (the ZeroMQ shell) over a harness's group core;
+    replies are recorded."""
+
+    def __init__(self, h: Harness) -> None:
+        self.core = HarnessCore(h)
         self.sent: list[tuple[bytes, int | None, dict[str, Any]]] = []
 
     def reply(self, peer: bytes, request_id: int | None, fields: dict[str, Any]) -> None:
         self.sent.append((peer, request_id, fields))
+
+    def reply_error(self, peer: bytes, request_id: int | None, exc: KvlogError) -> None:
+        self.reply(peer, request_id, exc.to_wire())
 
 
 def heartbeat_request(rid: int, member: Member, **extra: Any) -> Request:
@@ -341,9 +361,11 @@ def test_the_wire_op_parks_only_with_max_wait_ms(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(InvalidRequestError):
         server.op_heartbeat(heartbeat_request(5, a, max_wait_ms="soon"), b"p")
     assert held(h) == 1, "refused requests leave the parked one alone"
-    h.now += 3000
-    h.coord.tick(h.now)
-    server.flush_group_outbox()
+    h.now += 2999
+    server.on_timers(0.0)  # the shell's timer: not due yet
+    assert server.sent == []
+    h.now += 1
+    server.on_timers(0.0)
     assert server.sent == [(b"p", 3, {})]
 
 

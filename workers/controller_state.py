@@ -1,0 +1,575 @@
+"""The controller core's state and decisions: topics, replica placement, nodes, leaders.
+
+Part of the controller core (sans-IO): :class:`ControllerState` decides; the requests
+reach it through :class:`workers.controller_core.ControllerCore`, which turns its errors
+into replies and parks what waits. Kafka splits this between the controller and the
+brokers' metadata caches; kvlog keeps it in the coordinator process, over the
+coordinator's own log store (``<data>/meta``), so topic metadata survives restarts with
+everything else the coordinator stores.
+
+State and who changes it:
+
+- topics (``t/topics``): created, deleted, grown and reconfigured by admin requests;
+- partition states (``t/partition_states``): leader, leader epoch and in-sync replicas of
+  every partition;
+- deleted topic ids (``t/deleted_topics``): tombstones, so that a node that was down
+  during a delete drops that topic's data when it comes back (and never a topic it was
+  simply not told about);
+- a metadata ``version`` that grows with every change, persisted so it keeps growing
+  across restarts; nodes and the broker cache compare versions to know they are behind;
+- nodes: registered by their heartbeats; in memory only (they heartbeat again).
+
+Errors are raised as :class:`kvlog.errors.KvlogError`. Every method that depends on time
+takes ``now_ms``; topic ids come from the id source given at construction; nothing here
+reads a clock, sleeps or touches a socket.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+
+from kvlog.errors import (
+    FencedLeaderEpochError,
+    InvalidConfigError,
+    InvalidPartitionsError,
+    InvalidReplicaAssignmentError,
+    InvalidReplicationFactorError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
+from kvlog.log import LogStore, ReadTxn, WriteTxn
+from kvlog.metadata_store import (
+    TopicMetadata,
+    delete_topic,
+    get_topic,
+    list_topics,
+    put_topic,
+)
+from kvlog.topic_config import (
+    TOPIC_CONFIG,
+    effective_topic_config,
+    unknown_name_error,
+    validate_topic_config,
+)
+from kvlog.types import TopicPartition, check_topic_name, partition_key
+
+from .controller_events import HostedPartition, MissingTopic, NodeEntry, PartitionEntry, TopicEntry
+from .core_ids import IdSource
+from .replication_core import elect_leader
+
+log = logging.getLogger(__name__)
+
+PARTITION_STATES_TABLE = "partition_states"
+DELETED_TOPICS_TABLE = "deleted_topics"
+CONTROLLER_TABLE = "controller"
+MAX_PARTITIONS_PER_TOPIC = 10_000
+
+
+@dataclass
+class PartitionState:
+    leader: int
+    leader_epoch: int
+    isr: list[int]
+
+    def encode(self) -> bytes:
+        return cbor2.dumps([self.leader, self.leader_epoch, self.isr])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> PartitionState:
+        leader, epoch, isr = cbor2.loads(raw)
+        return cls(leader, epoch, isr)
+
+
+@dataclass
+class NodeInfo:
+    node_id: int
+    endpoint: str
+    log_dir: str
+    last_heartbeat_ms: int
+    applied_version: int = -1
+    pid: int = 0
+    alive: bool = True
+
+
+@dataclass
+class TopicView:
+    """A topic with its partitions' live state, as metadata replies carry it."""
+
+    meta: TopicMetadata
+    states: list[PartitionState] = field(default_factory=list)
+
+
+class ControllerState:
+    """Owned by :class:`workers.controller_core.ControllerCore`; not thread-safe."""
+
+    def __init__(
+        self, store: LogStore, node_ids: list[int], *, node_timeout_ms: int, topic_ids: IdSource
+    ) -> None:
+        self.store = store
+        self.node_ids = sorted(node_ids)
+        self.node_timeout_ms = node_timeout_ms
+        self.topic_ids = topic_ids
+        self.nodes: dict[int, NodeInfo] = {}
+        self.version = 0
+        self.started_ms = 0
+        self._grace_over = False
+
+    def start(self, now_ms: int) -> None:
+        """A new process: the version moves on (so caches notice the restart) and the
+        start-up grace period for nodes that have not registered yet begins."""
+        self.version = self.store.write(self._bump_version)
+        self.started_ms = now_ms
+
+    # -- version ---------------------------------------------------------------------------
+
+    def _bump_version(self, w: WriteTxn) -> int:
+        raw = w.get(CONTROLLER_TABLE, b"version")
+        version = (int(raw) if raw else 0) + 1
+        w.put(CONTROLLER_TABLE, b"version", str(version).encode())
+        return version
+
+    def _commit(self, fn: Any) -> Any:
+        """Run a metadata change and bump the version in the same transaction."""
+
+        def run(w: WriteTxn) -> Any:
+            result = fn(w)
+            return result, self._bump_version(w)
+
+        result, self.version = self.store.write(run)
+        return result
+
+    # -- topics ----------------------------------------------------------------------------
+
+    def _place_replicas(
+        self, first_partition: int, count: int, rf: int, seed: int
+    ) -> list[list[int]]:
+        """Kafka-like round robin: leaders spread over nodes, followers shifted."""
+        nodes = self.node_ids
+        n = len(nodes)
+        return [
+            [nodes[(seed + p + i) % n] for i in range(rf)]
+            for p in range(first_partition, first_partition + count)
+        ]
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int,
+        replication_factor: int,
+        config: dict[str, Any] | None,
+        now_ms: int,
+    ) -> TopicMetadata:
+        check_topic_name(name)
+        if not 1 <= partitions <= MAX_PARTITIONS_PER_TOPIC:
+            raise InvalidPartitionsError(
+                f"partitions={partitions}: a topic has 1..{MAX_PARTITIONS_PER_TOPIC} partitions"
+            )
+        if not 1 <= replication_factor <= len(self.node_ids):
+            raise InvalidReplicationFactorError(
+                f"replication_factor={replication_factor} but this broker has "
+                f"{len(self.node_ids)} node(s) (log dirs); use 1..{len(self.node_ids)} or "
+                "start kvlog serve with more --log-dir"
+            )
+        overrides = validate_topic_config(config)
+        min_isr = effective_topic_config(overrides)["min.insync.replicas"]
+        if min_isr > replication_factor:
+            raise InvalidConfigError(
+                f"min.insync.replicas={min_isr} is more than replication_factor="
+                f"{replication_factor}: every acks=all write would fail; lower it or add replicas"
+            )
+        seed = sum(name.encode()) % len(self.node_ids)
+        meta = TopicMetadata(
+            name=name,
+            topic_id=self.topic_ids(),
+            partitions=partitions,
+            replication_factor=replication_factor,
+            replicas=self._place_replicas(0, partitions, replication_factor, seed),
+            config=overrides,
+            created_ms=now_ms,
+        )
+
+        def write(w: WriteTxn) -> None:
+            if get_topic(w, name) is not None:
+                raise TopicAlreadyExistsError(f"topic {name!r} exists already")
+            put_topic(w, meta)
+            for p, replicas in enumerate(meta.replicas):
+                self._put_state(
+                    w, TopicPartition(name, p), PartitionState(replicas[0], 0, replicas)
+                )
+
+        self._commit(write)
+        log.info("created topic %s (%d partitions, rf %d)", name, partitions, replication_factor)
+        # A first replica that is dead (a failed disk, a crashed node) must not lead: the
+        # partition would have no leader until some node's liveness changed.
+        self.reelect()
+        return meta
+
+    def _put_state(self, w: WriteTxn, tp: TopicPartition, state: PartitionState) -> None:
+        w.put(PARTITION_STATES_TABLE, partition_key(tp), state.encode())
+
+    def _require(self, r: ReadTxn, name: str) -> TopicMetadata:
+        meta = get_topic(r, name)
+        if meta is None:
+            raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
+        return meta
+
+    def delete_topic(self, name: str, now_ms: int) -> TopicMetadata:
+        def write(w: WriteTxn) -> TopicMetadata:
+            meta = self._require(w, name)
+            delete_topic(w, name)
+            for p in range(meta.partitions):
+                w.delete(PARTITION_STATES_TABLE, partition_key(TopicPartition(name, p)))
+            w.put(DELETED_TOPICS_TABLE, meta.topic_id.encode(), str(now_ms).encode())
+            return meta
+
+        meta = self._commit(write)
+        log.info("deleted topic %s", name)
+        return meta
+
+    def create_partitions(self, name: str, total: int) -> tuple[TopicMetadata, int]:
+        """Grow a topic to ``total`` partitions; returns it and the old count."""
+
+        def write(w: WriteTxn) -> tuple[TopicMetadata, int]:
+            meta = self._require(w, name)
+            old = meta.partitions
+            if total <= old or total > MAX_PARTITIONS_PER_TOPIC:
+                raise InvalidPartitionsError(
+                    f"topic {name!r} has {old} partitions; the new count must be larger "
+                    f"(and at most {MAX_PARTITIONS_PER_TOPIC}): partitions never shrink"
+                )
+            seed = sum(name.encode()) % len(self.node_ids)
+            added = self._place_replicas(old, total - old, meta.replication_factor, seed)
+            meta.replicas.extend(added)
+            meta.partitions = total
+            put_topic(w, meta)
+            for p, replicas in enumerate(added, start=old):
+                self._put_state(
+                    w, TopicPartition(name, p), PartitionState(replicas[0], 0, replicas)
+                )
+            return meta, old
+
+        result = self._commit(write)
+        log.info("topic %s grown from %d to %d partitions", name, result[1], total)
+        self.reelect()  # as for a new topic: no dead node leads a new partition
+        return result
+
+    def alter_topic_config(self, name: str, changes: dict[str, Any]) -> TopicMetadata:
+        """Set the given config keys; a value of None removes the override."""
+        removals = [k for k, v in changes.items() if v is None]
+        for key in removals:
+            if key not in TOPIC_CONFIG:
+                raise unknown_name_error(key, TOPIC_CONFIG, "topic config")
+        updates = validate_topic_config({k: v for k, v in changes.items() if v is not None})
+
+        def write(w: WriteTxn) -> TopicMetadata:
+            meta = self._require(w, name)
+            config = dict(meta.config)
+            config.update(updates)
+            for key in removals:
+                config.pop(key, None)
+            meta.config = config
+            put_topic(w, meta)
+            return meta
+
+        return self._commit(write)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def topics(self, names: list[str] | None = None) -> list[TopicView]:
+        with self.store.reader() as r:
+            metas = (
+                list_topics(r) if names is None else [m for n in names if (m := get_topic(r, n))]
+            )
+            views = []
+            for meta in metas:
+                states = []
+                for p in range(meta.partitions):
+                    raw = r.get(PARTITION_STATES_TABLE, partition_key(TopicPartition(meta.name, p)))
+                    states.append(
+                        PartitionState.decode(raw)
+                        if raw
+                        else PartitionState(meta.replicas[p][0], 0, meta.replicas[p])
+                    )
+                views.append(TopicView(meta, states))
+            return views
+
+    def deleted_topic_ids(self) -> list[str]:
+        with self.store.reader() as r:
+            return [k.decode() for k, _ in r.items(DELETED_TOPICS_TABLE)]
+
+    def topic_entries(self, names: list[str] | None = None) -> list[TopicEntry | MissingTopic]:
+        """Topics as metadata answers carry them: every topic, or those of ``names`` that
+        exist (in that order) followed by UNKNOWN_TOPIC_OR_PARTITION for the others."""
+        views = self.topics(names)
+        known = {v.meta.name for v in views}
+        entries: list[TopicEntry | MissingTopic] = [self._topic_entry(v) for v in views]
+        for name in names or ():
+            if name not in known:
+                entries.append(MissingTopic(name, UnknownTopicOrPartitionError.code))
+        return entries
+
+    def node_entries(self) -> list[NodeEntry]:
+        return [
+            NodeEntry(n.node_id, n.endpoint, n.alive)
+            for n in sorted(self.nodes.values(), key=lambda n: n.node_id)
+        ]
+
+    def _topic_entry(self, view: TopicView) -> TopicEntry:
+        meta = view.meta
+        return TopicEntry(
+            meta.name,
+            meta.topic_id,
+            meta.config,
+            meta.replication_factor,
+            [
+                PartitionEntry(
+                    p,
+                    state.leader if self._alive(state.leader) else -1,
+                    state.leader_epoch,
+                    meta.replicas[p],
+                    state.isr,
+                )
+                for p, state in enumerate(view.states)
+            ],
+        )
+
+    def partition_count(self, topic: str) -> int | None:
+        views = self.topics([topic])
+        return views[0].meta.partitions if views else None
+
+    def _alive(self, node_id: int) -> bool:
+        node = self.nodes.get(node_id)
+        return node is not None and node.alive
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    def node_heartbeat(
+        self,
+        node_id: int,
+        endpoint: str,
+        log_dir: str,
+        applied_version: int,
+        pid: int,
+        now_ms: int,
+        *,
+        offline: bool = False,
+    ) -> NodeInfo:
+        node = self.nodes.get(node_id)
+        if offline:
+            # The node runs but its log dir fails (full, read-only, I/O errors): it leads
+            # nothing and counts as out of every ISR until it reports the disk back.
+            if node is None or node.alive or node.pid != pid:
+                log.warning("node %d reports its log dir %s offline", node_id, log_dir)
+                node = self.nodes[node_id] = NodeInfo(node_id, endpoint, log_dir, now_ms, pid=pid)
+                node.alive = False
+                if not self.reelect():
+                    self.bump()
+            node.last_heartbeat_ms = now_ms
+            node.applied_version = applied_version
+            return node
+        if node is None or node.endpoint != endpoint or node.pid != pid or not node.alive:
+            log.info(
+                "node %d registered at %s (pid %d, log dir %s)", node_id, endpoint, pid, log_dir
+            )
+            node = self.nodes[node_id] = NodeInfo(node_id, endpoint, log_dir, now_ms, pid=pid)
+            if not self.reelect():
+                self.bump()  # who is alive is part of the metadata
+        node.last_heartbeat_ms = now_ms
+        node.applied_version = applied_version
+        return node
+
+    def bump(self) -> None:
+        """Move the metadata version on (durably, so it never goes back)."""
+        self.version = self.store.write(self._bump_version)
+
+    def node_endpoints(self) -> dict[int, str]:
+        return {n.node_id: n.endpoint for n in self.nodes.values() if n.alive}
+
+    def assignment_for(self, node_id: int) -> list[HostedPartition]:
+        """The partitions a node holds, as its heartbeat answer carries them."""
+        out = []
+        for view in self.topics():
+            meta = view.meta
+            for p, state in enumerate(view.states):
+                if node_id in meta.replicas[p]:
+                    out.append(
+                        HostedPartition(
+                            meta.name,
+                            p,
+                            meta.topic_id,
+                            state.leader,
+                            state.leader_epoch,
+                            meta.replicas[p],
+                            state.isr,
+                            meta.config,
+                        )
+                    )
+        return out
+
+    def expire_nodes(self, now_ms: int) -> list[int]:
+        """Mark nodes whose heartbeats stopped as dead (and, once the start-up grace period
+        has passed, nodes that never registered); moves their leaderships."""
+        dead = []
+        for node in self.nodes.values():
+            if node.alive and now_ms - node.last_heartbeat_ms > self.node_timeout_ms:
+                node.alive = False
+                dead.append(node.node_id)
+                log.warning(
+                    "node %d missed heartbeats for %d ms: marked dead",
+                    node.node_id,
+                    now_ms - node.last_heartbeat_ms,
+                )
+        if not self._grace_over and now_ms - self.started_ms > self.node_timeout_ms:
+            self._grace_over = True
+            missing = [n for n in self.node_ids if n not in self.nodes]
+            if missing:
+                log.warning("nodes %s never registered since start-up: treated as dead", missing)
+                dead.extend(missing)
+        if dead and not self.reelect():
+            self.bump()
+        return dead
+
+    def next_expiry_ms(self) -> int | None:
+        """When :meth:`expire_nodes` next has something to do: a live node's heartbeats
+        stopping, or the end of the start-up grace period."""
+        deadlines = [
+            n.last_heartbeat_ms + self.node_timeout_ms + 1 for n in self.nodes.values() if n.alive
+        ]
+        if not self._grace_over:
+            deadlines.append(self.started_ms + self.node_timeout_ms + 1)
+        return min(deadlines, default=None)
+
+    def node_down(self, node_id: int, pid: int) -> bool:
+        """The supervisor saw the node's process die: fail over at once instead of
+        waiting for node.session.timeout.ms. Ignored if that process is already gone."""
+        node = self.nodes.get(node_id)
+        if node is None or not node.alive or node.pid != pid:
+            return False  # only the process that died counts (the supervisor knows its pid)
+        node.alive = False
+        log.warning("node %d (pid %d) died: moving its leaderships", node_id, node.pid)
+        if not self.reelect():
+            self.bump()
+        return True
+
+    # -- leadership ------------------------------------------------------------------------
+
+    def alive_ids(self) -> set[int]:
+        """Nodes that may lead. After a coordinator restart, a node that has not
+        registered yet is unknown, not dead: it keeps its leaderships through the start-up
+        grace period (else the first node to register would take every leadership)."""
+        alive = {n for n, info in self.nodes.items() if info.alive}
+        if not self._grace_over:
+            alive |= {n for n in self.node_ids if n not in self.nodes}
+        return alive
+
+    def reelect(self) -> bool:
+        """Give every partition whose leader is gone a new leader from its ISR (higher
+        leader epoch), and drop dead nodes from every ISR. True if anything changed (the
+        version then moved too)."""
+        alive = self.alive_ids()
+        changes: list[tuple[TopicPartition, PartitionState]] = []
+        for view in self.topics():
+            unclean = bool(
+                effective_topic_config(view.meta.config)["unclean.leader.election.enable"]
+            )
+            for p, state in enumerate(view.states):
+                tp = TopicPartition(view.meta.name, p)
+                replicas = view.meta.replicas[p]
+                if state.leader in alive:
+                    isr = [r for r in state.isr if r in alive]
+                    if isr != state.isr:
+                        changes.append((tp, PartitionState(state.leader, state.leader_epoch, isr)))
+                    continue
+                leader, isr = elect_leader(replicas, state.isr, alive, unclean=unclean)
+                if leader == state.leader and isr == state.isr:
+                    continue
+                if leader == -1 and state.leader == -1:
+                    continue
+                epoch = state.leader_epoch + 1
+                if leader >= 0 and leader not in state.isr:
+                    log.warning("%s: unclean election of node %d (records may be lost)", tp, leader)
+                log.info(
+                    "%s: leader %d -> %d (epoch %d, isr %s)", tp, state.leader, leader, epoch, isr
+                )
+                changes.append((tp, PartitionState(leader, epoch, isr)))
+        if not changes:
+            return False
+
+        def write(w: WriteTxn) -> None:
+            for tp, state in changes:
+                self._put_state(w, tp, state)
+
+        self._commit(write)
+        return True
+
+    def alter_isr(
+        self, tp: TopicPartition, leader: int, leader_epoch: int, isr: list[int]
+    ) -> PartitionState:
+        """A leader asks to shrink or expand its partition's ISR (Kafka's AlterPartition)."""
+        view = self.topics([tp.topic])
+        if not view or tp.partition >= view[0].meta.partitions:
+            raise UnknownTopicOrPartitionError(f"partition {tp} does not exist")
+        state = view[0].states[tp.partition]
+        replicas = view[0].meta.replicas[tp.partition]
+        if state.leader != leader or state.leader_epoch != leader_epoch:
+            raise FencedLeaderEpochError(
+                f"{tp}: node {leader} epoch {leader_epoch} is not the current leader "
+                f"(node {state.leader} epoch {state.leader_epoch})"
+            )
+        alive = self.alive_ids()
+        if leader not in isr or not set(isr) <= set(replicas):
+            raise InvalidReplicaAssignmentError(
+                f"{tp}: ISR {isr} must include the leader and only replicas {replicas}"
+            )
+        isr = [r for r in replicas if r in isr and (r in alive or r == leader)]
+        new = PartitionState(leader, leader_epoch, isr)
+        if isr != state.isr:
+            self._commit(lambda w: self._put_state(w, tp, new))
+            log.info("%s: ISR %s -> %s", tp, state.isr, isr)
+        return new
+
+    def elect_preferred(self, topics: list[str] | None = None) -> list[TopicPartition]:
+        """Move leadership back to each partition's first replica where it is alive and in
+        sync (``kvlog topics elect-leaders``; also run periodically)."""
+        alive = self.alive_ids()
+        changes = []
+        for view in self.topics(topics):
+            for p, state in enumerate(view.states):
+                preferred = view.meta.replicas[p][0]
+                if state.leader != preferred and preferred in alive and preferred in state.isr:
+                    tp = TopicPartition(view.meta.name, p)
+                    changes.append(
+                        (tp, PartitionState(preferred, state.leader_epoch + 1, state.isr))
+                    )
+        if changes:
+
+            def write(w: WriteTxn) -> None:
+                for tp, state in changes:
+                    self._put_state(w, tp, state)
+
+            self._commit(write)
+            for tp, state in changes:
+                log.info(
+                    "%s: preferred leader %d back (epoch %d)", tp, state.leader, state.leader_epoch
+                )
+        return [tp for tp, _ in changes]
+
+    def nodes_behind(self, node_ids: list[int], version: int) -> list[int]:
+        return [n for n in node_ids if self._alive(n) and self.nodes[n].applied_version < version]
+
+    # -- producer ids ----------------------------------------------------------------------
+
+    def init_producer_id(self) -> tuple[int, int]:
+        """A fresh producer id (epoch 0), durable so ids are never reused."""
+
+        def write(w: WriteTxn) -> int:
+            raw = w.get(CONTROLLER_TABLE, b"next_producer_id")
+            pid = int(raw) if raw else 1000
+            w.put(CONTROLLER_TABLE, b"next_producer_id", str(pid + 1).encode())
+            return pid
+
+        return self.store.write(write), 0
