@@ -36,6 +36,7 @@ from kvlog.types import TopicPartition
 
 from .config import CONSUMER_SETTINGS, resolve
 from .fetcher import Fetcher, PartitionFetchState, out_of_range_message
+from .group_member import ConsumerRebalanceListener, GroupMember, OffsetAndMetadata
 from .metadata import ClusterMetadata
 from .records import ConsumerRecord, DecodedBatch, RecordColumns
 from .rpc import IOThread
@@ -49,32 +50,9 @@ EARLIEST = -2
 LATEST = -1
 
 
-class OffsetAndMetadata(NamedTuple):
-    """A committed position: the next offset to read, plus free-form metadata."""
-
-    offset: int
-    metadata: str = ""
-    leader_epoch: int = -1
-
-
 class OffsetAndTimestamp(NamedTuple):
     offset: int
     timestamp: int
-
-
-class ConsumerRebalanceListener:
-    """Override to act when a group rebalance moves partitions (Kafka's interface)."""
-
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Before partitions leave: commit what was processed."""
-
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        """After partitions arrive: seek if needed."""
-
-    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        """Partitions were taken away without a clean revoke (session lost); by default
-        the same as revoked, as in Kafka."""
-        self.on_partitions_revoked(lost)
 
 
 class Consumer:
@@ -121,7 +99,7 @@ class Consumer:
         self._closed = False
         self._iterator: Iterator[ConsumerRecord] | None = None
         self._rr = 0
-        self._group: Any = None
+        self._group: GroupMember | None = None
         self._thread_guard = threading.Lock()
         if topics:
             self.subscribe([str(t) for t in topics])
@@ -182,10 +160,8 @@ class Consumer:
         self._subscription = set(topic_list)
         self._pattern = re.compile(pattern) if pattern is not None else None
         if self.config["group_id"] is not None:
-            from .group_member import GroupMember
-
             if self._group is None:
-                self._group = GroupMember(self)
+                self._group = GroupMember(self.config, _GroupLink(self))
             self._group.subscribe(self._subscription, self._pattern, listener)
             return
         self._assign_subscribed()
@@ -587,13 +563,11 @@ class Consumer:
 
     # -- commits (groups) ------------------------------------------------------------------
 
-    def _require_group(self, what: str) -> Any:
+    def _require_group(self, what: str) -> GroupMember:
         if self._group is None:
-            from .group_member import GroupMember
-
             if self.config["group_id"] is None:
                 raise IllegalStateError(f"{what} needs a group_id")
-            self._group = GroupMember(self)
+            self._group = GroupMember(self.config, _GroupLink(self))
         return self._group
 
     def commit(
@@ -626,3 +600,42 @@ class Consumer:
         finally:
             self._closed = True
             self._io.close()
+
+
+class _GroupLink:
+    """The consumer as its GroupMember sees it (group_member.ConsumerLink), so that the
+    membership logic reaches nothing else of the consumer. Owned by one Consumer."""
+
+    __slots__ = ("_consumer",)
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+
+    @property
+    def io(self) -> IOThread:
+        return self._consumer._io
+
+    @property
+    def metadata(self) -> ClusterMetadata:
+        return self._consumer.metadata
+
+    def ensure_metadata(self, topics: list[str] | None) -> None:
+        self._consumer._ensure_metadata(topics)
+
+    def subscribed_topics(self) -> set[str]:
+        return self._consumer._matching_topics()
+
+    def follows_pattern(self) -> bool:
+        return self._consumer._pattern is not None
+
+    def set_assignment(self, tps: set[TopicPartition]) -> None:
+        self._consumer._set_assignment(tps)
+
+    def positions(self, only: set[TopicPartition] | None) -> dict[TopicPartition, int]:
+        consumer = self._consumer
+        with consumer._lock:
+            return {
+                tp: state.position
+                for tp, state in consumer._fetcher.states.items()
+                if state.position is not None and (only is None or tp in only)
+            }
