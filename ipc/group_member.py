@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from kvlog.errors import (
     CommitFailedError,
@@ -47,6 +47,7 @@ from .consumer_protocol import (
     encode_assignment,
     encode_subscription,
 )
+from .consumer_types import ConsumerRebalanceListener, OffsetAndMetadata
 from .group_heartbeat import HeartbeatThread
 from .metadata import ClusterMetadata
 from .rpc import IOThread
@@ -59,29 +60,6 @@ _REJOIN_ERRORS = {
     ErrorCode.REBALANCE_IN_PROGRESS,
     ErrorCode.MEMBER_ID_REQUIRED,
 }
-
-
-class OffsetAndMetadata(NamedTuple):
-    """A committed position: the next offset to read, plus free-form metadata."""
-
-    offset: int
-    metadata: str = ""
-    leader_epoch: int = -1
-
-
-class ConsumerRebalanceListener:
-    """Override to act when a group rebalance moves partitions (Kafka's interface)."""
-
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Before partitions leave: commit what was processed."""
-
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        """After partitions arrive: seek if needed."""
-
-    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        """Partitions were taken away without a clean revoke (session lost); by default
-        the same as revoked, as in Kafka."""
-        self.on_partitions_revoked(lost)
 
 
 class ConsumerLink(Protocol):
@@ -708,10 +686,4 @@ class GroupMember:
             self.state = _State.UNJOINED
 
 
-__all__ = [
-    "ConsumerLink",
-    "ConsumerRebalanceListener",
-    "GroupMember",
-    "IllegalStateError",
-    "OffsetAndMetadata",
-]
+__all__ = ["ConsumerLink", "GroupMember", "IllegalStateError"]
