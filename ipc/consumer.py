@@ -55,7 +55,7 @@ class Consumer:
         config: Mapping[str, Any] | None = None
         if topics and isinstance(topics[0], Mapping):
             config, topics = topics[0], topics[1:]
-        cfg = resolve(CONSUMER_SETTINGS, config, kwargs, what="consumer")
+        cfg = resolve(CONSUMER_SETTINGS, config, kwargs)
         self.config = cfg
         self._bootstrap = split_bootstrap(cfg["bootstrap_servers"])
         self._key_deserializer = deserializer(cfg["key_deserializer"], "key_deserializer")
