@@ -15,7 +15,6 @@ Options and the embedded broker are those of ``kvlog perf produce``.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from typing import Any
@@ -24,6 +23,7 @@ import click
 
 from .common import Command
 from .perf_client import (
+    ChildConsumer,
     Options,
     Result,
     Tick,
@@ -83,27 +83,13 @@ def run_pipeline(options: Options, tick: Tick, max_poll_records: int) -> Result:
             **{"max.poll.records": max_poll_records, "client.id": "kvlog-perf-pipeline"}
         ),
     }
-    child = subprocess.Popen(
-        [sys.executable, "-m", "kvlog.tools.perf_pipeline", "--consumer", json.dumps(spec)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        if not child.stdout.readline():
-            raise click.ClickException("the pipeline's consumer process failed to start")
+    with ChildConsumer(
+        "kvlog.tools.perf_pipeline", "--consumer", spec, "the pipeline's consumer process"
+    ) as child:
         produced = (
             run_produce_batches(options, tick) if options.send_batch else run_produce(options, tick)
         )
-        out, _ = child.communicate(timeout=IDLE_S + 120)
-    except BaseException:
-        child.kill()
-        child.wait()
-        raise
-    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
-    if child.returncode != 0 or not lines:
-        raise click.ClickException(f"the consumer process failed (exit code {child.returncode})")
-    report = lines[-1]
+        report = child.report(timeout_s=IDLE_S + 120)
     received = report["received"]
     n = options.records
     if received < n:
