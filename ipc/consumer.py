@@ -279,7 +279,7 @@ class Consumer:
         """Committed offset (groups), else auto.offset.reset."""
         committed: dict[TopicPartition, int] = {}
         if self._group is not None:
-            committed = self._group.committed_positions(tps)
+            committed = self._group.offsets.committed_positions(tps)
         need = [tp for tp in tps if tp not in committed]
         if need and self._reset == "none":
             raise NoOffsetForPartitionError(
@@ -487,18 +487,19 @@ class Consumer:
         self, offsets: Mapping[TopicPartition, OffsetAndMetadata | int] | None = None
     ) -> None:
         """Commit positions (default: what poll() returned so far) synchronously."""
-        self._require_group("commit()").commit_sync(offsets)
+        self._require_group("commit()").offsets.commit_sync(offsets)
 
     def commit_async(
         self,
         offsets: Mapping[TopicPartition, OffsetAndMetadata | int] | None = None,
         callback: Any = None,
     ) -> None:
-        self._require_group("commit_async()").commit_async(offsets, callback)
+        self._require_group("commit_async()").offsets.commit_async(offsets, callback)
 
     def committed(self, partition: TopicPartition) -> int | None:
         """The group's committed offset for ``partition`` (the next offset to read)."""
-        found = self._require_group("committed()").fetch_committed([TopicPartition(*partition)])
+        group = self._require_group("committed()")
+        found = group.offsets.fetch_committed([TopicPartition(*partition)])
         entry = found.get(TopicPartition(*partition))
         return None if entry is None else entry.offset
 

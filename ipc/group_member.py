@@ -16,6 +16,7 @@ Subscription and assignment metadata are CBOR maps (PROTOCOL.md, "Consumer proto
 
 The member sees its consumer only through :class:`ConsumerLink`: the consumer's I/O
 thread and metadata, and five operations on its subscription, assignment and positions.
+Its offset commits and fetches are ipc/group_offsets.py's.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ from .consumer_protocol import (
     encode_assignment,
     encode_subscription,
 )
-from .consumer_types import ConsumerRebalanceListener, OffsetAndMetadata
+from .consumer_types import ConsumerRebalanceListener
 from .group_heartbeat import HeartbeatThread
+from .group_offsets import GroupOffsets
 from .metadata import ClusterMetadata
 from .rpc import IOThread
 
@@ -137,7 +139,6 @@ class GroupMember:
         self.strategies: list[Any] = cfg["partition_assignment_strategy"]
         self.auto_commit: bool = cfg["enable_auto_commit"]
         self.auto_commit_s = cfg["auto_commit_interval_ms"] / 1000
-        self.request_timeout_ms: int = cfg["request_timeout_ms"]
         self.backoff_s = cfg["retry_backoff_ms"] / 1000
         self.member_id = ""
         self.generation = -1
@@ -158,7 +159,6 @@ class GroupMember:
         self.lost_reason = ""
         self.assigned_counts: dict[str, int] = {}
         self.next_auto_commit = time.monotonic() + self.auto_commit_s
-        self.last_committed: dict[TopicPartition, int] = {}
         self._pending: _Exchange | None = None
         self._joined: tuple[str, int] | None = None  # (member id, generation) while syncing
         self._retry_at = 0.0
@@ -166,6 +166,7 @@ class GroupMember:
         # Bumped by every JoinGroup and LeaveGroup this member sends: a heartbeat answered
         # after one speaks of a membership that is gone, and is ignored.
         self.membership_epoch = 0
+        self.offsets = GroupOffsets(self, self.io, consumer.positions)
         self.heartbeat = HeartbeatThread(
             self,
             self.io,
@@ -231,7 +232,7 @@ class GroupMember:
             self._join_and_sync(deadline)
         if self.auto_commit and now >= self.next_auto_commit and self.state is _State.STABLE:
             self.next_auto_commit = now + self.auto_commit_s
-            self.commit_async(None, None)
+            self.offsets.commit_async(None, None)
 
     def _lose(self, lost: set[TopicPartition], reason: str) -> None:
         """Drop partitions another member may own by now, without committing."""
@@ -272,7 +273,7 @@ class GroupMember:
             return
         if self.auto_commit and self.generation >= 0:
             try:
-                self.commit_sync(None, only=tps)
+                self.offsets.commit_sync(None, only=tps)
             except KvlogError as exc:
                 log.warning(
                     "group %s: commit before revoking failed: %s", self.group_id, exc.message
@@ -552,29 +553,25 @@ class GroupMember:
         if not self.instance_id:
             self.member_id = ""
 
-    # -- offsets ------------------------------------------------------------------------------
+    # -- what committing asks (ipc/group_offsets.py) --------------------------------------
 
-    def _commit_fields(self, offsets: Mapping[TopicPartition, Any]) -> dict[str, Any]:
-        entries = []
-        for tp, value in offsets.items():
-            offset = value if isinstance(value, int) else value.offset
-            metadata = "" if isinstance(value, int) else value.metadata
-            entries.append(
-                {
-                    "topic": tp.topic,
-                    "partition": tp.partition,
-                    "offset": offset,
-                    "metadata": metadata,
-                }
-            )
+    def commit_identity(self) -> dict[str, Any]:
         return {
             "generation": self.generation,
             "member_id": self.member_id,
             "group_instance_id": self.instance_id,
-            "offsets": entries,
         }
 
-    def _commit_error(self, exc: KvlogError) -> KvlogError:
+    def refuse_commit(self) -> KvlogError | None:
+        if self.generation < 0 and self.subscribed:
+            return self.commit_failed(
+                error_from_code(
+                    int(ErrorCode.ILLEGAL_GENERATION), "this member is not in the group"
+                )
+            )
+        return None
+
+    def commit_failed(self, exc: KvlogError) -> KvlogError:
         if exc.code in _REJOIN_ERRORS or isinstance(exc, FencedInstanceIdError):
             self.need_rejoin = True
             cause = self.lost_reason or (
@@ -591,80 +588,6 @@ class GroupMember:
             )
         return exc
 
-    def commit_sync(
-        self,
-        offsets: Mapping[TopicPartition, OffsetAndMetadata | int] | None,
-        *,
-        only: set[TopicPartition] | None = None,
-    ) -> None:
-        if offsets is None:
-            offsets = self.consumer.positions(only)
-        if not offsets:
-            return
-        if self.generation < 0 and self.subscribed:
-            raise self._commit_error(
-                error_from_code(
-                    int(ErrorCode.ILLEGAL_GENERATION), "this member is not in the group"
-                )
-            )
-        try:
-            reply = self._call("offset_commit", self._commit_fields(offsets))
-        except KvlogError as exc:
-            raise self._commit_error(exc) from None
-        for entry in reply.get("partitions", []):
-            if entry.get("error"):
-                raise error_from_code(entry["error"], entry.get("message"))
-        for tp, value in offsets.items():
-            self.last_committed[tp] = value if isinstance(value, int) else value.offset
-
-    def commit_async(self, offsets: Mapping[TopicPartition, Any] | None, callback: Any) -> None:
-        if offsets is None:
-            offsets = {
-                tp: pos
-                for tp, pos in self.consumer.positions(None).items()
-                if self.last_committed.get(tp) != pos
-            }
-        if not offsets:
-            if callback is not None:
-                callback(offsets, None)
-            return
-        fields = {"group_id": self.group_id, **self._commit_fields(offsets)}
-        snapshot = dict(offsets)
-
-        def done(
-            header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
-        ) -> None:
-            if error is None and header is not None:
-                for tp, value in snapshot.items():
-                    self.last_committed[tp] = value if isinstance(value, int) else value.offset
-            elif error is not None:
-                error = self._commit_error(error)
-                log.warning("group %s: async commit failed: %s", self.group_id, error.message)
-            if callback is not None:
-                try:
-                    callback(snapshot, error)
-                except Exception:
-                    log.exception("commit_async callback raised")
-
-        try:
-            endpoint = self.coordinator()
-        except KvlogError as exc:
-            done(None, [], exc)
-            return
-        self.io.submit(endpoint, "offset_commit", fields, done)
-
-    def fetch_committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
-        reply = self._call("offset_fetch", {"partitions": [[tp.topic, tp.partition] for tp in tps]})
-        out = {}
-        for entry in reply.get("partitions", []):
-            if entry.get("offset", -1) >= 0:
-                tp = TopicPartition(entry["topic"], entry["partition"])
-                out[tp] = OffsetAndMetadata(entry["offset"], entry.get("metadata", ""))
-        return out
-
-    def committed_positions(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: om.offset for tp, om in self.fetch_committed(tps).items()}
-
     # -- close ----------------------------------------------------------------------------------
 
     def close(self, *, autocommit: bool) -> None:
@@ -672,7 +595,7 @@ class GroupMember:
         try:
             if self.state is _State.STABLE and autocommit and self.auto_commit:
                 try:
-                    self.commit_sync(None)
+                    self.offsets.commit_sync(None)
                 except KvlogError as exc:
                     log.warning("group %s: commit on close failed: %s", self.group_id, exc.message)
             if self.listener is not None and self.owned:
