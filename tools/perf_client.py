@@ -705,6 +705,23 @@ def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+send_batch_option = click.option(
+    "--send-batch",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Use Producer.send_batch with N records per call (0: send() per record).",
+)
+preload_option = click.option(
+    "--preload",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Records stored before the run (untimed).",
+)
+
+
 def _run(options: Options, body: Callable[[Options, bool], Result]) -> None:
     if options.bootstrap_server is not None:
         from .common import check_endpoint
@@ -722,21 +739,8 @@ def _run(options: Options, body: Callable[[Options, bool], Result]) -> None:
 
 @click.command("produce", cls=Command)
 @common_options
-@click.option(
-    "--send-batch",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    metavar="N",
-    help="Use Producer.send_batch with N records per call (0: send() per record).",
-)
-@click.option(
-    "--preload",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Records stored before the run (untimed).",
-)
+@send_batch_option
+@preload_option
 def perf_produce(**kwargs: Any) -> None:
     """Producer throughput and send -> ack latency."""
     options = Options(**kwargs)
@@ -755,13 +759,7 @@ def perf_produce(**kwargs: Any) -> None:
 @common_options
 @click.option("--no-fill", is_flag=True, help="Read what the topic holds; do not produce first.")
 @click.option("--max-poll-records", type=click.IntRange(min=1), default=10_000, show_default=True)
-@click.option(
-    "--preload",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Records stored before the run (untimed).",
-)
+@preload_option
 @click.option(
     "--poll-batch",
     "columns",

@@ -32,6 +32,7 @@ from .perf_client import (
     progress_bar,
     run_produce,
     run_produce_batches,
+    send_batch_option,
 )
 
 IDLE_S = 15.0
@@ -110,14 +111,7 @@ def run_pipeline(options: Options, tick: Tick, max_poll_records: int) -> Result:
 
 @click.command("pipeline", cls=Command)
 @common_options
-@click.option(
-    "--send-batch",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    metavar="N",
-    help="Use Producer.send_batch with N records per call (0: send() per record).",
-)
+@send_batch_option
 @click.option("--max-poll-records", type=click.IntRange(min=1), default=10_000, show_default=True)
 def perf_pipeline(max_poll_records: int, **kwargs: Any) -> None:
     """Produce and consume together: one producer, one consumer process."""
