@@ -66,6 +66,13 @@ class Child:
     backoff_s: float = 0.2
     history: list[str] = field(default_factory=list)
 
+    def exited(self) -> KvlogError:
+        """The error for a process that died while it started."""
+        return KvlogError(
+            f"kvlog {self.role} exited during start-up (exit code {self.process.exitcode}); "
+            "see its log lines above"
+        )
+
     def status(self) -> dict[str, Any]:
         return {
             "role": self.role,
@@ -321,19 +328,13 @@ class Broker:
             try:
                 while not conn.poll(0.05):
                     if not child.process.is_alive():
-                        raise KvlogError(
-                            f"kvlog {child.role} exited during start-up (exit code "
-                            f"{child.process.exitcode}); see its log lines above"
-                        )
+                        raise child.exited()
                     if time.monotonic() > deadline:
                         raise KafkaTimeoutError(f"kvlog {child.role} did not start in time")
                 try:
                     message = conn.recv()
                 except (EOFError, OSError):
-                    raise KvlogError(
-                        f"kvlog {child.role} exited during start-up (exit code "
-                        f"{child.process.exitcode}); see its log lines above"
-                    ) from None
+                    raise child.exited() from None
             finally:
                 conn.close()
             if "error" in message:
@@ -364,10 +365,7 @@ class Broker:
                 pass
             for child in self.children:
                 if child.process is not None and not child.process.is_alive():
-                    raise KvlogError(
-                        f"kvlog {child.role} exited during start-up (exit code "
-                        f"{child.process.exitcode}); see its log lines above"
-                    )
+                    raise child.exited()
             if time.monotonic() > deadline:
                 raise KafkaTimeoutError(
                     f"kvlog nodes did not register with the coordinator within "
