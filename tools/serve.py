@@ -99,7 +99,8 @@ class _Starting(Exception):
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="TOML file with server settings and broker config keys (flags override it).",
+    help="TOML file with server settings and broker config keys (flags override it; "
+    "every key: kvlog config docs).",
 )
 @click.option(
     "--log-dir",
