@@ -110,9 +110,9 @@ class Lookups:
                 for tp, entry in zip(tps, header.get("partitions", []), strict=False):
                     code = entry.get("error", 0)
                     if code:
-                        exc = error_from_code(code, entry.get("message"))
-                        if exc.recovery is Recovery.FATAL:
-                            raise exc
+                        refused = error_from_code(code, entry.get("message"))
+                        if refused.recovery is Recovery.FATAL:
+                            raise refused
                         retry = True
                         continue
                     out[tp] = (entry["offset"], entry.get("timestamp", -1))
