@@ -78,35 +78,28 @@ _BOOTSTRAP = ConfigType("list", _bootstrap, "host:port, comma-separated, or a li
 _STRATEGIES = ConfigType("list", _strategies, "range, roundrobin, sticky, cooperative-sticky")
 
 
-def _common() -> list[ConfigKey]:
-    """The settings every client has (each table holds its own copy of the keys)."""
-    return [
-        ConfigKey(
-            "bootstrap.servers", _BOOTSTRAP, "127.0.0.1:9092", "host:port of a kvlog broker."
-        ),
-        ConfigKey("client.id", STRING, "kvlog", "A name for this client in server logs."),
-        ConfigKey("request.timeout.ms", integer(1), 30_000, "How long to wait for any reply."),
-        ConfigKey(
-            "metadata.max.age.ms", integer(0), 300_000, "Refresh metadata at least this often."
-        ),
-        ConfigKey("retry.backoff.ms", integer(0), 100, "Wait between retries."),
-        ConfigKey(
-            "security.protocol",
-            one_of("plaintext", "curve"),
-            "plaintext",
-            "plaintext, or curve: ZeroMQ's CURVE authentication and encryption.",
-        ),
-        ConfigKey(
-            "curve.server.key", optional(STRING), None, "The server's public key (path or Z85)."
-        ),
-        ConfigKey("curve.secret.key", optional(STRING), None, "This client's secret key file."),
-    ]
+# The settings every client has; each client table starts with them.
+_COMMON = (
+    ConfigKey("bootstrap.servers", _BOOTSTRAP, "127.0.0.1:9092", "host:port of a kvlog broker."),
+    ConfigKey("client.id", STRING, "kvlog", "A name for this client in server logs."),
+    ConfigKey("request.timeout.ms", integer(1), 30_000, "How long to wait for any reply."),
+    ConfigKey("metadata.max.age.ms", integer(0), 300_000, "Refresh metadata at least this often."),
+    ConfigKey("retry.backoff.ms", integer(0), 100, "Wait between retries."),
+    ConfigKey(
+        "security.protocol",
+        one_of("plaintext", "curve"),
+        "plaintext",
+        "plaintext, or curve: ZeroMQ's CURVE authentication and encryption.",
+    ),
+    ConfigKey("curve.server.key", optional(STRING), None, "The server's public key (path or Z85)."),
+    ConfigKey("curve.secret.key", optional(STRING), None, "This client's secret key file."),
+)
 
 
 PRODUCER_SETTINGS = ConfigDef(
     "producer setting",
     [
-        *_common(),
+        *_COMMON,
         ConfigKey(
             "acks", _ACKS, -1, "0: don't wait; 1: the leader has it; all: every in-sync replica."
         ),
@@ -148,7 +141,7 @@ PRODUCER_SETTINGS = ConfigDef(
 CONSUMER_SETTINGS = ConfigDef(
     "consumer setting",
     [
-        *_common(),
+        *_COMMON,
         ConfigKey(
             "group.id",
             optional(STRING),
@@ -197,7 +190,7 @@ CONSUMER_SETTINGS = ConfigDef(
     ],
 )
 
-ADMIN_SETTINGS = ConfigDef("admin setting", _common())
+ADMIN_SETTINGS = ConfigDef("admin setting", _COMMON)
 
 
 def resolve(
