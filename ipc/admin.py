@@ -126,7 +126,7 @@ class Admin(_AdminGroupsAndAcls):
     """Manage topics. Safe to share between threads."""
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        cfg = resolve(ADMIN_SETTINGS, config, kwargs, what="admin")
+        cfg = resolve(ADMIN_SETTINGS, config, kwargs)
         self.config = cfg
         self._bootstrap = split_bootstrap(cfg["bootstrap_servers"])
         self._timeout_ms = cfg["request_timeout_ms"]

@@ -19,23 +19,22 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from kvlog import batch as batch_format
 from kvlog.errors import (
     IllegalStateError,
-    KafkaTimeoutError,
     KvlogError,
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
-    Recovery,
-    UnknownTopicOrPartitionError,
-    error_from_code,
 )
 from kvlog.types import TopicPartition
 
 from .config import CONSUMER_SETTINGS, resolve
+from .consumer_types import ConsumerRebalanceListener, OffsetAndMetadata, OffsetAndTimestamp
 from .fetcher import Fetcher, PartitionFetchState, out_of_range_message
+from .group_member import GroupMember
+from .lookups import Lookups
 from .metadata import ClusterMetadata
 from .records import ConsumerRecord, DecodedBatch, RecordColumns
 from .rpc import IOThread
@@ -49,34 +48,6 @@ EARLIEST = -2
 LATEST = -1
 
 
-class OffsetAndMetadata(NamedTuple):
-    """A committed position: the next offset to read, plus free-form metadata."""
-
-    offset: int
-    metadata: str = ""
-    leader_epoch: int = -1
-
-
-class OffsetAndTimestamp(NamedTuple):
-    offset: int
-    timestamp: int
-
-
-class ConsumerRebalanceListener:
-    """Override to act when a group rebalance moves partitions (Kafka's interface)."""
-
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Before partitions leave: commit what was processed."""
-
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        """After partitions arrive: seek if needed."""
-
-    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        """Partitions were taken away without a clean revoke (session lost); by default
-        the same as revoked, as in Kafka."""
-        self.on_partitions_revoked(lost)
-
-
 class Consumer:
     """Reads records from kvlog topics. See the module docstring."""
 
@@ -84,7 +55,7 @@ class Consumer:
         config: Mapping[str, Any] | None = None
         if topics and isinstance(topics[0], Mapping):
             config, topics = topics[0], topics[1:]
-        cfg = resolve(CONSUMER_SETTINGS, config, kwargs, what="consumer")
+        cfg = resolve(CONSUMER_SETTINGS, config, kwargs)
         self.config = cfg
         self._bootstrap = split_bootstrap(cfg["bootstrap_servers"])
         self._key_deserializer = deserializer(cfg["key_deserializer"], "key_deserializer")
@@ -113,6 +84,9 @@ class Consumer:
             driver=self._fetcher,
             socket_options=client_socket_options(cfg),
         )
+        self._lookups = Lookups(
+            self._io, self.metadata, self._bootstrap, self._request_timeout_ms, self._interest
+        )
         self._lock = self._fetcher.lock
         self._decoded: dict[TopicPartition, DecodedBatch] = {}
         self._subscription: set[str] = set()
@@ -121,7 +95,7 @@ class Consumer:
         self._closed = False
         self._iterator: Iterator[ConsumerRecord] | None = None
         self._rr = 0
-        self._group: Any = None
+        self._group: GroupMember | None = None
         self._thread_guard = threading.Lock()
         if topics:
             self.subscribe([str(t) for t in topics])
@@ -182,10 +156,8 @@ class Consumer:
         self._subscription = set(topic_list)
         self._pattern = re.compile(pattern) if pattern is not None else None
         if self.config["group_id"] is not None:
-            from .group_member import GroupMember
-
             if self._group is None:
-                self._group = GroupMember(self)
+                self._group = GroupMember(self.config, _GroupLink(self))
             self._group.subscribe(self._subscription, self._pattern, listener)
             return
         self._assign_subscribed()
@@ -204,7 +176,7 @@ class Consumer:
     def _matching_topics(self) -> set[str]:
         if self._pattern is None:
             return set(self._subscription)
-        self._ensure_metadata(None)
+        self._lookups.ensure_metadata(None)
         return {
             t
             for t in self.metadata.topics
@@ -214,7 +186,7 @@ class Consumer:
 
     def _assign_subscribed(self) -> None:
         topics = self._matching_topics()
-        self._ensure_metadata(sorted(topics))
+        self._lookups.ensure_metadata(sorted(topics))
         tps = {
             TopicPartition(t, p)
             for t in topics
@@ -224,102 +196,17 @@ class Consumer:
 
     # -- metadata and offsets --------------------------------------------------------------
 
-    def _ensure_metadata(self, topics: list[str] | None) -> None:
-        """Make sure the metadata knows ``topics`` (None: all); raises if one is missing."""
-        deadline = time.monotonic() + self._request_timeout_ms / 1000
-        while True:
-            if topics is not None and all(t in self.metadata.topics for t in topics):
-                return
-            since = time.monotonic()
-            try:
-                fields: dict[str, Any] = {} if topics is None else {"topics": topics}
-                header, _ = self._io.call(self._bootstrap[0], "metadata", fields)
-            except KvlogError as exc:
-                if not exc.retriable or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-                continue
-            self.metadata.update(header, requested=topics)
-            if topics is None:
-                return
-            missing = [t for t in topics if t in self.metadata.missing]
-            for topic in missing:
-                refused = self.metadata.topic_error(topic)
-                if refused is not None:
-                    raise refused
-            if missing:
-                raise UnknownTopicOrPartitionError(
-                    f"topic(s) {', '.join(missing)} do not exist; create them first"
-                )
-            if self.metadata.updated_at > since and all(t in self.metadata.topics for t in topics):
-                return
-            if time.monotonic() > deadline:
-                raise KafkaTimeoutError(f"no metadata for {topics} within request.timeout.ms")
-
-    def _list_offsets(
-        self, wanted: Mapping[TopicPartition, int]
-    ) -> dict[TopicPartition, tuple[int, int]]:
-        """Kafka's ListOffsets: {tp: timestamp (-2 earliest, -1 latest, or ms)} ->
-        {tp: (offset, timestamp)}, asking each leader, retrying through leader moves."""
-        out: dict[TopicPartition, tuple[int, int]] = {}
-        todo = dict(wanted)
-        deadline = time.monotonic() + self._request_timeout_ms / 1000
-        while todo:
-            self._ensure_metadata(sorted({tp.topic for tp in todo}))
-            by_leader: dict[str, list[TopicPartition]] = {}
-            for tp in todo:
-                count = self.metadata.partition_count(tp.topic) or 0
-                if tp.partition >= count:
-                    raise UnknownTopicOrPartitionError(f"partition {tp} does not exist")
-                endpoint = self.metadata.leader_endpoint(tp)
-                if endpoint is not None:
-                    by_leader.setdefault(endpoint, []).append(tp)
-            retry = False
-            for endpoint, tps in by_leader.items():
-                fields = {
-                    "partitions": [
-                        {"topic": tp.topic, "partition": tp.partition, "timestamp": todo[tp]}
-                        for tp in tps
-                    ]
-                }
-                try:
-                    header, _ = self._io.call(endpoint, "list_offsets", fields)
-                except KvlogError as exc:
-                    if not exc.retriable:
-                        raise
-                    retry = True
-                    continue
-                for tp, entry in zip(tps, header.get("partitions", []), strict=False):
-                    code = entry.get("error", 0)
-                    if code:
-                        exc = error_from_code(code, entry.get("message"))
-                        if exc.recovery is Recovery.FATAL:
-                            raise exc
-                        retry = True
-                        continue
-                    out[tp] = (entry["offset"], entry.get("timestamp", -1))
-                    del todo[tp]
-            if todo and (retry or not by_leader):
-                if time.monotonic() > deadline:
-                    raise KafkaTimeoutError(f"could not list offsets of {sorted(todo)} in time")
-                self.metadata.mark_stale()
-                self.metadata.stale = True
-                time.sleep(0.05)
-                self._ensure_metadata_fresh()
-        return out
-
-    def _ensure_metadata_fresh(self) -> None:
-        topics = sorted({tp.topic for tp in self.assignment()} | self._subscription)
-        header, _ = self._io.call(self._bootstrap[0], "metadata", {"topics": topics})
-        self.metadata.update(header, requested=topics)
+    def _interest(self) -> list[str]:
+        """The topics whose metadata a retried offset lookup refreshes."""
+        return sorted({tp.topic for tp in self.assignment()} | self._subscription)
 
     def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        found = self._list_offsets({TopicPartition(*tp): EARLIEST for tp in partitions})
+        found = self._lookups.list_offsets({TopicPartition(*tp): EARLIEST for tp in partitions})
         return {tp: offset for tp, (offset, _) in found.items()}
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """The high watermark of each partition (the offset the next record will get)."""
-        found = self._list_offsets({TopicPartition(*tp): LATEST for tp in partitions})
+        found = self._lookups.list_offsets({TopicPartition(*tp): LATEST for tp in partitions})
         return {tp: offset for tp, (offset, _) in found.items()}
 
     def offsets_for_times(
@@ -329,18 +216,20 @@ class Consumer:
         for tp, ts in timestamps.items():
             if ts < 0:
                 raise ValueError(f"timestamp for {tp} must be >= 0, got {ts}")
-        found = self._list_offsets({TopicPartition(*tp): ts for tp, ts in timestamps.items()})
+        found = self._lookups.list_offsets(
+            {TopicPartition(*tp): ts for tp, ts in timestamps.items()}
+        )
         return {
             tp: (OffsetAndTimestamp(offset, ts) if offset >= 0 else None)
             for tp, (offset, ts) in found.items()
         }
 
     def partitions_for_topic(self, topic: str) -> set[int]:
-        self._ensure_metadata([topic])
+        self._lookups.ensure_metadata([topic])
         return self.metadata.partitions_for(topic) or set()
 
     def topics(self) -> set[str]:
-        self._ensure_metadata(None)
+        self._lookups.ensure_metadata(None)
         return set(self.metadata.topics)
 
     # -- positions -------------------------------------------------------------------------
@@ -365,7 +254,7 @@ class Consumer:
         tps = [TopicPartition(*tp) for tp in partitions] or sorted(self.assignment())
         for tp in tps:
             self._state(tp)
-        for tp, (offset, _) in self._list_offsets(dict.fromkeys(tps, which)).items():
+        for tp, (offset, _) in self._lookups.list_offsets(dict.fromkeys(tps, which)).items():
             self.seek(tp, offset)
 
     def seek_to_beginning(self, *partitions: TopicPartition) -> None:
@@ -390,7 +279,7 @@ class Consumer:
         """Committed offset (groups), else auto.offset.reset."""
         committed: dict[TopicPartition, int] = {}
         if self._group is not None:
-            committed = self._group.committed_positions(tps)
+            committed = self._group.offsets.committed_positions(tps)
         need = [tp for tp in tps if tp not in committed]
         if need and self._reset == "none":
             raise NoOffsetForPartitionError(
@@ -398,7 +287,7 @@ class Consumer:
                 "auto.offset.reset is 'none'; seek() first or set auto.offset.reset"
             )
         which = EARLIEST if self._reset == "earliest" else LATEST
-        found = self._list_offsets(dict.fromkeys(need, which)) if need else {}
+        found = self._lookups.list_offsets(dict.fromkeys(need, which)) if need else {}
         with self._lock:
             for tp in tps:
                 state = self._fetcher.states.get(tp)
@@ -587,31 +476,30 @@ class Consumer:
 
     # -- commits (groups) ------------------------------------------------------------------
 
-    def _require_group(self, what: str) -> Any:
+    def _require_group(self, what: str) -> GroupMember:
         if self._group is None:
-            from .group_member import GroupMember
-
             if self.config["group_id"] is None:
                 raise IllegalStateError(f"{what} needs a group_id")
-            self._group = GroupMember(self)
+            self._group = GroupMember(self.config, _GroupLink(self))
         return self._group
 
     def commit(
         self, offsets: Mapping[TopicPartition, OffsetAndMetadata | int] | None = None
     ) -> None:
         """Commit positions (default: what poll() returned so far) synchronously."""
-        self._require_group("commit()").commit_sync(offsets)
+        self._require_group("commit()").offsets.commit_sync(offsets)
 
     def commit_async(
         self,
         offsets: Mapping[TopicPartition, OffsetAndMetadata | int] | None = None,
         callback: Any = None,
     ) -> None:
-        self._require_group("commit_async()").commit_async(offsets, callback)
+        self._require_group("commit_async()").offsets.commit_async(offsets, callback)
 
     def committed(self, partition: TopicPartition) -> int | None:
         """The group's committed offset for ``partition`` (the next offset to read)."""
-        found = self._require_group("committed()").fetch_committed([TopicPartition(*partition)])
+        group = self._require_group("committed()")
+        found = group.offsets.fetch_committed([TopicPartition(*partition)])
         entry = found.get(TopicPartition(*partition))
         return None if entry is None else entry.offset
 
@@ -626,3 +514,45 @@ class Consumer:
         finally:
             self._closed = True
             self._io.close()
+
+
+class _GroupLink:
+    """The consumer as its GroupMember sees it (group_member.ConsumerLink), so that the
+    membership logic reaches nothing else of the consumer. Owned by one Consumer."""
+
+    __slots__ = ("_consumer",)
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+
+    @property
+    def io(self) -> IOThread:
+        return self._consumer._io
+
+    @property
+    def metadata(self) -> ClusterMetadata:
+        return self._consumer.metadata
+
+    def ensure_metadata(self, topics: list[str] | None) -> None:
+        self._consumer._lookups.ensure_metadata(topics)
+
+    def subscribed_topics(self) -> set[str]:
+        return self._consumer._matching_topics()
+
+    def follows_pattern(self) -> bool:
+        return self._consumer._pattern is not None
+
+    def set_assignment(self, tps: set[TopicPartition]) -> None:
+        self._consumer._set_assignment(tps)
+
+    def positions(self, only: set[TopicPartition] | None) -> dict[TopicPartition, int]:
+        consumer = self._consumer
+        with consumer._lock:
+            return {
+                tp: state.position
+                for tp, state in consumer._fetcher.states.items()
+                if state.position is not None and (only is None or tp in only)
+            }
+
+
+__all__ = ["Consumer", "ConsumerRebalanceListener", "OffsetAndMetadata", "OffsetAndTimestamp"]

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from kvlog.errors import KafkaTimeoutError, KvlogError
+from kvlog.errors import KafkaTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -274,11 +274,3 @@ class BatchSendResult:
                     self.topic, partition, base + j, self.timestamp, future.log_start_offset
                 )
         return out  # type: ignore[return-value]
-
-
-def failed_future(
-    topic: str, partition: int, error: KvlogError, timestamp: int = -1
-) -> FutureRecordMetadata:
-    batch = BatchFuture()
-    batch.set_exception(error)
-    return FutureRecordMetadata(batch, 0, topic, partition, timestamp, -1, -1)

@@ -2,14 +2,9 @@
 
 Joining and syncing happen inside ``poll()``, on the caller's thread, so rebalance
 listener callbacks run where the user's code runs (as in Kafka). A background thread
-heartbeats, so slow processing between polls does not cost the session. Its heartbeats
-are long polls (``max_wait_ms`` = ``heartbeat.interval.ms``, at most half the session):
-the coordinator holds each until the wait ends, then the thread sends the next at once,
-or answers it REBALANCE_IN_PROGRESS the moment a rebalance starts, so a member hears of a
-rebalance within milliseconds, not at its next heartbeat. A heartbeat that gets no answer
-(the coordinator restarting) is retried after ``retry.backoff.ms``, doubling up to the
-interval. The thread also watches ``max.poll.interval.ms``: a consumer that stops polling
-leaves the group (its partitions go to the others), the next ``poll()`` raises
+(ipc/group_heartbeat.py) heartbeats, so slow processing between polls does not cost the
+session, and watches ``max.poll.interval.ms``: a consumer that stops polling leaves the
+group (its partitions go to the others), the next ``poll()`` raises
 MaxPollIntervalExceededError, and the one after rejoins.
 
 The leader of each generation computes the assignment with the first assignor of
@@ -18,6 +13,10 @@ everything before rejoining; ``cooperative-sticky`` revokes only what moves and 
 at once to hand it over (incremental rebalancing).
 
 Subscription and assignment metadata are CBOR maps (PROTOCOL.md, "Consumer protocol").
+
+The member sees its consumer only through :class:`ConsumerLink`: the consumer's I/O
+thread and metadata, and five operations on its subscription, assignment and positions.
+Its offset commits and fetches are ipc/group_offsets.py's.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from kvlog.errors import (
     CommitFailedError,
@@ -49,9 +48,11 @@ from .consumer_protocol import (
     encode_assignment,
     encode_subscription,
 )
-
-if TYPE_CHECKING:
-    from .consumer import Consumer, ConsumerRebalanceListener, OffsetAndMetadata
+from .consumer_types import ConsumerRebalanceListener
+from .group_heartbeat import HeartbeatThread
+from .group_offsets import GroupOffsets
+from .metadata import ClusterMetadata
+from .rpc import IOThread
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,40 @@ _REJOIN_ERRORS = {
     ErrorCode.REBALANCE_IN_PROGRESS,
     ErrorCode.MEMBER_ID_REQUIRED,
 }
+
+
+class ConsumerLink(Protocol):
+    """What a GroupMember needs from its consumer (ipc/consumer.py implements it)."""
+
+    @property
+    def io(self) -> IOThread:
+        """The consumer's I/O thread, which carries the group's requests too."""
+        ...
+
+    @property
+    def metadata(self) -> ClusterMetadata:
+        """The consumer's view of the cluster (topics, partition counts, coordinator)."""
+        ...
+
+    def ensure_metadata(self, topics: list[str] | None) -> None:
+        """Make sure the metadata knows ``topics`` (None: all); raises if one is missing."""
+        ...
+
+    def subscribed_topics(self) -> set[str]:
+        """The subscribed topics (for a pattern: the existing topics it matches)."""
+        ...
+
+    def follows_pattern(self) -> bool:
+        """True when the subscription is a pattern (new matching topics rebalance)."""
+        ...
+
+    def set_assignment(self, tps: set[TopicPartition]) -> None:
+        """Read exactly these partitions from now on."""
+        ...
+
+    def positions(self, only: set[TopicPartition] | None) -> dict[TopicPartition, int]:
+        """The next offset to read of each assigned partition with a known position."""
+        ...
 
 
 class _State(enum.Enum):
@@ -92,21 +127,18 @@ class GroupMember:
     """Owned by one Consumer. poll-side methods run on the consumer's thread; the
     heartbeat thread only flags what poll() must do next."""
 
-    def __init__(self, consumer: Consumer) -> None:
-        cfg = consumer.config
+    def __init__(self, cfg: Mapping[str, Any], consumer: ConsumerLink) -> None:
         self.consumer = consumer
-        self.io = consumer._io
+        self.io = consumer.io
         self.group_id: str = cfg["group_id"]
         self.instance_id: str | None = cfg["group_instance_id"]
         self.client_id: str = cfg["client_id"]
         self.session_timeout_ms: int = cfg["session_timeout_ms"]
         self.heartbeat_interval_ms: int = cfg["heartbeat_interval_ms"]
-        self.heartbeat_s = self.heartbeat_interval_ms / 1000
         self.max_poll_interval_ms: int = cfg["max_poll_interval_ms"]
         self.strategies: list[Any] = cfg["partition_assignment_strategy"]
         self.auto_commit: bool = cfg["enable_auto_commit"]
         self.auto_commit_s = cfg["auto_commit_interval_ms"] / 1000
-        self.request_timeout_ms: int = cfg["request_timeout_ms"]
         self.backoff_s = cfg["retry_backoff_ms"] / 1000
         self.member_id = ""
         self.generation = -1
@@ -127,28 +159,28 @@ class GroupMember:
         self.lost_reason = ""
         self.assigned_counts: dict[str, int] = {}
         self.next_auto_commit = time.monotonic() + self.auto_commit_s
-        self.last_committed: dict[TopicPartition, int] = {}
         self._pending: _Exchange | None = None
         self._joined: tuple[str, int] | None = None  # (member id, generation) while syncing
         self._retry_at = 0.0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        # The heartbeat thread waits on this for its interval, its heartbeat's reply, a
-        # new generation to heartbeat for (kick: so it hears of the next rebalance at
-        # once) and close() (so a parked heartbeat never delays it).
-        self._heartbeat_cond = threading.Condition()
-        self._heartbeat_kick = False
         # Bumped by every JoinGroup and LeaveGroup this member sends: a heartbeat answered
         # after one speaks of a membership that is gone, and is ignored.
-        self._membership_epoch = 0
-        self._thread: threading.Thread | None = None
+        self.membership_epoch = 0
+        self.offsets = GroupOffsets(self, self.io, consumer.positions)
+        self.heartbeat = HeartbeatThread(
+            self,
+            self.io,
+            interval_ms=self.heartbeat_interval_ms,
+            session_timeout_ms=self.session_timeout_ms,
+            backoff_s=self.backoff_s,
+        )
 
     # -- coordinator calls ------------------------------------------------------------------
 
-    def _coordinator(self) -> str:
+    def coordinator(self) -> str:
         endpoint = self.consumer.metadata.coordinator
         if endpoint is None:
-            self.consumer._ensure_metadata(None)
+            self.consumer.ensure_metadata(None)
             endpoint = self.consumer.metadata.coordinator
         if endpoint is None:
             raise KafkaTimeoutError("the broker did not name a group coordinator")
@@ -158,7 +190,7 @@ class GroupMember:
         self, op: str, fields: dict[str, Any], timeout_ms: float | None = None
     ) -> dict[str, Any]:
         header, _ = self.io.call(
-            self._coordinator(), op, {"group_id": self.group_id, **fields}, timeout_ms=timeout_ms
+            self.coordinator(), op, {"group_id": self.group_id, **fields}, timeout_ms=timeout_ms
         )
         return header
 
@@ -170,11 +202,7 @@ class GroupMember:
         self.listener = listener
         self.subscribed = True
         self.need_rejoin = True
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._heartbeat_loop, name=f"kvlog-heartbeat-{self.group_id}", daemon=True
-            )
-            self._thread.start()
+        self.heartbeat.start()
 
     def unsubscribe(self) -> None:
         self._revoke(set(self.owned), "unsubscribe")
@@ -204,14 +232,14 @@ class GroupMember:
             self._join_and_sync(deadline)
         if self.auto_commit and now >= self.next_auto_commit and self.state is _State.STABLE:
             self.next_auto_commit = now + self.auto_commit_s
-            self.commit_async(None, None)
+            self.offsets.commit_async(None, None)
 
     def _lose(self, lost: set[TopicPartition], reason: str) -> None:
         """Drop partitions another member may own by now, without committing."""
         log.warning(
             "group %s: partitions lost (%s): %s", self.group_id, reason, sorted(map(str, lost))
         )
-        self.consumer._set_assignment(set())
+        self.consumer.set_assignment(set())
         if self.listener is not None:
             self._safely(self.listener.on_partitions_lost, lost)
         self.owned = set()
@@ -220,12 +248,12 @@ class GroupMember:
     def _metadata_changed(self) -> bool:
         """The leader rebalances when subscribed topics appear or grow (Kafka's leader
         watches metadata the same way)."""
-        if self.member_id != self.leader and self.consumer._pattern is None:
+        if self.member_id != self.leader and not self.consumer.follows_pattern():
             return False
         meta = self.consumer.metadata
         if time.monotonic() - meta.updated_at > 5.0:
             meta.mark_stale()
-        topics = self.consumer._matching_topics() if self.consumer._pattern else None
+        topics = self.consumer.subscribed_topics() if self.consumer.follows_pattern() else None
         if topics is not None and topics != set(self.assigned_counts):
             return True
         for topic, count in self.assigned_counts.items():
@@ -245,7 +273,7 @@ class GroupMember:
             return
         if self.auto_commit and self.generation >= 0:
             try:
-                self.commit_sync(None, only=tps)
+                self.offsets.commit_sync(None, only=tps)
             except KvlogError as exc:
                 log.warning(
                     "group %s: commit before revoking failed: %s", self.group_id, exc.message
@@ -284,16 +312,16 @@ class GroupMember:
 
     def _start_join(self) -> None:
         self._joined = None
-        self._membership_epoch += 1
+        self.membership_epoch += 1
         cooperative = self._cooperative()
         if not cooperative and self.owned:
             self._revoke(set(self.owned), "rebalance")
             self.owned = set()
-            self.consumer._set_assignment(set())
+            self.consumer.set_assignment(set())
         self.need_rejoin = False
         self.state = _State.JOINING
         topics = self._topics()
-        self.consumer._ensure_metadata(topics)
+        self.consumer.ensure_metadata(topics)
         names = [s for s in self.strategies if isinstance(s, str)]
         owned = self.owned if cooperative else self.previous
         metadata = encode_subscription(topics, owned, self.generation)
@@ -314,7 +342,7 @@ class GroupMember:
     def _submit(self, kind: str, op: str, fields: dict[str, Any]) -> None:
         pending = self._pending = _Exchange(kind)
         try:
-            endpoint = self._coordinator()
+            endpoint = self.coordinator()
         except KvlogError as exc:
             pending.finish(None, exc)
             return
@@ -326,7 +354,7 @@ class GroupMember:
                 # Heartbeat for the new generation at once, even before the next poll()
                 # sends SyncGroup (Kafka heartbeats through that gap too).
                 self._joined = (header.get("member_id", ""), header.get("generation", -1))
-                self._kick_heartbeat()
+                self.heartbeat.kick()
             pending.finish(header, error)
 
         self.io.submit(
@@ -395,9 +423,9 @@ class GroupMember:
             self.need_rejoin = True  # hand them over in a follow-up rebalance
         self.owned = new
         self.previous = set(new)
-        self.consumer._set_assignment(new)
+        self.consumer.set_assignment(new)
         self.state = _State.STABLE
-        self._kick_heartbeat()
+        self.heartbeat.kick()
         self.assigned_counts = {
             t: self.consumer.metadata.partition_count(t) or 0 for t in self._topics()
         }
@@ -412,7 +440,7 @@ class GroupMember:
             self._safely(self.listener.on_partitions_assigned, added if cooperative else new)
 
     def _topics(self) -> list[str]:
-        return sorted(self.consumer._matching_topics())
+        return sorted(self.consumer.subscribed_topics())
 
     def _assign(self, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
         subs = [
@@ -420,7 +448,7 @@ class GroupMember:
             for m in members
         ]
         topics = sorted({t for s in subs for t in s.topics})
-        self.consumer._ensure_metadata(topics)
+        self.consumer.ensure_metadata(topics)
         counts = {t: n for t in topics if (n := self.consumer.metadata.partition_count(t))}
         result = assignor(self.protocol or "range")(counts, subs)
         log.info(
@@ -435,9 +463,9 @@ class GroupMember:
             for member_id, tps in result.items()
         ]
 
-    # -- heartbeat thread -------------------------------------------------------------------------
+    # -- what the heartbeat thread asks (ipc/group_heartbeat.py) ----------------------------
 
-    def _heartbeat_target(self) -> tuple[str, int] | None:
+    def heartbeat_target(self) -> tuple[str, int] | None:
         """(member id, generation) to heartbeat for, or None when there is none."""
         # Keep heartbeating while a rebalance waits for the next poll() (the session
         # must not expire before this member rejoins), and between the JoinGroup reply
@@ -449,104 +477,14 @@ class GroupMember:
             return joined
         return None
 
-    def _kick_heartbeat(self) -> None:
-        """A new generation to heartbeat for: heartbeat for it now, not after a sleep."""
-        with self._heartbeat_cond:
-            self._heartbeat_kick = True
-            self._heartbeat_cond.notify_all()
+    def leave_if_poll_overdue(self) -> bool:
+        idle_ms = (time.monotonic() - self.last_poll) * 1000
+        if idle_ms > self.max_poll_interval_ms and self.state is _State.STABLE:
+            self._poll_interval_exceeded(idle_ms)
+            return True
+        return False
 
-    def _heartbeat_loop(self) -> None:
-        delay = self.heartbeat_s
-        failures = 0  # heartbeats in a row the coordinator did not answer
-        while True:
-            with self._heartbeat_cond:
-                self._heartbeat_cond.wait_for(
-                    lambda: self._stop.is_set() or self._heartbeat_kick, delay
-                )
-                # Taken before the state is read: a kick after this read is not lost.
-                self._heartbeat_kick = False
-            if self._stop.is_set():
-                return
-            delay = self.heartbeat_s
-            # Read before the target: a JoinGroup sent after this read makes the answer
-            # (maybe REBALANCE_IN_PROGRESS, for the rebalance that join started) moot.
-            epoch = self._membership_epoch
-            target = self._heartbeat_target()
-            if target is None:
-                continue
-            idle_ms = (time.monotonic() - self.last_poll) * 1000
-            if idle_ms > self.max_poll_interval_ms and self.state is _State.STABLE:
-                self._poll_interval_exceeded(idle_ms)
-                continue
-            sent = time.monotonic()
-            error = self._heartbeat(*target)
-            if self._stop.is_set():
-                return
-            if epoch != self._membership_epoch:
-                continue  # a JoinGroup or LeaveGroup since: its own reply tells what's what
-            if error is None:
-                # The coordinator held it for up to the interval: send the next at once. A
-                # server that answers at once (older than long polls, or with too many
-                # parked) gets one per interval, as before.
-                failures = 0
-                delay = max(0.0, self.heartbeat_s - (time.monotonic() - sent))
-                continue
-            if self._on_heartbeat_error(error):
-                # No answer (the coordinator restarts: the connection dropped, or the
-                # request timed out): try again soon, backing off up to the interval, so
-                # the session outlives a restart and a rebalance is heard of early.
-                failures += 1
-                delay = min(self.heartbeat_s, self.backoff_s * 2 ** min(failures - 1, 16))
-            else:
-                failures = 0
-
-    def _heartbeat(self, member_id: str, generation: int) -> KvlogError | None:
-        """One heartbeat, long-polled for up to heartbeat.interval.ms; its error or None.
-        Returns early (None) when close() stops the thread."""
-        try:
-            endpoint = self._coordinator()
-        except KvlogError as exc:
-            return exc
-        box: list[KvlogError | None] = []
-
-        def callback(
-            header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
-        ) -> None:
-            if error is None and header is None:
-                error = KafkaTimeoutError("no reply from the group coordinator")
-            with self._heartbeat_cond:
-                box.append(error)
-                self._heartbeat_cond.notify_all()
-
-        # The coordinator answers within max_wait_ms (it caps the wait at half the
-        # session, and so does this); the request times out a grace period later. Wait
-        # plus grace stay within three quarters of the session, so after a lost answer
-        # the retry still arrives within the session the heartbeat began.
-        wait_ms = min(self.heartbeat_interval_ms, self.session_timeout_ms // 2)
-        timeout_ms = wait_ms + max(1000, self.session_timeout_ms // 4)
-        self.io.submit(
-            endpoint,
-            "heartbeat",
-            {
-                "group_id": self.group_id,
-                "generation": generation,
-                "member_id": member_id,
-                "group_instance_id": self.instance_id,
-                "max_wait_ms": wait_ms,
-            },
-            callback,
-            timeout_ms=timeout_ms,
-        )
-        # The I/O thread fails the request at its timeout; the extra seconds only guard
-        # against a stuck I/O thread.
-        with self._heartbeat_cond:
-            if not self._heartbeat_cond.wait_for(
-                lambda: bool(box) or self._stop.is_set(), timeout_ms / 1000 + 5.0
-            ):
-                return KafkaTimeoutError("no reply from the group coordinator")
-        return box[0] if box else None
-
-    def _on_heartbeat_error(self, exc: KvlogError) -> bool:
+    def on_heartbeat_error(self, exc: KvlogError) -> bool:
         """Act on a failed heartbeat; True when the coordinator gave no answer (retry)."""
         if exc.code is ErrorCode.REBALANCE_IN_PROGRESS:
             self.need_rejoin = True
@@ -603,7 +541,7 @@ class GroupMember:
     def _leave(self, reason: str) -> None:
         if not self.member_id:
             return
-        self._membership_epoch += 1
+        self.membership_epoch += 1
         try:
             self._call(
                 "leave_group",
@@ -615,37 +553,25 @@ class GroupMember:
         if not self.instance_id:
             self.member_id = ""
 
-    # -- offsets ------------------------------------------------------------------------------
+    # -- what committing asks (ipc/group_offsets.py) --------------------------------------
 
-    def _positions(self, only: set[TopicPartition] | None) -> dict[TopicPartition, int]:
-        with self.consumer._lock:
-            return {
-                tp: state.position
-                for tp, state in self.consumer._fetcher.states.items()
-                if state.position is not None and (only is None or tp in only)
-            }
-
-    def _commit_fields(self, offsets: Mapping[TopicPartition, Any]) -> dict[str, Any]:
-        entries = []
-        for tp, value in offsets.items():
-            offset = value if isinstance(value, int) else value.offset
-            metadata = "" if isinstance(value, int) else value.metadata
-            entries.append(
-                {
-                    "topic": tp.topic,
-                    "partition": tp.partition,
-                    "offset": offset,
-                    "metadata": metadata,
-                }
-            )
+    def commit_identity(self) -> dict[str, Any]:
         return {
             "generation": self.generation,
             "member_id": self.member_id,
             "group_instance_id": self.instance_id,
-            "offsets": entries,
         }
 
-    def _commit_error(self, exc: KvlogError) -> KvlogError:
+    def refuse_commit(self) -> KvlogError | None:
+        if self.generation < 0 and self.subscribed:
+            return self.commit_failed(
+                error_from_code(
+                    int(ErrorCode.ILLEGAL_GENERATION), "this member is not in the group"
+                )
+            )
+        return None
+
+    def commit_failed(self, exc: KvlogError) -> KvlogError:
         if exc.code in _REJOIN_ERRORS or isinstance(exc, FencedInstanceIdError):
             self.need_rejoin = True
             cause = self.lost_reason or (
@@ -662,92 +588,14 @@ class GroupMember:
             )
         return exc
 
-    def commit_sync(
-        self,
-        offsets: Mapping[TopicPartition, OffsetAndMetadata | int] | None,
-        *,
-        only: set[TopicPartition] | None = None,
-    ) -> None:
-        if offsets is None:
-            offsets = self._positions(only)
-        if not offsets:
-            return
-        if self.generation < 0 and self.subscribed:
-            raise self._commit_error(
-                error_from_code(
-                    int(ErrorCode.ILLEGAL_GENERATION), "this member is not in the group"
-                )
-            )
-        try:
-            reply = self._call("offset_commit", self._commit_fields(offsets))
-        except KvlogError as exc:
-            raise self._commit_error(exc) from None
-        for entry in reply.get("partitions", []):
-            if entry.get("error"):
-                raise error_from_code(entry["error"], entry.get("message"))
-        for tp, value in offsets.items():
-            self.last_committed[tp] = value if isinstance(value, int) else value.offset
-
-    def commit_async(self, offsets: Mapping[TopicPartition, Any] | None, callback: Any) -> None:
-        if offsets is None:
-            offsets = {
-                tp: pos
-                for tp, pos in self._positions(None).items()
-                if self.last_committed.get(tp) != pos
-            }
-        if not offsets:
-            if callback is not None:
-                callback(offsets, None)
-            return
-        fields = {"group_id": self.group_id, **self._commit_fields(offsets)}
-        snapshot = dict(offsets)
-
-        def done(
-            header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
-        ) -> None:
-            if error is None and header is not None:
-                for tp, value in snapshot.items():
-                    self.last_committed[tp] = value if isinstance(value, int) else value.offset
-            elif error is not None:
-                error = self._commit_error(error)
-                log.warning("group %s: async commit failed: %s", self.group_id, error.message)
-            if callback is not None:
-                try:
-                    callback(snapshot, error)
-                except Exception:
-                    log.exception("commit_async callback raised")
-
-        try:
-            endpoint = self._coordinator()
-        except KvlogError as exc:
-            done(None, [], exc)
-            return
-        self.io.submit(endpoint, "offset_commit", fields, done)
-
-    def fetch_committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
-        from .consumer import OffsetAndMetadata
-
-        reply = self._call("offset_fetch", {"partitions": [[tp.topic, tp.partition] for tp in tps]})
-        out = {}
-        for entry in reply.get("partitions", []):
-            if entry.get("offset", -1) >= 0:
-                tp = TopicPartition(entry["topic"], entry["partition"])
-                out[tp] = OffsetAndMetadata(entry["offset"], entry.get("metadata", ""))
-        return out
-
-    def committed_positions(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: om.offset for tp, om in self.fetch_committed(tps).items()}
-
     # -- close ----------------------------------------------------------------------------------
 
     def close(self, *, autocommit: bool) -> None:
-        self._stop.set()
-        with self._heartbeat_cond:  # the thread must not wait out a parked heartbeat
-            self._heartbeat_cond.notify_all()
+        self.heartbeat.stop()
         try:
             if self.state is _State.STABLE and autocommit and self.auto_commit:
                 try:
-                    self.commit_sync(None)
+                    self.offsets.commit_sync(None)
                 except KvlogError as exc:
                     log.warning("group %s: commit on close failed: %s", self.group_id, exc.message)
             if self.listener is not None and self.owned:
@@ -757,9 +605,8 @@ class GroupMember:
             if not self.instance_id:  # static members keep their partitions
                 self._leave("close")
         finally:
-            if self._thread is not None:
-                self._thread.join(timeout=self.heartbeat_s + 1)
+            self.heartbeat.join()
             self.state = _State.UNJOINED
 
 
-__all__ = ["GroupMember", "IllegalStateError"]
+__all__ = ["ConsumerLink", "GroupMember", "IllegalStateError"]

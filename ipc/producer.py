@@ -58,7 +58,7 @@ class Producer:
     """Sends records to kvlog topics. See the module docstring."""
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        cfg = resolve(PRODUCER_SETTINGS, config, kwargs, what="producer")
+        cfg = resolve(PRODUCER_SETTINGS, config, kwargs)
         self.config = cfg
         self._bootstrap = split_bootstrap(cfg["bootstrap_servers"])
         self._key_serializer = serializer(cfg["key_serializer"], "key_serializer")

@@ -181,9 +181,6 @@ class IOThread:
 
     # -- the I/O thread --------------------------------------------------------------------
 
-    def in_io_thread(self) -> bool:
-        return threading.current_thread() is self._thread
-
     def socket_for(self, endpoint: str) -> zmq.Socket[Any]:
         sock = self._sockets.get(endpoint)
         if sock is None:

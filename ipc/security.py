@@ -124,8 +124,3 @@ def client_socket_options(config: dict[str, Any]) -> dict[int, Any]:
         zmq.CURVE_PUBLICKEY: keys.public,
         zmq.CURVE_SECRETKEY: keys.secret,
     }
-
-
-def apply_options(sock: zmq.Socket[Any], options: dict[int, Any]) -> None:
-    for option, value in options.items():
-        sock.setsockopt(option, value)

@@ -8,7 +8,7 @@ Failures raise SerializationError naming the field, not the callable's own excep
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cbor2
@@ -48,28 +48,24 @@ _DESERIALIZERS: dict[str, Deserializer] = {
 
 
 def serializer(spec: Any, field: str) -> Serializer:
-    if spec is None:
-        return _to_bytes
-    if isinstance(spec, str):
-        found = _SERIALIZERS.get(spec.lower())
-        if found is None:
-            raise InvalidConfigError(
-                f"{field}: unknown serializer {spec!r}; use bytes, str, json, cbor or a callable"
-            )
-        return _checked(found, field)
-    if callable(spec):
-        return _checked(spec, field)
-    raise InvalidConfigError(f"{field} must be a name or a callable, got {spec!r}")
+    return _named_or_callable(spec, field, _SERIALIZERS, "serializer")
 
 
 def deserializer(spec: Any, field: str) -> Deserializer:
+    return _named_or_callable(spec, field, _DESERIALIZERS, "deserializer")
+
+
+def _named_or_callable(
+    spec: Any, field: str, named: Mapping[str, Callable[[Any], Any]], what: str
+) -> Callable[[Any], Any]:
+    """None: bytes as they are; a name from ``named``; or the caller's own callable."""
     if spec is None:
-        return _DESERIALIZERS["bytes"]
+        return named["bytes"]
     if isinstance(spec, str):
-        found = _DESERIALIZERS.get(spec.lower())
+        found = named.get(spec.lower())
         if found is None:
             raise InvalidConfigError(
-                f"{field}: unknown deserializer {spec!r}; use bytes, str, json, cbor or a callable"
+                f"{field}: unknown {what} {spec!r}; use bytes, str, json, cbor or a callable"
             )
         return _checked(found, field)
     if callable(spec):

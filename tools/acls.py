@@ -11,16 +11,14 @@ authorized keys directory.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
-from .common import Group, admin_client, client_options, make_console
+from .common import Group, admin_client, client_options, print_listing
 
 OPERATIONS = ("read", "write", "create", "delete", "describe", "alter")
 CLUSTER_NAME = "kvlog"  # the one cluster resource's name (workers/acl.py)
@@ -144,28 +142,14 @@ def list_(
         if (principal is None or e.get("principal") == principal)
         and (resource is None or (e.get("resource_type"), e.get("name")) == resource)
     ]
-    if as_json:
-        click.echo(json.dumps(entries, indent=2))
-        return
-    if not entries:
-        click.echo("no ACLs")
-        return
-    table = Table(box=None, pad_edge=False)
-    for column in ("principal", "resource type", "name", "operation"):
-        table.add_column(column)
-    for e in sorted(
+    keys = ("principal", "resource_type", "name", "operation")
+    print_listing(
         entries,
-        key=lambda e: tuple(
-            str(e.get(k)) for k in ("principal", "resource_type", "name", "operation")
-        ),
-    ):
-        table.add_row(
-            e.get("principal", ""),
-            e.get("resource_type", ""),
-            e.get("name", ""),
-            e.get("operation", ""),
-        )
-    make_console().print(table)
+        as_json=as_json,
+        empty="no ACLs",
+        columns=("principal", "resource type", "name", "operation"),
+        rows=sorted(tuple(str(e.get(k, "")) for k in keys) for e in entries),
+    )
 
 
 @acls.command()

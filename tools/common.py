@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from kvlog.errors import KvlogError
+from kvlog.ipc.config import ADMIN_SETTINGS
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_BOOTSTRAP: str = ADMIN_SETTINGS.default("bootstrap.servers")
 # Client settings whose values may be file paths (resolved against the config file's dir).
 _PATH_SETTINGS = ("curve.server.key", "curve.secret.key")
 
@@ -259,6 +261,39 @@ def make_console(*, stderr: bool = False) -> Any:
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() or "COLUMNS" in os.environ else 200
     return Console(highlight=False, width=width, stderr=stderr)
+
+
+def plain_table(
+    columns: Sequence[str], rows: Iterable[Sequence[str]], *, right: Container[str] = ()
+) -> Any:
+    """A borderless rich table (kvlog's listings): these columns, right-justified where
+    named in ``right``, and these rows."""
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_listing(
+    items: Sequence[Any],
+    *,
+    as_json: bool,
+    empty: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[str]],
+) -> None:
+    """A listing command's output: ``items`` as JSON, the ``empty`` line when there are
+    none, or a table of ``rows``."""
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+    elif not items:
+        click.echo(empty)
+    else:
+        make_console().print(plain_table(columns, rows))
 
 
 def err(message: str) -> None:

@@ -23,9 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
-from .common import Group, admin_client, client_config, client_options, make_console
+from .common import (
+    Group,
+    admin_client,
+    client_config,
+    client_options,
+    make_console,
+    plain_table,
+    print_listing,
+)
 
 
 @contextlib.contextmanager
@@ -74,18 +81,16 @@ def list_(as_json: bool, bootstrap_server: str | None, command_config: Path | No
         found = admin.list_groups()
     finally:
         admin.close()
-    if as_json:
-        click.echo(json.dumps(found, indent=2))
-        return
-    if not found:
-        click.echo("no consumer groups")
-        return
-    table = Table(box=None, pad_edge=False)
-    for column in ("group", "state", "protocol type"):
-        table.add_column(column)
-    for g in sorted(found, key=lambda g: g.get("group_id", "")):
-        table.add_row(g.get("group_id", ""), g.get("state", ""), g.get("protocol_type") or "")
-    make_console().print(table)
+    print_listing(
+        found,
+        as_json=as_json,
+        empty="no consumer groups",
+        columns=("group", "state", "protocol type"),
+        rows=(
+            (g.get("group_id", ""), g.get("state", ""), g.get("protocol_type") or "")
+            for g in sorted(found, key=lambda g: g.get("group_id", ""))
+        ),
+    )
 
 
 def group_report(admin: Any, consumer: Any, group_id: str) -> dict[str, Any]:
@@ -144,37 +149,39 @@ def _print_report(console: Any, report: dict[str, Any]) -> None:
     )
     if members:
         console.print("members:")
-        table = Table(box=None, pad_edge=False)
-        for column in ("member id", "client id", "instance id", "assigned partitions"):
-            table.add_column(column)
-        for m in members:
-            table.add_row(
+        rows = [
+            (
                 m["member_id"] + (" (leader)" if m["member_id"] == report.get("leader") else ""),
                 m["client_id"] or "",
                 m["instance_id"] or "",
                 ", ".join(m["assignment"]) or "-",
             )
-        console.print(table)
+            for m in members
+        ]
+        console.print(
+            plain_table(("member id", "client id", "instance id", "assigned partitions"), rows)
+        )
     if not report["partitions"]:
         console.print("no committed offsets and no assigned partitions")
         return
     console.print("offsets:")
-    table = Table(box=None, pad_edge=False)
-    for column in ("topic", "partition", "committed", "log end", "lag", "member / client"):
-        table.add_column(
-            column,
-            justify="right" if column in ("partition", "committed", "log end", "lag") else "left",
-        )
-    for r in report["partitions"]:
-        table.add_row(
+    rows = [
+        (
             r["topic"],
             str(r["partition"]),
-            "-" if r["committed_offset"] is None else str(r["committed_offset"]),
-            "-" if r["log_end_offset"] is None else str(r["log_end_offset"]),
-            "-" if r["lag"] is None else str(r["lag"]),
+            _or_dash(r["committed_offset"]),
+            _or_dash(r["log_end_offset"]),
+            _or_dash(r["lag"]),
             f"{r['member_id']} / {r['client_id']}" if r["member_id"] else "-",
         )
-    console.print(table)
+        for r in report["partitions"]
+    ]
+    columns = ("topic", "partition", "committed", "log end", "lag", "member / client")
+    console.print(plain_table(columns, rows, right=("partition", "committed", "log end", "lag")))
+
+
+def _or_dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 @groups.command()
@@ -391,14 +398,9 @@ def reset_offsets(
     console.print(
         f"group {group_id}: " + ("plan (dry run, nothing changed)" if dry_run else "offsets reset")
     )
-    table = Table(box=None, pad_edge=False)
-    for column in ("topic", "partition", "current", "new"):
-        table.add_column(column, justify="left" if column == "topic" else "right")
-    for r in rows:
-        table.add_row(
-            r["topic"],
-            str(r["partition"]),
-            "-" if r["current_offset"] is None else str(r["current_offset"]),
-            str(r["new_offset"]),
-        )
-    console.print(table)
+    lines = [
+        (r["topic"], str(r["partition"]), _or_dash(r["current_offset"]), str(r["new_offset"]))
+        for r in rows
+    ]
+    columns = ("topic", "partition", "current", "new")
+    console.print(plain_table(columns, lines, right=("partition", "current", "new")))

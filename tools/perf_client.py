@@ -53,6 +53,8 @@ from typing import Any
 
 import click
 
+from kvlog.ipc.config import PRODUCER_SETTINGS
+
 from .common import Command, client_config, make_console
 
 POOL = 1024  # distinct keys and values (a power of two: index with i & (POOL - 1))
@@ -506,6 +508,41 @@ def _e2e_consumer_main(spec: dict[str, Any]) -> None:
     print(json.dumps({"received": received, "latency_us": list(latency.items())}), flush=True)
 
 
+class ChildConsumer:
+    """A perf run's consumer in its own process (``python -m MODULE FLAG SPEC``): it
+    prints a line once it is ready and its JSON report as its last line. Used as a
+    context manager around the produce side; an exception there kills it."""
+
+    def __init__(self, module: str, flag: str, spec: dict[str, Any], what: str) -> None:
+        self.args = [sys.executable, "-m", module, flag, json.dumps(spec)]
+        self.what = what
+        self.child: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> ChildConsumer:
+        child = self.child = subprocess.Popen(self.args, stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        if not child.stdout.readline():
+            child.kill()
+            child.wait()
+            raise click.ClickException(f"{self.what} failed to start (see above)")
+        return self
+
+    def report(self, timeout_s: float) -> dict[str, Any]:
+        """Wait for the child to finish; its report."""
+        assert self.child is not None
+        out, _ = self.child.communicate(timeout=timeout_s)
+        lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+        if self.child.returncode != 0 or not lines:
+            raise click.ClickException(f"{self.what} failed (exit code {self.child.returncode})")
+        report: dict[str, Any] = lines[-1]
+        return report
+
+    def __exit__(self, *exc: object) -> None:
+        if self.child is not None and self.child.returncode is None:
+            self.child.kill()
+            self.child.wait()
+
+
 def run_e2e(options: Options, tick: Tick, rate: int, seconds: float) -> Result:
     from kvlog.ipc.producer import Producer
 
@@ -523,15 +560,9 @@ def run_e2e(options: Options, tick: Tick, rate: int, seconds: float) -> Result:
     with Producer(options.producer_config()) as producer:
         # Metadata and a producer id first, before the consumer starts at the log end.
         producer.send(options.topic, value=_STAMP.pack(time.monotonic_ns()) + pad).get(30)
-        child = subprocess.Popen(
-            [sys.executable, "-m", "kvlog.tools.perf_client", "--e2e-consumer", json.dumps(spec)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert child.stdout is not None
-            if not child.stdout.readline():
-                raise click.ClickException("the e2e consumer process failed to start (see above)")
+        with ChildConsumer(
+            "kvlog.tools.perf_client", "--e2e-consumer", spec, "the e2e consumer process"
+        ) as child:
             send = producer.send
             topic = options.topic
             pack = _STAMP.pack
@@ -554,17 +585,7 @@ def run_e2e(options: Options, tick: Tick, rate: int, seconds: float) -> Result:
                     tick(min(1024, total - i))
             producer.flush()
             elapsed = (now_ns() - started_ns) / 1e9
-            out, _ = child.communicate(timeout=60)
-        except BaseException:
-            child.kill()
-            child.wait()
-            raise
-    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
-    if child.returncode != 0 or not lines:
-        raise click.ClickException(
-            f"the e2e consumer process failed (exit code {child.returncode})"
-        )
-    report = lines[-1]
+            report = child.report(timeout_s=60)
     latency = Counter({int(v): int(c) for v, c in report["latency_us"]})
     received = report["received"]
     lost = total - received
@@ -660,14 +681,15 @@ def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 "--batch-size",
                 type=click.IntRange(min=1),
                 default=None,
-                help="Producer batch.size in bytes [default: the producer's, 16384; "
-                "consume's fill: 1 MiB].",
+                help="Producer batch.size in bytes [default: the producer's, "
+                f"{PRODUCER_SETTINGS.default('batch.size')}; consume's fill: 1 MiB].",
             ),
             click.option(
                 "--linger-ms",
                 type=click.IntRange(min=0),
                 default=None,
-                help="Producer linger.ms [default: the producer's, 5; e2e: 0].",
+                help="Producer linger.ms [default: the producer's, "
+                f"{PRODUCER_SETTINGS.default('linger.ms')}; e2e: 0].",
             ),
             click.option(
                 "--log-dirs",
@@ -681,6 +703,23 @@ def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
     ):
         f = decorator(f)
     return f
+
+
+send_batch_option = click.option(
+    "--send-batch",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Use Producer.send_batch with N records per call (0: send() per record).",
+)
+preload_option = click.option(
+    "--preload",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Records stored before the run (untimed).",
+)
 
 
 def _run(options: Options, body: Callable[[Options, bool], Result]) -> None:
@@ -700,21 +739,8 @@ def _run(options: Options, body: Callable[[Options, bool], Result]) -> None:
 
 @click.command("produce", cls=Command)
 @common_options
-@click.option(
-    "--send-batch",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    metavar="N",
-    help="Use Producer.send_batch with N records per call (0: send() per record).",
-)
-@click.option(
-    "--preload",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Records stored before the run (untimed).",
-)
+@send_batch_option
+@preload_option
 def perf_produce(**kwargs: Any) -> None:
     """Producer throughput and send -> ack latency."""
     options = Options(**kwargs)
@@ -733,13 +759,7 @@ def perf_produce(**kwargs: Any) -> None:
 @common_options
 @click.option("--no-fill", is_flag=True, help="Read what the topic holds; do not produce first.")
 @click.option("--max-poll-records", type=click.IntRange(min=1), default=10_000, show_default=True)
-@click.option(
-    "--preload",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Records stored before the run (untimed).",
-)
+@preload_option
 @click.option(
     "--poll-batch",
     "columns",

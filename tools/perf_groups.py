@@ -45,6 +45,8 @@ from typing import Any
 
 import click
 
+from kvlog.ipc.config import CONSUMER_SETTINGS
+
 from .common import Command, client_config, make_console
 
 POLL_MS = 50
@@ -334,13 +336,15 @@ def run(options: Options, bootstrap: str, progress: Any) -> list[float]:
     "--heartbeat-interval-ms",
     type=click.IntRange(min=1),
     default=None,
-    help="Members' heartbeat.interval.ms [default: the consumer's, 3000].",
+    help="Members' heartbeat.interval.ms [default: the consumer's, "
+    f"{CONSUMER_SETTINGS.default('heartbeat.interval.ms')}].",
 )
 @click.option(
     "--session-timeout-ms",
     type=click.IntRange(min=1),
     default=None,
-    help="Members' session.timeout.ms [default: the consumer's, 45000].",
+    help="Members' session.timeout.ms [default: the consumer's, "
+    f"{CONSUMER_SETTINGS.default('session.timeout.ms')}].",
 )
 @click.option(
     "--assignor",

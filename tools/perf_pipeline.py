@@ -15,7 +15,6 @@ Options and the embedded broker are those of ``kvlog perf produce``.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from typing import Any
@@ -24,6 +23,7 @@ import click
 
 from .common import Command
 from .perf_client import (
+    ChildConsumer,
     Options,
     Result,
     Tick,
@@ -32,6 +32,7 @@ from .perf_client import (
     progress_bar,
     run_produce,
     run_produce_batches,
+    send_batch_option,
 )
 
 IDLE_S = 15.0
@@ -83,27 +84,13 @@ def run_pipeline(options: Options, tick: Tick, max_poll_records: int) -> Result:
             **{"max.poll.records": max_poll_records, "client.id": "kvlog-perf-pipeline"}
         ),
     }
-    child = subprocess.Popen(
-        [sys.executable, "-m", "kvlog.tools.perf_pipeline", "--consumer", json.dumps(spec)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        if not child.stdout.readline():
-            raise click.ClickException("the pipeline's consumer process failed to start")
+    with ChildConsumer(
+        "kvlog.tools.perf_pipeline", "--consumer", spec, "the pipeline's consumer process"
+    ) as child:
         produced = (
             run_produce_batches(options, tick) if options.send_batch else run_produce(options, tick)
         )
-        out, _ = child.communicate(timeout=IDLE_S + 120)
-    except BaseException:
-        child.kill()
-        child.wait()
-        raise
-    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
-    if child.returncode != 0 or not lines:
-        raise click.ClickException(f"the consumer process failed (exit code {child.returncode})")
-    report = lines[-1]
+        report = child.report(timeout_s=IDLE_S + 120)
     received = report["received"]
     n = options.records
     if received < n:
@@ -124,14 +111,7 @@ def run_pipeline(options: Options, tick: Tick, max_poll_records: int) -> Result:
 
 @click.command("pipeline", cls=Command)
 @common_options
-@click.option(
-    "--send-batch",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    metavar="N",
-    help="Use Producer.send_batch with N records per call (0: send() per record).",
-)
+@send_batch_option
 @click.option("--max-poll-records", type=click.IntRange(min=1), default=10_000, show_default=True)
 def perf_pipeline(max_poll_records: int, **kwargs: Any) -> None:
     """Produce and consume together: one producer, one consumer process."""

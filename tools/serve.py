@@ -34,55 +34,48 @@ from typing import Any
 import click
 from rich.table import Table
 
+from kvlog.config_def import format_default
 from kvlog.errors import InvalidConfigError
+from kvlog.workers.config import BROKER_CONFIG, LOG_LEVELS, SERVER_SETTINGS
 
 from .common import Command, check_endpoint, flatten, make_console, read_toml
 
-DEFAULT_DATA_DIR = "./kvlog-data"
-DEFAULT_LISTEN = "tcp://127.0.0.1:9092"
+DEFAULT_DATA_DIR: str = SERVER_SETTINGS.default("data_dir")
+DEFAULT_LISTEN: str = SERVER_SETTINGS.default("listen")
 STATUS_KEYS = ("role", "node_id", "pid", "endpoint", "log_dir", "started_at")
 
-# Server settings a config file may hold (beside broker config keys): name -> kind.
-SERVER_KEYS: dict[str, type] = {
-    "listen": str,
-    "data_dir": str,
-    "log_dirs": list,
-    "curve_secret_key": str,
-    "curve_authorized_keys": str,
-    "super_users": list,
-    "advertised_host": str,
-    "log_level": str,
-}
+# Server settings that name files: relative paths are relative to the config file.
 _PATH_KEYS = ("data_dir", "curve_secret_key", "curve_authorized_keys")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _help(name: str) -> str:
+    """A flag's help: the server setting's doc and default, from the one table."""
+    key = SERVER_SETTINGS[name]
+    return f"{key.doc} [default: {format_default(key)}]"
 
 
 def load_server_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(server settings, broker config) from a TOML file; unknown keys are an error
     naming the closest valid one. Relative paths become relative to the file."""
-    from kvlog.workers.config import BROKER_CONFIG_DOCS
-
     server: dict[str, Any] = {}
     broker: dict[str, Any] = {}
     for key, value in flatten(read_toml(path)).items():
         name = key.replace("-", "_")
-        if name in SERVER_KEYS:
-            kind = SERVER_KEYS[name]
-            if kind is list:
-                value = [value] if isinstance(value, str) else value
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise InvalidConfigError(f"{path}: {key} must be a list of strings")
-                if name == "log_dirs":
-                    value = [str(path.parent / v) for v in value]
-            elif not isinstance(value, str):
-                raise InvalidConfigError(f"{path}: {key} must be a string, got {value!r}")
+        setting = SERVER_SETTINGS.lookup(name)
+        if setting is not None:
+            try:
+                value = setting.parse(value)
+            except InvalidConfigError as exc:
+                raise InvalidConfigError(f"{path}: {exc.message}") from None
+            if name == "log_dirs":
+                value = [str(path.parent / v) for v in value]
             elif name in _PATH_KEYS:
                 value = str(path.parent / value)
             server[name] = value
-        elif key in BROKER_CONFIG_DOCS or key.replace("_", ".") in BROKER_CONFIG_DOCS:
+        elif BROKER_CONFIG.lookup(key) is not None:
             broker[key] = value
         else:
-            known = [*SERVER_KEYS, *BROKER_CONFIG_DOCS]
+            known = [*SERVER_SETTINGS, *BROKER_CONFIG]
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
             raise InvalidConfigError(f"{path}: unknown key {key!r}{hint}")
@@ -98,42 +91,48 @@ class _Starting(Exception):
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help=f"Data dir (metadata, default log dir, run files). [default: {DEFAULT_DATA_DIR}]",
+    help=_help("data_dir"),
 )
-@click.option("--listen", default=None, help=f"Bootstrap endpoint. [default: {DEFAULT_LISTEN}]")
+@click.option("--listen", default=None, help=_help("listen"))
 @click.option(
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="TOML file with server settings and broker config keys (flags override it).",
+    help="TOML file with server settings and broker config keys (flags override it; "
+    "every key: kvlog config docs).",
 )
 @click.option(
     "--log-dir",
     "log_dirs",
     multiple=True,
     type=click.Path(file_okay=False),
-    help="A log dir, one node process each (repeat for replication). [default: DATA_DIR/logs/0]",
+    help=SERVER_SETTINGS["log_dirs"].doc + " Repeat the flag for several.",
 )
 @click.option(
     "--curve-secret-key",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="The server's .key_secret file: turns on CURVE authentication and encryption.",
+    help=SERVER_SETTINGS["curve_secret_key"].doc,
 )
 @click.option(
     "--curve-authorized-keys",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="Directory of authorized client public keys (*.key); re-read on SIGHUP.",
+    help=SERVER_SETTINGS["curve_authorized_keys"].doc,
 )
-@click.option("--super-user", "super_users", multiple=True, help="Principal that bypasses ACLs.")
-@click.option("--advertised-host", default=None, help="Host clients use for wildcard binds.")
+@click.option(
+    "--super-user",
+    "super_users",
+    multiple=True,
+    help=SERVER_SETTINGS["super_users"].doc + " Repeat the flag for several.",
+)
+@click.option("--advertised-host", default=None, help=SERVER_SETTINGS["advertised_host"].doc)
 @click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default=None,
-    help="Log level of every process. [default: INFO]",
+    help=_help("log_level"),
 )
 def serve(
     data_dir: Path | None,
@@ -165,9 +164,9 @@ def serve(
         "log_level": log_level,
     }
     settings = {**server, **{k: v for k, v in flags.items() if v is not None}}
-    level = str(settings.get("log_level", "INFO")).upper()
-    if level not in LOG_LEVELS:
-        raise InvalidConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    level = SERVER_SETTINGS["log_level"].parse(
+        settings.get("log_level", SERVER_SETTINGS.default("log_level"))
+    )
     listen_at = check_endpoint(settings.get("listen", DEFAULT_LISTEN), "listen")
     logging.basicConfig(
         level=getattr(logging, level),

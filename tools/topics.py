@@ -12,9 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
-from .common import Group, admin_client, client_options, err, make_console, parse_pairs
+from .common import (
+    Group,
+    admin_client,
+    client_options,
+    err,
+    make_console,
+    parse_pairs,
+    plain_table,
+)
 
 
 @contextlib.contextmanager
@@ -105,28 +112,26 @@ def _print_description(console: Any, desc: Any) -> None:
         f"[bold]{desc.name}[/bold]  id {desc.topic_id}  partitions {len(desc.partitions)}  "
         f"replication factor {desc.replication_factor}"
     )
-    parts = Table(box=None, pad_edge=False)
-    for column in ("partition", "leader", "leader epoch", "replicas", "isr"):
-        parts.add_column(column, justify="right" if column != "replicas" else "left")
+    rows = []
     for p in desc.partitions:
         under = set(p.replicas) - set(p.isr)
         isr = ",".join(map(str, p.isr)) or "-"
-        parts.add_row(
-            str(p.partition),
-            "none" if p.leader is None or p.leader < 0 else str(p.leader),
-            str(p.leader_epoch),
-            ",".join(map(str, p.replicas)),
-            f"[yellow]{isr}[/yellow]" if under else isr,
+        rows.append(
+            (
+                str(p.partition),
+                "none" if p.leader is None or p.leader < 0 else str(p.leader),
+                str(p.leader_epoch),
+                ",".join(map(str, p.replicas)),
+                f"[yellow]{isr}[/yellow]" if under else isr,
+            )
         )
-    console.print(parts)
-    config = Table(box=None, pad_edge=False)
-    config.add_column("config")
-    config.add_column("value")
-    config.add_column("")
-    for key, value in sorted(desc.config.items()):
-        override = key in desc.overrides
-        config.add_row(key, str(value), "(override)" if override else "(default)")
-    console.print(config)
+    columns = ("partition", "leader", "leader epoch", "replicas", "isr")
+    console.print(plain_table(columns, rows, right=("partition", "leader", "leader epoch", "isr")))
+    config = [
+        (key, str(value), "(override)" if key in desc.overrides else "(default)")
+        for key, value in sorted(desc.config.items())
+    ]
+    console.print(plain_table(("config", "value", ""), config))
 
 
 @topics.command()

@@ -1,162 +1,239 @@
-"""Broker configuration: Kafka's dotted names, defaults and checks, in one table.
+"""Broker configuration: one table of every setting (Kafka's ``ConfigDef`` shape).
 
-Given as a dict (``kvlog.Broker(config={...})``) or in the TOML file of
-``kvlog serve --config``; snake_case spellings (``socket_request_max_bytes``) are
-accepted too. An unknown name is an error that names the closest valid one.
+:data:`BROKER_CONFIG` holds the broker config keys: Kafka's dotted names, given as a dict
+(``kvlog.Broker(config={...})``) or in the TOML file of ``kvlog serve --config``;
+snake_case spellings (``socket_request_max_bytes``) are accepted too. An unknown name is an
+error that names the closest valid one. Each key says which processes use it
+(``used_by``) and under which settings field (``field``, when not its snake_case name):
+the supervisor hands each process its keys from there (:func:`process_settings`), and the
+settings dataclasses (``workers/settings.py``) take their defaults from here.
+
+:data:`SERVER_SETTINGS` holds what ``kvlog serve`` takes as flags or config file keys
+beside them (``listen``, ``data_dir``, ...). ``docs/CONFIG.md`` is generated from both
+(``kvlog config docs``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from typing import Any
 
+from kvlog.config_def import (
+    STRING,
+    STRING_LIST,
+    ConfigDef,
+    ConfigKey,
+    ConfigType,
+    integer,
+    optional,
+)
 from kvlog.errors import InvalidConfigError
-from kvlog.topic_config import unknown_name_error
 
-# dotted name -> (attribute, default, minimum, doc)
-_BROKER_KEYS: dict[str, tuple[str, int, int, str]] = {
-    "socket.request.max.bytes": (
-        "socket_request_max_bytes",
-        100 << 20,
-        1024,
-        "Largest produce request (all its batches) a node accepts.",
-    ),
-    "max.frame.bytes": (
-        "max_frame_bytes",
-        128 << 20,
-        1024,
-        "ZeroMQ MAXMSGSIZE: a peer sending a larger frame is disconnected.",
-    ),
-    "log.retention.check.interval.ms": (
-        "log_retention_check_interval_ms",
-        300_000,
-        10,
-        "How often the sweeper applies retention.ms / retention.bytes.",
-    ),
-    "node.session.timeout.ms": (
-        "node_session_timeout_ms",
-        6000,
-        100,
-        "A node whose heartbeats stop this long is marked dead.",
-    ),
-    "group.min.session.timeout.ms": (
-        "group_min_session_timeout_ms",
-        6000,
-        1,
-        "Smallest session.timeout.ms a consumer may ask for.",
-    ),
-    "group.max.session.timeout.ms": (
-        "group_max_session_timeout_ms",
-        1_800_000,
-        1,
-        "Largest session.timeout.ms a consumer may ask for.",
-    ),
-    "group.initial.rebalance.delay.ms": (
-        "group_initial_rebalance_delay_ms",
-        3000,
-        0,
-        "How long the first rebalance of an empty group waits for more members.",
-    ),
-    "group.max.size": (
-        "group_max_size",
-        1000,
-        1,
-        "Most members one consumer group may have.",
-    ),
-    "replica.lag.time.max.ms": (
-        "replica_lag_time_max_ms",
-        30_000,
-        10,
-        "A follower not caught up for this long leaves the ISR.",
-    ),
-    "replica.fetch.wait.max.ms": (
-        "replica_fetch_wait_max_ms",
-        500,
-        0,
-        "Long-poll wait of a follower's fetch.",
-    ),
-    "leader.imbalance.check.interval.ms": (
-        "leader_imbalance_check_interval_ms",
-        30_000,
-        10,
-        "How often leadership moves back to preferred replicas.",
-    ),
-    "quota.producer.byte.rate": (
-        "quota_producer_byte_rate",
-        -1,
-        -1,
-        "Produce bytes/s per principal (security on); over it, replies are delayed.",
-    ),
-    "quota.consumer.byte.rate": (
-        "quota_consumer_byte_rate",
-        -1,
-        -1,
-        "Fetch bytes/s per principal (security on); over it, replies are delayed.",
-    ),
-    "max.connections": (
-        "max_connections",
-        10_000,
-        -1,
-        "Client connections each server process accepts (-1: no limit); more are shut.",
-    ),
-    "max.inflight.requests.per.client": (
-        "max_inflight_requests_per_client",
-        1000,
-        1,
-        "Requests one client may have waiting at a node.",
-    ),
-    "test.drop.produce.replies": (
-        "test_drop_produce_replies",
-        0,
-        0,
-        "Testing only: each node drops this many produce replies after committing.",
-    ),
-}
+# The processes a broker key can be for. "server" is every server process (coordinator,
+# node, broker): workers/runtime.py reads those keys before it starts the role's server.
+PROCESSES = ("server", "coordinator", "node", "broker", "sweeper")
 
-BROKER_CONFIG_DOCS = {name: doc for name, (_, _, _, doc) in _BROKER_KEYS.items()}
+BROKER_CONFIG = ConfigDef(
+    "broker config",
+    [
+        ConfigKey(
+            "socket.request.max.bytes",
+            integer(1024),
+            100 << 20,
+            "Largest produce request (all its batches) a node accepts.",
+            used_by=("node",),
+            field="message_max_bytes",
+        ),
+        ConfigKey(
+            "max.frame.bytes",
+            integer(1024),
+            128 << 20,
+            "ZeroMQ MAXMSGSIZE: a peer sending a larger frame is disconnected.",
+            used_by=("server",),
+        ),
+        ConfigKey(
+            "log.retention.check.interval.ms",
+            integer(10),
+            300_000,
+            "How often the sweeper applies retention.ms / retention.bytes.",
+            used_by=("sweeper",),
+            field="interval_ms",
+        ),
+        ConfigKey(
+            "node.session.timeout.ms",
+            integer(100),
+            6000,
+            "A node whose heartbeats stop this long is marked dead.",
+            used_by=("coordinator",),
+            field="node_timeout_ms",
+        ),
+        ConfigKey(
+            "group.min.session.timeout.ms",
+            integer(1),
+            6000,
+            "Smallest session.timeout.ms a consumer may ask for.",
+            used_by=("coordinator",),
+        ),
+        ConfigKey(
+            "group.max.session.timeout.ms",
+            integer(1),
+            1_800_000,
+            "Largest session.timeout.ms a consumer may ask for.",
+            used_by=("coordinator",),
+        ),
+        ConfigKey(
+            "group.initial.rebalance.delay.ms",
+            integer(0),
+            3000,
+            "How long the first rebalance of an empty group waits for more members.",
+            used_by=("coordinator",),
+        ),
+        ConfigKey(
+            "group.max.size",
+            integer(1),
+            1000,
+            "Most members one consumer group may have.",
+            used_by=("coordinator",),
+        ),
+        ConfigKey(
+            "replica.lag.time.max.ms",
+            integer(10),
+            30_000,
+            "A follower not caught up for this long leaves the ISR.",
+            used_by=("node",),
+        ),
+        ConfigKey(
+            "replica.fetch.wait.max.ms",
+            integer(0),
+            500,
+            "Long-poll wait of a follower's fetch.",
+            used_by=("node",),
+        ),
+        ConfigKey(
+            "leader.imbalance.check.interval.ms",
+            integer(10),
+            30_000,
+            "How often leadership moves back to preferred replicas.",
+            used_by=("coordinator",),
+        ),
+        ConfigKey(
+            "quota.producer.byte.rate",
+            integer(-1),
+            -1,
+            "Produce bytes/s per principal (security on); over it, replies are delayed.",
+            used_by=("node",),
+        ),
+        ConfigKey(
+            "quota.consumer.byte.rate",
+            integer(-1),
+            -1,
+            "Fetch bytes/s per principal (security on); over it, replies are delayed.",
+            used_by=("node",),
+        ),
+        ConfigKey(
+            "max.connections",
+            integer(-1),
+            10_000,
+            "Client connections each server process accepts (-1: no limit); more are shut.",
+            used_by=("server",),
+        ),
+        ConfigKey(
+            "max.inflight.requests.per.client",
+            integer(1),
+            1000,
+            "Requests one client may have waiting at a node.",
+            used_by=("node",),
+        ),
+        ConfigKey(
+            "test.drop.produce.replies",
+            integer(0),
+            0,
+            "Testing only: each node drops this many produce replies after committing.",
+            used_by=("node",),
+        ),
+    ],
+)
+
+for _key in BROKER_CONFIG.values():
+    assert _key.used_by and set(_key.used_by) <= set(PROCESSES), _key.name
 
 
-@dataclass(frozen=True)
-class BrokerConfig:
-    socket_request_max_bytes: int = 100 << 20
-    max_frame_bytes: int = 128 << 20
-    log_retention_check_interval_ms: int = 300_000
-    node_session_timeout_ms: int = 6000
-    group_min_session_timeout_ms: int = 6000
-    group_max_session_timeout_ms: int = 1_800_000
-    group_initial_rebalance_delay_ms: int = 3000
-    group_max_size: int = 1000
-    replica_lag_time_max_ms: int = 30_000
-    replica_fetch_wait_max_ms: int = 500
-    leader_imbalance_check_interval_ms: int = 30_000
-    quota_producer_byte_rate: int = -1
-    quota_consumer_byte_rate: int = -1
-    max_connections: int = 10_000
-    max_inflight_requests_per_client: int = 1000
-    test_drop_produce_replies: int = 0
+def field_name(key: ConfigKey) -> str:
+    """The settings field a process reads ``key`` from."""
+    return key.field or key.attr
 
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> BrokerConfig:
-        by_attr = {attr: (name, low) for name, (attr, _, low, _) in _BROKER_KEYS.items()}
-        out: dict[str, int] = {}
-        for key, value in values.items():
-            name = key if key in _BROKER_KEYS else key.replace("_", ".")
-            attr = key if key in by_attr else _BROKER_KEYS.get(name, (None,))[0]
-            if attr is None:
-                raise unknown_name_error(key, _BROKER_KEYS, "broker config")
-            dotted, low = by_attr[attr]
-            if isinstance(value, bool) or not isinstance(value, int | str):
-                raise InvalidConfigError(f"{dotted} must be an integer, got {value!r}")
-            try:
-                number = int(value)
-            except ValueError:
-                raise InvalidConfigError(f"{dotted} must be an integer, got {value!r}") from None
-            if number < low:
-                raise InvalidConfigError(f"{dotted}={number} is too small; it must be >= {low}")
-            out[attr] = number
-        return cls(**out)
 
-    def as_dotted(self) -> dict[str, int]:
-        names = {attr: name for name, (attr, _, _, _) in _BROKER_KEYS.items()}
-        return {names[f.name]: getattr(self, f.name) for f in fields(self)}
+def process_settings(config: Mapping[str, Any], process: str) -> dict[str, Any]:
+    """The keys of a complete broker config (``BROKER_CONFIG.complete``) that ``process``
+    uses, by their settings field names."""
+    return {
+        field_name(key): config[key.name]
+        for key in BROKER_CONFIG.values()
+        if process in key.used_by
+    }
+
+
+def broker_default(name: str) -> Any:
+    """A broker key's default (settings dataclasses take theirs from here)."""
+    return BROKER_CONFIG.default(name)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(name: str, value: Any) -> str:
+    spelled = value.upper() if isinstance(value, str) else value
+    if spelled not in LOG_LEVELS:
+        raise InvalidConfigError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return str(spelled)
+
+
+SERVER_SETTINGS = ConfigDef(
+    "server setting",
+    [
+        ConfigKey(
+            "listen",
+            STRING,
+            "tcp://127.0.0.1:9092",
+            "Bootstrap endpoint (tcp://host:port or ipc://path); port 0 picks a free one.",
+        ),
+        ConfigKey(
+            "data_dir",
+            STRING,
+            "./kvlog-data",
+            "Data dir: metadata, the default log dir, run files.",
+        ),
+        ConfigKey(
+            "log_dirs",
+            STRING_LIST,
+            [],
+            "Log dirs, one node process each (several: replication); none: DATA_DIR/logs/0.",
+        ),
+        ConfigKey(
+            "curve_secret_key",
+            optional(STRING),
+            None,
+            "The server's .key_secret file: turns on CURVE authentication and encryption.",
+        ),
+        ConfigKey(
+            "curve_authorized_keys",
+            optional(STRING),
+            None,
+            "Directory of authorized client public keys (*.key); re-read on SIGHUP.",
+        ),
+        ConfigKey("super_users", STRING_LIST, [], "Principals that bypass ACLs."),
+        ConfigKey(
+            "advertised_host",
+            optional(STRING),
+            None,
+            "Host clients use for endpoints bound to a wildcard address.",
+        ),
+        ConfigKey(
+            "log_level",
+            ConfigType("string", _log_level, ", ".join(LOG_LEVELS)),
+            "INFO",
+            "Log level of every process (kvlog.Broker's own default: WARNING).",
+        ),
+    ],
+    snake_case=False,
+)

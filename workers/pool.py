@@ -251,8 +251,8 @@ class ConsumerPool:
             resolve_handler(handler)  # fail here, not in every worker
         from kvlog.ipc.config import CONSUMER_SETTINGS, resolve
 
-        merged = resolve(CONSUMER_SETTINGS, config, consumer_config, what="consumer")
-        defaults = {s.attr: s.default for s in CONSUMER_SETTINGS}
+        merged = resolve(CONSUMER_SETTINGS, config, consumer_config)
+        defaults = {key.attr: key.default for key in CONSUMER_SETTINGS.values()}
         given = {k: v for k, v in merged.items() if v != defaults.get(k)}
         given.pop("group_id", None)
         topic_list = [topics] if isinstance(topics, str) else list(topics)

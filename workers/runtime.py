@@ -87,6 +87,7 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
     from kvlog.lmdb_store import LogDir
 
     from .security import SecuritySettings, ServerSecurity
+    from .settings import ServerSettings
     from .zmq_server import bind_router
 
     ctx = zmq.Context()
@@ -97,10 +98,11 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
         sec = SecuritySettings(**settings.get("security", {}))
         if sec.enabled:
             security = ServerSecurity(ctx, sec, Path(settings["data_dir"]) / "meta")
+        server_settings = ServerSettings(**settings.get("server", {}))
         router, endpoint = bind_router(
             ctx,
             settings["endpoint"],
-            max_frame_bytes=settings.get("max_frame_bytes", 128 << 20),
+            max_frame_bytes=server_settings.max_frame_bytes,
             security=security,
         )
         if role == "coordinator":
@@ -125,7 +127,7 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
             server = BrokerServer(ctx, router, BrokerSettings(**settings["broker"]), security)
         else:
             raise ValueError(f"unknown role {role!r}")
-        server.limit_connections(settings.get("max_connections", -1))
+        server.limit_connections(server_settings.max_connections)
         conn.send({"endpoint": endpoint, "pid": os.getpid()})
         conn.close()
         signal.signal(signal.SIGHUP, lambda *_: setattr(server, "reload_requested", True))
@@ -158,8 +160,11 @@ def run_sweeper(settings: dict[str, Any], should_stop: Any) -> None:
     from kvlog.metadata_store import get_topic
     from kvlog.retention import Sweeper
 
-    interval = settings["interval_ms"] / 1000
-    meta_path = Path(settings["data_dir"]) / "meta"
+    from .settings import SweeperSettings
+
+    sweeper = SweeperSettings(**settings["sweeper"])
+    interval = sweeper.interval_ms / 1000
+    meta_path = Path(sweeper.data_dir) / "meta"
     stores: dict[str, LogDir] = {}
     meta: LogDir | None = None
 
@@ -179,7 +184,7 @@ def run_sweeper(settings: dict[str, Any], should_stop: Any) -> None:
             try:
                 if meta is None:
                     meta = LogDir(meta_path, readonly=True)
-                for path in settings["log_dirs"]:
+                for path in sweeper.log_dirs:
                     store = stores.get(path)
                     if store is None:
                         store = stores[path] = LogDir(path)

@@ -1,23 +1,35 @@
 """Each process's settings, as the supervisor hands them over (plain dataclasses,
-picklable across spawn). Their defaults come from the broker's config table."""
+picklable across spawn). Fields backed by a broker config key take their defaults from
+the broker's config table (workers/config.py), which also says which process gets which
+key; the rest are internal timings no config key sets."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import broker_default
+
+
+@dataclass
+class ServerSettings:
+    """What every server process (coordinator, node, broker) takes before its role's."""
+
+    max_frame_bytes: int = broker_default("max.frame.bytes")
+    max_connections: int = broker_default("max.connections")
+
 
 @dataclass
 class CoordinatorSettings:
     data_dir: str
     node_ids: list[int]
-    node_timeout_ms: int = 6000
+    node_timeout_ms: int = broker_default("node.session.timeout.ms")
     admin_apply_timeout_ms: int = 5000
-    group_min_session_timeout_ms: int = 6000
-    group_max_session_timeout_ms: int = 1_800_000
-    group_initial_rebalance_delay_ms: int = 3000
-    group_max_size: int = 1000
-    leader_imbalance_check_interval_ms: int = 30_000
+    group_min_session_timeout_ms: int = broker_default("group.min.session.timeout.ms")
+    group_max_session_timeout_ms: int = broker_default("group.max.session.timeout.ms")
+    group_initial_rebalance_delay_ms: int = broker_default("group.initial.rebalance.delay.ms")
+    group_max_size: int = broker_default("group.max.size")
+    leader_imbalance_check_interval_ms: int = broker_default("leader.imbalance.check.interval.ms")
 
 
 @dataclass
@@ -26,17 +38,17 @@ class NodeSettings:
     log_dir: str
     coordinator: str
     heartbeat_wait_ms: int = 1000
-    message_max_bytes: int = 100 << 20  # the largest produce request accepted
+    message_max_bytes: int = broker_default("socket.request.max.bytes")
     fetch_max_wait_ms: int = 30_000
-    replica_lag_time_max_ms: int = 30_000
+    replica_lag_time_max_ms: int = broker_default("replica.lag.time.max.ms")
     producer_id_expiration_ms: int = 86_400_000
-    quota_producer_byte_rate: int = -1
-    quota_consumer_byte_rate: int = -1
-    max_inflight_requests_per_client: int = 1000
+    quota_producer_byte_rate: int = broker_default("quota.producer.byte.rate")
+    quota_consumer_byte_rate: int = broker_default("quota.consumer.byte.rate")
+    max_inflight_requests_per_client: int = broker_default("max.inflight.requests.per.client")
     advertised_host: str | None = None
-    replica_fetch_wait_max_ms: int = 500
+    replica_fetch_wait_max_ms: int = broker_default("replica.fetch.wait.max.ms")
     # Test hook: drop this many produce replies (after committing) to exercise retries.
-    test_drop_produce_replies: int = 0
+    test_drop_produce_replies: int = broker_default("test.drop.produce.replies")
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -46,3 +58,10 @@ class BrokerSettings:
     admin_timeout_ms: int = 15_000
     watch_wait_ms: int = 1000
     cache_catch_up_ms: int = 3000
+
+
+@dataclass
+class SweeperSettings:
+    data_dir: str
+    log_dirs: list[str]
+    interval_ms: int = broker_default("log.retention.check.interval.ms")

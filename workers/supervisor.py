@@ -42,7 +42,7 @@ from kvlog.errors import InvalidConfigError, KafkaTimeoutError, KvlogError
 from kvlog.ipc.security import load_keys
 from kvlog.ipc.wire import advertise, normalize_endpoint
 
-from .config import BrokerConfig
+from .config import BROKER_CONFIG, SERVER_SETTINGS, process_settings
 from .runtime import process_main
 from .security import SecuritySettings, client_options_for
 
@@ -65,6 +65,13 @@ class Child:
     restarts: int = 0
     backoff_s: float = 0.2
     history: list[str] = field(default_factory=list)
+
+    def exited(self) -> KvlogError:
+        """The error for a process that died while it started."""
+        return KvlogError(
+            f"kvlog {self.role} exited during start-up (exit code {self.process.exitcode}); "
+            "see its log lines above"
+        )
 
     def status(self) -> dict[str, Any]:
         return {
@@ -118,13 +125,20 @@ def _internal_endpoint(listen: str, run_dir: Path, name: str) -> str:
     raise InvalidConfigError(f"listen address {listen!r} must be tcp:// or ipc://")
 
 
+DEFAULT_DATA_DIR: str = SERVER_SETTINGS.default("data_dir")
+DEFAULT_LISTEN: str = SERVER_SETTINGS.default("listen")
+
+
 class Broker:
-    """A kvlog broker: the whole process group, owned by the calling process."""
+    """A kvlog broker: the whole process group, owned by the calling process.
+
+    ``config`` takes broker config keys (workers/config.py's table); ``self.config`` holds
+    every key's value by its dotted name, defaults filled in."""
 
     def __init__(
         self,
-        data_dir: str | os.PathLike[str] = "./kvlog-data",
-        listen: str = "tcp://127.0.0.1:9092",
+        data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR,
+        listen: str = DEFAULT_LISTEN,
         *,
         log_dirs: list[str | os.PathLike[str]] | None = None,
         config: dict[str, Any] | None = None,
@@ -136,7 +150,7 @@ class Broker:
         advertised_host: str | None = None,
     ) -> None:
         self.advertised_host = advertised_host
-        self.config = BrokerConfig.from_mapping(config or {})
+        self.config = BROKER_CONFIG.complete(config)
         self.security = SecuritySettings(
             str(curve_secret_key) if curve_secret_key else None,
             str(curve_authorized_keys) if curve_authorized_keys else None,
@@ -210,28 +224,24 @@ class Broker:
             node_id = _node_id_for(log_dir, taken)
             taken.add(node_id)
             nodes.append((node_id, log_dir))
+        # Each process's settings: what every process takes, then its role's settings
+        # (the broker config keys the table says it uses, and what only the supervisor
+        # knows). workers/runtime.py turns them into workers/settings.py's dataclasses.
         common = {
             "log_level": self.log_level,
-            "max_frame_bytes": cfg.max_frame_bytes,
-            "max_connections": cfg.max_connections,
             "data_dir": str(self.data_dir),
             "security": asdict(self.security),
+            "server": process_settings(cfg, "server"),
         }
         coordinator = Child(
             "coordinator",
             {
                 **common,
                 "endpoint": _internal_endpoint(self.listen, self.run_dir, "coordinator"),
-                "data_dir": str(self.data_dir),
                 "coordinator": {
                     "data_dir": str(self.data_dir),
                     "node_ids": sorted(taken),
-                    "node_timeout_ms": cfg.node_session_timeout_ms,
-                    "group_min_session_timeout_ms": cfg.group_min_session_timeout_ms,
-                    "group_max_session_timeout_ms": cfg.group_max_session_timeout_ms,
-                    "group_initial_rebalance_delay_ms": cfg.group_initial_rebalance_delay_ms,
-                    "group_max_size": cfg.group_max_size,
-                    "leader_imbalance_check_interval_ms": cfg.leader_imbalance_check_interval_ms,
+                    **process_settings(cfg, "coordinator"),
                 },
             },
         )
@@ -252,13 +262,7 @@ class Broker:
                         "log_dir": str(log_dir),
                         "coordinator": self.coordinator_endpoint,
                         "advertised_host": self.advertised_host,
-                        "message_max_bytes": cfg.socket_request_max_bytes,
-                        "test_drop_produce_replies": cfg.test_drop_produce_replies,
-                        "replica_lag_time_max_ms": cfg.replica_lag_time_max_ms,
-                        "replica_fetch_wait_max_ms": cfg.replica_fetch_wait_max_ms,
-                        "quota_producer_byte_rate": cfg.quota_producer_byte_rate,
-                        "quota_consumer_byte_rate": cfg.quota_consumer_byte_rate,
-                        "max_inflight_requests_per_client": cfg.max_inflight_requests_per_client,
+                        **process_settings(cfg, "node"),
                     },
                 },
                 node_id=node_id,
@@ -271,7 +275,10 @@ class Broker:
                 {
                     **common,
                     "endpoint": self.listen,
-                    "broker": {"coordinator": self.coordinator_endpoint},
+                    "broker": {
+                        "coordinator": self.coordinator_endpoint,
+                        **process_settings(cfg, "broker"),
+                    },
                 },
             )
         )
@@ -284,9 +291,11 @@ class Broker:
             "sweeper",
             {
                 **common,
-                "data_dir": str(self.data_dir),
-                "log_dirs": [str(d) for _, d in nodes],
-                "interval_ms": cfg.log_retention_check_interval_ms,
+                "sweeper": {
+                    "data_dir": str(self.data_dir),
+                    "log_dirs": [str(d) for _, d in nodes],
+                    **process_settings(cfg, "sweeper"),
+                },
             },
         )
         self.children.append(sweeper)
@@ -319,19 +328,13 @@ class Broker:
             try:
                 while not conn.poll(0.05):
                     if not child.process.is_alive():
-                        raise KvlogError(
-                            f"kvlog {child.role} exited during start-up (exit code "
-                            f"{child.process.exitcode}); see its log lines above"
-                        )
+                        raise child.exited()
                     if time.monotonic() > deadline:
                         raise KafkaTimeoutError(f"kvlog {child.role} did not start in time")
                 try:
                     message = conn.recv()
                 except (EOFError, OSError):
-                    raise KvlogError(
-                        f"kvlog {child.role} exited during start-up (exit code "
-                        f"{child.process.exitcode}); see its log lines above"
-                    ) from None
+                    raise child.exited() from None
             finally:
                 conn.close()
             if "error" in message:
@@ -362,10 +365,7 @@ class Broker:
                 pass
             for child in self.children:
                 if child.process is not None and not child.process.is_alive():
-                    raise KvlogError(
-                        f"kvlog {child.role} exited during start-up (exit code "
-                        f"{child.process.exitcode}); see its log lines above"
-                    )
+                    raise child.exited()
             if time.monotonic() > deadline:
                 raise KafkaTimeoutError(
                     f"kvlog nodes did not register with the coordinator within "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from kvlog import errors
@@ -100,3 +103,17 @@ def test_codes_are_kafkas_numbers():
     own = [c for c in ErrorCode if c >= 1000]
     assert own and all(c.name not in {"NONE", "UNKNOWN_SERVER_ERROR"} for c in own)
     assert all(-1 <= c < 200 for c in ErrorCode if c < 1000)
+
+
+def test_protocol_md_error_table_matches_the_code() -> None:
+    # PROTOCOL.md section 5.3 lists every code for client writers in other languages: its
+    # code, name, recovery kind and message must be the table's, so neither drifts.
+    protocol = Path(__file__).resolve().parents[2] / "PROTOCOL.md"
+    rows = re.findall(
+        r"^\| (-?\d+) \| `(\w+)` \| (\w+) \| [^|]+ \| (.+) \|$",
+        protocol.read_text(),
+        flags=re.MULTILINE,
+    )
+    documented = {int(code): (name, recovery, message) for code, name, recovery, message in rows}
+    expected = {int(c): (c.name, c.recovery.value, c.message) for c in ErrorCode}
+    assert documented == expected
