@@ -178,7 +178,9 @@ class KvlogError(Exception):
         return self.code.recovery
 
     def to_wire(self) -> dict[str, Any]:
-        return {"error": int(self.code), "message": self.message}
+        """The error as reply fields; its details (MEMBER_ID_REQUIRED's ``member_id``)
+        travel beside the code and message."""
+        return {"error": int(self.code), "message": self.message, **self.details}
 
 
 class RetriableError(KvlogError):

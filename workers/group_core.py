@@ -77,6 +77,7 @@ from kvlog.errors import (
     InvalidGroupIdError,
     InvalidSessionTimeoutError,
     KvlogError,
+    MemberIdRequiredError,
     RebalanceInProgressError,
     UnknownMemberIdError,
 )
@@ -126,6 +127,11 @@ class GroupCoordinator(GroupTransitions):
     ) -> None:
         super().__init__(store, config, partition_count)
         self.member_ids = member_ids
+        # Kafka's pending members (KIP-394): group id -> member id -> expiry (ms). A
+        # newcomer that asked for it is handed a member id and must rejoin with it within
+        # its session; until then it is no member (no rebalance, no ghost to expire), but it
+        # counts toward group.max.size. Memory only, like Kafka's.
+        self.pending: dict[str, dict[str, int]] = {}
 
     def load(self, now_ms: int) -> Result:
         with self.store.reader() as r:
@@ -145,9 +151,13 @@ class GroupCoordinator(GroupTransitions):
 
     # -- lookups ---------------------------------------------------------------------------
 
-    def _group(self, group_id: str, *, create: bool = False) -> Group:
+    @staticmethod
+    def _check_group_id(group_id: str) -> None:
         if not isinstance(group_id, str) or not group_id:
             raise InvalidGroupIdError("group.id must be a non-empty string")
+
+    def _group(self, group_id: str, *, create: bool = False) -> Group:
+        self._check_group_id(group_id)
         group = self.live_group(group_id)
         if group is None:
             if not create:
@@ -171,11 +181,58 @@ class GroupCoordinator(GroupTransitions):
             )
         return member
 
-    def _new_member_id(self, group: Group, client_id: str) -> str:
+    def _new_member_id(self, group: Group | None, client_id: str) -> str:
+        taken = self.pending.get(group.group_id if group else "", {})
         while True:
             member_id = f"{client_id}-{self.member_ids()}"
-            if member_id not in group.members:
+            if (group is None or member_id not in group.members) and member_id not in taken:
                 return member_id
+
+    def _pending_of(self, group_id: str, now_ms: int) -> dict[str, int]:
+        """The group's pending member ids, those past their session dropped."""
+        pending = self.pending.get(group_id)
+        if pending is None:
+            return {}
+        for member_id in [m for m, expiry in pending.items() if expiry <= now_ms]:
+            del pending[member_id]
+        if not pending:
+            del self.pending[group_id]
+        return pending
+
+    def _forget_pending(self, group_id: str, member_id: str) -> None:
+        pending = self.pending.get(group_id, {})
+        pending.pop(member_id, None)
+        if not pending:
+            self.pending.pop(group_id, None)
+
+    def tick(self, now_ms: int) -> Result:
+        for group_id in list(self.pending):  # no wake-up of their own: cleaned up in passing
+            self._pending_of(group_id, now_ms)
+        return super().tick(now_ms)
+
+    def _check_joinable(
+        self, group: Group, ev: JoinGroup, protocols: list[tuple[str, bytes]]
+    ) -> None:
+        """A join must fit the members already there: same protocol type, same mode, one
+        protocol every member supports."""
+        if not group.members:
+            return
+        group_id = group.group_id
+        if group.protocol_type not in (None, ev.protocol_type):
+            raise InconsistentGroupProtocolError(
+                f"group {group_id!r} runs protocol type {group.protocol_type!r}, not "
+                f"{ev.protocol_type!r}"
+            )
+        if group.server_mode != (ev.server_assignor is not None):
+            raise InconsistentGroupProtocolError(
+                f"group {group_id!r} is {'coordinator' if group.server_mode else 'leader'}-"
+                "assigned; every member must use the same mode"
+            )
+        if not (group.candidate_protocols() & {n for n, _ in protocols}):
+            raise InconsistentGroupProtocolError(
+                f"none of {[n for n, _ in protocols]} is supported by every member of group "
+                f"{group_id!r} (they support {sorted(group.candidate_protocols())})"
+            )
 
     # -- JoinGroup -------------------------------------------------------------------------
 
@@ -202,39 +259,47 @@ class GroupCoordinator(GroupTransitions):
         if not protocols:
             raise InconsistentGroupProtocolError("JoinGroup needs at least one protocol")
         group_id, member_id, instance_id = ev.group_id, ev.member_id, ev.instance_id
-        # Only a newcomer (no member id) creates a group, as in Kafka: a join with a member
-        # id of a group that is gone answers UNKNOWN_MEMBER_ID and leaves nothing behind.
-        group = self._group(group_id, create=not member_id)
-        if group.members and group.protocol_type not in (None, ev.protocol_type):
-            raise InconsistentGroupProtocolError(
-                f"group {group_id!r} runs protocol type {group.protocol_type!r}, not "
-                f"{ev.protocol_type!r}"
-            )
         server_mode = ev.server_assignor is not None
-        if group.members and group.server_mode != server_mode:
-            raise InconsistentGroupProtocolError(
-                f"group {group_id!r} is {'coordinator' if group.server_mode else 'leader'}-"
-                "assigned; every member must use the same mode"
+        self._check_group_id(group_id)
+        pending = self._pending_of(group_id, now_ms)
+        was_pending = bool(member_id) and member_id in pending
+        existing = self.live_group(group_id)
+        if existing is None and member_id and not was_pending:
+            raise UnknownMemberIdError(f"group {group_id!r} has no members")
+        if existing is not None:
+            self._check_joinable(existing, ev, protocols)
+        if not member_id and ev.require_known_member_id and not instance_id:
+            # KIP-394: hand out the member id first, so a client that gives up before its
+            # first join completes can still leave, and never becomes a ghost member.
+            if (len(existing.members) if existing else 0) + len(pending) >= cfg.max_size:
+                raise GroupMaxSizeReachedError(
+                    f"group {group_id!r} has reached group.max.size={cfg.max_size} members"
+                )
+            new_id = self._new_member_id(existing, ev.client_id)
+            self.pending.setdefault(group_id, {})[new_id] = now_ms + ev.session_timeout_ms
+            raise MemberIdRequiredError(
+                f"group {group_id!r}: rejoin with member id {new_id!r}", member_id=new_id
             )
-        if group.members and not (group.candidate_protocols() & {n for n, _ in protocols}):
-            raise InconsistentGroupProtocolError(
-                f"none of {[n for n, _ in protocols]} is supported by every member of group "
-                f"{group_id!r} (they support {sorted(group.candidate_protocols())})"
-            )
+        # Only a newcomer (no member id, or a pending one) creates a group, as in Kafka: a
+        # join with another member id of a group that is gone answers UNKNOWN_MEMBER_ID and
+        # leaves nothing behind.
+        group = existing or self._group(group_id, create=not member_id or was_pending)
         known_static = bool(instance_id) and instance_id in group.static
-        if member_id and member_id not in group.members and not known_static:
+        if member_id and member_id not in group.members and not known_static and not was_pending:
             raise UnknownMemberIdError(
                 f"member {member_id!r} is not in group {group_id!r}; rejoin with an empty member id"
             )
         if instance_id and instance_id in group.static:
             self._join_static(out, token, ev, protocols, group, now_ms)
             return
-        if not member_id:
-            if len(group.members) >= cfg.max_size:
+        if not member_id or was_pending:
+            if was_pending:
+                self._forget_pending(group_id, member_id)
+            if len(group.members) + len(self.pending.get(group_id, ())) >= cfg.max_size:
                 raise GroupMaxSizeReachedError(
                     f"group {group_id!r} has reached group.max.size={cfg.max_size} members"
                 )
-            member_id = self._new_member_id(group, ev.client_id)
+            member_id = member_id or self._new_member_id(group, ev.client_id)
             member = Member(
                 member_id,
                 instance_id,
@@ -438,7 +503,12 @@ class GroupCoordinator(GroupTransitions):
         except KvlogError as exc:
             return out.fail(token, exc)
         results = []
+        pending = self._pending_of(event.group_id, now_ms)
         for member_id, instance_id in event.members:
+            if member_id in pending:  # it never joined: nothing to rebalance
+                self._forget_pending(event.group_id, member_id)
+                results.append(MemberLeft(member_id))
+                continue
             try:
                 if instance_id and not member_id:
                     member_id = group.static.get(instance_id, "")

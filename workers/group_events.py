@@ -26,7 +26,10 @@ from kvlog.types import TopicPartition
 class JoinGroup:
     """Join or rejoin a group. ``protocols`` (leader-assigns mode) lists the assignors the
     member supports, most preferred first, each with its subscription metadata; with
-    ``server_assignor`` (coordinator-assigns mode) the coordinator assigns ``topics``."""
+    ``server_assignor`` (coordinator-assigns mode) the coordinator assigns ``topics``.
+    ``require_known_member_id`` (Kafka's JoinGroup v4+, KIP-394): a newcomer without a
+    member id is answered MEMBER_ID_REQUIRED carrying its new id, and joins when it rejoins
+    with it."""
 
     group_id: str
     member_id: str = ""
@@ -39,6 +42,7 @@ class JoinGroup:
     server_assignor: str | None = None
     topics: list[str] = field(default_factory=list)
     owned: list[TopicPartition] = field(default_factory=list)
+    require_known_member_id: bool = False
 
 
 @dataclass(slots=True)

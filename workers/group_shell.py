@@ -80,6 +80,7 @@ class GroupOps:
             server_assignor=server_assignor,
             topics=topics,
             owned=owned,
+            require_known_member_id=req.bool("require_member_id", False),
         )
         return self.call(peer, req.id, event)
 

@@ -125,6 +125,7 @@ class Harness:
         session_timeout_ms: int = 1000,
         rebalance_timeout_ms: int = 3000,
         server_assignor: str | None = None,
+        require_known_member_id: bool = False,
     ) -> int:
         """Send a JoinGroup; returns its token (the reply lands in ``replies``)."""
         token = next(self.tokens)
@@ -142,6 +143,7 @@ class Harness:
             server_assignor=server_assignor,
             topics=topics if server_assignor else [],
             owned=sorted(owned) if server_assignor else [],
+            require_known_member_id=require_known_member_id,
         )
         self.run(self.coord.join(token, event, self.now))
         self.drain()
