@@ -576,9 +576,11 @@ class Broker:
                     child.process.kill()
                     child.process.join(2)
             self.children = []
-        with contextlib.suppress(FileNotFoundError):
-            (self.run_dir / STATUS_FILE).unlink()
         if self._lock_file is not None:
+            # Only the lock's holder owns the run files: a start refused because another
+            # kvlog holds the data dir must leave that one's processes.json alone.
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / STATUS_FILE).unlink()
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
