@@ -17,18 +17,14 @@ before any process starts and kept across restarts. Every fixed port is checked 
 taken one fails the start with one line naming the port and its holder, and a data dir
 this start created is removed again.
 
-Data dir layout::
-
-    <data_dir>/meta/       the coordinator's LMDB environment (topics, groups, offsets)
-    <data_dir>/logs/0/     node 0's log dir when no log dirs are given
-    <data_dir>/run/        processes.json (for ``kvlog status``), supervisor.lock
+The data dir's layout and run files: workers/data_dir.py (``STATUS_FILE`` and
+``read_status`` are re-exported here for the tools).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -51,13 +47,20 @@ from kvlog.ipc.wire import advertise, normalize_endpoint
 
 from . import kafka_addresses, ports
 from .config import BROKER_CONFIG, SERVER_SETTINGS, process_settings
+from .data_dir import (
+    STATUS_FILE,
+    internal_endpoint,
+    missing_roots,
+    node_id_for,
+    read_status,
+    write_status,
+)
 from .kafka_addresses import KafkaAddress, KafkaPlan
 from .runtime import process_main
 from .security import SecuritySettings, client_options_for
 
 log = logging.getLogger("kvlog.supervisor")
 
-STATUS_FILE = "processes.json"
 _STOP_ORDER = ("broker", "sweeper", "node", "coordinator")
 
 
@@ -109,44 +112,6 @@ def _main_module_hidden() -> Iterator[None]:
     finally:
         if main is not None:
             sys.modules["__main__"] = main
-
-
-def _node_id_for(log_dir: Path, taken: set[int]) -> int:
-    """A log dir keeps its node id in ``node.id`` so reordering --log-dir is harmless."""
-    id_file = log_dir / "node.id"
-    if id_file.exists():
-        node_id = int(id_file.read_text().strip())
-        if node_id in taken:
-            raise InvalidConfigError(
-                f"log dir {log_dir} has node id {node_id}, which another log dir also has; "
-                "each log dir must be a separate directory"
-            )
-        return node_id
-    node_id = next(i for i in range(len(taken) + 1) if i not in taken)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    id_file.write_text(f"{node_id}\n")
-    return node_id
-
-
-def _internal_endpoint(listen: str, run_dir: Path, name: str) -> str:
-    if listen.startswith("tcp://"):
-        host = listen[len("tcp://") :].rsplit(":", 1)[0]
-        return f"tcp://{host}:0"
-    if listen.startswith("ipc://"):
-        return f"ipc://{run_dir / (name + '.sock')}"
-    raise InvalidConfigError(f"listen address {listen!r} must be tcp:// or ipc://")
-
-
-def _missing_roots(paths: list[Path]) -> list[Path]:
-    """The outermost directories a start would create for ``paths`` (none that exist)."""
-    roots: set[Path] = set()
-    for path in paths:
-        if path.exists():
-            continue
-        while not path.parent.exists():
-            path = path.parent
-        roots.add(path)
-    return sorted(roots)
 
 
 DEFAULT_DATA_DIR: str = SERVER_SETTINGS.default("data_dir")
@@ -259,7 +224,7 @@ class Broker:
         self._lock_file.flush()
 
     def start(self) -> Broker:
-        created = _missing_roots([self.data_dir, *self.log_dirs])
+        created = missing_roots([self.data_dir, *self.log_dirs])
         self._lock()
         try:
             self._start_all()
@@ -281,7 +246,7 @@ class Broker:
         taken: set[int] = set()
         nodes = []
         for log_dir in self.log_dirs:
-            node_id = _node_id_for(log_dir, taken)
+            node_id = node_id_for(log_dir, taken)
             taken.add(node_id)
             nodes.append((node_id, log_dir))
         self._plan_kafka(sorted(taken))
@@ -298,7 +263,7 @@ class Broker:
             {
                 **common,
                 "server": self._server_settings("coordinator"),
-                "endpoint": _internal_endpoint(self.listen, self.run_dir, "coordinator"),
+                "endpoint": internal_endpoint(self.listen, self.run_dir, "coordinator"),
                 "coordinator": {
                     "data_dir": str(self.data_dir),
                     "node_ids": sorted(taken),
@@ -319,7 +284,7 @@ class Broker:
                     **common,
                     "server": self._server_settings("node", node_id),
                     "node_id": node_id,
-                    "endpoint": _internal_endpoint(self.listen, self.run_dir, f"node{node_id}"),
+                    "endpoint": internal_endpoint(self.listen, self.run_dir, f"node{node_id}"),
                     "node": {
                         "node_id": node_id,
                         "log_dir": str(log_dir),
@@ -482,20 +447,15 @@ class Broker:
             time.sleep(0.02)
 
     def _write_status(self) -> None:
-        path = self.run_dir / STATUS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps(
-                {
-                    "supervisor_pid": os.getpid(),
-                    "bootstrap": self.bootstrap,
-                    "kafka_bootstrap": self.kafka_bootstrap,
-                    "processes": [c.status() for c in self.children],
-                },
-                indent=2,
-            )
+        write_status(
+            self.run_dir,
+            {
+                "supervisor_pid": os.getpid(),
+                "bootstrap": self.bootstrap,
+                "kafka_bootstrap": self.kafka_bootstrap,
+                "processes": [c.status() for c in self.children],
+            },
         )
-        tmp.replace(path)
 
     # -- watch and restart -----------------------------------------------------------------
 
@@ -610,18 +570,4 @@ class Broker:
             return [c.status() for c in self.children]
 
 
-def read_status(data_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The live processes of a data dir, from its status file (for ``kvlog status``)."""
-    path = Path(data_dir) / "run" / STATUS_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
-    alive = []
-    for entry in data.get("processes", []):
-        try:
-            os.kill(int(entry["pid"]), 0)
-        except (ProcessLookupError, PermissionError, ValueError):
-            continue
-        alive.append(entry)
-    return alive
+__all__ = ["STATUS_FILE", "Broker", "Child", "read_status"]
