@@ -3,9 +3,11 @@ helpers (workers/ports.py): no processes, only sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +157,23 @@ def test_free_ports_are_distinct_and_kept_from_other_binds() -> None:
     for port in picked:
         assert ports.check_bindable("127.0.0.1", port) is None
         socket.create_server(("127.0.0.1", port)).close()
+
+
+def test_a_non_loopback_kafka_bind_without_security_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The supervisor's plan alone (no process starts): every fixed port is checked.
+    broker = Broker(tmp_path / "d", "tcp://127.0.0.1:0", kafka_listen="0.0.0.0:0")
+    with caplog.at_level(logging.WARNING, logger="kvlog.supervisor"):
+        broker._plan_kafka([0, 1])
+    assert broker.kafka_plan is not None
+    assert broker.kafka_bootstrap == broker.kafka_plan.broker.advertised
+    assert broker.kafka_plan.broker.listen.startswith("0.0.0.0:")
+    assert broker.kafka_plan.broker.advertised_host == kafka_addresses.primary_ipv4()
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "binds 0.0.0.0 without security" in warning and "every topic" in warning
+    caplog.clear()
+    loopback = Broker(tmp_path / "e", "tcp://127.0.0.1:0", kafka_listen="127.0.0.1:0")
+    with caplog.at_level(logging.WARNING, logger="kvlog.supervisor"):
+        loopback._plan_kafka([0])
+    assert not caplog.records
