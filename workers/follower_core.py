@@ -85,10 +85,14 @@ class FollowerCore:
         }
 
     def leadership_moved(self, before: dict[TopicPartition, tuple[int, int]]) -> None:
-        """The assignment changed (``before`` is :meth:`followed` before it): drop the
-        fetch in flight to every leader whose partitions moved, so the next
-        :meth:`sends` fetches from it again at once."""
+        """The assignment changed (``before`` is :meth:`followed` before it): forget the
+        latest epoch of what this node leads now, and drop the fetch in flight to every
+        leader whose partitions moved, so the next :meth:`sends` fetches from it again
+        at once."""
         after = self.followed()
+        for tp in self.core.leaders:
+            # While leading, the epoch cache moves on without us: re-read it when following.
+            self.latest_epoch.pop(tp, None)
         moved = {lid for tp, (lid, _) in before.items() if after.get(tp) != before[tp]}
         moved |= {lid for tp, (lid, _) in after.items() if before.get(tp) != after[tp]}
         for leader_id in moved & set(self._in_flight):
@@ -197,9 +201,6 @@ class FollowerCore:
         with where to fetch from."""
         core = self.core
         out = []
-        for tp in core.leaders:
-            # While leading, the epoch cache moves on without us: re-read it when following.
-            self.latest_epoch.pop(tp, None)
         followed = [
             h
             for h in core.hosted.values()
@@ -262,7 +263,7 @@ class FollowerCore:
                     continue
                 diverging = entry.get("diverging_epoch")
                 if diverging:
-                    cut = min(int(diverging.get("end_offset", 0)), state.log_end_offset)
+                    cut = self._divergence_point(w, tp, state.log_end_offset, diverging)
                     log.warning(
                         "%s: history diverges from the leader's at %d (epoch %s); "
                         "truncating from %d",
@@ -272,7 +273,10 @@ class FollowerCore:
                         state.log_end_offset,
                     )
                     w.truncate_to(tp, max(cut, state.log_start_offset))
-                    epochs.truncate_from(w, tp, w.offsets(tp).log_end_offset)
+                    left = w.offsets(tp)
+                    epochs.truncate_from(w, tp, left.log_end_offset)
+                    if left.log_end_offset <= left.log_start_offset:
+                        epochs.clear(w, tp)  # no batch left to have a history
                     truncated.append(tp)
                     changed.add(tp)
                     continue
@@ -309,6 +313,24 @@ class FollowerCore:
             if truncated:
                 core.producers.load(r, truncated)
         return changed
+
+    @staticmethod
+    def _divergence_point(
+        w: WriteTxn, tp: TopicPartition, leo: int, diverging: dict[str, Any]
+    ) -> int:
+        """Where this replica's history leaves the leader's (Kafka's follower rule). The
+        leader named the largest epoch it has at or below ours and where that epoch ends
+        in its log: the histories agree up to there, or up to where that epoch ends here if
+        sooner. Without that epoch here, they agree at most up to where our own epochs
+        before it end (the next fetch, with our new last epoch, checks again)."""
+        epoch = int(diverging.get("epoch", -1))
+        end = int(diverging.get("end_offset", 0))
+        if epoch < 0:
+            return min(end, leo)
+        own_epoch, own_end = epochs.end_offset_for_epoch(w, tp, epoch, leo)
+        if own_epoch == epoch:
+            return min(own_end, end, leo)
+        return min(own_end, leo)
 
     def _realign(self, w: WriteTxn, tp: TopicPartition, leo: int, entry: dict[str, Any]) -> None:
         """Our offset is outside the leader's log: past its end (cut back) or before its

@@ -498,14 +498,15 @@ class LeaderCore:
 
     def _isr_sends(self, now_ms: int) -> list[Send]:
         out = []
-        for replica in self.leaders.values():
+        for tp, replica in self.leaders.items():
+            # One change in flight per partition, and only one that is sent is pending:
+            # a pending change nobody asked for would hold every later one back.
+            if tp in self._isr_in_flight:
+                continue
             proposed = replica.proposed_isr(now_ms)
             if proposed is None:
                 continue
             replica.pending_isr = proposed
-            tp = replica.tp
-            if tp in self._isr_in_flight:
-                continue
             self._isr_in_flight[tp] = replica
             log.info(
                 "node %d: %s asking for ISR %s (now %s)", self.node_id, tp, proposed, replica.isr
@@ -524,8 +525,8 @@ class LeaderCore:
         """The coordinator's answer to an ``alter_isr`` send."""
         tp = answer.token.tp
         replica = self._isr_in_flight.pop(tp, None)
-        if replica is None:
-            return Result()
+        if replica is None or replica is not self.leaders.get(tp):
+            return Result()  # asked for by a leadership of this node that has ended
         if answer.fields is None or answer.error is not None:
             replica.pending_isr = None
             log.info("node %d: ISR change for %s refused: %s", self.node_id, tp, answer.error)
