@@ -330,7 +330,7 @@ class LeaderMachine(RuleBasedStateMachine):
         for n in NODES:
             if not c.alive(n):
                 c.start(n)
-        for _ in range(300):
+        for _ in range(120):
             for n in NODES:
                 c.sync(n)
             for request in list(c.requests.values()):
@@ -363,8 +363,8 @@ class LeaderMachine(RuleBasedStateMachine):
 
 
 LeaderMachine.TestCase.settings = settings(
-    max_examples=150,
-    stateful_step_count=50,
+    max_examples=300,
+    stateful_step_count=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
