@@ -99,6 +99,9 @@ class ZmqToken(NamedTuple):
 
 
 class NodeServer(Server):
+    """The node process's loop over one :class:`NodeCore`. Owned by the process's one
+    thread; not thread-safe."""
+
     name = "node"
 
     def __init__(
