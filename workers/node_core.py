@@ -15,9 +15,10 @@ Every method takes a typed event and ``now_ms`` and returns one
 request                    decided by
 =========================  ==========================================================
 produce                    ``LeaderCore.produce`` (refused as a whole), else
-                           ``LeaderCore.commit`` (acks=1, acks=0: ``UNANSWERED``) or
-                           ``LeaderCore._settle`` (acks=all: replicated, timed out,
-                           leadership moved)
+                           ``LeaderCore._complete`` after the group commit (acks=1,
+                           acks=all alone) or ``LeaderCore._settle`` (acks=all:
+                           replicated, timed out, leadership moved); the body, and
+                           ``UNANSWERED`` for acks=0, by ``StagedProduce.response``
 fetch                      ``FetchCore._try_answer`` (at once, woken, or at its deadline)
 list_offsets, ping         ``FetchCore.list_offsets``, :meth:`NodeCore.ping`
 =========================  ==========================================================
