@@ -39,6 +39,7 @@ from kvlog.partitioner import group_by_partition, partition_for_key
 from kvlog.types import TopicPartition
 
 from .accumulator import ProducerBatch, RecordAccumulator
+from .acks import answers_produce
 from .config import PRODUCER_SETTINGS, resolve
 from .futures import BatchFuture, BatchSendResult, FutureRecordMetadata, RecordMetadata
 from .metadata import ClusterMetadata, MetadataRefresher
@@ -582,7 +583,7 @@ class Sender:
         frames = [b.encoded for b in batches if b.encoded is not None]
         self.stats["requests"] += 1
         self.stats["batches"] += len(batches)
-        if self.acks == 0:
+        if not answers_produce(self.acks):
             io.send_now(endpoint, "produce", fields, None, frames=frames)
             for batch in batches:
                 self._succeed(batch, -1, -1)
