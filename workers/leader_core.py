@@ -39,6 +39,7 @@ from kvlog.errors import (
     KvlogError,
     MessageSizeTooLargeError,
     NotLeaderOrFollowerError,
+    OffsetOutOfRangeError,
     StorageError,
     UnknownServerError,
     UnknownTopicOrPartitionError,
@@ -54,6 +55,9 @@ from .node_model import (
     COORDINATOR,
     UNANSWERED,
     Answer,
+    DeletedRecords,
+    DeleteRecords,
+    DeleteRecordsResponse,
     HostedPartition,
     Produce,
     ProducedPartition,
@@ -374,17 +378,11 @@ class LeaderCore:
         return stage, outcome, offsets
 
     def _fail(self, staged: list[StagedProduce], exc: Exception) -> None:
-        if not isinstance(exc, KvlogError):
-            log.exception("node %d: group commit failed", self.node_id)
-            exc = UnknownServerError(f"group commit failed: {type(exc).__name__}: {exc}")
-        else:
-            log.error("node %d: group commit failed: %s", self.node_id, exc.message)
-            if isinstance(exc, StorageError):
-                self.health.write_failed()
+        error = self._write_failed("group commit", exc)
         for request in staged:
             for item in request.items:
                 if item.error is None:
-                    item.error = exc
+                    item.error = error
 
     def _complete(self, staged: list[StagedProduce], written: Any, now_ms: int) -> Result:
         """After the durable write: advance replicas, park acks=all items, answer."""
@@ -453,6 +451,64 @@ class LeaderCore:
             log.warning("node %d: persisting high watermarks failed: %s", self.node_id, exc)
             return
         self._hw_dirty.clear()
+
+    # -- DeleteRecords ---------------------------------------------------------------------
+
+    def delete_records(self, request: DeleteRecords) -> Result:
+        """Kafka's DeleteRecords: move each partition's log start offset to the given
+        offset (-1: the high watermark), in one durable transaction, and answer with the
+        new log start (the low watermark). An offset past the high watermark is
+        OFFSET_OUT_OF_RANGE, as in Kafka; one below the log start changes nothing.
+        Followers move their own log start when their next fetch shows this one (the
+        answer does not wait for them)."""
+        out: list[DeletedRecords] = []
+        targets: list[tuple[DeletedRecords, int]] = []
+        for tp, offset in request.partitions:
+            done = DeletedRecords(tp)
+            out.append(done)
+            try:
+                hw = self.leader_for(tp).high_watermark
+                target = hw if offset == -1 else offset
+                if not 0 <= target <= hw:
+                    raise OffsetOutOfRangeError(
+                        f"cannot delete the records of {tp} before offset {offset}: it must "
+                        f"be -1 (the high watermark) or 0..{hw} (the high watermark)"
+                    )
+            except KvlogError as exc:
+                done.error = exc
+                continue
+            targets.append((done, target))
+        if targets:
+
+            def write(w: WriteTxn) -> list[int]:
+                # The in-memory high watermark may be ahead of the stored one, which
+                # delete_before caps the log start at: store it first.
+                self._write_high_watermarks(w)
+                return [w.delete_before(d.tp, target).log_start_offset for d, target in targets]
+
+            try:
+                starts = self.store.write(write)
+            except Exception as exc:  # nothing was written
+                error = self._write_failed("deleting records", exc)
+                for done, _ in targets:
+                    done.error = error
+            else:
+                self._hw_dirty.clear()
+                for (done, _), start in zip(targets, starts, strict=True):
+                    done.low_watermark = start
+                    log.info("node %d: %s now starts at %d", self.node_id, done.tp, start)
+        return Result().reply(request.token, DeleteRecordsResponse(out))
+
+    def _write_failed(self, what: str, exc: Exception) -> KvlogError:
+        """The error a failed write gives its requests (a storage failure takes the log
+        dir offline)."""
+        if not isinstance(exc, KvlogError):
+            log.exception("node %d: %s failed", self.node_id, what)
+            return UnknownServerError(f"{what} failed: {type(exc).__name__}: {exc}")
+        log.error("node %d: %s failed: %s", self.node_id, what, exc.message)
+        if isinstance(exc, StorageError):
+            self.health.write_failed()
+        return exc
 
     # -- acks=all and replication ----------------------------------------------------------
 

@@ -21,10 +21,13 @@ produce                    ``LeaderCore.produce`` (refused as a whole), else
                            ``UNANSWERED`` for acks=0, by ``StagedProduce.response``
 fetch                      ``FetchCore._try_answer`` (at once, woken, or at its deadline)
 list_offsets, ping         ``FetchCore.list_offsets``, :meth:`NodeCore.ping`
+offset_for_leader_epoch    ``FetchCore.offset_for_leader_epoch`` (the epoch cache)
+delete_records             ``LeaderCore.delete_records`` (after its own durable write)
 =========================  ==========================================================
 
 How a shell drives it, per loop turn: decode each request and call :meth:`produce`,
-:meth:`fetch`, :meth:`list_offsets` or :meth:`ping`; hand each answer to one of the core's
+:meth:`fetch`, :meth:`list_offsets`, :meth:`offset_for_leader_epoch`,
+:meth:`delete_records` or :meth:`ping`; hand each answer to one of the core's
 ``Send``\\ s to :meth:`answer`; then call :meth:`flush` once (the turn's group commit, a
 distinct step); call :meth:`tick` when the earliest deadline it was given has come. It
 carries out every Result: replies by token, sends, and the deadline. A Result's deadline
@@ -52,10 +55,12 @@ from .node_model import (
     COORDINATOR,
     Answer,
     Assignment,
+    DeleteRecords,
     Fetch,
     HostedPartition,
     ListOffsets,
     NodeStatus,
+    OffsetForLeaderEpoch,
     Produce,
     earliest,
 )
@@ -97,11 +102,20 @@ def decode_assignment(fields: dict[str, Any]) -> Assignment:
 class NodeCore:
     """Owned by one node process's loop; not thread-safe."""
 
-    def __init__(self, settings: NodeSettings, store: LogStore, *, endpoint: str, pid: int) -> None:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        store: LogStore,
+        *,
+        endpoint: str,
+        pid: int,
+        kafka_endpoint: str | None = None,
+    ) -> None:
         self.settings = settings
         self.node_id = settings.node_id
         self.name = f"node {settings.node_id}"
         self.endpoint = endpoint
+        self.kafka_endpoint = kafka_endpoint  # advertised "host:port" of its Kafka listener
         self.pid = pid
         self.store = store
         self.health = LogDirHealth(self.name, settings.log_dir)
@@ -137,6 +151,13 @@ class NodeCore:
 
     def list_offsets(self, request: ListOffsets) -> Result:
         return self.reads.list_offsets(request)
+
+    def offset_for_leader_epoch(self, request: OffsetForLeaderEpoch) -> Result:
+        return self.reads.offset_for_leader_epoch(request)
+
+    def delete_records(self, request: DeleteRecords, now_ms: int) -> Result:
+        """Answered after its own durable write (a failed one takes the log dir offline)."""
+        return self.leader.delete_records(request).extend(self._check_storage(now_ms))
 
     def ping(self, token: Any) -> Result:
         return Result().reply(token, NodeStatus(self.node_id, self.applied_version))
@@ -182,6 +203,8 @@ class NodeCore:
             "wait_ms": wait,
             "offline": self.health.offline,
         }
+        if self.kafka_endpoint is not None:
+            fields["kafka_endpoint"] = self.kafka_endpoint
         timeout_ms = wait + HEARTBEAT_TIMEOUT_SLACK_MS
         return Send(COORDINATOR, "node_heartbeat", fields, Heartbeat(self._heartbeat), timeout_ms)
 
