@@ -1,8 +1,9 @@
 """The node cores' vocabulary: typed requests in, typed reply bodies out.
 
 A shell decodes a client request once into one of the request types here (``Produce``,
-``Fetch``, ``ListOffsets``, ``OffsetForLeaderEpoch``, ``DeleteRecords``), calls :class:`~workers.node_core.NodeCore` and encodes the
-bodies of the replies it gets back for its own wire (``workers/node_wire.py`` for kvlog's
+``Fetch``, ``ListOffsets``, ``OffsetForLeaderEpoch``, ``DeleteRecords``), calls
+:class:`~workers.node_core.NodeCore` and encodes the bodies of the replies it gets back
+for its own wire (``workers/node_wire.py`` for kvlog's
 ZeroMQ wire; a Kafka shell encodes the same bodies into Kafka responses). Nothing here
 knows a wire. The answers to the core's own requests to other kvlog processes (a
 ``Send``) come back as an :class:`Answer`.
