@@ -74,5 +74,11 @@ class VersionTable:
 SERVED = VersionTable(
     [
         ApiVersionRange(ApiKey.ApiVersions, 0, 2),
+        # The data path (each node process, for the partitions it leads).
+        ApiVersionRange(ApiKey.Produce, 0, 8, served_min=3),  # v7: zstd; v8: record errors
+        ApiVersionRange(ApiKey.Fetch, 4, 11),  # v4: RecordBatch v2; v10: zstd
+        ApiVersionRange(ApiKey.ListOffsets, 1, 5),
+        ApiVersionRange(ApiKey.OffsetForLeaderEpoch, 2, 3),
+        ApiVersionRange(ApiKey.DeleteRecords, 0, 1),
     ]
 )
