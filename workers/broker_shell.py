@@ -148,9 +148,9 @@ class BrokerServer(CoreShell, Server):
         if error is not None:
             return CoordinatorAnswer(error=error)
         body = {k: v for k, v in header.items() if k not in ("v", "id")}
-        if op != WATCH:
+        if op not in (WATCH, "metadata"):
             return CoordinatorAnswer(body)
-        if "topics" not in body:
+        if op == WATCH and "topics" not in body:
             return CoordinatorAnswer(MetadataUnchanged(body.get("version", -1)))
         try:
             return CoordinatorAnswer(decode_metadata(body))

@@ -106,6 +106,7 @@ class CoordinatorServer(GroupOps, CoreShell, Server):
             log_dir=req.str("log_dir"),
             pid=req.int("pid", 0),
             offline=req.bool("offline", False),
+            kafka_endpoint=req.opt_str("kafka_endpoint", max_len=1024),
         )
         return self.call(peer, req.id, event)
 
@@ -129,7 +130,8 @@ class CoordinatorServer(GroupOps, CoreShell, Server):
     # -- metadata --------------------------------------------------------------------------
 
     def op_metadata(self, req: Request, peer: bytes) -> Fields | None:
-        return self.call(peer, req.id, Metadata(_names(req, max_len=4096)))
+        event = Metadata(_names(req, max_len=4096), req.bool("allow_auto_create", False))
+        return self.call(peer, req.id, event)
 
     def op_watch_metadata(self, req: Request, peer: bytes) -> Fields | None:
         event = WatchMetadata(req.int("version", -1), req.int("wait_ms", 1000, low=0, high=60_000))
