@@ -32,7 +32,6 @@ from kvlog.errors import (
     CoordinatorNotAvailableError,
     KvlogError,
     LeaderNotAvailableError,
-    TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
 )
 
@@ -43,6 +42,7 @@ from .controller_events import (
     MissingTopic,
     TopicEntry,
     find_coordinator,
+    visible_topics,
 )
 from .core_result import Result, Send
 
@@ -261,8 +261,9 @@ class BrokerCore:
                 for name in ev.topics
             ]
         if ev.may_describe is not None:
-            visible = (self._visible(t, ev, by_name=ev.topics is not None) for t in topics)
-            topics = [t for t in visible if t is not None]
+            topics = visible_topics(
+                topics, ev.may_describe, ev.principal, by_name=ev.topics is not None
+            )
         return MetadataAnswer(
             self.version,
             self.cache.nodes,
@@ -270,23 +271,6 @@ class BrokerCore:
             self.config.coordinator,
             self.cache.coordinator_kafka,
         )
-
-    @staticmethod
-    def _visible(
-        topic: TopicEntry | MissingTopic, ev: BrokerMetadata, *, by_name: bool
-    ) -> TopicEntry | MissingTopic | None:
-        """Topics the principal may not describe: left out of a full listing, an
-        authorization error when asked for by name (Kafka's behaviour)."""
-        assert ev.may_describe is not None
-        if ev.may_describe(topic.name):
-            return topic
-        if by_name:
-            return MissingTopic(
-                topic.name,
-                TopicAuthorizationFailedError.code,
-                f"principal {ev.principal!r} may not describe topic {topic.name!r}",
-            )
-        return None
 
     def _find_coordinator(self, out: Result, token: Any, ev: FindCoordinator, now_ms: int) -> None:
         kafka = self.cache.coordinator_kafka if self.cache is not None else None

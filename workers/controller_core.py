@@ -366,10 +366,16 @@ class ControllerCore:
     # -- admin -----------------------------------------------------------------------------
 
     def _create_topic(self, out: Result, token: Any, ev: CreateTopic, now_ms: int) -> None:
+        partitions, replication_factor = ev.partitions, ev.replication_factor
+        if ev.broker_defaults:
+            if partitions == -1:
+                partitions = self.config.num_partitions
+            if replication_factor == -1:
+                replication_factor = self.config.default_replication_factor
         meta = self.state.create_topic(
             ev.name,
-            ev.partitions,
-            ev.replication_factor,
+            partitions,
+            replication_factor,
             ev.config,
             now_ms,
             validate_only=ev.validate_only,

@@ -10,11 +10,13 @@ Reply's ``error``, or per entry where an answer has entries.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kvlog.errors import (
     ErrorCode,
+    TopicAuthorizationFailedError,
     UnsupportedVersionError,
 )
 from kvlog.types import TopicPartition
@@ -98,13 +100,16 @@ class WatchMetadata:
 
 @dataclass(slots=True)
 class CreateTopic:
-    """``validate_only``: check everything, create nothing (answered ChangeValidated)."""
+    """``validate_only``: check everything, create nothing (answered ChangeValidated).
+    ``broker_defaults``: a partition count or replication factor of -1 takes the broker's
+    ``num.partitions`` / ``default.replication.factor`` (Kafka's CreateTopics v4+)."""
 
     name: str
     partitions: int = 1
     replication_factor: int = 1
     config: dict[str, Any] = field(default_factory=dict)
     validate_only: bool = False
+    broker_defaults: bool = False
 
 
 @dataclass(slots=True)
@@ -230,6 +235,30 @@ class MissingTopic:
     name: str
     code: ErrorCode
     message: str | None = None
+
+
+def visible_topics(
+    topics: list[TopicEntry | MissingTopic],
+    may_describe: Callable[[str], bool],
+    principal: str | None,
+    *,
+    by_name: bool,
+) -> list[TopicEntry | MissingTopic]:
+    """The one rule for topics a principal may not describe, on every wire: left out of a
+    full listing, TOPIC_AUTHORIZATION_FAILED when asked for by name (Kafka's behaviour)."""
+    out: list[TopicEntry | MissingTopic] = []
+    for topic in topics:
+        if may_describe(topic.name):
+            out.append(topic)
+        elif by_name:
+            out.append(
+                MissingTopic(
+                    topic.name,
+                    TopicAuthorizationFailedError.code,
+                    f"principal {principal!r} may not describe topic {topic.name!r}",
+                )
+            )
+    return out
 
 
 @dataclass(slots=True)
