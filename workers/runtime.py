@@ -111,7 +111,12 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
 
             store = LogDir(Path(settings["data_dir"]) / "meta")
             server = CoordinatorServer(
-                ctx, router, CoordinatorSettings(**settings["coordinator"]), store, security
+                ctx,
+                router,
+                CoordinatorSettings(**settings["coordinator"]),
+                store,
+                security,
+                server_settings,
             )
         elif role == "node":
             from .node_shell import NodeServer
@@ -124,11 +129,14 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
             from .broker_shell import BrokerServer
             from .settings import BrokerSettings
 
-            server = BrokerServer(ctx, router, BrokerSettings(**settings["broker"]), security)
+            server = BrokerServer(
+                ctx, router, BrokerSettings(**settings["broker"]), security, server_settings
+            )
         else:
             raise ValueError(f"unknown role {role!r}")
         server.limit_connections(server_settings.max_connections)
-        conn.send({"endpoint": endpoint, "pid": os.getpid()})
+        kafka_endpoint = getattr(server, "kafka_endpoint", None)
+        conn.send({"endpoint": endpoint, "pid": os.getpid(), "kafka_endpoint": kafka_endpoint})
         conn.close()
         signal.signal(signal.SIGHUP, lambda *_: setattr(server, "reload_requested", True))
         log.info("%s listening on %s", role, endpoint)
