@@ -93,7 +93,7 @@ def test_metadata_names_the_coordinator_as_controller_and_broker(broker, kadmin)
 def test_every_metadata_version_answers(broker, version):
     response = metadata(
         broker.kafka_bootstrap,
-        ["no-such-topic-v%d" % version],
+        [f"no-such-topic-v{version}"],
         version,
         **({"allow_auto_topic_creation": False} if version >= 4 else {}),
     )
