@@ -279,6 +279,12 @@ class ControllerCore:
             self.state.assignment_for(node_id),
             self.state.deleted_topic_ids(),
             sorted(self.state.node_endpoints().items()),
+            [
+                (n.node_id, n.kafka_endpoint)
+                for n in self.state.node_entries()
+                if n.alive and n.kafka_endpoint
+            ],
+            self.config.kafka_endpoint,
         )
 
     def _node_heartbeat(self, out: Result, token: Any, ev: NodeHeartbeat, now_ms: int) -> None:

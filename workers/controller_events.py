@@ -323,12 +323,15 @@ class HostedPartition:
 @dataclass(slots=True)
 class NodeAssignment:
     """What a node must apply: every partition it hosts, deleted topics' ids (tombstones)
-    and the live nodes' endpoints."""
+    and the live nodes' endpoints; for a node's Kafka listener, the live nodes' Kafka
+    endpoints and the coordinator's."""
 
     version: int
     partitions: list[HostedPartition]
     deleted_topic_ids: list[str]
     nodes: list[tuple[int, str]]
+    kafka_nodes: list[tuple[int, str]] = field(default_factory=list)
+    coordinator_kafka: str | None = None
 
 
 @dataclass(slots=True)

@@ -275,7 +275,7 @@ def _(body: MetadataUnchanged) -> Fields:
 
 @encode.register
 def _(body: NodeAssignment) -> Fields:
-    return {
+    fields: Fields = {
         "version": body.version,
         "partitions": [
             {
@@ -293,6 +293,12 @@ def _(body: NodeAssignment) -> Fields:
         "deleted_topic_ids": body.deleted_topic_ids,
         "nodes": [[n, endpoint] for n, endpoint in body.nodes],
     }
+    # Kafka's wire (PROTOCOL.md 3.23): only when there are Kafka listeners to name.
+    if body.kafka_nodes:
+        fields["kafka_nodes"] = [[n, endpoint] for n, endpoint in body.kafka_nodes]
+    if body.coordinator_kafka is not None:
+        fields["coordinator_kafka_endpoint"] = body.coordinator_kafka
+    return fields
 
 
 @encode.register

@@ -139,6 +139,10 @@ def test_nodes_kafka_endpoints_and_the_coordinators_are_in_metadata() -> None:
     c.answer(NodeHeartbeat(0, "tcp://n0", "/d0", pid=100, kafka_endpoint="127.0.0.1:9200"))
     assert c.version > version
     assert c.answer(Metadata()).body.nodes[0].kafka_endpoint == "127.0.0.1:9200"
+    # Nodes learn the Kafka endpoints from their heartbeat answers (for their own Metadata).
+    assignment = c.answer(NodeHeartbeat(1, "tcp://n1", "/d1", pid=101)).body
+    assert assignment.kafka_nodes == [(0, "127.0.0.1:9200")]
+    assert assignment.coordinator_kafka == "127.0.0.1:9093"
     # No node may take the coordinator's broker id.
     refused = c.answer(NodeHeartbeat(COORDINATOR_BROKER_ID, "tcp://x", "/x", pid=5))
     assert error(refused) is EC.INVALID_REQUEST
