@@ -47,10 +47,15 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
         b.stop()
 
 
-def wait_for(check: Callable[[], bool], poll: Callable[[], object], timeout: float = 30) -> None:
+def wait_for(
+    check: Callable[[], bool],
+    poll: Callable[[], object],
+    timeout: float = 30,
+    what: Callable[[], object] = lambda: None,
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out: {what()}"
         poll()
 
 
@@ -118,10 +123,10 @@ def test_kafka_python_and_confluent_share_a_group_and_its_offsets(broker):
             return len(mine) + len(theirs) == 4 and bool(mine) and bool(theirs)
 
         def poll_both() -> None:
-            kp.poll(timeout_ms=100)
+            kp.poll(timeout_ms=2000)  # shorter polls can cut its join short (kafka-python 3.0)
             ck.poll(0.1)
 
-        wait_for(both_assigned, poll_both)
+        wait_for(both_assigned, poll_both, what=lambda: (kp.assignment(), ck.assignment()))
         kp_parts = sorted(tp.partition for tp in kp.assignment())
         ck_parts = sorted(tp.partition for tp in ck.assignment())
         assert sorted(kp_parts + ck_parts) == [0, 1, 2, 3]
