@@ -22,27 +22,25 @@ from __future__ import annotations
 
 import itertools
 import logging
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kvlog import clock
-from kvlog.errors import InvalidConfigError, KvlogError
+from kvlog.errors import KvlogError
 from kvlog.ipc.kafka.codec import api_name
 from kvlog.ipc.kafka.connection import KafkaRequest
 
 from .acl import ANONYMOUS
 from .config import BROKER_CONFIG, field_name
 from .core_result import Reply
+from .kafka_addresses import WILDCARD, ipv4, split_host_port
 from .kafka_handlers import HANDLERS, BrokerConfigEntry, KafkaContext, Outcome, Plan
 from .kafka_handlers.authorize import authorize
 from .kafka_listener import DEFERRED, KafkaListener, KafkaToken
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
-
-_WILDCARDS = ("", "0.0.0.0", "*", "::")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,37 +61,17 @@ class _Call:
     waiting: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaAddress:
-    """Where a Kafka listener binds and what it advertises (an IPv4 literal)."""
-
-    host: str
-    port: int
-    advertised_host: str
-
-    @property
-    def advertised(self) -> str:
-        return f"{self.advertised_host}:{self.port}"
-
-
-def kafka_address(settings: ServerSettings) -> KafkaAddress | None:
-    """The listener's address from ``kafka_listen`` ("HOST:PORT"; None: no listener). The
-    advertised host is ``kafka_advertised_host``, else the bind host, as an IPv4 literal
-    (a wildcard bind advertises 127.0.0.1)."""
+def kafka_address(settings: ServerSettings) -> tuple[str, int, str] | None:
+    """``(bind host, port, advertised host)`` from ``kafka_listen`` and
+    ``kafka_advertised_host`` (the supervisor fixes both: workers/kafka_addresses.py); None:
+    no listener. Without an advertised host, the bind host's IPv4 literal (127.0.0.1 for a
+    wildcard bind)."""
     if settings.kafka_listen is None:
         return None
-    host, sep, port = settings.kafka_listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise InvalidConfigError(f"kafka_listen {settings.kafka_listen!r} is not HOST:PORT")
-    host = host.strip("[]")
-    advertised = settings.kafka_advertised_host or ("127.0.0.1" if host in _WILDCARDS else host)
-    try:
-        advertised = socket.gethostbyname(advertised)  # a name becomes its IPv4 literal
-    except OSError as exc:
-        raise InvalidConfigError(
-            f"Kafka advertised host {advertised!r} does not resolve to an IPv4 address: {exc}"
-        ) from None
-    return KafkaAddress(host or "0.0.0.0", int(port), advertised)
+    host, port = split_host_port("kafka_listen", settings.kafka_listen)
+    bind = ipv4(host, "kafka_listen")
+    advertised = settings.kafka_advertised_host or ("127.0.0.1" if bind == WILDCARD else bind)
+    return bind, port, ipv4(advertised, "kafka_advertised_host")
 
 
 def broker_config_entries(*settings: Any) -> dict[str, BrokerConfigEntry]:
@@ -155,24 +133,25 @@ class KafkaShell:
                 settings.kafka_listen,
             )
             return None
+        bind, port, advertised = address
         handlers = {api: self._on_kafka_request for api in apis}
         limit = settings.max_connections
         self.kafka = KafkaListener(
             handlers,
-            host=address.host,
-            port=address.port,
+            host=bind,
+            port=port,
             max_connections=limit if limit > 0 else 1 << 30,
             name=f"{getattr(self, 'name', 'kvlog')} kafka",
         )
         _, port = self.kafka.start()
-        self.kafka_endpoint = f"{address.advertised_host}:{port}"
+        self.kafka_endpoint = f"{advertised}:{port}"
         self.broker_id = broker_id
         self._kafka_config = config
         self.add_socket(self.kafka.poll_handle(), self.kafka.on_ready)  # type: ignore[attr-defined]
         log.info(
             "%s: Kafka listener on %s:%d (advertised %s, broker id %d)",
             getattr(self, "name", "kvlog"),
-            address.host,
+            bind,
             port,
             self.kafka_endpoint,
             broker_id,

@@ -107,3 +107,27 @@ def test_metadata_hides_or_refuses_topics_a_principal_may_not_describe() -> None
     assert [(t.name, t.error_code) for t in named.topics] == [("orders", 0), ("secret", 29)]
     everyone = metadata_response(answer, KafkaContext(broker_id=0), by_name=False)
     assert [t.name for t in everyone.topics] == ["orders", "secret"]
+
+
+def test_metadata_lists_live_nodes_with_kafka_listeners_and_the_coordinator() -> None:
+    from kvlog.workers.controller_events import COORDINATOR_BROKER_ID, NodeEntry
+
+    nodes = [
+        NodeEntry(0, "tcp://n0", True, "127.0.0.1:9094"),
+        NodeEntry(1, "tcp://n1", False, "127.0.0.1:9095"),  # dead: not listed
+        NodeEntry(2, "tcp://n2", True, None),  # no Kafka listener: not listed
+    ]
+    topic = TopicEntry("t", "t", {}, 3, [PartitionEntry(0, -1, 4, [1, 0, 2], [0])])
+    answer = MetadataAnswer(1, nodes, [topic], coordinator_kafka="127.0.0.1:9093")
+    response = metadata_response(answer, KafkaContext(broker_id=0), by_name=False)
+    assert [(b.node_id, b.host, b.port) for b in response.brokers] == [
+        (0, "127.0.0.1", 9094),
+        (COORDINATOR_BROKER_ID, "127.0.0.1", 9093),
+    ]
+    assert response.controller_id == COORDINATOR_BROKER_ID
+    [partition] = response.topics[0].partitions
+    assert (partition.error_code, partition.leader_id, partition.leader_epoch) == (5, -1, 4)
+    assert partition.offline_replicas == [1]
+    # No coordinator listener: no controller.
+    bare = metadata_response(MetadataAnswer(1, nodes, []), KafkaContext(broker_id=0), by_name=False)
+    assert bare.controller_id == -1 and [b.node_id for b in bare.brokers] == [0]

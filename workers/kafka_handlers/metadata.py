@@ -22,6 +22,7 @@ from kvlog.errors import ErrorCode
 from kvlog.ipc.kafka.codec import ApiKey, response_class
 from kvlog.ipc.kafka.connection import KafkaRequest
 
+from .. import kafka_addresses
 from ..controller_events import (
     COORDINATOR_BROKER_ID,
     Metadata,
@@ -40,9 +41,8 @@ _Partition = _Topic.MetadataResponsePartition
 
 
 def split_host_port(address: str) -> tuple[str, int]:
-    """``"host:port"`` (IPv4 literal or name) as Kafka's metadata carries it."""
-    host, _, port = address.rpartition(":")
-    return host, int(port)
+    """An advertised ``"host:port"`` (an IPv4 literal) as Kafka's metadata carries it."""
+    return kafka_addresses.split_host_port("Kafka endpoint", address)
 
 
 def requested_topics(request: Any, version: int) -> list[str] | None:
