@@ -26,6 +26,12 @@ What the shell does apply, the same way as on the ZeroMQ wire:
 - acks=0: no response; if a partition failed, the connection closes (Kafka's signal to
   the client to refresh its metadata).
 
+Kafka clients send some requests to any broker (Metadata, FindCoordinator,
+InitProducerId, topic configs, ...). A node answers ApiVersions and ListGroups itself (it
+coordinates no group) and relays every other API the coordinator serves to the
+coordinator's Kafka listener (:mod:`workers.kafka_relay`), as Kafka's brokers forward to
+their controller: the coordinator decides those answers, its Metadata included.
+
 A connection's principal is ``ANONYMOUS`` (the ZeroMQ wire's without security); with
 security on the listener stays off until kvlog serves SASL, and says why.
 """
@@ -39,15 +45,29 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvlog import clock
+from kvlog.errors import KvlogError
 from kvlog.ipc.kafka.codec import ApiKey
 from kvlog.ipc.kafka.connection import KafkaRequest
+from kvlog.ipc.kafka.versions import SERVED
 
 from .acl import ANONYMOUS
 from .core_result import Reply, Result
-from .kafka_addresses import split_host_port
-from .kafka_handlers import delete_records, fetch, leader_epochs, list_offsets, produce
-from .kafka_handlers.base import KafkaContext, Outcome, Plan
+from .group_events import ListGroups
+from .kafka_handlers import (
+    HANDLERS,
+    KafkaContext,
+    Outcome,
+    Plan,
+    delete_records,
+    fetch,
+    leader_epochs,
+    list_offsets,
+    produce,
+)
+from .kafka_handlers.authorize import authorize
 from .kafka_listener import DEFERRED, KafkaListener, KafkaToken
+from .kafka_relay import KafkaRelay
+from .kafka_shell import kafka_address
 from .node_model import DeleteRecords, Fetch, ListOffsets, OffsetForLeaderEpoch, Produce
 from .settings import ServerSettings
 
@@ -58,22 +78,19 @@ CLIENT_SIDE_THROTTLE = {ApiKey.Produce: 6, ApiKey.Fetch: 8}
 _QUOTA_KIND = {ApiKey.Produce: "produce", ApiKey.Fetch: "fetch"}
 
 
-def _api_versions(request: KafkaRequest, ctx: KafkaContext) -> Plan:
-    from kvlog.ipc.kafka.api_versions import api_versions_response
-
-    return Plan([], lambda outcomes: api_versions_response(request))
-
-
-# The node's APIs: its handler for each (Metadata comes with the coordinator's answer
-# of the live nodes' Kafka endpoints).
+# What a node answers itself: the data path (the node's own handlers), ApiVersions, and
+# ListGroups (Kafka asks every broker for the groups it coordinates: a node has none).
 NODE_HANDLERS: dict[int, Callable[[KafkaRequest, KafkaContext], Plan]] = {
-    ApiKey.ApiVersions: _api_versions,
+    ApiKey.ApiVersions: HANDLERS[ApiKey.ApiVersions],
+    ApiKey.ListGroups: HANDLERS[ApiKey.ListGroups],
     ApiKey.Produce: produce.produce,
     ApiKey.Fetch: fetch.fetch,
     ApiKey.ListOffsets: list_offsets.list_offsets,
     ApiKey.OffsetForLeaderEpoch: leader_epochs.offset_for_leader_epoch,
     ApiKey.DeleteRecords: delete_records.delete_records,
 }
+# What it relays to the coordinator: every other API served (the coordinator's).
+RELAYED = frozenset(r.api_key for r in SERVED if r.api_key not in NODE_HANDLERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +118,10 @@ class NodeKafkaShell:
     add_socket: Any
     _carry: Any
     kafka: KafkaListener | None = None
+    relay: KafkaRelay | None = None
     _kafka_delayed: list[tuple[float, KafkaToken, Any]]
     _kafka_replies: list[Reply]
+    _relayed: list[tuple[KafkaToken, Any, str | None]]  # (token, response, or why none)
 
     def start_kafka(
         self, settings: ServerSettings, *, node_id: int, max_pending: int
@@ -111,6 +130,7 @@ class NodeKafkaShell:
         advertises (None: no listener). Call once, before the loop runs."""
         self._kafka_delayed = []
         self._kafka_replies = []
+        self._relayed = []
         if settings.kafka_listen is None:
             return None
         if self.security is not None:
@@ -121,20 +141,27 @@ class NodeKafkaShell:
                 settings.kafka_listen,
             )
             return None
-        host, port = split_host_port("kafka_listen", settings.kafka_listen)
+        address = kafka_address(settings)
+        assert address is not None
+        bind, port, advertised = address
         limit = settings.max_connections
         self.kafka = KafkaListener(
-            {api: self._on_kafka_request for api in NODE_HANDLERS},
-            host=host or "0.0.0.0",
+            {api: self._on_kafka_request for api in (*NODE_HANDLERS, *RELAYED)},
+            host=bind,
             port=port,
             max_pending=max_pending,
             max_connections=limit if limit > 0 else 1 << 30,
             name=f"{self.name} kafka",
         )
         bound_host, bound_port = self.kafka.start()
-        advertised = settings.kafka_advertised_host or bound_host
         endpoint = f"{advertised}:{bound_port}"
         self.add_socket(self.kafka.poll_handle(), self.kafka.on_ready)
+        self.relay = KafkaRelay(
+            f"{self.name} kafka",
+            lambda token, response: self._relayed.append((token, response, None)),
+            lambda token, reason: self._relayed.append((token, None, reason)),
+        )
+        self.add_socket(self.relay.poll_handle(), self.relay.on_ready)
         log.info(
             "%s: Kafka listener on %s:%d (advertised %s, broker id %d)",
             self.name,
@@ -148,18 +175,37 @@ class NodeKafkaShell:
     # -- requests --------------------------------------------------------------------------
 
     def _on_kafka_request(self, request: KafkaRequest, token: KafkaToken) -> Any:
-        ctx = KafkaContext(broker_id=self.core.node_id, principal=ANONYMOUS)
+        assert self.kafka is not None and self.relay is not None
+        if request.api_key in RELAYED:
+            self.relay.forward(token, request, self.core.coordinator_kafka)
+            return DEFERRED
+        peer = self.kafka.peer_of(token) or ""
+        ctx = KafkaContext(
+            broker_id=self.core.node_id,
+            principal=ANONYMOUS,
+            client_host="/" + peer.rpartition(":")[0],
+            authorizer=None if self.security is None else self.security.authorizer,
+        )
         plan = NODE_HANDLERS[request.api_key](request, ctx)
         call = KafkaCall(token, plan, ctx.principal)
         if not plan.steps:  # answered without the core (ApiVersions, a refused version)
             return self._response(call, [], 0)
-        [event] = plan.steps
-        event.token = call
-        self._carry(self._handle(event))
+        [event] = plan.steps  # every node API is one core event
+        if isinstance(event, Outcome):
+            return self._response(call, [event], 0)
+        try:
+            authorize(ctx.authorizer, ctx.principal, event)
+        except KvlogError as exc:
+            log.info("%s: refused %s: %s", self.name, request.api_name, exc.message)
+            return self._response(call, [Outcome(error=exc)], 0)
+        self._carry(self._handle(call, event))
         return DEFERRED
 
-    def _handle(self, event: Any) -> Result:
+    def _handle(self, call: KafkaCall, event: Any) -> Result:
+        """Hand the event to the node core (the node's own events carry their token)."""
         core, now_ms = self.core, clock.now_ms()
+        if isinstance(event, Produce | Fetch | ListOffsets | OffsetForLeaderEpoch | DeleteRecords):
+            event.token = call
         if isinstance(event, Produce):
             return core.produce(event, now_ms)
         if isinstance(event, Fetch):
@@ -170,6 +216,8 @@ class NodeKafkaShell:
             return core.offset_for_leader_epoch(event)
         if isinstance(event, DeleteRecords):
             return core.delete_records(event, now_ms)
+        if isinstance(event, ListGroups):
+            return core.list_groups(call)
         raise TypeError(f"no node core event {type(event).__name__}")
 
     # -- replies ---------------------------------------------------------------------------
@@ -180,7 +228,16 @@ class NodeKafkaShell:
         self._kafka_replies.append(reply)
 
     def flush_kafka(self) -> None:
-        """Build and send the responses the core decided since the last call."""
+        """Build and send the responses the core decided since the last call, and pass on
+        what the relay brought back."""
+        if self.kafka is None:
+            return
+        relayed, self._relayed = self._relayed, []
+        for token, response, failed in relayed:
+            if failed is None:
+                self.kafka.respond(token, response)
+            else:
+                self.kafka.close_connection(token, failed)
         replies, self._kafka_replies = self._kafka_replies, []
         for reply in replies:
             call: KafkaCall = reply.token
@@ -222,18 +279,22 @@ class NodeKafkaShell:
     # -- timers ----------------------------------------------------------------------------
 
     def kafka_deadline_ms(self) -> float | None:
-        """On kvlog's clock: the earliest held-back response or idle connection."""
+        """On kvlog's clock: the earliest held-back response, idle connection or relayed
+        request's timeout (0: relayed responses wait to be passed on)."""
+        if self._relayed:
+            return 0.0
         due = [d * 1000 for d, _, _ in self._kafka_delayed]
-        if self.kafka is not None:
-            idle = self.kafka.next_deadline()
-            if idle is not None:  # on the listener's monotonic clock
-                due.append(clock.now_ms() + (idle - time.monotonic()) * 1000)
+        for other in (self.kafka, self.relay):
+            deadline = other.next_deadline() if other is not None else None
+            if deadline is not None:  # on the listener's and relay's monotonic clock
+                due.append(clock.now_ms() + (deadline - time.monotonic()) * 1000)
         return min(due, default=None)
 
     def kafka_timers(self) -> None:
-        if self.kafka is None:
+        if self.kafka is None or self.relay is None:
             return
         self.kafka.expire_idle()
+        self.relay.expire()
         if self._kafka_delayed:
             now = clock.now_ms() / 1000
             due = [d for d in self._kafka_delayed if d[0] <= now]
@@ -252,4 +313,4 @@ def _quota_bytes(reply: Reply) -> int:
     return int(getattr(body, "request_bytes", 0))
 
 
-__all__ = ["NODE_HANDLERS", "KafkaCall", "NodeKafkaShell"]
+__all__ = ["NODE_HANDLERS", "RELAYED", "KafkaCall", "NodeKafkaShell"]

@@ -23,6 +23,7 @@ fetch                      ``FetchCore._try_answer`` (at once, woken, or at its 
 list_offsets, ping         ``FetchCore.list_offsets``, :meth:`NodeCore.ping`
 offset_for_leader_epoch    ``FetchCore.offset_for_leader_epoch`` (the epoch cache)
 delete_records             ``LeaderCore.delete_records`` (after its own durable write)
+list_groups                :meth:`NodeCore.list_groups`: a node coordinates no group
 =========================  ==========================================================
 
 How a shell drives it, per loop turn: decode each request and call :meth:`produce`,
@@ -49,6 +50,7 @@ from kvlog.types import TopicPartition
 from .core_result import Result, Send
 from .fetch_core import FetchCore
 from .follower_core import FollowerCore, ReplicaFetch
+from .group_events import ListGroupsAnswer
 from .leader_core import IsrChange, LeaderCore
 from .log_dir_core import LogDirHealth
 from .node_model import (
@@ -116,6 +118,9 @@ class NodeCore:
         self.name = f"node {settings.node_id}"
         self.endpoint = endpoint
         self.kafka_endpoint = kafka_endpoint  # advertised "host:port" of its Kafka listener
+        # The coordinator's Kafka "host:port" (from the assignment): where the node's Kafka
+        # shell relays what the coordinator answers.
+        self.coordinator_kafka: str | None = None
         self.pid = pid
         self.store = store
         self.health = LogDirHealth(self.name, settings.log_dir)
@@ -159,6 +164,12 @@ class NodeCore:
         """Answered after its own durable write (a failed one takes the log dir offline)."""
         return self.leader.delete_records(request).extend(self._check_storage(now_ms))
 
+    # -- what Kafka clients ask any broker -------------------------------------------------
+
+    def list_groups(self, token: Any) -> Result:
+        """Kafka asks every broker for the groups it coordinates: a node coordinates none."""
+        return Result().reply(token, ListGroupsAnswer([]))
+
     def ping(self, token: Any) -> Result:
         return Result().reply(token, NodeStatus(self.node_id, self.applied_version))
 
@@ -186,6 +197,7 @@ class NodeCore:
             result = self.leader.on_isr_answer(answer, now_ms)
         elif isinstance(token, Heartbeat):
             result = self._on_heartbeat(answer, now_ms)
+
         else:
             raise ValueError(f"an answer to no send of this core: {token!r}")
         result.extend(self._check_storage(now_ms))
@@ -224,6 +236,7 @@ class NodeCore:
                 log.error("%s: cannot apply assignment: %s", self.name, exc.message)
             else:
                 self.applied_version = fields.get("version", self.applied_version)
+                self.coordinator_kafka = fields.get("coordinator_kafka_endpoint")
         # The next long poll, with the version just applied.
         return result.send(self._heartbeat_send())
 
