@@ -24,10 +24,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kafka.protocol.parser import KafkaProtocol  # noqa: E402
-from node_kafka_util import create_topic, fetch, node_address, produce, record_set  # noqa: E402
+from kafka.protocol.parser import KafkaProtocol
+from node_kafka_util import create_topic, fetch, node_address, produce, record_set
 
-import kvlog  # noqa: E402
+import kvlog
 
 IN_FLIGHT = 5
 
