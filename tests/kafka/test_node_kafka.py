@@ -400,3 +400,47 @@ def test_a_client_that_sends_half_a_request_holds_up_nobody(broker: Any, client:
         assert (ok.error_code, ok.base_offset) == (0, 0)
         [listed] = partition_results(other.send(list_offsets(1, [(topic, 0, -1)])))
         assert listed.offset == 1, "the half request stored nothing"
+
+
+# -- what a node relays to the coordinator -------------------------------------------------
+
+
+def test_a_node_relays_what_the_coordinator_answers(broker: Any, client: RawClient) -> None:
+    from kafka.protocol.admin import DescribeConfigsRequest, ListGroupsRequest
+    from kafka.protocol.metadata import FindCoordinatorRequest, MetadataRequest
+    from kafka.protocol.producer import InitProducerIdRequest
+
+    topic = topic_name("relayed")
+    create_topic(broker, topic, partitions=2)
+    coordinator = broker.kafka_plan.coordinator.advertised
+    asked = MetadataRequest(
+        version=8,
+        topics=[MetadataRequest.MetadataRequestTopic(name=topic)],
+        allow_auto_topic_creation=False,
+        include_cluster_authorized_operations=False,
+        include_topic_authorized_operations=False,
+    )
+    at_node = client.send(asked)
+    with RawClient(coordinator) as direct:
+        at_coordinator = direct.send(asked)
+    assert at_node == at_coordinator, "a node's Metadata is the coordinator's"
+    brokers = {b.node_id: f"{b.host}:{b.port}" for b in at_node.brokers}
+    assert brokers[0] == node_address(broker) and brokers[at_node.controller_id] == coordinator
+    [t] = at_node.topics
+    assert [(p.partition_index, p.leader_id) for p in t.partitions] == [(0, 0), (1, 0)]
+
+    found = client.send(FindCoordinatorRequest(version=2, key="some-group", key_type=0))
+    assert (found.error_code, f"{found.host}:{found.port}") == (0, coordinator)
+    pid = client.send(
+        InitProducerIdRequest(version=1, transactional_id=None, transaction_timeout_ms=-1)
+    )
+    assert pid.error_code == 0 and pid.producer_id >= 0
+    R = DescribeConfigsRequest.DescribeConfigsResource
+    configs = client.send(
+        DescribeConfigsRequest(version=1, resources=[R(resource_type=2, resource_name=topic,
+                               configuration_keys=None)], include_synonyms=False)
+    )  # fmt: skip
+    assert configs.results[0].error_code == 0 and configs.results[0].configs
+    # ListGroups asks every broker for the groups it coordinates: a node has none.
+    listed = client.send(ListGroupsRequest(version=2))
+    assert (listed.error_code, listed.groups) == (0, [])
