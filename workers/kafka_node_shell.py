@@ -39,6 +39,7 @@ security on the listener stays off until kvlog serves SASL, and says why.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,7 +120,7 @@ class NodeKafkaShell:
     _carry: Any
     kafka: KafkaListener | None = None
     relay: KafkaRelay | None = None
-    _kafka_delayed: list[tuple[float, KafkaToken, Any]]
+    _kafka_delayed: list[tuple[int, KafkaToken, Any]]  # (due, on kvlog's clock, ms)
     _kafka_replies: list[Reply]
     _relayed: list[tuple[KafkaToken, Any, str | None]]  # (token, response, or why none)
 
@@ -267,7 +268,7 @@ class NodeKafkaShell:
             return response
         if request.api_version < CLIENT_SIDE_THROTTLE.get(request.api_key, 0):
             response.throttle_time_ms = int(delay * 1000)
-        self._kafka_delayed.append((clock.now_ms() / 1000 + delay, call.token, response))
+        self._kafka_delayed.append((clock.now_ms() + math.ceil(delay * 1000), call.token, response))
         return DEFERRED
 
     def _throttle(self, call: KafkaCall, nbytes: int) -> float:
@@ -283,7 +284,7 @@ class NodeKafkaShell:
         request's timeout (0: relayed responses wait to be passed on)."""
         if self._relayed:
             return 0.0
-        due = [d * 1000 for d, _, _ in self._kafka_delayed]
+        due: list[float] = [d for d, _, _ in self._kafka_delayed]
         for other in (self.kafka, self.relay):
             deadline = other.next_deadline() if other is not None else None
             if deadline is not None:  # on the listener's and relay's monotonic clock
@@ -291,12 +292,13 @@ class NodeKafkaShell:
         return min(due, default=None)
 
     def kafka_timers(self) -> None:
-        if self.kafka is None or self.relay is None:
+        if self.kafka is None:
             return
         self.kafka.expire_idle()
-        self.relay.expire()
+        if self.relay is not None:
+            self.relay.expire()
         if self._kafka_delayed:
-            now = clock.now_ms() / 1000
+            now = clock.now_ms()
             due = [d for d in self._kafka_delayed if d[0] <= now]
             if due:
                 self._kafka_delayed = [d for d in self._kafka_delayed if d[0] > now]

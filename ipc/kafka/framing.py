@@ -96,8 +96,7 @@ class FrameReader:
             )
         if length < self.min_frame_bytes:
             raise KafkaProtocolError(
-                f"frame of {length} bytes is shorter than any header "
-                f"({self.min_frame_bytes} bytes)"
+                f"frame of {length} bytes is shorter than any header ({self.min_frame_bytes} bytes)"
             )
 
 
