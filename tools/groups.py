@@ -3,7 +3,9 @@
 
 ``describe`` shows the members (member id, client id, assigned partitions) and, per
 partition, the committed offset, the log end offset (the high watermark, from a
-consumer's ``end_offsets``) and the lag between them.
+consumer's ``end_offsets``) and the lag between them. A committed offset outside the
+log (past its end: the topic was deleted and created again; before its start: retention
+removed the records) has no lag: the row says what the group does about it instead.
 
 ``reset-offsets`` computes new committed offsets for a group with no members and stores
 them (or only prints the plan with ``--dry-run``). As in Kafka, every new offset is
@@ -105,20 +107,23 @@ def group_report(admin: Any, consumer: Any, group_id: str) -> dict[str, Any]:
             owners[TopicPartition(topic, partition)] = m
     tps = sorted(set(committed) | set(owners))
     ends = consumer.end_offsets(tps) if tps else {}
+    starts = consumer.beginning_offsets(tps) if tps else {}
     rows = []
     for tp in tps:
         offset = committed.get(tp)
         end = ends.get(tp)
         member = owners.get(tp)
+        problem = _out_of_range(offset, starts.get(tp), end)
         rows.append(
             {
                 "topic": tp.topic,
                 "partition": tp.partition,
                 "committed_offset": offset,
                 "log_end_offset": end,
-                "lag": None if offset is None or end is None else max(0, end - offset),
+                "lag": None if offset is None or end is None or problem else end - offset,
                 "member_id": member.get("member_id") if member else None,
                 "client_id": member.get("client_id") if member else None,
+                **({"problem": problem} if problem else {}),
             }
         )
     return {
@@ -138,6 +143,25 @@ def group_report(admin: Any, consumer: Any, group_id: str) -> dict[str, Any]:
         ],
         "partitions": rows,
     }
+
+
+def _out_of_range(committed: int | None, start: int | None, end: int | None) -> str | None:
+    """What is wrong with a committed offset outside the log, or None."""
+    if committed is None or start is None or end is None:
+        return None
+    if committed > end:
+        return (
+            f"committed offset {committed} is past the log end offset {end} (the topic was "
+            "deleted and created again, or the log was truncated): the group's consumers "
+            "reset it with auto.offset.reset when they next read"
+        )
+    if committed < start:
+        return (
+            f"committed offset {committed} is before the log start offset {start}: retention "
+            f"removed {start - committed} record(s) the group had not read; its consumers "
+            "reset it with auto.offset.reset when they next read"
+        )
+    return None
 
 
 def _print_report(console: Any, report: dict[str, Any]) -> None:
@@ -171,13 +195,16 @@ def _print_report(console: Any, report: dict[str, Any]) -> None:
             str(r["partition"]),
             _or_dash(r["committed_offset"]),
             _or_dash(r["log_end_offset"]),
-            _or_dash(r["lag"]),
+            "out of range" if r.get("problem") else _or_dash(r["lag"]),
             f"{r['member_id']} / {r['client_id']}" if r["member_id"] else "-",
         )
         for r in report["partitions"]
     ]
     columns = ("topic", "partition", "committed", "log end", "lag", "member / client")
     console.print(plain_table(columns, rows, right=("partition", "committed", "log end", "lag")))
+    for r in report["partitions"]:
+        if r.get("problem"):
+            console.print(f"{r['topic']}-{r['partition']}: {r['problem']}")
 
 
 def _or_dash(value: int | None) -> str:
