@@ -19,7 +19,7 @@ from kvlog import __version__
 COMMANDS: dict[str, str] = {
     "demo": "kvlog.tools.demo:demo",
     "serve": "kvlog.tools.serve:serve",
-    "status": "kvlog.tools.serve:status",
+    "status": "kvlog.tools.status:status",
     "topics": "kvlog.tools.topics:topics",
     "produce": "kvlog.tools.console:produce",
     "consume": "kvlog.tools.console:consume",

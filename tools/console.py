@@ -22,7 +22,8 @@ from typing import Any
 
 import click
 
-from .common import Command, client_config, client_options, err, parse_pairs, stop_on_signals
+from .client_cli import client_config, client_options
+from .common import Command, err, parse_pairs, stop_on_signals
 
 ACKS = ("0", "1", "all", "-1")
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
@@ -89,7 +90,7 @@ def produce(
 
     separator = _separator(key_separator)
     header_list = [(k, v.encode()) for k, v in parse_pairs(headers, "--header").items()]
-    config = client_config(bootstrap_server, command_config)
+    config = client_config("producer", bootstrap_server, command_config)
     config.update(parse_pairs(properties, "--producer-property"))
     config.update({"acks": acks, "compression.type": compression})
     stdin = sys.stdin.buffer
@@ -271,7 +272,7 @@ def consume(
     records read goes to stderr at exit. With --timeout-ms and --max-messages, running out
     of time before N records exits 1.
     """
-    config = client_config(bootstrap_server, command_config)
+    config = client_config("consumer", bootstrap_server, command_config)
     config.update(parse_pairs(properties, "--consumer-property"))
     if workers is not None or handler is not None:
         if workers is None or handler is None or group is None:
