@@ -12,6 +12,7 @@ producer metrics (ipc/client_metrics.py).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import defaultdict
@@ -298,22 +299,23 @@ class Sender:
     def _too_large(
         self, batch: ProducerBatch, error: MessageSizeTooLargeError
     ) -> MessageSizeTooLargeError:
-        """The node's refusal, with what helps: for one record, the command that raises
-        the topic's limit (a smaller batch.size cannot help a record that alone is too
-        large); for several, either."""
+        """The node's refusal, saying what helps: for one record, the exact command that
+        raises the topic's limit (a smaller batch.size cannot help a record that alone is
+        too large); for several, either."""
         size = len(batch.encoded or b"")
         topic = batch.tp.topic
+        found = re.search(r"max\.message\.bytes=(\d+)", error.message)
+        limit = f"max.message.bytes={found.group(1)}" if found else "max.message.bytes"
         raise_it = f"kvlog topics alter {topic} --config max.message.bytes={size}"
         if batch.record_count == 1:
             return MessageSizeTooLargeError(
-                f"a record of {size} bytes (as a batch) for {batch.tp} is larger than the "
-                f"topic's max.message.bytes allows ({error.message}). Raise the limit: "
-                f"{raise_it}"
+                f"a record of {size} bytes (as a batch) for {batch.tp} exceeds the topic's "
+                f"{limit}. Raise the limit: {raise_it}"
             )
         return MessageSizeTooLargeError(
-            f"a batch of {batch.record_count} records, {size} bytes, for {batch.tp} is larger "
-            f"than the topic's max.message.bytes allows ({error.message}). Lower batch.size "
-            f"(now {self.accumulator.batch_size}) or raise the limit: {raise_it}"
+            f"a batch of {batch.record_count} records, {size} bytes, for {batch.tp} exceeds "
+            f"the topic's {limit}. Lower batch.size (now {self.accumulator.batch_size}) or "
+            f"raise the limit: {raise_it}"
         )
 
     def _fail(self, batch: ProducerBatch, error: BaseException) -> None:
