@@ -110,3 +110,12 @@ def test_an_oversized_record_prints_the_command_that_raises_the_limit(serve: Ser
     produced = run("produce", topic, *b, input="x" * 3000 + "\n")
     assert produced.exit_code == 1
     assert f"kvlog topics alter {topic} --config max.message.bytes=" in produced.output
+
+
+def test_perf_produce_says_its_latency_is_mostly_queueing(serve: Serve) -> None:
+    args = ("perf", "produce", "--bootstrap-server", serve.bootstrap, "--topic", unique("q"))
+    result = run(*args, "--records", "2000")
+    assert result.exit_code == 0, result.output
+    assert "latency is mostly queueing" in result.output
+    as_json = json.loads(run(*args, "--records", "2000", "--json").output)
+    assert "mostly queueing" in as_json["latency_note"]
