@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "keys": "kvlog.tools.acls:keys",
     "acls": "kvlog.tools.acls:acls",
     "config": "kvlog.tools.config_docs:config",
+    "backup": "kvlog.tools.backup:backup",
 }
 
 PERF_COMMANDS: dict[str, str] = {

@@ -38,6 +38,7 @@ from typing import Any
 import multiprocess
 import multiprocess.connection
 
+from kvlog.data_dir import check_data_dir, stamp_data_dir
 from kvlog.errors import InvalidConfigError, KafkaTimeoutError, KvlogError
 from kvlog.ipc.security import load_keys
 from kvlog.ipc.wire import advertise, normalize_endpoint
@@ -208,7 +209,9 @@ class Broker:
     def start(self) -> Broker:
         self._lock()
         try:
+            check_data_dir(self.data_dir, self.log_dirs)
             self._start_all()
+            stamp_data_dir(self.data_dir, self.log_dirs)
         except BaseException:
             self.stop()
             raise
