@@ -119,3 +119,12 @@ def test_perf_produce_says_its_latency_is_mostly_queueing(serve: Serve) -> None:
     assert "latency is mostly queueing" in result.output
     as_json = json.loads(run(*args, "--records", "2000", "--json").output)
     assert "mostly queueing" in as_json["latency_note"]
+
+
+def test_shell_completion_as_the_readme_shows_it() -> None:
+    env = {"_KVLOG_COMPLETE": "bash_complete", "COMP_WORDS": "kvlog gro", "COMP_CWORD": "1"}
+    result = CliRunner().invoke(main, [], env=env, prog_name="kvlog")
+    assert result.exit_code == 0, result.output
+    assert "plain,groups" in result.output
+    script = CliRunner().invoke(main, [], env={"_KVLOG_COMPLETE": "bash_source"}, prog_name="kvlog")
+    assert "_kvlog_completion" in script.output
