@@ -5,11 +5,7 @@ Manual assignment (``assign``) or, without a group, ``subscribe`` to whole topic
 returns ``{TopicPartition: [ConsumerRecord, ...]}`` from prefetched batches (the
 :class:`~ipc.fetcher.Fetcher` long-polls leaders on the I/O thread) and advances each
 partition's position past what it returned. Where a partition starts when there is no
-position: the group's committed offset, else ``auto.offset.reset`` (earliest, latest, or
-none: NoOffsetForPartitionError). A group member that starts at ``latest`` on a partition
-that holds records says once how many it skips. A position that leaves the log
-(OFFSET_OUT_OF_RANGE) is reset once with ``auto.offset.reset`` (logged), or with ``none``
-every poll() raises OffsetOutOfRangeError until the application seeks.
+position, and what happens when a position leaves the log: ipc/positions.py.
 
 ``poll(timeout_ms)`` returns within its timeout also while the broker is down (lookups
 fail fast on a refused connection); a record whose key or value does not deserialize
@@ -34,8 +30,6 @@ from kvlog.errors import (
     IllegalStateError,
     KvlogError,
     NoBrokersAvailable,
-    NoOffsetForPartitionError,
-    OffsetOutOfRangeError,
     RecordDeserializationError,
 )
 from kvlog.types import TopicPartition
@@ -43,10 +37,11 @@ from kvlog.types import TopicPartition
 from .client_metrics import ConsumerMetrics
 from .config import CONSUMER_SETTINGS, resolve
 from .consumer_types import ConsumerRebalanceListener, OffsetAndMetadata, OffsetAndTimestamp
-from .fetcher import Fetcher, PartitionFetchState, out_of_range_message
+from .fetcher import Fetcher, PartitionFetchState
 from .group_member import GroupMember
 from .lookups import Lookups
 from .metadata import ClusterMetadata
+from .positions import EARLIEST, LATEST, Positions
 from .records import ConsumerRecord, DecodedBatch, RecordColumns, UndecodableRecord
 from .rpc import IOThread
 from .security import client_socket_options
@@ -54,9 +49,6 @@ from .serializers import deserializer
 from .wire import split_bootstrap
 
 log = logging.getLogger(__name__)
-
-EARLIEST = -2
-LATEST = -1
 
 
 class Consumer:
@@ -74,7 +66,6 @@ class Consumer:
         # None when the application takes the bytes as they are (no call per record).
         self._keys_in = None if cfg["key_deserializer"] is None else self._key_deserializer
         self._values_in = None if cfg["value_deserializer"] is None else self._value_deserializer
-        self._reset = cfg["auto_offset_reset"]
         self._request_timeout_ms = cfg["request_timeout_ms"]
         self._check_crcs = cfg["check_crcs"]
         self.metadata = ClusterMetadata()
@@ -88,7 +79,7 @@ class Consumer:
             max_partition_fetch_bytes=cfg["max_partition_fetch_bytes"],
             backoff_s=cfg["retry_backoff_ms"] / 1000,
             metadata_max_age_s=cfg["metadata_max_age_ms"] / 1000,
-            on_out_of_range=self._on_out_of_range,
+            on_out_of_range=lambda tp, exc: self._positions.on_out_of_range(tp, exc),
             metrics=self._metrics,
         )
         self._io = IOThread(
@@ -110,7 +101,15 @@ class Consumer:
         self._rr = 0
         self._group: GroupMember | None = None
         self._thread_guard = threading.Lock()
-        self._skip_warned: set[TopicPartition] = set()
+        self._positions = Positions(
+            self._fetcher,
+            self._lookups,
+            self._io,
+            reset=cfg["auto_offset_reset"],
+            group_id=cfg["group_id"],
+            group=lambda: self._group,
+            buffered_elsewhere=lambda tp: bool(self._decoded.get(tp)),
+        )
         if topics:
             self.subscribe([str(t) for t in topics])
 
@@ -283,104 +282,11 @@ class Consumer:
         with self._lock:
             position = self._state(tp).position
         if position is None:
-            self._resolve_positions([tp])
+            self._positions.resolve([tp])
             with self._lock:
                 position = self._state(tp).position
         assert position is not None
         return position
-
-    def _resolve_positions(self, tps: list[TopicPartition], deadline: float | None = None) -> None:
-        """Committed offset (groups), else auto.offset.reset."""
-        committed: dict[TopicPartition, int] = {}
-        if self._group is not None:
-            committed = self._group.offsets.committed_positions(tps, fail_fast=True)
-        need = [tp for tp in tps if tp not in committed]
-        if need and self._reset == "none":
-            raise NoOffsetForPartitionError(
-                f"no committed offset for {', '.join(map(str, need))} and "
-                "auto.offset.reset is 'none'; seek() first or set auto.offset.reset"
-            )
-        which = EARLIEST if self._reset == "earliest" else LATEST
-        found = self._lookups.list_offsets(dict.fromkeys(need, which), deadline) if need else {}
-        if which == LATEST and self._group is not None:
-            self._warn_skipped([tp for tp in need if tp not in self._skip_warned], found, deadline)
-        with self._lock:
-            for tp in tps:
-                state = self._fetcher.states.get(tp)
-                if state is None or state.position is not None:
-                    continue
-                offset = committed[tp] if tp in committed else found[tp][0]
-                self._fetcher.reset_state(state, offset)
-        self._io.wake()
-
-    def _warn_skipped(
-        self,
-        tps: list[TopicPartition],
-        latest: dict[TopicPartition, tuple[int, int]],
-        deadline: float | None,
-    ) -> None:
-        """A group that starts at the log end skips what its partitions hold already: say
-        so once per partition (a work queue started after its jobs would do nothing, in
-        silence)."""
-        if not tps:
-            return
-        earliest = self._lookups.list_offsets(dict.fromkeys(tps, EARLIEST), deadline)
-        for tp in tps:
-            self._skip_warned.add(tp)
-            skipped = latest[tp][0] - earliest[tp][0]
-            if skipped > 0:
-                log.warning(
-                    "group %s has no committed offset for %s: auto.offset.reset=latest starts "
-                    "at offset %d and skips the %d record(s) already there; set "
-                    "auto.offset.reset='earliest' to read them",
-                    self.config["group_id"],
-                    tp,
-                    latest[tp][0],
-                    skipped,
-                )
-
-    def _on_out_of_range(self, tp: TopicPartition, exc: KvlogError) -> None:
-        """Called on the I/O thread when a fetch position left the log: fetching stops
-        and the next poll() resets the position or raises (see _reset_out_of_range)."""
-        with self._lock:
-            state = self._fetcher.states.get(tp)
-            if state is None:
-                return
-            state.reset_pending = True
-            self._lock.notify_all()
-
-    def _reset_out_of_range(self, tps: list[TopicPartition], deadline: float | None) -> None:
-        """Positions that left the log: auto.offset.reset, once (never the committed
-        offset, which would lead back out of range), or with "none" OffsetOutOfRangeError
-        naming the partition, its position and the log's bounds."""
-        begins = self._lookups.list_offsets(dict.fromkeys(tps, EARLIEST), deadline)
-        ends = self._lookups.list_offsets(dict.fromkeys(tps, LATEST), deadline)
-        refused: list[str] = []
-        with self._lock:
-            for tp in tps:
-                state = self._fetcher.states.get(tp)
-                if state is None or not state.reset_pending:
-                    continue  # sought meanwhile
-                start, end = begins[tp][0], ends[tp][0]
-                where = out_of_range_message(tp, state.fetch_offset, start, end)
-                if self._reset == "none":
-                    refused.append(where)
-                    continue
-                target = start if self._reset == "earliest" else end
-                log.warning(
-                    "%s; auto.offset.reset=%s: reading on from offset %d",
-                    where,
-                    self._reset,
-                    target,
-                )
-                self._fetcher.reset_state(state, target)
-        self._io.wake()
-        if refused:
-            raise OffsetOutOfRangeError(
-                f"{'; '.join(refused)}. auto.offset.reset is 'none': seek() to an offset in "
-                "that range (or seek_to_beginning() / seek_to_end()), or set "
-                "auto.offset.reset to earliest or latest"
-            )
 
     def pause(self, *partitions: TopicPartition) -> None:
         with self._lock:
@@ -446,7 +352,7 @@ class Consumer:
             if self._group is not None:
                 self._group.poll_tick(deadline)
             try:
-                self._settle_positions(deadline)
+                self._positions.settle(deadline)
             except KvlogError as exc:
                 # The broker is down or the partition moves: the next turn (or poll) tries
                 # again; the wait below keeps this within timeout_ms.
@@ -465,21 +371,6 @@ class Consumer:
                 if left <= 0:
                     return {}
                 self._lock.wait(min(left, 0.1))
-
-    def _settle_positions(self, deadline: float) -> None:
-        """Positions to resolve (new partitions) or reset (out of range), within the
-        poll's deadline."""
-        with self._lock:
-            unresolved = [tp for tp, s in self._fetcher.states.items() if s.position is None]
-            left_log = [
-                tp
-                for tp, s in self._fetcher.states.items()
-                if s.reset_pending and not s.buffered and not self._decoded.get(tp)
-            ]
-        if unresolved:
-            self._resolve_positions(unresolved, deadline)
-        if left_log:
-            self._reset_out_of_range(left_log, deadline)
 
     def _collect(self, limit: int, update: bool, columns: bool) -> dict[TopicPartition, Any]:
         """Take up to ``limit`` records from the buffers (lock held)."""

@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from kvlog.errors import (
     CommitFailedError,
@@ -57,9 +57,8 @@ from .consumer_protocol import (
 )
 from .consumer_types import ConsumerRebalanceListener
 from .group_heartbeat import HeartbeatThread
+from .group_link import ConsumerLink, Exchange
 from .group_offsets import GroupOffsets
-from .metadata import ClusterMetadata
-from .rpc import IOThread
 
 log = logging.getLogger(__name__)
 
@@ -71,64 +70,10 @@ _REJOIN_ERRORS = {
 }
 
 
-class ConsumerLink(Protocol):
-    """What a GroupMember needs from its consumer (ipc/consumer.py implements it)."""
-
-    @property
-    def io(self) -> IOThread:
-        """The consumer's I/O thread, which carries the group's requests too."""
-        ...
-
-    @property
-    def metadata(self) -> ClusterMetadata:
-        """The consumer's view of the cluster (topics, partition counts, coordinator)."""
-        ...
-
-    def ensure_metadata(self, topics: list[str] | None, deadline: float | None = None) -> None:
-        """Make sure the metadata knows ``topics`` (None: all); raises if one is missing,
-        KafkaTimeoutError when the monotonic ``deadline`` passes first."""
-        ...
-
-    def subscribed_topics(self) -> set[str]:
-        """The subscribed topics (for a pattern: the existing topics it matches)."""
-        ...
-
-    def follows_pattern(self) -> bool:
-        """True when the subscription is a pattern (new matching topics rebalance)."""
-        ...
-
-    def set_assignment(self, tps: set[TopicPartition]) -> None:
-        """Read exactly these partitions from now on."""
-        ...
-
-    def positions(self, only: set[TopicPartition] | None) -> dict[TopicPartition, int]:
-        """The next offset to read of each assigned partition with a known position."""
-        ...
-
-
 class _State(enum.Enum):
     UNJOINED = "unjoined"
     JOINING = "joining"  # a JoinGroup or SyncGroup is in flight
     STABLE = "stable"
-
-
-class _Exchange:
-    """One JoinGroup or SyncGroup in flight, completed on the I/O thread."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.done = threading.Event()
-        self.reply: dict[str, Any] | None = None
-        self.error: KvlogError | None = None
-
-    def finish(self, reply: dict[str, Any] | None, error: KvlogError | None) -> None:
-        self.reply = reply
-        self.error = (
-            error
-            if error is not None or reply is not None
-            else KafkaTimeoutError("no reply from the group coordinator")
-        )
-        self.done.set()
 
 
 class GroupMember:
@@ -167,7 +112,7 @@ class GroupMember:
         self.lost_reason = ""
         self.assigned_counts: dict[str, int] = {}
         self.next_auto_commit = time.monotonic() + self.auto_commit_s
-        self._pending: _Exchange | None = None
+        self._pending: Exchange | None = None
         self._joined: tuple[str, int] | None = None  # (member id, generation) while syncing
         self._retry_at = 0.0
         self._lock = threading.Lock()
@@ -363,7 +308,7 @@ class GroupMember:
         return True
 
     def _submit(self, kind: str, op: str, fields: dict[str, Any]) -> None:
-        pending = self._pending = _Exchange(kind)
+        pending = self._pending = Exchange(kind)
         try:
             endpoint = self.coordinator()
         except KvlogError as exc:

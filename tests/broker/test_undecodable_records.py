@@ -179,7 +179,7 @@ def test_a_group_that_starts_at_the_end_says_what_it_skips(
     with kvlog.Producer(bootstrap_servers=broker.bootstrap) as p:
         p.send_batch(topic, [b"x"] * 7)
         p.flush(30)
-    caplog.set_level(logging.WARNING, logger="kvlog.ipc.consumer")
+    caplog.set_level(logging.WARNING, logger="kvlog.ipc.positions")
     group = unique_topic("late")
     consumer = kvlog.Consumer(topic, group_id=group, bootstrap_servers=broker.bootstrap)
     try:
