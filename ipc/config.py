@@ -31,6 +31,15 @@ from kvlog.config_def import (
 )
 from kvlog.errors import InvalidConfigError
 
+# kvlog's own wire (ZeroMQ) listens on 7092 by default; Kafka's wire has 9092, the port
+# Kafka clients expect. 7092 is Kafka's number with another first digit, and it is clear of
+# the ports the Kafka world uses by habit (9092-9094 and a local cluster's next ones,
+# Redpanda's 9644/19092/33145, Schema Registry 8081, REST Proxy 8082, Connect 8083, ksqlDB
+# 8088, ZooKeeper 2181, JMX 9999, docker setups' 29092), of ZeroMQ's example ports
+# 5555-5560, and of Linux's ephemeral range (32768-60999, handed out to outgoing connections).
+DEFAULT_PORT = 7092
+DEFAULT_BOOTSTRAP = f"127.0.0.1:{DEFAULT_PORT}"
+
 log = logging.getLogger(__name__)
 
 
@@ -118,7 +127,12 @@ _IGNORED = ConfigType("any", _api_version, "anything (ignored)")
 
 # The settings every client has; each client table starts with them.
 _COMMON = (
-    ConfigKey("bootstrap.servers", _BOOTSTRAP, "127.0.0.1:9092", "host:port of a kvlog broker."),
+    ConfigKey(
+        "bootstrap.servers",
+        _BOOTSTRAP,
+        DEFAULT_BOOTSTRAP,
+        "host:port of a kvlog broker (its ZeroMQ listen address).",
+    ),
     ConfigKey("client.id", STRING, "kvlog", "A name for this client in server logs."),
     ConfigKey("request.timeout.ms", integer(1), 30_000, "How long to wait for any reply."),
     ConfigKey("metadata.max.age.ms", integer(0), 300_000, "Refresh metadata at least this often."),

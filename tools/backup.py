@@ -1,5 +1,5 @@
 """``kvlog backup``: a consistent, compacted copy of a data dir, taken while its broker
-runs (kvlog/data_dir.py says how), into a new directory a broker starts on as it is.
+runs (kvlog/backup.py says how), into a new directory a broker starts on as it is.
 
     kvlog backup --data-dir /var/lib/kvlog --to /backups/kvlog-2024-05-01
     kvlog serve --data-dir /backups/kvlog-2024-05-01     # restore: a broker on the copy
@@ -43,7 +43,7 @@ def backup(data_dir: Path, target: Path, log_dirs: tuple[Path, ...], as_json: bo
     directory laid out as a data dir: the metadata first, then each log dir, so every
     record acknowledged before the backup began is in the copy. Restore by starting a
     broker on the copy (the command is printed at the end)."""
-    from kvlog.data_dir import backup as copy_data_dir
+    from kvlog.backup import backup as copy_data_dir
 
     report = copy_data_dir(
         data_dir, target, list(log_dirs) or None, progress=None if as_json else err

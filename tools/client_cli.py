@@ -3,8 +3,9 @@ shares: where the broker is, the client settings file, and the log level.
 
 Where the broker is, first found first: ``--bootstrap-server``, the environment's
 ``KVLOG_BOOTSTRAP_SERVERS``, the settings file's ``bootstrap.servers``, then the default
-(127.0.0.1:9092). The settings file is ``--command-config FILE`` or, without it, the
-environment's ``KVLOG_COMMAND_CONFIG``, so neither needs repeating on every command.
+(127.0.0.1:7092, kvlog's ZeroMQ port). The settings file is ``--command-config FILE`` or,
+without it, the environment's ``KVLOG_COMMAND_CONFIG``, so neither needs repeating on
+every command.
 
 One settings file may serve every tool, as Kafka users keep one ``client.properties``: a
 setting that belongs to another kind of client (``acks`` when consuming,

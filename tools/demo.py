@@ -1,11 +1,12 @@
 """``kvlog demo``: a broker, a topic, a keyed produce and a consumer-group round trip.
 
-Starts :class:`kvlog.Broker` on ``./kvlog-data`` (listening on a free port, so it never
-clashes with a running ``kvlog serve``; if a broker already runs on that data dir, the
-demo uses it), creates the topic ``demo`` (3 partitions) if missing, produces a few keyed
-records, reads them back as consumer group ``demo-readers``, explains what happened and
-stops the broker. Records stay on disk: a second run appends new ones, and the group
-resumes after the offsets it committed the first time.
+Starts :class:`kvlog.Broker` on ``./kvlog-data`` (its ZeroMQ and Kafka listeners on free
+ports, so it never clashes with a running ``kvlog serve``; if a broker already runs on that
+data dir, the demo uses it), prints both bootstrap addresses, creates the topic ``demo``
+(3 partitions) if missing, produces a few keyed records, reads them back as consumer group
+``demo-readers``, explains what happened and stops the broker. Records stay on disk: a
+second run appends new ones, and the group resumes after the offsets it committed the
+first time.
 """
 
 from __future__ import annotations
@@ -35,22 +36,24 @@ EVENTS = (
 
 
 @contextlib.contextmanager
-def _broker(data_dir: Path) -> Iterator[tuple[str, bool]]:
-    """(bootstrap, started here): the data dir's running broker, else a new one."""
+def _broker(data_dir: Path) -> Iterator[tuple[str, str | None, bool]]:
+    """(ZeroMQ bootstrap, Kafka bootstrap or None, started here): the data dir's running
+    broker, else a new one."""
     from kvlog.workers.supervisor import Broker, read_status
 
     from .serve import read_run_file
 
     if read_status(data_dir):
-        bootstrap = read_run_file(data_dir).get("bootstrap")
-        if bootstrap:
-            yield bootstrap, False
+        run = read_run_file(data_dir)
+        if run.get("bootstrap"):
+            yield run["bootstrap"], run.get("kafka_bootstrap"), False
             return
-    # Port 0: a free port. No initial rebalance delay: the demo's group has one member.
+    # Port 0: free ports (kafka_listen "auto" follows: free Kafka ports too). No initial
+    # rebalance delay: the demo's group has one member.
     with Broker(
         data_dir, "tcp://127.0.0.1:0", config={"group.initial.rebalance.delay.ms": 0}
     ) as broker:
-        yield broker.bootstrap, True
+        yield broker.bootstrap, broker.kafka_bootstrap, True
 
 
 def _consume(bootstrap: str, run: str, expected: int) -> list[Any]:
@@ -97,10 +100,12 @@ def demo(data_dir: Path) -> None:
     run = time.strftime("%H:%M:%S")
     started = time.monotonic()
     console.print(f"Starting a kvlog broker on data dir {data_dir.resolve()} ...")
-    with _broker(data_dir) as (bootstrap, ours):
+    with _broker(data_dir) as (bootstrap, kafka_bootstrap, ours):
         console.print(
-            f"Broker {'ready' if ours else 'already running'} at {bootstrap} "
-            f"({time.monotonic() - started:.1f} s).\n"
+            f"Broker {'ready' if ours else 'already running'} "
+            f"({time.monotonic() - started:.1f} s):\n"
+            f"  ZeroMQ bootstrap {bootstrap}  (kvlog clients)\n"
+            f"  Kafka bootstrap  {kafka_bootstrap or 'off'}  (Kafka clients)\n"
         )
         with Admin(bootstrap_servers=bootstrap) as admin:
             try:
@@ -167,7 +172,7 @@ def demo(data_dir: Path) -> None:
   only the new records. The old ones stay on disk until retention removes them.
 
 [bold]Try next[/bold]
-  kvlog serve                                  # a broker on 127.0.0.1:9092 (Ctrl-C stops)
+  kvlog serve                                  # ZeroMQ on 127.0.0.1:7092, Kafka on 127.0.0.1:9092
   kvlog topics create orders --partitions 4
   kvlog topics list
   kvlog topics describe orders

@@ -7,13 +7,15 @@ few seconds. SIGHUP (also sent by ``kvlog acls reload``) re-reads the authorized
 ``--config FILE.toml`` may set the server settings below and any broker config key
 (Kafka's dotted names; ``a.b = 1`` unquoted works too)::
 
-    listen = "tcp://127.0.0.1:9092"
+    listen = "tcp://127.0.0.1:7092"      # kvlog's ZeroMQ wire
+    kafka_listen = "127.0.0.1:9092"      # Kafka's wire ("none": off)
     data_dir = "/var/lib/kvlog"          # relative paths: relative to the file's directory
     log_dirs = ["/disk1/kvlog", "/disk2/kvlog"]
     curve_secret_key = "keys/server.key_secret"
     curve_authorized_keys = "keys/authorized"
     super_users = ["admin"]
     advertised_host = "10.0.0.5"
+    kafka_advertised_host = "10.0.0.5"
     log_level = "INFO"
     "group.initial.rebalance.delay.ms" = 0
 
@@ -42,7 +44,8 @@ from .common import Command, check_endpoint, flatten, make_console, read_toml
 
 DEFAULT_DATA_DIR: str = SERVER_SETTINGS.default("data_dir")
 DEFAULT_LISTEN: str = SERVER_SETTINGS.default("listen")
-STATUS_KEYS = ("role", "node_id", "pid", "endpoint", "log_dir", "started_at")
+DEFAULT_KAFKA_LISTEN: str = SERVER_SETTINGS.default("kafka_listen")
+STATUS_KEYS = ("role", "node_id", "pid", "endpoint", "kafka", "log_dir", "started_at")
 
 # Server settings that name files: relative paths are relative to the config file.
 _PATH_KEYS = ("data_dir", "curve_secret_key", "curve_authorized_keys")
@@ -95,6 +98,17 @@ class _Starting(Exception):
 )
 @click.option("--listen", default=None, help=_help("listen"))
 @click.option(
+    "--kafka-listen",
+    default=None,
+    metavar="HOST:PORT|none",
+    help=_help("kafka_listen"),
+)
+@click.option(
+    "--kafka-advertised-host",
+    default=None,
+    help=SERVER_SETTINGS["kafka_advertised_host"].doc,
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -137,6 +151,8 @@ class _Starting(Exception):
 def serve(
     data_dir: Path | None,
     listen: str | None,
+    kafka_listen: str | None,
+    kafka_advertised_host: str | None,
     config_file: Path | None,
     log_dirs: tuple[str, ...],
     curve_secret_key: str | None,
@@ -147,8 +163,9 @@ def serve(
 ) -> None:
     """Run a kvlog broker in the foreground until SIGTERM or Ctrl-C.
 
-    Prints the bootstrap address once every process is ready. SIGHUP (or `kvlog acls
-    reload`) re-reads the authorized keys directory.
+    Prints both bootstrap addresses once every process is ready: the ZeroMQ one for
+    kvlog's clients and the Kafka one for Kafka clients (kcat, kafka-python, librdkafka).
+    SIGHUP (or `kvlog acls reload`) re-reads the authorized keys directory.
     """
     from kvlog.workers.supervisor import Broker
 
@@ -156,6 +173,8 @@ def serve(
     flags: dict[str, Any] = {
         "data_dir": str(data_dir) if data_dir is not None else None,
         "listen": listen,
+        "kafka_listen": kafka_listen,
+        "kafka_advertised_host": kafka_advertised_host,
         "log_dirs": list(log_dirs) or None,
         "curve_secret_key": curve_secret_key,
         "curve_authorized_keys": curve_authorized_keys,
@@ -168,6 +187,12 @@ def serve(
         settings.get("log_level", SERVER_SETTINGS.default("log_level"))
     )
     listen_at = check_endpoint(settings.get("listen", DEFAULT_LISTEN), "listen")
+    try:
+        kafka_at = SERVER_SETTINGS["kafka_listen"].parse(
+            settings.get("kafka_listen", DEFAULT_KAFKA_LISTEN)
+        )
+    except InvalidConfigError as exc:
+        raise click.BadParameter(exc.message, param_hint="--kafka-listen") from None
     logging.basicConfig(
         level=getattr(logging, level),
         format="%(asctime)s supervisor[%(process)d] %(levelname)s %(name)s: %(message)s",
@@ -184,6 +209,8 @@ def serve(
         curve_authorized_keys=settings.get("curve_authorized_keys"),
         super_users=settings.get("super_users"),
         advertised_host=settings.get("advertised_host"),
+        kafka_listen=kafka_at,
+        kafka_advertised_host=settings.get("kafka_advertised_host"),
     )
     stop = threading.Event()
     reload = threading.Event()
@@ -214,6 +241,8 @@ def serve(
         nodes = len(broker.log_dirs)
         security = "CURVE" if broker.security.enabled else "plaintext"
         click.echo(f"kvlog broker ready on {broker.bootstrap}")
+        click.echo(f"  ZeroMQ bootstrap {broker.bootstrap}  (kvlog clients: --bootstrap-server)")
+        click.echo(f"  Kafka bootstrap  {kafka_line(broker)}")
         click.echo(
             f"  data dir {broker.data_dir}, {nodes} node{'s' if nodes != 1 else ''}, "
             f"{security}; stop with Ctrl-C or SIGTERM, reload keys with SIGHUP",
@@ -234,6 +263,13 @@ def serve(
             for signum, handler in old.items():
                 signal.signal(signum, handler)
     click.echo("kvlog broker stopped", err=True)
+
+
+def kafka_line(broker: Any) -> str:
+    """The Kafka bootstrap address for humans, or why there is none."""
+    if broker.kafka_bootstrap:
+        return f"{broker.kafka_bootstrap}  (Kafka clients: bootstrap.servers, kcat -b)"
+    return f"off: {broker.kafka_off_reason or 'kafka_listen is none'}"
 
 
 def status_entries(data_dir: Path) -> list[dict[str, Any]]:
@@ -264,7 +300,8 @@ def read_run_file(data_dir: Path) -> dict[str, Any]:
     "--json",
     "as_json",
     is_flag=True,
-    help="Print a JSON list of {role, node_id, pid, endpoint, log_dir, started_at}.",
+    help="Print a JSON list of {role, node_id, pid, endpoint, kafka, log_dir, started_at} "
+    "(kafka: the process's Kafka address, null when off).",
 )
 def status(data_dir: Path, as_json: bool) -> None:
     """List the running processes of a data dir.
@@ -282,7 +319,8 @@ def status(data_dir: Path, as_json: bool) -> None:
         return
     run = read_run_file(data_dir)
     table = Table(
-        title=f"kvlog on {run.get('bootstrap', '?')} "
+        title=f"kvlog on {run.get('bootstrap', '?')}, "
+        f"Kafka on {run.get('kafka_bootstrap') or 'off'} "
         f"(supervisor pid {run.get('supervisor_pid', '?')}, data dir {data_dir.resolve()})"
     )
     for key in STATUS_KEYS:

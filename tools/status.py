@@ -1,6 +1,9 @@
 """``kvlog status``: the running processes of a data dir, and an exit code that says
 whether a broker runs there (0: it does; 1: nothing runs), so scripts and health checks
-can ask it (``kvlog status --data-dir D || kvlog serve ...``)."""
+can ask it (``kvlog status --data-dir D || kvlog serve ...``).
+
+It replaces tools/serve.py's ``status`` (the CLI names this one), with the same output.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from .serve import DEFAULT_DATA_DIR, STATUS_KEYS, read_run_file, status_entries
     "--json",
     "as_json",
     is_flag=True,
-    help="Print a JSON list of {role, node_id, pid, endpoint, log_dir, started_at}.",
+    help="Print a JSON list of {role, node_id, pid, endpoint, kafka, log_dir, started_at} "
+    "(kafka: the process's Kafka address, null when off).",
 )
 def status(data_dir: Path, as_json: bool) -> None:
     """List the running processes of a data dir.
@@ -41,7 +45,8 @@ def status(data_dir: Path, as_json: bool) -> None:
     else:
         run = read_run_file(data_dir)
         table = Table(
-            title=f"kvlog on {run.get('bootstrap', '?')} "
+            title=f"kvlog on {run.get('bootstrap', '?')}, "
+            f"Kafka on {run.get('kafka_bootstrap') or 'off'} "
             f"(supervisor pid {run.get('supervisor_pid', '?')}, data dir {data_dir.resolve()})"
         )
         for key in STATUS_KEYS:

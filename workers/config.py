@@ -28,6 +28,9 @@ from kvlog.config_def import (
     optional,
 )
 from kvlog.errors import InvalidConfigError
+from kvlog.ipc.config import DEFAULT_BOOTSTRAP
+
+from .kafka_addresses import AUTO, parse_kafka_listen
 
 # The processes a broker key can be for. "server" is every server process (coordinator,
 # node, broker): workers/runtime.py reads those keys before it starts the role's server.
@@ -194,8 +197,23 @@ SERVER_SETTINGS = ConfigDef(
         ConfigKey(
             "listen",
             STRING,
-            "tcp://127.0.0.1:9092",
-            "Bootstrap endpoint (tcp://host:port or ipc://path); port 0 picks a free one.",
+            f"tcp://{DEFAULT_BOOTSTRAP}",
+            "ZeroMQ bootstrap endpoint (tcp://host:port or ipc://path); port 0 picks a free one.",
+        ),
+        ConfigKey(
+            "kafka_listen",
+            ConfigType("string", parse_kafka_listen, "HOST:PORT, auto, none"),
+            AUTO,
+            "Kafka bootstrap HOST:PORT (the broker process); the coordinator takes PORT+1 and "
+            "node N PORT+2+N; port 0: a free port each; none: no Kafka listener. auto: "
+            "127.0.0.1:9092, or 127.0.0.1:0 when listen picks a free port.",
+        ),
+        ConfigKey(
+            "kafka_advertised_host",
+            optional(STRING),
+            None,
+            "IPv4 address Kafka clients are given (default: the bind address; for 0.0.0.0, "
+            "advertised_host, else this host's primary IPv4 address).",
         ),
         ConfigKey(
             "data_dir",
@@ -226,7 +244,7 @@ SERVER_SETTINGS = ConfigDef(
             "advertised_host",
             optional(STRING),
             None,
-            "Host clients use for endpoints bound to a wildcard address.",
+            "Host ZeroMQ clients use for endpoints bound to a wildcard address.",
         ),
         ConfigKey(
             "log_level",

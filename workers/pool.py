@@ -6,7 +6,7 @@
         process(record.value)
 
     with kvlog.ConsumerPool(handle, ["orders"], group_id="billing", workers=4,
-                            bootstrap_servers="127.0.0.1:9092") as pool:
+                            bootstrap_servers="127.0.0.1:7092") as pool:
         pool.join()                # or do other work; stop() or leaving the block stops it
 
 Each worker (a ``multiprocess`` spawn process) runs a Consumer in the group, calls the

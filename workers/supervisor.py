@@ -11,20 +11,23 @@ dir and the broker, then the retention sweeper; waits until every node has regis
 restarts any process that dies (same endpoint, so clients reconnect by themselves) and
 logs why; and on stop sends SIGTERM, waits a few seconds, then SIGKILLs what is left.
 
-Data dir layout::
+Each server process also gets its Kafka listener address (``ServerSettings.kafka_listen``
+and ``kafka_advertised_host``; the port scheme is in workers/kafka_addresses.py), fixed
+before any process starts and kept across restarts. Every fixed port is checked first: a
+taken one fails the start with one line naming the port and its holder, and a data dir
+this start created is removed again.
 
-    <data_dir>/meta/       the coordinator's LMDB environment (topics, groups, offsets)
-    <data_dir>/logs/0/     node 0's log dir when no log dirs are given
-    <data_dir>/run/        processes.json (for ``kvlog status``), supervisor.lock
+The data dir's layout and run files: workers/data_dir.py (``STATUS_FILE`` and
+``read_status`` are re-exported here for the tools).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -38,18 +41,27 @@ from typing import Any
 import multiprocess
 import multiprocess.connection
 
-from kvlog.data_dir import check_data_dir, stamp_data_dir
+from kvlog.data_format import check_data_dir, stamp_data_dir
 from kvlog.errors import InvalidConfigError, KafkaTimeoutError, KvlogError
 from kvlog.ipc.security import load_keys
 from kvlog.ipc.wire import advertise, normalize_endpoint
 
+from . import kafka_addresses, ports
 from .config import BROKER_CONFIG, SERVER_SETTINGS, process_settings
+from .data_dir import (
+    STATUS_FILE,
+    internal_endpoint,
+    missing_roots,
+    node_id_for,
+    read_status,
+    write_status,
+)
+from .kafka_addresses import KafkaAddress, KafkaPlan
 from .runtime import process_main
 from .security import SecuritySettings, client_options_for
 
 log = logging.getLogger("kvlog.supervisor")
 
-STATUS_FILE = "processes.json"
 _STOP_ORDER = ("broker", "sweeper", "node", "coordinator")
 
 
@@ -61,6 +73,7 @@ class Child:
     log_dir: str | None = None
     process: Any = None
     endpoint: str = ""
+    kafka: KafkaAddress | None = None
     pid: int = 0
     started_at: float = 0.0
     restarts: int = 0
@@ -80,6 +93,8 @@ class Child:
             "node_id": self.node_id,
             "pid": self.pid,
             "endpoint": self.endpoint,
+            "kafka": self.kafka.advertised if self.kafka else None,
+            "kafka_listen": self.kafka.listen if self.kafka else None,
             "log_dir": self.log_dir,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at)),
         }
@@ -100,41 +115,30 @@ def _main_module_hidden() -> Iterator[None]:
             sys.modules["__main__"] = main
 
 
-def _node_id_for(log_dir: Path, taken: set[int]) -> int:
-    """A log dir keeps its node id in ``node.id`` so reordering --log-dir is harmless."""
-    id_file = log_dir / "node.id"
-    if id_file.exists():
-        node_id = int(id_file.read_text().strip())
-        if node_id in taken:
-            raise InvalidConfigError(
-                f"log dir {log_dir} has node id {node_id}, which another log dir also has; "
-                "each log dir must be a separate directory"
-            )
-        return node_id
-    node_id = next(i for i in range(len(taken) + 1) if i not in taken)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    id_file.write_text(f"{node_id}\n")
-    return node_id
-
-
-def _internal_endpoint(listen: str, run_dir: Path, name: str) -> str:
-    if listen.startswith("tcp://"):
-        host = listen[len("tcp://") :].rsplit(":", 1)[0]
-        return f"tcp://{host}:0"
-    if listen.startswith("ipc://"):
-        return f"ipc://{run_dir / (name + '.sock')}"
-    raise InvalidConfigError(f"listen address {listen!r} must be tcp:// or ipc://")
-
-
 DEFAULT_DATA_DIR: str = SERVER_SETTINGS.default("data_dir")
 DEFAULT_LISTEN: str = SERVER_SETTINGS.default("listen")
+DEFAULT_KAFKA_LISTEN: str = SERVER_SETTINGS.default("kafka_listen")
+KAFKA_NEEDS_SASL = (
+    "security is on (CURVE) and no SASL mechanism is configured for Kafka clients, who "
+    "would otherwise connect unauthenticated"
+)
 
 
 class Broker:
     """A kvlog broker: the whole process group, owned by the calling process.
 
     ``config`` takes broker config keys (workers/config.py's table); ``self.config`` holds
-    every key's value by its dotted name, defaults filled in."""
+    every key's value by its dotted name, defaults filled in.
+
+    ``kafka_listen`` is the Kafka bootstrap ``HOST:PORT`` (None or "none": no Kafka
+    listener); its default ``"auto"`` is 127.0.0.1:9092, or free ports when ``listen``
+    picks a free one (``tcp://127.0.0.1:0``, as tests and embedded brokers do). After
+    :meth:`start`, ``kafka_bootstrap`` is the "host:port" Kafka clients use (None when off)
+    and ``kafka_off_reason`` says why it is off when security turned it off.
+
+    Owned by the thread that starts it; its watch thread restarts processes under a lock,
+    and :meth:`stop`, :meth:`processes` and :meth:`reload_security` may be called from
+    any thread."""
 
     def __init__(
         self,
@@ -149,8 +153,11 @@ class Broker:
         curve_authorized_keys: str | os.PathLike[str] | None = None,
         super_users: list[str] | None = None,
         advertised_host: str | None = None,
+        kafka_listen: str | None = DEFAULT_KAFKA_LISTEN,
+        kafka_advertised_host: str | None = None,
     ) -> None:
         self.advertised_host = advertised_host
+        self.kafka_advertised_host = kafka_advertised_host
         self.config = BROKER_CONFIG.complete(config)
         self.security = SecuritySettings(
             str(curve_secret_key) if curve_secret_key else None,
@@ -164,6 +171,15 @@ class Broker:
             self._internal_options = client_options_for(keys.public, keys.secret or b"")
         self.data_dir = Path(data_dir).resolve()
         self.listen = normalize_endpoint(listen)
+        self.kafka_listen = kafka_addresses.resolve_auto(
+            SERVER_SETTINGS["kafka_listen"].parse(kafka_listen), self.listen
+        )
+        self.kafka_off_reason: str | None = None
+        if self.kafka_listen is not None and self.security.enabled:
+            # SASL for the Kafka listener does not exist yet; without it a Kafka client
+            # would bypass the CURVE authentication every ZeroMQ socket requires.
+            self.kafka_off_reason = KAFKA_NEEDS_SASL
+            self.kafka_listen = None
         self.log_dirs = [Path(d).resolve() for d in (log_dirs or [self.data_dir / "logs" / "0"])]
         self.log_level = log_level
         self.start_timeout_s = start_timeout_s
@@ -176,6 +192,8 @@ class Broker:
         self._mutex = threading.Lock()
         self.bootstrap = ""
         self.coordinator_endpoint = ""
+        self.kafka_plan: KafkaPlan | None = None
+        self.kafka_bootstrap: str | None = None
 
     def __repr__(self) -> str:
         return f"Broker(data_dir={str(self.data_dir)!r}, bootstrap={self.bootstrap!r})"
@@ -207,13 +225,20 @@ class Broker:
         self._lock_file.flush()
 
     def start(self) -> Broker:
+        created = missing_roots([self.data_dir, *self.log_dirs])
         self._lock()
         try:
             check_data_dir(self.data_dir, self.log_dirs)
             self._start_all()
             stamp_data_dir(self.data_dir, self.log_dirs)
         except BaseException:
+            # Until the broker process is up no client can reach the group, so nothing it
+            # acknowledged can be lost by removing a data dir this failed start created.
+            reached = bool(self.bootstrap)
             self.stop()
+            if not reached:
+                for path in created:
+                    shutil.rmtree(path, ignore_errors=True)
             raise
         self._monitor = threading.Thread(target=self._watch, name="kvlog-supervisor", daemon=True)
         self._monitor.start()
@@ -224,9 +249,10 @@ class Broker:
         taken: set[int] = set()
         nodes = []
         for log_dir in self.log_dirs:
-            node_id = _node_id_for(log_dir, taken)
+            node_id = node_id_for(log_dir, taken)
             taken.add(node_id)
             nodes.append((node_id, log_dir))
+        self._plan_kafka(sorted(taken))
         # Each process's settings: what every process takes, then its role's settings
         # (the broker config keys the table says it uses, and what only the supervisor
         # knows). workers/runtime.py turns them into workers/settings.py's dataclasses.
@@ -234,19 +260,20 @@ class Broker:
             "log_level": self.log_level,
             "data_dir": str(self.data_dir),
             "security": asdict(self.security),
-            "server": process_settings(cfg, "server"),
         }
         coordinator = Child(
             "coordinator",
             {
                 **common,
-                "endpoint": _internal_endpoint(self.listen, self.run_dir, "coordinator"),
+                "server": self._server_settings("coordinator"),
+                "endpoint": internal_endpoint(self.listen, self.run_dir, "coordinator"),
                 "coordinator": {
                     "data_dir": str(self.data_dir),
                     "node_ids": sorted(taken),
                     **process_settings(cfg, "coordinator"),
                 },
             },
+            kafka=self._kafka_for("coordinator"),
         )
         self.children.append(coordinator)
         self._spawn(coordinator)
@@ -258,8 +285,9 @@ class Broker:
                 "node",
                 {
                     **common,
+                    "server": self._server_settings("node", node_id),
                     "node_id": node_id,
-                    "endpoint": _internal_endpoint(self.listen, self.run_dir, f"node{node_id}"),
+                    "endpoint": internal_endpoint(self.listen, self.run_dir, f"node{node_id}"),
                     "node": {
                         "node_id": node_id,
                         "log_dir": str(log_dir),
@@ -270,6 +298,7 @@ class Broker:
                 },
                 node_id=node_id,
                 log_dir=str(log_dir),
+                kafka=self._kafka_for("node", node_id),
             )
             group.append(child)
         group.append(
@@ -277,12 +306,14 @@ class Broker:
                 "broker",
                 {
                     **common,
+                    "server": self._server_settings("broker"),
                     "endpoint": self.listen,
                     "broker": {
                         "coordinator": self.coordinator_endpoint,
                         **process_settings(cfg, "broker"),
                     },
                 },
+                kafka=self._kafka_for("broker"),
             )
         )
         for child in group:
@@ -306,7 +337,49 @@ class Broker:
         self._await_ready([sweeper])
         self._write_status()
         self._await_nodes(len(nodes))
-        log.info("kvlog broker ready on %s (%d node(s))", self.bootstrap, len(nodes))
+        log.info(
+            "kvlog broker ready on %s, Kafka bootstrap %s (%d node(s))",
+            self.bootstrap,
+            self.kafka_bootstrap or "off",
+            len(nodes),
+        )
+
+    def _plan_kafka(self, node_ids: list[int]) -> None:
+        """Fix every process's Kafka address, then check that every fixed port is free
+        (the ZeroMQ bootstrap's too) before any process starts."""
+        if self.kafka_off_reason:
+            log.warning("Kafka listener off: %s", self.kafka_off_reason)
+        if self.kafka_listen is not None:
+            self.kafka_plan = kafka_addresses.plan(
+                self.kafka_listen,
+                node_ids,
+                kafka_advertised_host=self.kafka_advertised_host,
+                advertised_host=self.advertised_host,
+                free_ports=ports.free_ports,
+            )
+            self.kafka_bootstrap = self.kafka_plan.broker.advertised
+            if not self.security.enabled and not kafka_addresses.is_loopback(
+                self.kafka_plan.broker.bind_host
+            ):
+                log.warning(
+                    "the Kafka listener binds %s without security: anyone who can reach "
+                    "it may read and write every topic; bind 127.0.0.1 unless that is meant",
+                    self.kafka_plan.broker.bind_host,
+                )
+        ports.check_listeners(self.listen, self.kafka_plan or [])
+
+    def _kafka_for(self, role: str, node_id: int | None = None) -> KafkaAddress | None:
+        return self.kafka_plan.for_process(role, node_id) if self.kafka_plan else None
+
+    def _server_settings(self, role: str, node_id: int | None = None) -> dict[str, Any]:
+        """``ServerSettings`` of one server process: the broker keys every server takes and
+        its own Kafka address (fixed: a restart binds the same port)."""
+        address = self._kafka_for(role, node_id)
+        return {
+            **process_settings(self.config, "server"),
+            "kafka_listen": address.listen if address else None,
+            "kafka_advertised_host": address.advertised_host if address else None,
+        }
 
     def _spawn(self, child: Child) -> None:
         parent_conn, child_conn = self._ctx.Pipe(duplex=False)
@@ -377,19 +450,15 @@ class Broker:
             time.sleep(0.02)
 
     def _write_status(self) -> None:
-        path = self.run_dir / STATUS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps(
-                {
-                    "supervisor_pid": os.getpid(),
-                    "bootstrap": self.bootstrap,
-                    "processes": [c.status() for c in self.children],
-                },
-                indent=2,
-            )
+        write_status(
+            self.run_dir,
+            {
+                "supervisor_pid": os.getpid(),
+                "bootstrap": self.bootstrap,
+                "kafka_bootstrap": self.kafka_bootstrap,
+                "processes": [c.status() for c in self.children],
+            },
         )
-        tmp.replace(path)
 
     # -- watch and restart -----------------------------------------------------------------
 
@@ -470,9 +539,11 @@ class Broker:
                     child.process.kill()
                     child.process.join(2)
             self.children = []
-        with contextlib.suppress(FileNotFoundError):
-            (self.run_dir / STATUS_FILE).unlink()
         if self._lock_file is not None:
+            # Only the lock's holder owns the run files: a start refused because another
+            # kvlog holds the data dir must leave that one's processes.json alone.
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / STATUS_FILE).unlink()
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
@@ -502,18 +573,4 @@ class Broker:
             return [c.status() for c in self.children]
 
 
-def read_status(data_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The live processes of a data dir, from its status file (for ``kvlog status``)."""
-    path = Path(data_dir) / "run" / STATUS_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
-    alive = []
-    for entry in data.get("processes", []):
-        try:
-            os.kill(int(entry["pid"]), 0)
-        except (ProcessLookupError, PermissionError, ValueError):
-            continue
-        alive.append(entry)
-    return alive
+__all__ = ["STATUS_FILE", "Broker", "Child", "read_status"]

@@ -19,7 +19,7 @@ import pytest
 from brokertest_util import ServedBroker, read_partitions, unique_topic
 
 import kvlog
-from kvlog.data_dir import FORMAT_FILE, FORMAT_VERSION, NewerFormatError, read_format
+from kvlog.data_format import FORMAT_FILE, FORMAT_VERSION, NewerFormatError, read_format
 from kvlog.types import TopicPartition
 
 CHECKOUT = Path(kvlog.__file__).resolve().parents[1]

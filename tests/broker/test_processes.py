@@ -5,6 +5,7 @@ Each test starts its own broker: they kill processes or need a broker config.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -99,6 +100,71 @@ def _child(broker: Any, role: str) -> Any:
     return next(c for c in broker.children if c.role == role)
 
 
+def _run_file(broker: Any) -> dict[str, Any]:
+    return json.loads((broker.run_dir / "processes.json").read_text())
+
+
+def _kafka_by_process(broker: Any) -> dict[tuple[str, int | None], str | None]:
+    """(role, node_id) -> the Kafka address the run file (kvlog status) shows."""
+    return {(p["role"], p["node_id"]): p["kafka"] for p in _run_file(broker)["processes"]}
+
+
+def test_every_server_process_gets_its_own_kafka_address(tmp_path: Path) -> None:
+    """kvlog.Broker's defaults with a free ZeroMQ port: a Kafka listener setting on every
+    server process, each on its own free port, and ``kafka_bootstrap`` the broker's.
+    (No process listens on them yet: the Kafka handlers that bind them are not merged;
+    this checks the settings the supervisor hands each process.)"""
+    broker = kvlog.Broker(
+        data_dir=tmp_path / "d",
+        listen="tcp://127.0.0.1:0",
+        log_dirs=[tmp_path / "a", tmp_path / "b"],
+    ).start()
+    try:
+        servers = [c for c in broker.children if c.role != "sweeper"]
+        assert sorted((c.role, c.node_id or 0) for c in servers) == [
+            ("broker", 0),
+            ("coordinator", 0),
+            ("node", 0),
+            ("node", 1),
+        ]
+        listens = {}
+        for child in servers:
+            server = child.settings["server"]
+            host, _, port = server["kafka_listen"].rpartition(":")
+            assert host == "127.0.0.1" and server["kafka_advertised_host"] == "127.0.0.1"
+            assert int(port) > 0
+            listens[(child.role, child.node_id)] = server["kafka_listen"]
+        sweeper = _child(broker, "sweeper")
+        assert "server" not in sweeper.settings
+        ports = [int(a.rpartition(":")[2]) for a in listens.values()]
+        zmq_ports = [int(c.endpoint.rpartition(":")[2]) for c in servers]
+        assert len(set(ports)) == 4 and not set(ports) & set(zmq_ports)
+        assert broker.kafka_bootstrap == listens[("broker", None)]
+        run = _run_file(broker)
+        assert run["kafka_bootstrap"] == broker.kafka_bootstrap
+        assert _kafka_by_process(broker) == {**listens, ("sweeper", None): None}
+        assert {p["role"]: p["kafka"] for p in broker.processes()}["broker"] == (
+            broker.kafka_bootstrap
+        )
+    finally:
+        broker.stop()
+
+
+def test_no_kafka_listener_when_asked(tmp_path: Path) -> None:
+    broker = kvlog.Broker(
+        data_dir=tmp_path / "d", listen="tcp://127.0.0.1:0", kafka_listen=None
+    ).start()
+    try:
+        assert broker.kafka_bootstrap is None and broker.kafka_off_reason is None
+        for child in broker.children:
+            if child.role != "sweeper":
+                assert child.settings["server"]["kafka_listen"] is None
+        assert set(_kafka_by_process(broker).values()) == {None}
+        assert _run_file(broker)["kafka_bootstrap"] is None
+    finally:
+        broker.stop()
+
+
 def test_supervisor_restarts_killed_processes(make_broker: Any) -> None:
     """SIGKILL each process in turn: the supervisor starts a new one (new pid, same
     endpoint) and one producer and one consumer, kept across all the kills, carry on."""
@@ -118,10 +184,13 @@ def test_supervisor_restarts_killed_processes(make_broker: Any) -> None:
     )
     consumer.assign(tps)
     seen: list[bytes] = []
+    kafka = _kafka_by_process(broker)
+    assert len({a for a in kafka.values() if a}) == 3  # node, coordinator, broker: free ports
     try:
         for i, role in enumerate(["node", "coordinator", "broker", "sweeper", "node"]):
             child = _child(broker, role)
             old_pid, endpoint = child.pid, child.endpoint
+            server_settings = dict(child.settings.get("server", {}))
             os.kill(old_pid, signal.SIGKILL)
             wait_until(
                 lambda c=child, p=old_pid: c.pid != p and pid_alive(c.pid),
@@ -129,6 +198,16 @@ def test_supervisor_restarts_killed_processes(make_broker: Any) -> None:
                 what=f"the supervisor to restart the {role}",
             )
             assert child.endpoint == endpoint
+            # The same Kafka port too: what the new process is handed, and what status shows.
+            assert child.settings.get("server", {}) == server_settings
+            wait_until(
+                lambda c=child: (
+                    _run_file(broker)["processes"][broker.children.index(c)]["pid"] == c.pid
+                ),
+                10,
+                what="the run file to show the new pid",
+            )
+            assert _kafka_by_process(broker) == kafka
             assert not pid_alive(old_pid)
             listed = [p for p in broker.processes() if p["role"] == role]
             assert [p["pid"] for p in listed] == [child.pid]

@@ -23,6 +23,7 @@ from kvlog.tools.cli import main
 
 T = TypeVar("T")
 READY = re.compile(r"kvlog broker ready on (\S+)")
+KAFKA = re.compile(r"^  Kafka bootstrap +(\S+)")
 
 
 def kvlog_cmd(*args: str) -> list[str]:
@@ -66,7 +67,10 @@ def pid_alive(pid: int) -> bool:
 
 
 class Serve:
-    """A ``kvlog serve`` subprocess in its own session, on a free port."""
+    """A ``kvlog serve`` subprocess in its own session, on a free port (its Kafka
+    listener too: ``kafka_listen`` auto follows ``--listen`` to free ports). ``banner``
+    holds the lines printed after the ready line, ``kafka_bootstrap`` the Kafka address
+    (None when off)."""
 
     def __init__(self, data_dir: Path, *args: str, timeout_s: float = 60.0) -> None:
         self.data_dir = data_dir
@@ -82,6 +86,9 @@ class Serve:
         threading.Thread(target=self._pump_stdout, daemon=True).start()
         threading.Thread(target=self._pump_stderr, daemon=True).start()
         self.bootstrap = self._await_ready(timeout_s)
+        self.banner = self._read_banner()
+        found = [m.group(1) for m in map(KAFKA.match, self.banner) if m]
+        self.kafka_bootstrap = found[0] if found and found[0] != "off:" else None
 
     def _pump_stdout(self) -> None:
         assert self.proc.stdout is not None
@@ -107,6 +114,20 @@ class Serve:
                 return match.group(1)
         self.kill()
         raise AssertionError(f"kvlog serve did not become ready:\n{''.join(self.stderr)[-3000:]}")
+
+    def _read_banner(self, timeout_s: float = 10.0) -> list[str]:
+        """The lines after the ready line, up to the data dir line that ends them."""
+        lines: list[str] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            lines.append(line.rstrip("\n"))
+            if line.startswith("  data dir "):
+                return lines
+        raise AssertionError(f"kvlog serve printed no data dir line after ready: {lines}")
 
     def status(self) -> list[dict[str, Any]]:
         result = cli("status", "--data-dir", str(self.data_dir), "--json")

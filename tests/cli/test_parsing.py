@@ -88,6 +88,8 @@ def test_top_level_help_lists_the_commands() -> None:
         (["acls", "remove"], "--principal and/or a resource"),
         (["topics", "list", "--bootstrap-server", "no-port-here"], "needs a port"),
         (["perf", "produce", "--acks", "2"], "--acks"),
+        (["serve", "--kafka-listen", "9092"], "HOST:PORT"),
+        (["serve", "--kafka-listen", "[::1]:9092"], "IPv4"),
     ],
 )
 def test_usage_errors_are_one_line_with_exit_2(args: list[str], message: str) -> None:
@@ -175,6 +177,16 @@ def test_server_file_keys_paths_and_closest_name(tmp_path: Path) -> None:
         load_server_file(path)
     path.write_text("listen = 5\n")
     with pytest.raises(InvalidConfigError, match="must be a string"):
+        load_server_file(path)
+    path.write_text('kafka_listen = "0.0.0.0:19092"\nkafka_advertised_host = "10.0.0.5"\n')
+    assert load_server_file(path)[0] == {
+        "kafka_listen": "0.0.0.0:19092",
+        "kafka_advertised_host": "10.0.0.5",
+    }
+    path.write_text('kafka_listen = "none"\n')
+    assert load_server_file(path)[0] == {"kafka_listen": None}
+    path.write_text('kafka_listen = "localhost"\n')
+    with pytest.raises(InvalidConfigError, match="kafka_listen must be HOST:PORT"):
         load_server_file(path)
 
 

@@ -71,6 +71,18 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
         server.kill()
 
 
+def test_security_without_sasl_keeps_the_kafka_listener_off(secured: Secured) -> None:
+    """Kafka clients would bypass CURVE: until SASL exists the Kafka listener stays off,
+    saying why once in the log and in the serve output."""
+    serve = secured.serve
+    assert serve.kafka_bootstrap is None
+    reason = "security is on (CURVE) and no SASL mechanism is configured for Kafka clients"
+    assert any(line.startswith(f"  Kafka bootstrap  off: {reason}") for line in serve.banner)
+    logged = [line for line in serve.stderr if "Kafka listener off: " + reason in line]
+    assert len(logged) == 1 and "WARNING" in logged[0]
+    assert {e["kafka"] for e in serve.status()} == {None}
+
+
 def test_acls_add_list_remove(secured: Secured) -> None:
     topic = unique("secret")
     created = secured.as_("admin", "topics", "create", topic)

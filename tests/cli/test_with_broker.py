@@ -12,7 +12,7 @@ from clitest_util import Serve, cli, pid_alive, run_kvlog, unique, wait_until
 import kvlog
 from kvlog.partitioner import partition_for_key
 
-STATUS_KEYS = {"role", "node_id", "pid", "endpoint", "log_dir", "started_at"}
+STATUS_KEYS = {"role", "node_id", "pid", "endpoint", "kafka", "log_dir", "started_at"}
 PERF_KEYS = {"records_per_s", "mb_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms"}
 
 
@@ -300,8 +300,11 @@ def test_status_json_has_exactly_the_keys(serve: Serve) -> None:
         assert pid_alive(entry["pid"])
     (node,) = [e for e in entries if e["role"] == "node"]
     assert node["node_id"] == 0 and node["log_dir"].endswith("logs/0")
+    kafka = {e["role"]: e["kafka"] for e in entries}
+    assert serve.kafka_bootstrap and kafka["broker"] == serve.kafka_bootstrap
+    assert kafka["sweeper"] is None and len({kafka[r] for r in kafka if r != "sweeper"}) == 3
     table = ok("status", "--data-dir", str(serve.data_dir))
-    assert "coordinator" in table and str(node["pid"]) in table
+    assert "coordinator" in table and str(node["pid"]) in table and kafka["node"] in table
 
 
 def test_dump_reads_the_log_dir_while_the_broker_runs(serve: Serve) -> None:
@@ -383,7 +386,9 @@ def test_perf_with_an_embedded_broker() -> None:
 def test_demo_uses_the_broker_already_running_on_its_data_dir(serve: Serve) -> None:
     result = cli("demo", "--data-dir", str(serve.data_dir))
     assert result.exit_code == 0, result.output
-    assert f"already running at {serve.bootstrap}" in result.output
+    assert "Broker already running" in result.output
+    assert f"ZeroMQ bootstrap {serve.bootstrap} " in result.output
+    assert f"Kafka bootstrap  {serve.kafka_bootstrap} " in result.output
     assert "What just happened" in result.output
     assert "Stopping the broker" not in result.output
     assert serve.proc.poll() is None and len(serve.status()) == 4

@@ -90,7 +90,7 @@ def test_untimed_steps_count_from_before_the_change(
     monkeypatch.setattr(perf_groups, "STABLE_TIMEOUT_S", 2.0)
     monkeypatch.setattr(perf_groups, "POLL_MS", 5)
     options = perf_groups.Options(
-        bootstrap_server="127.0.0.1:9092",
+        bootstrap_server="127.0.0.1:7092",
         command_config=None,
         partitions=PARTITIONS,
         members=2,
@@ -103,7 +103,7 @@ def test_untimed_steps_count_from_before_the_change(
         as_json=True,
     )
     try:
-        times = perf_groups.run(options, "127.0.0.1:9092", lambda rep, seconds: None)
+        times = perf_groups.run(options, "127.0.0.1:7092", lambda rep, seconds: None)
     except click.ClickException as exc:  # the old tool: the group was complete all along
         pytest.fail(exc.message)
     assert len(times) == 3

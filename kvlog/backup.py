@@ -1,31 +1,13 @@
-"""A data dir as a whole: its layout, its format version, and a consistent copy of it.
+"""A consistent copy of a (possibly live) data dir: ``kvlog backup``.
 
-Layout (``workers/supervisor.py`` creates it)::
-
-    <data_dir>/kvlog-format.json   {"format": 1, "written_by": "kvlog 0.1.0"}
-    <data_dir>/meta/               the coordinator's LMDB environment (topics, groups, offsets)
-    <data_dir>/logs/<n>/           node n's log dir when no --log-dir is given
-    <log_dir>/node.id              the node id a log dir keeps, wherever it is
-    <log_dir>/kvlog-format.json    (also in log dirs kept outside the data dir)
-    <data_dir>/run/                processes.json, supervisor.lock (only while it runs)
-
-**Format version.** :data:`FORMAT_VERSION` names the on-disk format this kvlog reads and
-writes: the layout above and what its LMDB environments hold (each environment also keeps
-its own format, checked when a node opens it). :func:`check_data_dir` runs before any
-process starts: a dir written by a newer kvlog is refused with a clear error instead of
-being misread. Once the broker runs, :func:`stamp_data_dir` stamps a dir without a
-version (new, or from a kvlog before versions were kept) with this one. A kvlog that
-changes the format will convert older dirs forward and bump the number, so a downgrade is
-refused, not silently wrong.
-
-**Backup.** :func:`backup` copies a data dir while its broker runs: LMDB's copy with
-compaction (``mdb_env_copy2`` with ``MDB_CP_COMPACT``) of every environment, each a
-consistent snapshot that readers take without stopping the writer, into a new directory
-laid out as a data dir (log dirs under ``logs/<node id>``), which a broker starts on as
-it is. The metadata environment is copied first, then the log dirs: every record
-acknowledged before the backup began is in the copy, and the copy's committed offsets
-are never ahead of its logs. ``kvlog backup`` is the command; docs/OPERATIONS.md has the
-procedure.
+:func:`backup` copies every LMDB environment of a data dir with LMDB's copy with
+compaction (``mdb_env_copy2`` with ``MDB_CP_COMPACT``): each copy is a consistent
+snapshot that a reader takes without stopping the writer. The copy is laid out as a data
+dir (log dirs under ``logs/<node id>``, each with its ``node.id``), stamped with the
+format version and described by ``BACKUP.json``; a broker starts on it as it is. The
+metadata environment is copied first, then the log dirs: every record acknowledged before
+the backup began is in the copy, and the copy's committed offsets are never ahead of its
+logs. docs/OPERATIONS.md has the procedure; tests/broker/test_backup_restore.py runs it.
 """
 
 from __future__ import annotations
@@ -41,65 +23,14 @@ from typing import Any
 import lmdb
 
 from ._version import __version__
+from .data_format import FORMAT_VERSION, check_data_dir, write_format
 from .errors import InvalidConfigError
 from .lmdb_store import LogDir
 
-FORMAT_VERSION = 1
-FORMAT_FILE = "kvlog-format.json"
 MANIFEST_FILE = "BACKUP.json"
 META_DIR = "meta"
 LOGS_DIR = "logs"
 NODE_ID_FILE = "node.id"
-
-
-class NewerFormatError(InvalidConfigError):
-    """A data dir or log dir was written by a newer kvlog than this one."""
-
-
-def read_format(path: Path) -> int | None:
-    """The format version a dir was stamped with, or None when it has none."""
-    try:
-        stamp = json.loads((path / FORMAT_FILE).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise InvalidConfigError(f"{path / FORMAT_FILE} cannot be read: {exc}") from None
-    version = stamp.get("format") if isinstance(stamp, dict) else None
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise InvalidConfigError(f"{path / FORMAT_FILE} holds no format version: {stamp!r}")
-    return version
-
-
-def write_format(path: Path, version: int = FORMAT_VERSION) -> None:
-    """Stamp ``path`` (atomically: a crash leaves the old stamp or the new one)."""
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / (FORMAT_FILE + ".tmp")
-    tmp.write_text(json.dumps({"format": version, "written_by": f"kvlog {__version__}"}) + "\n")
-    tmp.replace(path / FORMAT_FILE)
-
-
-def check_format(path: Path) -> None:
-    """Refuse a dir written by a newer kvlog (a dir without a version passes)."""
-    version = read_format(path)
-    if version is not None and version > FORMAT_VERSION:
-        raise NewerFormatError(
-            f"{path} was written by a newer kvlog (on-disk format {version}; this kvlog "
-            f"{__version__} reads format {FORMAT_VERSION}). Run the kvlog that wrote it, or "
-            "restore a backup taken before the upgrade; nothing was changed."
-        )
-
-
-def check_data_dir(data_dir: Path, log_dirs: Sequence[Path]) -> None:
-    """Refuse a data dir or log dir written by a newer kvlog, before a broker starts."""
-    for path in [data_dir, *log_dirs]:
-        check_format(Path(path))
-
-
-def stamp_data_dir(data_dir: Path, log_dirs: Sequence[Path]) -> None:
-    """Stamp the dirs a broker runs on that have no version yet with this one."""
-    for path in [data_dir, *log_dirs]:
-        if read_format(Path(path)) is None:
-            write_format(Path(path))
 
 
 # -- backup ------------------------------------------------------------------------------------
@@ -148,7 +79,7 @@ class BackupReport:
 def log_dirs_of(data_dir: Path) -> list[Path]:
     """The log dirs of a data dir: those its running broker names (run/processes.json),
     else ``logs/*`` inside it."""
-    try:
+    try:  # the supervisor's run file (workers/data_dir.py writes it)
         status = json.loads((data_dir / "run" / "processes.json").read_text())
         named = [p.get("log_dir") for p in status.get("processes", []) if p.get("role") == "node"]
         if named and all(named):
