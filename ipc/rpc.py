@@ -65,6 +65,7 @@ _MONITORED = (
     | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
     | zmq.EVENT_CONNECT_RETRIED
+    | zmq.EVENT_CONNECTED
 )
 
 Callback = Callable[[dict[str, Any] | None, list[bytes], KvlogError | None], None]
@@ -126,6 +127,11 @@ class IOThread:
         self._connected: set[str] = set()
         # Endpoints whose connection dropped or was refused, with no handshake since.
         self._down: set[str] = set()
+        # Endpoints whose last connection attempt was refused (nothing listens there), and
+        # those where a TCP connection was made since the last attempt (something listens:
+        # a failure after it is the handshake's, not a refusal).
+        self._refused: set[str] = set()
+        self._tcp_up: set[str] = set()
         # Endpoints this client completed a handshake with at least once.
         self._reached: set[str] = set()
         # Endpoint -> when it first refused a connection (never reached, no handshake since).
@@ -239,8 +245,10 @@ class IOThread:
         while True:
             endpoint = endpoints[attempt % len(endpoints)]
             attempt += 1
+            # Within the deadline, but long enough for a broker's usual answer (ms).
+            wait_ms = max(100.0, (give_up - time.monotonic()) * 1000)
             try:
-                return self.call(endpoint, op, fields, timeout_ms=limit_ms, fail_fast=True)
+                return self.call(endpoint, op, fields, timeout_ms=wait_ms, fail_fast=True)
             except RefusedConnectionError:
                 since = self.unreachable_since(endpoints)
                 now = time.monotonic()
@@ -324,10 +332,15 @@ class IOThread:
             except zmq.Again:
                 return
             kind = event["event"]
+            if kind == zmq.EVENT_CONNECTED:
+                self._tcp_up.add(endpoint)
+                self._refused.discard(endpoint)
+                continue
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._handshake_failures[endpoint] = 0
                 self._connected.add(endpoint)
                 self._down.discard(endpoint)
+                self._refused.discard(endpoint)
                 self._reached.add(endpoint)
                 self._refused_since.pop(endpoint, None)
                 if self._lost:
@@ -359,10 +372,16 @@ class IOThread:
                 if endpoint in self._connected:
                     continue  # a stale event: the socket is connected
                 self._down.add(endpoint)
+                if endpoint in self._tcp_up:
+                    # A server took the connection and it failed after (its handshake, or
+                    # it went away): not a refusal. The handshake failures say more.
+                    self._tcp_up.discard(endpoint)
+                    continue
+                self._refused.add(endpoint)
                 if endpoint not in self._reached:
                     self._refused_since.setdefault(endpoint, time.monotonic())
                 if any(p.fail_fast for p in self._pending.values() if p.endpoint == endpoint):
-                    self._went_down(endpoint, _refused(endpoint))
+                    self._went_down(endpoint, _refused(endpoint), refused=True)
                     return
                 continue
             failures = self._handshake_failures.get(endpoint, 0) + 1
@@ -386,7 +405,7 @@ class IOThread:
             self._drop_socket(endpoint)
             return
 
-    def _went_down(self, endpoint: str, error: KvlogError) -> None:
+    def _went_down(self, endpoint: str, error: KvlogError, *, refused: bool = False) -> None:
         """The endpoint's connection dropped or was refused: fail what was sent to it and
         replace its socket.
 
@@ -401,12 +420,16 @@ class IOThread:
         if not self._closing:
             self.socket_for(endpoint)
             self._down.add(endpoint)
+            if refused:
+                self._refused.add(endpoint)
 
     def _drop_socket(self, endpoint: str) -> None:
         # Without a socket nothing would tell when the endpoint is back: the next request
         # opens a new one (and finds out).
         self._connected.discard(endpoint)
         self._down.discard(endpoint)
+        self._refused.discard(endpoint)
+        self._tcp_up.discard(endpoint)
         sock = self._sockets.pop(endpoint, None)
         if sock is None:
             return
@@ -442,9 +465,9 @@ class IOThread:
     ) -> None:
         """Send from the I/O thread itself (drivers use this). With ``fail_fast`` the
         request fails with NETWORK_EXCEPTION (RefusedConnectionError) as soon as its
-        endpoint refuses the connection, or at once while the endpoint is known to be
-        down, instead of waiting for the server to come back (or the timeout)."""
-        if fail_fast and endpoint in self._down and endpoint in self._sockets:
+        endpoint refuses the connection, or at once while it is known to refuse them,
+        instead of waiting for the server to come back (or the timeout)."""
+        if fail_fast and endpoint in self._refused and endpoint in self._sockets:
             if callback is not None:
                 callback(None, [], _refused(endpoint))
             return
