@@ -1,9 +1,15 @@
 """The consumer protocol: what group members tell each other through the coordinator.
 
 A member's JoinGroup carries, per assignor it supports, a *subscription*; the leader's
-SyncGroup carries each member's *assignment*. Both are CBOR maps (PROTOCOL.md, "Consumer
-protocol formats"). The client (ipc/group_member.py) and the coordinator, when it assigns
-itself (workers/group_model.py), share these encoders.
+SyncGroup carries each member's *assignment*. kvlog's own format is a CBOR map
+(PROTOCOL.md 6.8), which kvlog's consumer writes and the coordinator writes when it
+assigns itself (workers/group_transitions.py). Kafka clients write Kafka's
+ConsumerProtocol (big-endian structs behind a 2-byte version) in groups of protocol type
+``consumer``. Every decoder here reads both, told apart by the first byte: a CBOR map
+starts with 0xA0-0xBF, Kafka's version with 0x00. So kvlog's consumer understands a Kafka
+leader's assignment and Kafka members' subscriptions, and the coordinator shows who owns
+what whichever client a member is. Encoding stays CBOR: PROTOCOL.md's clients read only
+that (see PROTOCOL.md 6.8 for what this means for groups that mix both kinds of client).
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ def _by_topic(tps: Iterable[TopicPartition]) -> list[list[Any]]:
     return [[topic, sorted(parts)] for topic, parts in sorted(grouped.items())]
 
 
+def is_kafka_format(raw: bytes) -> bool:
+    """Whether consumer-protocol bytes are Kafka's (a version's first byte) or kvlog's."""
+    return bool(raw) and raw[0] == 0
+
+
 def encode_subscription(
     topics: Iterable[str], owned: Iterable[TopicPartition], generation: int
 ) -> bytes:
@@ -35,6 +46,18 @@ def encode_subscription(
 
 
 def decode_subscription(member_id: str, instance_id: str | None, raw: bytes) -> MemberSubscription:
+    """A subscription in either format (ValueError or a CBOR error for one in neither)."""
+    if is_kafka_format(raw):
+        from .kafka.codec import decode_consumer_subscription  # kafka-python: only if needed
+
+        topics, owned, generation = decode_consumer_subscription(raw)
+        return MemberSubscription(
+            member_id,
+            topics,
+            [TopicPartition(t, p) for t, ps in owned for p in ps],
+            generation,
+            instance_id,
+        )
     data = cbor2.loads(raw) if raw else {}
     return MemberSubscription(
         member_id,
@@ -51,14 +74,24 @@ def encode_assignment(tps: Iterable[TopicPartition]) -> bytes:
 
 
 def decode_assignment(raw: bytes) -> set[TopicPartition]:
+    """An assignment in either format (ValueError or a CBOR error for one in neither)."""
     if not raw:
         return set()
+    if is_kafka_format(raw):
+        from .kafka.codec import decode_consumer_assignment
+
+        return {TopicPartition(t, p) for t, ps in decode_consumer_assignment(raw) for p in ps}
     data = cbor2.loads(raw)
     return {TopicPartition(t, p) for t, ps in data.get("partitions", []) for p in ps}
 
 
 def subscribed_topics(metadata: bytes) -> Any:
-    """The topics of a subscription (the raw bytes if it is not one)."""
+    """The topics of a subscription, in either format (the raw bytes if it is neither)."""
+    if is_kafka_format(metadata):
+        try:
+            return sorted(decode_subscription("", None, metadata).topics)
+        except ValueError:
+            return metadata
     try:
         data = cbor2.loads(metadata) if metadata else {}
     except Exception:

@@ -30,6 +30,7 @@ from kvlog.errors import (
 from kvlog.types import TopicPartition
 
 from .accumulator import ProducerBatch
+from .acks import answers_produce
 from .client_metrics import ProducerMetrics
 from .metadata import MetadataRefresher
 from .rpc import IOThread
@@ -232,7 +233,7 @@ class Sender:
         self.metrics.sent(
             [len(frame) for frame in frames], sum(b.record_count for b in batches), sent_at
         )
-        if self.acks == 0:
+        if not answers_produce(self.acks):
             io.send_now(endpoint, "produce", fields, None, frames=frames)
             for batch in batches:
                 self._succeed(batch, -1, -1)

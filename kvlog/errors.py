@@ -83,6 +83,7 @@ class ErrorCode(enum.IntEnum):
     OUT_OF_ORDER_SEQUENCE_NUMBER = 45
     DUPLICATE_SEQUENCE_NUMBER = 46
     INVALID_PRODUCER_EPOCH = 47
+    SECURITY_DISABLED = 54
     STORAGE_ERROR = 56  # Kafka: KAFKA_STORAGE_ERROR
     SASL_AUTHENTICATION_FAILED = 58
     UNKNOWN_PRODUCER_ID = 59
@@ -398,6 +399,11 @@ class DuplicateSequenceNumberError(KvlogError, code=ErrorCode.DUPLICATE_SEQUENCE
 
 class InvalidProducerEpochError(KvlogError, code=ErrorCode.INVALID_PRODUCER_EPOCH):
     """A newer producer with the same producer id fenced this one; close it."""
+
+
+class SecurityDisabledError(KvlogError, code=ErrorCode.SECURITY_DISABLED):
+    """Security is off on this broker, so there are no ACLs to manage; start kvlog serve with
+    --curve-secret-key to turn it on."""
 
 
 class StorageError(InvalidMetadataError, code=ErrorCode.STORAGE_ERROR):

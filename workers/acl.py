@@ -143,7 +143,60 @@ class Authorizer:
         )
 
 
-# -- which permission each op needs ----------------------------------------------------------
+# -- the checks, with typed arguments (both wires call these) ------------------------------
+
+CLUSTER_NAME = "kvlog"
+
+
+def check_cluster(auth: Authorizer, principal: str, operation: str) -> None:
+    auth.check(principal, "cluster", CLUSTER_NAME, operation)
+
+
+def check_internal(auth: Authorizer, principal: str) -> None:
+    """Only kvlog's own processes."""
+    if principal != INTERNAL_PRINCIPAL:
+        raise ClusterAuthorizationFailedError(
+            f"principal {principal!r} may not call internal ops (kvlog's own processes only)"
+        )
+
+
+def check_topics(auth: Authorizer, principal: str, topics: Iterable[str], operation: str) -> None:
+    for topic in sorted(set(topics)):
+        auth.check(principal, "topic", topic, operation)
+
+
+def check_create_topic(auth: Authorizer, principal: str, name: str) -> None:
+    """Create on the cluster, or on the topic."""
+    if not auth.allowed(principal, "cluster", CLUSTER_NAME, "create"):
+        auth.check(principal, "topic", name, "create")
+
+
+def check_groups(
+    auth: Authorizer, principal: str, group_ids: Iterable[str], operation: str
+) -> None:
+    for group_id in group_ids:
+        auth.check(principal, "group", group_id, operation)
+
+
+def check_init_producer_id(auth: Authorizer, principal: str) -> None:
+    """A producer id for a principal that may write some topic."""
+    if not auth.may_write_any_topic(principal):
+        raise ClusterAuthorizationFailedError(
+            f"principal {principal!r} may write no topic, so it gets no producer id; an admin "
+            f"can allow it with: kvlog acls add --principal {principal} --topic T "
+            "--operation write"
+        )
+
+
+def check_offset_commit(
+    auth: Authorizer, principal: str, group_id: str, topics: Iterable[str]
+) -> None:
+    """Read on the group and on each topic."""
+    auth.check(principal, "group", group_id, "read")
+    check_topics(auth, principal, topics, "read")
+
+
+# -- which permission each ZeroMQ op needs (its header's fields, to the checks above) -------
 
 Check = Callable[[Authorizer, str, dict[str, Any]], None]
 
@@ -168,34 +221,34 @@ def _topics_of(header: dict[str, Any], field: str = "partitions") -> set[str]:
     return out
 
 
+def _name(header: dict[str, Any], field: str) -> str:
+    name = header.get(field)
+    return name if isinstance(name, str) else ""
+
+
 def _each_topic(operation: str, field: str = "partitions") -> Check:
     def check(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
-        for topic in sorted(_topics_of(header, field)):
-            auth.check(principal, "topic", topic, operation)
+        check_topics(auth, principal, _topics_of(header, field), operation)
 
     return check
 
 
-def _named(resource_type: str, operation: str, field: str) -> Check:
+def _named_topic(operation: str) -> Check:
     def check(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
-        name = header.get(field)
-        auth.check(principal, resource_type, name if isinstance(name, str) else "", operation)
+        check_topics(auth, principal, [_name(header, "name")], operation)
 
     return check
 
 
 def _cluster(operation: str) -> Check:
     def check(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
-        auth.check(principal, "cluster", "kvlog", operation)
+        check_cluster(auth, principal, operation)
 
     return check
 
 
 def _internal(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
-    if principal != INTERNAL_PRINCIPAL:
-        raise ClusterAuthorizationFailedError(
-            f"principal {principal!r} may not call internal ops (kvlog's own processes only)"
-        )
+    check_internal(auth, principal)
 
 
 def _anyone(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
@@ -204,38 +257,34 @@ def _anyone(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
 
 def _fetch(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
     if header.get("replica_id", -1) != -1:
-        _internal(auth, principal, header)
+        check_internal(auth, principal)
     else:
         _each_topic("read")(auth, principal, header)
 
 
 def _create_topic(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
-    if not auth.allowed(principal, "cluster", "kvlog", "create"):
-        _named("topic", "create", "name")(auth, principal, header)
+    check_create_topic(auth, principal, _name(header, "name"))
 
 
 def _init_producer_id(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
-    if not auth.may_write_any_topic(principal):
-        raise ClusterAuthorizationFailedError(
-            f"principal {principal!r} may write no topic, so it gets no producer id; an admin "
-            f"can allow it with: kvlog acls add --principal {principal} --topic T "
-            "--operation write"
-        )
+    check_init_producer_id(auth, principal)
 
 
 def _group_op(operation: str) -> Check:
-    return _named("group", operation, "group_id")
+    def check(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+        check_groups(auth, principal, [_name(header, "group_id")], operation)
+
+    return check
 
 
 def _offset_commit(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
-    _group_op("read")(auth, principal, header)
-    _each_topic("read", "offsets")(auth, principal, header)
+    check_offset_commit(auth, principal, _name(header, "group_id"), _topics_of(header, "offsets"))
 
 
 def _groups_list(operation: str) -> Check:
     def check(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
-        for gid in _array(header, "group_ids"):
-            auth.check(principal, "group", gid if isinstance(gid, str) else "", operation)
+        ids = [g if isinstance(g, str) else "" for g in _array(header, "group_ids")]
+        check_groups(auth, principal, ids, operation)
 
     return check
 
@@ -250,9 +299,9 @@ OP_PERMISSIONS: dict[str, Check] = {
     "metadata": _anyone,  # topics the principal may not describe are left out
     "find_coordinator": _anyone,
     "create_topic": _create_topic,
-    "delete_topic": _named("topic", "delete", "name"),
-    "create_partitions": _named("topic", "alter", "name"),
-    "alter_topic_config": _named("topic", "alter", "name"),
+    "delete_topic": _named_topic("delete"),
+    "create_partitions": _named_topic("alter"),
+    "alter_topic_config": _named_topic("alter"),
     "init_producer_id": _init_producer_id,
     "elect_leaders": _cluster("alter"),
     "list_groups": _cluster("describe"),

@@ -12,7 +12,10 @@ client that creates a topic finds it in the very next metadata reply.
 Metadata policy: before the first cache, LEADER_NOT_AVAILABLE (retry); topics asked for by
 name come in request order, unknown ones as UNKNOWN_TOPIC_OR_PARTITION; with security on,
 a topic the principal may not describe is left out of a full listing and answered
-TOPIC_AUTHORIZATION_FAILED when asked for by name (Kafka's behaviour).
+TOPIC_AUTHORIZATION_FAILED when asked for by name (Kafka's behaviour). A request that
+allows auto-creation (Kafka's Metadata v4+) and names topics the cache lacks is passed to
+the coordinator, which decides (``auto.create.topics.enable``) and creates them; its
+answer for those topics (LEADER_NOT_AVAILABLE once created) replaces the cache's.
 
 Requests are events handed to :meth:`BrokerCore.handle` with the shell's opaque token;
 the coordinator's answers come back through :meth:`BrokerCore.on_answer` with the Send's
@@ -29,11 +32,18 @@ from kvlog.errors import (
     CoordinatorNotAvailableError,
     KvlogError,
     LeaderNotAvailableError,
-    TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
 )
 
-from .controller_events import MetadataAnswer, MissingTopic, TopicEntry
+from .controller_events import (
+    FindCoordinator,
+    FindCoordinatorAnswer,  # noqa: F401  (the answer to FindCoordinator, for importers)
+    MetadataAnswer,
+    MissingTopic,
+    TopicEntry,
+    find_coordinator,
+    visible_topics,
+)
 from .core_result import Result, Send
 
 COORDINATOR = "coordinator"  # the one process a broker sends to
@@ -61,11 +71,7 @@ class BrokerMetadata:
     topics: list[str] | None = None
     principal: str | None = None
     may_describe: Callable[[str], bool] | None = None
-
-
-@dataclass(slots=True)
-class FindCoordinator:
-    pass
+    allow_auto_create: bool = False
 
 
 @dataclass(slots=True)
@@ -92,11 +98,6 @@ class CoordinatorAnswer:
 
 
 @dataclass(slots=True)
-class FindCoordinatorAnswer:
-    endpoint: str
-
-
-@dataclass(slots=True)
 class BrokerPingAnswer:
     version: int
     ready: bool  # the broker has metadata and can answer metadata requests
@@ -120,6 +121,14 @@ class Held:
     answer: Forwarded
     version: int
     deadline_ms: int
+
+
+@dataclass(slots=True)
+class _AutoCreating:
+    """An auto-creating metadata request's Send token: whose request, and the request."""
+
+    token: Any
+    event: BrokerMetadata
 
 
 @dataclass(slots=True)
@@ -163,6 +172,8 @@ class BrokerCore:
         out = Result()
         if send_token == WATCH:
             self._on_watch(out, answer, now_ms)
+        elif isinstance(send_token, _AutoCreating):
+            self._on_auto_created(out, send_token, answer)
         else:
             self._on_forwarded(out, send_token, answer, now_ms)
         return out.wake_at(self.next_deadline_ms())
@@ -202,6 +213,37 @@ class BrokerCore:
         # MetadataUnchanged, an error or no answer: the cache stays as it is.
 
     def _metadata(self, out: Result, token: Any, ev: BrokerMetadata, now_ms: int) -> None:
+        answer = self._metadata_answer(ev)
+        missing = [
+            t.name
+            for t in answer.topics
+            if isinstance(t, MissingTopic) and t.code == UnknownTopicOrPartitionError.code
+        ]
+        if ev.allow_auto_create and missing:
+            out.send(
+                Send(
+                    COORDINATOR,
+                    "metadata",
+                    {"topics": missing, "allow_auto_create": True},
+                    token=_AutoCreating(token, ev),
+                    timeout_ms=self.config.admin_timeout_ms,
+                )
+            )
+            return
+        out.reply(token, answer)
+
+    def _on_auto_created(self, out: Result, sent: _AutoCreating, answer: CoordinatorAnswer) -> None:
+        """The coordinator's word on the topics the cache lacked replaces the cache's (no
+        answer: the cache's stands)."""
+        reply = self._metadata_answer(sent.event)
+        if isinstance(answer.body, MetadataAnswer):
+            theirs = {t.name: t for t in answer.body.topics}
+            reply.topics = [
+                theirs.get(t.name, t) if isinstance(t, MissingTopic) else t for t in reply.topics
+            ]
+        out.reply(sent.token, reply)
+
+    def _metadata_answer(self, ev: BrokerMetadata) -> MetadataAnswer:
         if self.cache is None:
             raise LeaderNotAvailableError(
                 "the broker is starting and has no metadata yet; retry in a moment"
@@ -219,32 +261,20 @@ class BrokerCore:
                 for name in ev.topics
             ]
         if ev.may_describe is not None:
-            visible = (self._visible(t, ev, by_name=ev.topics is not None) for t in topics)
-            topics = [t for t in visible if t is not None]
-        out.reply(
-            token,
-            MetadataAnswer(self.version, self.cache.nodes, topics, self.config.coordinator),
+            topics = visible_topics(
+                topics, ev.may_describe, ev.principal, by_name=ev.topics is not None
+            )
+        return MetadataAnswer(
+            self.version,
+            self.cache.nodes,
+            topics,
+            self.config.coordinator,
+            self.cache.coordinator_kafka,
         )
 
-    @staticmethod
-    def _visible(
-        topic: TopicEntry | MissingTopic, ev: BrokerMetadata, *, by_name: bool
-    ) -> TopicEntry | MissingTopic | None:
-        """Topics the principal may not describe: left out of a full listing, an
-        authorization error when asked for by name (Kafka's behaviour)."""
-        assert ev.may_describe is not None
-        if ev.may_describe(topic.name):
-            return topic
-        if by_name:
-            return MissingTopic(
-                topic.name,
-                TopicAuthorizationFailedError.code,
-                f"principal {ev.principal!r} may not describe topic {topic.name!r}",
-            )
-        return None
-
     def _find_coordinator(self, out: Result, token: Any, ev: FindCoordinator, now_ms: int) -> None:
-        out.reply(token, FindCoordinatorAnswer(self.config.coordinator))
+        kafka = self.cache.coordinator_kafka if self.cache is not None else None
+        out.reply(token, find_coordinator(ev, self.config.coordinator, kafka))
 
     def _ping(self, out: Result, token: Any, ev: BrokerPing, now_ms: int) -> None:
         out.reply(token, BrokerPingAnswer(self.version, self.cache is not None))

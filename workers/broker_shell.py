@@ -19,6 +19,7 @@ import zmq
 
 from kvlog import clock
 from kvlog.errors import InvalidRequestError, KvlogError
+from kvlog.ipc.kafka.codec import ApiKey
 from kvlog.ipc.wire import Request, check_str
 
 from .broker_core import (
@@ -28,14 +29,16 @@ from .broker_core import (
     BrokerMetadata,
     BrokerPing,
     CoordinatorAnswer,
-    FindCoordinator,
     Forward,
     Forwarded,
 )
-from .controller_events import MetadataUnchanged
+from .controller_events import FindCoordinator as FindCoordinatorEvent
+from .controller_events import Metadata, MetadataUnchanged
 from .core_result import Reply, Send
+from .kafka_handlers import KafkaContext
+from .kafka_shell import KafkaShell, broker_config_entries
 from .security import ServerSecurity
-from .settings import BrokerSettings
+from .settings import BrokerSettings, ServerSettings
 from .zmq_core_shell import CoreShell
 from .zmq_peer import PeerLink
 from .zmq_replies import Fields, decode_metadata
@@ -61,7 +64,13 @@ FORWARDED_OPS = (
 )
 
 
-class BrokerServer(CoreShell, Server):
+# The Kafka APIs the bootstrap answers: what a client asks before it knows the brokers
+# (or of any broker). Admin and group requests go to the controller and the group
+# coordinator, which Metadata and FindCoordinator name: the coordinator process.
+KAFKA_APIS = (ApiKey.ApiVersions, ApiKey.Metadata, ApiKey.FindCoordinator)
+
+
+class BrokerServer(KafkaShell, CoreShell, Server):
     name = "broker"
 
     def __init__(
@@ -70,8 +79,16 @@ class BrokerServer(CoreShell, Server):
         router: zmq.Socket[Any],
         settings: BrokerSettings,
         security: ServerSecurity | None = None,
+        server_settings: ServerSettings | None = None,
     ) -> None:
         super().__init__(ctx, router, security)
+        server_settings = server_settings or ServerSettings()
+        self.start_kafka(
+            server_settings,
+            KAFKA_APIS,
+            broker_id=-1,
+            config=broker_config_entries(settings, server_settings),
+        )
         self.settings = settings
         self.coordinator = PeerLink(
             ctx,
@@ -108,10 +125,16 @@ class BrokerServer(CoreShell, Server):
         return self.call(peer, req.id, event)
 
     def op_find_coordinator(self, req: Request, peer: bytes) -> Fields | None:
-        return self.call(peer, req.id, FindCoordinator())
+        return self.call(peer, req.id, FindCoordinatorEvent())
 
     def op_ping(self, req: Request, peer: bytes) -> Fields | None:
         return self.call(peer, req.id, BrokerPing())
+
+    def kafka_event(self, event: Any, ctx: KafkaContext) -> Any:
+        """The Kafka handlers' Metadata is the broker core's (answered from its cache)."""
+        if isinstance(event, Metadata):
+            return BrokerMetadata(event.topics, allow_auto_create=event.allow_auto_create)
+        return event
 
     def _forward(self, req: Request, peer: bytes) -> Fields | None:
         fields = {k: v for k, v in req.header.items() if k not in ("v", "id", "op")}
@@ -148,9 +171,9 @@ class BrokerServer(CoreShell, Server):
         if error is not None:
             return CoordinatorAnswer(error=error)
         body = {k: v for k, v in header.items() if k not in ("v", "id")}
-        if op != WATCH:
+        if op not in (WATCH, "metadata"):
             return CoordinatorAnswer(body)
-        if "topics" not in body:
+        if op == WATCH and "topics" not in body:
             return CoordinatorAnswer(MetadataUnchanged(body.get("version", -1)))
         try:
             return CoordinatorAnswer(decode_metadata(body))

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kvlog.config_def import (
+    BOOLEAN,
     STRING,
     STRING_LIST,
     ConfigDef,
@@ -96,6 +97,27 @@ BROKER_CONFIG = ConfigDef(
             integer(1),
             1000,
             "Most members one consumer group may have.",
+            used_by=("coordinator",),
+        ),
+        ConfigKey(
+            "auto.create.topics.enable",
+            BOOLEAN,
+            True,
+            "Kafka clients' Metadata requests may create the missing topics they name.",
+            used_by=("coordinator",),
+        ),
+        ConfigKey(
+            "num.partitions",
+            integer(1, 10_000),
+            1,
+            "Partitions of an auto-created topic.",
+            used_by=("coordinator",),
+        ),
+        ConfigKey(
+            "default.replication.factor",
+            integer(1),
+            1,
+            "Replication factor of an auto-created topic (at most the number of log dirs).",
             used_by=("coordinator",),
         ),
         ConfigKey(

@@ -35,11 +35,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvlog.errors import InvalidRequestError, KvlogError
+from kvlog.errors import (
+    ErrorCode,
+    InvalidRequestError,
+    KvlogError,
+    SecurityDisabledError,
+    UnsupportedVersionError,
+)
 from kvlog.log import LogStore
 
 from .acl import AclEntry, add_acl, load_acls, remove_acls
 from .controller_events import (
+    COORDINATOR_BROKER_ID,
     AclAdd,
     AclAdded,
     AclList,
@@ -48,16 +55,19 @@ from .controller_events import (
     AclsRemoved,
     AlterIsr,
     AlterTopicConfig,
+    ChangeValidated,
     CreatePartitions,
     CreateTopic,
     DeleteTopic,
     ElectLeaders,
+    FindCoordinator,
     InitProducerId,
     IsrAnswer,
     LeadersElected,
     Metadata,
     MetadataAnswer,
     MetadataUnchanged,
+    MissingTopic,
     NodeAssignment,
     NodeDown,
     NodeDownAnswer,
@@ -70,7 +80,9 @@ from .controller_events import (
     TopicConfigAltered,
     TopicCreated,
     TopicDeleted,
+    TopicEntry,
     WatchMetadata,
+    find_coordinator,
 )
 from .controller_state import ControllerState
 from .core_ids import IdSource
@@ -87,6 +99,16 @@ class ControllerConfig:
     node_timeout_ms: int = 6000
     admin_apply_timeout_ms: int = 5000
     leader_imbalance_check_interval_ms: int = 30_000
+    # Metadata's auto-creation of topics (Kafka's names and defaults).
+    auto_create_topics_enable: bool = True
+    num_partitions: int = 1
+    default_replication_factor: int = 1
+    # The coordinator's own addresses, as FindCoordinator and metadata hand them out.
+    endpoint: str = ""
+    kafka_endpoint: str | None = None
+    # ACLs exist only with security on; without, the ACL requests are refused
+    # (SECURITY_DISABLED, as Kafka does).
+    acls_enabled: bool = True
 
 
 @dataclass(slots=True)
@@ -122,6 +144,7 @@ class ControllerCore:
             NodeDown: self._node_down,
             AlterIsr: self._alter_isr,
             Metadata: self._metadata,
+            FindCoordinator: self._find_coordinator,
             WatchMetadata: self._watch_metadata,
             CreateTopic: self._create_topic,
             DeleteTopic: self._delete_topic,
@@ -256,10 +279,16 @@ class ControllerCore:
             self.state.assignment_for(node_id),
             self.state.deleted_topic_ids(),
             sorted(self.state.node_endpoints().items()),
+            [
+                (n.node_id, n.kafka_endpoint)
+                for n in self.state.node_entries()
+                if n.alive and n.kafka_endpoint
+            ],
+            self.config.kafka_endpoint,
         )
 
     def _node_heartbeat(self, out: Result, token: Any, ev: NodeHeartbeat, now_ms: int) -> None:
-        if ev.node_id not in self.state.node_ids:
+        if ev.node_id not in self.state.node_ids or ev.node_id == COORDINATOR_BROKER_ID:
             raise InvalidRequestError(
                 f"node {ev.node_id} is not one of this broker's nodes {self.state.node_ids}"
             )
@@ -271,6 +300,7 @@ class ControllerCore:
             ev.pid,
             now_ms,
             offline=ev.offline,
+            kafka_endpoint=ev.kafka_endpoint,
         )
         self._check_admin_waiters(out, None)
         old = self.node_waiters.pop(ev.node_id, None)
@@ -294,11 +324,44 @@ class ControllerCore:
 
     def _metadata_answer(self, names: list[str] | None) -> MetadataAnswer:
         return MetadataAnswer(
-            self.version, self.state.node_entries(), self.state.topic_entries(names)
+            self.version,
+            self.state.node_entries(),
+            self.state.topic_entries(names),
+            coordinator_kafka=self.config.kafka_endpoint,
         )
 
     def _metadata(self, out: Result, token: Any, ev: Metadata, now_ms: int) -> None:
-        out.reply(token, self._metadata_answer(ev.topics))
+        answer = self._metadata_answer(ev.topics)
+        if ev.allow_auto_create and self.config.auto_create_topics_enable:
+            answer.topics = [self._auto_create(t, now_ms) for t in answer.topics]
+        out.reply(token, answer)
+
+    def _auto_create(
+        self, topic: TopicEntry | MissingTopic, now_ms: int
+    ) -> TopicEntry | MissingTopic:
+        """Kafka's auto-creation: a missing topic is created with ``num.partitions`` and
+        ``default.replication.factor`` and answered LEADER_NOT_AVAILABLE (its leaders take
+        a moment to reach the nodes; the client asks again); one that cannot be created is
+        answered with the reason."""
+        if not isinstance(topic, MissingTopic):
+            return topic
+        if topic.code != ErrorCode.UNKNOWN_TOPIC_OR_PARTITION:
+            return topic
+        cfg = self.config
+        try:
+            self.state.create_topic(
+                topic.name, cfg.num_partitions, cfg.default_replication_factor, {}, now_ms
+            )
+        except KvlogError as exc:
+            return MissingTopic(topic.name, exc.code, exc.message)
+        return MissingTopic(
+            topic.name,
+            ErrorCode.LEADER_NOT_AVAILABLE,
+            f"topic {topic.name!r} was created (auto.create.topics.enable); retry",
+        )
+
+    def _find_coordinator(self, out: Result, token: Any, ev: FindCoordinator, now_ms: int) -> None:
+        out.reply(token, find_coordinator(ev, self.config.endpoint, self.config.kafka_endpoint))
 
     def _watch_metadata(self, out: Result, token: Any, ev: WatchMetadata, now_ms: int) -> None:
         if ev.version < self.version:
@@ -309,9 +372,23 @@ class ControllerCore:
     # -- admin -----------------------------------------------------------------------------
 
     def _create_topic(self, out: Result, token: Any, ev: CreateTopic, now_ms: int) -> None:
+        partitions, replication_factor = ev.partitions, ev.replication_factor
+        if ev.broker_defaults:
+            if partitions == -1:
+                partitions = self.config.num_partitions
+            if replication_factor == -1:
+                replication_factor = self.config.default_replication_factor
         meta = self.state.create_topic(
-            ev.name, ev.partitions, ev.replication_factor, ev.config, now_ms
+            ev.name,
+            partitions,
+            replication_factor,
+            ev.config,
+            now_ms,
+            validate_only=ev.validate_only,
         )
+        if ev.validate_only:
+            out.reply(token, ChangeValidated(self.version))
+            return
         nodes = [n for replicas in meta.replicas for n in replicas]
         self._after_change(out, token, TopicCreated(meta.topic_id, self.version), nodes, now_ms)
 
@@ -323,7 +400,10 @@ class ControllerCore:
     def _create_partitions(
         self, out: Result, token: Any, ev: CreatePartitions, now_ms: int
     ) -> None:
-        meta, old = self.state.create_partitions(ev.name, ev.count)
+        meta, old = self.state.create_partitions(ev.name, ev.count, validate_only=ev.validate_only)
+        if ev.validate_only:
+            out.reply(token, ChangeValidated(self.version))
+            return
         nodes = [n for replicas in meta.replicas for n in replicas]
         answer = PartitionsCreated(old, meta.partitions, self.version)
         self._after_change(out, token, answer, nodes, now_ms)
@@ -331,7 +411,12 @@ class ControllerCore:
     def _alter_topic_config(
         self, out: Result, token: Any, ev: AlterTopicConfig, now_ms: int
     ) -> None:
-        meta = self.state.alter_topic_config(ev.name, ev.config)
+        meta = self.state.alter_topic_config(
+            ev.name, ev.config, replace=ev.replace, validate_only=ev.validate_only
+        )
+        if ev.validate_only:
+            out.reply(token, ChangeValidated(self.version))
+            return
         nodes = [n for replicas in meta.replicas for n in replicas]
         answer = TopicConfigAltered(meta.config, self.version)
         self._after_change(out, token, answer, nodes, now_ms)
@@ -342,6 +427,11 @@ class ControllerCore:
         self._after_change(out, token, LeadersElected(moved, self.version), nodes, now_ms)
 
     def _init_producer_id(self, out: Result, token: Any, ev: InitProducerId, now_ms: int) -> None:
+        if ev.transactional_id is not None:
+            raise UnsupportedVersionError(
+                f"transactional.id {ev.transactional_id!r}: kvlog has no transactions yet; "
+                "use an idempotent producer (no transactional.id)"
+            )
         producer_id, epoch = self.state.init_producer_id()
         out.reply(token, ProducerIdAnswer(producer_id, epoch))
 
@@ -350,12 +440,21 @@ class ControllerCore:
 
     # -- ACLs (the table the broker and nodes reload from) ---------------------------------
 
+    def _check_acls_enabled(self) -> None:
+        if not self.config.acls_enabled:
+            raise SecurityDisabledError(
+                "security is off on this broker, so there are no ACLs to manage; start "
+                "kvlog serve with --curve-secret-key to turn it on"
+            )
+
     def _acl_add(self, out: Result, token: Any, ev: AclAdd, now_ms: int) -> None:
+        self._check_acls_enabled()
         added = self.store.write(lambda w: add_acl(w, ev.entry))
         log.info("ACL %s: %s", "added" if added else "exists", ev.entry)
         out.reply(token, AclAdded(added))
 
     def _acl_remove(self, out: Result, token: Any, ev: AclRemove, now_ms: int) -> None:
+        self._check_acls_enabled()
         want = {
             "principal": ev.principal,
             "resource_type": ev.resource_type,
@@ -369,5 +468,6 @@ class ControllerCore:
         out.reply(token, AclsRemoved(self.store.write(lambda w: remove_acls(w, match))))
 
     def _acl_list(self, out: Result, token: Any, ev: AclList, now_ms: int) -> None:
+        self._check_acls_enabled()
         with self.store.reader() as r:
             out.reply(token, AclListing(sorted(load_acls(r))))

@@ -10,13 +10,28 @@ Reply's ``error``, or per entry where an answer has entries.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvlog.errors import ErrorCode
+from kvlog.errors import (
+    ErrorCode,
+    TopicAuthorizationFailedError,
+    UnsupportedVersionError,
+)
 from kvlog.types import TopicPartition
 
 from .acl import AclEntry
+
+# The broker id the coordinator process has on Kafka's wire (the group coordinator, and the
+# controller admin requests go to). Node ids are small (the n-th log dir is node n, or its
+# node.id file's number) and a node may not register with this one, so they never clash;
+# INT32_MAX is Kafka's largest broker id, far above any auto-generated one.
+COORDINATOR_BROKER_ID = 2**31 - 1
+
+# FindCoordinator's key types (Kafka's CoordinatorType).
+GROUP_KEY = 0
+TRANSACTION_KEY = 1
 
 # -- requests: nodes (internal) -----------------------------------------------------------
 
@@ -33,6 +48,7 @@ class NodeHeartbeat:
     pid: int = 0
     wait_ms: int = 1000
     offline: bool = False
+    kafka_endpoint: str | None = None  # "host:port" of its Kafka listener, if it has one
 
 
 @dataclass(slots=True)
@@ -58,9 +74,20 @@ class AlterIsr:
 
 @dataclass(slots=True)
 class Metadata:
-    """``topics`` None: every topic."""
+    """``topics`` None: every topic. ``allow_auto_create``: create the named topics that do
+    not exist, if the broker's ``auto.create.topics.enable`` allows it (Kafka's Metadata
+    v4+); they are answered LEADER_NOT_AVAILABLE, as Kafka does, until the next request."""
 
     topics: list[str] | None = None
+    allow_auto_create: bool = False
+
+
+@dataclass(slots=True)
+class FindCoordinator:
+    """Where the coordinator of a group (``key_type`` 0) or a transactional id (1) is."""
+
+    key: str = ""
+    key_type: int = GROUP_KEY
 
 
 @dataclass(slots=True)
@@ -73,10 +100,16 @@ class WatchMetadata:
 
 @dataclass(slots=True)
 class CreateTopic:
+    """``validate_only``: check everything, create nothing (answered ChangeValidated).
+    ``broker_defaults``: a partition count or replication factor of -1 takes the broker's
+    ``num.partitions`` / ``default.replication.factor`` (Kafka's CreateTopics v4+)."""
+
     name: str
     partitions: int = 1
     replication_factor: int = 1
     config: dict[str, Any] = field(default_factory=dict)
+    validate_only: bool = False
+    broker_defaults: bool = False
 
 
 @dataclass(slots=True)
@@ -90,14 +123,18 @@ class CreatePartitions:
 
     name: str
     count: int
+    validate_only: bool = False
 
 
 @dataclass(slots=True)
 class AlterTopicConfig:
-    """Set overrides; a value of None removes one."""
+    """Set overrides; a value of None removes one. ``replace``: the overrides become exactly
+    ``config`` (Kafka's AlterConfigs), every other one is removed."""
 
     name: str
     config: dict[str, Any]
+    validate_only: bool = False
+    replace: bool = False
 
 
 @dataclass(slots=True)
@@ -109,7 +146,10 @@ class ElectLeaders:
 
 @dataclass(slots=True)
 class InitProducerId:
-    pass
+    """``transactional_id``: a transactional producer's (refused until kvlog has
+    transactions)."""
+
+    transactional_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -142,6 +182,7 @@ ControllerRequest = (
     | NodeDown
     | AlterIsr
     | Metadata
+    | FindCoordinator
     | WatchMetadata
     | CreateTopic
     | DeleteTopic
@@ -163,6 +204,7 @@ class NodeEntry:
     node_id: int
     endpoint: str
     alive: bool
+    kafka_endpoint: str | None = None
 
 
 @dataclass(slots=True)
@@ -195,15 +237,66 @@ class MissingTopic:
     message: str | None = None
 
 
+def visible_topics(
+    topics: list[TopicEntry | MissingTopic],
+    may_describe: Callable[[str], bool],
+    principal: str | None,
+    *,
+    by_name: bool,
+) -> list[TopicEntry | MissingTopic]:
+    """The one rule for topics a principal may not describe, on every wire: left out of a
+    full listing, TOPIC_AUTHORIZATION_FAILED when asked for by name (Kafka's behaviour)."""
+    out: list[TopicEntry | MissingTopic] = []
+    for topic in topics:
+        if may_describe(topic.name):
+            out.append(topic)
+        elif by_name:
+            out.append(
+                MissingTopic(
+                    topic.name,
+                    TopicAuthorizationFailedError.code,
+                    f"principal {principal!r} may not describe topic {topic.name!r}",
+                )
+            )
+    return out
+
+
 @dataclass(slots=True)
 class MetadataAnswer:
     """``coordinator``: the coordinator's endpoint where the answerer knows it (the broker),
-    else None."""
+    else None. ``coordinator_kafka``: the coordinator's Kafka "host:port" (None: it has no
+    Kafka listener)."""
 
     version: int
     nodes: list[NodeEntry]
     topics: list[TopicEntry | MissingTopic]
     coordinator: str | None = None
+    coordinator_kafka: str | None = None
+
+
+@dataclass(slots=True)
+class FindCoordinatorAnswer:
+    """``endpoint``: the coordinator's ZeroMQ endpoint; ``kafka_endpoint`` its Kafka
+    "host:port" and ``broker_id`` its Kafka broker id."""
+
+    endpoint: str
+    kafka_endpoint: str | None = None
+    broker_id: int = COORDINATOR_BROKER_ID
+
+
+def find_coordinator(
+    event: FindCoordinator, endpoint: str, kafka_endpoint: str | None
+) -> FindCoordinatorAnswer:
+    """The one rule for FindCoordinator, wherever it is asked: every group has the one
+    coordinator; transactional ids have none until kvlog has transactions."""
+    if event.key_type == TRANSACTION_KEY:
+        raise UnsupportedVersionError(
+            "kvlog has no transactions yet: a transactional producer (transactional.id) "
+            "cannot find a transaction coordinator; use an idempotent producer"
+        )
+    if event.key_type != GROUP_KEY:
+        raise UnsupportedVersionError(f"unknown coordinator key type {event.key_type}")
+    return FindCoordinatorAnswer(endpoint, kafka_endpoint)
 
 
 @dataclass(slots=True)
@@ -230,12 +323,15 @@ class HostedPartition:
 @dataclass(slots=True)
 class NodeAssignment:
     """What a node must apply: every partition it hosts, deleted topics' ids (tombstones)
-    and the live nodes' endpoints."""
+    and the live nodes' endpoints; for a node's Kafka listener, the live nodes' Kafka
+    endpoints and the coordinator's."""
 
     version: int
     partitions: list[HostedPartition]
     deleted_topic_ids: list[str]
     nodes: list[tuple[int, str]]
+    kafka_nodes: list[tuple[int, str]] = field(default_factory=list)
+    coordinator_kafka: str | None = None
 
 
 @dataclass(slots=True)
@@ -256,6 +352,13 @@ class IsrAnswer:
     leader: int
     leader_epoch: int
     isr: list[int]
+    version: int
+
+
+@dataclass(slots=True)
+class ChangeValidated:
+    """A ``validate_only`` admin change that would succeed (nothing was changed)."""
+
     version: int
 
 

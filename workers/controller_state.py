@@ -93,6 +93,7 @@ class NodeInfo:
     applied_version: int = -1
     pid: int = 0
     alive: bool = True
+    kafka_endpoint: str | None = None
 
 
 @dataclass
@@ -162,7 +163,10 @@ class ControllerState:
         replication_factor: int,
         config: dict[str, Any] | None,
         now_ms: int,
+        *,
+        validate_only: bool = False,
     ) -> TopicMetadata:
+        """Create a topic; ``validate_only``: make every check, change nothing."""
         check_topic_name(name)
         if not 1 <= partitions <= MAX_PARTITIONS_PER_TOPIC:
             raise InvalidPartitionsError(
@@ -191,10 +195,13 @@ class ControllerState:
             config=overrides,
             created_ms=now_ms,
         )
+        if validate_only:
+            with self.store.reader() as r:
+                self._check_absent(r, name)
+            return meta
 
         def write(w: WriteTxn) -> None:
-            if get_topic(w, name) is not None:
-                raise TopicAlreadyExistsError(f"topic {name!r} exists already")
+            self._check_absent(w, name)
             put_topic(w, meta)
             for p, replicas in enumerate(meta.replicas):
                 self._put_state(
@@ -207,6 +214,11 @@ class ControllerState:
         # partition would have no leader until some node's liveness changed.
         self.reelect()
         return meta
+
+    @staticmethod
+    def _check_absent(r: ReadTxn, name: str) -> None:
+        if get_topic(r, name) is not None:
+            raise TopicAlreadyExistsError(f"topic {name!r} exists already")
 
     def _put_state(self, w: WriteTxn, tp: TopicPartition, state: PartitionState) -> None:
         w.put(PARTITION_STATES_TABLE, partition_key(tp), state.encode())
@@ -230,17 +242,29 @@ class ControllerState:
         log.info("deleted topic %s", name)
         return meta
 
-    def create_partitions(self, name: str, total: int) -> tuple[TopicMetadata, int]:
-        """Grow a topic to ``total`` partitions; returns it and the old count."""
+    def create_partitions(
+        self, name: str, total: int, *, validate_only: bool = False
+    ) -> tuple[TopicMetadata, int]:
+        """Grow a topic to ``total`` partitions; returns it and the old count.
+        ``validate_only``: make every check, change nothing."""
+
+        def check(r: ReadTxn) -> TopicMetadata:
+            meta = self._require(r, name)
+            if total <= meta.partitions or total > MAX_PARTITIONS_PER_TOPIC:
+                raise InvalidPartitionsError(
+                    f"topic {name!r} has {meta.partitions} partitions; the new count must be "
+                    f"larger (and at most {MAX_PARTITIONS_PER_TOPIC}): partitions never shrink"
+                )
+            return meta
+
+        if validate_only:
+            with self.store.reader() as r:
+                meta = check(r)
+            return meta, meta.partitions
 
         def write(w: WriteTxn) -> tuple[TopicMetadata, int]:
-            meta = self._require(w, name)
+            meta = check(w)
             old = meta.partitions
-            if total <= old or total > MAX_PARTITIONS_PER_TOPIC:
-                raise InvalidPartitionsError(
-                    f"topic {name!r} has {old} partitions; the new count must be larger "
-                    f"(and at most {MAX_PARTITIONS_PER_TOPIC}): partitions never shrink"
-                )
             seed = sum(name.encode()) % len(self.node_ids)
             added = self._place_replicas(old, total - old, meta.replication_factor, seed)
             meta.replicas.extend(added)
@@ -257,21 +281,38 @@ class ControllerState:
         self.reelect()  # as for a new topic: no dead node leads a new partition
         return result
 
-    def alter_topic_config(self, name: str, changes: dict[str, Any]) -> TopicMetadata:
-        """Set the given config keys; a value of None removes the override."""
+    def alter_topic_config(
+        self,
+        name: str,
+        changes: dict[str, Any],
+        *,
+        replace: bool = False,
+        validate_only: bool = False,
+    ) -> TopicMetadata:
+        """Set the given config keys; a value of None removes the override. ``replace``:
+        the overrides become exactly ``changes`` (Kafka's AlterConfigs). ``validate_only``:
+        make every check, change nothing."""
         removals = [k for k, v in changes.items() if v is None]
         for key in removals:
             if key not in TOPIC_CONFIG:
                 raise unknown_name_error(key, TOPIC_CONFIG, "topic config")
         updates = validate_topic_config({k: v for k, v in changes.items() if v is not None})
 
-        def write(w: WriteTxn) -> TopicMetadata:
-            meta = self._require(w, name)
-            config = dict(meta.config)
+        def change(r: ReadTxn) -> TopicMetadata:
+            meta = self._require(r, name)
+            config = {} if replace else dict(meta.config)
             config.update(updates)
             for key in removals:
                 config.pop(key, None)
             meta.config = config
+            return meta
+
+        if validate_only:
+            with self.store.reader() as r:
+                return change(r)
+
+        def write(w: WriteTxn) -> TopicMetadata:
+            meta = change(w)
             put_topic(w, meta)
             return meta
 
@@ -314,7 +355,7 @@ class ControllerState:
 
     def node_entries(self) -> list[NodeEntry]:
         return [
-            NodeEntry(n.node_id, n.endpoint, n.alive)
+            NodeEntry(n.node_id, n.endpoint, n.alive, n.kafka_endpoint)
             for n in sorted(self.nodes.values(), key=lambda n: n.node_id)
         ]
 
@@ -357,6 +398,7 @@ class ControllerState:
         now_ms: int,
         *,
         offline: bool = False,
+        kafka_endpoint: str | None = None,
     ) -> NodeInfo:
         node = self.nodes.get(node_id)
         if offline:
@@ -371,11 +413,19 @@ class ControllerState:
             node.last_heartbeat_ms = now_ms
             node.applied_version = applied_version
             return node
-        if node is None or node.endpoint != endpoint or node.pid != pid or not node.alive:
+        if (
+            node is None
+            or node.endpoint != endpoint
+            or node.kafka_endpoint != kafka_endpoint
+            or node.pid != pid
+            or not node.alive
+        ):
             log.info(
                 "node %d registered at %s (pid %d, log dir %s)", node_id, endpoint, pid, log_dir
             )
-            node = self.nodes[node_id] = NodeInfo(node_id, endpoint, log_dir, now_ms, pid=pid)
+            node = self.nodes[node_id] = NodeInfo(
+                node_id, endpoint, log_dir, now_ms, pid=pid, kafka_endpoint=kafka_endpoint
+            )
             if not self.reelect():
                 self.bump()  # who is alive is part of the metadata
         node.last_heartbeat_ms = now_ms

@@ -19,7 +19,7 @@ from typing import Any
 import zmq
 
 from kvlog import clock
-from kvlog.errors import InvalidRequestError
+from kvlog.errors import InvalidConfigError, InvalidRequestError
 from kvlog.ipc.wire import INT32_MAX, Request, check_int, check_str
 from kvlog.lmdb_store import LogDir
 from kvlog.types import TopicPartition, check_partition
@@ -27,6 +27,7 @@ from kvlog.types import TopicPartition, check_partition
 from .acl import AclEntry
 from .controller_core import ControllerConfig
 from .controller_events import (
+    COORDINATOR_BROKER_ID,
     AclAdd,
     AclList,
     AclRemove,
@@ -48,8 +49,10 @@ from .core_ids import seeded_ids
 from .group_core import seeded_member_ids
 from .group_model import GroupConfig
 from .group_shell import GroupOps
+from .kafka_handlers import HANDLERS
+from .kafka_shell import KafkaShell, broker_config_entries
 from .security import ServerSecurity
-from .settings import CoordinatorSettings
+from .settings import CoordinatorSettings, ServerSettings
 from .zmq_core_shell import CoreShell
 from .zmq_replies import Fields
 from .zmq_server import Server
@@ -62,7 +65,7 @@ def _names(req: Request, max_len: int = 1 << 16) -> list[str] | None:
     return [check_str(t, "topics[]", max_len=max_len) for t in req.list("topics")]
 
 
-class CoordinatorServer(GroupOps, CoreShell, Server):
+class CoordinatorServer(GroupOps, KafkaShell, CoreShell, Server):
     name = "coordinator"
 
     def __init__(
@@ -72,9 +75,23 @@ class CoordinatorServer(GroupOps, CoreShell, Server):
         settings: CoordinatorSettings,
         store: LogDir,
         security: ServerSecurity | None = None,
+        server_settings: ServerSettings | None = None,
     ) -> None:
         super().__init__(ctx, router, security)
         self.settings = settings
+        if COORDINATOR_BROKER_ID in settings.node_ids:
+            raise InvalidConfigError(
+                f"node id {COORDINATOR_BROKER_ID} is the coordinator's Kafka broker id; "
+                "give that log dir another node.id"
+            )
+        server_settings = server_settings or ServerSettings()
+        # The Kafka listener first: the core hands out its address.
+        kafka_endpoint = self.start_kafka(
+            server_settings,
+            HANDLERS,
+            broker_id=COORDINATOR_BROKER_ID,
+            config=broker_config_entries(settings, server_settings),
+        )
         self.core = CoordinatorCore(
             store,
             ControllerConfig(
@@ -82,6 +99,11 @@ class CoordinatorServer(GroupOps, CoreShell, Server):
                 node_timeout_ms=settings.node_timeout_ms,
                 admin_apply_timeout_ms=settings.admin_apply_timeout_ms,
                 leader_imbalance_check_interval_ms=settings.leader_imbalance_check_interval_ms,
+                auto_create_topics_enable=settings.auto_create_topics_enable,
+                num_partitions=settings.num_partitions,
+                default_replication_factor=settings.default_replication_factor,
+                kafka_endpoint=kafka_endpoint,
+                acls_enabled=security is not None,
             ),
             GroupConfig(
                 min_session_timeout_ms=settings.group_min_session_timeout_ms,
@@ -106,6 +128,7 @@ class CoordinatorServer(GroupOps, CoreShell, Server):
             log_dir=req.str("log_dir"),
             pid=req.int("pid", 0),
             offline=req.bool("offline", False),
+            kafka_endpoint=req.opt_str("kafka_endpoint", max_len=1024),
         )
         return self.call(peer, req.id, event)
 
@@ -129,7 +152,8 @@ class CoordinatorServer(GroupOps, CoreShell, Server):
     # -- metadata --------------------------------------------------------------------------
 
     def op_metadata(self, req: Request, peer: bytes) -> Fields | None:
-        return self.call(peer, req.id, Metadata(_names(req, max_len=4096)))
+        event = Metadata(_names(req, max_len=4096), req.bool("allow_auto_create", False))
+        return self.call(peer, req.id, event)
 
     def op_watch_metadata(self, req: Request, peer: bytes) -> Fields | None:
         event = WatchMetadata(req.int("version", -1), req.int("wait_ms", 1000, low=0, high=60_000))

@@ -92,6 +92,9 @@ class GroupAdminCore:
                     m.instance_id,
                     m.client_id,
                     m.assigned or assigned_partitions(group, m),
+                    m.client_host,
+                    m.metadata_for(group.protocol) if group.protocol else b"",
+                    m.assignment,
                 )
                 for m in group.members.values()
             ],

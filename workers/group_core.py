@@ -310,6 +310,7 @@ class GroupCoordinator(GroupTransitions):
                 ev.server_assignor,
                 list(ev.topics),
                 list(ev.owned),
+                client_host=ev.client_host,
             )
             group.members[member_id] = member
             if instance_id:
@@ -402,6 +403,7 @@ class GroupCoordinator(GroupTransitions):
             )
         member = old
         member.client_id = ev.client_id
+        member.client_host = ev.client_host
         member.protocols = protocols
         member.server_assignor = ev.server_assignor
         member.topics = list(ev.topics)

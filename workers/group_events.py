@@ -43,6 +43,7 @@ class JoinGroup:
     topics: list[str] = field(default_factory=list)
     owned: list[TopicPartition] = field(default_factory=list)
     require_known_member_id: bool = False
+    client_host: str = ""  # where the member connects from, as DescribeGroups shows it
 
 
 @dataclass(slots=True)
@@ -215,10 +216,17 @@ class ListGroupsAnswer:
 
 @dataclass(slots=True)
 class DescribedMember:
+    """``assignment``: the partitions its assignment bytes name (decoded in either consumer
+    protocol format); ``metadata`` (its subscription for the group's protocol) and
+    ``assignment_bytes`` as the members exchanged them."""
+
     member_id: str
     instance_id: str | None
     client_id: str
     assignment: list[TopicPartition]
+    client_host: str = ""
+    metadata: bytes = b""
+    assignment_bytes: bytes = b""
 
 
 @dataclass(slots=True)

@@ -74,6 +74,7 @@ class Member:
     # A parked (long-poll) heartbeat and when its wait ends; never persisted.
     heartbeat_token: Any = None
     heartbeat_deadline_ms: int = 0
+    client_host: str = ""
 
     def metadata_for(self, protocol: str) -> bytes:
         for name, meta in self.protocols:
@@ -152,6 +153,7 @@ class Group:
                         "topics": m.topics,
                         "assignment": m.assignment,
                         "assigned": [[tp.topic, tp.partition] for tp in m.assigned],
+                        "client_host": m.client_host,
                     }
                     for m in self.members.values()
                 ],
@@ -183,6 +185,7 @@ class Group:
                 assignment=m["assignment"],
                 assigned=[TopicPartition(t, p) for t, p in m.get("assigned", [])],
                 deadline_ms=now_ms + m["session_timeout_ms"],
+                client_host=m.get("client_host", ""),
             )
             group.members[member.member_id] = member
             if member.instance_id:

@@ -223,6 +223,11 @@ class KafkaListener:
         self._service(client)
         return client.id in self._clients
 
+    def peer_of(self, token: KafkaToken) -> str | None:
+        """The ``host:port`` a request's connection comes from (None: it is gone)."""
+        client = self._clients.get(token.connection_id)
+        return None if client is None else client.peer
+
     def close_connection(self, token: KafkaToken, reason: str) -> None:
         """Close a request's connection (Kafka's answer to a failed acks=0 produce)."""
         client = self._clients.get(token.connection_id)

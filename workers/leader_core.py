@@ -1,80 +1,86 @@
-"""The partition leader's logic, without sockets: group commit, reads, replication.
+"""The partition leader's logic, without sockets: group commit, acks, ISR, offsets.
 
-One :class:`LeaderCore` per node process, over that node's log store. The node shell
-feeds it whole requests and asks it to commit once per loop turn; the core decides what
-is written and what each request is answered. Per-batch work only: it checks batch
-headers and CRCs and never decodes records (except one batch for a timestamp lookup).
+One :class:`LeaderCore` per node process, over that node's log store. Per-batch work
+only: it checks batch headers and CRCs and never decodes records (except one batch for a
+timestamp lookup).
 
-Group commit: :meth:`stage_produce` validates a request's batches and queues them;
+Group commit: :meth:`produce` validates a request's batches and queues them;
 :meth:`commit` writes every queued batch of every queued request in ONE write
-transaction (one fsync) together with the producer-state rows.
+transaction (one fsync) together with the producer-state rows, then decides the replies.
+The write (:meth:`_write`) and the decisions after it (:meth:`_complete`) are separate
+steps, so the write can later move to a committer thread.
+
+Replies to produce requests: acks=1 (and acks=all on a partition without followers) once
+the commit is durable; acks=all once the high watermark passes the request's last batch
+(every in-sync replica has it), or its ``timeout_ms`` ran out, or leadership moved;
+acks=0 never (an ``UNANSWERED`` reply tells the shell the request is finished). A request
+is answered when its last batch is decided.
 
 Replication: for each partition this node leads, a
-:class:`~workers.replication_core.LeaderReplica` tracks followers (their fetch offsets are
-their acknowledgements), the ISR and the high watermark. An ``acks=all`` item waits
-until the high watermark passes it; a request is answered once all its items are
-decided. Consumers read below the high watermark, followers up to the log end offset,
-after a divergence check on their last fetched epoch (Kafka's KIP-595 style).
+:class:`~workers.replication_core.LeaderReplica` tracks followers (their fetch offsets,
+recorded by the fetch path, are their acknowledgements), the ISR and the high watermark.
+The leader asks the coordinator for ISR changes (``alter_isr`` sends, at most one in
+flight per partition, checked every ``ISR_CHECK_INTERVAL_MS``); moved high watermarks
+are persisted with the next commit or every ``HW_FLUSH_INTERVAL_MS``; idle idempotent
+producers are forgotten every ``PRODUCER_EXPIRY_CHECK_MS``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kvlog import batch as batch_format
 from kvlog import epochs
 from kvlog.batch import BatchHeader
 from kvlog.errors import (
-    ErrorCode,
-    FencedLeaderEpochError,
     KvlogError,
     MessageSizeTooLargeError,
     NotLeaderOrFollowerError,
-    OffsetOutOfRangeError,
     StorageError,
-    UnknownLeaderEpochError,
     UnknownServerError,
     UnknownTopicOrPartitionError,
 )
+from kvlog.ipc.acks import ACKS_ALL, answers_produce
 from kvlog.log import LogStore, WriteTxn
-from kvlog.producer_state import ProducerStateTable, delete_partition_state
-from kvlog.topic_config import effective_topic_config
-from kvlog.types import PartitionOffsets, TopicPartition, partition_key
+from kvlog.producer_state import ProducerStateTable, delete_partition_state, delete_producer
+from kvlog.types import TopicPartition, partition_key
 
+from .core_result import Result, Send
+from .log_dir_core import LogDirHealth
+from .node_model import (
+    COORDINATOR,
+    UNANSWERED,
+    Answer,
+    HostedPartition,
+    Produce,
+    ProducedPartition,
+    ProduceResponse,
+    Unanswered,
+    earliest,
+)
 from .replication_core import DEFAULT_REPLICA_LAG_TIME_MAX_MS, LeaderReplica
 
 log = logging.getLogger(__name__)
 
-LATEST_TIMESTAMP = -1
-EARLIEST_TIMESTAMP = -2
 TOPIC_IDS_TABLE = "topic_ids"
+DEFAULT_MESSAGE_MAX_BYTES = 100 << 20
+ISR_CHECK_INTERVAL_MS = 250
+HW_FLUSH_INTERVAL_MS = 200
+PRODUCER_EXPIRY_CHECK_MS = 600_000
+ALTER_ISR_TIMEOUT_MS = 5000
 
 
-@dataclass
-class HostedPartition:
-    """What this node knows about a partition it holds (from the coordinator)."""
+@dataclass(frozen=True, slots=True)
+class IsrChange:
+    """Token of an ``alter_isr`` send: its answer comes back to :meth:`on_isr_answer`."""
 
     tp: TopicPartition
-    topic_id: str
-    leader_id: int
-    leader_epoch: int
-    replicas: list[int]
-    config: dict[str, Any] = field(default_factory=dict)
-    isr: list[int] = field(default_factory=list)
-
-    @property
-    def max_message_bytes(self) -> int:
-        return int(effective_topic_config(self.config)["max.message.bytes"])
-
-    @property
-    def min_insync_replicas(self) -> int:
-        return int(effective_topic_config(self.config)["min.insync.replicas"])
 
 
-@dataclass
+@dataclass(slots=True)
 class ProduceItem:
     tp: TopicPartition
     batch: bytes | memoryview | None
@@ -82,94 +88,64 @@ class ProduceItem:
     error: KvlogError | None = None
     base_offset: int = -1
     log_start_offset: int = -1
-    duplicate: bool = False
 
-    def result(self) -> dict[str, Any]:
-        if self.error is not None:
-            return {"error": int(self.error.code), "message": self.error.message}
-        return {
-            "error": 0,
-            "base_offset": self.base_offset,
-            "log_start_offset": self.log_start_offset,
-        }
+    def outcome(self) -> ProducedPartition:
+        return ProducedPartition(self.tp, self.error, self.base_offset, self.log_start_offset)
 
 
-@dataclass
+@dataclass(slots=True)
 class StagedProduce:
-    """One produce request waiting for the next group commit."""
+    """One produce request from staging until its reply."""
 
     token: Any
     acks: int
     items: list[ProduceItem]
     timeout_ms: int = 30_000
+    request_bytes: int = 0
     pending: int = 0  # acks=all items still waiting for replication
 
-    def results(self) -> list[dict[str, Any]]:
-        return [item.result() for item in self.items]
-
-
-@dataclass
-class FetchPartition:
-    tp: TopicPartition
-    offset: int
-    max_bytes: int
-    last_fetched_epoch: int = -1  # replica fetches: the epoch of the follower's last batch
-    leader_epoch: int = -1  # the leader epoch the fetcher believes in (-1: any)
-
-
-@dataclass
-class FetchedPartition:
-    tp: TopicPartition
-    error: KvlogError | None = None
-    high_watermark: int = -1
-    log_start_offset: int = -1
-    log_end_offset: int = -1
-    batches: list[tuple[int, bytes]] = field(default_factory=list)
-    diverging: tuple[int, int] | None = None  # (epoch, end offset) the follower must cut to
-
-    @property
-    def size(self) -> int:
-        return sum(len(b) for _, b in self.batches)
-
-    def header(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "topic": self.tp.topic,
-            "partition": self.tp.partition,
-            "error": 0 if self.error is None else int(self.error.code),
-            "high_watermark": self.high_watermark,
-            "log_start_offset": self.log_start_offset,
-            "bases": [base for base, _ in self.batches],
-        }
-        if self.error is not None:
-            out["message"] = self.error.message
-        if self.log_end_offset >= 0:
-            out["log_end_offset"] = self.log_end_offset
-        if self.diverging is not None:
-            out["diverging_epoch"] = {"epoch": self.diverging[0], "end_offset": self.diverging[1]}
-        return out
+    def response(self) -> ProduceResponse | Unanswered:
+        if not answers_produce(self.acks):
+            return UNANSWERED
+        return ProduceResponse([item.outcome() for item in self.items], self.request_bytes)
 
 
 class LeaderCore:
-    """Owned by one node's loop; not thread-safe."""
+    """Owned by one node's loop (with the fetch and follower cores, which share its
+    store, hosted partitions and producer state); not thread-safe."""
 
     def __init__(
         self,
         node_id: int,
         store: LogStore,
         *,
+        health: LogDirHealth | None = None,
         lag_time_max_ms: int = DEFAULT_REPLICA_LAG_TIME_MAX_MS,
+        message_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES,
+        producer_id_expiration_ms: int = 86_400_000,
     ) -> None:
         self.node_id = node_id
         self.store = store
+        self.health = health or LogDirHealth(f"node {node_id}", "?")
         self.lag_time_max_ms = lag_time_max_ms
+        self.message_max_bytes = message_max_bytes
+        self.producer_id_expiration_ms = producer_id_expiration_ms
         self.hosted: dict[TopicPartition, HostedPartition] = {}
         self.leaders: dict[TopicPartition, LeaderReplica] = {}
         self.producers = ProducerStateTable()
         self._staged: list[StagedProduce] = []
-        self.touched: set[TopicPartition] = set()
-        self.hw_dirty: set[TopicPartition] = set()
-        self.decided: list[StagedProduce] = []  # acks=all requests whose last item settled
-        self.storage_failed = False  # a write failed: the node takes its log dir offline
+        self._decided: list[StagedProduce] = []  # acks=all requests whose last item settled
+        self._touched: set[TopicPartition] = set()  # readable data moved: wake long polls
+        self._hw_dirty: set[TopicPartition] = set()  # high watermarks not persisted yet
+        self._waiting: set[TopicPartition] = set()  # partitions with acks=all waiters
+        self._isr_in_flight: dict[TopicPartition, LeaderReplica] = {}
+        self._isr_watch = False  # some led partition has followers: check the ISR
+        self._next_isr_check_ms = 0
+        self._next_hw_flush_ms = 0
+        self._next_producer_expiry_ms: int | None = None
+
+    def start(self, now_ms: int) -> None:
+        self._next_producer_expiry_ms = now_ms + PRODUCER_EXPIRY_CHECK_MS
 
     # -- assignment ------------------------------------------------------------------------
 
@@ -178,9 +154,10 @@ class LeaderCore:
         partitions: Iterable[HostedPartition],
         deleted_topic_ids: Iterable[str] = (),
         now_ms: int = 0,
-    ) -> None:
+    ) -> Result:
         """Host exactly what the coordinator assigned; drop deleted topics' partitions;
-        take up or give up leaderships.
+        take up or give up leaderships (acks=all requests waiting on a partition given up
+        fail with NOT_LEADER_OR_FOLLOWER: the Result answers those now complete).
 
         A local partition whose stored topic id differs from the assignment's belongs to
         an older topic of the same name: its data is dropped and it starts empty. A new
@@ -264,10 +241,11 @@ class LeaderCore:
                 else:
                     replica.replicas = list(hosted.replicas)
                     replica.min_insync_replicas = hosted.min_insync_replicas
-                    if replica.pending_isr is None or sorted(hosted.isr) == sorted(
+                    settled = replica.pending_isr is None or sorted(hosted.isr) == sorted(
                         replica.pending_isr
-                    ):
-                        replica.isr_applied(hosted.isr or [self.node_id])
+                    )
+                    if settled and replica.isr_applied(hosted.isr or [self.node_id]):
+                        self._hw_moved(tp)
         strays = local - set(assigned) - set(changed)
         if strays:
             log.warning(
@@ -275,6 +253,13 @@ class LeaderCore:
                 self.node_id,
                 ", ".join(sorted(map(str, strays))),
             )
+        self._update_isr_watch()
+        self._poll_waiters(now_ms)  # ISRs changed: acks=all waits may be decided
+        return self.take_decided().wake_at(self.next_deadline_ms())
+
+    def _update_isr_watch(self) -> None:
+        me = [self.node_id]
+        self._isr_watch = any(r.followers or r.isr != me for r in self.leaders.values())
 
     def _hosted(self, tp: TopicPartition) -> HostedPartition:
         hosted = self.hosted.get(tp)
@@ -282,7 +267,8 @@ class LeaderCore:
             raise UnknownTopicOrPartitionError(f"node {self.node_id} does not host {tp}")
         return hosted
 
-    def _leader_for(self, tp: TopicPartition) -> LeaderReplica:
+    def leader_for(self, tp: TopicPartition) -> LeaderReplica:
+        """This node's replica state of ``tp``; raises if it does not lead it."""
         replica = self.leaders.get(tp)
         if replica is None:
             hosted = self._hosted(tp)
@@ -294,19 +280,23 @@ class LeaderCore:
 
     # -- produce ---------------------------------------------------------------------------
 
-    def stage_produce(
-        self,
-        token: Any,
-        acks: int,
-        entries: list[tuple[TopicPartition, bytes | memoryview]],
-        timeout_ms: int = 30_000,
-    ) -> StagedProduce:
-        """Validate a request's batches (header, CRC, size, leadership, enough in-sync
-        replicas for acks=all) and queue them."""
+    def produce(self, request: Produce, now_ms: int = 0) -> Result:
+        """Validate a request (its size; per batch the header, CRC, size, leadership,
+        enough in-sync replicas for acks=all) and queue it for the next :meth:`commit`.
+        Only a request refused as a whole is answered at once."""
+        total = sum(len(batch) for _, batch in request.entries)
+        if total > self.message_max_bytes:
+            return Result().fail(
+                request.token,
+                MessageSizeTooLargeError(
+                    f"produce request of {total} bytes exceeds the broker's message.max.bytes="
+                    f"{self.message_max_bytes}; send smaller requests (max.request.size)"
+                ),
+            )
         items = []
-        for tp, batch in entries:
+        for tp, batch in request.entries:
             try:
-                replica = self._leader_for(tp)
+                replica = self.leader_for(tp)
                 hosted = self.hosted[tp]
                 if len(batch) > hosted.max_message_bytes:
                     raise MessageSizeTooLargeError(
@@ -314,102 +304,111 @@ class LeaderCore:
                         f"{hosted.max_message_bytes}; lower batch.size or raise the topic's "
                         "max.message.bytes"
                     )
-                if acks == -1:
+                if request.acks == ACKS_ALL:
                     replica.check_enough_replicas()
                 header = batch_format.validate(batch)
             except KvlogError as exc:
                 items.append(ProduceItem(tp, None, None, exc))
                 continue
             items.append(ProduceItem(tp, batch, header))
-        staged = StagedProduce(token, acks, items, timeout_ms)
-        self._staged.append(staged)
-        return staged
+        self._staged.append(
+            StagedProduce(request.token, request.acks, items, request.timeout_ms, total)
+        )
+        return Result()
 
     @property
     def has_staged(self) -> bool:
         return bool(self._staged)
 
-    def commit(self, now_ms: int = 0) -> list[StagedProduce]:
-        """Write every staged batch (and dirty high watermarks) in one durable
-        transaction; returns the requests that can be answered now. acks=all requests
-        on replicated partitions come back later, through :attr:`decided`."""
+    def commit(self, now_ms: int) -> Result:
+        """Write every staged batch (and moved high watermarks) in one durable
+        transaction; answer what that decides, and acks=all requests that replication
+        or time decided since."""
         staged, self._staged = self._staged, []
-        if not staged:
-            return []
+        if staged:
+            try:
+                written = self.store.write(lambda w: self._write(w, staged))
+            except Exception as exc:  # nothing was written: every staged item fails alike
+                self._fail(staged, exc)
+                return self._answer(staged).extend(self.take_decided())
+            return self._complete(staged, written, now_ms)
+        return self.take_decided()
+
+    def _write(self, w: WriteTxn, staged: list[StagedProduce]) -> Any:
+        """The commit's one transaction (no side effects outside it: it may run twice)."""
         leaders = self.leaders
+        stage = self.producers.stage()
+        outcome: list[tuple[ProduceItem, int, bool, KvlogError | None]] = []
+        for request in staged:
+            for item in request.items:
+                if item.error is not None or item.header is None or item.batch is None:
+                    continue
+                replica = leaders.get(item.tp)
+                if replica is None:
+                    # Leadership moved between staging and this commit.
+                    moved = NotLeaderOrFollowerError(
+                        f"node {self.node_id} stopped leading {item.tp} before the "
+                        "write; refresh metadata and retry"
+                    )
+                    outcome.append((item, -1, False, moved))
+                    continue
+                try:
+                    duplicate_of = stage.check(item.tp, item.header)
+                except KvlogError as exc:
+                    outcome.append((item, -1, False, exc))
+                    continue
+                if duplicate_of is not None:
+                    outcome.append((item, duplicate_of, True, None))
+                    continue
+                alone = replica.isr == [self.node_id] and len(replica.replicas) == 1
+                base = w.append(
+                    item.tp,
+                    [item.batch],
+                    leader_epoch=replica.leader_epoch,
+                    advance_high_watermark=alone,
+                )[0]
+                stage.record(w, item.tp, item.header, base)
+                outcome.append((item, base, False, None))
+        self._write_high_watermarks(w)
+        offsets = {o[0].tp: w.offsets(o[0].tp) for o in outcome if o[0].tp in leaders}
+        return stage, outcome, offsets
 
-        def write(w: WriteTxn) -> Any:
-            stage = self.producers.stage()
-            outcome: list[tuple[ProduceItem, int, bool, KvlogError | None]] = []
-            for request in staged:
-                for item in request.items:
-                    if item.error is not None or item.header is None or item.batch is None:
-                        continue
-                    replica = leaders.get(item.tp)
-                    if replica is None:
-                        # Leadership moved between staging and this commit.
-                        moved = NotLeaderOrFollowerError(
-                            f"node {self.node_id} stopped leading {item.tp} before the "
-                            "write; refresh metadata and retry"
-                        )
-                        outcome.append((item, -1, False, moved))
-                        continue
-                    try:
-                        duplicate_of = stage.check(item.tp, item.header)
-                    except KvlogError as exc:
-                        outcome.append((item, -1, False, exc))
-                        continue
-                    if duplicate_of is not None:
-                        outcome.append((item, duplicate_of, True, None))
-                        continue
-                    alone = replica.isr == [self.node_id] and len(replica.replicas) == 1
-                    base = w.append(
-                        item.tp,
-                        [item.batch],
-                        leader_epoch=replica.leader_epoch,
-                        advance_high_watermark=alone,
-                    )[0]
-                    stage.record(w, item.tp, item.header, base)
-                    outcome.append((item, base, False, None))
-            self._write_high_watermarks(w)
-            offsets = {o[0].tp: w.offsets(o[0].tp) for o in outcome if o[0].tp in leaders}
-            return stage, outcome, offsets
+    def _fail(self, staged: list[StagedProduce], exc: Exception) -> None:
+        if not isinstance(exc, KvlogError):
+            log.exception("node %d: group commit failed", self.node_id)
+            exc = UnknownServerError(f"group commit failed: {type(exc).__name__}: {exc}")
+        else:
+            log.error("node %d: group commit failed: %s", self.node_id, exc.message)
+            if isinstance(exc, StorageError):
+                self.health.write_failed()
+        for request in staged:
+            for item in request.items:
+                if item.error is None:
+                    item.error = exc
 
-        try:
-            stage, outcome, offsets = self.store.write(write)
-        except Exception as exc:  # nothing was written: every staged item fails alike
-            if not isinstance(exc, KvlogError):
-                log.exception("node %d: group commit failed", self.node_id)
-                exc = UnknownServerError(f"group commit failed: {type(exc).__name__}: {exc}")
-            else:
-                log.error("node %d: group commit failed: %s", self.node_id, exc.message)
-                if isinstance(exc, StorageError):
-                    self.storage_failed = True
-            for request in staged:
-                for item in request.items:
-                    if item.error is None:
-                        item.error = exc
-            return staged
+    def _complete(self, staged: list[StagedProduce], written: Any, now_ms: int) -> Result:
+        """After the durable write: advance replicas, park acks=all items, answer."""
+        stage, outcome, offsets = written
+        leaders = self.leaders
         stage.apply()
-        self.hw_dirty.clear()
+        self._hw_dirty.clear()
         for tp, state in offsets.items():
             replica = leaders.get(tp)
             if replica is not None:
                 replica.on_local_append(state.log_end_offset)
                 if replica.recompute_high_watermark():
-                    self.hw_dirty.add(tp)
+                    self._hw_dirty.add(tp)
         for item, base, duplicate, error in outcome:
             item.error = error
             item.base_offset = base
-            item.duplicate = duplicate
             if item.tp in offsets:
                 item.log_start_offset = offsets[item.tp].log_start_offset
             if error is None and not duplicate:
-                self.touched.add(item.tp)
+                self._touched.add(item.tp)
         ready = []
-        deadline = now_ms
+        result = Result()
         for request in staged:
-            if request.acks == -1:
+            if request.acks == ACKS_ALL:
                 for item in request.items:
                     if item.error is not None:
                         continue
@@ -419,13 +418,25 @@ class LeaderCore:
                     )
                     if replica is not None and replica.high_watermark < end:
                         request.pending += 1
-                        replica.wait_for(request, end, deadline + request.timeout_ms, item)
+                        deadline = now_ms + request.timeout_ms
+                        replica.wait_for(request, end, deadline, item)
+                        self._waiting.add(item.tp)
+                        result.wake_at(deadline)
             if request.pending == 0:
                 ready.append(request)
-        return ready
+        if self._hw_dirty:
+            result.wake_at(self._next_hw_flush_ms)
+        return self._answer(ready).extend(self.take_decided()).extend(result)
+
+    @staticmethod
+    def _answer(requests: list[StagedProduce]) -> Result:
+        result = Result()
+        for request in requests:
+            result.reply(request.token, request.response())
+        return result
 
     def _write_high_watermarks(self, w: WriteTxn) -> None:
-        for tp in self.hw_dirty:
+        for tp in self._hw_dirty:
             replica = self.leaders.get(tp)
             if replica is None:
                 continue
@@ -434,153 +445,150 @@ class LeaderCore:
             if hw > state.high_watermark:  # never lower it: this commit may have moved it
                 w.set_high_watermark(tp, hw)
 
-    def flush_high_watermarks(self) -> None:
+    def _flush_high_watermarks(self) -> None:
         """Persist moved high watermarks (they are also written with every commit)."""
-        if not self.hw_dirty:
-            return
         try:
             self.store.write(self._write_high_watermarks)
         except KvlogError as exc:
             log.warning("node %d: persisting high watermarks failed: %s", self.node_id, exc)
             return
-        self.hw_dirty.clear()
+        self._hw_dirty.clear()
+
+    # -- acks=all and replication ----------------------------------------------------------
 
     def _settle(self, done: list[tuple[Any, KvlogError | None]]) -> None:
-        """Apply decided acks=all waits to their requests; finished ones go to decided."""
+        """Apply decided acks=all waits to their requests; finished ones are decided."""
         for waiter, error in done:
             request: StagedProduce = waiter.token
             if error is not None and waiter.item is not None:
                 waiter.item.error = error
             request.pending -= 1
             if request.pending == 0:
-                self.decided.append(request)
+                self._decided.append(request)
 
-    def poll_waiters(self, now_ms: int, tps: Iterable[TopicPartition] | None = None) -> None:
+    def _poll_waiters(self, now_ms: int, tps: Iterable[TopicPartition] | None = None) -> None:
         """Settle acks=all waits that replication or time decided."""
-        for tp in self.leaders if tps is None else tps:
+        for tp in list(self._waiting if tps is None else tps):
             replica = self.leaders.get(tp)
             if replica is not None and replica.waiters:
                 self._settle(replica.ready_waiters(now_ms))
+            if replica is None or not replica.waiters:
+                self._waiting.discard(tp)
+
+    def take_decided(self) -> Result:
+        """Replies to the acks=all requests decided since the last call."""
+        decided, self._decided = self._decided, []
+        return self._answer(decided)
+
+    def _hw_moved(self, tp: TopicPartition) -> None:
+        self._hw_dirty.add(tp)
+        self._touched.add(tp)  # consumers waiting below the old high watermark can go on
+
+    def followers_fetched(self, moved: list[TopicPartition], now_ms: int) -> None:
+        """Follower fetches moved these partitions' high watermarks (see the fetch core)."""
+        for tp in moved:
+            self._hw_moved(tp)
+        self._poll_waiters(now_ms, moved)
+
+    def take_touched(self) -> set[TopicPartition]:
+        """Partitions whose readable data moved (appends, high watermarks) since the last
+        call: what parked long polls may now be satisfied by."""
+        touched, self._touched = self._touched, set()
+        return touched
+
+    def _isr_sends(self, now_ms: int) -> list[Send]:
+        out = []
+        for tp, replica in self.leaders.items():
+            # One change in flight per partition, and only one that is sent is pending:
+            # a pending change nobody asked for would hold every later one back.
+            if tp in self._isr_in_flight:
+                continue
+            proposed = replica.proposed_isr(now_ms)
+            if proposed is None:
+                continue
+            replica.pending_isr = proposed
+            self._isr_in_flight[tp] = replica
+            log.info(
+                "node %d: %s asking for ISR %s (now %s)", self.node_id, tp, proposed, replica.isr
+            )
+            fields = {
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "leader": self.node_id,
+                "leader_epoch": replica.leader_epoch,
+                "isr": proposed,
+            }
+            out.append(Send(COORDINATOR, "alter_isr", fields, IsrChange(tp), ALTER_ISR_TIMEOUT_MS))
+        return out
+
+    def on_isr_answer(self, answer: Answer, now_ms: int) -> Result:
+        """The coordinator's answer to an ``alter_isr`` send."""
+        tp = answer.token.tp
+        replica = self._isr_in_flight.pop(tp, None)
+        if replica is None or replica is not self.leaders.get(tp):
+            return Result()  # asked for by a leadership of this node that has ended
+        if answer.fields is None or answer.error is not None:
+            replica.pending_isr = None
+            log.info("node %d: ISR change for %s refused: %s", self.node_id, tp, answer.error)
+            return Result()
+        replica.isr_applied(list(answer.fields.get("isr", replica.isr)))
+        self._update_isr_watch()
+        self._hw_moved(tp)
+        self._poll_waiters(now_ms, [tp])
+        return self.take_decided().wake_at(self.next_deadline_ms())
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> Result:
+        """Time-driven work: acks=all timeouts, ISR checks, high watermark flushes,
+        producer-id expiry."""
+        result = Result()
+        self._poll_waiters(now_ms)
+        result.extend(self.take_decided())
+        if now_ms >= self._next_isr_check_ms:
+            self._next_isr_check_ms = now_ms + ISR_CHECK_INTERVAL_MS
+            result.sends.extend(self._isr_sends(now_ms))
+        expiry = self._next_producer_expiry_ms
+        if expiry is not None and now_ms >= expiry:
+            self._next_producer_expiry_ms = now_ms + PRODUCER_EXPIRY_CHECK_MS
+            self._expire_producers(now_ms)
+        if self._hw_dirty and now_ms >= self._next_hw_flush_ms:
+            self._next_hw_flush_ms = now_ms + HW_FLUSH_INTERVAL_MS
+            self._flush_high_watermarks()
+        return result.wake_at(self.next_deadline_ms())
 
     def next_deadline_ms(self) -> int | None:
-        return min(
-            (d for r in self.leaders.values() if (d := r.next_deadline_ms()) is not None),
-            default=None,
-        )
+        due = [self._next_producer_expiry_ms]
+        for tp in self._waiting:
+            replica = self.leaders.get(tp)
+            if replica is not None:
+                due.append(replica.next_deadline_ms())
+        if self._isr_watch:
+            due.append(self._next_isr_check_ms)
+        if self._hw_dirty:
+            due.append(self._next_hw_flush_ms)
+        return earliest(due)
 
-    def isr_proposals(self, now_ms: int) -> list[tuple[LeaderReplica, list[int]]]:
-        out = []
-        for replica in self.leaders.values():
-            proposed = replica.proposed_isr(now_ms)
-            if proposed is not None:
-                replica.pending_isr = proposed
-                out.append((replica, proposed))
-        return out
+    def _expire_producers(self, now_ms: int) -> None:
+        """Forget idempotent producers idle for producer.id.expiration.ms (Kafka: 1 day)."""
+        expired = self.producers.expire(now_ms, self.producer_id_expiration_ms)
+        if not expired:
+            return
 
-    # -- fetch -----------------------------------------------------------------------------
+        def write(w: WriteTxn) -> None:
+            for tp, producer_id in expired:
+                delete_producer(w, tp, producer_id)
 
-    def fetch(
-        self,
-        partitions: list[FetchPartition],
-        max_bytes: int,
-        *,
-        replica_id: int = -1,
-        now_ms: int = 0,
-    ) -> list[FetchedPartition]:
-        """Read whole batches for each partition: below the high watermark for consumers,
-        up to the log end offset for followers (whose fetch offset acknowledges what they
-        have). The first batch is returned even when larger than the limits."""
-        out = []
-        total = 0
-        moved: list[TopicPartition] = []
-        with self.store.reader() as r:
-            for part in partitions:
-                fetched = FetchedPartition(part.tp)
-                out.append(fetched)
-                try:
-                    replica = self._leader_for(part.tp)
-                    if part.leader_epoch >= 0 and part.leader_epoch != replica.leader_epoch:
-                        if part.leader_epoch < replica.leader_epoch:
-                            raise FencedLeaderEpochError(
-                                f"{part.tp}: fetch for epoch {part.leader_epoch}, leader is at "
-                                f"{replica.leader_epoch}"
-                            )
-                        raise UnknownLeaderEpochError(
-                            f"{part.tp}: fetch for epoch {part.leader_epoch}, leader is at "
-                            f"{replica.leader_epoch}"
-                        )
-                    state = r.offsets(part.tp)
-                    fetched.log_start_offset = state.log_start_offset
-                    fetched.log_end_offset = state.log_end_offset
-                    if replica_id >= 0:
-                        if part.last_fetched_epoch >= 0:
-                            found_epoch, end = epochs.end_offset_for_epoch(
-                                r, part.tp, part.last_fetched_epoch, state.log_end_offset
-                            )
-                            if found_epoch != part.last_fetched_epoch or end < part.offset:
-                                fetched.diverging = (found_epoch, end)
-                                fetched.high_watermark = replica.high_watermark
-                                continue
-                        if part.offset <= state.log_end_offset and replica.on_follower_fetch(
-                            replica_id, part.offset, now_ms
-                        ):
-                            moved.append(part.tp)
-                    fetched.high_watermark = replica.high_watermark
-                    budget = min(part.max_bytes, max_bytes - total)
-                    if budget <= 0 and total:
-                        continue
-                    fetched.batches = r.read(
-                        part.tp,
-                        part.offset,
-                        max(budget, 1),
-                        max_offset=None if replica_id >= 0 else replica.high_watermark,
-                    )
-                    total += fetched.size
-                except KvlogError as exc:
-                    fetched.error = exc
-        if moved:
-            self.hw_dirty.update(moved)
-            self.touched.update(moved)  # consumers waiting below the old HW can go on
-            self.poll_waiters(now_ms, moved)
-        return out
-
-    def offsets(self, tp: TopicPartition) -> PartitionOffsets:
-        self._leader_for(tp)
-        with self.store.reader() as r:
-            return r.offsets(tp)
-
-    def list_offset(self, tp: TopicPartition, timestamp: int) -> tuple[int, int]:
-        """Kafka's ListOffsets: (offset, timestamp). -2 earliest, -1 latest (the high
-        watermark), else the first record with timestamp >= the given one (-1 if none)."""
-        replica = self._leader_for(tp)
-        with self.store.reader() as r:
-            state = r.offsets(tp)
-            hw = replica.high_watermark
-            if timestamp == EARLIEST_TIMESTAMP:
-                return state.log_start_offset, -1
-            if timestamp == LATEST_TIMESTAMP:
-                return hw, -1
-            if timestamp < 0:
-                raise OffsetOutOfRangeError(f"timestamp {timestamp} is not -1, -2 or >= 0")
-            for base, _size, header in r.headers(tp):
-                if base >= hw:
-                    break
-                if header.max_timestamp < timestamp:
-                    continue
-                found = r.read(tp, max(base, state.log_start_offset), 1)
-                for record in batch_format.decode(found[0][1], found[0][0]):
-                    if record.offset >= state.log_start_offset and record.timestamp >= timestamp:
-                        return record.offset, record.timestamp
-        return -1, -1
+        try:
+            self.store.write(write)
+        except KvlogError as exc:
+            log.warning("node %d: could not delete expired producer state: %s", self.node_id, exc)
+        log.info("node %d: expired %d idle producer id(s)", self.node_id, len(expired))
 
 
 __all__ = [
-    "EARLIEST_TIMESTAMP",
-    "LATEST_TIMESTAMP",
-    "ErrorCode",
-    "FetchPartition",
-    "FetchedPartition",
     "HostedPartition",
+    "IsrChange",
     "LeaderCore",
     "StagedProduce",
 ]

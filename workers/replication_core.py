@@ -165,10 +165,11 @@ class LeaderReplica:
             return None
         return out
 
-    def isr_applied(self, isr: list[int]) -> None:
+    def isr_applied(self, isr: list[int]) -> bool:
+        """The controller decided the ISR; returns whether the high watermark moved."""
         self.isr = list(isr)
         self.pending_isr = None
-        self.recompute_high_watermark()
+        return self.recompute_high_watermark()
 
     # -- acks=all -------------------------------------------------------------------------
 

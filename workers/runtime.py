@@ -111,7 +111,12 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
 
             store = LogDir(Path(settings["data_dir"]) / "meta")
             server = CoordinatorServer(
-                ctx, router, CoordinatorSettings(**settings["coordinator"]), store, security
+                ctx,
+                router,
+                CoordinatorSettings(**settings["coordinator"]),
+                store,
+                security,
+                server_settings,
             )
         elif role == "node":
             from .node_shell import NodeServer
@@ -124,7 +129,9 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
             from .broker_shell import BrokerServer
             from .settings import BrokerSettings
 
-            server = BrokerServer(ctx, router, BrokerSettings(**settings["broker"]), security)
+            server = BrokerServer(
+                ctx, router, BrokerSettings(**settings["broker"]), security, server_settings
+            )
         else:
             raise ValueError(f"unknown role {role!r}")
         server.limit_connections(server_settings.max_connections)

@@ -35,6 +35,9 @@ class CoordinatorSettings:
     group_initial_rebalance_delay_ms: int = broker_default("group.initial.rebalance.delay.ms")
     group_max_size: int = broker_default("group.max.size")
     leader_imbalance_check_interval_ms: int = broker_default("leader.imbalance.check.interval.ms")
+    auto_create_topics_enable: bool = broker_default("auto.create.topics.enable")
+    num_partitions: int = broker_default("num.partitions")
+    default_replication_factor: int = broker_default("default.replication.factor")
 
 
 @dataclass

@@ -36,9 +36,13 @@ class PeerLink:
         *,
         name: str,
         options: dict[int, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` (seconds) times requests out: the caller's ``expire(now)`` and
+        :meth:`next_deadline` are on it (a shell on one clock passes its own)."""
         self.endpoint = endpoint
         self.name = name
+        self._clock = clock
         self.socket = ctx.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         for option, value in (options or {}).items():
@@ -63,7 +67,7 @@ class PeerLink:
     ) -> int:
         rid = next(self._ids)
         header = wire.request_header(op, rid, **fields)
-        self._pending[rid] = (callback, time.monotonic() + timeout_ms / 1000)
+        self._pending[rid] = (callback, self._clock() + timeout_ms / 1000)
         try:
             self.socket.send_multipart([wire.encode(header), *frames], flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:

@@ -16,11 +16,13 @@ from typing import Any
 
 from kvlog.errors import ErrorCode, InvalidRequestError, KvlogError
 
-from .broker_core import BrokerPingAnswer, FindCoordinatorAnswer, Forwarded
+from .broker_core import BrokerPingAnswer, Forwarded
 from .controller_events import (
     AclAdded,
     AclListing,
     AclsRemoved,
+    ChangeValidated,
+    FindCoordinatorAnswer,
     IsrAnswer,
     LeadersElected,
     MetadataAnswer,
@@ -186,7 +188,10 @@ def _(body: DeleteGroupsAnswer) -> Fields:
 
 
 def _node(n: NodeEntry) -> Fields:
-    return {"node_id": n.node_id, "endpoint": n.endpoint, "alive": n.alive}
+    fields: Fields = {"node_id": n.node_id, "endpoint": n.endpoint, "alive": n.alive}
+    if n.kafka_endpoint is not None:
+        fields["kafka_endpoint"] = n.kafka_endpoint
+    return fields
 
 
 def _topic(t: TopicEntry | MissingTopic) -> Fields:
@@ -217,19 +222,25 @@ def _topic(t: TopicEntry | MissingTopic) -> Fields:
 
 @encode.register
 def _(body: MetadataAnswer) -> Fields:
-    return {
+    fields: Fields = {
         "version": body.version,
         "nodes": [_node(n) for n in body.nodes],
         "topics": [_topic(t) for t in body.topics],
         "coordinator": body.coordinator,
     }
+    if body.coordinator_kafka is not None:
+        fields["coordinator_kafka_endpoint"] = body.coordinator_kafka
+    return fields
 
 
 def decode_metadata(fields: Fields) -> MetadataAnswer:
     """The coordinator's ``metadata`` / ``watch_metadata`` reply back into its answer (the
     broker keeps it as its cache). Raises InvalidRequestError if it is not one."""
     try:
-        nodes = [NodeEntry(n["node_id"], n["endpoint"], n["alive"]) for n in fields["nodes"]]
+        nodes = [
+            NodeEntry(n["node_id"], n["endpoint"], n["alive"], n.get("kafka_endpoint"))
+            for n in fields["nodes"]
+        ]
         topics: list[TopicEntry | MissingTopic] = []
         for t in fields["topics"]:
             if t.get("error"):
@@ -246,7 +257,13 @@ def decode_metadata(fields: Fields) -> MetadataAnswer:
                     t["name"], t["topic_id"], t["config"], t["replication_factor"], partitions
                 )
             )
-        return MetadataAnswer(fields["version"], nodes, topics, fields.get("coordinator"))
+        return MetadataAnswer(
+            fields["version"],
+            nodes,
+            topics,
+            fields.get("coordinator"),
+            fields.get("coordinator_kafka_endpoint"),
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidRequestError(f"not a metadata reply: {type(exc).__name__}: {exc}") from None
 
@@ -258,7 +275,7 @@ def _(body: MetadataUnchanged) -> Fields:
 
 @encode.register
 def _(body: NodeAssignment) -> Fields:
-    return {
+    fields: Fields = {
         "version": body.version,
         "partitions": [
             {
@@ -276,6 +293,12 @@ def _(body: NodeAssignment) -> Fields:
         "deleted_topic_ids": body.deleted_topic_ids,
         "nodes": [[n, endpoint] for n, endpoint in body.nodes],
     }
+    # Kafka's wire (PROTOCOL.md 3.23): only when there are Kafka listeners to name.
+    if body.kafka_nodes:
+        fields["kafka_nodes"] = [[n, endpoint] for n, endpoint in body.kafka_nodes]
+    if body.coordinator_kafka is not None:
+        fields["coordinator_kafka_endpoint"] = body.coordinator_kafka
+    return fields
 
 
 @encode.register
@@ -296,6 +319,11 @@ def _(body: IsrAnswer) -> Fields:
         "isr": body.isr,
         "version": body.version,
     }
+
+
+@encode.register
+def _(body: ChangeValidated) -> Fields:
+    return {"version": body.version, "validate_only": True}
 
 
 @encode.register

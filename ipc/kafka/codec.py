@@ -40,10 +40,17 @@ with warnings.catch_warnings():
     from kafka.protocol.api_header import RequestHeader
     from kafka.protocol.api_key import ApiKey
     from kafka.protocol.api_message import ApiMessage
+    from kafka.protocol.consumer.metadata import (
+        ConsumerProtocolAssignment,
+        ConsumerProtocolSubscription,
+    )
 
 __all__ = [
     "ApiKey",
     "api_name",
+    "decode_consumer_assignment",
+    "decode_consumer_subscription",
+    "encode_consumer_assignment",
     "decode_request",
     "encode_response",
     "expects_response",
@@ -224,3 +231,40 @@ def _uvarint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# -- Kafka's ConsumerProtocol: what Kafka consumers put in JoinGroup and SyncGroup ----------
+
+TopicPartitions = list[tuple[str, list[int]]]
+
+
+def _decode_data(cls: Any, raw: Buffer) -> Any:
+    try:
+        return cls.decode(bytes(raw))
+    except Exception as exc:  # any decoder failure means bytes that are not one
+        raise ValueError(f"not a Kafka {cls.__name__}: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_consumer_subscription(raw: Buffer) -> tuple[list[str], TopicPartitions, int]:
+    """A Kafka consumer's JoinGroup metadata (ConsumerProtocolSubscription v0-3, newer
+    versions read as v3): ``(topics, owned partitions, generation)``, generation -1 where
+    the version has none. Raises ValueError for bytes that are not one."""
+    sub = _decode_data(ConsumerProtocolSubscription, raw)
+    owned = [(t.topic, list(t.partitions)) for t in (getattr(sub, "owned_partitions", None) or [])]
+    generation = getattr(sub, "generation_id", None)
+    return list(sub.topics or []), owned, -1 if generation is None else generation
+
+
+def decode_consumer_assignment(raw: Buffer) -> TopicPartitions:
+    """A Kafka consumer's SyncGroup assignment (ConsumerProtocolAssignment v0-3): its
+    partitions by topic. Raises ValueError for bytes that are not one."""
+    assignment = _decode_data(ConsumerProtocolAssignment, raw)
+    return [(t.topic, list(t.partitions)) for t in assignment.assigned_partitions or []]
+
+
+def encode_consumer_assignment(partitions: TopicPartitions, version: int = 0) -> bytes:
+    """A ConsumerProtocolAssignment (no user data), as a Kafka consumer reads it."""
+    assignment = ConsumerProtocolAssignment(
+        version=version, assigned_partitions=partitions, user_data=None
+    )
+    return bytes(assignment.encode())

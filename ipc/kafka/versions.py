@@ -74,5 +74,25 @@ class VersionTable:
 SERVED = VersionTable(
     [
         ApiVersionRange(ApiKey.ApiVersions, 0, 2),
+        ApiVersionRange(ApiKey.Metadata, 0, 8),
+        # Groups and offsets (the coordinator process).
+        ApiVersionRange(ApiKey.FindCoordinator, 0, 2),
+        ApiVersionRange(ApiKey.JoinGroup, 0, 5),
+        ApiVersionRange(ApiKey.SyncGroup, 0, 3),
+        ApiVersionRange(ApiKey.Heartbeat, 0, 3),
+        ApiVersionRange(ApiKey.LeaveGroup, 0, 3),
+        ApiVersionRange(ApiKey.OffsetCommit, 2, 7),
+        ApiVersionRange(ApiKey.OffsetFetch, 1, 5),
+        ApiVersionRange(ApiKey.DescribeGroups, 0, 4),
+        ApiVersionRange(ApiKey.ListGroups, 0, 2),
+        ApiVersionRange(ApiKey.DeleteGroups, 0, 1),
+        # Producer ids and admin (the controller: the coordinator process).
+        ApiVersionRange(ApiKey.InitProducerId, 0, 1),
+        ApiVersionRange(ApiKey.CreateTopics, 2, 4),
+        ApiVersionRange(ApiKey.DeleteTopics, 1, 3),
+        ApiVersionRange(ApiKey.CreatePartitions, 0, 1),
+        ApiVersionRange(ApiKey.DescribeConfigs, 1, 3),
+        ApiVersionRange(ApiKey.AlterConfigs, 0, 1),
+        ApiVersionRange(ApiKey.IncrementalAlterConfigs, 0, 1),
     ]
 )

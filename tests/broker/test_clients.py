@@ -18,8 +18,10 @@ import kvlog
 from kvlog import batch as batch_format
 from kvlog.codecs import Codec
 from kvlog.errors import (
+    ErrorCode,
     InvalidConfigError,
     InvalidTimestampError,
+    KvlogError,
     NoOffsetForPartitionError,
     SerializationError,
     TopicAlreadyExistsError,
@@ -475,3 +477,26 @@ def test_a_recreated_topic_starts_empty(broker: Any, admin: Any) -> None:
         with kvlog.Producer(bootstrap_servers=broker.bootstrap) as producer:
             assert producer.send(name, value=b"new").get(timeout=10).offset == 0
     assert [r.value for r in _read(broker, name)] == [b"new"]
+
+
+def test_acl_ops_without_security_are_security_disabled(broker: Any, admin: Any) -> None:
+    # Kafka's answer to ACL requests on a broker without an authorizer: SECURITY_DISABLED,
+    # at the broker (forwarded) and at the coordinator alike.
+    with pytest.raises(KvlogError) as caught:
+        admin.add_acl("alice", "topic", "t", "read")
+    assert caught.value.code is ErrorCode.SECURITY_DISABLED
+    for endpoint in (broker.bootstrap, broker.coordinator_endpoint):
+        client = RawClient(endpoint)
+        try:
+            for op, fields in (
+                (
+                    "acl_add",
+                    {"principal": "a", "resource_type": "topic", "name": "t", "operation": "read"},
+                ),
+                ("acl_remove", {"principal": "a"}),
+                ("acl_list", {}),
+            ):
+                reply, _ = client.request(op, fields)
+                assert reply["error"] == ErrorCode.SECURITY_DISABLED, (endpoint, op, reply)
+        finally:
+            client.close()

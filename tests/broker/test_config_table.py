@@ -45,9 +45,10 @@ def test_each_process_settings_default_to_the_table(process: str) -> None:
     assert cls(**required, **defaults) == cls(**required)
     for key in BROKER_CONFIG.values():
         if process in key.used_by:
-            given = BROKER_CONFIG.complete({key.name: key.default + 1})
+            changed = (not key.default) if isinstance(key.default, bool) else key.default + 1
+            given = BROKER_CONFIG.complete({key.name: changed})
             built = cls(**required, **process_settings(given, process))
-            assert getattr(built, field_name(key)) == key.default + 1, key.name
+            assert getattr(built, field_name(key)) == changed, key.name
 
 
 def test_broker_config_is_checked_and_completed() -> None:

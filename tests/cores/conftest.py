@@ -1,11 +1,11 @@
-"""Fixtures for the core tests."""
+"""The cores' tests share driver and harness modules beside this file; make them
+importable whatever the import mode."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-# The driver modules sit beside this file; make them importable whatever the import mode.
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)

@@ -195,3 +195,39 @@ def test_the_cache_passes_the_coordinators_metadata_on_unchanged() -> None:
     b.cache(decode_metadata(cbor2.loads(cbor2.dumps(sent))))
     answer = encode(b.request("m", BrokerMetadata()).body)
     assert cbor2.dumps(answer) == cbor2.dumps({**sent, "coordinator": ENDPOINT})
+
+
+def test_auto_creation_is_the_coordinators_decision() -> None:
+    b = Broker()
+    b.answer(b.watch(), CoordinatorAnswer(metadata(5, "known")))
+    # Known topics, or auto-creation not allowed: answered from the cache at once.
+    assert b.request("k", BrokerMetadata(["known"], allow_auto_create=True)).error is None
+    body = b.request("n", BrokerMetadata(["new"])).body
+    assert [t.code for t in body.topics] == [EC.UNKNOWN_TOPIC_OR_PARTITION]
+    # Allowed and missing: the coordinator is asked, and its word on "new" is the answer.
+    assert b.request("a", BrokerMetadata(["known", "new"], allow_auto_create=True)) is None
+    [send] = [s for s in b.sends if s.op == "metadata"]
+    assert (send.to, send.fields) == (COORDINATOR, {"topics": ["new"], "allow_auto_create": True})
+    created = MetadataAnswer(6, [], [MissingTopic("new", EC.LEADER_NOT_AVAILABLE)])
+    b.answer(send, CoordinatorAnswer(created))
+    topics = b.replies["a"].body.topics
+    assert [t.name for t in topics] == ["known", "new"]
+    assert isinstance(topics[1], MissingTopic) and topics[1].code is EC.LEADER_NOT_AVAILABLE
+    # No answer in time: the cache's answer stands.
+    b.request("t", BrokerMetadata(["other"], allow_auto_create=True))
+    [send] = [s for s in b.sends if s.op == "metadata"]
+    b.answer(send, CoordinatorAnswer())
+    assert [t.code for t in b.replies["t"].body.topics] == [EC.UNKNOWN_TOPIC_OR_PARTITION]
+
+
+def test_find_coordinator_gives_the_kafka_endpoint_from_the_cache() -> None:
+    b = Broker()
+    answer = metadata(5)
+    answer.coordinator_kafka = "127.0.0.1:9093"
+    b.answer(b.watch(), CoordinatorAnswer(answer))
+    found = b.request("f", FindCoordinator("g")).body
+    assert (found.endpoint, found.kafka_endpoint) == (ENDPOINT, "127.0.0.1:9093")
+    assert b.request("t", FindCoordinator("t", key_type=1)).error.code is EC.UNSUPPORTED_VERSION
+    # The metadata cache round-trips the Kafka endpoints on the ZeroMQ wire.
+    answer.nodes = [NodeEntry(0, "tcp://node", True, "127.0.0.1:9100")]
+    assert decode_metadata(encode(answer)) == answer

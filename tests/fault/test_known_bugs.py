@@ -33,6 +33,8 @@ from kvlog.workers.controller_core import ControllerConfig, ControllerCore
 from kvlog.workers.controller_events import CreateTopic, NodeHeartbeat
 from kvlog.workers.core_ids import seeded_ids
 from kvlog.workers.leader_core import HostedPartition, LeaderCore
+from kvlog.workers.node_model import Produce
+from kvlog.workers.node_wire import produce_fields
 from kvlog.workers.replication_core import LeaderReplica
 
 TP = TopicPartition("t", 0)
@@ -49,10 +51,10 @@ def test_leadership_moving_between_stage_and_commit_is_retriable(tmp_path: Path)
 
         core.apply_assignment(assignment(0, 0), now_ms=1)
         batch = batch_format.build_batch([(b"k", b"v")])
-        core.stage_produce("request", 1, [(TP, batch)])
+        core.produce(Produce("request", 1, [(TP, batch)]))
         core.apply_assignment(assignment(1, 1), now_ms=2)  # node 1 leads now
-        answered = core.commit(3) + core.decided
-        [result] = answered[0].results()
+        answered = core.commit(3).replies
+        [result] = produce_fields(answered[0].body)["results"]
         assert result["error"] == ErrorCode.NOT_LEADER_OR_FOLLOWER, result
     finally:
         store.close()

@@ -7,6 +7,7 @@ from coord_harness import Harness
 from test_coordinator import Member, rebalance
 
 from kvlog.errors import ErrorCode
+from kvlog.ipc.consumer_protocol import encode_assignment, encode_subscription
 from kvlog.types import TopicPartition as TP
 from kvlog.workers.group_events import (
     DeleteGroups,
@@ -47,7 +48,16 @@ def test_describe_in_request_order_with_an_error_per_unknown_group() -> None:
         "range",
         "consumer",
         a.member_id,
-        [DescribedMember(a.member_id, None, "a", [TP("t", p) for p in range(4)])],
+        [
+            DescribedMember(
+                a.member_id,
+                None,
+                "a",
+                [TP("t", p) for p in range(4)],
+                metadata=encode_subscription(["t"], [], -1),
+                assignment_bytes=encode_assignment([TP("t", p) for p in range(4)]),
+            )
+        ],
     )
     assert isinstance(unknown, GroupError) and unknown.error.code is EC.GROUP_ID_NOT_FOUND
     assert offsets_only == GroupDescription("offsets-only", "Empty", 0, None, "consumer", None, [])

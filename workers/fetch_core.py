@@ -1,0 +1,237 @@
+"""Reads on the leader, without sockets: fetches for consumers and followers (long polls)
+and ListOffsets.
+
+A fetch reads whole batches per partition: below the high watermark for consumers, up to
+the log end offset for followers, whose fetch offset acknowledges what they have (it goes
+to the partition's :class:`~workers.replication_core.LeaderReplica` and may move the high
+watermark). A follower's fetch first checks its last fetched epoch against the leader's
+epoch cache (Kafka's KIP-595 divergence check).
+
+Long poll (Kafka's ``fetch.max.wait.ms`` / ``fetch.min.bytes``), decided here only: a
+fetch is answered at once when its wait is 0, when ``MAX_PARKED_FETCHES`` are parked
+already, when what it finds reaches ``min_bytes``, or when a partition has an error or a
+divergence. Otherwise it is *parked* under its token: :meth:`FetchCore.wake` re-reads it
+when an append or a high watermark move touched one of its partitions, and
+:meth:`FetchCore.tick` answers it with whatever there is once its wait (capped at the
+node's ``fetch_max_wait_ms``) ran out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvlog import batch as batch_format
+from kvlog import epochs
+from kvlog.errors import (
+    FencedLeaderEpochError,
+    KvlogError,
+    OffsetOutOfRangeError,
+    UnknownLeaderEpochError,
+)
+from kvlog.types import TopicPartition
+
+from .core_result import Result
+from .leader_core import LeaderCore
+from .node_model import (
+    Fetch,
+    FetchedPartition,
+    FetchPartition,
+    FetchResponse,
+    ListedOffset,
+    ListOffsets,
+    ListOffsetsResponse,
+)
+
+LATEST_TIMESTAMP = -1
+EARLIEST_TIMESTAMP = -2
+MAX_PARKED_FETCHES = 10_000
+DEFAULT_FETCH_MAX_WAIT_MS = 30_000
+
+
+@dataclass(slots=True)
+class ParkedFetch:
+    request: Fetch
+    deadline_ms: int
+
+    def wants(self, touched: set[TopicPartition]) -> bool:
+        return any(p.tp in touched for p in self.request.partitions)
+
+
+class FetchCore:
+    """Reads through the node's :class:`LeaderCore` (its store and replicas). Owned by
+    the node's loop; not thread-safe."""
+
+    def __init__(
+        self,
+        leader: LeaderCore,
+        *,
+        fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
+        max_parked: int = MAX_PARKED_FETCHES,
+    ) -> None:
+        self.leader = leader
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.max_parked = max_parked
+        self.parked: list[ParkedFetch] = []
+
+    def fetch(self, request: Fetch, now_ms: int) -> Result:
+        """Answer now, or park until data, an error or the end of the wait."""
+        # Longer waits than the node allows are shortened, not refused (clients retry).
+        wait_ms = min(request.max_wait_ms, self.fetch_max_wait_ms)
+        parked = ParkedFetch(request, now_ms + wait_ms)
+        result = Result()
+        if wait_ms <= 0 or len(self.parked) >= self.max_parked:
+            self._try_answer(parked, now_ms, result, final=True)
+        elif not self._try_answer(parked, now_ms, result, final=False):
+            self.parked.append(parked)
+            result.wake_at(parked.deadline_ms)
+        return result
+
+    def wake(self, touched: set[TopicPartition], now_ms: int) -> Result:
+        """Answer the parked fetches that data on ``touched`` partitions satisfies."""
+        result = Result()
+        if not self.parked or not touched:
+            return result
+        still = []
+        for parked in self.parked:
+            if parked.wants(touched) and self._try_answer(parked, now_ms, result, final=False):
+                continue
+            still.append(parked)
+        self.parked = still
+        return result
+
+    def tick(self, now_ms: int) -> Result:
+        """Answer the parked fetches whose wait ran out, with whatever there is."""
+        result = Result()
+        if not self.parked:
+            return result
+        due = [p for p in self.parked if p.deadline_ms <= now_ms]
+        if due:
+            self.parked = [p for p in self.parked if p.deadline_ms > now_ms]
+            for parked in due:
+                self._try_answer(parked, now_ms, result, final=True)
+        return result.wake_at(self.next_deadline_ms())
+
+    def next_deadline_ms(self) -> int | None:
+        return min((p.deadline_ms for p in self.parked), default=None)
+
+    def _try_answer(self, parked: ParkedFetch, now_ms: int, result: Result, *, final: bool) -> bool:
+        request = parked.request
+        partitions = self.read(
+            request.partitions, request.max_bytes, replica_id=request.replica_id, now_ms=now_ms
+        )
+        response = FetchResponse(partitions, request.replica_id)
+        decided = any(p.error or p.diverging for p in partitions)
+        if not final and response.size < request.min_bytes and not decided:
+            return False
+        result.reply(request.token, response)
+        return True
+
+    def read(
+        self,
+        partitions: list[FetchPartition],
+        max_bytes: int,
+        *,
+        replica_id: int = -1,
+        now_ms: int = 0,
+    ) -> list[FetchedPartition]:
+        """Read whole batches for each partition: below the high watermark for consumers,
+        up to the log end offset for followers (whose fetch offset acknowledges what they
+        have). The first batch is returned even when larger than the limits."""
+        leader = self.leader
+        out = []
+        total = 0
+        moved: list[TopicPartition] = []
+        with leader.store.reader() as r:
+            for part in partitions:
+                fetched = FetchedPartition(part.tp)
+                out.append(fetched)
+                try:
+                    replica = leader.leader_for(part.tp)
+                    if part.leader_epoch >= 0 and part.leader_epoch != replica.leader_epoch:
+                        if part.leader_epoch < replica.leader_epoch:
+                            raise FencedLeaderEpochError(
+                                f"{part.tp}: fetch for epoch {part.leader_epoch}, leader is at "
+                                f"{replica.leader_epoch}"
+                            )
+                        raise UnknownLeaderEpochError(
+                            f"{part.tp}: fetch for epoch {part.leader_epoch}, leader is at "
+                            f"{replica.leader_epoch}"
+                        )
+                    state = r.offsets(part.tp)
+                    fetched.log_start_offset = state.log_start_offset
+                    fetched.log_end_offset = state.log_end_offset
+                    if replica_id >= 0:
+                        if part.last_fetched_epoch >= 0:
+                            found_epoch, end = epochs.end_offset_for_epoch(
+                                r, part.tp, part.last_fetched_epoch, state.log_end_offset
+                            )
+                            if found_epoch != part.last_fetched_epoch or end < part.offset:
+                                fetched.diverging = (found_epoch, end)
+                                fetched.high_watermark = replica.high_watermark
+                                continue
+                        if part.offset <= state.log_end_offset and replica.on_follower_fetch(
+                            replica_id, part.offset, now_ms
+                        ):
+                            moved.append(part.tp)
+                    fetched.high_watermark = replica.high_watermark
+                    budget = min(part.max_bytes, max_bytes - total)
+                    if budget <= 0 and total:
+                        continue
+                    fetched.batches = r.read(
+                        part.tp,
+                        part.offset,
+                        max(budget, 1),
+                        max_offset=None if replica_id >= 0 else replica.high_watermark,
+                    )
+                    total += fetched.size
+                except KvlogError as exc:
+                    fetched.error = exc
+        if moved:
+            leader.followers_fetched(moved, now_ms)
+        return out
+
+    # -- offsets ---------------------------------------------------------------------------
+
+    def list_offsets(self, request: ListOffsets) -> Result:
+        out = []
+        for tp, timestamp in request.partitions:
+            try:
+                offset, ts = self.list_offset(tp, timestamp)
+                out.append(ListedOffset(tp, None, offset, ts))
+            except KvlogError as exc:
+                out.append(ListedOffset(tp, exc))
+        return Result().reply(request.token, ListOffsetsResponse(out))
+
+    def list_offset(self, tp: TopicPartition, timestamp: int) -> tuple[int, int]:
+        """Kafka's ListOffsets: (offset, timestamp). -2 earliest, -1 latest (the high
+        watermark), else the first record with timestamp >= the given one (-1 if none)."""
+        replica = self.leader.leader_for(tp)
+        with self.leader.store.reader() as r:
+            state = r.offsets(tp)
+            hw = replica.high_watermark
+            if timestamp == EARLIEST_TIMESTAMP:
+                return state.log_start_offset, -1
+            if timestamp == LATEST_TIMESTAMP:
+                return hw, -1
+            if timestamp < 0:
+                raise OffsetOutOfRangeError(f"timestamp {timestamp} is not -1, -2 or >= 0")
+            for base, _size, header in r.headers(tp):
+                if base >= hw:
+                    break
+                if header.max_timestamp < timestamp:
+                    continue
+                found = r.read(tp, max(base, state.log_start_offset), 1)
+                for record in batch_format.decode(found[0][1], found[0][0]):
+                    if record.offset >= state.log_start_offset and record.timestamp >= timestamp:
+                        return record.offset, record.timestamp
+        return -1, -1
+
+
+__all__ = [
+    "DEFAULT_FETCH_MAX_WAIT_MS",
+    "EARLIEST_TIMESTAMP",
+    "LATEST_TIMESTAMP",
+    "MAX_PARKED_FETCHES",
+    "FetchCore",
+    "ParkedFetch",
+]

@@ -1,0 +1,108 @@
+"""The ACL checks of the Kafka wire: each core event, checked by the same typed functions
+the ZeroMQ wire's op table calls (:mod:`workers.acl`), so a principal may do the same
+things on both wires. Shell side; security off (no authorizer) allows everything.
+
+Metadata and FindCoordinator need no permission (as ``metadata`` and ``find_coordinator``
+on ZeroMQ): the metadata answer leaves out, or refuses by name, the topics the principal
+may not describe (:func:`workers.controller_events.visible_topics`).
+"""
+
+from __future__ import annotations
+
+from functools import singledispatch
+from typing import Any
+
+from .. import acl
+from ..acl import Authorizer
+from ..controller_events import (
+    AlterTopicConfig,
+    CreatePartitions,
+    CreateTopic,
+    DeleteTopic,
+    FindCoordinator,
+    InitProducerId,
+    Metadata,
+)
+from ..group_events import (
+    DeleteGroups,
+    DescribeGroups,
+    Heartbeat,
+    JoinGroup,
+    LeaveGroup,
+    ListGroups,
+    OffsetCommit,
+    OffsetFetch,
+    SyncGroup,
+)
+
+
+def authorize(auth: Authorizer | None, principal: str, event: Any) -> None:
+    """Raise the named authorization error unless ``principal`` may send ``event``."""
+    if auth is not None:
+        _check(event, auth, principal)
+
+
+@singledispatch
+def _check(event: Any, auth: Authorizer, principal: str) -> None:
+    # An event without a rule is for kvlog's own processes only (as an unknown ZeroMQ op).
+    acl.check_internal(auth, principal)
+
+
+@_check.register(Metadata)
+@_check.register(FindCoordinator)
+def _(event: Any, auth: Authorizer, principal: str) -> None:
+    """Anyone; the answer is filtered."""
+
+
+@_check.register
+def _(event: CreateTopic, auth: Authorizer, principal: str) -> None:
+    acl.check_create_topic(auth, principal, event.name)
+
+
+@_check.register
+def _(event: DeleteTopic, auth: Authorizer, principal: str) -> None:
+    acl.check_topics(auth, principal, [event.name], "delete")
+
+
+@_check.register(CreatePartitions)
+@_check.register(AlterTopicConfig)
+def _(event: Any, auth: Authorizer, principal: str) -> None:
+    acl.check_topics(auth, principal, [event.name], "alter")
+
+
+@_check.register
+def _(event: InitProducerId, auth: Authorizer, principal: str) -> None:
+    acl.check_init_producer_id(auth, principal)
+
+
+@_check.register(JoinGroup)
+@_check.register(SyncGroup)
+@_check.register(Heartbeat)
+@_check.register(LeaveGroup)
+def _(event: Any, auth: Authorizer, principal: str) -> None:
+    acl.check_groups(auth, principal, [event.group_id], "read")
+
+
+@_check.register
+def _(event: OffsetCommit, auth: Authorizer, principal: str) -> None:
+    acl.check_offset_commit(auth, principal, event.group_id, (e.tp.topic for e in event.offsets))
+
+
+@_check.register
+def _(event: OffsetFetch, auth: Authorizer, principal: str) -> None:
+    acl.check_groups(auth, principal, [event.group_id], "describe")
+
+
+@_check.register
+def _(event: ListGroups, auth: Authorizer, principal: str) -> None:
+    acl.check_cluster(auth, principal, "describe")
+
+
+@_check.register
+def _(event: DescribeGroups, auth: Authorizer, principal: str) -> None:
+    acl.check_groups(auth, principal, event.group_ids, "describe")
+
+
+@_check.register
+def _(event: DeleteGroups, auth: Authorizer, principal: str) -> None:
+    acl.check_groups(auth, principal, event.group_ids, "delete")

@@ -1,0 +1,227 @@
+"""The node cores' vocabulary: typed requests in, typed reply bodies out.
+
+A shell decodes a client request once into one of the request types here (``Produce``,
+``Fetch``, ``ListOffsets``), calls :class:`~workers.node_core.NodeCore` and encodes the
+bodies of the replies it gets back for its own wire (``workers/node_wire.py`` for kvlog's
+ZeroMQ wire; a Kafka shell encodes the same bodies into Kafka responses). Nothing here
+knows a wire. The answers to the core's own requests to other kvlog processes (a
+``Send``) come back as an :class:`Answer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from kvlog.errors import KvlogError
+from kvlog.topic_config import effective_topic_config
+from kvlog.types import TopicPartition
+
+D = TypeVar("D", int, float)
+
+COORDINATOR = "coordinator"  # Send.to for requests to the coordinator process
+
+
+def earliest(deadlines: Iterable[D | None]) -> D | None:
+    """The first of some deadlines (None: no deadline)."""
+    return min((d for d in deadlines if d is not None), default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class NodePeer:
+    """Send.to for a request to another node (the shell keeps one link per node id)."""
+
+    node_id: int
+    endpoint: str
+
+
+# -- what the coordinator assigns ------------------------------------------------------------
+
+
+@dataclass
+class HostedPartition:
+    """What this node knows about a partition it holds (from the coordinator)."""
+
+    tp: TopicPartition
+    topic_id: str
+    leader_id: int
+    leader_epoch: int
+    replicas: list[int]
+    config: dict[str, Any] = field(default_factory=dict)
+    isr: list[int] = field(default_factory=list)
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(effective_topic_config(self.config)["max.message.bytes"])
+
+    @property
+    def min_insync_replicas(self) -> int:
+        return int(effective_topic_config(self.config)["min.insync.replicas"])
+
+
+@dataclass
+class Assignment:
+    """The coordinator's word on what this node hosts (a ``node_heartbeat`` answer)."""
+
+    partitions: list[HostedPartition]
+    deleted_topic_ids: list[str] = field(default_factory=list)
+    nodes: dict[int, str] = field(default_factory=dict)  # node id -> endpoint
+    version: int = -1
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Produce:
+    """Append one batch per entry; ``acks`` 0, 1 or -1 (all)."""
+
+    token: Any
+    acks: int
+    entries: list[tuple[TopicPartition, bytes | memoryview]]
+    timeout_ms: int = 30_000
+
+
+@dataclass(slots=True)
+class FetchPartition:
+    tp: TopicPartition
+    offset: int
+    max_bytes: int
+    last_fetched_epoch: int = -1  # replica fetches: the epoch of the follower's last batch
+    leader_epoch: int = -1  # the leader epoch the fetcher believes in (-1: any)
+
+
+@dataclass(slots=True)
+class Fetch:
+    """A long poll: answered once ``min_bytes`` are there, an error shows, or
+    ``max_wait_ms`` ran out. ``replica_id`` >= 0: a follower's fetch."""
+
+    token: Any
+    partitions: list[FetchPartition]
+    max_bytes: int = 50 << 20
+    min_bytes: int = 1
+    max_wait_ms: int = 500
+    replica_id: int = -1
+
+
+@dataclass(slots=True)
+class ListOffsets:
+    """Kafka's ListOffsets: per partition a timestamp, -1 latest, -2 earliest."""
+
+    token: Any
+    partitions: list[tuple[TopicPartition, int]]
+
+
+@dataclass(slots=True)
+class Answer:
+    """What came back for a ``Send`` of the core: the reply's fields and frames, or
+    ``fields`` None when none came (``error`` says why: timed out, could not send)."""
+
+    token: Any
+    fields: dict[str, Any] | None
+    frames: list[bytes] = field(default_factory=list)
+    error: KvlogError | None = None
+
+
+# -- reply bodies ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ProducedPartition:
+    tp: TopicPartition
+    error: KvlogError | None = None
+    base_offset: int = -1
+    log_start_offset: int = -1
+
+
+@dataclass(slots=True)
+class ProduceResponse:
+    partitions: list[ProducedPartition]  # one per request entry, in request order
+    request_bytes: int = 0  # what the request carried (the produce quota counts it)
+
+
+@dataclass(slots=True)
+class FetchedPartition:
+    tp: TopicPartition
+    error: KvlogError | None = None
+    high_watermark: int = -1
+    log_start_offset: int = -1
+    log_end_offset: int = -1
+    batches: list[tuple[int, bytes]] = field(default_factory=list)
+    diverging: tuple[int, int] | None = None  # (epoch, end offset) the follower must cut to
+
+    @property
+    def size(self) -> int:
+        return sum(len(b) for _, b in self.batches)
+
+
+@dataclass(slots=True)
+class FetchResponse:
+    partitions: list[FetchedPartition]  # one per requested partition, in request order
+    replica_id: int = -1
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.partitions)
+
+    @property
+    def quota_bytes(self) -> int:
+        """Bytes the consumer quota counts: replication is never throttled."""
+        return 0 if self.replica_id >= 0 else self.size
+
+
+@dataclass(slots=True)
+class ListedOffset:
+    tp: TopicPartition
+    error: KvlogError | None = None
+    offset: int = -1
+    timestamp: int = -1
+
+
+@dataclass(slots=True)
+class ListOffsetsResponse:
+    partitions: list[ListedOffset]
+
+
+@dataclass(slots=True)
+class NodeStatus:
+    node_id: int
+    metadata_version: int
+
+
+class Unanswered:
+    """The body of a reply that is not sent: the request is finished and its client
+    expects nothing (a produce with acks=0). A shell frees what the request held (its
+    in-flight slot, its place in a connection's response order) and sends nothing."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNANSWERED"
+
+
+UNANSWERED = Unanswered()
+
+
+__all__ = [
+    "COORDINATOR",
+    "UNANSWERED",
+    "Answer",
+    "Assignment",
+    "Fetch",
+    "FetchPartition",
+    "FetchResponse",
+    "FetchedPartition",
+    "HostedPartition",
+    "ListOffsets",
+    "ListOffsetsResponse",
+    "ListedOffset",
+    "NodePeer",
+    "NodeStatus",
+    "Produce",
+    "ProduceResponse",
+    "ProducedPartition",
+    "Unanswered",
+    "earliest",
+]
