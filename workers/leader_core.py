@@ -28,9 +28,9 @@ producers are forgotten every ``PRODUCER_EXPIRY_CHECK_MS``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kvlog import batch as batch_format
 from kvlog import epochs
@@ -39,7 +39,6 @@ from kvlog.errors import (
     KvlogError,
     MessageSizeTooLargeError,
     NotLeaderOrFollowerError,
-    OffsetOutOfRangeError,
     StorageError,
     UnknownServerError,
     UnknownTopicOrPartitionError,
@@ -55,9 +54,6 @@ from .node_model import (
     COORDINATOR,
     UNANSWERED,
     Answer,
-    DeletedRecords,
-    DeleteRecords,
-    DeleteRecordsResponse,
     HostedPartition,
     Produce,
     ProducedPartition,
@@ -68,6 +64,7 @@ from .node_model import (
 from .replication_core import DEFAULT_REPLICA_LAG_TIME_MAX_MS, LeaderReplica
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TOPIC_IDS_TABLE = "topic_ids"
 DEFAULT_MESSAGE_MAX_BYTES = 100 << 20
@@ -379,7 +376,7 @@ class LeaderCore:
         return stage, outcome, offsets
 
     def _fail(self, staged: list[StagedProduce], exc: Exception) -> None:
-        error = self._write_failed("group commit", exc)
+        error = self.write_failed("group commit", exc)
         for request in staged:
             for item in request.items:
                 if item.error is None:
@@ -453,54 +450,22 @@ class LeaderCore:
             return
         self._hw_dirty.clear()
 
-    # -- DeleteRecords ---------------------------------------------------------------------
+    # -- writes outside the group commit ----------------------------------------------------
 
-    def delete_records(self, request: DeleteRecords) -> Result:
-        """Kafka's DeleteRecords: move each partition's log start offset to the given
-        offset (-1: the high watermark), in one durable transaction, and answer with the
-        new log start (the low watermark). An offset past the high watermark is
-        OFFSET_OUT_OF_RANGE, as in Kafka; one below the log start changes nothing.
-        Followers move their own log start when their next fetch shows this one (the
-        answer does not wait for them)."""
-        out: list[DeletedRecords] = []
-        targets: list[tuple[DeletedRecords, int]] = []
-        for tp, offset in request.partitions:
-            done = DeletedRecords(tp)
-            out.append(done)
-            try:
-                hw = self.leader_for(tp).high_watermark
-                target = hw if offset == -1 else offset
-                if not 0 <= target <= hw:
-                    raise OffsetOutOfRangeError(
-                        f"cannot delete the records of {tp} before offset {offset}: it must "
-                        f"be -1 (the high watermark) or 0..{hw} (the high watermark)"
-                    )
-            except KvlogError as exc:
-                done.error = exc
-                continue
-            targets.append((done, target))
-        if targets:
+    def write(self, fn: Callable[[WriteTxn], T]) -> T:
+        """One durable write transaction outside the group commit (DeleteRecords), with
+        the high watermarks moved since the last write, so what ``fn`` reads and caps at
+        is the leaders' own. Raises what the store raises (see :meth:`write_failed`)."""
 
-            def write(w: WriteTxn) -> list[int]:
-                # The in-memory high watermark may be ahead of the stored one, which
-                # delete_before caps the log start at: store it first.
-                self._write_high_watermarks(w)
-                return [w.delete_before(d.tp, target).log_start_offset for d, target in targets]
+        def both(w: WriteTxn) -> T:
+            self._write_high_watermarks(w)
+            return fn(w)
 
-            try:
-                starts = self.store.write(write)
-            except Exception as exc:  # nothing was written
-                error = self._write_failed("deleting records", exc)
-                for done, _ in targets:
-                    done.error = error
-            else:
-                self._hw_dirty.clear()
-                for (done, _), start in zip(targets, starts, strict=True):
-                    done.low_watermark = start
-                    log.info("node %d: %s now starts at %d", self.node_id, done.tp, start)
-        return Result().reply(request.token, DeleteRecordsResponse(out))
+        result = self.store.write(both)
+        self._hw_dirty.clear()
+        return result
 
-    def _write_failed(self, what: str, exc: Exception) -> KvlogError:
+    def write_failed(self, what: str, exc: Exception) -> KvlogError:
         """The error a failed write gives its requests (a storage failure takes the log
         dir offline)."""
         if not isinstance(exc, KvlogError):

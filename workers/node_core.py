@@ -22,7 +22,7 @@ produce                    ``LeaderCore.produce`` (refused as a whole), else
 fetch                      ``FetchCore._try_answer`` (at once, woken, or at its deadline)
 list_offsets, ping         ``FetchCore.list_offsets``, :meth:`NodeCore.ping`
 offset_for_leader_epoch    ``FetchCore.offset_for_leader_epoch`` (the epoch cache)
-delete_records             ``LeaderCore.delete_records`` (after its own durable write)
+delete_records             ``delete_records_core.delete_records`` (after its own write)
 list_groups                :meth:`NodeCore.list_groups`: a node coordinates no group
 =========================  ==========================================================
 
@@ -48,6 +48,7 @@ from kvlog.log import LogStore
 from kvlog.types import TopicPartition
 
 from .core_result import Result, Send
+from .delete_records_core import delete_records
 from .fetch_core import FetchCore
 from .follower_core import FollowerCore, ReplicaFetch
 from .group_events import ListGroupsAnswer
@@ -162,7 +163,7 @@ class NodeCore:
 
     def delete_records(self, request: DeleteRecords, now_ms: int) -> Result:
         """Answered after its own durable write (a failed one takes the log dir offline)."""
-        return self.leader.delete_records(request).extend(self._check_storage(now_ms))
+        return delete_records(self.leader, request).extend(self._check_storage(now_ms))
 
     # -- what Kafka clients ask any broker -------------------------------------------------
 

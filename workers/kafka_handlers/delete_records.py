@@ -1,8 +1,8 @@
 """DeleteRecords (v0-1): move partitions' log start offsets forward.
 
 A node's handler (:mod:`workers.kafka_node_shell`); admin clients send it to each
-partition's leader. The node core (``LeaderCore.delete_records``) moves the log start to
-the offset asked for (-1: the high watermark; past it: OFFSET_OUT_OF_RANGE), dropping the
+partition's leader. The node core (``workers/delete_records_core.py``) moves the log start
+to the offset asked for (-1: the high watermark; past it: OFFSET_OUT_OF_RANGE), dropping the
 whole batches below it, in one durable write, and answers with the new log start (the
 low watermark). Followers move theirs when their next fetch shows the leader's; the
 answer does not wait for them (Kafka's does; ``timeout_ms`` is not used).
