@@ -1,8 +1,9 @@
 """Kafka clients follow a leader election: replication factor 3 over three log dirs, an
-idempotent acks=all confluent-kafka producer and a kafka-python consumer running while
-the partition's leader node is SIGKILLed. Every acknowledged record is read back once,
-in order, by the Kafka consumer that followed the new leader (Metadata,
-OffsetForLeaderEpoch) and by kvlog's own."""
+idempotent acks=all confluent-kafka producer, a kafka-python consumer and a
+confluent-kafka one (librdkafka validates its position with OffsetForLeaderEpoch after a
+leader change) running while the partition's leader node is SIGKILLed. Every
+acknowledged record is read back once, in order, by both Kafka consumers, which followed
+the new leader, and by kvlog's own."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer as CKConsumer
 from confluent_kafka import Producer as CKProducer
+from confluent_kafka import TopicPartition as CKTopicPartition
 from kafka import KafkaConsumer
 from kafka import TopicPartition as KTopicPartition
 
@@ -95,10 +98,33 @@ def test_kafka_clients_follow_a_leader_election_without_loss(tmp_path: Path) -> 
             finally:
                 consumer.close()
 
+        ck_consumed: list[int] = []
+
+        def ck_consume() -> None:
+            consumer = CKConsumer(
+                {
+                    "bootstrap.servers": broker.kafka_bootstrap,
+                    "group.id": "unused",
+                    "enable.auto.commit": False,
+                }
+            )
+            consumer.assign([CKTopicPartition(topic, 0, 0)])
+            deadline = time.monotonic() + 170
+            try:
+                while not (flushed.is_set() and len(ck_consumed) >= len(acked)):
+                    for msg in consumer.consume(1000, 0.2):
+                        if msg.error() is None:
+                            ck_consumed.append(int(msg.value()))
+                    if time.monotonic() > deadline:
+                        break
+            finally:
+                consumer.close()
+
         writer = threading.Thread(target=produce)
-        reader = threading.Thread(target=consume)
+        readers = [threading.Thread(target=consume), threading.Thread(target=ck_consume)]
         writer.start()
-        reader.start()
+        for reader in readers:
+            reader.start()
         try:
             wait_until(lambda: len(acked) > 500, 30, what="acknowledged produces")
             leader = _leader_with_full_isr(admin, topic)
@@ -116,10 +142,12 @@ def test_kafka_clients_follow_a_leader_election_without_loss(tmp_path: Path) -> 
         finally:
             stop.set()
             writer.join(90)
-            reader.join(60)
+            for reader in readers:
+                reader.join(60)
         assert not failed, failed[:3]
         assert sorted(acked) == list(range(len(acked))), "acknowledged out of order or twice"
-        assert consumed[: len(acked)] == list(range(len(acked))), "the Kafka consumer lost some"
+        assert consumed[: len(acked)] == list(range(len(acked))), "kafka-python lost some"
+        assert ck_consumed[: len(acked)] == list(range(len(acked))), "librdkafka lost some"
         tp = TopicPartition(topic, 0)
         stored = [int(r.value) for r in read_partitions(broker.bootstrap, [tp])[tp]]
         assert stored[: len(acked)] == list(range(len(acked))), "stored once each, in order"
