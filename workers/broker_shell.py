@@ -61,6 +61,9 @@ FORWARDED_OPS = (
     "acl_add",
     "acl_remove",
     "acl_list",
+    "user_upsert",
+    "user_remove",
+    "user_list",
 )
 
 

@@ -13,9 +13,10 @@ through :meth:`send_reply`, at once or when the core releases a parked request; 
 request's steps all have outcomes, its handler builds the response and the listener sends
 it (responses leave in request order per connection). Nothing here decides an answer.
 
-A connection has a principal (``ANONYMOUS`` until SASL exists, as on the ZeroMQ wire
-without security). With security on the Kafka listener stays off, and says why: a Kafka
-client could not authenticate.
+A connection has a principal, on the token of each of its requests: the SCRAM user or
+certificate name its listener authenticated (:mod:`workers.kafka_security`), ANONYMOUS
+without security (as on the ZeroMQ wire). With security on and no way for a Kafka client
+to authenticate, the listener stays off, and says why.
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvlog import clock
-from kvlog.errors import KvlogError
+from kvlog.errors import InvalidConfigError, KvlogError
 from kvlog.ipc.kafka.codec import api_name
 from kvlog.ipc.kafka.connection import KafkaRequest
 
-from .acl import ANONYMOUS
 from .config import BROKER_CONFIG, field_name
 from .core_result import Reply
 from .kafka_addresses import WILDCARD, ipv4, split_host_port
 from .kafka_handlers import HANDLERS, BrokerConfigEntry, KafkaContext, Outcome, Plan
 from .kafka_handlers.authorize import authorize
 from .kafka_listener import DEFERRED, KafkaListener, KafkaToken
+from .kafka_security import PLAINTEXT, listener_security
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -125,12 +126,14 @@ class KafkaShell:
         address = kafka_address(settings)
         if address is None:
             return None
-        if self.security is not None:
+        try:
+            security = listener_security(settings, self.security)
+        except InvalidConfigError as exc:
             log.warning(
-                "%s: the Kafka listener stays off (%s asked for): security is on and "
-                "Kafka clients cannot authenticate to kvlog yet (SASL is not served)",
+                "%s: the Kafka listener stays off (%s asked for): %s",
                 getattr(self, "name", "kvlog"),
                 settings.kafka_listen,
+                exc.message,
             )
             return None
         bind, port, advertised = address
@@ -142,6 +145,7 @@ class KafkaShell:
             port=port,
             max_connections=limit if limit > 0 else 1 << 30,
             name=f"{getattr(self, 'name', 'kvlog')} kafka",
+            security=security,
         )
         _, port = self.kafka.start()
         self.kafka_endpoint = f"{advertised}:{port}"
@@ -149,12 +153,13 @@ class KafkaShell:
         self._kafka_config = config
         self.add_socket(self.kafka.poll_handle(), self.kafka.on_ready)  # type: ignore[attr-defined]
         log.info(
-            "%s: Kafka listener on %s:%d (advertised %s, broker id %d)",
+            "%s: Kafka listener on %s:%d (advertised %s, broker id %d, %s)",
             getattr(self, "name", "kvlog"),
             bind,
             port,
             self.kafka_endpoint,
             broker_id,
+            PLAINTEXT if security is None else security.protocol,
         )
         return self.kafka_endpoint
 
@@ -170,7 +175,7 @@ class KafkaShell:
         peer = self.kafka.peer_of(token) or ""
         return KafkaContext(
             broker_id=self.broker_id,
-            principal=ANONYMOUS,
+            principal=token.principal,
             client_host="/" + peer.rpartition(":")[0],
             authorizer=None if self.security is None else self.security.authorizer,
             broker_config=self._kafka_config,

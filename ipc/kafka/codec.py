@@ -106,8 +106,9 @@ def known_versions(api_key: int) -> tuple[int, int] | None:
 def _flexible(cls: type[ApiMessage], version: int) -> bool:
     # Kafka's "N+" flexibleVersions rule holds past the last version the schema knows:
     # ApiVersions v5 from a newer client still has header v2 (KIP-511 relies on it).
+    # A schema whose flexibleVersions is "none" (SaslHandshake, OffsetDelete) has (-1, -1).
     versions = cls._flexible_versions
-    return versions is not None and versions[0] <= version
+    return versions is not None and 0 <= versions[0] <= version
 
 
 def decode_request(

@@ -173,6 +173,8 @@ def test_the_served_table_is_what_kvlog_advertises():
     assert {r.api_key: (r.min_version, r.max_version) for r in SERVED} == {
         K.ApiVersions: (0, 2),
         K.Metadata: (0, 8),
+        K.SaslHandshake: (0, 1),
+        K.SaslAuthenticate: (0, 1),
         K.FindCoordinator: (0, 2),
         K.JoinGroup: (0, 5),
         K.SyncGroup: (0, 3),
