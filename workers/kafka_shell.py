@@ -170,6 +170,11 @@ class KafkaShell:
         dialect overrides this)."""
         return event
 
+    def kafka_answer(self, event: Any, body: Any) -> Any:
+        """The handler's form of the core's answer to ``event`` (the inverse of
+        :meth:`kafka_event`)."""
+        return body
+
     def _context(self, token: KafkaToken) -> KafkaContext:
         assert self.kafka is not None
         peer = self.kafka.peer_of(token) or ""
@@ -215,7 +220,10 @@ class KafkaShell:
         call = self._kafka_calls.get(reply.token.call_id)
         if call is None or call.outcomes[reply.token.index] is not None:
             return
-        call.outcomes[reply.token.index] = Outcome(reply.body, reply.error)
+        body = reply.body
+        if reply.error is None:
+            body = self.kafka_answer(call.plan.steps[reply.token.index], body)
+        call.outcomes[reply.token.index] = Outcome(body, reply.error)
         call.waiting -= 1
         if call.waiting:
             return

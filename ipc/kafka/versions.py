@@ -99,5 +99,9 @@ SERVED = VersionTable(
         ApiVersionRange(ApiKey.DescribeConfigs, 1, 3),
         ApiVersionRange(ApiKey.AlterConfigs, 0, 1),
         ApiVersionRange(ApiKey.IncrementalAlterConfigs, 0, 1),
+        # ACLs (the coordinator's store; other processes forward them).
+        ApiVersionRange(ApiKey.DescribeAcls, 0, 1),
+        ApiVersionRange(ApiKey.CreateAcls, 0, 1),
+        ApiVersionRange(ApiKey.DeleteAcls, 0, 1),
     ]
 )

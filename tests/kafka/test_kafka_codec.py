@@ -192,6 +192,9 @@ def test_the_served_table_is_what_kvlog_advertises():
         K.DescribeConfigs: (1, 3),
         K.AlterConfigs: (0, 1),
         K.IncrementalAlterConfigs: (0, 1),
+        K.DescribeAcls: (0, 1),
+        K.CreateAcls: (0, 1),
+        K.DeleteAcls: (0, 1),
     }
 
 

@@ -11,6 +11,7 @@ serves which API is the shells' business: :data:`HANDLERS` holds them all.
 from __future__ import annotations
 
 from . import (  # noqa: F401  (each module registers its handlers)
+    acls,
     api_versions,
     configs,
     find_coordinator,
