@@ -432,8 +432,9 @@ class KafkaListener:
             self._set_interest(client)
 
     def _dispatch(self, client: _Client, request: KafkaRequest | RawToken) -> None:
-        if isinstance(request, RawToken) or self._sasl_handled(client, request):
+        if self._sasl_handled(client, request):
             return
+        assert isinstance(request, KafkaRequest)
         user, security = client.scram_user, self.security
         if user is not None and security is not None and not security.user_exists(user):
             self._close(client, f"SCRAM user {user!r} was removed")

@@ -120,7 +120,7 @@ class SaslServer:
         lookup: CredentialLookup,
         decoys: DecoySalts,
         *,
-        nonce: Callable[[], str] = lambda: secrets.token_urlsafe(24),
+        nonce: Callable[[], str] = lambda: secrets.token_hex(16),
     ) -> None:
         for mechanism in mechanisms:
             check_mechanism(mechanism)

@@ -146,6 +146,7 @@ class ScramExchange:
         self._lookup = lookup
         self._decoys = decoys
         self._server = scramp.ScramMechanism(mechanism).make_server(self._auth, s_nonce=nonce)
+        self._server_nonce = nonce
         self._step = 0
 
     def _auth(self, user: str) -> tuple[bytes, bytes, bytes, int]:
@@ -170,6 +171,7 @@ class ScramExchange:
                 return self._server.get_server_first().encode()
             if self._step == 1:
                 self._step = 2
+                self._accept_doubled_nonce(message)
                 self._server.set_client_final(message)
                 if self.unknown:  # the decoy's keys match nothing; say so plainly anyway
                     raise AuthenticationFailed(f"unknown user {self.user!r}")
@@ -185,6 +187,19 @@ class ScramExchange:
     @property
     def done(self) -> bool:
         return self._step == 2
+
+    def _accept_doubled_nonce(self, client_final: str) -> None:
+        """librdkafka before 2.6.1 (librdkafka#4895; Debian's kcat links 2.0.2) echoes its
+        own nonce followed by the server-first's whole nonce, its own included again.
+        Kafka 3.x accepts any echo that ends with the server-first nonce (its fix for
+        CVE-2024-56128 kept ``endsWith`` for those clients); kvlog accepts exactly that
+        one shape. The proof still covers the message as sent and the fresh server
+        nonce, so nothing is replayable; any other mismatch fails as scramp decides."""
+        combined = str(self._server.nonce)
+        client_nonce = combined[: -len(self._server_nonce)]
+        echoed = next((f[2:] for f in client_final.split(",") if f.startswith("r=")), None)
+        if echoed == client_nonce + combined:
+            self._server.nonce = scramp.core.Nonce(echoed)
 
 
 def _check_authzid(client_first: str, user: str | None) -> None:
