@@ -21,6 +21,8 @@ with warnings.catch_warnings():
     from kafka.protocol.parser import KafkaProtocol
     from kafka.protocol.sasl import SaslAuthenticateRequest, SaslHandshakeRequest
 
+PASSWORDS = {"admin": "admin-secret", "alice": "alice-secret", "bob": "bob-secret"}
+
 __all__ = [
     "ApiVersionsRequest",
     "DescribeAclsRequest",
@@ -155,3 +157,24 @@ def confluent_config(
         "sasl.password": password,
         **extra,
     }
+
+
+def coordinator(b: Any) -> str:
+    """The coordinator's Kafka address."""
+    assert b.broker.kafka_plan is not None
+    return b.broker.kafka_plan.coordinator.advertised
+
+
+def listeners(b: Any) -> list[str]:
+    """Every Kafka listener's address (broker, coordinator, and the nodes that serve
+    Kafka's wire)."""
+    assert b.broker.kafka_plan is not None
+    out = []
+    for address in b.broker.kafka_plan:
+        try:
+            socket.create_connection((address.advertised_host, address.port), 5).close()
+        except ConnectionRefusedError:
+            continue
+        out.append(address.advertised)
+    assert len(out) >= 2
+    return out

@@ -6,82 +6,38 @@ through kvlog's admin op as ``kvlog users add`` does. Checked: both mechanisms w
 kafka-python, confluent-kafka and kcat; ACL verdicts on the Kafka wire naming the
 principal, resource and operation; wrong passwords and unknown users (indistinguishable);
 a removed user; a plaintext client; garbage and out-of-order SASL requests; the v0
-handshake's bare tokens; the broker serving on and its store intact after all of it.
+handshake's bare tokens; every process serving on after all of it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import struct
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 from kafka_sasl_util import (
+    PASSWORDS,
     ApiVersionsRequest,
     MetadataRequest,
     RawKafka,
     SaslAuthenticateRequest,
     SaslHandshakeRequest,
     confluent_config,
+    coordinator,
     kafka_python_config,
+    listeners,
     scram_login,
     server_first_salt,
 )
-from sectest_util import (
-    SecuredBroker,
-    await_topic_acl,
-    start_secured_broker,
-    stop_and_check,
-    unique,
-    wait_until,
-)
+from sectest_util import SecuredBroker, await_topic_acl, unique, wait_until
 
 import kvlog
 
-PASSWORDS = {"admin": "admin-secret", "alice": "alice-secret", "bob": "bob-secret"}
 FAILED = (
     "Authentication failed during authentication due to invalid credentials with SASL mechanism {}"
 )
-
-
-@pytest.fixture(scope="module")
-def sasl(tmp_path_factory: pytest.TempPathFactory, ring) -> Iterator[SecuredBroker]:
-    b = start_secured_broker(
-        tmp_path_factory.mktemp("sasl"),
-        ring,
-        kafka_listen="127.0.0.1:0",
-        kafka_sasl_mechanisms=["SCRAM-SHA-256", "SCRAM-SHA-512"],
-    )
-    try:
-        with b.admin() as admin:
-            for user, password in PASSWORDS.items():
-                admin.upsert_scram_user(user, password)
-        yield b
-    finally:
-        stop_and_check(b)
-
-
-def coordinator(b: SecuredBroker) -> str:
-    assert b.broker.kafka_plan is not None
-    return b.broker.kafka_plan.coordinator.advertised
-
-
-def listeners(b: SecuredBroker) -> list[str]:
-    """Every Kafka listener's address (broker, coordinator, and the nodes that serve
-    Kafka's wire)."""
-    assert b.broker.kafka_plan is not None
-    out = []
-    for address in b.broker.kafka_plan:
-        try:
-            socket.create_connection((address.advertised_host, address.port), 5).close()
-        except ConnectionRefusedError:
-            continue
-        out.append(address.advertised)
-    assert len(out) >= 2
-    return out
 
 
 def login_ok(address: str, user: str, password: str, mechanism: str = "SCRAM-SHA-256") -> bool:

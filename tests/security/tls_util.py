@@ -41,7 +41,7 @@ def _name(cn: str | None, org: str = "kvlog tests") -> x509.Name:
 
 
 @dataclass
-class TestPki:
+class Pki:
     """A CA in ``root`` that issues server and client certificates as PEM files."""
 
     root: Path
