@@ -25,6 +25,7 @@ CLIENT_AUTH = {
     "required": ssl.CERT_REQUIRED,
 }
 _READ_CHUNK = 256 * 1024
+_RECORD = 16 * 1024
 
 
 class TlsError(Exception):
@@ -73,8 +74,16 @@ class TlsSession:
     def encrypt(self, plaintext: list[Any]) -> bytes:
         """The ciphertext of ``plaintext`` (responses), with whatever TLS had to say."""
         try:
+            # One write per response part would make one TLS record each (a Fetch has
+            # many small parts): gather them into records of up to 16 KiB, TLS's size.
+            pending = bytearray()
             for buf in plaintext:
-                self._tls.write(memoryview(buf).cast("B"))
+                pending += memoryview(buf).cast("B")
+                if len(pending) >= _RECORD:
+                    self._tls.write(pending)
+                    pending.clear()
+            if pending:
+                self._tls.write(pending)
         except ssl.SSLError as exc:
             raise TlsError(_describe(exc)) from None
         return self._outgoing.read()
