@@ -543,6 +543,47 @@ class MaxPollIntervalExceededError(KvlogError, code=ErrorCode.MAX_POLL_INTERVAL_
     or lower max.poll.records."""
 
 
+# -- client-side names kafka-python programs use ------------------------------------------
+#
+# Subclasses without a code of their own: each keeps its base's code and recovery kind, so
+# the wire and the error table are unchanged; they only give a client a name to catch.
+
+KafkaError = KvlogError
+"""kafka-python's base exception name: ``except KafkaError`` catches every kvlog error."""
+
+
+class NoBrokersAvailable(NetworkError):
+    """No bootstrap server answered: nothing listens at any address of bootstrap.servers (the
+    connection was refused). Start the broker (kvlog serve) or fix bootstrap.servers."""
+
+
+class RecordDeserializationError(SerializationError):
+    """A fetched record's key or value could not be deserialized (Java's
+    RecordDeserializationException). ``topic_partition`` and ``offset`` say which record,
+    ``key`` and ``value`` hold its raw bytes, ``headers`` and ``timestamp`` the rest of it.
+    The consumer's position stays at the record: every poll() raises this again until the
+    application seeks past it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        topic_partition: Any,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any = (),
+        timestamp: int = -1,
+    ) -> None:
+        super().__init__(message)
+        self.topic_partition = topic_partition
+        self.offset = offset
+        self.key = key
+        self.value = value
+        self.headers = list(headers or ())
+        self.timestamp = timestamp
+
+
 def _info(exc: type[KvlogError]) -> ErrorInfo:
     return ErrorInfo(exc, exc._recovery, " ".join((exc.__doc__ or "").split()))
 

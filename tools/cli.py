@@ -19,7 +19,7 @@ from kvlog import __version__
 COMMANDS: dict[str, str] = {
     "demo": "kvlog.tools.demo:demo",
     "serve": "kvlog.tools.serve:serve",
-    "status": "kvlog.tools.serve:status",
+    "status": "kvlog.tools.status:status",
     "topics": "kvlog.tools.topics:topics",
     "produce": "kvlog.tools.console:produce",
     "consume": "kvlog.tools.console:consume",
@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "acls": "kvlog.tools.acls:acls",
     "users": "kvlog.tools.users:users",
     "config": "kvlog.tools.config_docs:config",
+    "backup": "kvlog.tools.backup:backup",
 }
 
 PERF_COMMANDS: dict[str, str] = {
