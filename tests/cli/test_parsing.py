@@ -260,9 +260,7 @@ def test_key_separator_escapes() -> None:
 
 def test_kafka_security_settings_need_security_on(tmp_path: Path) -> None:
     # SASL and TLS name principals for the ACLs: without CURVE there are none.
-    result = cli(
-        "serve", "--data-dir", str(tmp_path), "--kafka-sasl-mechanisms", "SCRAM-SHA-256"
-    )
+    result = cli("serve", "--data-dir", str(tmp_path), "--kafka-sasl-mechanisms", "SCRAM-SHA-256")
     assert result.exit_code == 1, result.output
     assert "need security on" in result.output and "Traceback" not in result.output
     result = cli("serve", "--data-dir", str(tmp_path), "--kafka-sasl-mechanisms", "GSSAPI")
