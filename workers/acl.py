@@ -346,6 +346,7 @@ OP_PERMISSIONS: dict[str, Check] = {
     "watch_metadata": _internal,
     "alter_isr": _internal,
     "node_down": _internal,
+    "kafka_relay": _internal,  # the relayed request is checked as its client's, inside
 }
 
 

@@ -235,6 +235,23 @@ class CoordinatorServer(GroupOps, KafkaShell, CoreShell, Server):
     def op_acl_list(self, req: Request, peer: bytes) -> Fields | None:
         return self.call(peer, req.id, AclList())
 
+    # -- Kafka requests relayed by nodes (internal) -----------------------------------------
+
+    def op_kafka_relay(
+        self, req: Request, peer: bytes
+    ) -> Fields | tuple[Fields, list[bytes]] | None:
+        """From a node: a Kafka request its client sent it that the coordinator serves
+        (frame 1), with the principal the node's listener authenticated for that client."""
+        if not req.frames:
+            raise InvalidRequestError("kafka_relay: frame 1 (the Kafka request) is missing")
+        return self.relay_kafka(  # type: ignore[no-any-return]
+            peer,
+            req.id,
+            req.str("principal", max_len=1024),
+            req.str("client_host", "", max_len=256),
+            bytes(req.frames[0]),
+        )
+
     # -- SCRAM users (Kafka's SASL logins) --------------------------------------------------
 
     def op_user_upsert(self, req: Request, peer: bytes) -> Fields | None:
