@@ -475,11 +475,10 @@ class KafkaListener:
             message = "SASL is not in progress on this connection (not a SASL listener, or done)"
             client.conn.send_response(request, illegal_state(request, message))
             return True
-        decision = (
-            sasl.on_raw_token(request.data)
-            if isinstance(request, RawToken)
-            else (sasl.on_request(request))
-        )
+        if isinstance(request, RawToken):
+            decision = sasl.on_raw_token(request.data)
+        else:
+            decision = sasl.on_request(request)
         if decision is PASS:
             return False
         if isinstance(decision, Refuse):

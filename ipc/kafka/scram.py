@@ -51,17 +51,20 @@ class ScramCredential:
 
     @classmethod
     def from_wire(cls, fields: dict[str, Any]) -> ScramCredential:
-        """Raises ValueError for fields that are not a credential."""
-        try:
-            credential = cls(
-                str(fields["mechanism"]),
-                bytes(fields["salt"]),
-                bytes(fields["stored_key"]),
-                bytes(fields["server_key"]),
-                int(fields["iterations"]),
-            )
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"not a SCRAM credential: {exc}") from None
+        """Raises ValueError for fields that are not a credential (of the wrong types too:
+        ``bytes(32)`` would make 32 zero bytes of an integer)."""
+        types = {
+            "mechanism": str,
+            "salt": bytes,
+            "stored_key": bytes,
+            "server_key": bytes,
+            "iterations": int,
+        }
+        for name, kind in types.items():
+            value = fields.get(name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"a SCRAM credential's {name} must be {kind.__name__}")
+        credential = cls(**{name: fields[name] for name in types})
         credential.check()
         return credential
 
