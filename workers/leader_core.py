@@ -301,8 +301,9 @@ class LeaderCore:
                 if len(batch) > hosted.max_message_bytes:
                     raise MessageSizeTooLargeError(
                         f"batch of {len(batch)} bytes for {tp} exceeds max.message.bytes="
-                        f"{hosted.max_message_bytes}; lower batch.size or raise the topic's "
-                        "max.message.bytes"
+                        f"{hosted.max_message_bytes}; raise the limit with `kvlog topics alter "
+                        f"{tp.topic} --config max.message.bytes={len(batch)}` or send smaller "
+                        "records"
                     )
                 if request.acks == ACKS_ALL:
                     replica.check_enough_replicas()

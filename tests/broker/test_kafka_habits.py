@@ -138,11 +138,6 @@ def test_create_topics_with_new_topic_and_topic_already_exists(broker: Any, admi
         admin.create_topic(name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="create_topic's validate_only is checked by the coordinator, which lands with the "
-    "Kafka coordinator work (issue 13); until then the topic is created",
-)
 def test_create_topics_validate_only_creates_nothing(admin: Any) -> None:
     name = unique_topic("validated")
     result = admin.create_topics([kvlog.NewTopic(name, 2, 1)], validate_only=True)
