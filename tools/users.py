@@ -33,7 +33,8 @@ from kvlog.ipc.kafka.scram import (
     MIN_ITERATIONS,
 )
 
-from .common import Group, admin_client, client_options, print_listing
+from .client_cli import admin_client, client_options
+from .common import Group, print_listing
 
 BOTH = "both"
 
