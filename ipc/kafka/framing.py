@@ -38,10 +38,13 @@ class FrameReader:
 
     __slots__ = ("_frame", "_head", "_need", "max_frame_bytes", "min_frame_bytes")
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+    def __init__(
+        self,
+        max_frame_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        min_frame_bytes: int = MIN_REQUEST_BYTES,
+    ) -> None:
         self.max_frame_bytes = max_frame_bytes
-        # Bare SASL tokens (SaslHandshake v0) have no request header: their reader lowers it.
-        self.min_frame_bytes = MIN_REQUEST_BYTES
+        self.min_frame_bytes = min_frame_bytes  # responses: 4 (their correlation id)
         self._head = bytearray()  # bytes of the length prefix received so far
         self._frame: bytearray | None = None  # the frame being filled
         self._need = 0  # bytes of the frame still missing
@@ -93,8 +96,7 @@ class FrameReader:
             )
         if length < self.min_frame_bytes:
             raise KafkaProtocolError(
-                f"frame of {length} bytes is shorter than any request header "
-                f"({self.min_frame_bytes} bytes)"
+                f"frame of {length} bytes is shorter than any header ({self.min_frame_bytes} bytes)"
             )
 
 
