@@ -1,12 +1,27 @@
 """The data path over SASL (real processes): a confluent-kafka producer and a kafka-python
 consumer group, both logged in with SCRAM, through the nodes' Kafka listeners; the ACLs
 decide per principal (bob may not write), a node relays the admin requests it gets with
-its client's principal, and kvlog's own consumer reads what the Kafka clients wrote."""
+its client's principal, kvlog's own consumer reads what the Kafka clients wrote, quotas
+hold back the principal over its byte rate only, and kcat produces and consumes."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
 from kafka_sasl_util import PASSWORDS, confluent_config, kafka_python_config
-from sectest_util import SecuredBroker, unique, wait_until
+from sectest_util import (
+    KeyRing,
+    SecuredBroker,
+    start_secured_broker,
+    stop_and_check,
+    unique,
+    wait_until,
+)
 
 
 def test_produce_and_consume_over_sasl(sasl: SecuredBroker) -> None:
@@ -157,3 +172,127 @@ def test_a_node_relays_requests_as_its_clients_principal(sasl: SecuredBroker) ->
         with RawKafka(node) as raw:
             assert scram_login(raw, user, PASSWORDS[user]).ok
             assert raw.send(DescribeAclsRequest(version=1, **everything)).error_code == code
+
+
+@pytest.fixture(scope="module")
+def throttled(tmp_path_factory: pytest.TempPathFactory, ring: KeyRing) -> Iterator[SecuredBroker]:
+    b = start_secured_broker(
+        tmp_path_factory.mktemp("sasl-quota"),
+        ring,
+        config={"quota.producer.byte.rate": 20_000},
+        kafka_listen="127.0.0.1:0",
+        kafka_sasl_mechanisms=["SCRAM-SHA-256"],
+    )
+    try:
+        with b.admin() as admin:
+            for user in ("alice", "bob"):
+                admin.upsert_scram_user(user, PASSWORDS[user])
+        yield b
+    finally:
+        stop_and_check(b)
+
+
+def test_quotas_are_per_sasl_principal(throttled: SecuredBroker) -> None:
+    """A principal over quota.producer.byte.rate is held back by the node (Produce v5
+    says so in throttle_time_ms, before KIP-219); another principal is not."""
+    from kafka.protocol.producer import ProduceRequest
+    from kafka.record.memory_records import MemoryRecordsBuilder
+    from kafka_sasl_util import RawKafka, scram_login
+
+    topic = unique("quota")
+    with throttled.admin() as admin:
+        admin.create_topic(topic)
+        for user in ("alice", "bob"):
+            admin.add_acl(user, "topic", topic, "write")
+    assert throttled.broker.kafka_plan is not None
+    node = throttled.broker.kafka_plan.nodes[0].advertised
+
+    def produce(raw: RawKafka, size: int) -> Any:
+        builder = MemoryRecordsBuilder(magic=2, compression_type=0, batch_size=1 << 24)
+        builder.append(timestamp=0, key=None, value=b"x" * size, headers=[])
+        builder.close()
+        data = ProduceRequest.TopicProduceData
+        request = ProduceRequest(
+            version=5,
+            transactional_id=None,
+            acks=-1,
+            timeout_ms=10_000,
+            topic_data=[
+                data(
+                    name=topic,
+                    partition_data=[
+                        data.PartitionProduceData(index=0, records=bytes(builder.buffer()))
+                    ],
+                )
+            ],
+        )
+        return raw.send(request)
+
+    def logged_in(user: str) -> RawKafka | None:
+        raw = RawKafka(node)
+        if scram_login(raw, user, PASSWORDS[user]).ok:
+            return raw
+        raw.close()  # the node loads new users within a moment
+        return None
+
+    alice = wait_until(lambda: logged_in("alice"), 5, 0.1, "alice's login at the node")
+    bob = wait_until(lambda: logged_in("bob"), 5, 0.1, "bob's login at the node")
+    with alice, bob:
+
+        def alice_written() -> Any:
+            response = produce(alice, 60_000)
+            error = response.responses[0].partition_responses[0].error_code
+            return response if error == 0 else None  # the ACL on its way to the node
+
+        response = wait_until(alice_written, 20, 0.2, "alice's write ACL at the node")
+        assert response.throttle_time_ms > 0  # 60 KB over a 20 KB/s budget
+        started = time.monotonic()
+        response = produce(bob, 1000)
+        assert response.responses[0].partition_responses[0].error_code == 0
+        assert response.throttle_time_ms == 0  # bob's own budget
+        assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.skipif(
+    shutil.which("kcat") is None, reason="kcat is not installed (apt-get install kcat)"
+)
+def test_kcat_produces_and_consumes_with_scram(sasl: SecuredBroker) -> None:
+    topic, group = unique("kcat-data"), unique("kcat-group")
+    with sasl.admin() as admin:
+        admin.create_topic(topic)
+        for operation in ("write", "read"):
+            admin.add_acl("alice", "topic", topic, operation)
+        admin.add_acl("alice", "group", group, "read")
+    base = [
+        "kcat",
+        "-b",
+        sasl.broker.kafka_bootstrap,
+        "-X",
+        "security.protocol=SASL_PLAINTEXT",
+        "-X",
+        "sasl.mechanisms=SCRAM-SHA-256",
+        "-X",
+        "sasl.username=alice",
+        "-X",
+        f"sasl.password={PASSWORDS['alice']}",
+    ]
+
+    def produced() -> bool:
+        done = subprocess.run(
+            [*base, "-P", "-t", topic],
+            input="one\ntwo\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return done.returncode == 0
+
+    wait_until(produced, 20, 0.5, "kcat's produce (alice's ACLs at the node)")
+    consumed = subprocess.run(
+        [*base, "-C", "-t", topic, "-o", "beginning", "-e", "-c", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert consumed.returncode == 0, consumed.stderr
+    assert consumed.stdout.split()[:2] == ["one", "two"]
