@@ -67,10 +67,12 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslServe]:
 
 
 def kafka_login(address: str, user: str, password: str, mechanism: str = "SCRAM-SHA-256") -> bool:
-    """Whether kafka-python logs in (and lists topics) as ``user``."""
+    """Whether kafka-python logs in (and lists topics) as ``user``, at the bootstrap and
+    at the brokers it then finds (each process loads a new user within a moment)."""
     from kafka.admin import KafkaAdminClient
-    from kafka.errors import KafkaTimeoutError
+    from kafka.errors import KafkaTimeoutError, SaslAuthenticationFailedError
 
+    admin = None
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=address,
@@ -81,13 +83,13 @@ def kafka_login(address: str, user: str, password: str, mechanism: str = "SCRAM-
             request_timeout_ms=3000,
             bootstrap_timeout_ms=3000,
         )
-    except KafkaTimeoutError:  # kafka-python's answer to a refused login
-        return False
-    try:
         admin.list_topics()
         return True
+    except (KafkaTimeoutError, SaslAuthenticationFailedError):  # a refused login
+        return False
     finally:
-        admin.close()
+        if admin is not None:
+            admin.close()
 
 
 def test_sasl_turns_the_kafka_listener_on(secured: SaslServe) -> None:
