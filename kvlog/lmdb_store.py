@@ -504,7 +504,9 @@ class _LmdbWrite(_LmdbRead):
             stored = self._txn.get(key, db=db)
             fits = (
                 stored is not None
-                and stored == expected
+                and len(stored) == len(expected)
+                # bytes == bytes is one memcmp; memoryview == compares item by item
+                and bytes(stored) == bytes(expected)
                 and batch_format.next_offset(base, stored) <= state.high_watermark
                 and (new is not None or base != last_base)
             )
