@@ -8,8 +8,9 @@ here after spawn beside the node that owns it (LMDB's lock lets both write, one
 transaction at a time); the coordinator's ``meta`` environment is opened read-only for
 the topics' configs.
 
-The process runs at a lower CPU priority (``nice`` +10): compaction is background work
-and yields the CPU to the nodes that serve producers and consumers.
+The process runs at the lowest CPU priority (``nice`` 19): compaction is background work
+and yields the CPU to the nodes and clients (on a 2-core machine a compaction at +10
+still took ~20% of a saturating producer's throughput; at 19, ~10%: BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .settings import SweeperSettings
 
 log = logging.getLogger("kvlog.sweeper")
 
-NICENESS = 10
+NICENESS = 19  # the lowest CPU priority: measured, +10 still cost producers ~20%
 _TICK_S = 0.1
 
 
