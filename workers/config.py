@@ -67,7 +67,8 @@ BROKER_CONFIG = ConfigDef(
             "log.cleaner.enable",
             BOOLEAN,
             True,
-            "Compact the partitions of topics with cleanup.policy=compact (the sweeper).",
+            "Compact the partitions of topics with cleanup.policy=compact when due (the "
+            "sweeper); kvlog topics compact still works when false.",
             used_by=("sweeper",),
             field="cleaner_enable",
         ),
