@@ -184,10 +184,13 @@ class Cleaner:
                 break
             if done is None:  # asked to stop
                 break
+            progressed = done.first_dirty > state.first_dirty
             state = done
             total.passes += 1
             if state.first_dirty >= end:
                 complete = True
+                break
+            if not progressed:  # the log changed under the plan: look again next time
                 break
             clean_plan = CleanPlan(
                 state.first_dirty, end, 0, 0, clean_plan.dirty_records, 0.0, total.reason
