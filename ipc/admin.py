@@ -3,6 +3,10 @@
 Every call is a request to the broker (the bootstrap endpoint), which forwards changes to
 the coordinator and answers once the change is visible in its metadata, so a topic is
 usable as soon as ``create_topic`` returns.
+
+kafka-python's calls are here too: ``create_topics([NewTopic(...)], validate_only=...)``
+(TopicAlreadyExistsError for a topic that exists, which scripts catch to be re-runnable)
+and ``describe_topics()`` with kafka-python's field names.
 """
 
 from __future__ import annotations
@@ -13,7 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvlog.errors import KvlogError, UnknownTopicOrPartitionError, error_from_code
+from kvlog.errors import (
+    InvalidConfigError,
+    KvlogError,
+    NoBrokersAvailable,
+    UnknownTopicOrPartitionError,
+    error_from_code,
+)
 from kvlog.topic_config import effective_topic_config
 from kvlog.types import TopicPartition
 
@@ -28,6 +38,19 @@ log = logging.getLogger(__name__)
 
 class PartitionMappingWarning(UserWarning):
     """Adding partitions moves keys to other partitions (murmur2 % partition count)."""
+
+
+@dataclass
+class NewTopic:
+    """A topic for :meth:`Admin.create_topics` (kafka-python's ``NewTopic``). -1 partitions
+    or replication factor means the default, 1. ``replica_assignments`` is refused: kvlog
+    places replicas itself (round robin over the log dirs)."""
+
+    name: str
+    num_partitions: int = -1
+    replication_factor: int = -1
+    replica_assignments: dict[int, list[int]] | None = None
+    topic_configs: dict[str, Any] | None = None
 
 
 @dataclass
@@ -147,14 +170,21 @@ class Admin(_AdminGroupsAndAcls):
         self._io.close()
 
     def _call(self, op: str, **fields: Any) -> dict[str, Any]:
+        """One request to a bootstrap server; a retriable failure tries the next one. A
+        refused connection moves on at once, and NoBrokersAvailable comes within about a
+        second when nothing listens at any of them."""
         error: KvlogError | None = None
-        for attempt in range(len(self._bootstrap)):
-            endpoint = self._bootstrap[(self._next + attempt) % len(self._bootstrap)]
+        count = len(self._bootstrap)
+        for attempt in range(count):
+            start = (self._next + attempt) % count
+            order = self._bootstrap[start:] + self._bootstrap[:start]
             try:
-                header, _ = self._io.call(endpoint, op, fields, timeout_ms=self._timeout_ms)
+                header, _ = self._io.bootstrap_call(order, op, fields, timeout_ms=self._timeout_ms)
                 return header
+            except NoBrokersAvailable:
+                raise
             except KvlogError as exc:
-                if exc.retriable and len(self._bootstrap) > 1:
+                if exc.retriable and count > 1:
                     error = exc
                     continue
                 raise
@@ -170,16 +200,75 @@ class Admin(_AdminGroupsAndAcls):
         partitions: int = 1,
         replication_factor: int = 1,
         config: Mapping[str, Any] | None = None,
+        *,
+        validate_only: bool = False,
     ) -> str:
-        """Create a topic; returns its topic id. Raises TopicAlreadyExistsError."""
-        reply = self._call(
-            "create_topic",
-            name=name,
-            partitions=partitions,
-            replication_factor=replication_factor,
-            config=dict(config or {}),
-        )
+        """Create a topic; returns its topic id. Raises TopicAlreadyExistsError when it
+        exists. ``validate_only``: only check that it could be created (nothing is
+        created; the id is then "")."""
+        fields: dict[str, Any] = {
+            "name": name,
+            "partitions": partitions,
+            "replication_factor": replication_factor,
+            "config": dict(config or {}),
+        }
+        if validate_only:  # sent only when asked: servers without it never see the field
+            fields["validate_only"] = True
+        reply = self._call("create_topic", **fields)
         return str(reply.get("topic_id", ""))
+
+    def create_topics(
+        self,
+        new_topics: Any,
+        timeout_ms: int | None = None,
+        validate_only: bool = False,
+        raise_errors: bool = True,
+    ) -> dict[str, Any]:
+        """kafka-python's create_topics: ``new_topics`` is a list of :class:`NewTopic` or
+        of names, or ``{name: {"num_partitions", "replication_factor", "configs"}}``.
+        Every topic is tried; then, with ``raise_errors``, the first failure is raised
+        (TopicAlreadyExistsError for one that exists). Returns ``{"topics": [{"name",
+        "topic_id", "error_code", "error_message"}, ...]}``. ``timeout_ms`` is accepted:
+        a kvlog broker answers once the topics exist."""
+        results = []
+        first: KvlogError | None = None
+        for topic in _new_topics(new_topics):
+            if topic.replica_assignments:
+                raise InvalidConfigError(
+                    f"topic {topic.name!r}: replica_assignments are not supported; kvlog "
+                    "places replicas round robin over its log dirs"
+                )
+            try:
+                topic_id = self.create_topic(
+                    topic.name,
+                    1 if topic.num_partitions == -1 else topic.num_partitions,
+                    1 if topic.replication_factor == -1 else topic.replication_factor,
+                    topic.topic_configs,
+                    validate_only=validate_only,
+                )
+                results.append(
+                    {
+                        "name": topic.name,
+                        "topic_id": topic_id,
+                        "error_code": 0,
+                        "error_message": None,
+                    }
+                )
+            except KvlogError as exc:
+                if exc.retriable:  # the broker, not the topic: the rest would fail alike
+                    raise
+                first = first or exc
+                results.append(
+                    {
+                        "name": topic.name,
+                        "topic_id": "",
+                        "error_code": int(exc.code),
+                        "error_message": exc.message,
+                    }
+                )
+        if first is not None and raise_errors:
+            raise first
+        return {"topics": results}
 
     def delete_topic(self, name: str) -> None:
         self._call("delete_topic", name=name)
@@ -231,6 +320,60 @@ class Admin(_AdminGroupsAndAcls):
             overrides=overrides,
         )
 
+    def describe_topics(self, topics: list[str] | None = None) -> list[dict[str, Any]]:
+        """kafka-python's describe_topics: one dict per topic (every topic without
+        ``topics``) with Kafka's field names: ``name``, ``error_code``, ``topic_id``,
+        ``is_internal`` and ``partitions`` (``partition_index``, ``leader_id``,
+        ``leader_epoch``, ``replica_nodes``, ``isr_nodes``, ``offline_replicas``,
+        ``error_code``)."""
+        reply = self._metadata(None if topics is None else list(topics))
+        alive = {n["node_id"] for n in reply.get("nodes", []) if n.get("alive", True)}
+        out = []
+        for entry in reply.get("topics", []):
+            partitions = [PartitionInfo.from_wire(p) for p in entry.get("partitions", [])]
+            out.append(
+                {
+                    "name": entry["name"],
+                    "error_code": int(entry.get("error", 0)),
+                    "topic_id": entry.get("topic_id", ""),
+                    "is_internal": entry["name"].startswith("__"),
+                    "partitions": [
+                        {
+                            "partition_index": p.partition,
+                            "leader_id": p.leader,
+                            "leader_epoch": p.leader_epoch,
+                            "replica_nodes": list(p.replicas),
+                            "isr_nodes": list(p.isr),
+                            "offline_replicas": [r for r in p.replicas if r not in alive],
+                            "error_code": 0,
+                        }
+                        for p in partitions
+                    ],
+                }
+            )
+        return out
+
     def describe_cluster(self) -> dict[str, Any]:
         reply = self._metadata([])
         return {"nodes": reply.get("nodes", []), "coordinator": reply.get("coordinator")}
+
+
+def _new_topics(spec: Any) -> list[NewTopic]:
+    """kafka-python's three spellings of the topics to create, as NewTopics."""
+    if isinstance(spec, Mapping):
+        return [
+            NewTopic(
+                name,
+                options.get("num_partitions", -1),
+                options.get("replication_factor", -1),
+                options.get("assignments") or None,
+                options.get("configs") or None,
+            )
+            for name, options in spec.items()
+        ]
+    topics = [NewTopic(item) if isinstance(item, str) else item for item in spec]
+    if not topics or not all(isinstance(t, NewTopic) for t in topics):
+        raise InvalidConfigError(
+            f"create_topics takes NewTopics, topic names or a dict of them, got {spec!r}"
+        )
+    return topics

@@ -5,10 +5,16 @@ Every client takes its settings either as a dict of Kafka's dotted names
 arguments (``kvlog.Producer(bootstrap_servers="...", acks="all")``), or both. An unknown
 name is an error naming the closest valid one; a bad value names the setting and what it
 accepts.
+
+What kafka-python programs pass is accepted too: ``auto_offset_reset="smallest"`` /
+``"largest"`` (Kafka's old names for earliest / latest), ``bootstrap_servers`` with a
+``PLAINTEXT://`` prefix (ipc/wire.py), and ``api_version`` (kvlog speaks one protocol, so
+it is ignored, with one warning per process).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +40,8 @@ from kvlog.errors import InvalidConfigError
 DEFAULT_PORT = 7092
 DEFAULT_BOOTSTRAP = f"127.0.0.1:{DEFAULT_PORT}"
 
+log = logging.getLogger(__name__)
+
 
 def _acks(name: str, value: Any) -> int:
     """Kafka's acks: 'all' or -1, 0, 1 (strings accepted)."""
@@ -43,6 +51,34 @@ def _acks(name: str, value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value in (-1, 0, 1):
         return value
     raise InvalidConfigError(f"acks must be 0, 1 or 'all' (-1), got {value!r}")
+
+
+def _offset_reset(name: str, value: Any) -> str:
+    """earliest, latest or none; Kafka's old names smallest and largest too."""
+    spelled = value.strip().lower() if isinstance(value, str) else value
+    spelled = {"smallest": "earliest", "largest": "latest"}.get(spelled, spelled)
+    if spelled not in ("earliest", "latest", "none"):
+        raise InvalidConfigError(
+            f"{name} must be earliest, latest or none (or smallest / largest), got {value!r}"
+        )
+    return str(spelled)
+
+
+_API_VERSION_WARNED = False
+
+
+def _api_version(name: str, value: Any) -> Any:
+    """kafka-python's api_version pins the protocol version it speaks to a Kafka broker;
+    a kvlog client speaks kvlog's one protocol, so the value is ignored (said once)."""
+    global _API_VERSION_WARNED
+    if value is not None and not _API_VERSION_WARNED:
+        _API_VERSION_WARNED = True
+        log.warning(
+            "api_version=%r is ignored: kvlog's clients speak kvlog's protocol, whatever "
+            "Kafka version a kafka-python program names",
+            value,
+        )
+    return value
 
 
 def _codec(name: str, value: Any) -> Codec:
@@ -85,6 +121,8 @@ _CODEC = ConfigType("string", _codec, "none, gzip, snappy, lz4, zstd")
 _SERDE = ConfigType("class", _any, "null (bytes), str, json, cbor, or a callable")
 _BOOTSTRAP = ConfigType("list", _bootstrap, "host:port, comma-separated, or a list")
 _STRATEGIES = ConfigType("list", _strategies, "range, roundrobin, sticky, cooperative-sticky")
+_OFFSET_RESET = ConfigType("string", _offset_reset, "earliest, latest, none (smallest, largest)")
+_IGNORED = ConfigType("any", _api_version, "anything (ignored)")
 
 
 # The settings every client has; each client table starts with them.
@@ -107,6 +145,13 @@ _COMMON = (
     ),
     ConfigKey("curve.server.key", optional(STRING), None, "The server's public key (path or Z85)."),
     ConfigKey("curve.secret.key", optional(STRING), None, "This client's secret key file."),
+    ConfigKey(
+        "api.version",
+        _IGNORED,
+        None,
+        "Accepted for kafka-python programs and ignored (with a warning): kvlog's clients "
+        "speak kvlog's protocol.",
+    ),
 )
 
 
@@ -167,7 +212,7 @@ CONSUMER_SETTINGS = ConfigDef(
         ConfigKey("auto.commit.interval.ms", integer(1), 5000, "How often auto commit runs."),
         ConfigKey(
             "auto.offset.reset",
-            one_of("earliest", "latest", "none"),
+            _OFFSET_RESET,
             "latest",
             "Where to start without a committed offset: earliest, latest or none (error).",
         ),

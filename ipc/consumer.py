@@ -5,8 +5,12 @@ Manual assignment (``assign``) or, without a group, ``subscribe`` to whole topic
 returns ``{TopicPartition: [ConsumerRecord, ...]}`` from prefetched batches (the
 :class:`~ipc.fetcher.Fetcher` long-polls leaders on the I/O thread) and advances each
 partition's position past what it returned. Where a partition starts when there is no
-position: the group's committed offset, else ``auto.offset.reset`` (earliest, latest, or
-none: NoOffsetForPartitionError).
+position, and what happens when a position leaves the log: ipc/positions.py.
+
+``poll(timeout_ms)`` returns within its timeout also while the broker is down (lookups
+fail fast on a refused connection); a record whose key or value does not deserialize
+raises RecordDeserializationError with the record's raw bytes, and the position stays on
+it until the application seeks past it.
 
 Not thread-safe, like Kafka's consumer: use it from one thread (``wakeup``-style calls
 aside, nothing else is needed).
@@ -25,27 +29,26 @@ from kvlog import batch as batch_format
 from kvlog.errors import (
     IllegalStateError,
     KvlogError,
-    NoOffsetForPartitionError,
-    OffsetOutOfRangeError,
+    NoBrokersAvailable,
+    RecordDeserializationError,
 )
 from kvlog.types import TopicPartition
 
+from .client_metrics import ConsumerMetrics
 from .config import CONSUMER_SETTINGS, resolve
 from .consumer_types import ConsumerRebalanceListener, OffsetAndMetadata, OffsetAndTimestamp
-from .fetcher import Fetcher, PartitionFetchState, out_of_range_message
+from .fetcher import Fetcher, PartitionFetchState
 from .group_member import GroupMember
 from .lookups import Lookups
 from .metadata import ClusterMetadata
-from .records import ConsumerRecord, DecodedBatch, RecordColumns
+from .positions import EARLIEST, LATEST, Positions
+from .records import ConsumerRecord, DecodedBatch, RecordColumns, UndecodableRecord
 from .rpc import IOThread
 from .security import client_socket_options
 from .serializers import deserializer
 from .wire import split_bootstrap
 
 log = logging.getLogger(__name__)
-
-EARLIEST = -2
-LATEST = -1
 
 
 class Consumer:
@@ -63,10 +66,10 @@ class Consumer:
         # None when the application takes the bytes as they are (no call per record).
         self._keys_in = None if cfg["key_deserializer"] is None else self._key_deserializer
         self._values_in = None if cfg["value_deserializer"] is None else self._value_deserializer
-        self._reset = cfg["auto_offset_reset"]
         self._request_timeout_ms = cfg["request_timeout_ms"]
         self._check_crcs = cfg["check_crcs"]
         self.metadata = ClusterMetadata()
+        self._metrics = ConsumerMetrics()
         self._fetcher = Fetcher(
             self.metadata,
             bootstrap=self._bootstrap,
@@ -76,7 +79,8 @@ class Consumer:
             max_partition_fetch_bytes=cfg["max_partition_fetch_bytes"],
             backoff_s=cfg["retry_backoff_ms"] / 1000,
             metadata_max_age_s=cfg["metadata_max_age_ms"] / 1000,
-            on_out_of_range=self._on_out_of_range,
+            on_out_of_range=lambda tp, exc: self._positions.on_out_of_range(tp, exc),
+            metrics=self._metrics,
         )
         self._io = IOThread(
             f"consumer-{cfg['client_id']}",
@@ -97,6 +101,15 @@ class Consumer:
         self._rr = 0
         self._group: GroupMember | None = None
         self._thread_guard = threading.Lock()
+        self._positions = Positions(
+            self._fetcher,
+            self._lookups,
+            self._io,
+            reset=cfg["auto_offset_reset"],
+            group_id=cfg["group_id"],
+            group=lambda: self._group,
+            buffered_elsewhere=lambda tp: bool(self._decoded.get(tp)),
+        )
         if topics:
             self.subscribe([str(t) for t in topics])
 
@@ -269,52 +282,11 @@ class Consumer:
         with self._lock:
             position = self._state(tp).position
         if position is None:
-            self._resolve_positions([tp])
+            self._positions.resolve([tp])
             with self._lock:
                 position = self._state(tp).position
         assert position is not None
         return position
-
-    def _resolve_positions(self, tps: list[TopicPartition]) -> None:
-        """Committed offset (groups), else auto.offset.reset."""
-        committed: dict[TopicPartition, int] = {}
-        if self._group is not None:
-            committed = self._group.offsets.committed_positions(tps)
-        need = [tp for tp in tps if tp not in committed]
-        if need and self._reset == "none":
-            raise NoOffsetForPartitionError(
-                f"no committed offset for {', '.join(map(str, need))} and "
-                "auto.offset.reset is 'none'; seek() first or set auto.offset.reset"
-            )
-        which = EARLIEST if self._reset == "earliest" else LATEST
-        found = self._lookups.list_offsets(dict.fromkeys(need, which)) if need else {}
-        with self._lock:
-            for tp in tps:
-                state = self._fetcher.states.get(tp)
-                if state is None or state.position is not None:
-                    continue
-                offset = committed[tp] if tp in committed else found[tp][0]
-                self._fetcher.reset_state(state, offset)
-        self._io.wake()
-
-    def _on_out_of_range(self, tp: TopicPartition, exc: KvlogError) -> None:
-        """Called on the I/O thread when a fetch position left the log."""
-        with self._lock:
-            state = self._fetcher.states.get(tp)
-            if state is None:
-                return
-            if self._reset == "none":
-                state.error = OffsetOutOfRangeError(
-                    out_of_range_message(tp, state.fetch_offset, exc)
-                )
-            else:
-                log.warning(
-                    "%s; resetting to %s",
-                    out_of_range_message(tp, state.fetch_offset, exc),
-                    self._reset,
-                )
-                self._fetcher.reset_state(state, None)
-            self._lock.notify_all()
 
     def pause(self, *partitions: TopicPartition) -> None:
         with self._lock:
@@ -330,6 +302,26 @@ class Consumer:
     def paused(self) -> set[TopicPartition]:
         with self._lock:
             return {tp for tp, s in self._fetcher.states.items() if s.paused}
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        """The partition's high watermark as the last fetch reported it (the offset the
+        next record will get; None before the first fetch), as kafka-python's."""
+        with self._lock:
+            hw = self._state(TopicPartition(*partition)).high_watermark
+        return hw if hw >= 0 else None
+
+    def metrics(self, raw: bool = False) -> dict[str, dict[str, Any]]:
+        """Kafka's consumer metrics (``records-lag-max``, ``records-consumed-rate``,
+        ``fetch-latency-avg``, ...) as kafka-python returns them: ``{group: {name:
+        value}}``. ``raw`` is accepted for kafka-python's signature and changes nothing."""
+        with self._lock:
+            lags = {
+                tp: max(0, s.high_watermark - s.position)
+                for tp, s in self._fetcher.states.items()
+                if s.position is not None and s.high_watermark >= 0
+            }
+            assigned = len(self._fetcher.states)
+        return self._metrics.snapshot(lags, assigned)
 
     # -- polling ---------------------------------------------------------------------------
 
@@ -359,14 +351,21 @@ class Consumer:
         while True:
             if self._group is not None:
                 self._group.poll_tick(deadline)
-            with self._lock:
-                unresolved = [tp for tp, s in self._fetcher.states.items() if s.position is None]
-            if unresolved:
-                self._resolve_positions(unresolved)
+            try:
+                self._positions.settle(deadline)
+            except KvlogError as exc:
+                # The broker is down or the partition moves: the next turn (or poll) tries
+                # again; the wait below keeps this within timeout_ms.
+                if not exc.retriable or isinstance(exc, NoBrokersAvailable):
+                    raise
+                log.debug("positions not known yet: %s", exc.message)
             with self._lock:
                 taken = self._collect(limit, update_offsets, columns)
                 if taken:
                     self._io.wake()
+                    self._metrics.consumed(
+                        sum(len(records) for records in taken.values()), time.monotonic()
+                    )
                     return taken
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -390,7 +389,13 @@ class Consumer:
                 raise error
             if state.paused or state.position is None:
                 continue
-            taken, next_offset = self._take(tp, state, remaining, columns)
+            try:
+                taken, next_offset = self._take(tp, state, remaining, columns)
+            except KvlogError as error:  # a record or a whole batch that does not decode
+                if out:
+                    state.error = error  # raised on the next poll, after these records
+                    return out
+                raise
             if taken:
                 out[tp] = taken
                 if update:
@@ -429,21 +434,22 @@ class Consumer:
             decoded.skip_to(position)
             if not decoded:
                 continue
+            try:
+                run = self._take_run(tp, decoded, limit - count, columns, taken)
+            except UndecodableRecord as bad:
+                if count:
+                    break  # return what came before; the next poll() raises
+                raise self._deserialization_error(tp, bad) from bad.cause
+            if run is None:
+                break
             if columns:
-                if taken is not None and decoded.ts_type != taken.timestamp_type:
-                    break  # one RecordColumns holds one timestamp type
-                run = decoded.take_columns(
-                    tp.topic, tp.partition, limit - count, self._keys_in, self._values_in
-                )
                 if taken is None:
                     taken = run
                 else:
                     taken.extend(run)
                 next_offset = run.next_offset
             else:
-                records = decoded.take_records(
-                    tp.topic, tp.partition, limit - count, self._keys_in, self._values_in
-                )
+                records = run
                 if taken is None:
                     taken = records
                 else:
@@ -452,6 +458,42 @@ class Consumer:
             count = len(taken)
             position = next_offset
         return taken, next_offset
+
+    def _take_run(
+        self, tp: TopicPartition, decoded: DecodedBatch, limit: int, columns: bool, taken: Any
+    ) -> Any:
+        """The next run of up to ``limit`` records of one decoded batch (None: it cannot
+        join ``taken``)."""
+        if columns:
+            if taken is not None and decoded.ts_type != taken.timestamp_type:
+                return None  # one RecordColumns holds one timestamp type
+            return decoded.take_columns(
+                tp.topic, tp.partition, limit, self._keys_in, self._values_in
+            )
+        return decoded.take_records(tp.topic, tp.partition, limit, self._keys_in, self._values_in)
+
+    def _deserialization_error(
+        self, tp: TopicPartition, bad: UndecodableRecord
+    ) -> RecordDeserializationError:
+        group = self.config["group_id"]
+        skip = f"consumer.seek({tp!r}, {bad.offset + 1})"
+        if group is not None:
+            skip += (
+                f", or with the group's consumers stopped: kvlog groups reset-offsets --group "
+                f"{group} --topic {tp.topic}:{tp.partition} --to-offset {bad.offset + 1} "
+                "--execute"
+            )
+        return RecordDeserializationError(
+            f"cannot deserialize the {bad.field} of the record at offset {bad.offset} of {tp} "
+            f"({type(bad.cause).__name__}: {bad.cause}). The consumer's position stays on "
+            f"this record; to skip it: {skip}",
+            topic_partition=tp,
+            offset=bad.offset,
+            key=bad.key,
+            value=bad.value,
+            headers=bad.headers,
+            timestamp=bad.timestamp,
+        )
 
     # -- iteration (kafka-python) ------------------------------------------------------------------
 
@@ -533,8 +575,8 @@ class _GroupLink:
     def metadata(self) -> ClusterMetadata:
         return self._consumer.metadata
 
-    def ensure_metadata(self, topics: list[str] | None) -> None:
-        self._consumer._lookups.ensure_metadata(topics)
+    def ensure_metadata(self, topics: list[str] | None, deadline: float | None = None) -> None:
+        self._consumer._lookups.ensure_metadata(topics, deadline)
 
     def subscribed_topics(self) -> set[str]:
         return self._consumer._matching_topics()

@@ -8,6 +8,11 @@ the next ``poll()`` usually finds records waiting. Responses are buffered as raw
 
 Each partition has a *fetch epoch* that ``seek()`` bumps: a response for an older epoch
 is dropped, so a seek never returns records from before it.
+
+A position that left the log (OFFSET_OUT_OF_RANGE: retention, DeleteRecords, a truncation,
+or a topic deleted and created again under a committed offset) is handed to the consumer,
+which applies ``auto.offset.reset`` once (``reset_pending``: not the committed offset,
+which would only lead back out of range).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from kvlog.errors import (
 )
 from kvlog.types import TopicPartition
 
+from .client_metrics import ConsumerMetrics
 from .metadata import ClusterMetadata, MetadataRefresher
 from .rpc import IOThread
 
@@ -51,6 +57,9 @@ class PartitionFetchState:
     log_start_offset: int = -1
     error: KvlogError | None = None
     retry_at: float = 0.0
+    # The position left the log: poll() applies auto.offset.reset (never the committed
+    # offset, which would only lead back out of range) or, with "none", raises.
+    reset_pending: bool = False
 
 
 class Fetcher:
@@ -68,6 +77,7 @@ class Fetcher:
         backoff_s: float,
         metadata_max_age_s: float,
         on_out_of_range: Callable[[TopicPartition, KvlogError], None],
+        metrics: ConsumerMetrics,
     ) -> None:
         self.metadata = metadata
         self.bootstrap = bootstrap
@@ -79,6 +89,7 @@ class Fetcher:
         self.backoff_s = backoff_s
         self.metadata_max_age_s = metadata_max_age_s
         self.on_out_of_range = on_out_of_range
+        self.metrics = metrics
         self.lock = threading.Condition()
         self.states: dict[TopicPartition, PartitionFetchState] = {}
         self.topics_wanted: set[str] = set()
@@ -97,6 +108,7 @@ class Fetcher:
                     state.paused
                     or state.inflight
                     or state.fetch_offset is None
+                    or state.reset_pending
                     or state.error is not None
                     or state.buffered_bytes >= self.buffer_limit
                 ):
@@ -160,9 +172,14 @@ class Fetcher:
             ],
         }
 
+        sent_at = time.monotonic()
+
         def done(
             header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
         ) -> None:
+            if header is not None and error is None:
+                now = time.monotonic()
+                self.metrics.fetched(sum(map(len, frames)), now - sent_at, now)
             self._on_fetch(endpoint, parts, header, frames, error)
 
         # fail_fast: a refused connection (the leader is down) fails the fetch at once.
@@ -242,12 +259,14 @@ class Fetcher:
         state.buffered_bytes = 0
         state.error = None
         state.retry_at = 0.0
+        state.reset_pending = False
 
 
-def out_of_range_message(tp: TopicPartition, offset: int | None, exc: KvlogError) -> str:
+def out_of_range_message(tp: TopicPartition, position: int | None, start: int, end: int) -> str:
+    """Which partition, the position that left the log, and the log's bounds."""
     return (
-        f"fetch offset {offset} is out of range for {tp} ({exc.message}); "
-        "set auto.offset.reset to earliest or latest, or seek()"
+        f"position {position} of {tp} is out of range: the log holds offsets {start} to {end} "
+        f"(log start offset {start}, log end offset {end})"
     )
 
 

@@ -14,6 +14,12 @@ at once to hand it over (incremental rebalancing).
 
 Subscription and assignment metadata are CBOR maps (PROTOCOL.md, "Consumer protocol").
 
+A newcomer asks for its member id first (Kafka's KIP-394: ``require_member_id``; the
+coordinator answers MEMBER_ID_REQUIRED with the id and the member rejoins with it at
+once), so a consumer closed before its first join completes still knows its id and
+leaves: ``close()`` always sends LeaveGroup when it has an id, assigned or not, and no
+ghost member holds the group in a rebalance until its session expires.
+
 The member sees its consumer only through :class:`ConsumerLink`: the consumer's I/O
 thread and metadata, and five operations on its subscription, assignment and positions.
 Its offset commits and fetches are ipc/group_offsets.py's.
@@ -26,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from kvlog.errors import (
     CommitFailedError,
@@ -36,6 +42,7 @@ from kvlog.errors import (
     KafkaTimeoutError,
     KvlogError,
     MaxPollIntervalExceededError,
+    NoBrokersAvailable,
     Recovery,
     error_from_code,
 )
@@ -50,9 +57,8 @@ from .consumer_protocol import (
 )
 from .consumer_types import ConsumerRebalanceListener
 from .group_heartbeat import HeartbeatThread
+from .group_link import ConsumerLink, Exchange
 from .group_offsets import GroupOffsets
-from .metadata import ClusterMetadata
-from .rpc import IOThread
 
 log = logging.getLogger(__name__)
 
@@ -64,63 +70,10 @@ _REJOIN_ERRORS = {
 }
 
 
-class ConsumerLink(Protocol):
-    """What a GroupMember needs from its consumer (ipc/consumer.py implements it)."""
-
-    @property
-    def io(self) -> IOThread:
-        """The consumer's I/O thread, which carries the group's requests too."""
-        ...
-
-    @property
-    def metadata(self) -> ClusterMetadata:
-        """The consumer's view of the cluster (topics, partition counts, coordinator)."""
-        ...
-
-    def ensure_metadata(self, topics: list[str] | None) -> None:
-        """Make sure the metadata knows ``topics`` (None: all); raises if one is missing."""
-        ...
-
-    def subscribed_topics(self) -> set[str]:
-        """The subscribed topics (for a pattern: the existing topics it matches)."""
-        ...
-
-    def follows_pattern(self) -> bool:
-        """True when the subscription is a pattern (new matching topics rebalance)."""
-        ...
-
-    def set_assignment(self, tps: set[TopicPartition]) -> None:
-        """Read exactly these partitions from now on."""
-        ...
-
-    def positions(self, only: set[TopicPartition] | None) -> dict[TopicPartition, int]:
-        """The next offset to read of each assigned partition with a known position."""
-        ...
-
-
 class _State(enum.Enum):
     UNJOINED = "unjoined"
     JOINING = "joining"  # a JoinGroup or SyncGroup is in flight
     STABLE = "stable"
-
-
-class _Exchange:
-    """One JoinGroup or SyncGroup in flight, completed on the I/O thread."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.done = threading.Event()
-        self.reply: dict[str, Any] | None = None
-        self.error: KvlogError | None = None
-
-    def finish(self, reply: dict[str, Any] | None, error: KvlogError | None) -> None:
-        self.reply = reply
-        self.error = (
-            error
-            if error is not None or reply is not None
-            else KafkaTimeoutError("no reply from the group coordinator")
-        )
-        self.done.set()
 
 
 class GroupMember:
@@ -159,7 +112,7 @@ class GroupMember:
         self.lost_reason = ""
         self.assigned_counts: dict[str, int] = {}
         self.next_auto_commit = time.monotonic() + self.auto_commit_s
-        self._pending: _Exchange | None = None
+        self._pending: Exchange | None = None
         self._joined: tuple[str, int] | None = None  # (member id, generation) while syncing
         self._retry_at = 0.0
         self._lock = threading.Lock()
@@ -177,10 +130,10 @@ class GroupMember:
 
     # -- coordinator calls ------------------------------------------------------------------
 
-    def coordinator(self) -> str:
+    def coordinator(self, deadline: float | None = None) -> str:
         endpoint = self.consumer.metadata.coordinator
         if endpoint is None:
-            self.consumer.ensure_metadata(None)
+            self.consumer.ensure_metadata(None, deadline)
             endpoint = self.consumer.metadata.coordinator
         if endpoint is None:
             raise KafkaTimeoutError("the broker did not name a group coordinator")
@@ -292,13 +245,14 @@ class GroupMember:
                     return
                 if time.monotonic() < self._retry_at:
                     return
-                self._start_join()
+                if not self._start_join(deadline):
+                    return
                 continue
             if not pending.done.wait(max(0.0, deadline - time.monotonic())):
                 return
             self._pending = None
             if pending.error is not None:
-                self._on_join_error(pending.error)
+                self._on_join_error(pending.error, pending.reply)
                 continue
             assert pending.reply is not None
             if pending.kind == "join":
@@ -310,7 +264,20 @@ class GroupMember:
     def _cooperative(self) -> bool:
         return any(s in COOPERATIVE for s in self.strategies if isinstance(s, str))
 
-    def _start_join(self) -> None:
+    def _start_join(self, deadline: float) -> bool:
+        """Send a JoinGroup; False when the topics' metadata or the coordinator is not
+        known by ``deadline`` (the broker is down or restarting: the next poll() tries
+        again, so poll(timeout) returns in time)."""
+        topics = self._topics()
+        try:
+            self.consumer.ensure_metadata(topics, deadline)
+            self.coordinator(deadline)
+        except KvlogError as exc:
+            if not exc.retriable or isinstance(exc, NoBrokersAvailable):
+                raise
+            log.debug("group %s: cannot join yet: %s", self.group_id, exc.message)
+            self._retry_at = time.monotonic() + self.backoff_s
+            return False
         self._joined = None
         self.membership_epoch += 1
         cooperative = self._cooperative()
@@ -320,8 +287,6 @@ class GroupMember:
             self.consumer.set_assignment(set())
         self.need_rejoin = False
         self.state = _State.JOINING
-        topics = self._topics()
-        self.consumer.ensure_metadata(topics)
         names = [s for s in self.strategies if isinstance(s, str)]
         owned = self.owned if cooperative else self.previous
         metadata = encode_subscription(topics, owned, self.generation)
@@ -336,11 +301,14 @@ class GroupMember:
                 "rebalance_timeout_ms": self.max_poll_interval_ms,
                 "protocol_type": "consumer",
                 "protocols": [[name, metadata] for name in names],
+                # KIP-394: a newcomer learns its id before it is a member (see module doc)
+                "require_member_id": not self.member_id,
             },
         )
+        return True
 
     def _submit(self, kind: str, op: str, fields: dict[str, Any]) -> None:
-        pending = self._pending = _Exchange(kind)
+        pending = self._pending = Exchange(kind)
         try:
             endpoint = self.coordinator()
         except KvlogError as exc:
@@ -365,10 +333,17 @@ class GroupMember:
             timeout_ms=self.max_poll_interval_ms + 5000,
         )
 
-    def _on_join_error(self, exc: KvlogError) -> None:
+    def _on_join_error(self, exc: KvlogError, reply: dict[str, Any] | None) -> None:
         if isinstance(exc, FencedInstanceIdError):
             self.state = _State.UNJOINED
             raise exc
+        if exc.code is ErrorCode.MEMBER_ID_REQUIRED and reply and reply.get("member_id"):
+            # KIP-394: rejoin with the id at once (it is what close() leaves with meanwhile).
+            self.member_id = reply["member_id"]
+            self.state = _State.UNJOINED
+            self._retry_at = 0.0
+            log.debug("group %s: member id %s, joining", self.group_id, self.member_id)
+            return
         if exc.code is ErrorCode.UNKNOWN_MEMBER_ID:
             self.member_id = ""
             self.generation = -1
@@ -590,8 +565,20 @@ class GroupMember:
 
     # -- close ----------------------------------------------------------------------------------
 
+    def _learn_member_id(self, timeout_s: float) -> None:
+        """A first JoinGroup still in flight is answered at once (MEMBER_ID_REQUIRED with
+        the id): wait that long for it, so that close() can leave with the id."""
+        pending = self._pending
+        if self.member_id or pending is None or pending.kind != "join":
+            return
+        if pending.done.wait(timeout_s) and pending.error is not None:
+            reply = pending.reply or {}
+            if pending.error.code is ErrorCode.MEMBER_ID_REQUIRED and reply.get("member_id"):
+                self.member_id = reply["member_id"]
+
     def close(self, *, autocommit: bool) -> None:
         self.heartbeat.stop()
+        self._learn_member_id(timeout_s=1.0)
         try:
             if self.state is _State.STABLE and autocommit and self.auto_commit:
                 try:
@@ -600,8 +587,9 @@ class GroupMember:
                     log.warning("group %s: commit on close failed: %s", self.group_id, exc.message)
             if self.listener is not None and self.owned:
                 self._safely(self.listener.on_partitions_revoked, self.owned)
-            # Leave even in the middle of a rebalance: otherwise the group counts this
-            # member in and hands it partitions until its session runs out.
+            # Leave even in the middle of a rebalance, and with only a pending member id:
+            # otherwise the group counts this member in and hands it partitions until its
+            # session runs out.
             if not self.instance_id:  # static members keep their partitions
                 self._leave("close")
         finally:

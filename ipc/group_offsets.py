@@ -59,9 +59,9 @@ class GroupOffsets:
         self.positions = positions  # the consumer's: the next offset to read, per partition
         self.last_committed: dict[TopicPartition, int] = {}
 
-    def _call(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def _call(self, op: str, fields: dict[str, Any], *, fail_fast: bool = False) -> dict[str, Any]:
         fields = {"group_id": self.owner.group_id, **fields}
-        header, _ = self.io.call(self.owner.coordinator(), op, fields)
+        header, _ = self.io.call(self.owner.coordinator(), op, fields, fail_fast=fail_fast)
         return header
 
     def _commit_fields(self, offsets: Mapping[TopicPartition, Any]) -> dict[str, Any]:
@@ -70,7 +70,8 @@ class GroupOffsets:
                 "topic": tp.topic,
                 "partition": tp.partition,
                 "offset": _offset(value),
-                "metadata": "" if isinstance(value, int) else value.metadata,
+                # kafka-python programs write OffsetAndMetadata(offset, None)
+                "metadata": "" if isinstance(value, int) else value.metadata or "",
             }
             for tp, value in offsets.items()
         ]
@@ -138,8 +139,13 @@ class GroupOffsets:
             return
         self.io.submit(endpoint, "offset_commit", fields, done)
 
-    def fetch_committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
-        reply = self._call("offset_fetch", {"partitions": [[tp.topic, tp.partition] for tp in tps]})
+    def fetch_committed(
+        self, tps: list[TopicPartition], *, fail_fast: bool = False
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The group's committed offsets of ``tps`` (those it has). ``fail_fast``: a
+        coordinator that is down fails the lookup at once (poll() retries it)."""
+        wanted = {"partitions": [[tp.topic, tp.partition] for tp in tps]}
+        reply = self._call("offset_fetch", wanted, fail_fast=fail_fast)
         out = {}
         for entry in reply.get("partitions", []):
             if entry.get("offset", -1) >= 0:
@@ -147,5 +153,8 @@ class GroupOffsets:
                 out[tp] = OffsetAndMetadata(entry["offset"], entry.get("metadata", ""))
         return out
 
-    def committed_positions(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: om.offset for tp, om in self.fetch_committed(tps).items()}
+    def committed_positions(
+        self, tps: list[TopicPartition], *, fail_fast: bool = False
+    ) -> dict[TopicPartition, int]:
+        found = self.fetch_committed(tps, fail_fast=fail_fast)
+        return {tp: om.offset for tp, om in found.items()}

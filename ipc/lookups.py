@@ -1,7 +1,13 @@
 """Lookups a consumer makes on the application's thread, waiting for the answer:
 metadata for the topics it names, and Kafka's ListOffsets (earliest, latest, or by
 timestamp) at each partition's leader, retried through leader moves until
-``request.timeout.ms``."""
+``request.timeout.ms``.
+
+Inside ``poll(timeout_ms)`` the lookups also stop at the poll's deadline (a monotonic
+time) with KafkaTimeoutError, which poll() takes as "nothing yet": a refused connection
+fails a lookup at once (``fail_fast``), so while the broker is down a poll returns when
+its timeout ends instead of waiting for the broker.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from typing import Any
 from kvlog.errors import (
     KafkaTimeoutError,
     KvlogError,
+    NoBrokersAvailable,
     Recovery,
     UnknownTopicOrPartitionError,
     error_from_code,
@@ -20,6 +27,8 @@ from kvlog.types import TopicPartition
 
 from .metadata import ClusterMetadata
 from .rpc import IOThread
+
+_RETRY_S = 0.05
 
 
 class Lookups:
@@ -40,20 +49,30 @@ class Lookups:
         self._request_timeout_ms = request_timeout_ms
         self._interest = interest
 
-    def ensure_metadata(self, topics: list[str] | None) -> None:
-        """Make sure the metadata knows ``topics`` (None: all); raises if one is missing."""
-        deadline = time.monotonic() + self._request_timeout_ms / 1000
+    def _give_up_at(self, deadline: float | None) -> float:
+        limit = time.monotonic() + self._request_timeout_ms / 1000
+        return limit if deadline is None else min(limit, deadline)
+
+    def ensure_metadata(self, topics: list[str] | None, deadline: float | None = None) -> None:
+        """Make sure the metadata knows ``topics`` (None: all); raises if one is missing,
+        KafkaTimeoutError at ``deadline`` (or request.timeout.ms), NoBrokersAvailable
+        when nothing listens at any bootstrap server."""
+        give_up = self._give_up_at(deadline)
         while True:
             if topics is not None and all(t in self._metadata.topics for t in topics):
                 return
             since = time.monotonic()
             try:
                 fields: dict[str, Any] = {} if topics is None else {"topics": topics}
-                header, _ = self._io.call(self._bootstrap[0], "metadata", fields)
+                header, _ = self._io.bootstrap_call(
+                    self._bootstrap, "metadata", fields, deadline=give_up
+                )
+            except NoBrokersAvailable:
+                raise
             except KvlogError as exc:
-                if not exc.retriable or time.monotonic() > deadline:
+                if not exc.retriable or time.monotonic() >= give_up:
                     raise
-                time.sleep(0.05)
+                time.sleep(min(_RETRY_S, max(0.0, give_up - time.monotonic())))
                 continue
             self._metadata.update(header, requested=topics)
             if topics is None:
@@ -71,19 +90,20 @@ class Lookups:
                 t in self._metadata.topics for t in topics
             ):
                 return
-            if time.monotonic() > deadline:
+            if time.monotonic() >= give_up:
                 raise KafkaTimeoutError(f"no metadata for {topics} within request.timeout.ms")
 
     def list_offsets(
-        self, wanted: Mapping[TopicPartition, int]
+        self, wanted: Mapping[TopicPartition, int], deadline: float | None = None
     ) -> dict[TopicPartition, tuple[int, int]]:
         """Kafka's ListOffsets: {tp: timestamp (-2 earliest, -1 latest, or ms)} ->
-        {tp: (offset, timestamp)}, asking each leader, retrying through leader moves."""
+        {tp: (offset, timestamp)}, asking each leader, retrying through leader moves until
+        request.timeout.ms or ``deadline`` (KafkaTimeoutError)."""
         out: dict[TopicPartition, tuple[int, int]] = {}
         todo = dict(wanted)
-        deadline = time.monotonic() + self._request_timeout_ms / 1000
+        give_up = self._give_up_at(deadline)
         while todo:
-            self.ensure_metadata(sorted({tp.topic for tp in todo}))
+            self.ensure_metadata(sorted({tp.topic for tp in todo}), give_up)
             by_leader: dict[str, list[TopicPartition]] = {}
             for tp in todo:
                 count = self._metadata.partition_count(tp.topic) or 0
@@ -101,7 +121,9 @@ class Lookups:
                     ]
                 }
                 try:
-                    header, _ = self._io.call(endpoint, "list_offsets", fields)
+                    # fail_fast: a leader that is down answers nothing; ask the metadata
+                    # who leads now rather than waiting for it.
+                    header, _ = self._io.call(endpoint, "list_offsets", fields, fail_fast=True)
                 except KvlogError as exc:
                     if not exc.retriable:
                         raise
@@ -118,14 +140,23 @@ class Lookups:
                     out[tp] = (entry["offset"], entry.get("timestamp", -1))
                     del todo[tp]
             if todo and (retry or not by_leader):
-                if time.monotonic() > deadline:
+                if time.monotonic() >= give_up:
                     raise KafkaTimeoutError(f"could not list offsets of {sorted(todo)} in time")
                 self._metadata.mark_stale()
-                time.sleep(0.05)
-                self._refresh()
+                time.sleep(min(_RETRY_S, max(0.0, give_up - time.monotonic())))
+                self._refresh(give_up)
         return out
 
-    def _refresh(self) -> None:
+    def _refresh(self, give_up: float) -> None:
         topics = self._interest()
-        header, _ = self._io.call(self._bootstrap[0], "metadata", {"topics": topics})
+        try:
+            header, _ = self._io.bootstrap_call(
+                self._bootstrap, "metadata", {"topics": topics}, deadline=give_up
+            )
+        except NoBrokersAvailable:
+            raise
+        except KvlogError as exc:
+            if not exc.retriable:
+                raise
+            return  # the loop retries (or gives up at its deadline)
         self._metadata.update(header, requested=topics)

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvlog.errors import ErrorCode, KvlogError, error_from_code
+from kvlog.errors import ErrorCode, KvlogError, NoBrokersAvailable, error_from_code
 from kvlog.types import TopicPartition
+
+from .rpc import CONNECT_GRACE_S, IOThread, RefusedConnectionError, no_brokers
 
 
 @dataclass(frozen=True)
@@ -106,10 +108,11 @@ class ClusterMetadata:
         return None if found is None else error_from_code(found[0], found[1] or None)
 
     def failed(self, error: KvlogError) -> None:
-        """A metadata request failed; a fatal failure wakes whoever waits for metadata."""
+        """A metadata request failed; a fatal failure (or no broker at all) wakes whoever
+        waits for metadata."""
         with self._lock:
             self.stale = True
-            if not error.retriable:
+            if not error.retriable or isinstance(error, NoBrokersAvailable):
                 self.fatal_error = error
                 self._lock.notify_all()
 
@@ -159,6 +162,10 @@ class MetadataRefresher:
     ``backoff_s`` rather than in a loop (the first answer after a leader's connection drops
     often still names it: the controller moves leadership a few ms later). ``urgent``
     requests (a topic the client knows nothing about yet) skip that spacing.
+
+    A refused connection fails a request at once (``fail_fast``); when every bootstrap
+    server has refused for CONNECT_GRACE_S and none was ever reached, the metadata fails
+    with NoBrokersAvailable, which a producer waiting for a topic raises.
     """
 
     def __init__(self, metadata: ClusterMetadata, bootstrap: list[str], backoff_s: float) -> None:
@@ -190,7 +197,7 @@ class MetadataRefresher:
         return None if self.in_flight else max(now, self.retry_at, self.next_at)
 
     def request(
-        self, io: Any, topics: list[str], on_update: Callable[[], None] | None = None
+        self, io: IOThread, topics: list[str], on_update: Callable[[], None] | None = None
     ) -> None:
         """Ask for ``topics``; ``on_update`` runs after a successful update."""
         self.in_flight = True
@@ -202,6 +209,10 @@ class MetadataRefresher:
             if header is None or error is not None:
                 self.rotate()
                 self.retry_at = time.monotonic() + self.backoff_s
+                if isinstance(error, RefusedConnectionError):
+                    since = io.unreachable_since(self.bootstrap)
+                    if since is not None and time.monotonic() - since >= CONNECT_GRACE_S:
+                        error = no_brokers(self.bootstrap)
                 if error is not None:
                     self.metadata.failed(error)
                 return
@@ -210,4 +221,4 @@ class MetadataRefresher:
             if on_update is not None:
                 on_update()
 
-        io.send_now(self.endpoint(), "metadata", {"topics": topics}, done)
+        io.send_now(self.endpoint(), "metadata", {"topics": topics}, done, fail_fast=True)

@@ -4,6 +4,10 @@ A fetched batch is decoded once into columns (:class:`DecodedBatch`); ``poll()``
 :class:`ConsumerRecord` only for the records it returns, and ``poll_batch()`` returns
 slices of the columns themselves (:class:`RecordColumns`), so a consumer that works on
 whole columns pays no per-record Python work in kvlog at all.
+
+A key or value its deserializer refuses stops the hand-out just before that record: the
+records before it are returned, and the next call raises :class:`UndecodableRecord`
+(with the raw bytes), so the consumer's position rests on the record that failed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,37 @@ _tuple_new = tuple.__new__  # a NamedTuple's own constructor is a Python-level c
 NO_HEADERS: tuple[tuple[str, bytes], ...] = ()
 
 Deserializer = Callable[[Any], Any]
+
+
+class UndecodableRecord(Exception):
+    """The key or value deserializer failed on the first record to hand out; the record's
+    raw fields are kept (the consumer turns this into RecordDeserializationError)."""
+
+    def __init__(
+        self,
+        offset: int,
+        field: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+        timestamp: int,
+        cause: BaseException,
+    ) -> None:
+        super().__init__(f"cannot deserialize the {field} at offset {offset}: {cause}")
+        self.offset = offset
+        self.field = field
+        self.key = key
+        self.value = value
+        self.headers = list(headers)
+        self.timestamp = timestamp
+        self.cause = cause
+
+
+class _ColumnFailed(Exception):
+    def __init__(self, index: int, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.index = index
+        self.cause = cause
 
 
 class ConsumerRecord(NamedTuple):
@@ -158,6 +193,42 @@ class DecodedBatch:
         start = self.start
         return start, min(len(self.values), start + limit)
 
+    def _undecodable(self, index: int, field: str, cause: BaseException) -> UndecodableRecord:
+        headers = _headers(self.headers, index, index + 1)
+        return UndecodableRecord(
+            self.offsets[index],
+            field,
+            self.keys[index],
+            self.values[index],
+            headers[0] if headers else NO_HEADERS,
+            self.first_timestamp + self.ts_deltas[index],
+            cause,
+        )
+
+    def _deserialize(
+        self,
+        start: int,
+        stop: int,
+        key_deserializer: Deserializer | None,
+        value_deserializer: Deserializer | None,
+    ) -> tuple[list[Any], list[Any]] | int:
+        """Keys and values of records ``start:stop``, or the length of the run that does
+        deserialize when a record in it does not (raises UndecodableRecord when that is
+        the first one)."""
+        try:
+            keys = _deserialized(self.keys[start:stop], key_deserializer)
+        except _ColumnFailed as failed:
+            if failed.index == 0:
+                raise self._undecodable(start, "key", failed.cause) from failed.cause
+            return failed.index
+        try:
+            values = _deserialized(self.values[start:stop], value_deserializer)
+        except _ColumnFailed as failed:
+            if failed.index == 0:
+                raise self._undecodable(start, "value", failed.cause) from failed.cause
+            return failed.index
+        return keys, values
+
     def take_records(
         self,
         topic: str,
@@ -167,11 +238,15 @@ class DecodedBatch:
         value_deserializer: Deserializer | None,
     ) -> list[ConsumerRecord]:
         start, stop = self._slice(limit)
+        decoded = self._deserialize(start, stop, key_deserializer, value_deserializer)
+        if isinstance(decoded, int):  # stop before the record that does not deserialize
+            return self.take_records(
+                topic, partition, decoded, key_deserializer, value_deserializer
+            )
+        keys, values = decoded
         raw_keys, raw_values = self.keys[start:stop], self.values[start:stop]
         key_sizes = [-1 if k is None else len(k) for k in raw_keys]
         value_sizes = [-1 if v is None else len(v) for v in raw_values]
-        keys = _deserialized(raw_keys, key_deserializer)
-        values = _deserialized(raw_values, value_deserializer)
         headers = _headers(self.headers, start, stop) or [NO_HEADERS] * (stop - start)
         first_ts, ts_type, new = self.first_timestamp, self.ts_type, _tuple_new
         out = [
@@ -199,8 +274,12 @@ class DecodedBatch:
         value_deserializer: Deserializer | None,
     ) -> RecordColumns:
         start, stop = self._slice(limit)
-        keys = _deserialized(self.keys[start:stop], key_deserializer)
-        values = _deserialized(self.values[start:stop], value_deserializer)
+        decoded = self._deserialize(start, stop, key_deserializer, value_deserializer)
+        if isinstance(decoded, int):  # stop before the record that does not deserialize
+            return self.take_columns(
+                topic, partition, decoded, key_deserializer, value_deserializer
+            )
+        keys, values = decoded
         first_ts = self.first_timestamp
         ts_deltas = self.ts_deltas[start:stop]
         if ts_deltas and ts_deltas.count(ts_deltas[0]) == len(ts_deltas):
@@ -222,7 +301,19 @@ class DecodedBatch:
 
 
 def _deserialized(column: list[Any], deserializer: Deserializer | None) -> list[Any]:
-    return column if deserializer is None else [deserializer(x) for x in column]
+    if deserializer is None:
+        return column
+    try:
+        return [deserializer(x) for x in column]
+    except Exception:
+        pass  # find which one: the slow path, for the failing column only
+    out = []
+    for index, x in enumerate(column):
+        try:
+            out.append(deserializer(x))
+        except Exception as exc:
+            raise _ColumnFailed(index, exc) from exc
+    return out
 
 
 def _headers(

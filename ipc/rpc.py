@@ -13,6 +13,12 @@ replaced (so ZeroMQ does not deliver the failed requests later, to a server rest
 the same address) and the endpoint counts as *down* until a handshake succeeds again:
 drivers ask :meth:`IOThread.endpoint_down` and hold their requests for it, refreshing
 metadata, instead of parking them on a dead address until it comes back.
+
+Losing a server the client was talking to is logged once as a warning, and once more
+when a connection is back, so an application whose ``poll()`` returns nothing can tell
+why. A client that has never reached any of its bootstrap servers and finds all of them
+refusing for :data:`CONNECT_GRACE_S` gives up with NoBrokersAvailable
+(:meth:`IOThread.bootstrap_call`, ipc/metadata.py's refresher): nothing listens there.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from kvlog.errors import (
     KafkaTimeoutError,
     KvlogError,
     NetworkError,
+    NoBrokersAvailable,
     RequestTimedOutError,
     UnauthenticatedError,
 )
@@ -45,6 +52,11 @@ from .wire import Frame
 log = logging.getLogger(__name__)
 
 CLOSE_LINGER_MS = 1000
+# How long a client that never reached a bootstrap server keeps retrying refused
+# connections before NoBrokersAvailable: long enough for a broker that is starting (kvlog
+# serve binds its socket within a second), short enough to tell a user at once that
+# nothing listens there.
+CONNECT_GRACE_S = 1.0
 
 _MONITORED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -53,9 +65,27 @@ _MONITORED = (
     | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
     | zmq.EVENT_CONNECT_RETRIED
+    | zmq.EVENT_CONNECTED
 )
 
 Callback = Callable[[dict[str, Any] | None, list[bytes], KvlogError | None], None]
+
+
+class RefusedConnectionError(NetworkError):
+    """The endpoint refused the connection (nothing listens there): the request was never
+    delivered, so sending it again cannot apply it twice."""
+
+
+def display_address(endpoint: str) -> str:
+    """``tcp://host:port`` -> ``host:port`` (how users write bootstrap.servers)."""
+    return endpoint[len("tcp://") :] if endpoint.startswith("tcp://") else endpoint
+
+
+def no_brokers(endpoints: Sequence[str]) -> NoBrokersAvailable:
+    where = ", ".join(display_address(e) for e in endpoints)
+    return NoBrokersAvailable(
+        f"no kvlog broker at {where} (connection refused); is `kvlog serve` running?"
+    )
 
 
 class Driver(Protocol):
@@ -97,6 +127,17 @@ class IOThread:
         self._connected: set[str] = set()
         # Endpoints whose connection dropped or was refused, with no handshake since.
         self._down: set[str] = set()
+        # Endpoints whose last connection attempt was refused (nothing listens there), and
+        # those where a TCP connection was made since the last attempt (something listens:
+        # a failure after it is the handshake's, not a refusal).
+        self._refused: set[str] = set()
+        self._tcp_up: set[str] = set()
+        # Endpoints this client completed a handshake with at least once.
+        self._reached: set[str] = set()
+        # Endpoint -> when it first refused a connection (never reached, no handshake since).
+        self._refused_since: dict[str, float] = {}
+        # Endpoints whose established connection dropped: logged once, then "back" once.
+        self._lost: set[str] = set()
         self._ctx = zmq.Context()
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._by_socket: dict[zmq.Socket[Any], str] = {}
@@ -132,12 +173,16 @@ class IOThread:
         frames: Sequence[Frame] = (),
         timeout_ms: float | None = None,
         expect_reply: bool = True,
+        fail_fast: bool = False,
     ) -> None:
-        """Queue a request; ``callback`` runs on the I/O thread with the reply."""
+        """Queue a request; ``callback`` runs on the I/O thread with the reply. With
+        ``fail_fast`` see :meth:`send_now`."""
         if self._closing:
             callback(None, [], KvlogError("the client is closed"))
             return
-        self._inbox.append((endpoint, op, fields, frames, callback, timeout_ms, expect_reply))
+        self._inbox.append(
+            (endpoint, op, fields, frames, callback, timeout_ms, expect_reply, fail_fast)
+        )
         if threading.current_thread() is not self._thread:
             self.wake()
 
@@ -149,6 +194,7 @@ class IOThread:
         *,
         frames: Sequence[Frame] = (),
         timeout_ms: float | None = None,
+        fail_fast: bool = False,
     ) -> tuple[dict[str, Any], list[bytes]]:
         """Send a request and wait for its reply; raises its error as an exception."""
         done = threading.Event()
@@ -160,7 +206,15 @@ class IOThread:
             box.append((header, rframes, error))
             done.set()
 
-        self.submit(endpoint, op, fields, callback, frames=frames, timeout_ms=timeout_ms)
+        self.submit(
+            endpoint,
+            op,
+            fields,
+            callback,
+            frames=frames,
+            timeout_ms=timeout_ms,
+            fail_fast=fail_fast,
+        )
         limit = (timeout_ms if timeout_ms is not None else self.request_timeout_ms) / 1000
         if not done.wait(limit + 5.0):
             raise KafkaTimeoutError(f"{op} to {endpoint}: no answer within {limit:.1f} s")
@@ -168,6 +222,55 @@ class IOThread:
         if error is not None:
             raise error
         return header, rframes
+
+    def bootstrap_call(
+        self,
+        endpoints: Sequence[str],
+        op: str,
+        fields: dict[str, Any],
+        *,
+        timeout_ms: float | None = None,
+        deadline: float | None = None,
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """A request to the bootstrap servers, first ``endpoints[0]``: a refused connection
+        (the request was not delivered, so a retry is safe) moves on to the next server,
+        until one answers, ``timeout_ms`` (default request.timeout.ms) or the monotonic
+        ``deadline`` passes (KafkaTimeoutError), or every server has refused for
+        CONNECT_GRACE_S and none was ever reached (NoBrokersAvailable)."""
+        limit_ms = self.request_timeout_ms if timeout_ms is None else timeout_ms
+        give_up = time.monotonic() + limit_ms / 1000
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        attempt = 0
+        while True:
+            endpoint = endpoints[attempt % len(endpoints)]
+            attempt += 1
+            # Within the deadline, but long enough for a broker's usual answer (ms).
+            wait_ms = max(100.0, (give_up - time.monotonic()) * 1000)
+            try:
+                return self.call(endpoint, op, fields, timeout_ms=wait_ms, fail_fast=True)
+            except RefusedConnectionError:
+                since = self.unreachable_since(endpoints)
+                now = time.monotonic()
+                if since is not None and now - since >= CONNECT_GRACE_S:
+                    raise no_brokers(endpoints) from None
+                if now >= give_up:
+                    raise KafkaTimeoutError(
+                        f"{op}: no bootstrap server answered in time "
+                        f"({', '.join(map(display_address, endpoints))} refused the connection)"
+                    ) from None
+                if attempt % len(endpoints) == 0:
+                    time.sleep(min(0.05, max(0.0, give_up - now)))
+
+    def unreachable_since(self, endpoints: Sequence[str]) -> float | None:
+        """When all of ``endpoints`` had refused connections, if this client never reached
+        any of them (None otherwise: one was reached once, or one was not tried yet)."""
+        if any(e in self._reached for e in endpoints):
+            return None
+        starts = [self._refused_since.get(e) for e in endpoints]
+        if any(s is None for s in starts):
+            return None
+        return max(s for s in starts if s is not None)
 
     def close(self, timeout_s: float = 5.0) -> None:
         self._closing = True
@@ -229,13 +332,33 @@ class IOThread:
             except zmq.Again:
                 return
             kind = event["event"]
+            if kind == zmq.EVENT_CONNECTED:
+                self._tcp_up.add(endpoint)
+                self._refused.discard(endpoint)
+                continue
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._handshake_failures[endpoint] = 0
                 self._connected.add(endpoint)
                 self._down.discard(endpoint)
+                self._refused.discard(endpoint)
+                self._reached.add(endpoint)
+                self._refused_since.pop(endpoint, None)
+                if self._lost:
+                    log.warning(
+                        "%s: connected to %s again; kvlog is reachable", self.name, endpoint
+                    )
+                    self._lost.clear()
                 continue
             if kind == zmq.EVENT_DISCONNECTED:
                 if endpoint in self._connected:
+                    if not self._lost and not self._closing:
+                        log.warning(
+                            "%s: lost the connection to %s (the kvlog process there stopped "
+                            "or restarts); retrying until it is back",
+                            self.name,
+                            endpoint,
+                        )
+                    self._lost.add(endpoint)
                     self._went_down(
                         endpoint,
                         NetworkError(
@@ -249,14 +372,16 @@ class IOThread:
                 if endpoint in self._connected:
                     continue  # a stale event: the socket is connected
                 self._down.add(endpoint)
+                if endpoint in self._tcp_up:
+                    # A server took the connection and it failed after (its handshake, or
+                    # it went away): not a refusal. The handshake failures say more.
+                    self._tcp_up.discard(endpoint)
+                    continue
+                self._refused.add(endpoint)
+                if endpoint not in self._reached:
+                    self._refused_since.setdefault(endpoint, time.monotonic())
                 if any(p.fail_fast for p in self._pending.values() if p.endpoint == endpoint):
-                    self._went_down(
-                        endpoint,
-                        NetworkError(
-                            f"the connection to {endpoint} was refused (is the server "
-                            "running?); the client retries"
-                        ),
-                    )
+                    self._went_down(endpoint, _refused(endpoint), refused=True)
                     return
                 continue
             failures = self._handshake_failures.get(endpoint, 0) + 1
@@ -280,7 +405,7 @@ class IOThread:
             self._drop_socket(endpoint)
             return
 
-    def _went_down(self, endpoint: str, error: KvlogError) -> None:
+    def _went_down(self, endpoint: str, error: KvlogError, *, refused: bool = False) -> None:
         """The endpoint's connection dropped or was refused: fail what was sent to it and
         replace its socket.
 
@@ -295,12 +420,16 @@ class IOThread:
         if not self._closing:
             self.socket_for(endpoint)
             self._down.add(endpoint)
+            if refused:
+                self._refused.add(endpoint)
 
     def _drop_socket(self, endpoint: str) -> None:
         # Without a socket nothing would tell when the endpoint is back: the next request
         # opens a new one (and finds out).
         self._connected.discard(endpoint)
         self._down.discard(endpoint)
+        self._refused.discard(endpoint)
+        self._tcp_up.discard(endpoint)
         sock = self._sockets.pop(endpoint, None)
         if sock is None:
             return
@@ -335,8 +464,13 @@ class IOThread:
         fail_fast: bool = False,
     ) -> None:
         """Send from the I/O thread itself (drivers use this). With ``fail_fast`` the
-        request fails with NETWORK_EXCEPTION as soon as its endpoint refuses the
-        connection, instead of waiting for the server to come back (or the timeout)."""
+        request fails with NETWORK_EXCEPTION (RefusedConnectionError) as soon as its
+        endpoint refuses the connection, or at once while it is known to refuse them,
+        instead of waiting for the server to come back (or the timeout)."""
+        if fail_fast and endpoint in self._refused and endpoint in self._sockets:
+            if callback is not None:
+                callback(None, [], _refused(endpoint))
+            return
         rid = next(self._ids)
         header = wire.request_header(op, rid, **fields)
         try:
@@ -393,7 +527,9 @@ class IOThread:
 
     def _drain_inbox(self) -> None:
         while self._inbox:
-            endpoint, op, fields, frames, callback, timeout_ms, expect = self._inbox.popleft()
+            endpoint, op, fields, frames, callback, timeout_ms, expect, fail_fast = (
+                self._inbox.popleft()
+            )
             self.send_now(
                 endpoint,
                 op,
@@ -401,6 +537,7 @@ class IOThread:
                 callback if expect else None,
                 frames=frames,
                 timeout_ms=timeout_ms,
+                fail_fast=fail_fast,
             )
             if not expect:
                 callback({}, [], None)
@@ -458,7 +595,7 @@ class IOThread:
                 pending.callback(None, [], KvlogError("the client was closed"))
         self._pending.clear()
         while self._inbox:
-            *_, callback, _timeout, _expect = self._inbox.popleft()
+            *_, callback, _timeout, _expect, _fail_fast = self._inbox.popleft()
             with contextlib.suppress(Exception):
                 callback(None, [], KvlogError("the client was closed"))
         for sock in self._sockets.values():  # before their monitors close: see _drop_socket
@@ -473,6 +610,12 @@ class IOThread:
         self._ctx.term()
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+
+def _refused(endpoint: str) -> RefusedConnectionError:
+    return RefusedConnectionError(
+        f"the connection to {endpoint} was refused (is the server running?); the client retries"
+    )
 
 
 def blocking_call(

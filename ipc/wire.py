@@ -34,11 +34,24 @@ INT32_MAX = (1 << 31) - 1
 Frame = bytes | memoryview
 
 
+_KAFKA_LISTENERS = ("ssl", "sasl_plaintext", "sasl_ssl")
+
+
 def normalize_endpoint(address: str) -> str:
-    """``host:port`` -> ``tcp://host:port``; ``tcp://`` and ``ipc://`` pass through."""
+    """``host:port`` -> ``tcp://host:port``; ``tcp://`` and ``ipc://`` pass through, and
+    so does Kafka's ``PLAINTEXT://host:port`` (as ``tcp://``), which kafka-python
+    programs write."""
     address = address.strip()
     if "://" in address:
-        scheme = address.split("://", 1)[0]
+        scheme, rest = address.split("://", 1)
+        if scheme.lower() == "plaintext":
+            return normalize_endpoint(rest)
+        if scheme.lower() in _KAFKA_LISTENERS:
+            raise InvalidConfigError(
+                f"{address!r}: kvlog's clients have no {scheme.upper()} listener; give "
+                "host:port, and for encryption and authentication security_protocol='curve' "
+                "with curve_server_key and curve_secret_key"
+            )
         if scheme not in ("tcp", "ipc", "inproc"):
             raise InvalidConfigError(
                 f"unsupported endpoint scheme in {address!r}: use tcp:// or ipc://"

@@ -74,6 +74,7 @@ _LAZY = {
     "OffsetAndMetadata": "kvlog.ipc.consumer",
     "ConsumerRebalanceListener": "kvlog.ipc.consumer",
     "Admin": "kvlog.ipc.admin",
+    "NewTopic": "kvlog.ipc.admin",
     "Broker": "kvlog.workers.supervisor",
     "ConsumerPool": "kvlog.workers.pool",
 }

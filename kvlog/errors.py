@@ -89,6 +89,8 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_PRODUCER_ID = 59
     NON_EMPTY_GROUP = 68
     GROUP_ID_NOT_FOUND = 69
+    FETCH_SESSION_ID_NOT_FOUND = 70
+    INVALID_FETCH_SESSION_EPOCH = 71
     FENCED_LEADER_EPOCH = 74
     UNKNOWN_LEADER_EPOCH = 75
     UNSUPPORTED_COMPRESSION_TYPE = 76
@@ -428,6 +430,15 @@ class GroupIdNotFoundError(KvlogError, code=ErrorCode.GROUP_ID_NOT_FOUND):
     """No such group."""
 
 
+class FetchSessionIdNotFoundError(RetriableError, code=ErrorCode.FETCH_SESSION_ID_NOT_FOUND):
+    """This broker keeps no fetch sessions (KIP-227): send full fetch requests (session id
+    0)."""
+
+
+class InvalidFetchSessionEpochError(RetriableError, code=ErrorCode.INVALID_FETCH_SESSION_EPOCH):
+    """The fetch session epoch is not valid for a full fetch request; use -1 or 0."""
+
+
 class FencedLeaderEpochError(InvalidMetadataError, code=ErrorCode.FENCED_LEADER_EPOCH):
     """The leader epoch in the request is stale; refresh metadata and retry."""
 
@@ -528,6 +539,47 @@ class MaxPollIntervalExceededError(KvlogError, code=ErrorCode.MAX_POLL_INTERVAL_
     """poll() was not called within max.poll.interval.ms, so the consumer left its group and its
     partitions went to other members; it rejoins on the next poll(). Raise max.poll.interval.ms
     or lower max.poll.records."""
+
+
+# -- client-side names kafka-python programs use ------------------------------------------
+#
+# Subclasses without a code of their own: each keeps its base's code and recovery kind, so
+# the wire and the error table are unchanged; they only give a client a name to catch.
+
+KafkaError = KvlogError
+"""kafka-python's base exception name: ``except KafkaError`` catches every kvlog error."""
+
+
+class NoBrokersAvailable(NetworkError):
+    """No bootstrap server answered: nothing listens at any address of bootstrap.servers (the
+    connection was refused). Start the broker (kvlog serve) or fix bootstrap.servers."""
+
+
+class RecordDeserializationError(SerializationError):
+    """A fetched record's key or value could not be deserialized (Java's
+    RecordDeserializationException). ``topic_partition`` and ``offset`` say which record,
+    ``key`` and ``value`` hold its raw bytes, ``headers`` and ``timestamp`` the rest of it.
+    The consumer's position stays at the record: every poll() raises this again until the
+    application seeks past it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        topic_partition: Any,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any = (),
+        timestamp: int = -1,
+    ) -> None:
+        super().__init__(message)
+        self.topic_partition = topic_partition
+        self.offset = offset
+        self.key = key
+        self.value = value
+        self.headers = list(headers or ())
+        self.timestamp = timestamp
 
 
 def _info(exc: type[KvlogError]) -> ErrorInfo:

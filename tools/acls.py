@@ -18,7 +18,8 @@ from typing import Any
 
 import click
 
-from .common import Group, admin_client, client_options, print_listing
+from .client_cli import admin_client, client_options
+from .common import Group, print_listing
 
 OPERATIONS = ("read", "write", "create", "delete", "describe", "alter")
 CLUSTER_NAME = "kvlog"  # the one cluster resource's name (workers/acl.py)

@@ -19,7 +19,7 @@ from kvlog import __version__
 COMMANDS: dict[str, str] = {
     "demo": "kvlog.tools.demo:demo",
     "serve": "kvlog.tools.serve:serve",
-    "status": "kvlog.tools.serve:status",
+    "status": "kvlog.tools.status:status",
     "topics": "kvlog.tools.topics:topics",
     "produce": "kvlog.tools.console:produce",
     "consume": "kvlog.tools.console:consume",
@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "keys": "kvlog.tools.acls:keys",
     "acls": "kvlog.tools.acls:acls",
     "config": "kvlog.tools.config_docs:config",
+    "backup": "kvlog.tools.backup:backup",
 }
 
 PERF_COMMANDS: dict[str, str] = {

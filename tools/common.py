@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,26 +157,6 @@ def check_endpoint(value: str, what: str) -> str:
 # -- client options ----------------------------------------------------------------------------
 
 
-def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--bootstrap-server`` and ``--command-config`` (passed as ``bootstrap_server`` and
-    ``command_config``)."""
-    f = click.option(
-        "--command-config",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        default=None,
-        help="Client settings file (dotted names; TOML or .properties), e.g. "
-        "security.protocol=curve, curve.server.key, curve.secret.key.",
-    )(f)
-    f = click.option(
-        "--bootstrap-server",
-        default=None,
-        metavar="HOST:PORT",
-        help=f"Broker to connect to (default: the file's bootstrap.servers, else "
-        f"{DEFAULT_BOOTSTRAP}).",
-    )(f)
-    return f
-
-
 def client_config(
     bootstrap_server: str | None, command_config: Path | None, **overrides: Any
 ) -> dict[str, Any]:
@@ -191,12 +171,6 @@ def client_config(
         if value is not None:
             config[name.replace("_", ".")] = value
     return config
-
-
-def admin_client(bootstrap_server: str | None, command_config: Path | None) -> Any:
-    from kvlog.ipc.admin import Admin
-
-    return Admin(client_config(bootstrap_server, command_config))
 
 
 # -- signals -----------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from typing import Any
 
 import click
 
-from .common import Command, client_config, client_options, err, parse_pairs, stop_on_signals
+from .client_cli import client_config, client_options
+from .common import Command, err, parse_pairs, stop_on_signals
 
 ACKS = ("0", "1", "all", "-1")
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
@@ -89,10 +90,10 @@ def produce(
 
     separator = _separator(key_separator)
     header_list = [(k, v.encode()) for k, v in parse_pairs(headers, "--header").items()]
-    config = client_config(bootstrap_server, command_config)
+    config = client_config("producer", bootstrap_server, command_config)
     config.update(parse_pairs(properties, "--producer-property"))
     config.update({"acks": acks, "compression.type": compression})
-    stdin = click.get_binary_stream("stdin")
+    stdin = sys.stdin.buffer
     state = {"failed": 0, "error": ""}
 
     def on_error(exc: BaseException) -> None:
@@ -201,7 +202,8 @@ def _start_offset(value: str | None) -> str | int | None:
     "--timeout-ms",
     type=click.IntRange(min=0),
     default=None,
-    help="Exit after this long without a record.",
+    help="Exit after this long without a record (with --group: counted from the moment the "
+    "group assigned partitions).",
 )
 @click.option("--print-key", is_flag=True)
 @click.option("--print-partition", is_flag=True)
@@ -265,10 +267,12 @@ def consume(
     """Print TOPIC's records to stdout (or run a consumer pool, see --workers).
 
     Starts at the end unless --from-beginning, --offset or the group's committed offset
-    says otherwise. The number of records read goes to stderr at exit. With --timeout-ms
-    and --max-messages, running out of time before N records exits 1.
+    says otherwise (pool mode: a new group starts at the earliest offset, as a work queue
+    should; --consumer-property auto.offset.reset=latest changes that). The number of
+    records read goes to stderr at exit. With --timeout-ms and --max-messages, running out
+    of time before N records exits 1.
     """
-    config = client_config(bootstrap_server, command_config)
+    config = client_config("consumer", bootstrap_server, command_config)
     config.update(parse_pairs(properties, "--consumer-property"))
     if workers is not None or handler is not None:
         if workers is None or handler is None or group is None:
@@ -318,21 +322,33 @@ def _run_console(
     fields: tuple[bool, bool, bool, bool, bool],
     config: dict[str, Any],
 ) -> None:
-    from kvlog.ipc.consumer import Consumer
+    from kvlog.ipc.consumer import Consumer, ConsumerRebalanceListener
     from kvlog.types import TopicPartition
+
+    class Joined(ConsumerRebalanceListener):
+        """Notes when the group first assigns this consumer its partitions: --timeout-ms
+        counts from there (joining a new group waits group.initial.rebalance.delay.ms)."""
+
+        at: float | None = None
+
+        def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+            if self.at is None:
+                self.at = time.monotonic()
 
     config.setdefault("auto.offset.reset", "earliest" if from_beginning else "latest")
     if group is not None:
         config["group.id"] = group
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     count = 0
     timed_out = False
     consumer = Consumer(config)
     try:
         with stop_on_signals(interrupt=True):
             try:
+                joined = Joined()
                 if group is not None:
-                    consumer.subscribe([topic])
+                    err(f"joining group {group} ...")
+                    consumer.subscribe([topic], listener=joined)
                 else:
                     parts = sorted(consumer.partitions_for_topic(topic))
                     if partition is not None:
@@ -349,10 +365,12 @@ def _run_console(
                         consumer.seek_to_beginning()
                     else:
                         consumer.seek_to_end()
-                last = time.monotonic()
+                last = time.monotonic() if group is None else None
                 while max_messages is None or count < max_messages:
+                    if last is None:
+                        last = joined.at  # None until the group assigned partitions
                     wait = 1000
-                    if timeout_ms is not None:
+                    if timeout_ms is not None and last is not None:
                         left = timeout_ms - (time.monotonic() - last) * 1000
                         if left <= 0:
                             timed_out = True
@@ -398,7 +416,8 @@ def _run_pool(
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
-    config.setdefault("auto.offset.reset", "earliest" if from_beginning else "latest")
+    if from_beginning:  # the pool's own default is earliest already (a work queue)
+        config.setdefault("auto.offset.reset", "earliest")
     pool = ConsumerPool(
         handler,
         [topic],

@@ -3,10 +3,13 @@
 
 ``describe`` shows the members (member id, client id, assigned partitions) and, per
 partition, the committed offset, the log end offset (the high watermark, from a
-consumer's ``end_offsets``) and the lag between them.
+consumer's ``end_offsets``) and the lag between them. A committed offset outside the
+log (past its end: the topic was deleted and created again; before its start: retention
+removed the records) has no lag: the row says what the group does about it instead.
 
-``reset-offsets`` computes new committed offsets for a group with no members and stores
-them (or only prints the plan with ``--dry-run``). As in Kafka, every new offset is
+``reset-offsets`` computes new committed offsets for a group with no members and, as
+Kafka's tool does, only prints the plan unless ``--execute`` is given (``--dry-run`` says
+the default out loud). As in Kafka, every new offset is
 clamped to the partition's current range [log start, log end]. ``--to-datetime`` takes
 ISO 8601 (``2024-05-01T12:00:00Z``; without a zone: local time) and picks the first
 offset at or after it (the log end if none). ``--shift-by`` moves from the committed
@@ -24,11 +27,9 @@ from typing import Any
 
 import click
 
+from .client_cli import admin_client, client_config, client_options
 from .common import (
     Group,
-    admin_client,
-    client_config,
-    client_options,
     make_console,
     plain_table,
     print_listing,
@@ -47,7 +48,9 @@ def _clients(
             from kvlog.ipc.consumer import Consumer
 
             offsets_client = Consumer(
-                client_config(bootstrap_server, command_config, client_id="kvlog-groups")
+                client_config(
+                    "consumer", bootstrap_server, command_config, client_id="kvlog-groups"
+                )
             )
         yield admin, offsets_client
     finally:
@@ -105,20 +108,23 @@ def group_report(admin: Any, consumer: Any, group_id: str) -> dict[str, Any]:
             owners[TopicPartition(topic, partition)] = m
     tps = sorted(set(committed) | set(owners))
     ends = consumer.end_offsets(tps) if tps else {}
+    starts = consumer.beginning_offsets(tps) if tps else {}
     rows = []
     for tp in tps:
         offset = committed.get(tp)
         end = ends.get(tp)
         member = owners.get(tp)
+        problem = _out_of_range(offset, starts.get(tp), end)
         rows.append(
             {
                 "topic": tp.topic,
                 "partition": tp.partition,
                 "committed_offset": offset,
                 "log_end_offset": end,
-                "lag": None if offset is None or end is None else max(0, end - offset),
+                "lag": None if offset is None or end is None or problem else end - offset,
                 "member_id": member.get("member_id") if member else None,
                 "client_id": member.get("client_id") if member else None,
+                **({"problem": problem} if problem else {}),
             }
         )
     return {
@@ -138,6 +144,25 @@ def group_report(admin: Any, consumer: Any, group_id: str) -> dict[str, Any]:
         ],
         "partitions": rows,
     }
+
+
+def _out_of_range(committed: int | None, start: int | None, end: int | None) -> str | None:
+    """What is wrong with a committed offset outside the log, or None."""
+    if committed is None or start is None or end is None:
+        return None
+    if committed > end:
+        return (
+            f"committed offset {committed} is past the log end offset {end} (the topic was "
+            "deleted and created again, or the log was truncated): the group's consumers "
+            "reset it with auto.offset.reset when they next read"
+        )
+    if committed < start:
+        return (
+            f"committed offset {committed} is before the log start offset {start}: retention "
+            f"removed {start - committed} record(s) the group had not read; its consumers "
+            "reset it with auto.offset.reset when they next read"
+        )
+    return None
 
 
 def _print_report(console: Any, report: dict[str, Any]) -> None:
@@ -171,13 +196,16 @@ def _print_report(console: Any, report: dict[str, Any]) -> None:
             str(r["partition"]),
             _or_dash(r["committed_offset"]),
             _or_dash(r["log_end_offset"]),
-            _or_dash(r["lag"]),
+            "out of range" if r.get("problem") else _or_dash(r["lag"]),
             f"{r['member_id']} / {r['client_id']}" if r["member_id"] else "-",
         )
         for r in report["partitions"]
     ]
     columns = ("topic", "partition", "committed", "log end", "lag", "member / client")
     console.print(plain_table(columns, rows, right=("partition", "committed", "log end", "lag")))
+    for r in report["partitions"]:
+        if r.get("problem"):
+            console.print(f"{r['topic']}-{r['partition']}: {r['problem']}")
 
 
 def _or_dash(value: int | None) -> str:
@@ -202,14 +230,27 @@ def describe(
         raise click.UsageError("name a group: kvlog groups describe GROUP (or --group GROUP)")
     with _clients(bootstrap_server, command_config, consumer=True) as (admin, consumer):
         reports = [group_report(admin, consumer, g) for g in wanted]
+    missing = [r["group_id"] for r in reports if _missing(r)]
+    found = [r for r in reports if not _missing(r)]
     if as_json:
-        click.echo(json.dumps(reports, indent=2))
-        return
-    console = make_console()
-    for i, report in enumerate(reports):
-        if i:
-            console.print()
-        _print_report(console, report)
+        click.echo(json.dumps(found, indent=2))
+    else:
+        console = make_console()
+        for i, report in enumerate(found):
+            if i:
+                console.print()
+            _print_report(console, report)
+    if missing:
+        raise click.ClickException(
+            f"consumer group{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"do{'' if len(missing) > 1 else 'es'} not exist (no members, no committed "
+            "offsets); kvlog groups list shows the groups there are"
+        )
+
+
+def _missing(report: dict[str, Any]) -> bool:
+    """A group the coordinator does not know: no members, no committed offsets."""
+    return report["state"] in (None, "Dead") and not report["members"] and not report["partitions"]
 
 
 @groups.command()
@@ -322,7 +363,10 @@ def plan_reset(
 @click.option("--to-offset", type=click.IntRange(min=0), default=None, help="This offset.")
 @click.option("--to-datetime", default=None, metavar="ISO8601", help="First offset at/after it.")
 @click.option("--shift-by", type=int, default=None, metavar="N", help="Committed offset + N.")
-@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option(
+    "--execute", is_flag=True, help="Store the new offsets (without it: print the plan only)."
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing (the default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @client_options
 def reset_offsets(
@@ -333,12 +377,17 @@ def reset_offsets(
     to_offset: int | None,
     to_datetime: str | None,
     shift_by: int | None,
+    execute: bool,
     dry_run: bool,
     as_json: bool,
     bootstrap_server: str | None,
     command_config: Path | None,
 ) -> None:
-    """Set a group's committed offsets; refused while the group has members."""
+    """Plan new committed offsets for a group, and store them with --execute (refused
+    while the group has members)."""
+    if execute and dry_run:
+        raise click.UsageError("--execute and --dry-run do not mix")
+    dry_run = not execute
     chosen = [
         name
         for name, given in (
@@ -396,7 +445,8 @@ def reset_offsets(
         return
     console = make_console()
     console.print(
-        f"group {group_id}: " + ("plan (dry run, nothing changed)" if dry_run else "offsets reset")
+        f"group {group_id}: "
+        + ("plan (dry run, nothing changed; --execute applies it)" if dry_run else "offsets reset")
     )
     lines = [
         (r["topic"], str(r["partition"]), _or_dash(r["current_offset"]), str(r["new_offset"]))

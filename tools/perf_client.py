@@ -139,6 +139,7 @@ class Result:
             "records_per_s": round(self.records / self.seconds, 1) if self.seconds else None,
             "mb_per_s": round(self.payload_bytes / self.seconds / 1e6, 3) if self.seconds else None,
             "latency": self.latency,
+            **({"latency_note": QUEUEING_NOTE} if self.test == "produce" else {}),
             "latency_samples": samples,
             "p50_ms": ms(50),
             "p99_ms": ms(99),
@@ -609,6 +610,14 @@ def run_e2e(options: Options, tick: Tick, rate: int, seconds: float) -> Result:
 # -- presentation ------------------------------------------------------------------------------
 
 
+# What a throughput run's latency is (printed under it, and in its --json as "latency_note").
+QUEUEING_NOTE = (
+    "note: this run sends as fast as the producer takes records, so its latency is mostly "
+    "queueing (a record waits behind the ones sent before it in the producer's buffer), "
+    "not the broker's answer time; kvlog perf e2e --rate N measures latency at a set rate."
+)
+
+
 def _report(result: dict[str, Any]) -> None:
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
@@ -622,6 +631,8 @@ def _report(result: dict[str, Any]) -> None:
         f"latency ({result['latency']}, ms): p50 {fmt(result['p50_ms'])}, p99 "
         f"{fmt(result['p99_ms'])}, p99.9 {fmt(result['p999_ms'])}, max {fmt(result['max_ms'])}"
     )
+    if result["test"] == "produce":
+        click.echo(QUEUEING_NOTE)
     if result.get("missing"):
         click.echo(f"{result['missing']} record(s) never reached the consumer")
 

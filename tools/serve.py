@@ -34,13 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
 from kvlog.config_def import format_default
 from kvlog.errors import InvalidConfigError
 from kvlog.workers.config import BROKER_CONFIG, LOG_LEVELS, SERVER_SETTINGS
 
-from .common import Command, check_endpoint, flatten, make_console, read_toml
+from .common import Command, check_endpoint, flatten, read_toml
 
 DEFAULT_DATA_DIR: str = SERVER_SETTINGS.default("data_dir")
 DEFAULT_LISTEN: str = SERVER_SETTINGS.default("listen")
@@ -287,44 +286,3 @@ def read_run_file(data_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-@click.command(cls=Command)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(DEFAULT_DATA_DIR),
-    show_default=True,
-)
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print a JSON list of {role, node_id, pid, endpoint, kafka, log_dir, started_at} "
-    "(kafka: the process's Kafka address, null when off).",
-)
-def status(data_dir: Path, as_json: bool) -> None:
-    """List the running processes of a data dir.
-
-    Exits 0 whether or not anything runs: with nothing running, --json prints [] and the
-    table form says so.
-    """
-    entries = status_entries(data_dir)
-    if as_json:
-        click.echo(json.dumps(entries, indent=2))
-        return
-    console = make_console()
-    if not entries:
-        console.print(f"no kvlog processes are running for data dir {data_dir.resolve()}")
-        return
-    run = read_run_file(data_dir)
-    table = Table(
-        title=f"kvlog on {run.get('bootstrap', '?')}, "
-        f"Kafka on {run.get('kafka_bootstrap') or 'off'} "
-        f"(supervisor pid {run.get('supervisor_pid', '?')}, data dir {data_dir.resolve()})"
-    )
-    for key in STATUS_KEYS:
-        table.add_column(key, justify="right" if key in ("node_id", "pid") else "left")
-    for entry in entries:
-        table.add_row(*("" if entry[k] is None else str(entry[k]) for k in STATUS_KEYS))
-    console.print(table)

@@ -13,10 +13,9 @@ from typing import Any
 
 import click
 
+from .client_cli import admin_client, client_options
 from .common import (
     Group,
-    admin_client,
-    client_options,
     err,
     make_console,
     parse_pairs,
@@ -79,12 +78,17 @@ def create(
 
 
 @topics.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of topic names.")
 @client_options
-def list_(bootstrap_server: str | None, command_config: Path | None) -> None:
+def list_(as_json: bool, bootstrap_server: str | None, command_config: Path | None) -> None:
     """Print every topic name, one per line."""
     with _admin(bootstrap_server, command_config) as admin:
-        for name in admin.list_topics():
-            click.echo(name)
+        names = admin.list_topics()
+    if as_json:
+        click.echo(json.dumps(names))
+        return
+    for name in names:
+        click.echo(name)
 
 
 def _describe_json(desc: Any) -> dict[str, Any]:

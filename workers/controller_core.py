@@ -45,6 +45,7 @@ from kvlog.errors import (
 from kvlog.log import LogStore
 
 from .acl import AclEntry, add_acl, load_acls, remove_acls
+from .config import broker_default
 from .controller_events import (
     COORDINATOR_BROKER_ID,
     AclAdd,
@@ -96,13 +97,13 @@ class ControllerConfig:
     """The coordinator's settings the controller core needs."""
 
     node_ids: list[int]
-    node_timeout_ms: int = 6000
+    node_timeout_ms: int = broker_default("node.session.timeout.ms")
     admin_apply_timeout_ms: int = 5000
-    leader_imbalance_check_interval_ms: int = 30_000
+    leader_imbalance_check_interval_ms: int = broker_default("leader.imbalance.check.interval.ms")
     # Metadata's auto-creation of topics (Kafka's names and defaults).
-    auto_create_topics_enable: bool = True
-    num_partitions: int = 1
-    default_replication_factor: int = 1
+    auto_create_topics_enable: bool = broker_default("auto.create.topics.enable")
+    num_partitions: int = broker_default("num.partitions")
+    default_replication_factor: int = broker_default("default.replication.factor")
     # The coordinator's own addresses, as FindCoordinator and metadata hand them out.
     endpoint: str = ""
     kafka_endpoint: str | None = None

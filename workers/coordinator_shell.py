@@ -174,6 +174,7 @@ class CoordinatorServer(GroupOps, KafkaShell, CoreShell, Server):
             req.int("partitions", 1, low=-(1 << 31), high=INT32_MAX),
             req.int("replication_factor", 1, low=-(1 << 31), high=INT32_MAX),
             config,
+            validate_only=req.bool("validate_only", False),
         )
         return self.call(peer, req.id, event)
 

@@ -15,6 +15,8 @@ import cbor2
 
 from kvlog.types import TopicPartition
 
+from .config import broker_default
+
 
 class GroupState(enum.Enum):
     EMPTY = "Empty"
@@ -46,10 +48,10 @@ _VALID_PREVIOUS = {
 
 @dataclass
 class GroupConfig:
-    min_session_timeout_ms: int = 6000
-    max_session_timeout_ms: int = 1_800_000
-    initial_rebalance_delay_ms: int = 3000
-    max_size: int = 1000
+    min_session_timeout_ms: int = broker_default("group.min.session.timeout.ms")
+    max_session_timeout_ms: int = broker_default("group.max.session.timeout.ms")
+    initial_rebalance_delay_ms: int = broker_default("group.initial.rebalance.delay.ms")
+    max_size: int = broker_default("group.max.size")
     # Heartbeats parked at once (long polls), over every group: beyond it a heartbeat is
     # answered at once, as for a client that sends no max_wait_ms.
     max_parked_heartbeats: int = 10_000

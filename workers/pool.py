@@ -20,6 +20,12 @@ restarted; meanwhile the group gives its partitions to the others.
 
 Retries happen inside the poll loop: keep ``max_retries`` x backoff well below
 ``max.poll.interval.ms`` or the worker is removed from the group while retrying.
+
+A pool is a work queue: a new group starts at the earliest offset
+(``auto_offset_reset="earliest"`` unless given), so jobs produced before the pool started
+are processed, not skipped. A record whose key or value cannot be deserialized never
+reaches the handler: it goes to the dead-letter topic as it was stored (raw key and value
+bytes) and the worker moves past it.
 """
 
 from __future__ import annotations
@@ -39,7 +45,12 @@ from typing import Any
 import multiprocess
 
 from kvlog.allocator import tune_allocator
-from kvlog.errors import InvalidConfigError, KvlogError, TopicAlreadyExistsError
+from kvlog.errors import (
+    InvalidConfigError,
+    KvlogError,
+    RecordDeserializationError,
+    TopicAlreadyExistsError,
+)
 
 log = logging.getLogger("kvlog.pool")
 
@@ -154,9 +165,9 @@ class Worker:
                 )
                 self._backoff(attempts)
 
-    def _dead_letter(self, record: Any, error: BaseException) -> None:
+    def _dead_letter(self, record: Any, error: BaseException, attempts: int | None = None) -> None:
         topic = self.settings.dlq_topic or record.topic + DLQ_SUFFIX
-        attempts = self.settings.max_retries + 1
+        attempts = self.settings.max_retries + 1 if attempts is None else attempts
         log.warning(
             "record %s-%d@%d failed %d times, sent to %s: %s",
             record.topic,
@@ -190,6 +201,25 @@ class Worker:
             else:
                 self._dead_letter(record, error)
 
+    def _undecodable(self, error: RecordDeserializationError) -> None:
+        """A record the deserializers refuse: to the DLQ with its raw bytes (retrying
+        cannot help), then past it."""
+        from kvlog.ipc.consumer import OffsetAndMetadata
+        from kvlog.ipc.records import ConsumerRecord
+
+        tp = error.topic_partition
+        raw = ConsumerRecord(
+            tp.topic, tp.partition, error.offset, error.timestamp, error.key, error.value,
+            error.headers,
+        )  # fmt: skip
+        self._dead_letter(raw, error, attempts=1)
+        self.consumer.seek(tp, error.offset + 1)
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(error.offset + 1)})
+        except KvlogError as exc:
+            self._count("commit_failures")
+            log.warning("worker %d: %s", self.index, exc.message)
+
     def run(self) -> None:
         from kvlog.ipc.consumer import OffsetAndMetadata
 
@@ -197,6 +227,9 @@ class Worker:
             while not self.stop.is_set():
                 try:
                     batch = self.consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
+                except RecordDeserializationError as exc:
+                    self._undecodable(exc)
+                    continue
                 except KvlogError as exc:
                     log.warning("worker %d: poll: %s", self.index, exc.message)
                     continue
@@ -255,6 +288,13 @@ class ConsumerPool:
         defaults = {key.attr: key.default for key in CONSUMER_SETTINGS.values()}
         given = {k: v for k, v in merged.items() if v != defaults.get(k)}
         given.pop("group_id", None)
+        named = {
+            found.attr
+            for spelled in [*(config or {}), *consumer_config]
+            if (found := CONSUMER_SETTINGS.lookup(spelled)) is not None
+        }
+        if "auto_offset_reset" not in named:
+            given["auto_offset_reset"] = "earliest"  # a work queue: waiting jobs count
         topic_list = [topics] if isinstance(topics, str) else list(topics)
         self.settings = PoolSettings(
             handler=handler,

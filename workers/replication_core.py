@@ -34,7 +34,9 @@ from kvlog.errors import (
 )
 from kvlog.types import TopicPartition
 
-DEFAULT_REPLICA_LAG_TIME_MAX_MS = 30_000
+from .config import broker_default
+
+DEFAULT_REPLICA_LAG_TIME_MAX_MS: int = broker_default("replica.lag.time.max.ms")
 
 
 @dataclass

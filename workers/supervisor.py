@@ -41,6 +41,7 @@ from typing import Any
 import multiprocess
 import multiprocess.connection
 
+from kvlog.data_format import check_data_dir, stamp_data_dir
 from kvlog.errors import InvalidConfigError, KafkaTimeoutError, KvlogError
 from kvlog.ipc.security import load_keys
 from kvlog.ipc.wire import advertise, normalize_endpoint
@@ -227,7 +228,9 @@ class Broker:
         created = missing_roots([self.data_dir, *self.log_dirs])
         self._lock()
         try:
+            check_data_dir(self.data_dir, self.log_dirs)
             self._start_all()
+            stamp_data_dir(self.data_dir, self.log_dirs)
         except BaseException:
             # Until the broker process is up no client can reach the group, so nothing it
             # acknowledged can be lost by removing a data dir this failed start created.

@@ -38,6 +38,7 @@ from kvlog.ipc import wire
 from kvlog.ipc.wire import Frame, Request
 
 from .acl import INTERNAL_PRINCIPAL, authorize
+from .config import broker_default
 from .security import ServerSecurity
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 Reply = dict[str, Any] | tuple[dict[str, Any], Sequence[Frame]] | None
 Handler = Callable[[Request, bytes], Reply]
 
-DEFAULT_MAX_FRAME_BYTES = 128 << 20
+DEFAULT_MAX_FRAME_BYTES: int = broker_default("max.frame.bytes")
 
 
 def bind_router(

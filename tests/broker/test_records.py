@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvlog import batch as batch_format
-from kvlog.ipc.records import DecodedBatch, RecordColumns
+from kvlog.ipc.records import DecodedBatch, RecordColumns, UndecodableRecord
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,13 +93,23 @@ def test_extending_a_run_concatenates_the_columns(first: list[Any], second: list
     assert a.next_offset == 100 + len(first) + len(second)
 
 
-def test_a_failing_deserializer_hands_out_nothing() -> None:
+def test_a_failing_deserializer_stops_at_the_record_it_refuses() -> None:
+    """The records before it are handed out; the one it refuses stays for the next poll,
+    which raises with its offset and raw bytes (issue 13: the consumer's position rests
+    on the record the error names)."""
     decoded = _decoded([(None, b"1"), (None, b"x"), (None, b"3")], 0)
 
     def strict(value: bytes) -> int:
         return int(value)
 
-    with pytest.raises(ValueError):
-        decoded.take_records("t", 0, 10, None, strict)
-    assert len(decoded) == 3, "the records stay for the next poll"
-    assert [r.value for r in decoded.take_records("t", 0, 1, None, strict)] == [1]
+    assert [r.value for r in decoded.take_records("t", 0, 10, None, strict)] == [1]
+    for _ in range(2):
+        with pytest.raises(UndecodableRecord) as info:
+            decoded.take_records("t", 0, 10, None, strict)
+        assert (info.value.offset, info.value.field, info.value.value) == (1, "value", b"x")
+        assert isinstance(info.value.cause, ValueError)
+        assert len(decoded) == 2, "the records stay for the next poll"
+    columns = _decoded([(None, b"1"), (None, b"x")], 0)
+    assert list(columns.take_columns("t", 0, 10, None, strict).values) == [1]
+    with pytest.raises(UndecodableRecord):
+        columns.take_columns("t", 0, 10, None, strict)

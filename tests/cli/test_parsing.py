@@ -100,11 +100,12 @@ def test_usage_errors_are_one_line_with_exit_2(args: list[str], message: str) ->
 
 
 def test_status_of_a_data_dir_with_nothing_running(tmp_path: Path) -> None:
+    # Nothing runs: exit 1, so scripts and health checks can tell (issue 13).
     result = cli("status", "--data-dir", str(tmp_path), "--json")
-    assert result.exit_code == 0
+    assert result.exit_code == 1
     assert json.loads(result.output) == []
     result = cli("status", "--data-dir", str(tmp_path))
-    assert result.exit_code == 0
+    assert result.exit_code == 1
     assert "no kvlog processes are running" in result.output
 
 

@@ -242,7 +242,7 @@ def test_groups_describe_reset_and_delete(serve: Serve) -> None:
     assert "dry run" in plan.output
     assert _committed(serve, group) == {0: 6, 1: 4}  # nothing applied
 
-    reset = ["groups", "reset-offsets", "--group", group, "--json", *b]
+    reset = ["groups", "reset-offsets", "--group", group, "--json", "--execute", *b]
     applied = json.loads(ok(*reset, "--topic", topic, "--to-earliest"))
     assert [(r["current_offset"], r["new_offset"]) for r in applied["partitions"]] == [
         (6, 0),

@@ -14,17 +14,11 @@ The short run is part of the normal suite; the long ones (>= 30 kills) run with
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 from nemesis import seed_from_env
 from scenario import Outcome, Scenario, run_scenario
-
-LONG = os.environ.get("KVLOG_LONG_TESTS") == "1"
-long_only = pytest.mark.skipif(
-    not LONG, reason="long fault run (>= 30 kills, several minutes): set KVLOG_LONG_TESTS=1"
-)
 
 
 def _run(data_dir: Path, scenario: Scenario) -> Outcome:
@@ -45,14 +39,14 @@ def test_kills_and_a_full_disk(tmp_path: Path) -> None:
     assert outcome.episode is not None and outcome.episode.acks_during > 0
 
 
-@long_only
+@pytest.mark.long
 @pytest.mark.timeout(2400)
 def test_kills_long(tmp_path: Path) -> None:
     outcome = _run(tmp_path, Scenario(seed=seed_from_env(), kills=40, producers=3, rate=400.0))
     assert len(outcome.kills) >= 30
 
 
-@long_only
+@pytest.mark.long
 @pytest.mark.timeout(1800)
 def test_full_disk_long(tmp_path: Path) -> None:
     outcome = _run(

@@ -695,8 +695,13 @@ def test_close_during_a_rebalance_leaves_the_group_at_once(broker, admin, closin
     c = consumer(broker.bootstrap, "bye", client_id="y-c", **settings)
     closing.append(c)
     c.subscribe(["bye"])
-    c.poll(timeout_ms=0)  # c's JoinGroup starts a rebalance
-    wait_until("b to hear of the rebalance", lambda: b._group.need_rejoin, timeout_s=10)
+    # c's JoinGroup starts a rebalance: polled without waiting, until its second JoinGroup
+    # (KIP-394: the first only hands out its member id) is in.
+    wait_until(
+        "b to hear of the rebalance",
+        lambda: c.poll(timeout_ms=0) == {} and b._group.need_rejoin,
+        timeout_s=10,
+    )
     b.poll(timeout_ms=0)  # b revokes and rejoins, then closes before the rebalance ends
     b.close()
     poll_until(
@@ -733,11 +738,15 @@ def test_cooperative_member_dropped_mid_rebalance_stops_reading_its_partitions(
     c = consumer(broker.bootstrap, topic, client_id="ze", **coop)
     closing.append(c)
     c.subscribe([topic])
-    c.poll(timeout_ms=0)  # a rebalance begins; b does not rejoin yet, so it cannot end
+    # A rebalance begins (c polled without waiting until its second JoinGroup, KIP-394's,
+    # is in); b does not rejoin yet, so it cannot end
     joining = len(zombie.of("state"))
     wait_until(
         "zc0 to rejoin",
-        lambda: [e for e in zombie.of("state")[joining - 1 :] if e["state"] == "joining"],
+        lambda: (
+            c.poll(timeout_ms=0) == {}
+            and [e for e in zombie.of("state")[joining - 1 :] if e["state"] == "joining"]
+        ),
     )
     time.sleep(0.3)  # its JoinGroup leaves the process (nothing to observe it by)
     zombie.proc.send_signal(signal.SIGSTOP)

@@ -151,7 +151,8 @@ def test_kafka_python_and_confluent_share_a_group_and_its_offsets(broker):
         ck.close()
     # Both left: the group is empty, and kvlog's reset moves the offsets for Kafka clients.
     wait_for(lambda: describe(broker, group)["state"] == "Empty", lambda: time.sleep(0.1))
-    kvlog_groups(broker, "reset-offsets", "--group", group, "--topic", TOPIC, "--to-offset", "3")
+    reset = ("reset-offsets", "--group", group, "--topic", TOPIC, "--to-offset", "3", "--execute")
+    kvlog_groups(broker, *reset)
     ck = confluent_consumer(broker, group)
     try:
         committed = ck.committed([CTP(TOPIC, p) for p in range(4)], timeout=10)

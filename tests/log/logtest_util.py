@@ -1,7 +1,7 @@
 """Helpers shared by the log-layer tests (tests/log is on sys.path; see conftest.py).
 
 Hypothesis budgets: the defaults keep the whole tests/log suite well under a minute and a
-half on two cores; ``KVLOG_SLOW_TESTS=1`` multiplies them (and the crash test's rounds)
+half on two cores; ``KVLOG_LONG_TESTS=1`` multiplies them (and the crash test's rounds)
 for a thorough run of several minutes.
 """
 
@@ -23,7 +23,7 @@ from kvlog.lmdb_store import LogDir
 from kvlog.memory_store import MemoryLogDir
 from kvlog.types import PartitionOffsets, TopicPartition
 
-THOROUGH = os.environ.get("KVLOG_SLOW_TESTS") == "1"
+THOROUGH = os.environ.get("KVLOG_LONG_TESTS") == "1"
 # The long tests may run past the suite's 120 s per-test timeout when thorough.
 long_test = pytest.mark.timeout(1800 if THOROUGH else 120)
 SMALL_MAP = 64 << 10
