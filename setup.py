@@ -12,5 +12,8 @@ setup(
         # same code in Python (10-100x slower), so a machine without a compiler
         # still installs and reads every batch.
         Extension("kvlog._kafka_records", ["kvlog/_kafka_records.c"], optional=True),
+        # Log compaction's per-record work (the key -> offset map, batch filters);
+        # kvlog/_compact_py.py is its pure-Python twin.
+        Extension("kvlog._compact", ["kvlog/_compact.c"], optional=True),
     ]
 )

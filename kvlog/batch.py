@@ -111,10 +111,12 @@ class BatchHeader(NamedTuple):
 
     @property
     def last_sequence(self) -> int:
-        """Sequence of the last record (wraps at int32 like Kafka's)."""
+        """Sequence of the last record (wraps at int32 like Kafka's). Counted from the
+        last offset delta, as Kafka does, not from the record count: compaction removes
+        records but keeps the batch's last offset, so the sequences stay true."""
         if self.base_sequence == NO_SEQUENCE:
             return NO_SEQUENCE
-        return (self.base_sequence + self.record_count - 1) & 0x7FFFFFFF
+        return (self.base_sequence + self.last_offset_delta) & 0x7FFFFFFF
 
     @property
     def is_idempotent(self) -> bool:
@@ -183,6 +185,28 @@ def validate(buf: bytes | memoryview) -> BatchHeader:
 def next_offset(base_offset: int, buf: bytes | memoryview) -> int:
     """The offset after the batch's last record."""
     return base_offset + _EPOCH.unpack_from(buf, 11)[0] + 1
+
+
+def rebuild(
+    stored: bytes | memoryview, payload: bytes, *, record_count: int, max_timestamp: int
+) -> bytes:
+    """A stored batch of either format with a new (already compressed) payload of
+    ``record_count`` records: the compaction of a batch. The leader epoch, magic,
+    attributes, last offset delta, first timestamp and producer id, epoch and base
+    sequence stay; the count, max timestamp and CRC are new."""
+    header = read_header(stored)
+    body = _BODY.pack(
+        header.attributes,
+        header.last_offset_delta,
+        header.first_timestamp,
+        max_timestamp,
+        header.producer_id,
+        header.producer_epoch,
+        header.base_sequence,
+        record_count,
+    )
+    crc = crc32c(payload, crc32c(body))
+    return b"".join((_PREFIX.pack(header.partition_leader_epoch, header.magic, crc), body, payload))
 
 
 def stamp_leader_epoch(buf: bytes | memoryview, leader_epoch: int) -> bytes:

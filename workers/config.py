@@ -66,6 +66,41 @@ BROKER_CONFIG = ConfigDef(
             field="interval_ms",
         ),
         ConfigKey(
+            "log.cleaner.enable",
+            BOOLEAN,
+            True,
+            "Compact the partitions of topics with cleanup.policy=compact when due (the "
+            "sweeper); kvlog topics compact still works when false.",
+            used_by=("sweeper",),
+            field="cleaner_enable",
+        ),
+        ConfigKey(
+            "log.cleaner.backoff.ms",
+            integer(10),
+            15_000,
+            "How often the sweeper looks for partitions due for compaction.",
+            used_by=("sweeper",),
+            field="cleaner_backoff_ms",
+        ),
+        ConfigKey(
+            "log.cleaner.dedupe.buffer.size",
+            integer(1 << 20),
+            128 << 20,
+            "Memory of the compaction key -> offset map (24 bytes a key, 90% full at most); "
+            "a partition with more dirty keys is compacted in several passes.",
+            used_by=("sweeper",),
+            field="dedupe_buffer_bytes",
+        ),
+        ConfigKey(
+            "log.cleaner.io.buffer.size",
+            integer(4096),
+            1 << 20,
+            "Bytes the cleaner reads per read transaction and rewrites per write "
+            "transaction (smaller: shorter holds of the log dir's write lock).",
+            used_by=("sweeper",),
+            field="io_buffer_bytes",
+        ),
+        ConfigKey(
             "node.session.timeout.ms",
             integer(100),
             6000,

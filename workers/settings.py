@@ -80,3 +80,7 @@ class SweeperSettings:
     data_dir: str
     log_dirs: list[str]
     interval_ms: int = broker_default("log.retention.check.interval.ms")
+    cleaner_enable: bool = broker_default("log.cleaner.enable")
+    cleaner_backoff_ms: int = broker_default("log.cleaner.backoff.ms")
+    dedupe_buffer_bytes: int = broker_default("log.cleaner.dedupe.buffer.size")
+    io_buffer_bytes: int = broker_default("log.cleaner.io.buffer.size")
