@@ -23,5 +23,10 @@ setup(
             depends=["kvlog/_accumulator.h", "kvlog/_cbor_columns.h", "kvlog/_murmur2.h"],
             optional=True,
         ),
+        # The consumer's per-record path (poll): a native batch's payload indexed in
+        # place, ConsumerRecords built from it. optional=True: cbor2 decodes it as before.
+        Extension(
+            "kvlog._records", ["kvlog/_records.c"], depends=["kvlog/_cbor_columns.h"], optional=True
+        ),
     ]
 )
