@@ -5,20 +5,35 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvlog.errors import KafkaTimeoutError, ProducerClosedError
-from kvlog.ipc.accumulator import RECORD_OVERHEAD, RecordAccumulator
+from kvlog.ipc.accumulator import (
+    ACCELERATED,
+    RECORD_OVERHEAD,
+    NativeRecordAccumulator,
+    PyRecordAccumulator,
+)
 from kvlog.types import TopicPartition
 
 TP = TopicPartition("t", 0)
 TP2 = TopicPartition("t", 1)
 
+# Every test runs on the C accumulator and on its pure-Python twin.
+IMPLEMENTATIONS = [PyRecordAccumulator] + ([NativeRecordAccumulator] if ACCELERATED else [])
+_impl: list[type] = [PyRecordAccumulator]
 
-def make(**overrides: int) -> RecordAccumulator:
+
+@pytest.fixture(autouse=True, params=IMPLEMENTATIONS, ids=lambda cls: cls.__name__)
+def implementation(request: pytest.FixtureRequest) -> None:
+    _impl[0] = request.param
+
+
+def make(**overrides: int) -> Any:
     config = {
         "batch_size": 1000,
         "linger_ms": 100,
@@ -27,7 +42,7 @@ def make(**overrides: int) -> RecordAccumulator:
         "delivery_timeout_ms": 10_000,
     }
     config.update(overrides)
-    return RecordAccumulator(**config)
+    return _impl[0](**config)
 
 
 def rec(size: int) -> bytes:
@@ -228,7 +243,7 @@ def test_completing_twice_frees_memory_once() -> None:
         acc.append(TP, 1, None, rec(500), None, now=0.0)
 
 
-def _drain_all(acc: RecordAccumulator, tps: list[TopicPartition]) -> dict[TopicPartition, list]:
+def _drain_all(acc: Any, tps: list[TopicPartition]) -> dict[TopicPartition, list]:
     acc.begin_flush()
     out: dict[TopicPartition, list] = {}
     for tp in tps:
