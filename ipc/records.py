@@ -185,7 +185,11 @@ def decode_batch(raw: bytes, base_offset: int, *, verify: bool = True) -> Decode
         if found is not None:
             return DecodedBatch.of_native(header, found, base_offset)
         # Another shape (headers, offset gaps) or corrupt: cbor2 reads it or says why.
-        verify = False
+        header, columns = batch_format.decode_raw(raw, verify=False)
+        for name, column in (("key", columns.keys), ("value", columns.values)):
+            if not all(x is None or type(x) is bytes for x in column):
+                raise CorruptRecordError(f"record batch holds a {name} that is not bytes")
+        return DecodedBatch(header, columns, base_offset)
     header, columns = batch_format.decode_raw(raw, verify=verify)
     return DecodedBatch(header, columns, base_offset)
 
