@@ -745,32 +745,24 @@ done:
  * per record (a key's murmur2, else the sticky partition), else one partition for all.
  * Fills batches[] (unique batches, first touched first), batch_of[i] and deltas[i]. */
 typedef struct {
-    PyObject *batches;   /* list */
-    PyObject *seen;      /* dict batch -> index */
+    PyObject *batches; /* list */
+    unsigned long long call; /* stamps the batches this call landed in */
     int32_t *batch_of;
     int32_t *deltas;
     int any_yield;
 } landing;
 
+static unsigned long long landing_calls = 0;
+
 static int land(landing *l, kv_batch *b, Py_ssize_t i, Py_ssize_t delta)
 {
-    PyObject *index = PyDict_GetItemWithError(l->seen, (PyObject *)b);
-    Py_ssize_t at;
-    if (index == NULL) {
-        if (PyErr_Occurred())
+    if (b->landed_call != l->call) { /* first record of this call in this batch */
+        b->landed_call = l->call;
+        b->landed_index = PyList_GET_SIZE(l->batches);
+        if (PyList_Append(l->batches, (PyObject *)b) < 0)
             return -1;
-        at = PyList_GET_SIZE(l->batches);
-        PyObject *number = PyLong_FromSsize_t(at);
-        if (number == NULL || PyDict_SetItem(l->seen, (PyObject *)b, number) < 0
-            || PyList_Append(l->batches, (PyObject *)b) < 0) {
-            Py_XDECREF(number);
-            return -1;
-        }
-        Py_DECREF(number);
-    } else {
-        at = PyLong_AsSsize_t(index);
     }
-    l->batch_of[i] = (int32_t)at;
+    l->batch_of[i] = (int32_t)b->landed_index;
     l->deltas[i] = (int32_t)delta;
     return 0;
 }
@@ -805,11 +797,11 @@ static PyObject *acc_append_records(kv_acc *self, PyObject *args, PyObject *kwar
             goto fail;
         }
     }
-    landing l = {PyList_New(0), PyDict_New(), NULL, NULL, 0};
+    landing l = {PyList_New(0), ++landing_calls, NULL, NULL, 0};
     PyObject *batch_of = PyBytes_FromStringAndSize(NULL, n * 4);
     PyObject *deltas = PyBytes_FromStringAndSize(NULL, n * 4);
     kv_entry *e = entry_for_send(self, topic);
-    if (l.batches == NULL || l.seen == NULL || batch_of == NULL || deltas == NULL || e == NULL)
+    if (l.batches == NULL || batch_of == NULL || deltas == NULL || e == NULL)
         goto fail_l;
     Py_INCREF(e);
     l.batch_of = (int32_t *)PyBytes_AS_STRING(batch_of);
@@ -875,7 +867,6 @@ fail_e:
     Py_DECREF(e);
 fail_l:
     Py_XDECREF(l.batches);
-    Py_XDECREF(l.seen);
     Py_XDECREF(batch_of);
     Py_XDECREF(deltas);
 fail:

@@ -62,6 +62,8 @@ typedef struct kv_batch {
     cbor_buf keys;
     cbor_buf values;
     cbor_buf headers;
+    unsigned long long landed_call; /* append_records: the call that last landed here */
+    Py_ssize_t landed_index;        /* and this batch's index in that call's batches */
     int ts_nonzero;  /* some timestamp delta is not 0: the column is an array */
     int has_headers; /* the headers column exists */
 } kv_batch;

@@ -9,6 +9,8 @@ gets its offset, and a failed batch fails each of its records.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -287,3 +289,24 @@ def test_a_completed_native_batch_drops_its_records() -> None:
     assert handle.get(0).offset == 5
     with pytest.raises(ValueError, match="completed"):
         batch.payload()
+
+
+@pytest.mark.parametrize("cls", [NativeRecordAccumulator, PyRecordAccumulator])
+def test_send_yields_to_the_sender_only_while_it_moves(cls: type) -> None:
+    # One closed batch waiting is enough to yield; each record fills a batch.
+    acc = make(cls, Hooks(), batch_size=RECORD_SIZE, yield_batches=1, yield_timeout_s=10.0)
+    started = time.monotonic()
+    threading.Timer(0.2, acc.progress).start()
+    acc.send("b", b"x" * 88, None, None, None, 1)  # queued: 1 -> waits for progress()
+    waited = time.monotonic() - started
+    assert 0.15 <= waited < 5, waited  # ended by the sender's progress, not the timeout
+    assert not acc.stalled
+    # A sender that does not move: one wait of yield_timeout_s, then none until it does.
+    acc = make(cls, Hooks(), batch_size=RECORD_SIZE, yield_batches=1, yield_timeout_s=0.1)
+    started = time.monotonic()
+    for _ in range(20):
+        acc.send("b", b"x" * 88, None, None, None, 1)
+    assert 0.09 <= time.monotonic() - started < 1.0
+    assert acc.stalled and acc.queued(TopicPartition("b", 0)) == 20
+    acc.progress()
+    assert not acc.stalled
