@@ -639,7 +639,8 @@ class PyRecordAccumulator:
     # -- the I/O thread --------------------------------------------------------------------
 
     def ready(self, now: float) -> tuple[list[TopicPartition], float | None]:
-        """Partitions with a batch to send now, and when the next open batch is due."""
+        """Partitions with a batch to send now (closed batches first, then lingered open
+        ones, oldest first), and when the next open batch is due."""
         out = []
         next_due: float | None = None
         with self._cond:
@@ -651,14 +652,19 @@ class PyRecordAccumulator:
                         out.append(tp)
                     elif next_due is None or head.retry_at < next_due:
                         next_due = head.retry_at
+            lingered = []
             for tp, batch in self._open.items():
                 if self._queues.get(tp):
                     continue
                 due = batch.created + self.linger_s
                 if hurry or due <= now:
-                    out.append(tp)
+                    lingered.append((batch.created, tp))
                 elif next_due is None or due < next_due:
                     next_due = due
+        # Oldest first: a request takes what fits in max.request.size, and a fixed order
+        # would drain the first partitions again and again while the last ones wait.
+        lingered.sort(key=lambda item: item[0])
+        out.extend(tp for _, tp in lingered)
         return out, next_due
 
     def drain(self, tp: TopicPartition, now: float) -> ProducerBatch | None:

@@ -1022,6 +1022,21 @@ fail:
 
 /* -- the I/O thread's side --------------------------------------------------------------- */
 
+typedef struct {
+    double created;
+    PyObject *tp;
+} due_batch;
+
+static int by_age(const void *a, const void *b)
+{
+    double x = ((const due_batch *)a)->created, y = ((const due_batch *)b)->created;
+    return x < y ? -1 : x > y;
+}
+
+/* ready(now) -> (tps, next_due): partitions with a closed batch first, then those whose
+ * open batch lingered long enough, oldest first: a request holds what fits in
+ * max.request.size, and taking the partitions in a fixed order would drain the first
+ * ones again and again while the last ones wait (many partitions, small batches). */
 static PyObject *acc_ready(kv_acc *self, PyObject *arg)
 {
     double now = PyFloat_AsDouble(arg);
@@ -1030,6 +1045,8 @@ static PyObject *acc_ready(kv_acc *self, PyObject *arg)
     PyObject *out = PyList_New(0);
     if (out == NULL)
         return NULL;
+    Py_ssize_t n_due = 0, cap_due = 0;
+    due_batch *due_open = NULL;
     int hurry = self->flushing > 0 || self->closed;
     int have_due = 0;
     double next_due = 0;
@@ -1057,8 +1074,17 @@ static PyObject *acc_ready(kv_acc *self, PyObject *arg)
                         continue;
                     due = b->created + self->linger_s;
                     if (hurry || due <= now) {
-                        if (PyList_Append(out, b->tp) < 0)
-                            goto fail;
+                        if (n_due == cap_due) {
+                            cap_due = cap_due ? 2 * cap_due : 64;
+                            due_batch *more = PyMem_Realloc(due_open, cap_due * sizeof(*more));
+                            if (more == NULL) {
+                                PyErr_NoMemory();
+                                goto fail;
+                            }
+                            due_open = more;
+                        }
+                        due_open[n_due].created = b->created;
+                        due_open[n_due++].tp = b->tp;
                         continue;
                     }
                 }
@@ -1069,9 +1095,16 @@ static PyObject *acc_ready(kv_acc *self, PyObject *arg)
             }
         }
     }
-    PyObject *r = have_due ? Py_BuildValue("(Nd)", out, next_due) : Py_BuildValue("(NO)", out, Py_None);
-    return r;
+    qsort(due_open, (size_t)n_due, sizeof(*due_open), by_age);
+    for (Py_ssize_t i = 0; i < n_due; i++)
+        if (PyList_Append(out, due_open[i].tp) < 0)
+            goto fail;
+    PyMem_Free(due_open);
+    if (have_due)
+        return Py_BuildValue("(Nd)", out, next_due);
+    return Py_BuildValue("(NO)", out, Py_None);
 fail:
+    PyMem_Free(due_open);
     Py_DECREF(out);
     return NULL;
 }
