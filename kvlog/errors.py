@@ -89,6 +89,8 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_PRODUCER_ID = 59
     NON_EMPTY_GROUP = 68
     GROUP_ID_NOT_FOUND = 69
+    FETCH_SESSION_ID_NOT_FOUND = 70
+    INVALID_FETCH_SESSION_EPOCH = 71
     FENCED_LEADER_EPOCH = 74
     UNKNOWN_LEADER_EPOCH = 75
     UNSUPPORTED_COMPRESSION_TYPE = 76
@@ -426,6 +428,15 @@ class NonEmptyGroupError(KvlogError, code=ErrorCode.NON_EMPTY_GROUP):
 
 class GroupIdNotFoundError(KvlogError, code=ErrorCode.GROUP_ID_NOT_FOUND):
     """No such group."""
+
+
+class FetchSessionIdNotFoundError(RetriableError, code=ErrorCode.FETCH_SESSION_ID_NOT_FOUND):
+    """This broker keeps no fetch sessions (KIP-227): send full fetch requests (session id
+    0)."""
+
+
+class InvalidFetchSessionEpochError(RetriableError, code=ErrorCode.INVALID_FETCH_SESSION_EPOCH):
+    """The fetch session epoch is not valid for a full fetch request; use -1 or 0."""
 
 
 class FencedLeaderEpochError(InvalidMetadataError, code=ErrorCode.FENCED_LEADER_EPOCH):

@@ -25,6 +25,7 @@ import click
 from .common import Command, json_bytes, short_repr
 
 READ_CHUNK_BYTES = 4 << 20
+FORMATS = {1: "kvlog", 2: "kafka"}  # by magic byte
 
 
 def iso_ms(ms: int) -> str:
@@ -77,6 +78,7 @@ def _batch_info(base: int, data: bytes) -> dict[str, Any]:
     return {
         "type": "batch",
         "base_offset": base,
+        "format": FORMATS.get(h.magic, f"magic {h.magic}"),
         "last_offset": base + h.last_offset_delta,
         "record_count": h.record_count,
         "leader_epoch": h.partition_leader_epoch,
@@ -96,7 +98,8 @@ def _batch_line(info: dict[str, Any]) -> str:
     if "error" in info:
         return f"  batch @{info['base_offset']} size {info['size']}: UNREADABLE ({info['error']})"
     return (
-        f"  batch @{info['base_offset']}..{info['last_offset']} count {info['record_count']} "
+        f"  batch @{info['base_offset']}..{info['last_offset']} {info['format']} "
+        f"count {info['record_count']} "
         f"epoch {info['leader_epoch']} codec {info['codec']} producer "
         f"{info['producer_id']}/{info['producer_epoch']} seq {info['base_sequence']} "
         f"ts {iso_ms(info['first_timestamp'])}..{iso_ms(info['max_timestamp'])} "

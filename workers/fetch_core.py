@@ -1,5 +1,5 @@
-"""Reads on the leader, without sockets: fetches for consumers and followers (long polls)
-and ListOffsets.
+"""Reads on the leader, without sockets: fetches for consumers and followers (long polls),
+ListOffsets and OffsetForLeaderEpoch.
 
 A fetch reads whole batches per partition: below the high watermark for consumers, up to
 the log end offset for followers, whose fetch offset acknowledges what they have (it goes
@@ -33,6 +33,7 @@ from kvlog.types import TopicPartition
 from .core_result import Result
 from .leader_core import LeaderCore
 from .node_model import (
+    EpochEndOffset,
     Fetch,
     FetchedPartition,
     FetchPartition,
@@ -40,12 +41,27 @@ from .node_model import (
     ListedOffset,
     ListOffsets,
     ListOffsetsResponse,
+    OffsetForLeaderEpoch,
+    OffsetForLeaderEpochResponse,
 )
+from .replication_core import LeaderReplica
 
 LATEST_TIMESTAMP = -1
 EARLIEST_TIMESTAMP = -2
 MAX_PARKED_FETCHES = 10_000
 DEFAULT_FETCH_MAX_WAIT_MS = 30_000
+
+
+def check_leader_epoch(replica: LeaderReplica, tp: TopicPartition, client_epoch: int) -> None:
+    """Refuse a request made for another leader epoch than the leader's (-1: any): an
+    older one is FENCED_LEADER_EPOCH (the client's metadata is stale), a newer one
+    UNKNOWN_LEADER_EPOCH (this node has not heard of it yet); Kafka's KIP-320 rule."""
+    if client_epoch < 0 or client_epoch == replica.leader_epoch:
+        return
+    message = f"{tp}: request for leader epoch {client_epoch}, leader is at {replica.leader_epoch}"
+    if client_epoch < replica.leader_epoch:
+        raise FencedLeaderEpochError(message)
+    raise UnknownLeaderEpochError(message)
 
 
 @dataclass(slots=True)
@@ -147,16 +163,7 @@ class FetchCore:
                 out.append(fetched)
                 try:
                     replica = leader.leader_for(part.tp)
-                    if part.leader_epoch >= 0 and part.leader_epoch != replica.leader_epoch:
-                        if part.leader_epoch < replica.leader_epoch:
-                            raise FencedLeaderEpochError(
-                                f"{part.tp}: fetch for epoch {part.leader_epoch}, leader is at "
-                                f"{replica.leader_epoch}"
-                            )
-                        raise UnknownLeaderEpochError(
-                            f"{part.tp}: fetch for epoch {part.leader_epoch}, leader is at "
-                            f"{replica.leader_epoch}"
-                        )
+                    check_leader_epoch(replica, part.tp, part.leader_epoch)
                     state = r.offsets(part.tp)
                     fetched.log_start_offset = state.log_start_offset
                     fetched.log_end_offset = state.log_end_offset
@@ -196,23 +203,31 @@ class FetchCore:
         out = []
         for tp, timestamp in request.partitions:
             try:
-                offset, ts = self.list_offset(tp, timestamp)
-                out.append(ListedOffset(tp, None, offset, ts))
+                epoch = request.current_leader_epochs.get(tp, -1)
+                out.append(self.list_offset(tp, timestamp, current_leader_epoch=epoch))
             except KvlogError as exc:
                 out.append(ListedOffset(tp, exc))
         return Result().reply(request.token, ListOffsetsResponse(out))
 
-    def list_offset(self, tp: TopicPartition, timestamp: int) -> tuple[int, int]:
-        """Kafka's ListOffsets: (offset, timestamp). -2 earliest, -1 latest (the high
-        watermark), else the first record with timestamp >= the given one (-1 if none)."""
+    def list_offset(
+        self, tp: TopicPartition, timestamp: int, *, current_leader_epoch: int = -1
+    ) -> ListedOffset:
+        """Kafka's ListOffsets: -2 earliest (the log start), -1 latest (the high
+        watermark), else the first record with timestamp >= the given one (offset -1 if
+        none); with the epoch of the leader that wrote the offset (Kafka v4+): the
+        current one for latest, the epoch cache's for earliest, the batch's for a
+        timestamp."""
         replica = self.leader.leader_for(tp)
+        check_leader_epoch(replica, tp, current_leader_epoch)
         with self.leader.store.reader() as r:
             state = r.offsets(tp)
             hw = replica.high_watermark
             if timestamp == EARLIEST_TIMESTAMP:
-                return state.log_start_offset, -1
+                start = state.log_start_offset
+                epoch = max((e for e, at in epochs.entries(r, tp) if at <= start), default=-1)
+                return ListedOffset(tp, None, start, -1, epoch)
             if timestamp == LATEST_TIMESTAMP:
-                return hw, -1
+                return ListedOffset(tp, None, hw, -1, replica.leader_epoch)
             if timestamp < 0:
                 raise OffsetOutOfRangeError(f"timestamp {timestamp} is not -1, -2 or >= 0")
             for base, _size, header in r.headers(tp):
@@ -223,8 +238,32 @@ class FetchCore:
                 found = r.read(tp, max(base, state.log_start_offset), 1)
                 for record in batch_format.decode(found[0][1], found[0][0]):
                     if record.offset >= state.log_start_offset and record.timestamp >= timestamp:
-                        return record.offset, record.timestamp
-        return -1, -1
+                        return ListedOffset(
+                            tp, None, record.offset, record.timestamp, header.partition_leader_epoch
+                        )
+        return ListedOffset(tp)
+
+    def offset_for_leader_epoch(self, request: OffsetForLeaderEpoch) -> Result:
+        """Where each asked-for epoch ends in this leader's log (the epoch cache's answer,
+        the one followers get on a divergence): the largest cached epoch at or below it,
+        and where the next one starts, or the log end offset for the latest."""
+        out = []
+        leader = self.leader
+        with leader.store.reader() as r:
+            for query in request.partitions:
+                tp = query.tp
+                try:
+                    replica = leader.leader_for(tp)
+                    check_leader_epoch(replica, tp, query.current_leader_epoch)
+                    if query.leader_epoch < 0:  # Kafka: an undefined epoch ends nowhere
+                        out.append(EpochEndOffset(tp, None, -1, -1))
+                        continue
+                    leo = r.offsets(tp).log_end_offset
+                    epoch, end = epochs.end_offset_for_epoch(r, tp, query.leader_epoch, leo)
+                    out.append(EpochEndOffset(tp, None, epoch, end))
+                except KvlogError as exc:
+                    out.append(EpochEndOffset(tp, exc))
+        return Result().reply(request.token, OffsetForLeaderEpochResponse(out))
 
 
 __all__ = [
@@ -234,4 +273,5 @@ __all__ = [
     "MAX_PARKED_FETCHES",
     "FetchCore",
     "ParkedFetch",
+    "check_leader_epoch",
 ]

@@ -294,6 +294,10 @@ class FollowerCore:
                 hw = max(new.log_start_offset, min(leader_hw, new.log_end_offset))
                 if hw > new.high_watermark:
                     w.set_high_watermark(tp, hw)
+                # The leader's log start moved (DeleteRecords, retention): this replica
+                # follows it, up to its own high watermark (Kafka's followers do too).
+                if int(entry.get("log_start_offset", -1)) > new.log_start_offset:
+                    w.delete_before(tp, int(entry["log_start_offset"]))
             for tp in truncated:
                 self._rebuild_producer_state(w, tp)
             return changed, stage

@@ -28,9 +28,9 @@ producers are forgotten every ``PRODUCER_EXPIRY_CHECK_MS``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kvlog import batch as batch_format
 from kvlog import epochs
@@ -64,6 +64,7 @@ from .node_model import (
 from .replication_core import DEFAULT_REPLICA_LAG_TIME_MAX_MS, LeaderReplica
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TOPIC_IDS_TABLE = "topic_ids"
 DEFAULT_MESSAGE_MAX_BYTES = 100 << 20
@@ -375,17 +376,11 @@ class LeaderCore:
         return stage, outcome, offsets
 
     def _fail(self, staged: list[StagedProduce], exc: Exception) -> None:
-        if not isinstance(exc, KvlogError):
-            log.exception("node %d: group commit failed", self.node_id)
-            exc = UnknownServerError(f"group commit failed: {type(exc).__name__}: {exc}")
-        else:
-            log.error("node %d: group commit failed: %s", self.node_id, exc.message)
-            if isinstance(exc, StorageError):
-                self.health.write_failed()
+        error = self.write_failed("group commit", exc)
         for request in staged:
             for item in request.items:
                 if item.error is None:
-                    item.error = exc
+                    item.error = error
 
     def _complete(self, staged: list[StagedProduce], written: Any, now_ms: int) -> Result:
         """After the durable write: advance replicas, park acks=all items, answer."""
@@ -454,6 +449,32 @@ class LeaderCore:
             log.warning("node %d: persisting high watermarks failed: %s", self.node_id, exc)
             return
         self._hw_dirty.clear()
+
+    # -- writes outside the group commit ----------------------------------------------------
+
+    def write(self, fn: Callable[[WriteTxn], T]) -> T:
+        """One durable write transaction outside the group commit (DeleteRecords), with
+        the high watermarks moved since the last write, so what ``fn`` reads and caps at
+        is the leaders' own. Raises what the store raises (see :meth:`write_failed`)."""
+
+        def both(w: WriteTxn) -> T:
+            self._write_high_watermarks(w)
+            return fn(w)
+
+        result = self.store.write(both)
+        self._hw_dirty.clear()
+        return result
+
+    def write_failed(self, what: str, exc: Exception) -> KvlogError:
+        """The error a failed write gives its requests (a storage failure takes the log
+        dir offline)."""
+        if not isinstance(exc, KvlogError):
+            log.exception("node %d: %s failed", self.node_id, what)
+            return UnknownServerError(f"{what} failed: {type(exc).__name__}: {exc}")
+        log.error("node %d: %s failed: %s", self.node_id, what, exc.message)
+        if isinstance(exc, StorageError):
+            self.health.write_failed()
+        return exc
 
     # -- acks=all and replication ----------------------------------------------------------
 

@@ -21,10 +21,14 @@ produce                    ``LeaderCore.produce`` (refused as a whole), else
                            ``UNANSWERED`` for acks=0, by ``StagedProduce.response``
 fetch                      ``FetchCore._try_answer`` (at once, woken, or at its deadline)
 list_offsets, ping         ``FetchCore.list_offsets``, :meth:`NodeCore.ping`
+offset_for_leader_epoch    ``FetchCore.offset_for_leader_epoch`` (the epoch cache)
+delete_records             ``delete_records_core.delete_records`` (after its own write)
+list_groups                :meth:`NodeCore.list_groups`: a node coordinates no group
 =========================  ==========================================================
 
 How a shell drives it, per loop turn: decode each request and call :meth:`produce`,
-:meth:`fetch`, :meth:`list_offsets` or :meth:`ping`; hand each answer to one of the core's
+:meth:`fetch`, :meth:`list_offsets`, :meth:`offset_for_leader_epoch`,
+:meth:`delete_records` or :meth:`ping`; hand each answer to one of the core's
 ``Send``\\ s to :meth:`answer`; then call :meth:`flush` once (the turn's group commit, a
 distinct step); call :meth:`tick` when the earliest deadline it was given has come. It
 carries out every Result: replies by token, sends, and the deadline. A Result's deadline
@@ -44,18 +48,22 @@ from kvlog.log import LogStore
 from kvlog.types import TopicPartition
 
 from .core_result import Result, Send
+from .delete_records_core import delete_records
 from .fetch_core import FetchCore
 from .follower_core import FollowerCore, ReplicaFetch
+from .group_events import ListGroupsAnswer
 from .leader_core import IsrChange, LeaderCore
 from .log_dir_core import LogDirHealth
 from .node_model import (
     COORDINATOR,
     Answer,
     Assignment,
+    DeleteRecords,
     Fetch,
     HostedPartition,
     ListOffsets,
     NodeStatus,
+    OffsetForLeaderEpoch,
     Produce,
     earliest,
 )
@@ -97,11 +105,23 @@ def decode_assignment(fields: dict[str, Any]) -> Assignment:
 class NodeCore:
     """Owned by one node process's loop; not thread-safe."""
 
-    def __init__(self, settings: NodeSettings, store: LogStore, *, endpoint: str, pid: int) -> None:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        store: LogStore,
+        *,
+        endpoint: str,
+        pid: int,
+        kafka_endpoint: str | None = None,
+    ) -> None:
         self.settings = settings
         self.node_id = settings.node_id
         self.name = f"node {settings.node_id}"
         self.endpoint = endpoint
+        self.kafka_endpoint = kafka_endpoint  # advertised "host:port" of its Kafka listener
+        # The coordinator's Kafka "host:port" (from the assignment): where the node's Kafka
+        # shell relays what the coordinator answers.
+        self.coordinator_kafka: str | None = None
         self.pid = pid
         self.store = store
         self.health = LogDirHealth(self.name, settings.log_dir)
@@ -138,6 +158,19 @@ class NodeCore:
     def list_offsets(self, request: ListOffsets) -> Result:
         return self.reads.list_offsets(request)
 
+    def offset_for_leader_epoch(self, request: OffsetForLeaderEpoch) -> Result:
+        return self.reads.offset_for_leader_epoch(request)
+
+    def delete_records(self, request: DeleteRecords, now_ms: int) -> Result:
+        """Answered after its own durable write (a failed one takes the log dir offline)."""
+        return delete_records(self.leader, request).extend(self._check_storage(now_ms))
+
+    # -- what Kafka clients ask any broker -------------------------------------------------
+
+    def list_groups(self, token: Any) -> Result:
+        """Kafka asks every broker for the groups it coordinates: a node coordinates none."""
+        return Result().reply(token, ListGroupsAnswer([]))
+
     def ping(self, token: Any) -> Result:
         return Result().reply(token, NodeStatus(self.node_id, self.applied_version))
 
@@ -165,6 +198,7 @@ class NodeCore:
             result = self.leader.on_isr_answer(answer, now_ms)
         elif isinstance(token, Heartbeat):
             result = self._on_heartbeat(answer, now_ms)
+
         else:
             raise ValueError(f"an answer to no send of this core: {token!r}")
         result.extend(self._check_storage(now_ms))
@@ -182,6 +216,8 @@ class NodeCore:
             "wait_ms": wait,
             "offline": self.health.offline,
         }
+        if self.kafka_endpoint is not None:
+            fields["kafka_endpoint"] = self.kafka_endpoint
         timeout_ms = wait + HEARTBEAT_TIMEOUT_SLACK_MS
         return Send(COORDINATOR, "node_heartbeat", fields, Heartbeat(self._heartbeat), timeout_ms)
 
@@ -201,6 +237,7 @@ class NodeCore:
                 log.error("%s: cannot apply assignment: %s", self.name, exc.message)
             else:
                 self.applied_version = fields.get("version", self.applied_version)
+                self.coordinator_kafka = fields.get("coordinator_kafka_endpoint")
         # The next long poll, with the version just applied.
         return result.send(self._heartbeat_send())
 

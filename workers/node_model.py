@@ -1,8 +1,9 @@
 """The node cores' vocabulary: typed requests in, typed reply bodies out.
 
 A shell decodes a client request once into one of the request types here (``Produce``,
-``Fetch``, ``ListOffsets``), calls :class:`~workers.node_core.NodeCore` and encodes the
-bodies of the replies it gets back for its own wire (``workers/node_wire.py`` for kvlog's
+``Fetch``, ``ListOffsets``, ``OffsetForLeaderEpoch``, ``DeleteRecords``), calls
+:class:`~workers.node_core.NodeCore` and encodes the bodies of the replies it gets back
+for its own wire (``workers/node_wire.py`` for kvlog's
 ZeroMQ wire; a Kafka shell encodes the same bodies into Kafka responses). Nothing here
 knows a wire. The answers to the core's own requests to other kvlog processes (a
 ``Send``) come back as an :class:`Answer`.
@@ -107,10 +108,42 @@ class Fetch:
 
 @dataclass(slots=True)
 class ListOffsets:
-    """Kafka's ListOffsets: per partition a timestamp, -1 latest, -2 earliest."""
+    """Kafka's ListOffsets: per partition a timestamp, -1 latest, -2 earliest.
+    ``current_leader_epochs``: the leader epoch the client believes in, for the
+    partitions it names one for (Kafka v4+; a stale or future one is refused)."""
 
     token: Any
     partitions: list[tuple[TopicPartition, int]]
+    current_leader_epochs: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class EpochQuery:
+    """Where ``leader_epoch`` ends in the leader's log; ``current_leader_epoch`` fences
+    a client with stale metadata (-1: any)."""
+
+    tp: TopicPartition
+    leader_epoch: int
+    current_leader_epoch: int = -1
+
+
+@dataclass(slots=True)
+class OffsetForLeaderEpoch:
+    """Kafka's OffsetForLeaderEpoch, answered from the leader's epoch cache: consumers
+    check their position with it after a leader change (KIP-320)."""
+
+    token: Any
+    partitions: list[EpochQuery]
+
+
+@dataclass(slots=True)
+class DeleteRecords:
+    """Kafka's DeleteRecords: move each partition's log start offset up to ``offset``
+    (-1: the high watermark), dropping whole batches below it."""
+
+    token: Any
+    partitions: list[tuple[TopicPartition, int]]
+    timeout_ms: int = 30_000
 
 
 @dataclass(slots=True)
@@ -177,11 +210,37 @@ class ListedOffset:
     error: KvlogError | None = None
     offset: int = -1
     timestamp: int = -1
+    leader_epoch: int = -1  # the epoch of the leader that wrote ``offset`` (-1: unknown)
 
 
 @dataclass(slots=True)
 class ListOffsetsResponse:
     partitions: list[ListedOffset]
+
+
+@dataclass(slots=True)
+class EpochEndOffset:
+    tp: TopicPartition
+    error: KvlogError | None = None
+    leader_epoch: int = -1  # the largest epoch <= the one asked for (-1: none)
+    end_offset: int = -1  # where that epoch ends (the next one starts, or the log end)
+
+
+@dataclass(slots=True)
+class OffsetForLeaderEpochResponse:
+    partitions: list[EpochEndOffset]
+
+
+@dataclass(slots=True)
+class DeletedRecords:
+    tp: TopicPartition
+    error: KvlogError | None = None
+    low_watermark: int = -1  # the partition's log start offset now
+
+
+@dataclass(slots=True)
+class DeleteRecordsResponse:
+    partitions: list[DeletedRecords]
 
 
 @dataclass(slots=True)
@@ -209,6 +268,11 @@ __all__ = [
     "UNANSWERED",
     "Answer",
     "Assignment",
+    "DeleteRecords",
+    "DeleteRecordsResponse",
+    "DeletedRecords",
+    "EpochEndOffset",
+    "EpochQuery",
     "Fetch",
     "FetchPartition",
     "FetchResponse",
@@ -219,6 +283,8 @@ __all__ = [
     "ListedOffset",
     "NodePeer",
     "NodeStatus",
+    "OffsetForLeaderEpoch",
+    "OffsetForLeaderEpochResponse",
     "Produce",
     "ProduceResponse",
     "ProducedPartition",

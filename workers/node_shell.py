@@ -12,6 +12,10 @@ clock (:func:`kvlog.clock.now_ms`), calls the core and carries out its Result:
   queue in an inbox that the next turn hands to :meth:`NodeCore.answer`;
 - the deadline: the shell calls :meth:`NodeCore.tick` when it has come.
 
+Replies whose token is a :class:`~workers.kafka_node_shell.KafkaCall` belong to the Kafka
+shell mixed in here (the node's Kafka listener, in this loop): they leave as Kafka
+responses at the end of the turn.
+
 Per loop turn (``zmq_server.Server.run_once``): drain and dispatch requests, then
 :meth:`after_drain` (the core's ``flush``: the group commit), then :meth:`on_timers`
 (answers, delayed replies, ``tick``). The base loop's monotonic ``now`` is not used here:
@@ -37,6 +41,7 @@ from kvlog.ipc.wire import Request, advertise
 from kvlog.lmdb_store import LogDir
 
 from .core_result import Reply, Result, Send
+from .kafka_node_shell import KafkaCall, NodeKafkaShell
 from .node_core import NodeCore
 from .node_model import (
     COORDINATOR,
@@ -60,7 +65,7 @@ from .node_wire import (
 )
 from .quotas import InflightLimit, Quotas
 from .security import ServerSecurity
-from .settings import NodeSettings
+from .settings import NodeSettings, ServerSettings
 from .zmq_peer import PeerLink
 from .zmq_server import Server
 
@@ -98,8 +103,9 @@ class ZmqToken(NamedTuple):
     counted: bool  # holds a place under max.inflight.requests.per.client
 
 
-class NodeServer(Server):
-    """The node process's loop over one :class:`NodeCore`. Owned by the process's one
+class NodeServer(NodeKafkaShell, Server):
+    """The node process's loop over one :class:`NodeCore`, with its Kafka shell
+    (:mod:`workers.kafka_node_shell`) in the same loop. Owned by the process's one
     thread; not thread-safe."""
 
     name = "node"
@@ -112,23 +118,36 @@ class NodeServer(Server):
         settings: NodeSettings,
         store: LogDir,
         security: ServerSecurity | None = None,
+        server_settings: ServerSettings | None = None,
     ) -> None:
         super().__init__(ctx, router, security)
         self.link_options = security.client_options() if security else None
         self.name = f"node {settings.node_id}"
         self.settings = settings
         self.endpoint = advertise(endpoint, settings.advertised_host)
-        self.core = NodeCore(settings, store, endpoint=self.endpoint, pid=os.getpid())
-        self.coordinator = self._new_link(settings.coordinator, f"{self.name} -> coordinator")
-        self.links: dict[int, PeerLink] = {}  # node id -> link to that node
-        self.inbox: list[Answer] = []  # answers to the core's sends, for the next turn
-        self._wake_ms: int | None = None  # when the core wants its tick
-        self._drop_replies = settings.test_drop_produce_replies
         # Quotas are per principal, so they apply when security gives principals.
         self.quotas = Quotas(
             settings.quota_producer_byte_rate if security else -1,
             settings.quota_consumer_byte_rate if security else -1,
         )
+        # The Kafka listener first: the node reports its address in every heartbeat.
+        kafka_endpoint = self.start_kafka(
+            server_settings or ServerSettings(),
+            node_id=settings.node_id,
+            max_pending=settings.max_inflight_requests_per_client,
+        )
+        self.core = NodeCore(
+            settings,
+            store,
+            endpoint=self.endpoint,
+            pid=os.getpid(),
+            kafka_endpoint=kafka_endpoint,
+        )
+        self.coordinator = self._new_link(settings.coordinator, f"{self.name} -> coordinator")
+        self.links: dict[int, PeerLink] = {}  # node id -> link to that node
+        self.inbox: list[Answer] = []  # answers to the core's sends, for the next turn
+        self._wake_ms: int | None = None  # when the core wants its tick
+        self._drop_replies = settings.test_drop_produce_replies
         self.inflight = InflightLimit(settings.max_inflight_requests_per_client)
         self.delayed: list[tuple[float, bytes, int | None, dict[str, Any], list[bytes]]] = []
         self._carry(self.core.start(clock.now_ms()))
@@ -164,6 +183,7 @@ class NodeServer(Server):
 
     def after_drain(self) -> None:
         self._carry(self.core.flush(clock.now_ms()))
+        self.flush_kafka()
 
     # -- carrying out a Result -------------------------------------------------------------
 
@@ -177,6 +197,9 @@ class NodeServer(Server):
             self._wake_ms = due
 
     def _deliver(self, reply: Reply) -> None:
+        if isinstance(reply.token, KafkaCall):
+            self.deliver_kafka(reply)
+            return
         token: ZmqToken = reply.token
         if token.counted:
             self.inflight.release(token.peer)
@@ -258,6 +281,7 @@ class NodeServer(Server):
         deadline_ms = earliest(
             [
                 self._wake_ms,
+                self.kafka_deadline_ms(),
                 min((d[0] * 1000 for d in self.delayed), default=None),
                 *(
                     d * 1000 if (d := link.next_deadline()) is not None else None
@@ -287,3 +311,5 @@ class NodeServer(Server):
         if self._wake_ms is not None and now_ms >= self._wake_ms:
             self._wake_ms = None
             self._carry(self.core.tick(now_ms, _headroom(self.settings.log_dir)))
+        self.kafka_timers()
+        self.flush_kafka()

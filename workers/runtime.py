@@ -124,7 +124,9 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
 
             node_settings = NodeSettings(**settings["node"])
             store = LogDir(node_settings.log_dir)
-            server = NodeServer(ctx, router, endpoint, node_settings, store, security)
+            server = NodeServer(
+                ctx, router, endpoint, node_settings, store, security, server_settings
+            )
         elif role == "broker":
             from .broker_shell import BrokerServer
             from .settings import BrokerSettings

@@ -52,6 +52,8 @@ __all__ = [
     "decode_consumer_subscription",
     "encode_consumer_assignment",
     "decode_request",
+    "decode_response",
+    "encode_request",
     "encode_response",
     "expects_response",
     "known_versions",
@@ -152,6 +154,38 @@ def decode_request(
 def expects_response(request: Any) -> bool:
     """False only for Produce with acks=0 (Kafka sends no response to it)."""
     return bool(request.expect_response())
+
+
+# -- the client side, for relaying a request to another kvlog process's listener -----------
+
+
+def encode_request(
+    request: Any, api_version: int, correlation_id: int, client_id: str | None
+) -> bytes:
+    """A decoded request framed again (length prefix, header, body) under another
+    correlation id: what a node relays to the coordinator's Kafka listener."""
+    request.with_header(correlation_id=correlation_id, client_id=client_id)
+    return bytes(request.encode(version=api_version, header=True, framed=True))
+
+
+def decode_response(frame_bytes: Buffer, api_key: int, api_version: int) -> tuple[int, Any]:
+    """``(correlation_id, response)`` from a response frame (without its length prefix)
+    to a request of ``api_key``/``api_version``. Raises KafkaProtocolError."""
+    cls = _RESPONSES.get(api_key)
+    if cls is None:
+        raise KafkaProtocolError(f"{api_name(api_key)} is not a response the codec knows")
+    view = memoryview(frame_bytes).cast("B")
+    if len(view) < _INT32.size:
+        raise KafkaProtocolError(f"response frame of {len(view)} bytes has no correlation id")
+    (correlation_id,) = _INT32.unpack_from(view)
+    try:
+        response = cls.decode(bytes(view), version=api_version, header=True)
+    except Exception as exc:  # any decoder failure means a malformed response
+        raise KafkaProtocolError(
+            f"{cls.__name__} v{api_version} does not decode: {type(exc).__name__}: {exc}"
+        ) from exc
+    response._header = None  # it is sent on under the client's correlation id
+    return correlation_id, response
 
 
 # -- responses -----------------------------------------------------------------------------

@@ -36,10 +36,15 @@ class FrameReader:
     Kafka's ``socket.request.max.bytes``) and filled in place, so a large request costs
     one copy whatever the chunk sizes it arrives in."""
 
-    __slots__ = ("_frame", "_head", "_need", "max_frame_bytes")
+    __slots__ = ("_frame", "_head", "_need", "max_frame_bytes", "min_frame_bytes")
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+    def __init__(
+        self,
+        max_frame_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        min_frame_bytes: int = MIN_REQUEST_BYTES,
+    ) -> None:
         self.max_frame_bytes = max_frame_bytes
+        self.min_frame_bytes = min_frame_bytes  # responses: 4 (their correlation id)
         self._head = bytearray()  # bytes of the length prefix received so far
         self._frame: bytearray | None = None  # the frame being filled
         self._need = 0  # bytes of the frame still missing
@@ -89,10 +94,9 @@ class FrameReader:
             raise KafkaProtocolError(
                 f"frame of {length} bytes is over socket.request.max.bytes={self.max_frame_bytes}"
             )
-        if length < MIN_REQUEST_BYTES:
+        if length < self.min_frame_bytes:
             raise KafkaProtocolError(
-                f"frame of {length} bytes is shorter than any request header "
-                f"({MIN_REQUEST_BYTES} bytes)"
+                f"frame of {length} bytes is shorter than any header ({self.min_frame_bytes} bytes)"
             )
 
 

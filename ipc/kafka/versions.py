@@ -94,5 +94,11 @@ SERVED = VersionTable(
         ApiVersionRange(ApiKey.DescribeConfigs, 1, 3),
         ApiVersionRange(ApiKey.AlterConfigs, 0, 1),
         ApiVersionRange(ApiKey.IncrementalAlterConfigs, 0, 1),
+        # The data path (each node process, for the partitions it leads).
+        ApiVersionRange(ApiKey.Produce, 0, 8, served_min=3),  # v7: zstd; v8: record errors
+        ApiVersionRange(ApiKey.Fetch, 4, 11),  # v4: RecordBatch v2; v10: zstd
+        ApiVersionRange(ApiKey.ListOffsets, 1, 5),
+        ApiVersionRange(ApiKey.OffsetForLeaderEpoch, 2, 3),
+        ApiVersionRange(ApiKey.DeleteRecords, 0, 1),
     ]
 )

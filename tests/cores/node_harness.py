@@ -34,6 +34,7 @@ from kvlog.workers.node_model import (
     COORDINATOR,
     UNANSWERED,
     Answer,
+    DeleteRecords,
     Fetch,
     FetchPartition,
     FetchResponse,
@@ -168,12 +169,13 @@ class Request:
 
 @dataclass
 class ClientRequest:
-    kind: str  # "produce" | "fetch"
+    kind: str  # "produce" | "fetch" | "delete_records"
     node: int
     tp: TopicPartition
     acks: int = 1
     batch: bytes = b""
     epoch: int = -1
+    offset: int = -1  # delete_records: the offset asked for
 
 
 class Cluster:
@@ -398,6 +400,12 @@ class Cluster:
         self.clients[token] = ClientRequest("fetch", n, tp)
         fetch = Fetch(token, [FetchPartition(tp, offset, 1 << 20)], 1 << 20, min_bytes, wait_ms)
         self.turn(n, self.core(n).fetch(fetch, self.now))
+
+    def delete_records(self, token: int, n: int, tp: TopicPartition, offset: int) -> None:
+        """Kafka's DeleteRecords at node ``n``: its log start moves to ``offset``."""
+        self.clients[token] = ClientRequest("delete_records", n, tp, offset=offset)
+        request = DeleteRecords(token, [(tp, offset)])
+        self.turn(n, self.core(n).delete_records(request, self.now))
 
 
 def produced(reply: Reply) -> tuple[int, KvlogError | None]:

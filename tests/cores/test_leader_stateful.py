@@ -1,6 +1,6 @@
 """The leader, its followers and the ISR under random produces, fetches, message loss,
-node deaths and returns, suspected (but running) leaders, retention and time
-(hypothesis ``RuleBasedStateMachine``).
+node deaths and returns, suspected (but running) leaders, retention, DeleteRecords and
+time (hypothesis ``RuleBasedStateMachine``).
 
 Three node cores on in-memory stores (``node_harness.Cluster``): two partitions with
 three replicas each, led by different nodes at first; a stand-in controller answers
@@ -18,7 +18,9 @@ Safety, after every step:
   the controller's, has the batch; after that every ISR member keeps it, so no
   acknowledged acks=all batch is lost whatever leader is elected;
 - acks=0 is never answered; no request is answered twice; a consumer never reads at or
-  past the high watermark.
+  past the high watermark;
+- DeleteRecords moves the leader's log start to what it asked for (-1: the high
+  watermark), never past the high watermark; followers follow it.
 
 Liveness, at the end: with every node back and the network delivering, the replicas
 converge (the same batches at the same offsets, every replica in the ISR) and every
@@ -39,7 +41,7 @@ from kvlog import batch as batch_format
 from kvlog.errors import ErrorCode
 from kvlog.types import TopicPartition
 from kvlog.workers.core_result import Reply
-from kvlog.workers.node_model import UNANSWERED, FetchResponse
+from kvlog.workers.node_model import UNANSWERED, DeleteRecordsResponse, FetchResponse
 
 TPS = [TopicPartition("t", 0), TopicPartition("t", 1)]
 REPLICAS = {TPS[0]: [0, 1, 2], TPS[1]: [1, 2, 0]}
@@ -49,6 +51,11 @@ PRODUCE_ERRORS = {
     ErrorCode.NOT_ENOUGH_REPLICAS,
     ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
     ErrorCode.REQUEST_TIMED_OUT,
+}
+DELETE_ERRORS = {
+    ErrorCode.NOT_LEADER_OR_FOLLOWER,
+    ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+    ErrorCode.OFFSET_OUT_OF_RANGE,
 }
 FETCH_ERRORS = {
     ErrorCode.NOT_LEADER_OR_FOLLOWER,
@@ -90,6 +97,8 @@ class LeaderMachine(RuleBasedStateMachine):
     def on_client_reply(self, n: int, token: int, req: ClientRequest, reply: Reply) -> None:
         if req.kind == "produce":
             self.on_produced(n, req, reply)
+        elif req.kind == "delete_records":
+            self.on_deleted(n, req, reply)
         else:
             self.on_fetched(n, req, reply)
 
@@ -140,6 +149,18 @@ class LeaderMachine(RuleBasedStateMachine):
             assert stored.get(base) == batch
             self.consumed[req.tp][base] = batch
 
+    def on_deleted(self, n: int, req: ClientRequest, reply: Reply) -> None:
+        assert reply.error is None and isinstance(reply.body, DeleteRecordsResponse), reply
+        [deleted] = reply.body.partitions
+        if deleted.error is not None:
+            assert deleted.error.code in DELETE_ERRORS, deleted.error
+            event(f"delete_records: {deleted.error.code.name}")
+            return
+        event("delete_records: ok")
+        state = offsets(self.cluster.nodes[n].store, req.tp)
+        assert deleted.low_watermark == state.log_start_offset <= state.high_watermark
+        assert deleted.low_watermark >= req.offset, "the log start is not where it was asked"
+
     # -- clients ---------------------------------------------------------------------------
 
     @rule(
@@ -175,6 +196,30 @@ class LeaderMachine(RuleBasedStateMachine):
             return
         offset = {"start": state.log_start_offset, "hw": state.high_watermark, "zero": 0}[where]
         c.consume(next(self.tokens), leader, tp, offset, wait_ms, min_bytes)
+
+    @rule(
+        tp=st.sampled_from(TPS),
+        where=st.sampled_from(["hw", "mid", "past", "-1"]),
+        any_node=st.booleans(),
+    )
+    def delete_records(self, tp: TopicPartition, where: str, any_node: bool) -> None:
+        """Kafka's DeleteRecords at the leader (or another node)."""
+        c = self.cluster
+        leader = c.controller.state[tp].leader
+        node = (leader + 1) % len(NODES) if any_node else leader
+        if node < 0 or not c.alive(node):
+            return
+        state = offsets(c.nodes[node].store, tp)
+        if state is None:
+            return
+        hw = state.high_watermark
+        offset = {
+            "hw": hw,
+            "mid": (state.log_start_offset + hw) // 2,
+            "past": state.log_end_offset + 1,
+            "-1": -1,
+        }[where]
+        c.delete_records(next(self.tokens), node, tp, offset)
 
     # -- the network -----------------------------------------------------------------------
 

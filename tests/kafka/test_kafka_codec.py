@@ -29,6 +29,9 @@ ALL_VERSIONS = VersionTable(
 )
 
 
+API_VERSIONS_ONLY = VersionTable([ApiVersionRange(codec.ApiKey.ApiVersions, 0, 2)])
+
+
 def encoded(request: Any, correlation_id: int = 1, client_id: str | None = "test") -> bytes:
     request.with_header(correlation_id=correlation_id, client_id=client_id)
     return bytes(request.encode(header=True, framed=True))
@@ -190,7 +193,13 @@ def test_the_served_table_is_what_kvlog_advertises():
         K.DescribeConfigs: (1, 3),
         K.AlterConfigs: (0, 1),
         K.IncrementalAlterConfigs: (0, 1),
+        K.Produce: (0, 8),
+        K.Fetch: (4, 11),
+        K.ListOffsets: (1, 5),
+        K.OffsetForLeaderEpoch: (2, 3),
+        K.DeleteRecords: (0, 1),
     }
+    assert SERVED.get(K.Produce).served_min == 3
 
 
 # -- framing ---------------------------------------------------------------------------------
@@ -286,7 +295,7 @@ def test_pause_after_max_pending_and_resume_when_answered():
     ],
 )
 def test_protocol_errors_are_raised_once_and_kill_the_connection(stream, reason):
-    conn = KafkaConnection(ALL_VERSIONS if reason != "Fetch" else SERVED)
+    conn = KafkaConnection(ALL_VERSIONS if reason != "Fetch" else API_VERSIONS_ONLY)
     conn.receive_data(stream)
     conn.receive_data(b"")
     with pytest.raises(KafkaProtocolError, match=reason):

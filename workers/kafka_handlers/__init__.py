@@ -5,7 +5,11 @@ versions each serves are its line in ``kvlog.ipc.kafka.versions.SERVED``, the on
 that also answers ApiVersions. A handler turns a decoded request into core events and
 the cores' typed answers into Kafka's response (:class:`.base.Plan`); the process shells
 (:mod:`workers.kafka_shell` and the per-process modules) run the plans. Which process
-serves which API is the shells' business: :data:`HANDLERS` holds them all.
+serves which API is the shells' business: :data:`HANDLERS` holds the coordinator's and
+the broker's; the node's data path (``produce``, ``fetch``, ``list_offsets``,
+``leader_epochs``, ``delete_records``) is not registered here but named by the node's
+shell (:data:`workers.kafka_node_shell.NODE_HANDLERS`), since the coordinator serves every
+API in :data:`HANDLERS`.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 the ZeroMQ wire's op table calls (:mod:`workers.acl`), so a principal may do the same
 things on both wires. Shell side; security off (no authorizer) allows everything.
 
+The node's events (the data path) are checked as the node's ZeroMQ ops are: Produce needs
+write on each topic, Fetch read, ListOffsets describe; OffsetForLeaderEpoch (describe) and
+DeleteRecords (delete) have no ZeroMQ op and need what Kafka's need.
+
 Metadata and FindCoordinator need no permission (as ``metadata`` and ``find_coordinator``
 on ZeroMQ): the metadata answer leaves out, or refuses by name, the topics the principal
 may not describe (:func:`workers.controller_events.visible_topics`).
@@ -34,6 +38,7 @@ from ..group_events import (
     OffsetFetch,
     SyncGroup,
 )
+from ..node_model import DeleteRecords, Fetch, ListOffsets, OffsetForLeaderEpoch, Produce
 
 
 def authorize(auth: Authorizer | None, principal: str, event: Any) -> None:
@@ -106,3 +111,34 @@ def _(event: DescribeGroups, auth: Authorizer, principal: str) -> None:
 @_check.register
 def _(event: DeleteGroups, auth: Authorizer, principal: str) -> None:
     acl.check_groups(auth, principal, event.group_ids, "delete")
+
+
+# -- the node's events -----------------------------------------------------------------------
+
+
+@_check.register
+def _(event: Produce, auth: Authorizer, principal: str) -> None:
+    acl.check_topics(auth, principal, (tp.topic for tp, _ in event.entries), "write")
+
+
+@_check.register
+def _(event: Fetch, auth: Authorizer, principal: str) -> None:
+    if event.replica_id >= 0:  # a replica's fetch: kvlog's own nodes only
+        acl.check_internal(auth, principal)
+    else:
+        acl.check_topics(auth, principal, (p.tp.topic for p in event.partitions), "read")
+
+
+@_check.register
+def _(event: ListOffsets, auth: Authorizer, principal: str) -> None:
+    acl.check_topics(auth, principal, (tp.topic for tp, _ in event.partitions), "describe")
+
+
+@_check.register
+def _(event: OffsetForLeaderEpoch, auth: Authorizer, principal: str) -> None:
+    acl.check_topics(auth, principal, (q.tp.topic for q in event.partitions), "describe")
+
+
+@_check.register
+def _(event: DeleteRecords, auth: Authorizer, principal: str) -> None:
+    acl.check_topics(auth, principal, (tp.topic for tp, _ in event.partitions), "delete")
