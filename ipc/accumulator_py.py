@@ -105,14 +105,6 @@ def _serialized(value: Any, what: str) -> bytes | None:
     raise SerializationError(f"the {what} serializer returned {type(value).__name__}, not bytes")
 
 
-def _bytes_in(items: list[bytes | None]) -> int:
-    """Total length of byte strings, None counting 0."""
-    try:
-        return sum(map(len, items))
-    except TypeError:  # a None among them (a null key or a tombstone)
-        return sum(len(x) for x in items if x is not None)
-
-
 class ProducerBatch:
     """One partition's batch from first record to acknowledgement. Owned by the
     accumulator; the I/O thread sets its sequencing fields."""
@@ -234,6 +226,7 @@ class PyRecordAccumulator:
         self._refusing = False
         self._progress = 0
         self._progress_cond = threading.Condition()
+        self._sender = -1
         self.stalled = False
         self.closed = False
 
@@ -460,115 +453,6 @@ class PyRecordAccumulator:
             self._yield()
         return batches, batch_of.tobytes(), deltas.tobytes()
 
-    def append_many(
-        self,
-        tp: TopicPartition,
-        timestamp: int,
-        keys: list[bytes | None],
-        values: list[bytes | None],
-        now: float,
-    ) -> list[tuple[Any, int, int, bool]]:
-        """Add many records to one partition under one lock.
-
-        Returns ``(future, first delta, count, batch filled)`` per batch the records
-        landed in."""
-        with self._lock:
-            if self.closed:
-                raise ProducerClosedError("the producer is closed; create a new one")
-            return self._append_locked(tp, timestamp, keys, values, now)
-
-    def append_partitioned(
-        self,
-        tps: list[TopicPartition],
-        groups: Iterable[tuple[int, list[bytes | None], list[bytes | None]]],
-        timestamp: int,
-        now: float,
-    ) -> list[tuple[int, list[tuple[Any, int, int, bool]]]]:
-        """Add records bound for many partitions under one lock: ``groups`` holds
-        ``(partition, keys, values)``. Returns, per group in order, the partition and
-        what :meth:`append_many` returns for it."""
-        out: list[tuple[int, list[tuple[Any, int, int, bool]]]] = []
-        with self._lock:
-            if self.closed:
-                raise ProducerClosedError("the producer is closed; create a new one")
-            for partition, keys, values in groups:
-                out.append(
-                    (partition, self._append_locked(tps[partition], timestamp, keys, values, now))
-                )
-        return out
-
-    def _append_locked(
-        self,
-        tp: TopicPartition,
-        timestamp: int,
-        keys: list[bytes | None],
-        values: list[bytes | None],
-        now: float,
-    ) -> list[tuple[Any, int, int, bool]]:
-        n = len(values)
-        total = RECORD_OVERHEAD * n + _bytes_in(keys) + _bytes_in(values)
-        batch = self._open.get(tp)
-        if (
-            batch is not None
-            and batch.size + total < self.batch_size
-            and self._used + total <= self.buffer_memory
-        ):
-            # The common case: everything fits in the open batch and stays below
-            # batch.size, so no per-record sizes are needed.
-            start = len(batch.values)
-            if timestamp > batch.max_timestamp:
-                batch.max_timestamp = timestamp
-            batch.ts_deltas.extend([timestamp - batch.first_timestamp] * n)
-            batch.keys.extend(keys)
-            batch.values.extend(values)
-            if batch.headers is not None:
-                batch.headers.extend([None] * n)
-            batch.size += total
-            self._used += total
-            return [(batch.future, start, n, False)]
-        sizes = [
-            RECORD_OVERHEAD + (len(k) if k else 0) + (len(v) if v else 0)
-            for k, v in zip(keys, values, strict=True)
-        ]
-        out: list[tuple[Any, int, int, bool]] = []
-        i = 0
-        while i < n:
-            need = sizes[i]
-            if self._used + need > self.buffer_memory and self._used:
-                self._wait_for_room(need)
-            batch = self._open.get(tp)
-            if batch is None or (batch.values and batch.size + need > self.batch_size):
-                if batch is not None:
-                    self._close(batch)
-                batch = ProducerBatch(tp, now, self.delivery_timeout_s)
-                self._open[tp] = batch
-                self._incomplete[id(batch)] = batch
-            # Take as many records as fit in this batch (at least one) and the buffer.
-            room = max(self.batch_size - batch.size, need)
-            budget = min(room, max(self.buffer_memory - self._used, need))
-            j, taken = i, 0
-            while j < n and (j == i or taken + sizes[j] <= budget):
-                taken += sizes[j]
-                j += 1
-            start = len(batch.values)
-            if not start:
-                batch.first_timestamp = timestamp
-            if timestamp > batch.max_timestamp:
-                batch.max_timestamp = timestamp
-            batch.ts_deltas.extend([timestamp - batch.first_timestamp] * (j - i))
-            batch.keys.extend(keys[i:j])
-            batch.values.extend(values[i:j])
-            if batch.headers is not None:
-                batch.headers.extend([None] * (j - i))
-            batch.size += taken
-            self._used += taken
-            filled = batch.size >= self.batch_size
-            if filled:
-                self._close(batch)
-            out.append((batch.future, start, j - i, filled))
-            i = j
-        return out
-
     def _close(self, batch: ProducerBatch) -> None:
         """Move an open batch to its partition's send queue (lock held)."""
         if self._open.get(batch.tp) is batch:
@@ -583,7 +467,13 @@ class PyRecordAccumulator:
             and not self.stalled
             and not self.closed
             and len(self._queues.get(tp) or ()) >= self._yield_batches
+            and threading.get_ident() != self._sender
         )
+
+    def sender_thread(self) -> None:
+        """The calling thread is the sender's: a send() from a callback there (it runs
+        callbacks) never waits for itself."""
+        self._sender = threading.get_ident()
 
     def _yield(self) -> None:
         """Wait (GIL released) until the sender reports progress, at most the yield

@@ -41,13 +41,7 @@ from .group_member import GroupMember
 from .lookups import Lookups
 from .metadata import ClusterMetadata
 from .positions import EARLIEST, LATEST, Positions
-from .records import (
-    ConsumerRecord,
-    DecodedBatch,
-    RecordColumns,
-    UndecodableRecord,
-    decode_batch,
-)
+from .records import ConsumerRecord, DecodedBatch, RecordColumns, UndecodableRecord, decode_batch
 from .rpc import IOThread
 from .security import client_socket_options
 from .serializers import deserializer

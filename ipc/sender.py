@@ -73,6 +73,7 @@ class Sender:
         self._aborted: KvlogError | None = None
         self.metrics = ProducerMetrics()
         self._moved = False  # batches taken or completed this turn (accumulator.progress)
+        self._registered = False  # accumulator.sender_thread() called from the I/O thread
 
     def want_topic(self, topic: str) -> None:
         with self._wanted_lock:
@@ -87,6 +88,9 @@ class Sender:
     # -- the driver turn -------------------------------------------------------------------
 
     def run(self, io: IOThread, now: float) -> float | None:
+        if not self._registered:
+            self._registered = True
+            self.accumulator.sender_thread()
         wake = now + 0.1
         self._refresh_metadata(io, now)
         if self.idempotent and self.producer_id < 0:

@@ -59,6 +59,8 @@ typedef struct {
     pthread_cond_t cv;
     unsigned long long progress;
     int stalled;
+    int has_sender;   /* the I/O thread said who it is: it never yields to itself */
+    pthread_t sender;
     PyObject *weakreflist;
 } kv_acc;
 
@@ -534,7 +536,8 @@ static void yield_to_sender(kv_acc *self)
 static int wants_yield(kv_acc *self, kv_entry *e, Py_ssize_t p)
 {
     return self->yield_batches > 0 && !self->stalled && !self->closed
-           && e->qlen[p] >= self->yield_batches;
+           && e->qlen[p] >= self->yield_batches
+           && !(self->has_sender && pthread_equal(self->sender, pthread_self()));
 }
 
 /* The timestamp of a record: now, or one the caller gave (checked). */
@@ -862,7 +865,7 @@ static PyObject *acc_append_records(kv_acc *self, PyObject *args, PyObject *kwar
     if (out != NULL && n && call_hook(self, s_wake, NULL) < 0)
         Py_CLEAR(out);
     if (out != NULL && l.any_yield && !self->stalled && !self->closed)
-        yield_to_sender(self);
+        yield_to_sender(self); /* any_yield: wants_yield held for one of the batches */
 fail_e:
     Py_DECREF(e);
 fail_l:
@@ -873,151 +876,6 @@ fail:
     Py_DECREF(vs);
     Py_XDECREF(ks);
     return out;
-}
-
-/* append_many(tp, timestamp, keys, values, now) -> [(batch, start, count, filled)]: one
- * partition's records, in runs per batch (the low-level API). */
-static PyObject *append_run(kv_acc *self, PyObject *tp, long long ts, PyObject *keys,
-                            PyObject *values, double now, PyObject *out)
-{
-    PyObject *ks = PySequence_Fast(keys, "keys must be a sequence");
-    PyObject *vs = ks ? PySequence_Fast(values, "values must be a sequence") : NULL;
-    PyObject *result = NULL;
-    if (vs == NULL)
-        goto done;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(vs);
-    if (PySequence_Fast_GET_SIZE(ks) != n) {
-        PyErr_SetString(PyExc_ValueError, "as many keys as values are needed");
-        goto done;
-    }
-    Py_ssize_t p;
-    kv_entry *e = entry_for_tp(self, tp, &p, 1);
-    if (e == NULL)
-        goto done;
-    kv_batch *run = NULL;
-    Py_ssize_t run_start = 0, run_count = 0;
-    int run_filled = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        field kf, vf;
-        const char *kdata, *vdata;
-        Py_ssize_t klen, vlen, delta;
-        if (field_get(&kf, PySequence_Fast_GET_ITEM(ks, i), 1, NULL, "key", &kdata, &klen) < 0)
-            goto done;
-        if (field_get(&vf, PySequence_Fast_GET_ITEM(vs, i), 1, NULL, "value", &vdata, &vlen)
-            < 0) {
-            field_release(&kf);
-            goto done;
-        }
-        Py_ssize_t size = RECORD_OVERHEAD + (klen > 0 ? klen : 0) + (vlen > 0 ? vlen : 0);
-        kv_batch *landed = NULL;
-        int filled = -1;
-        if (ensure_room(self, size) == 0)
-            filled = put_record(self, e, p, ts, kdata, klen, vdata, vlen, NULL, 0, size, now,
-                                &landed, &delta);
-        field_release(&kf);
-        field_release(&vf);
-        if (filled < 0)
-            goto done;
-        if (landed != run) {
-            if (run != NULL) {
-                PyObject *item = Py_BuildValue("(OnnO)", (PyObject *)run, run_start, run_count,
-                                               run_filled ? Py_True : Py_False);
-                if (item == NULL || PyList_Append(out, item) < 0) {
-                    Py_XDECREF(item);
-                    goto done;
-                }
-                Py_DECREF(item);
-            }
-            run = landed;
-            run_start = delta;
-            run_count = 0;
-        }
-        run_count++;
-        /* A run's flag: its batch reached batch.size with this record. */
-        run_filled = landed->state != BATCH_OPEN && landed->size >= self->batch_size;
-    }
-    if (run != NULL) {
-        PyObject *item = Py_BuildValue("(OnnO)", (PyObject *)run, run_start, run_count,
-                                       run_filled ? Py_True : Py_False);
-        if (item == NULL || PyList_Append(out, item) < 0) {
-            Py_XDECREF(item);
-            goto done;
-        }
-        Py_DECREF(item);
-    }
-    Py_INCREF(out);
-    result = out;
-done:
-    Py_XDECREF(ks);
-    Py_XDECREF(vs);
-    return result;
-}
-
-static PyObject *acc_append_many(kv_acc *self, PyObject *args, PyObject *kwargs)
-{
-    static char *kwlist[] = {"tp", "timestamp", "keys", "values", "now", NULL};
-    PyObject *tp, *keys, *values;
-    long long ts;
-    double now;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OLOOd:append_many", kwlist, &tp, &ts, &keys, &values, &now))
-        return NULL;
-    if (self->closed) {
-        PyErr_SetString(ProducerClosedError, "the producer is closed; create a new one");
-        return NULL;
-    }
-    PyObject *out = PyList_New(0);
-    if (out == NULL)
-        return NULL;
-    PyObject *r = append_run(self, tp, ts, keys, values, now, out);
-    Py_DECREF(out);
-    return r;
-}
-
-/* append_partitioned(tps, groups, timestamp, now): groups of (partition, keys, values);
- * returns [(partition, append_many's result)]. */
-static PyObject *acc_append_partitioned(kv_acc *self, PyObject *args, PyObject *kwargs)
-{
-    static char *kwlist[] = {"tps", "groups", "timestamp", "now", NULL};
-    PyObject *tps, *groups;
-    long long ts;
-    double now;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOLd:append_partitioned", kwlist, &tps, &groups, &ts, &now))
-        return NULL;
-    if (self->closed) {
-        PyErr_SetString(ProducerClosedError, "the producer is closed; create a new one");
-        return NULL;
-    }
-    PyObject *it = PyObject_GetIter(groups), *group, *out = PyList_New(0);
-    if (it == NULL || out == NULL)
-        goto fail;
-    while ((group = PyIter_Next(it)) != NULL) {
-        PyObject *partition, *keys, *values;
-        if (!PyArg_ParseTuple(group, "OOO", &partition, &keys, &values)) {
-            Py_DECREF(group);
-            goto fail;
-        }
-        PyObject *tp = PyObject_GetItem(tps, partition);
-        PyObject *runs = PyList_New(0);
-        PyObject *r = tp && runs ? append_run(self, tp, ts, keys, values, now, runs) : NULL;
-        PyObject *item = r ? PyTuple_Pack(2, partition, runs) : NULL;
-        Py_XDECREF(tp);
-        Py_XDECREF(runs);
-        Py_XDECREF(r);
-        Py_DECREF(group);
-        if (item == NULL || PyList_Append(out, item) < 0) {
-            Py_XDECREF(item);
-            goto fail;
-        }
-        Py_DECREF(item);
-    }
-    if (PyErr_Occurred())
-        goto fail;
-    Py_DECREF(it);
-    return out;
-fail:
-    Py_XDECREF(it);
-    Py_XDECREF(out);
-    return NULL;
 }
 
 /* -- the I/O thread's side --------------------------------------------------------------- */
@@ -1312,6 +1170,13 @@ static PyObject *acc_progress(kv_acc *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static PyObject *acc_sender_thread(kv_acc *self, PyObject *unused)
+{
+    self->sender = pthread_self();
+    self->has_sender = 1;
+    Py_RETURN_NONE;
+}
+
 static PyObject *acc_begin_flush(kv_acc *self, PyObject *unused)
 {
     self->flushing++;
@@ -1466,10 +1331,6 @@ static PyMethodDef acc_methods[] = {
      "-> FutureRecordMetadata (Producer.send)."},
     {"append", (PyCFunction)(void (*)(void))acc_append, METH_VARARGS | METH_KEYWORDS,
      "append(tp, timestamp, key, value, headers, now) -> (batch, delta, filled)"},
-    {"append_many", (PyCFunction)(void (*)(void))acc_append_many, METH_VARARGS | METH_KEYWORDS,
-     "append_many(tp, timestamp, keys, values, now) -> [(batch, start, count, filled)]"},
-    {"append_partitioned", (PyCFunction)(void (*)(void))acc_append_partitioned, METH_VARARGS | METH_KEYWORDS,
-     "append_partitioned(tps, groups, timestamp, now) -> [(partition, runs)]"},
     {"append_records", (PyCFunction)(void (*)(void))acc_append_records, METH_VARARGS | METH_KEYWORDS,
      "append_records(topic, values, keys, partition, timestamp, now) -> "
      "(batches, batch_of, deltas) (send_batch: int32 columns as bytes)"},
@@ -1485,6 +1346,9 @@ static PyMethodDef acc_methods[] = {
     {"queued", (PyCFunction)acc_queued, METH_O, "queued(tp) -> closed batches waiting"},
     {"progress", (PyCFunction)acc_progress, METH_NOARGS,
      "progress(): the sender moved (wakes a send() that yields to it)."},
+    {"sender_thread", (PyCFunction)acc_sender_thread, METH_NOARGS,
+     "sender_thread(): the calling thread is the sender's (send() from a callback there "
+     "never yields to it)."},
     {"begin_flush", (PyCFunction)acc_begin_flush, METH_NOARGS, NULL},
     {"end_flush", (PyCFunction)acc_end_flush, METH_NOARGS, NULL},
     {"_close", (PyCFunction)acc_close, METH_NOARGS, NULL},

@@ -310,3 +310,22 @@ def test_send_yields_to_the_sender_only_while_it_moves(cls: type) -> None:
     assert acc.stalled and acc.queued(TopicPartition("b", 0)) == 20
     acc.progress()
     assert not acc.stalled
+
+
+@pytest.mark.parametrize("cls", [NativeRecordAccumulator, PyRecordAccumulator])
+def test_send_on_the_sender_thread_never_waits_for_itself(cls: type) -> None:
+    # A produce callback runs on the I/O thread; a send() there must not wait for it.
+    acc = make(cls, Hooks(), batch_size=RECORD_SIZE, yield_batches=1, yield_timeout_s=30.0)
+    took: list[float] = []
+
+    def sender() -> None:
+        acc.sender_thread()
+        started = time.monotonic()
+        for _ in range(3):
+            acc.send("b", b"x" * 88, None, None, None, 1)
+        took.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    thread.join(20)
+    assert took and took[0] < 5 and not acc.stalled
