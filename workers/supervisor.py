@@ -48,6 +48,7 @@ from kvlog.ipc.wire import advertise, normalize_endpoint
 
 from . import kafka_addresses, ports
 from .config import BROKER_CONFIG, SERVER_SETTINGS, process_settings
+from .console import listen as console_listen_setting
 from .data_dir import (
     STATUS_FILE,
     internal_endpoint,
@@ -63,7 +64,7 @@ from .security import SecuritySettings, client_options_for
 
 log = logging.getLogger("kvlog.supervisor")
 
-_STOP_ORDER = ("broker", "sweeper", "node", "coordinator")
+_STOP_ORDER = ("console", "broker", "sweeper", "node", "coordinator")
 
 
 @dataclass
@@ -141,6 +142,10 @@ class Broker:
     certificates (``kafka_ssl_*``): workers/kafka_security.py; ``kafka_security_protocol``
     is the listeners' (PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL).
 
+    ``console_listen`` is the web console's ``HOST:PORT`` (workers/console/listen.py;
+    "none": off). After :meth:`start`, ``console_url`` is its ``http://host:port`` (None
+    when off) and ``console_off_reason`` says why security turned it off.
+
     Owned by the thread that starts it; its watch thread restarts processes under a lock,
     and :meth:`stop`, :meth:`processes` and :meth:`reload_security` may be called from
     any thread."""
@@ -165,6 +170,7 @@ class Broker:
         kafka_ssl_keyfile: str | os.PathLike[str] | None = None,
         kafka_ssl_cafile: str | os.PathLike[str] | None = None,
         kafka_ssl_client_auth: str = "none",
+        console_listen: str | None = console_listen_setting.AUTO,
     ) -> None:
         self.advertised_host = advertised_host
         self.kafka_advertised_host = kafka_advertised_host
@@ -199,6 +205,18 @@ class Broker:
             # CURVE authentication every ZeroMQ socket requires.
             self.kafka_off_reason = self.kafka_security.off_reason(self.security.enabled)
             self.kafka_listen = None
+        self.console_listen = console_listen_setting.resolve_auto(
+            SERVER_SETTINGS["console_listen"].parse(console_listen), self.listen
+        )
+        self.console_off_reason: str | None = None
+        if self.console_listen is not None and self.security.enabled:
+            # The console's clients would hold the server's own CURVE key (a super user):
+            # every visitor would act with it. Off until it logs in as a principal.
+            self.console_off_reason = (
+                "security is on and the console cannot act as a logged-in principal yet"
+            )
+            self.console_listen = None
+        self.console_url: str | None = None
         self.log_dirs = [Path(d).resolve() for d in (log_dirs or [self.data_dir / "logs" / "0"])]
         self.log_level = log_level
         self.start_timeout_s = start_timeout_s
@@ -353,7 +371,13 @@ class Broker:
         )
         self.children.append(sweeper)
         self._spawn(sweeper)
-        self._await_ready([sweeper])
+        console = self._console_child(nodes)
+        if console is not None:
+            self.children.append(console)
+            self._spawn(console)
+        self._await_ready([sweeper] if console is None else [sweeper, console])
+        if console is not None:
+            self.console_url = console.endpoint
         self._write_status()
         self._await_nodes(len(nodes))
         log.info(
@@ -361,6 +385,43 @@ class Broker:
             self.bootstrap,
             self.kafka_bootstrap or "off",
             len(nodes),
+        )
+
+    def _console_child(self, nodes: list[tuple[int, Path]]) -> Child | None:
+        """The console process, its port fixed now (a free one for port 0) so a restart
+        binds the same one; None when the console is off."""
+        if self.console_off_reason:
+            log.warning("web console off: %s", self.console_off_reason)
+        if self.console_listen is None:
+            return None
+        host, port = console_listen_setting.split_listen("console_listen", self.console_listen)
+        if port == 0:
+            port = ports.free_ports(host, 1)[0]
+        elif ports.in_use(ports.check_bindable(host, port)):
+            raise ports.port_in_use_error(
+                port,
+                f"the web console {self.console_listen}",
+                "stop that process, or choose another port with --console-listen HOST:PORT "
+                "(console_listen=) or turn the console off with --console-listen none",
+            )
+        if not console_listen_setting.is_loopback(host):
+            log.warning(
+                "the web console binds %s without a login: anyone who can reach it may "
+                "read, create and delete every topic; bind 127.0.0.1 unless that is meant",
+                host,
+            )
+        return Child(
+            "console",
+            {
+                "log_level": self.log_level,
+                "data_dir": str(self.data_dir),
+                "endpoint": f"http://{host}:{port}",
+                "console": {
+                    "bootstrap": self.bootstrap,
+                    "kafka_bootstrap": self.kafka_bootstrap,
+                    "log_dirs": [str(d) for _, d in nodes],
+                },
+            },
         )
 
     def _plan_kafka(self, node_ids: list[int]) -> None:
@@ -481,6 +542,7 @@ class Broker:
                 "supervisor_pid": os.getpid(),
                 "bootstrap": self.bootstrap,
                 "kafka_bootstrap": self.kafka_bootstrap,
+                "console": self.console_url,
                 "processes": [c.status() for c in self.children],
             },
         )
@@ -552,6 +614,11 @@ class Broker:
                         with contextlib.suppress(Exception):
                             if child.process.is_alive():
                                 os.kill(child.process.pid, signal.SIGTERM)
+                if role == "console":
+                    # Its clients would log the broker's going as lost connections.
+                    for child in self.children:
+                        if child.role == role and child.process is not None:
+                            child.process.join(2.0)
             deadline = time.monotonic() + timeout_s
             for child in self.children:
                 if child.process is None:
