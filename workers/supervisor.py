@@ -371,13 +371,20 @@ class Broker:
         )
         self.children.append(sweeper)
         self._spawn(sweeper)
+        self._await_ready([sweeper])
         console = self._console_child(nodes)
         if console is not None:
+            # Its port is fixed already, so clients need not wait for it: the broker is
+            # ready without it, and its ready message is awaited on a thread of its own.
+            console.endpoint = self.console_url = console.settings["endpoint"]
             self.children.append(console)
             self._spawn(console)
-        self._await_ready([sweeper] if console is None else [sweeper, console])
-        if console is not None:
-            self.console_url = console.endpoint
+            threading.Thread(
+                target=self._await_console,
+                args=(console,),
+                name="kvlog-console-start",
+                daemon=True,
+            ).start()
         self._write_status()
         self._await_nodes(len(nodes))
         log.info(
@@ -386,6 +393,15 @@ class Broker:
             self.kafka_bootstrap or "off",
             len(nodes),
         )
+
+    def _await_console(self, console: Child) -> None:
+        """The console's first ready message; a death before it is logged here and the
+        watch thread restarts it as any other process."""
+        try:
+            self._await_ready([console])
+        except KvlogError as exc:
+            if not self._stopping.is_set():
+                log.error("%s", exc.message)
 
     def _console_child(self, nodes: list[tuple[int, Path]]) -> Child | None:
         """The console process, its port fixed now (a free one for port 0) so a restart
@@ -642,12 +658,13 @@ class Broker:
             self._lock_file = None
 
     def reload_security(self) -> int:
-        """Re-read the authorized-keys directory in every server process (SIGHUP)."""
+        """Re-read the authorized-keys directory in every server process (SIGHUP; not the
+        sweeper and console, which hold no keys)."""
         sent = 0
         with self._mutex:
             for child in self.children:
                 if (
-                    child.role != "sweeper"
+                    child.role not in ("sweeper", "console")
                     and child.process is not None
                     and child.process.is_alive()
                 ):

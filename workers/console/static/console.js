@@ -41,7 +41,7 @@ function draw(canvas, history, unit) {
     ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(w, y); ctx.stroke();
     ctx.fillText(Math.round((max * i) / 4).toString(), 4, Math.max(10, y - 2));
   }
-  ctx.fillText(unit + ", last " + POINTS + " s", left + 4, h - 6);
+  ctx.fillText(unit + ", one point a second", left + 4, h - 6);
   names.forEach((name, i) => {
     ctx.strokeStyle = COLORS[i % COLORS.length];
     ctx.lineWidth = 2;
@@ -50,13 +50,49 @@ function draw(canvas, history, unit) {
     history.forEach((p, j) => {
       const v = p.values[name];
       if (v === undefined) return;
-      const x = left + ((w - left) * (j + POINTS - history.length)) / (POINTS - 1);
+      const span = Math.min(POINTS, Math.max(history.length, 30)); // short runs fill a part
+      const x = left + ((w - left) * (j + span - history.length)) / (span - 1);
       const y = (h - bottom) * (1 - v / max);
       if (started) ctx.lineTo(x, y); else { ctx.moveTo(x, y); started = true; }
     });
     ctx.stroke();
   });
   return names;
+}
+
+// The group page's tables follow the feed too, so they never contradict the chart.
+function showGroup(sample) {
+  const dash = (v) => (v === null || v === undefined ? "-" : String(v));
+  const state = document.getElementById("group-state");
+  if (state) state.textContent = sample.state;
+  for (const row of sample.partitions) {
+    const tr = document.querySelector(`tr[data-tp="${CSS.escape(row.topic + "-" + row.partition)}"]`);
+    if (!tr) continue;
+    tr.querySelector(".committed").textContent = dash(row.committed);
+    tr.querySelector(".end").textContent = dash(row.end);
+    tr.querySelector(".lag").textContent = dash(row.lag);
+    tr.querySelector(".client").textContent = row.client_id || "";
+  }
+  const body = document.querySelector("#members tbody");
+  if (!body) return;
+  const rows = sample.members.map((m) => {
+    const tr = document.createElement("tr");
+    for (const text of [m.member_id, m.client_id, m.assignment.join(", ")]) {
+      const td = document.createElement("td");
+      td.textContent = text || "";
+      tr.appendChild(td);
+    }
+    return tr;
+  });
+  if (!rows.length) {
+    const tr = document.createElement("tr");
+    const td = document.createElement("td");
+    td.colSpan = 3;
+    td.textContent = "No members: the group is empty.";
+    tr.appendChild(td);
+    rows.push(tr);
+  }
+  body.replaceChildren(...rows);
 }
 
 function startChart(el) {
@@ -86,12 +122,7 @@ function startChart(el) {
         const sum = Object.values(values).reduce((a, b) => a + b, 0);
         total.textContent = kind === "rate" ? sum.toFixed(1) : String(sum);
         el.dataset.samples = String(history.length);
-        if (kind === "lag") {
-          for (const row of sample.partitions) {
-            const cell = document.querySelector(`td.lag[data-tp="${CSS.escape(row.topic + "-" + row.partition)}"]`);
-            if (cell) cell.textContent = row.lag === null ? "-" : String(row.lag);
-          }
-        }
+        if (kind === "lag") showGroup(sample);
       }
       el.classList.remove("stale");
     } catch (err) {
