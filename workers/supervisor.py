@@ -217,6 +217,7 @@ class Broker:
             )
             self.console_listen = None
         self.console_url: str | None = None
+        self.console_endpoint: str | None = None
         self.log_dirs = [Path(d).resolve() for d in (log_dirs or [self.data_dir / "logs" / "0"])]
         self.log_level = log_level
         self.start_timeout_s = start_timeout_s
@@ -290,6 +291,9 @@ class Broker:
             taken.add(node_id)
             nodes.append((node_id, log_dir))
         self._plan_kafka(sorted(taken))
+        if self.console_off_reason:
+            log.warning("web console off: %s", self.console_off_reason)
+        self.console_endpoint = console_listen_setting.plan(self.console_listen)
         # Each process's settings: what every process takes, then its role's settings
         # (the broker config keys the table says it uses, and what only the supervisor
         # knows). workers/runtime.py turns them into workers/settings.py's dataclasses.
@@ -404,34 +408,15 @@ class Broker:
                 log.error("%s", exc.message)
 
     def _console_child(self, nodes: list[tuple[int, Path]]) -> Child | None:
-        """The console process, its port fixed now (a free one for port 0) so a restart
-        binds the same one; None when the console is off."""
-        if self.console_off_reason:
-            log.warning("web console off: %s", self.console_off_reason)
-        if self.console_listen is None:
+        """The console process (None when off), at the address fixed before any start."""
+        if self.console_endpoint is None:
             return None
-        host, port = console_listen_setting.split_listen("console_listen", self.console_listen)
-        if port == 0:
-            port = ports.free_ports(host, 1)[0]
-        elif ports.in_use(ports.check_bindable(host, port)):
-            raise ports.port_in_use_error(
-                port,
-                f"the web console {self.console_listen}",
-                "stop that process, or choose another port with --console-listen HOST:PORT "
-                "(console_listen=) or turn the console off with --console-listen none",
-            )
-        if not console_listen_setting.is_loopback(host):
-            log.warning(
-                "the web console binds %s without a login: anyone who can reach it may "
-                "read, create and delete every topic; bind 127.0.0.1 unless that is meant",
-                host,
-            )
         return Child(
             "console",
             {
                 "log_level": self.log_level,
                 "data_dir": str(self.data_dir),
-                "endpoint": f"http://{host}:{port}",
+                "endpoint": self.console_endpoint,
                 "console": {
                     "bootstrap": self.bootstrap,
                     "kafka_bootstrap": self.kafka_bootstrap,

@@ -85,7 +85,7 @@ def test_serve_without_kafka_stops_on_sigint_and_refuses_busy_dirs_and_ports(
         assert busy.returncode == 1
         assert f"in use by kvlog pid {server.proc.pid}" in busy.stderr
         assert "Traceback" not in busy.stderr
-        assert len(server.status()) == 4  # the refused start left the run file alone
+        assert len(server.status()) == 5  # the refused start left the run file alone
         # A second kvlog serve on the first one's ZeroMQ port: one line naming the port and
         # the process holding it (the first one's broker process), and no data dir left.
         port = server.bootstrap.rpartition(":")[2]

@@ -392,4 +392,4 @@ def test_demo_uses_the_broker_already_running_on_its_data_dir(serve: Serve) -> N
     assert f"Kafka bootstrap  {serve.kafka_bootstrap} " in result.output
     assert "What just happened" in result.output
     assert "Stopping the broker" not in result.output
-    assert serve.proc.poll() is None and len(serve.status()) == 4
+    assert serve.proc.poll() is None and len(serve.status()) == 5  # with the console

@@ -11,9 +11,14 @@ Stateless functions; safe from any thread.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kvlog.errors import InvalidConfigError
+
+from .. import ports
+
+log = logging.getLogger("kvlog.supervisor")
 
 DEFAULT_CONSOLE_PORT = 7180
 DEFAULT_CONSOLE_LISTEN = f"127.0.0.1:{DEFAULT_CONSOLE_PORT}"
@@ -58,3 +63,27 @@ def resolve_auto(console_listen: str | None, zmq_listen: str) -> str | None:
 
 def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def plan(console_listen: str | None) -> str | None:
+    """The console's ``http://HOST:PORT``, fixed before any process starts (port 0: a
+    free one, so a restart binds the same port); a taken port raises PortInUseError."""
+    if console_listen is None:
+        return None
+    host, port = split_listen("console_listen", console_listen)
+    if port == 0:
+        port = ports.free_ports(host, 1)[0]
+    elif ports.in_use(ports.check_bindable(host, port)):
+        raise ports.port_in_use_error(
+            port,
+            f"the web console {console_listen}",
+            "stop that process, or choose another port with --console-listen HOST:PORT "
+            "(console_listen=) or turn the console off with --console-listen none",
+        )
+    if not is_loopback(host):
+        log.warning(
+            "the web console binds %s without a login: anyone who can reach it may read, "
+            "create and delete every topic; bind 127.0.0.1 unless that is meant",
+            host,
+        )
+    return f"http://{host}:{port}"
