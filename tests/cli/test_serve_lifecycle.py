@@ -60,7 +60,7 @@ def test_serve_with_two_log_dirs_stops_on_sigterm_leaving_nothing(tmp_path: Path
         )
         assert sorted(desc[0]["partitions"][0]["replicas"]) == [0, 1]
         pids = server.pids()
-        assert len(pids) == 6 and all(pid_alive(p) for p in pids)
+        assert len(pids) == 7 and all(pid_alive(p) for p in pids)
         started = time.monotonic()
         assert server.stop(signal.SIGTERM) == 0
         assert time.monotonic() - started < 10
