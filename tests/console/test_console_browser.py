@@ -257,6 +257,8 @@ def test_live_throughput(broker: Any, admin: Any, browser: Any, shots: Path) -> 
             timeout_s=30,
             what="a records/s rate for clicks",
         )
+        assert float(_find(browser, "#latency-now").text) > 0
+        assert "list offsets" in _find_all(browser, ".legend")[1].text
         browser.save_screenshot(str(shots / "live.png"))
     finally:
         stop.set()

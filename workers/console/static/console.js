@@ -1,7 +1,8 @@
 // kvlog console: live line charts on <canvas>, fed by polling the console's JSON feeds.
 // Each .chart element names its feed (data-feed) and what it plots (data-kind):
 //   rate: records/s per topic, from two successive samples of summed log end offsets;
-//   lag:  a group's lag per partition, as the feed reports it.
+//   lag:  a group's lag per partition, as the feed reports it;
+//   latency: the round trips (ms) of the console's own requests for those samples.
 "use strict";
 
 const POINTS = 120;
@@ -18,6 +19,8 @@ function seriesFromSample(kind, sample, previous) {
       const before = previous.topics[topic];
       if (before !== undefined) out[topic] = Math.max(0, (end - before) / dt);
     }
+  } else if (kind === "latency") {
+    Object.assign(out, sample.latency_ms);
   } else {
     for (const row of sample.partitions) {
       if (row.lag !== null) out[row.topic + "-" + row.partition] = row.lag;
@@ -120,7 +123,8 @@ function startChart(el) {
           return item;
         }));
         const sum = Object.values(values).reduce((a, b) => a + b, 0);
-        total.textContent = kind === "rate" ? sum.toFixed(1) : String(sum);
+        if (kind === "latency") total.textContent = Math.max(...Object.values(values)).toFixed(1);
+        else total.textContent = kind === "rate" ? sum.toFixed(1) : String(sum);
         el.dataset.samples = String(history.length);
         if (kind === "lag") showGroup(sample);
       }
