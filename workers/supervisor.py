@@ -205,19 +205,12 @@ class Broker:
             # CURVE authentication every ZeroMQ socket requires.
             self.kafka_off_reason = self.kafka_security.off_reason(self.security.enabled)
             self.kafka_listen = None
-        self.console_listen = console_listen_setting.resolve_auto(
-            SERVER_SETTINGS["console_listen"].parse(console_listen), self.listen
+        self.console_listen, self.console_off_reason = console_listen_setting.resolve(
+            SERVER_SETTINGS["console_listen"].parse(console_listen),
+            self.listen,
+            self.security.enabled,
         )
-        self.console_off_reason: str | None = None
-        if self.console_listen is not None and self.security.enabled:
-            # The console's clients would hold the server's own CURVE key (a super user):
-            # every visitor would act with it. Off until it logs in as a principal.
-            self.console_off_reason = (
-                "security is on and the console cannot act as a logged-in principal yet"
-            )
-            self.console_listen = None
         self.console_url: str | None = None
-        self.console_endpoint: str | None = None
         self.log_dirs = [Path(d).resolve() for d in (log_dirs or [self.data_dir / "logs" / "0"])]
         self.log_level = log_level
         self.start_timeout_s = start_timeout_s
@@ -291,9 +284,7 @@ class Broker:
             taken.add(node_id)
             nodes.append((node_id, log_dir))
         self._plan_kafka(sorted(taken))
-        if self.console_off_reason:
-            log.warning("web console off: %s", self.console_off_reason)
-        self.console_endpoint = console_listen_setting.plan(self.console_listen)
+        self.console_url = console_listen_setting.plan(self.console_listen, self.console_off_reason)
         # Each process's settings: what every process takes, then its role's settings
         # (the broker config keys the table says it uses, and what only the supervisor
         # knows). workers/runtime.py turns them into workers/settings.py's dataclasses.
@@ -376,19 +367,8 @@ class Broker:
         self.children.append(sweeper)
         self._spawn(sweeper)
         self._await_ready([sweeper])
-        console = self._console_child(nodes)
-        if console is not None:
-            # Its port is fixed already, so clients need not wait for it: the broker is
-            # ready without it, and its ready message is awaited on a thread of its own.
-            console.endpoint = self.console_url = console.settings["endpoint"]
-            self.children.append(console)
-            self._spawn(console)
-            threading.Thread(
-                target=self._await_console,
-                args=(console,),
-                name="kvlog-console-start",
-                daemon=True,
-            ).start()
+        if self.console_url is not None:
+            self._start_console([str(d) for _, d in nodes])
         self._write_status()
         self._await_nodes(len(nodes))
         log.info(
@@ -398,32 +378,29 @@ class Broker:
             len(nodes),
         )
 
-    def _await_console(self, console: Child) -> None:
-        """The console's first ready message; a death before it is logged here and the
-        watch thread restarts it as any other process."""
-        try:
-            self._await_ready([console])
-        except KvlogError as exc:
-            if not self._stopping.is_set():
-                log.error("%s", exc.message)
-
-    def _console_child(self, nodes: list[tuple[int, Path]]) -> Child | None:
-        """The console process (None when off), at the address fixed before any start."""
-        if self.console_endpoint is None:
-            return None
-        return Child(
+    def _start_console(self, log_dirs: list[str]) -> None:
+        """Spawn the console at its fixed address. Clients need not wait for it, so its
+        ready message is awaited on a thread of its own; a death before it is logged
+        there, and the watch thread restarts it as any other process."""
+        assert self.console_url is not None
+        console = Child(
             "console",
-            {
-                "log_level": self.log_level,
-                "data_dir": str(self.data_dir),
-                "endpoint": self.console_endpoint,
-                "console": {
-                    "bootstrap": self.bootstrap,
-                    "kafka_bootstrap": self.kafka_bootstrap,
-                    "log_dirs": [str(d) for _, d in nodes],
-                },
-            },
+            console_listen_setting.process_settings(
+                self.console_url, self.log_level, self.data_dir, self.bootstrap, log_dirs
+            ),
+            endpoint=self.console_url,
         )
+        self.children.append(console)
+        self._spawn(console)
+
+        def await_ready() -> None:
+            try:
+                self._await_ready([console])
+            except KvlogError as exc:
+                if not self._stopping.is_set():
+                    log.error("%s", exc.message)
+
+        threading.Thread(target=await_ready, name="kvlog-console-start", daemon=True).start()
 
     def _plan_kafka(self, node_ids: list[int]) -> None:
         """Fix every process's Kafka address, then check that every fixed port is free

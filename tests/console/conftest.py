@@ -8,9 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,24 +18,12 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+from consoletest_util import wait_for_console  # noqa: E402
+
 import kvlog  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
-def wait_for_console(url: str, timeout_s: float = 30.0) -> None:
-    """Until the console answers (it starts beside the broker, not before it is ready)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/static/console.css", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for_console
+from consoletest_util import wait_for_console
 
 import kvlog
 from kvlog.errors import InvalidConfigError

@@ -12,6 +12,7 @@ Stateless functions; safe from any thread.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from kvlog.errors import InvalidConfigError
@@ -65,9 +66,23 @@ def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def plan(console_listen: str | None) -> str | None:
+def resolve(
+    console_listen: str | None, zmq_listen: str, security_enabled: bool
+) -> tuple[str | None, str | None]:
+    """(``HOST:PORT`` or None, why security turned the console off or None)."""
+    listen = resolve_auto(console_listen, zmq_listen)
+    if listen is not None and security_enabled:
+        # The console's clients would hold the server's own CURVE key (a super user):
+        # every visitor would act with it. Off until it logs visitors in as principals.
+        return None, "security is on and the console cannot act as a logged-in principal yet"
+    return listen, None
+
+
+def plan(console_listen: str | None, off_reason: str | None = None) -> str | None:
     """The console's ``http://HOST:PORT``, fixed before any process starts (port 0: a
     free one, so a restart binds the same port); a taken port raises PortInUseError."""
+    if off_reason:
+        log.warning("web console off: %s", off_reason)
     if console_listen is None:
         return None
     host, port = split_listen("console_listen", console_listen)
@@ -87,3 +102,15 @@ def plan(console_listen: str | None) -> str | None:
             host,
         )
     return f"http://{host}:{port}"
+
+
+def process_settings(
+    endpoint: str, log_level: str, data_dir: Path, bootstrap: str, log_dirs: list[str]
+) -> dict[str, Any]:
+    """What the supervisor hands the console process (workers/console/server.py)."""
+    return {
+        "log_level": log_level,
+        "data_dir": str(data_dir),
+        "endpoint": endpoint,
+        "console": {"bootstrap": bootstrap, "log_dirs": log_dirs},
+    }

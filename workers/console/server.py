@@ -58,7 +58,6 @@ def run_console(settings: dict[str, Any], conn: Any, should_stop: Callable[[], b
         settings["console"]["bootstrap"],
         data_dir=settings["data_dir"],
         log_dirs=settings["console"]["log_dirs"],
-        kafka_bootstrap=settings["console"].get("kafka_bootstrap"),
     )
     try:
         config = uvicorn.Config(

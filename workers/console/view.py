@@ -13,6 +13,7 @@ thread pool): the Admin is thread-safe, and each Consumer is used under its own 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -27,7 +28,7 @@ from kvlog.ipc.admin import Admin
 from kvlog.ipc.consumer import Consumer
 from kvlog.types import TopicPartition
 
-from ..data_dir import read_status
+from ..data_dir import STATUS_FILE, read_status
 from .records import render_record
 
 BROWSE_LIMIT_MAX = 200
@@ -47,6 +48,15 @@ def _dir_bytes(path: Path) -> int:
     return total
 
 
+def _kafka_bootstrap(data_dir: Path) -> str | None:
+    """The Kafka bootstrap from the run file (``kvlog status``'s), None when off."""
+    try:
+        found = json.loads((data_dir / "run" / STATUS_FILE).read_text()).get("kafka_bootstrap")
+    except (OSError, ValueError):
+        return None
+    return str(found) if found else None
+
+
 def _partitions_of(described: list[dict[str, Any]]) -> list[TopicPartition]:
     """Every partition of ``Admin.describe_topics()`` entries."""
     return [
@@ -63,11 +73,9 @@ class ClusterView:
         *,
         data_dir: str,
         log_dirs: list[str],
-        kafka_bootstrap: str | None = None,
         client_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
-        self.kafka_bootstrap = kafka_bootstrap
         self.data_dir = Path(data_dir)
         self.log_dirs = [Path(d) for d in log_dirs]
         common = {"bootstrap_servers": bootstrap, **dict(client_config or {})}
@@ -133,7 +141,7 @@ class ClusterView:
             )
         return {
             "bootstrap": self.bootstrap,
-            "kafka_bootstrap": self.kafka_bootstrap,
+            "kafka_bootstrap": _kafka_bootstrap(self.data_dir),
             "processes": read_status(self.data_dir),
             "nodes": cluster.get("nodes", []),
             "log_dirs": log_dirs,
