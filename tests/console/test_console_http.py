@@ -90,8 +90,9 @@ def test_posts_need_the_csrf_token_and_this_origin(broker: Any, admin: Any) -> N
 
 
 def test_pages_send_security_headers_and_errors_are_pages(broker: Any) -> None:
-    status, headers, _ = _request(broker.console_url, path="/")
+    status, headers, body = _request(broker.console_url, path="/")
     assert status == 200
+    assert broker.kafka_bootstrap and broker.kafka_bootstrap in body  # from the run file
     assert "default-src 'self'" in headers["content-security-policy"]
     assert headers["x-frame-options"] == "DENY"
     status, _, body = _request(broker.console_url, path="/topics/no-such-topic")

@@ -48,13 +48,13 @@ def _dir_bytes(path: Path) -> int:
     return total
 
 
-def _kafka_bootstrap(data_dir: Path) -> str | None:
-    """The Kafka bootstrap from the run file (``kvlog status``'s), None when off."""
+def _run_file(data_dir: Path) -> dict[str, Any]:
+    """The supervisor's run file (``kvlog status``'s): Kafka bootstrap, metrics URL."""
     try:
-        found = json.loads((data_dir / "run" / STATUS_FILE).read_text()).get("kafka_bootstrap")
+        found = json.loads((data_dir / "run" / STATUS_FILE).read_text())
     except (OSError, ValueError):
-        return None
-    return str(found) if found else None
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _partitions_of(described: list[dict[str, Any]]) -> list[TopicPartition]:
@@ -139,9 +139,11 @@ class ClusterView:
                     "disk_free": usage.free if usage else None,
                 }
             )
+        run = _run_file(self.data_dir)
         return {
             "bootstrap": self.bootstrap,
-            "kafka_bootstrap": _kafka_bootstrap(self.data_dir),
+            "kafka_bootstrap": run.get("kafka_bootstrap"),
+            "metrics_url": run.get("metrics"),
             "processes": read_status(self.data_dir),
             "nodes": cluster.get("nodes", []),
             "log_dirs": log_dirs,
