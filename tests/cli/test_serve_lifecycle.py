@@ -78,6 +78,8 @@ def test_serve_without_kafka_stops_on_sigint_and_refuses_busy_dirs_and_ports(
     try:
         assert server.kafka_bootstrap is None
         assert "  Kafka bootstrap  off: kafka_listen is none" in server.banner
+        (console,) = [line for line in server.banner if line.startswith("  Web console ")]
+        assert console.split()[2].startswith("http://127.0.0.1:")
         assert {e["kafka"] for e in server.status()} == {None}
         busy = run_kvlog(
             ["serve", "--data-dir", str(tmp_path / "data"), "--listen", "tcp://127.0.0.1:0"]
