@@ -62,6 +62,7 @@ def run_console(settings: dict[str, Any], conn: Any, should_stop: Callable[[], b
     try:
         config = uvicorn.Config(
             build_app(view),
+            log_config=None,  # uvicorn's loggers go through kvlog's format (runtime.py)
             log_level=settings.get("log_level", "WARNING").lower(),
             access_log=False,
             lifespan="off",
