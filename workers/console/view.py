@@ -32,6 +32,7 @@ from ..data_dir import STATUS_FILE, read_status
 from .records import render_record
 
 BROWSE_LIMIT_MAX = 200
+REQUEST_TIMEOUT_MS = 10_000
 _BROWSE_WAIT_S = 2.0
 RESET_STRATEGIES = ("earliest", "latest", "offset", "timestamp", "shift")
 
@@ -78,7 +79,12 @@ class ClusterView:
         self.bootstrap = bootstrap
         self.data_dir = Path(data_dir)
         self.log_dirs = [Path(d) for d in log_dirs]
-        common = {"bootstrap_servers": bootstrap, **dict(client_config or {})}
+        # A page waits at most this long for the broker (the clients' default is 30 s).
+        common = {
+            "bootstrap_servers": bootstrap,
+            "request_timeout_ms": REQUEST_TIMEOUT_MS,
+            **dict(client_config or {}),
+        }
         self.admin = Admin({**common, "client_id": "kvlog-console"})
         self._offsets = Consumer({**common, "client_id": "kvlog-console", "group_id": None})
         self._offsets_lock = threading.Lock()
