@@ -22,6 +22,7 @@ from consoletest_util import wait_for_console
 import kvlog
 from kvlog.errors import InvalidConfigError
 from kvlog.ipc.security import generate_keys
+from kvlog.types import TopicPartition
 from kvlog.workers.console.listen import (
     DEFAULT_CONSOLE_LISTEN,
     parse_console_listen,
@@ -87,6 +88,47 @@ def test_posts_need_the_csrf_token_and_this_origin(broker: Any, admin: Any) -> N
     status, _, body = _request(url, "POST", "/topics", bad, {"Cookie": cookie})
     assert status == 400 and "retention.ms" in body
     assert "bad-config" not in admin.list_topics()
+
+
+def _plan(body: str) -> list[int]:
+    return [int(v) for v in re.findall(r'<td class="new">(\d+)</td>', body)]
+
+
+def test_reset_strategies_plan_clamped_offsets(broker: Any, admin: Any) -> None:
+    admin.create_topic("resets", 2)
+    with kvlog.Producer(bootstrap_servers=broker.bootstrap, linger_ms=0) as producer:
+        for i in range(10):
+            producer.send("resets", value=b"%d" % i, partition=i % 2)
+        producer.flush()
+    admin.alter_group_offsets(
+        "planner", {TopicPartition("resets", 0): 4, TopicPartition("resets", 1): 1}
+    )
+    url = broker.console_url
+    cookie, token = _csrf(url)
+
+    def reset(strategy: str, value: str, action: str = "dry-run") -> tuple[int, str]:
+        form = {"csrf": token, "topic": "resets", "strategy": strategy, "value": value}
+        status, _, body = _request(
+            url, "POST", "/groups/planner/reset", {**form, "action": action}, {"Cookie": cookie}
+        )
+        return status, body
+
+    assert _plan(reset("shift", "-2")[1]) == [2, 0]  # 1 - 2 clamps to the log start
+    assert _plan(reset("shift", "+3")[1]) == [5, 4]
+    assert _plan(reset("offset", "99")[1]) == [5, 5]  # clamped to the log end
+    assert _plan(reset("latest", "")[1]) == [5, 5]
+    assert _plan(reset("timestamp", "2000-01-01T00:00:00Z")[1]) == [0, 0]
+    assert _plan(reset("timestamp", str(int(time.time() * 1000) + 3_600_000))[1]) == [5, 5]
+    status, body = reset("offset", "")
+    assert status == 400 and "needs a value" in body
+    committed = {TopicPartition("resets", 0): 4, TopicPartition("resets", 1): 1}
+    assert admin.list_group_offsets("planner") == committed  # dry runs change nothing
+    status, body = reset("offset", "3", action="apply")
+    assert status == 200 and "Applied" in body
+    assert admin.list_group_offsets("planner") == {
+        TopicPartition("resets", 0): 3,
+        TopicPartition("resets", 1): 3,
+    }
 
 
 def test_pages_send_security_headers_and_errors_are_pages(broker: Any) -> None:
