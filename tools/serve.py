@@ -9,6 +9,7 @@ few seconds. SIGHUP (also sent by ``kvlog acls reload``) re-reads the authorized
 
     listen = "tcp://127.0.0.1:7092"      # kvlog's ZeroMQ wire
     kafka_listen = "127.0.0.1:9092"      # Kafka's wire ("none": off)
+    console_listen = "127.0.0.1:7180"    # the web console ("none": off)
     data_dir = "/var/lib/kvlog"          # relative paths: relative to the file's directory
     log_dirs = ["/disk1/kvlog", "/disk2/kvlog"]
     curve_secret_key = "keys/server.key_secret"
@@ -115,6 +116,12 @@ class _Starting(Exception):
     help=_help("kafka_listen"),
 )
 @click.option(
+    "--console-listen",
+    default=None,
+    metavar="HOST:PORT|none",
+    help=_help("console_listen"),
+)
+@click.option(
     "--kafka-advertised-host",
     default=None,
     help=SERVER_SETTINGS["kafka_advertised_host"].doc,
@@ -193,6 +200,7 @@ def serve(
     data_dir: Path | None,
     listen: str | None,
     kafka_listen: str | None,
+    console_listen: str | None,
     kafka_advertised_host: str | None,
     config_file: Path | None,
     log_dirs: tuple[str, ...],
@@ -220,6 +228,7 @@ def serve(
         "data_dir": str(data_dir) if data_dir is not None else None,
         "listen": listen,
         "kafka_listen": kafka_listen,
+        "console_listen": console_listen,
         "kafka_advertised_host": kafka_advertised_host,
         "log_dirs": list(log_dirs) or None,
         "curve_secret_key": curve_secret_key,
@@ -244,6 +253,12 @@ def serve(
         )
     except InvalidConfigError as exc:
         raise click.BadParameter(exc.message, param_hint="--kafka-listen") from None
+    try:
+        console_at = SERVER_SETTINGS["console_listen"].parse(
+            settings.get("console_listen", SERVER_SETTINGS.default("console_listen"))
+        )
+    except InvalidConfigError as exc:
+        raise click.BadParameter(exc.message, param_hint="--console-listen") from None
     logging.basicConfig(
         level=getattr(logging, level),
         format="%(asctime)s supervisor[%(process)d] %(levelname)s %(name)s: %(message)s",
@@ -267,6 +282,7 @@ def serve(
         kafka_ssl_keyfile=settings.get("kafka_ssl_keyfile"),
         kafka_ssl_cafile=settings.get("kafka_ssl_cafile"),
         kafka_ssl_client_auth=settings.get("kafka_ssl_client_auth") or "none",
+        console_listen=console_at,
     )
     stop = threading.Event()
     reload = threading.Event()
@@ -299,6 +315,7 @@ def serve(
         click.echo(f"kvlog broker ready on {broker.bootstrap}")
         click.echo(f"  ZeroMQ bootstrap {broker.bootstrap}  (kvlog clients: --bootstrap-server)")
         click.echo(f"  Kafka bootstrap  {kafka_line(broker)}")
+        click.echo(f"  Web console      {console_line(broker)}")
         click.echo(
             f"  data dir {broker.data_dir}, {nodes} node{'s' if nodes != 1 else ''}, "
             f"{security}; stop with Ctrl-C or SIGTERM, reload keys with SIGHUP",
@@ -327,6 +344,13 @@ def kafka_line(broker: Any) -> str:
         protocol = broker.kafka_security_protocol
         return f"{broker.kafka_bootstrap}  (Kafka clients: bootstrap.servers, kcat -b; {protocol})"
     return f"off: {broker.kafka_off_reason or 'kafka_listen is none'}"
+
+
+def console_line(broker: Any) -> str:
+    """The web console's address for humans, or why there is none."""
+    if broker.console_url:
+        return f"{broker.console_url}/  (open it in a browser)"
+    return f"off: {broker.console_off_reason or 'console_listen is none'}"
 
 
 def status_entries(data_dir: Path) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from kvlog.errors import InvalidConfigError
 from kvlog.ipc.config import DEFAULT_BOOTSTRAP
 from kvlog.ipc.kafka.scram import MECHANISMS as SCRAM_MECHANISMS
 
+from .console.listen import parse_console_listen
 from .kafka_addresses import AUTO, parse_kafka_listen
 
 # The processes a broker key can be for. "server" is every server process (coordinator,
@@ -280,6 +281,13 @@ SERVER_SETTINGS = ConfigDef(
             "Kafka bootstrap HOST:PORT (the broker process); the coordinator takes PORT+1 and "
             "node N PORT+2+N; port 0: a free port each; none: no Kafka listener. auto: "
             "127.0.0.1:9092, or 127.0.0.1:0 when listen picks a free port.",
+        ),
+        ConfigKey(
+            "console_listen",
+            ConfigType("string", parse_console_listen, "HOST:PORT, auto, none"),
+            AUTO,
+            "Web console HOST:PORT (its own process; off while security is on); none: no "
+            "console. auto: 127.0.0.1:7180, or 127.0.0.1:0 when listen picks a free port.",
         ),
         ConfigKey(
             "kafka_advertised_host",

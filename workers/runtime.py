@@ -22,7 +22,7 @@ from kvlog.allocator import tune_allocator
 
 log = logging.getLogger("kvlog")
 
-ROLES = ("coordinator", "node", "broker", "sweeper")
+ROLES = ("coordinator", "node", "broker", "sweeper", "console")
 
 
 def _die_with_parent() -> None:
@@ -70,6 +70,11 @@ def process_main(role: str, settings: dict[str, Any], conn: Any) -> None:
             conn.send({"endpoint": "", "pid": os.getpid()})
             conn.close()
             run_sweeper(settings, should_stop)
+            return
+        if role == "console":
+            from .console.server import run_console
+
+            run_console(settings, conn, should_stop)
             return
         run_server(role, settings, conn, should_stop)
     except Exception as exc:

@@ -48,6 +48,7 @@ from kvlog.ipc.wire import advertise, normalize_endpoint
 
 from . import kafka_addresses, ports
 from .config import BROKER_CONFIG, SERVER_SETTINGS, process_settings
+from .console import listen as console_listen_setting
 from .data_dir import (
     STATUS_FILE,
     internal_endpoint,
@@ -63,7 +64,7 @@ from .security import SecuritySettings, client_options_for
 
 log = logging.getLogger("kvlog.supervisor")
 
-_STOP_ORDER = ("broker", "sweeper", "node", "coordinator")
+_STOP_ORDER = ("console", "broker", "sweeper", "node", "coordinator")
 
 
 @dataclass
@@ -141,6 +142,10 @@ class Broker:
     certificates (``kafka_ssl_*``): workers/kafka_security.py; ``kafka_security_protocol``
     is the listeners' (PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL).
 
+    ``console_listen`` is the web console's ``HOST:PORT`` (workers/console/listen.py;
+    "none": off). After :meth:`start`, ``console_url`` is its ``http://host:port`` (None
+    when off) and ``console_off_reason`` says why security turned it off.
+
     Owned by the thread that starts it; its watch thread restarts processes under a lock,
     and :meth:`stop`, :meth:`processes` and :meth:`reload_security` may be called from
     any thread."""
@@ -165,6 +170,7 @@ class Broker:
         kafka_ssl_keyfile: str | os.PathLike[str] | None = None,
         kafka_ssl_cafile: str | os.PathLike[str] | None = None,
         kafka_ssl_client_auth: str = "none",
+        console_listen: str | None = console_listen_setting.AUTO,
     ) -> None:
         self.advertised_host = advertised_host
         self.kafka_advertised_host = kafka_advertised_host
@@ -199,6 +205,12 @@ class Broker:
             # CURVE authentication every ZeroMQ socket requires.
             self.kafka_off_reason = self.kafka_security.off_reason(self.security.enabled)
             self.kafka_listen = None
+        self.console_listen, self.console_off_reason = console_listen_setting.resolve(
+            SERVER_SETTINGS["console_listen"].parse(console_listen),
+            self.listen,
+            self.security.enabled,
+        )
+        self.console_url: str | None = None
         self.log_dirs = [Path(d).resolve() for d in (log_dirs or [self.data_dir / "logs" / "0"])]
         self.log_level = log_level
         self.start_timeout_s = start_timeout_s
@@ -272,6 +284,7 @@ class Broker:
             taken.add(node_id)
             nodes.append((node_id, log_dir))
         self._plan_kafka(sorted(taken))
+        self.console_url = console_listen_setting.plan(self.console_listen, self.console_off_reason)
         # Each process's settings: what every process takes, then its role's settings
         # (the broker config keys the table says it uses, and what only the supervisor
         # knows). workers/runtime.py turns them into workers/settings.py's dataclasses.
@@ -354,6 +367,8 @@ class Broker:
         self.children.append(sweeper)
         self._spawn(sweeper)
         self._await_ready([sweeper])
+        if self.console_url is not None:
+            self._start_console([str(d) for _, d in nodes])
         self._write_status()
         self._await_nodes(len(nodes))
         log.info(
@@ -362,6 +377,30 @@ class Broker:
             self.kafka_bootstrap or "off",
             len(nodes),
         )
+
+    def _start_console(self, log_dirs: list[str]) -> None:
+        """Spawn the console at its fixed address. Clients need not wait for it, so its
+        ready message is awaited on a thread of its own; a death before it is logged
+        there, and the watch thread restarts it as any other process."""
+        assert self.console_url is not None
+        console = Child(
+            "console",
+            console_listen_setting.process_settings(
+                self.console_url, self.log_level, self.data_dir, self.bootstrap, log_dirs
+            ),
+            endpoint=self.console_url,
+        )
+        self.children.append(console)
+        self._spawn(console)
+
+        def await_ready() -> None:
+            try:
+                self._await_ready([console])
+            except KvlogError as exc:
+                if not self._stopping.is_set():
+                    log.error("%s", exc.message)
+
+        threading.Thread(target=await_ready, name="kvlog-console-start", daemon=True).start()
 
     def _plan_kafka(self, node_ids: list[int]) -> None:
         """Fix every process's Kafka address, then check that every fixed port is free
@@ -481,6 +520,7 @@ class Broker:
                 "supervisor_pid": os.getpid(),
                 "bootstrap": self.bootstrap,
                 "kafka_bootstrap": self.kafka_bootstrap,
+                "console": self.console_url,
                 "processes": [c.status() for c in self.children],
             },
         )
@@ -552,6 +592,11 @@ class Broker:
                         with contextlib.suppress(Exception):
                             if child.process.is_alive():
                                 os.kill(child.process.pid, signal.SIGTERM)
+                if role == "console":
+                    # Its clients would log the broker's going as lost connections.
+                    for child in self.children:
+                        if child.role == role and child.process is not None:
+                            child.process.join(2.0)
             deadline = time.monotonic() + timeout_s
             for child in self.children:
                 if child.process is None:
@@ -575,12 +620,13 @@ class Broker:
             self._lock_file = None
 
     def reload_security(self) -> int:
-        """Re-read the authorized-keys directory in every server process (SIGHUP)."""
+        """Re-read the authorized-keys directory in every server process (SIGHUP; not the
+        sweeper and console, which hold no keys)."""
         sent = 0
         with self._mutex:
             for child in self.children:
                 if (
-                    child.role != "sweeper"
+                    child.role not in ("sweeper", "console")
                     and child.process is not None
                     and child.process.is_alive()
                 ):

@@ -120,7 +120,7 @@ def test_every_server_process_gets_its_own_kafka_address(tmp_path: Path) -> None
         log_dirs=[tmp_path / "a", tmp_path / "b"],
     ).start()
     try:
-        servers = [c for c in broker.children if c.role != "sweeper"]
+        servers = [c for c in broker.children if c.role not in ("sweeper", "console")]
         assert sorted((c.role, c.node_id or 0) for c in servers) == [
             ("broker", 0),
             ("coordinator", 0),
@@ -142,7 +142,11 @@ def test_every_server_process_gets_its_own_kafka_address(tmp_path: Path) -> None
         assert broker.kafka_bootstrap == listens[("broker", None)]
         run = _run_file(broker)
         assert run["kafka_bootstrap"] == broker.kafka_bootstrap
-        assert _kafka_by_process(broker) == {**listens, ("sweeper", None): None}
+        assert _kafka_by_process(broker) == {
+            **listens,
+            ("sweeper", None): None,
+            ("console", None): None,
+        }
         assert {p["role"]: p["kafka"] for p in broker.processes()}["broker"] == (
             broker.kafka_bootstrap
         )
@@ -157,7 +161,7 @@ def test_no_kafka_listener_when_asked(tmp_path: Path) -> None:
     try:
         assert broker.kafka_bootstrap is None and broker.kafka_off_reason is None
         for child in broker.children:
-            if child.role != "sweeper":
+            if child.role not in ("sweeper", "console"):
                 assert child.settings["server"]["kafka_listen"] is None
         assert set(_kafka_by_process(broker).values()) == {None}
         assert _run_file(broker)["kafka_bootstrap"] is None
@@ -230,7 +234,13 @@ def test_supervisor_restarts_killed_processes(make_broker: Any) -> None:
 def test_broker_stop_leaves_no_process(tmp_path: Path) -> None:
     broker = kvlog.Broker(data_dir=tmp_path / "d", listen="tcp://127.0.0.1:0").start()
     pids = [p["pid"] for p in broker.processes()]
-    assert {p["role"] for p in broker.processes()} == {"coordinator", "node", "broker", "sweeper"}
+    assert {p["role"] for p in broker.processes()} == {
+        "coordinator",
+        "node",
+        "broker",
+        "sweeper",
+        "console",
+    }
     assert all(pid_alive(pid) for pid in pids)
     started = time.monotonic()
     broker.stop()

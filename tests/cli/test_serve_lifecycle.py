@@ -42,7 +42,7 @@ def test_serve_with_two_log_dirs_stops_on_sigterm_leaving_nothing(tmp_path: Path
         assert nodes == [(0, str(tmp_path / "a")), (1, str(tmp_path / "b"))]
         kafka = {(e["role"], e["node_id"]): e["kafka"] for e in entries}
         assert kafka[("broker", None)] == server.kafka_bootstrap
-        assert len({kafka[k] for k in kafka if k[0] != "sweeper"}) == 4
+        assert len({kafka[k] for k in kafka if k[0] not in ("sweeper", "console")}) == 4
         topic = cli(
             "topics",
             "create",
@@ -60,7 +60,7 @@ def test_serve_with_two_log_dirs_stops_on_sigterm_leaving_nothing(tmp_path: Path
         )
         assert sorted(desc[0]["partitions"][0]["replicas"]) == [0, 1]
         pids = server.pids()
-        assert len(pids) == 6 and all(pid_alive(p) for p in pids)
+        assert len(pids) == 7 and all(pid_alive(p) for p in pids)
         started = time.monotonic()
         assert server.stop(signal.SIGTERM) == 0
         assert time.monotonic() - started < 10
@@ -78,6 +78,8 @@ def test_serve_without_kafka_stops_on_sigint_and_refuses_busy_dirs_and_ports(
     try:
         assert server.kafka_bootstrap is None
         assert "  Kafka bootstrap  off: kafka_listen is none" in server.banner
+        (console,) = [line for line in server.banner if line.startswith("  Web console ")]
+        assert console.split()[2].startswith("http://127.0.0.1:")
         assert {e["kafka"] for e in server.status()} == {None}
         busy = run_kvlog(
             ["serve", "--data-dir", str(tmp_path / "data"), "--listen", "tcp://127.0.0.1:0"]
@@ -85,7 +87,7 @@ def test_serve_without_kafka_stops_on_sigint_and_refuses_busy_dirs_and_ports(
         assert busy.returncode == 1
         assert f"in use by kvlog pid {server.proc.pid}" in busy.stderr
         assert "Traceback" not in busy.stderr
-        assert len(server.status()) == 4  # the refused start left the run file alone
+        assert len(server.status()) == 5  # the refused start left the run file alone
         # A second kvlog serve on the first one's ZeroMQ port: one line naming the port and
         # the process holding it (the first one's broker process), and no data dir left.
         port = server.bootstrap.rpartition(":")[2]

@@ -294,7 +294,7 @@ def test_groups_describe_reset_and_delete(serve: Serve) -> None:
 
 def test_status_json_has_exactly_the_keys(serve: Serve) -> None:
     entries = serve.status()
-    assert {e["role"] for e in entries} == {"coordinator", "node", "broker", "sweeper"}
+    assert {e["role"] for e in entries} == {"coordinator", "node", "broker", "sweeper", "console"}
     for entry in entries:
         assert set(entry) == STATUS_KEYS
         assert pid_alive(entry["pid"])
@@ -302,7 +302,8 @@ def test_status_json_has_exactly_the_keys(serve: Serve) -> None:
     assert node["node_id"] == 0 and node["log_dir"].endswith("logs/0")
     kafka = {e["role"]: e["kafka"] for e in entries}
     assert serve.kafka_bootstrap and kafka["broker"] == serve.kafka_bootstrap
-    assert kafka["sweeper"] is None and len({kafka[r] for r in kafka if r != "sweeper"}) == 3
+    assert kafka["sweeper"] is None and kafka["console"] is None
+    assert len({kafka[r] for r in kafka if r not in ("sweeper", "console")}) == 3
     table = ok("status", "--data-dir", str(serve.data_dir))
     assert "coordinator" in table and str(node["pid"]) in table and kafka["node"] in table
 
@@ -391,4 +392,4 @@ def test_demo_uses_the_broker_already_running_on_its_data_dir(serve: Serve) -> N
     assert f"Kafka bootstrap  {serve.kafka_bootstrap} " in result.output
     assert "What just happened" in result.output
     assert "Stopping the broker" not in result.output
-    assert serve.proc.poll() is None and len(serve.status()) == 4
+    assert serve.proc.poll() is None and len(serve.status()) == 5  # with the console
