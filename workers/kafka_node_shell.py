@@ -306,7 +306,10 @@ class NodeKafkaShell:
         kind = _QUOTA_KIND.get(call.request.api_key)
         if kind is None or nbytes <= 0:
             return 0.0
-        return float(self.quotas.throttle(kind, call.principal, nbytes, clock.now_ms() / 1000))
+        delay = float(self.quotas.throttle(kind, call.principal, nbytes, clock.now_ms() / 1000))
+        if delay > 0 and self.metrics is not None:
+            self.metrics.on_throttled(kind, delay)
+        return delay
 
     # -- timers ----------------------------------------------------------------------------
 

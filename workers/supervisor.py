@@ -58,6 +58,8 @@ from .data_dir import (
 )
 from .kafka_addresses import KafkaAddress, KafkaPlan
 from .kafka_security import KafkaSecurityConfig
+from .metrics_http import MetricsEndpoint
+from .metrics_http import resolve_auto as resolve_metrics_auto
 from .runtime import process_main
 from .security import SecuritySettings, client_options_for
 
@@ -119,6 +121,7 @@ def _main_module_hidden() -> Iterator[None]:
 DEFAULT_DATA_DIR: str = SERVER_SETTINGS.default("data_dir")
 DEFAULT_LISTEN: str = SERVER_SETTINGS.default("listen")
 DEFAULT_KAFKA_LISTEN: str = SERVER_SETTINGS.default("kafka_listen")
+DEFAULT_METRICS_LISTEN: str = SERVER_SETTINGS.default("metrics_listen")
 
 
 def _path(value: str | os.PathLike[str] | None) -> str | None:
@@ -140,6 +143,10 @@ class Broker:
     on, Kafka clients log in with SASL (``kafka_sasl_mechanisms``) and/or TLS client
     certificates (``kafka_ssl_*``): workers/kafka_security.py; ``kafka_security_protocol``
     is the listeners' (PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL).
+
+    ``metrics_listen`` is the Prometheus endpoint's ``HOST:PORT`` (workers/metrics_http.py;
+    None or "none": off; ``"auto"`` as for Kafka, port 9645); after :meth:`start`,
+    ``metrics_url`` is its URL (None when off).
 
     Owned by the thread that starts it; its watch thread restarts processes under a lock,
     and :meth:`stop`, :meth:`processes` and :meth:`reload_security` may be called from
@@ -165,6 +172,7 @@ class Broker:
         kafka_ssl_keyfile: str | os.PathLike[str] | None = None,
         kafka_ssl_cafile: str | os.PathLike[str] | None = None,
         kafka_ssl_client_auth: str = "none",
+        metrics_listen: str | None = DEFAULT_METRICS_LISTEN,
     ) -> None:
         self.advertised_host = advertised_host
         self.kafka_advertised_host = kafka_advertised_host
@@ -203,6 +211,11 @@ class Broker:
         self.log_level = log_level
         self.start_timeout_s = start_timeout_s
         self.run_dir = self.data_dir / "run"
+        listen_at = resolve_metrics_auto(
+            SERVER_SETTINGS["metrics_listen"].parse(metrics_listen), self.listen
+        )
+        self.metrics = MetricsEndpoint(listen_at, self.run_dir) if listen_at else None
+        self.metrics_url: str | None = None
         self.children: list[Child] = []
         self._ctx = multiprocess.get_context("spawn")
         self._lock_file: Any = None
@@ -275,10 +288,14 @@ class Broker:
         # Each process's settings: what every process takes, then its role's settings
         # (the broker config keys the table says it uses, and what only the supervisor
         # knows). workers/runtime.py turns them into workers/settings.py's dataclasses.
+        if self.metrics is not None:
+            self.metrics.start(self._metrics_processes)
+            self.metrics_url = self.metrics.url
         common = {
             "log_level": self.log_level,
             "data_dir": str(self.data_dir),
             "security": asdict(self.security),
+            "metrics_dir": str(self.metrics.directory) if self.metrics else None,
         }
         coordinator = Child(
             "coordinator",
@@ -481,6 +498,7 @@ class Broker:
                 "supervisor_pid": os.getpid(),
                 "bootstrap": self.bootstrap,
                 "kafka_bootstrap": self.kafka_bootstrap,
+                "metrics": self.metrics_url,
                 "processes": [c.status() for c in self.children],
             },
         )
@@ -504,6 +522,8 @@ class Broker:
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         log.warning("kvlog %s (pid %d) died (%s); restarting", child.role, child.pid, how)
         child.history.append(how)
+        if self.metrics is not None:
+            self.metrics.process_died(child.pid)
         if child.role == "node" and self.coordinator_endpoint:
             self._report_node_down(child)
         if time.time() - child.started_at > 30:
@@ -564,6 +584,8 @@ class Broker:
                     child.process.kill()
                     child.process.join(2)
             self.children = []
+        if self.metrics is not None:
+            self.metrics.stop()
         if self._lock_file is not None:
             # Only the lock's holder owns the run files: a start refused because another
             # kvlog holds the data dir must leave that one's processes.json alone.
@@ -596,6 +618,14 @@ class Broker:
     def processes(self) -> list[dict[str, Any]]:
         with self._mutex:
             return [c.status() for c in self.children]
+
+    def _metrics_processes(self) -> list[tuple[str, int | None, bool, int]]:
+        """(role, node id, alive, restarts) per process, for the metrics endpoint's
+        thread (reads without the mutex: a restart holds it for seconds)."""
+        return [
+            (c.role, c.node_id, c.process is not None and c.process.is_alive(), c.restarts)
+            for c in list(self.children)
+        ]
 
 
 __all__ = ["STATUS_FILE", "Broker", "Child", "read_status"]
