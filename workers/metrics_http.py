@@ -136,9 +136,17 @@ class MetricsEndpoint:
         self._thread: Any = None
         self.url = ""
 
-    def start(self, processes: Callable[[], list[tuple[str, Any, bool, int]]]) -> None:
+    def start(self, children: Callable[[], list[Any]]) -> None:
         """Empty the files of a previous run and serve; raises PortInUseError for a
-        taken port."""
+        taken port. ``children``: the supervisor's processes (workers/supervisor.py's
+        ``Child``: role, node_id, process, restarts)."""
+
+        def processes() -> list[tuple[str, Any, bool, int]]:
+            return [
+                (c.role, c.node_id, c.process is not None and c.process.is_alive(), c.restarts)
+                for c in children()
+            ]
+
         from prometheus_client import CollectorRegistry, start_http_server
 
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -289,7 +289,9 @@ class Broker:
         # (the broker config keys the table says it uses, and what only the supervisor
         # knows). workers/runtime.py turns them into workers/settings.py's dataclasses.
         if self.metrics is not None:
-            self.metrics.start(self._metrics_processes)
+            # The endpoint's thread reads the children without the mutex (a restart holds
+            # it for seconds); it copies the list first.
+            self.metrics.start(lambda: list(self.children))
             self.metrics_url = self.metrics.url
         common = {
             "log_level": self.log_level,
@@ -618,14 +620,6 @@ class Broker:
     def processes(self) -> list[dict[str, Any]]:
         with self._mutex:
             return [c.status() for c in self.children]
-
-    def _metrics_processes(self) -> list[tuple[str, int | None, bool, int]]:
-        """(role, node id, alive, restarts) per process, for the metrics endpoint's
-        thread (reads without the mutex: a restart holds it for seconds)."""
-        return [
-            (c.role, c.node_id, c.process is not None and c.process.is_alive(), c.restarts)
-            for c in list(self.children)
-        ]
 
 
 __all__ = ["STATUS_FILE", "Broker", "Child", "read_status"]
