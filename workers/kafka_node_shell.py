@@ -125,6 +125,7 @@ class NodeKafkaShell:
     add_socket: Any
     _carry: Any
     kafka: KafkaListener | None = None
+    metrics: Any = None  # the node's NodeMetrics (workers/metrics_node.py), None when off
     coordinator: Any  # the node's PeerLink to the coordinator (workers/zmq_peer.py)
     _kafka_delayed: list[tuple[int, KafkaToken, Any]]  # (due, on kvlog's clock, ms)
     _kafka_replies: list[Reply]
