@@ -27,6 +27,7 @@ import os
 import resource
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,6 +113,9 @@ class LogDir:
         existing = data_file.stat().st_size if data_file.exists() else 0
         self._lock = threading.RLock()
         self._handles: dict[bytes, Any] = {}
+        # Called with the seconds each durable commit took (its fsync included), by a
+        # process that measures them (workers/metrics_node.py); None: not measured.
+        self.on_commit: Callable[[float], None] | None = None
         try:
             self.env = lmdb.open(
                 str(self.path),
@@ -188,7 +192,12 @@ class LogDir:
                 w = _LmdbWrite(self, txn)
                 try:
                     result = fn(w)
-                    txn.commit()
+                    if self.on_commit is None:
+                        txn.commit()
+                    else:
+                        started = time.perf_counter()
+                        txn.commit()
+                        self.on_commit(time.perf_counter() - started)
                 except lmdb.MapFullError:
                     txn.abort()
                     w.discard()

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "users": "kvlog.tools.users:users",
     "config": "kvlog.tools.config_docs:config",
     "backup": "kvlog.tools.backup:backup",
+    "top": "kvlog.tools.top:top",
 }
 
 PERF_COMMANDS: dict[str, str] = {

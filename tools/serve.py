@@ -9,6 +9,7 @@ few seconds. SIGHUP (also sent by ``kvlog acls reload``) re-reads the authorized
 
     listen = "tcp://127.0.0.1:7092"      # kvlog's ZeroMQ wire
     kafka_listen = "127.0.0.1:9092"      # Kafka's wire ("none": off)
+    metrics_listen = "127.0.0.1:9645"    # Prometheus /metrics ("none": off)
     console_listen = "127.0.0.1:7180"    # the web console ("none": off)
     data_dir = "/var/lib/kvlog"          # relative paths: relative to the file's directory
     log_dirs = ["/disk1/kvlog", "/disk2/kvlog"]
@@ -50,6 +51,7 @@ from .common import Command, check_endpoint, flatten, read_toml
 DEFAULT_DATA_DIR: str = SERVER_SETTINGS.default("data_dir")
 DEFAULT_LISTEN: str = SERVER_SETTINGS.default("listen")
 DEFAULT_KAFKA_LISTEN: str = SERVER_SETTINGS.default("kafka_listen")
+DEFAULT_METRICS_LISTEN: str = SERVER_SETTINGS.default("metrics_listen")
 STATUS_KEYS = ("role", "node_id", "pid", "endpoint", "kafka", "log_dir", "started_at")
 
 # Server settings that name files: relative paths are relative to the config file.
@@ -114,6 +116,12 @@ class _Starting(Exception):
     default=None,
     metavar="HOST:PORT|none",
     help=_help("kafka_listen"),
+)
+@click.option(
+    "--metrics-listen",
+    default=None,
+    metavar="HOST:PORT|none",
+    help=_help("metrics_listen"),
 )
 @click.option(
     "--console-listen",
@@ -200,6 +208,7 @@ def serve(
     data_dir: Path | None,
     listen: str | None,
     kafka_listen: str | None,
+    metrics_listen: str | None,
     console_listen: str | None,
     kafka_advertised_host: str | None,
     config_file: Path | None,
@@ -228,6 +237,7 @@ def serve(
         "data_dir": str(data_dir) if data_dir is not None else None,
         "listen": listen,
         "kafka_listen": kafka_listen,
+        "metrics_listen": metrics_listen,
         "console_listen": console_listen,
         "kafka_advertised_host": kafka_advertised_host,
         "log_dirs": list(log_dirs) or None,
@@ -253,6 +263,12 @@ def serve(
         )
     except InvalidConfigError as exc:
         raise click.BadParameter(exc.message, param_hint="--kafka-listen") from None
+    try:
+        metrics_at = SERVER_SETTINGS["metrics_listen"].parse(
+            settings.get("metrics_listen", DEFAULT_METRICS_LISTEN)
+        )
+    except InvalidConfigError as exc:
+        raise click.BadParameter(exc.message, param_hint="--metrics-listen") from None
     try:
         console_at = SERVER_SETTINGS["console_listen"].parse(
             settings.get("console_listen", SERVER_SETTINGS.default("console_listen"))
@@ -282,6 +298,7 @@ def serve(
         kafka_ssl_keyfile=settings.get("kafka_ssl_keyfile"),
         kafka_ssl_cafile=settings.get("kafka_ssl_cafile"),
         kafka_ssl_client_auth=settings.get("kafka_ssl_client_auth") or "none",
+        metrics_listen=metrics_at,
         console_listen=console_at,
     )
     stop = threading.Event()
@@ -315,6 +332,7 @@ def serve(
         click.echo(f"kvlog broker ready on {broker.bootstrap}")
         click.echo(f"  ZeroMQ bootstrap {broker.bootstrap}  (kvlog clients: --bootstrap-server)")
         click.echo(f"  Kafka bootstrap  {kafka_line(broker)}")
+        click.echo(f"  metrics          {broker.metrics_url or 'off (metrics_listen is none)'}")
         click.echo(f"  Web console      {console_line(broker)}")
         click.echo(
             f"  data dir {broker.data_dir}, {nodes} node{'s' if nodes != 1 else ''}, "

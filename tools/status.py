@@ -46,7 +46,8 @@ def status(data_dir: Path, as_json: bool) -> None:
         run = read_run_file(data_dir)
         table = Table(
             title=f"kvlog on {run.get('bootstrap', '?')}, "
-            f"Kafka on {run.get('kafka_bootstrap') or 'off'} "
+            f"Kafka on {run.get('kafka_bootstrap') or 'off'}, "
+            f"metrics {run.get('metrics') or 'off'} "
             f"(supervisor pid {run.get('supervisor_pid', '?')}, data dir {data_dir.resolve()})"
         )
         for key in STATUS_KEYS:

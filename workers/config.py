@@ -35,6 +35,7 @@ from kvlog.ipc.kafka.scram import MECHANISMS as SCRAM_MECHANISMS
 
 from .console.listen import parse_console_listen
 from .kafka_addresses import AUTO, parse_kafka_listen
+from .metrics_http import parse_metrics_listen
 
 # The processes a broker key can be for. "server" is every server process (coordinator,
 # node, broker): workers/runtime.py reads those keys before it starts the role's server.
@@ -281,6 +282,14 @@ SERVER_SETTINGS = ConfigDef(
             "Kafka bootstrap HOST:PORT (the broker process); the coordinator takes PORT+1 and "
             "node N PORT+2+N; port 0: a free port each; none: no Kafka listener. auto: "
             "127.0.0.1:9092, or 127.0.0.1:0 when listen picks a free port.",
+        ),
+        ConfigKey(
+            "metrics_listen",
+            ConfigType("string", parse_metrics_listen, "HOST:PORT, auto, none"),
+            AUTO,
+            "Prometheus metrics endpoint HOST:PORT (served by the supervisor at /metrics; "
+            "docs/METRICS.md); port 0: a free port; none: off. auto: 127.0.0.1:9645, or "
+            "127.0.0.1:0 when listen picks a free port.",
         ),
         ConfigKey(
             "console_listen",

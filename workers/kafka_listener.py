@@ -190,6 +190,7 @@ class KafkaListener:
         self.table = table
         self.max_request_bytes = max_request_bytes
         self.max_pending = max_pending
+        self.auth_failures = 0  # SASL logins refused (metrics)
         self.idle_s = connections_max_idle_ms / 1000
         self.max_connections = max_connections
         self.clock = clock
@@ -482,6 +483,7 @@ class KafkaListener:
         if decision is PASS:
             return False
         if isinstance(decision, Refuse):
+            self.auth_failures += 1
             self._close(client, decision.reason)
             return True
         assert isinstance(decision, Respond)
@@ -507,6 +509,7 @@ class KafkaListener:
                 sasl.mechanism,
             )
         if decision.close_reason is not None:
+            self.auth_failures += 1
             client.closing = decision.close_reason  # once the response is out
         return True
 

@@ -125,6 +125,7 @@ class NodeKafkaShell:
     add_socket: Any
     _carry: Any
     kafka: KafkaListener | None = None
+    metrics: Any = None  # the node's NodeMetrics (workers/metrics_node.py), None when off
     coordinator: Any  # the node's PeerLink to the coordinator (workers/zmq_peer.py)
     _kafka_delayed: list[tuple[int, KafkaToken, Any]]  # (due, on kvlog's clock, ms)
     _kafka_replies: list[Reply]
@@ -306,7 +307,10 @@ class NodeKafkaShell:
         kind = _QUOTA_KIND.get(call.request.api_key)
         if kind is None or nbytes <= 0:
             return 0.0
-        return float(self.quotas.throttle(kind, call.principal, nbytes, clock.now_ms() / 1000))
+        delay = float(self.quotas.throttle(kind, call.principal, nbytes, clock.now_ms() / 1000))
+        if delay > 0 and self.metrics is not None:
+            self.metrics.on_throttled(kind, delay)
+        return delay
 
     # -- timers ----------------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ from .node_model import (
     UNANSWERED,
     Answer,
     HostedPartition,
+    LeaderStats,
     Produce,
     ProducedPartition,
     ProduceResponse,
@@ -135,6 +136,7 @@ class LeaderCore:
         self.leaders: dict[TopicPartition, LeaderReplica] = {}
         self.producers = ProducerStateTable()
         self._staged: list[StagedProduce] = []
+        self.stats = LeaderStats()
         self._decided: list[StagedProduce] = []  # acks=all requests whose last item settled
         self._touched: set[TopicPartition] = set()  # readable data moved: wake long polls
         self._hw_dirty: set[TopicPartition] = set()  # high watermarks not persisted yet
@@ -328,6 +330,8 @@ class LeaderCore:
         or time decided since."""
         staged, self._staged = self._staged, []
         if staged:
+            self.stats.commit_requests = len(staged)
+            self.stats.commit_batches = sum(len(r.items) for r in staged)
             try:
                 written = self.store.write(lambda w: self._write(w, staged))
             except Exception as exc:  # nothing was written: every staged item fails alike
@@ -394,6 +398,7 @@ class LeaderCore:
                 replica.on_local_append(state.log_end_offset)
                 if replica.recompute_high_watermark():
                     self._hw_dirty.add(tp)
+        appended = self.stats.appended
         for item, base, duplicate, error in outcome:
             item.error = error
             item.base_offset = base
@@ -401,6 +406,11 @@ class LeaderCore:
                 item.log_start_offset = offsets[item.tp].log_start_offset
             if error is None and not duplicate:
                 self._touched.add(item.tp)
+                counts = appended.get(item.tp.topic)
+                if counts is None:
+                    counts = appended[item.tp.topic] = [0, 0]
+                counts[0] += item.header.last_offset_delta + 1 if item.header else 0
+                counts[1] += len(item.batch) if item.batch is not None else 0
         ready = []
         result = Result()
         for request in staged:

@@ -249,6 +249,21 @@ class NodeStatus:
     metadata_version: int
 
 
+@dataclass(slots=True)
+class LeaderStats:
+    """What a leader core counted for metrics, plain data the shell reads and resets:
+    per topic the records and batch bytes appended (never a retry's duplicate), and the
+    size of the last group commit."""
+
+    appended: dict[str, list[int]] = field(default_factory=dict)  # topic -> [records, bytes]
+    commit_requests: int = 0  # produce requests in the last group commit
+    commit_batches: int = 0  # batches in it
+
+    def take_appended(self) -> dict[str, list[int]]:
+        appended, self.appended = self.appended, {}
+        return appended
+
+
 class Unanswered:
     """The body of a reply that is not sent: the request is finished and its client
     expects nothing (a produce with acks=0). A shell frees what the request held (its
@@ -278,6 +293,7 @@ __all__ = [
     "FetchResponse",
     "FetchedPartition",
     "HostedPartition",
+    "LeaderStats",
     "ListOffsets",
     "ListOffsetsResponse",
     "ListedOffset",

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import resource
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -101,6 +102,7 @@ class ZmqToken(NamedTuple):
     request_id: int | None
     principal: str
     counted: bool  # holds a place under max.inflight.requests.per.client
+    arrived_ms: int = 0  # when the request was read (fetch latency)
 
 
 class NodeServer(NodeKafkaShell, Server):
@@ -154,8 +156,8 @@ class NodeServer(NodeKafkaShell, Server):
 
     # -- requests --------------------------------------------------------------------------
 
-    def _token(self, req: Request, peer: bytes, *, counted: bool) -> ZmqToken:
-        return ZmqToken(peer, req.id, self.principal, counted)
+    def _token(self, req: Request, peer: bytes, *, counted: bool, now_ms: int = 0) -> ZmqToken:
+        return ZmqToken(peer, req.id, self.principal, counted, now_ms)
 
     def _acquire(self, peer: bytes) -> None:
         if not self.inflight.try_acquire(peer):
@@ -170,9 +172,10 @@ class NodeServer(NodeKafkaShell, Server):
         self._carry(self.core.produce(request, clock.now_ms()))
 
     def op_fetch(self, req: Request, peer: bytes) -> None:
-        request = decode_fetch(req, self._token(req, peer, counted=True))
+        now_ms = clock.now_ms()
+        request = decode_fetch(req, self._token(req, peer, counted=True, now_ms=now_ms))
         self._acquire(peer)
-        self._carry(self.core.fetch(request, clock.now_ms()))
+        self._carry(self.core.fetch(request, now_ms))
 
     def op_list_offsets(self, req: Request, peer: bytes) -> None:
         request = decode_list_offsets(req, self._token(req, peer, counted=False))
@@ -182,8 +185,19 @@ class NodeServer(NodeKafkaShell, Server):
         self._carry(self.core.ping(self._token(req, peer, counted=False)))
 
     def after_drain(self) -> None:
-        self._carry(self.core.flush(clock.now_ms()))
+        metrics = self.metrics
+        if metrics is None:
+            self._carry(self.core.flush(clock.now_ms()))
+            self.flush_kafka()
+            return
+        # The produce latency's three parts, per turn (every request of a turn shares
+        # them): read -> commit start, the group commit, commit end -> replies sent.
+        flush_started = time.perf_counter()
+        result = self.core.flush(clock.now_ms())
+        flush_ended = time.perf_counter()
+        self._carry(result)
         self.flush_kafka()
+        metrics.on_turn(self.turn_started, flush_started, flush_ended, time.perf_counter())
 
     # -- carrying out a Result -------------------------------------------------------------
 
@@ -198,6 +212,8 @@ class NodeServer(NodeKafkaShell, Server):
 
     def _deliver(self, reply: Reply) -> None:
         if isinstance(reply.token, KafkaCall):
+            if self.metrics is not None and isinstance(reply.body, FetchResponse):
+                self.metrics.on_fetched(reply.body, None)
             self.deliver_kafka(reply)
             return
         token: ZmqToken = reply.token
@@ -209,6 +225,8 @@ class NodeServer(NodeKafkaShell, Server):
         body = reply.body
         if body is UNANSWERED:
             return
+        if self.metrics is not None and isinstance(body, FetchResponse):
+            self.metrics.on_fetched(body, (clock.now_ms() - token.arrived_ms) / 1000)
         if isinstance(body, ProduceResponse):
             if self._drop_replies > 0:
                 self._drop_replies -= 1
@@ -237,6 +255,8 @@ class NodeServer(NodeKafkaShell, Server):
         now = _seconds()
         delay = self.quotas.throttle(kind, token.principal, nbytes, now) if token.principal else 0.0
         fields["throttle_time_ms"] = int(delay * 1000)
+        if delay > 0 and self.metrics is not None:
+            self.metrics.on_throttled(kind, delay)
         if delay <= 0:
             self.reply(token.peer, token.request_id, fields, frames)
         else:

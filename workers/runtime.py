@@ -65,6 +65,11 @@ def process_main(role: str, settings: dict[str, Any], conn: Any) -> None:
     def should_stop() -> bool:
         return stop.is_set() or os.getppid() != parent
 
+    if settings.get("metrics_dir"):
+        # Before anything imports prometheus_client: it picks its value class on import.
+        from .metrics import enable
+
+        enable(settings["metrics_dir"])
     try:
         if role == "sweeper":
             conn.send({"endpoint": "", "pid": os.getpid()})
@@ -140,6 +145,7 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
         else:
             raise ValueError(f"unknown role {role!r}")
         server.limit_connections(server_settings.max_connections)
+        server.metrics = _metrics(role, settings, server)
         conn.send({"endpoint": endpoint, "pid": os.getpid()})
         conn.close()
         signal.signal(signal.SIGHUP, lambda *_: setattr(server, "reload_requested", True))
@@ -165,9 +171,21 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
             store.close()
 
 
+def _metrics(role: str, settings: dict[str, Any], target: Any) -> Any:
+    """This process's metrics (workers/metrics.py) over ``target``, None when off."""
+    if not settings.get("metrics_dir"):
+        return None
+    from .metrics import process_metrics
+
+    metrics = process_metrics(role, settings.get("node_id"))
+    metrics.attach(target)
+    return metrics
+
+
 def run_sweeper(settings: dict[str, Any], should_stop: Any) -> None:
     """Apply retention and compaction to every log dir (``workers/sweeper.py``)."""
     from .settings import SweeperSettings
     from .sweeper import run_sweeper as sweeper_loop
 
-    sweeper_loop(SweeperSettings(**settings["sweeper"]), should_stop)
+    metrics = _metrics("sweeper", settings, None)
+    sweeper_loop(SweeperSettings(**settings["sweeper"]), should_stop, metrics)

@@ -96,6 +96,7 @@ class ServerSecurity:
         self.server_keys = load_keys(settings.server_secret_key or "")
         self.principals: dict[bytes, str] = {}
         self._refused_logged: dict[bytes, float] = {}
+        self.refused = 0  # CURVE keys refused (written by the ZAP thread only; metrics)
         self.meta_path = meta_path
         self._meta: LogDir | None = None
         self._acl_version = -1
@@ -135,6 +136,7 @@ class ServerSecurity:
         """zmq.auth's credentials provider: is this (Z85-encoded) public key allowed in?"""
         if encoded in self.principals:
             return True
+        self.refused += 1
         now = time.monotonic()
         if now - self._refused_logged.get(encoded, 0.0) > 10.0:  # one line per key per 10 s
             self._refused_logged[encoded] = now

@@ -59,6 +59,8 @@ from .data_dir import (
 )
 from .kafka_addresses import KafkaAddress, KafkaPlan
 from .kafka_security import KafkaSecurityConfig
+from .metrics_http import MetricsEndpoint
+from .metrics_http import resolve_auto as resolve_metrics_auto
 from .runtime import process_main
 from .security import SecuritySettings, client_options_for
 
@@ -120,6 +122,7 @@ def _main_module_hidden() -> Iterator[None]:
 DEFAULT_DATA_DIR: str = SERVER_SETTINGS.default("data_dir")
 DEFAULT_LISTEN: str = SERVER_SETTINGS.default("listen")
 DEFAULT_KAFKA_LISTEN: str = SERVER_SETTINGS.default("kafka_listen")
+DEFAULT_METRICS_LISTEN: str = SERVER_SETTINGS.default("metrics_listen")
 
 
 def _path(value: str | os.PathLike[str] | None) -> str | None:
@@ -142,6 +145,9 @@ class Broker:
     certificates (``kafka_ssl_*``): workers/kafka_security.py; ``kafka_security_protocol``
     is the listeners' (PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL).
 
+    ``metrics_listen`` is the Prometheus endpoint's ``HOST:PORT`` (workers/metrics_http.py;
+    None or "none": off; ``"auto"`` as for Kafka, port 9645); after :meth:`start`,
+    ``metrics_url`` is its URL (None when off).
     ``console_listen`` is the web console's ``HOST:PORT`` (workers/console/listen.py;
     "none": off). After :meth:`start`, ``console_url`` is its ``http://host:port`` (None
     when off) and ``console_off_reason`` says why security turned it off.
@@ -170,6 +176,7 @@ class Broker:
         kafka_ssl_keyfile: str | os.PathLike[str] | None = None,
         kafka_ssl_cafile: str | os.PathLike[str] | None = None,
         kafka_ssl_client_auth: str = "none",
+        metrics_listen: str | None = DEFAULT_METRICS_LISTEN,
         console_listen: str | None = console_listen_setting.AUTO,
     ) -> None:
         self.advertised_host = advertised_host
@@ -215,6 +222,11 @@ class Broker:
         self.log_level = log_level
         self.start_timeout_s = start_timeout_s
         self.run_dir = self.data_dir / "run"
+        listen_at = resolve_metrics_auto(
+            SERVER_SETTINGS["metrics_listen"].parse(metrics_listen), self.listen
+        )
+        self.metrics = MetricsEndpoint(listen_at, self.run_dir) if listen_at else None
+        self.metrics_url: str | None = None
         self.children: list[Child] = []
         self._ctx = multiprocess.get_context("spawn")
         self._lock_file: Any = None
@@ -288,10 +300,16 @@ class Broker:
         # Each process's settings: what every process takes, then its role's settings
         # (the broker config keys the table says it uses, and what only the supervisor
         # knows). workers/runtime.py turns them into workers/settings.py's dataclasses.
+        if self.metrics is not None:
+            # The endpoint's thread reads the children without the mutex (a restart holds
+            # it for seconds); it copies the list first.
+            self.metrics.start(lambda: list(self.children))
+            self.metrics_url = self.metrics.url
         common = {
             "log_level": self.log_level,
             "data_dir": str(self.data_dir),
             "security": asdict(self.security),
+            "metrics_dir": str(self.metrics.directory) if self.metrics else None,
         }
         coordinator = Child(
             "coordinator",
@@ -520,6 +538,7 @@ class Broker:
                 "supervisor_pid": os.getpid(),
                 "bootstrap": self.bootstrap,
                 "kafka_bootstrap": self.kafka_bootstrap,
+                "metrics": self.metrics_url,
                 "console": self.console_url,
                 "processes": [c.status() for c in self.children],
             },
@@ -544,6 +563,8 @@ class Broker:
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         log.warning("kvlog %s (pid %d) died (%s); restarting", child.role, child.pid, how)
         child.history.append(how)
+        if self.metrics is not None:
+            self.metrics.process_died(child.pid)
         if child.role == "node" and self.coordinator_endpoint:
             self._report_node_down(child)
         if time.time() - child.started_at > 30:
@@ -609,6 +630,8 @@ class Broker:
                     child.process.kill()
                     child.process.join(2)
             self.children = []
+        if self.metrics is not None:
+            self.metrics.stop()
         if self._lock_file is not None:
             # Only the lock's holder owns the run files: a start refused because another
             # kvlog holds the data dir must leave that one's processes.json alone.

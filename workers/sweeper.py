@@ -52,6 +52,8 @@ class SweeperLoop:
         first = time.monotonic()
         self.next_retention = first + min(settings.interval_ms / 1000, 1.0)
         self.next_clean = first + min(settings.cleaner_backoff_ms / 1000, 1.0)
+        self.passes = 0  # retention/compaction passes (metrics)
+        self.metrics: Any = None  # workers/metrics.py's, set by workers/runtime.py
 
     # -- the topics -------------------------------------------------------------------------
 
@@ -81,6 +83,8 @@ class SweeperLoop:
             while not self.should_stop():
                 if not self.step():
                     time.sleep(_TICK_S)
+                if self.metrics is not None:
+                    self.metrics.maybe_push(self, time.monotonic())
         finally:
             self.close()
 
@@ -103,6 +107,7 @@ class SweeperLoop:
         except KvlogError as exc:
             log.warning("sweeper pass failed: %s", exc.message)
         compact_requests.forget_old(self.settings.data_dir, time.time())
+        self.passes += 1
         return True
 
     def retention(self) -> None:
@@ -165,5 +170,9 @@ class SweeperLoop:
             self.meta = None
 
 
-def run_sweeper(settings: SweeperSettings, should_stop: Callable[[], bool]) -> None:
-    SweeperLoop(settings, should_stop).run()
+def run_sweeper(
+    settings: SweeperSettings, should_stop: Callable[[], bool], metrics: Any = None
+) -> None:
+    loop = SweeperLoop(settings, should_stop)
+    loop.metrics = metrics
+    loop.run()

@@ -103,6 +103,10 @@ class Server:
         self.stopping = False
         self.requests_served = 0
         self.bad_requests = 0
+        # This process's metrics (workers/metrics.py), set by workers/runtime.py; None
+        # when metrics are off. ``turn_started``: when this turn's poll returned.
+        self.metrics: Any = None
+        self.turn_started = 0.0
 
     # -- sockets and replies ---------------------------------------------------------------
 
@@ -214,7 +218,9 @@ class Server:
             timeout_ms = max(0.0, self.next_timeout_ms(now))
         # Whole milliseconds, rounded up: pyzmq truncates, so a timer 0.4 ms away would poll
         # with 0 and spin until it is due.
-        for sock, _ in self.poller.poll(math.ceil(timeout_ms)):
+        ready = self.poller.poll(math.ceil(timeout_ms))
+        self.turn_started = time.perf_counter()
+        for sock, _ in ready:
             if sock is self.router:
                 self._drain_router()
             else:
@@ -229,6 +235,8 @@ class Server:
                 self._next_acl_refresh = now + 0.2
                 self.refresh_acls()
         self.on_timers(now)
+        if self.metrics is not None:
+            self.metrics.maybe_push(self, now)
 
     def serve_forever(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         while not self.stopping and not should_stop():

@@ -91,6 +91,8 @@ def test_top_level_help_lists_the_commands() -> None:
         (["perf", "produce", "--acks", "2"], "--acks"),
         (["serve", "--kafka-listen", "9092"], "HOST:PORT"),
         (["serve", "--kafka-listen", "[::1]:9092"], "IPv4"),
+        (["serve", "--metrics-listen", "9645"], "HOST:PORT"),
+        (["top", "--interval", "0"], "--interval"),
         (["users", "add", "alice"], "--password-stdin or --password-file"),
         (["users", "add", "alice", "--password-stdin", "--iterations", "100"], "4096"),
         (["users", "add", "alice", "--password-stdin", "--mechanism", "PLAIN"], "PLAIN"),

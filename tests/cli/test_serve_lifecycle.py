@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import time
+import urllib.request
 from pathlib import Path
 
 from clitest_util import Serve, cli, pid_alive, run_kvlog, wait_until
@@ -37,6 +38,11 @@ def test_serve_with_two_log_dirs_stops_on_sigterm_leaving_nothing(tmp_path: Path
             f"  ZeroMQ bootstrap {server.bootstrap}  (kvlog clients: --bootstrap-server)"
         )
         assert server.kafka_bootstrap and server.kafka_bootstrap.startswith("127.0.0.1:")
+        # The metrics endpoint, on a free port as the listener is (issue 16).
+        (metrics,) = [line.split()[1] for line in server.banner if line.startswith("  metrics ")]
+        assert metrics.startswith("http://127.0.0.1:") and metrics.endswith("/metrics")
+        scraped = urllib.request.urlopen(metrics, timeout=10).read().decode()
+        assert 'kvlog_process_up{node="1",role="node"} 1.0' in scraped
         entries = server.status()
         nodes = sorted((e["node_id"], e["log_dir"]) for e in entries if e["role"] == "node")
         assert nodes == [(0, str(tmp_path / "a")), (1, str(tmp_path / "b"))]
