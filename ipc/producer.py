@@ -33,6 +33,7 @@ from kvlog.errors import (
 from kvlog.partitioner import group_by_partition, partition_for_key
 from kvlog.types import TopicPartition
 
+from . import kafka_client
 from .accumulator import RecordAccumulator
 from .config import PRODUCER_SETTINGS, resolve
 from .futures import BatchFuture, BatchSendResult, FutureRecordMetadata, RecordMetadata
@@ -51,6 +52,12 @@ __all__ = ["BatchSendResult", "Producer", "RecordMetadata"]
 
 class Producer:
     """Sends records to kvlog topics. See the module docstring."""
+
+    def __new__(cls, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        # Kafka mode (a kafka:// bootstrap server or protocol="kafka"): ipc/kafka_client/.
+        if cls is Producer and kafka_client.wanted(config, kwargs):
+            return kafka_client.producer(config, kwargs)
+        return super().__new__(cls)
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         cfg = resolve(PRODUCER_SETTINGS, config, kwargs)
