@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "acls": "kvlog.tools.acls:acls",
     "config": "kvlog.tools.config_docs:config",
     "backup": "kvlog.tools.backup:backup",
+    "mirror": "kvlog.tools.mirror:mirror",
 }
 
 PERF_COMMANDS: dict[str, str] = {

@@ -272,3 +272,49 @@ def group_updates(
     group has (a group that moved on there is never moved back), as MirrorMaker 2 syncs
     group offsets."""
     return {tp: off for tp, off in translated.items() if on_target.get(tp, -1) < off}
+
+
+# Keys of one ``[[mirror]]`` table in ``kvlog serve --mirror-config`` (and what
+# :func:`spec_from_config` takes), with the spec field each sets.
+CONFIG_KEYS = {
+    "name": "name",
+    "to": "target",
+    "topics": "topics",
+    "groups": "groups",
+    "rename": "renames",
+    "allow_gaps": "allow_gaps",
+    "state_dir": "state_dir",
+    "target": "target_settings",
+    "checkpoint_interval_ms": "checkpoint_interval_ms",
+    "group_sync_interval_ms": "group_sync_interval_ms",
+    "topic_refresh_interval_ms": "topic_refresh_interval_ms",
+    "settle_ms": "settle_ms",
+    "max_batch_bytes": "max_batch_bytes",
+}
+
+
+def spec_from_config(entry: Mapping[str, Any], **fixed: Any) -> MirrorSpec:
+    """A MirrorSpec from one config table (TOML's ``[[mirror]]``); ``fixed`` fields (the
+    source, the state dir) come from the process that runs it. Unknown keys are an error
+    naming the closest."""
+    import difflib
+
+    values: dict[str, Any] = {}
+    for key, value in entry.items():
+        name = key.replace("-", "_")
+        field_name = CONFIG_KEYS.get(name)
+        if field_name is None:
+            close = difflib.get_close_matches(name, list(CONFIG_KEYS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise InvalidConfigError(f"mirror config: unknown key {key!r}{hint}")
+        values[field_name] = value
+    for required in ("name", "to", "topics"):
+        if CONFIG_KEYS[required] not in values:
+            raise InvalidConfigError(f"mirror config: {required!r} is required")
+    renames = values.get("renames", [])
+    values["renames"] = [
+        Rename.parse(r) for r in ([renames] if isinstance(renames, str) else renames)
+    ]
+    values["target_settings"] = dict(values.get("target_settings") or {})
+    values.update({k: v for k, v in fixed.items() if v is not None and k not in values})
+    return MirrorSpec(**values)

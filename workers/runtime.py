@@ -24,7 +24,7 @@ from kvlog.allocator import tune_allocator
 
 log = logging.getLogger("kvlog")
 
-ROLES = ("coordinator", "node", "broker", "sweeper")
+ROLES = ("coordinator", "node", "broker", "sweeper", "mirror")
 
 
 def _die_with_parent() -> None:
@@ -68,9 +68,11 @@ def process_main(role: str, settings: dict[str, Any], conn: Any) -> None:
         return stop.is_set() or os.getppid() != parent
 
     try:
-        if role == "sweeper":
+        if role in ("sweeper", "mirror"):
             conn.send({"endpoint": "", "pid": os.getpid()})
             conn.close()
+            if role == "mirror":
+                raise SystemExit(run_mirror(settings, should_stop))
             run_sweeper(settings, should_stop)
             return
         run_server(role, settings, conn, should_stop)
@@ -166,8 +168,8 @@ def run_sweeper(settings: dict[str, Any], should_stop: Any) -> None:
     """Apply retention to every log dir every ``interval_ms``."""
     from kvlog.errors import KvlogError
     from kvlog.lmdb_store import LogDir
-    from kvlog.metadata_store import get_topic
-    from kvlog.retention import Sweeper
+    from kvlog.metadata_store import all_offsets, get_topic
+    from kvlog.retention import Sweeper, retention_holds
 
     from .settings import SweeperSettings
 
@@ -193,12 +195,14 @@ def run_sweeper(settings: dict[str, Any], should_stop: Any) -> None:
             try:
                 if meta is None:
                     meta = LogDir(meta_path, readonly=True)
+                with meta.reader() as r:  # groups' retention holds (kvlog mirror's)
+                    holds = retention_holds(all_offsets(r))
                 for path in sweeper.log_dirs:
                     store = stores.get(path)
                     if store is None:
                         store = stores[path] = LogDir(path)
                     now_ms = clock.now_ms()
-                    for result in Sweeper(store, config_for).sweep(now_ms):
+                    for result in Sweeper(store, config_for, hold_for=holds.get).sweep(now_ms):
                         log.info(
                             "retention freed %d bytes of %s (log start %d -> %d)",
                             result.bytes_freed,
@@ -213,3 +217,26 @@ def run_sweeper(settings: dict[str, Any], should_stop: Any) -> None:
             store.close()
         if meta is not None:
             meta.close()
+
+
+def run_mirror(settings: dict[str, Any], should_stop: Any) -> int:
+    """Run one ``kvlog mirror`` (workers/mirror_shell.py) until SIGTERM; its exit code."""
+    from .mirror_model import spec_from_config
+    from .mirror_shell import Mirror
+
+    entry = settings["mirror"]
+    spec = spec_from_config(
+        entry["config"],
+        source=entry["source"],
+        state_dir=entry["state_dir"],
+        source_settings=entry.get("source_settings") or {},
+    )
+    mirror = Mirror(spec)
+
+    def watch() -> None:
+        while not should_stop():
+            time.sleep(0.2)
+        mirror.stop()
+
+    threading.Thread(target=watch, name="mirror-stop", daemon=True).start()
+    return mirror.run()

@@ -62,7 +62,7 @@ from .security import SecuritySettings, client_options_for
 
 log = logging.getLogger("kvlog.supervisor")
 
-_STOP_ORDER = ("broker", "sweeper", "node", "coordinator")
+_STOP_ORDER = ("mirror", "broker", "sweeper", "node", "coordinator")
 
 
 @dataclass
@@ -155,8 +155,12 @@ class Broker:
         advertised_host: str | None = None,
         kafka_listen: str | None = DEFAULT_KAFKA_LISTEN,
         kafka_advertised_host: str | None = None,
+        mirrors: list[dict[str, Any]] | None = None,
     ) -> None:
         self.advertised_host = advertised_host
+        # ``kvlog mirror`` processes (one per [[mirror]] table of --mirror-config), started
+        # once the broker answers, restarted like the others (workers/mirror_shell.py).
+        self.mirrors = [dict(m) for m in mirrors or []]
         self.kafka_advertised_host = kafka_advertised_host
         self.config = BROKER_CONFIG.complete(config)
         self.security = SecuritySettings(
@@ -335,6 +339,7 @@ class Broker:
         self.children.append(sweeper)
         self._spawn(sweeper)
         self._await_ready([sweeper])
+        self._start_mirrors(common)
         self._write_status()
         self._await_nodes(len(nodes))
         log.info(
@@ -343,6 +348,32 @@ class Broker:
             self.kafka_bootstrap or "off",
             len(nodes),
         )
+
+    def _start_mirrors(self, common: dict[str, Any]) -> None:
+        source_settings: dict[str, Any] = {}
+        if self.security.enabled:  # the mirror reads the source as the server itself
+            source_settings = {
+                "security_protocol": "curve",
+                "curve_server_key": self.security.server_secret_key,
+                "curve_secret_key": self.security.server_secret_key,
+            }
+        for entry in self.mirrors:
+            name = str(entry.get("name", ""))
+            child = Child(
+                "mirror",
+                {
+                    **common,
+                    "mirror": {
+                        "config": entry,
+                        "source": self.bootstrap,
+                        "state_dir": str(self.data_dir / "mirror" / name),
+                        "source_settings": source_settings,
+                    },
+                },
+            )
+            self.children.append(child)
+            self._spawn(child)
+            self._await_ready([child])
 
     def _plan_kafka(self, node_ids: list[int]) -> None:
         """Fix every process's Kafka address, then check that every fixed port is free
@@ -555,7 +586,7 @@ class Broker:
         with self._mutex:
             for child in self.children:
                 if (
-                    child.role != "sweeper"
+                    child.role not in ("sweeper", "mirror")
                     and child.process is not None
                     and child.process.is_alive()
                 ):
