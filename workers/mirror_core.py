@@ -12,8 +12,8 @@ timeout) resends *the same batch* (same producer id and sequence) after a backof
 batch the target stored before the answer was lost is deduplicated, never doubled. A
 failure that means the target forgot the producer or the sequence (OUT_OF_ORDER_SEQUENCE,
 UNKNOWN_PRODUCER_ID, a duplicate without its offset) asks for a *resync*: the shell
-re-reads where each feed stopped from the target's tail (every record carries its source
-offset) and starts again with a new producer id. A batch too large for the target is
+re-reads where each feed stopped from the target's tail (each batch's last record says
+its source offset) and starts again with a new producer id. A batch too large for the target is
 split; one record too large is fatal (named).
 
 Durable progress is the target itself plus two things this core schedules every
@@ -53,8 +53,9 @@ class Failure:
 
 @dataclass(slots=True, eq=False)
 class Chunk:
-    """A run of consecutive fetched records of one source partition. ``data`` is the
-    shell's (the record columns); ``split`` cuts it in two (the core never looks in)."""
+    """A run of fetched records of one source partition at consecutive offsets (the
+    shell cuts runs at compaction gaps). ``data`` is the shell's (the record columns);
+    ``split`` cuts it in two (the core never looks in)."""
 
     src: TopicPartition
     offsets: Sequence[int]
@@ -275,8 +276,12 @@ class MirrorCore:
         size = count = 0
         while lane.queue:
             chunk = lane.queue[0]
-            if chunks and size + chunk.nbytes > lane.max_batch_bytes:
-                break
+            if chunks and (
+                size + chunk.nbytes > lane.max_batch_bytes
+                or chunk.src != chunks[0].src
+                or chunk.offsets[0] != chunks[-1].offsets[-1] + 1
+            ):
+                break  # a batch is one feed's contiguous run: its last record says it all
             if (
                 not chunks
                 and chunk.nbytes > lane.max_batch_bytes

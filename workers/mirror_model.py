@@ -3,10 +3,13 @@
 header that makes the target self-describing, and the source -> target offset map that
 group offsets are translated with (MirrorMaker 2's checkpoints, exact here).
 
-Every record the mirror writes carries one header, ``kvlog.mirror``: its source
-partition (int32) and offset (int64), big-endian. The target's tail therefore says where
-a mirror stopped, whatever happened to the mirror's own files; a record that already has
-such a header (a chain of mirrors) gets another, and the last one counts.
+Each batch the mirror writes is one source partition's run of consecutive offsets, and
+its last record carries one more header, ``kvlog.mirror``: its source partition (int32)
+and offset (int64), big-endian. That places every record of the batch, so the target's
+tail says where a mirror stopped, whatever happened to the mirror's own files. (One
+header per batch, not per record: a per-record header cost the mirror a third of its
+throughput and the target ~25 bytes a record.) A record that already has such a header
+(a chain of mirrors) gets another, and the last one counts.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ log = logging.getLogger("kvlog.mirror")
 _POLL_RECORDS = 4_000
 _STATUS_INTERVAL_MS = 1_000
 _STOP_GRACE_S = 5.0
-_RECORD_OVERHEAD = 40  # bytes per record besides key and value (varints, our header)
+_RECORD_OVERHEAD = 12  # bytes per record besides key and value (varints, attributes)
 
 
 class _Restart(Exception):
@@ -297,38 +297,25 @@ class Mirror:
         wanted = {src.partition for src in feeds}
         while low > start:
             low = max(start, end - window)
-            found = {h[0] for _, h in self.link.read(lane, low, min(end, low + window)) if h}
+            found = {m[0] for _, _, m in self.link.read(lane, low, min(end, low + window)) if m}
             wanted -= found
             if not wanted:
                 break
             window *= 4
         return low
 
-    def _learn(
-        self, lane: TopicPartition, records: list[tuple[int, tuple[int, int] | None]]
-    ) -> None:
-        """Offset-map points from target records (their ``kvlog.mirror`` headers)."""
-        runs: dict[int, tuple[list[int], list[int]]] = {}
-        for target_offset, header in records:
-            if header is None:
-                continue
-            src_offsets, tgt_offsets = runs.setdefault(header[0], ([], []))
-            src_offsets.append(header[1])
-            tgt_offsets.append(target_offset)
+    def _learn(self, lane: TopicPartition, batches: list[tuple[int, int, Any]]) -> None:
+        """Offset-map segments from the target's batches: each is one feed's run of
+        consecutive source offsets, ending at its marker's."""
         source_topic = next((s for s, t in self._topics.items() if t == lane.topic), lane.topic)
-        for partition, (src_offsets, tgt_offsets) in runs.items():
+        for base, count, marker in batches:
+            if marker is None:
+                continue
+            partition, last = marker
             offset_map = self.core.maps.setdefault(
                 TopicPartition(source_topic, partition), OffsetMap()
             )
-            start = 0
-            for i in range(1, len(src_offsets) + 1):
-                if (
-                    i == len(src_offsets)
-                    or tgt_offsets[i] != tgt_offsets[i - 1] + 1
-                    or src_offsets[i] <= src_offsets[i - 1]
-                ):
-                    offset_map.add(src_offsets[start:i], tgt_offsets[start])
-                    start = i
+            offset_map.add(range(last - count + 1, last + 1), base)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -347,25 +334,27 @@ class Mirror:
                 continue
             now = self.now_ms()
             for src, run in runs.items():
-                if self._apply(self.core.fetched(self._chunk(src, run), now)):
-                    return True
+                for chunk in self._chunks(src, run):
+                    if self._apply(self.core.fetched(chunk, now)):
+                        return True
             for completion in self.link.poll(0.002 if busy else 0.0):
                 if self._complete(completion):
                     return True
             if self._apply(self.core.tick(self.now_ms())):
                 return True
 
-    def _chunk(self, src: TopicPartition, run: RecordColumns) -> Chunk:
-        values = sum(map(len, filter(None, run.values)))
-        keys = sum(map(len, filter(None, run.keys)))
-        return Chunk(
-            src,
-            run.offsets,
-            run.timestamps[0],
-            values + keys + _RECORD_OVERHEAD * len(run),
-            run,
-            _split,
-        )
+    def _chunks(self, src: TopicPartition, run: RecordColumns) -> list[Chunk]:
+        """A fetched run as chunks of consecutive offsets (cut at compaction gaps)."""
+        offsets = run.offsets
+        if isinstance(offsets, range) or offsets[-1] - offsets[0] == len(offsets) - 1:
+            return [_chunk(src, run)]
+        out = []
+        start = 0
+        for i in range(1, len(offsets) + 1):
+            if i == len(offsets) or offsets[i] != offsets[i - 1] + 1:
+                out.append(_chunk(src, _slice(run, start, i)))
+                start = i
+        return out
 
     def _complete(self, done: Completion) -> bool:
         now = self.now_ms()
@@ -579,23 +568,26 @@ class Mirror:
 
 
 def _encode(chunks: list[Chunk], producer_id: int, epoch: int, base_sequence: int) -> bytes:
-    """The chunks' records as one Kafka RecordBatch (kvlog's stored form): keys, values,
-    original timestamps and headers, plus each record's ``kvlog.mirror`` header."""
+    """The chunks' records (one feed's consecutive run) as one Kafka RecordBatch in
+    kvlog's stored form: keys, values, original timestamps and headers, and the
+    ``kvlog.mirror`` header on the last record."""
     keys: list[Any] = []
     values: list[Any] = []
     stamps: list[int] = []
-    headers: list[Any] = []
+    own: list[Any] | None = None
     for chunk in chunks:
         run: RecordColumns = chunk.data
+        if run.headers is not None or own is not None:
+            own = (own if own is not None else [None] * len(values)) + (
+                run.headers if run.headers is not None else [None] * len(run)
+            )
         keys += run.keys
         values += run.values
         stamps += run.timestamps
-        partition = chunk.src.partition
-        own = run.headers or [()] * len(run)
-        headers += [
-            [*hs, (HEADER, header_value(partition, o))]
-            for hs, o in zip(own, run.offsets, strict=True)
-        ]
+    last = chunks[-1]
+    marker = (HEADER, header_value(last.src.partition, last.offsets[-1]))
+    headers = own if own is not None else [None] * len(values)
+    headers[-1] = [*(headers[-1] or ()), marker]
     first = stamps[0]
     return kafka_batch.encode(
         None,
@@ -611,24 +603,31 @@ def _encode(chunks: list[Chunk], producer_id: int, epoch: int, base_sequence: in
     )
 
 
+def _slice(run: RecordColumns, lo: int, hi: int | None) -> RecordColumns:
+    return RecordColumns(
+        run.topic,
+        run.partition,
+        run.offsets[lo:hi],
+        run.timestamps[lo:hi],
+        run.keys[lo:hi],
+        run.values[lo:hi],
+        None if run.headers is None else run.headers[lo:hi],
+        run.timestamp_type,
+    )
+
+
+def _chunk(src: TopicPartition, run: RecordColumns) -> Chunk:
+    values = sum(map(len, filter(None, run.values)))
+    keys = sum(map(len, filter(None, run.keys)))
+    nbytes = values + keys + _RECORD_OVERHEAD * len(run)
+    return Chunk(src, run.offsets, run.timestamps[0], nbytes, run, _split)
+
+
 def _split(chunk: Chunk) -> tuple[Chunk, Chunk]:
     """A chunk in two halves (a batch the target found too large)."""
     run: RecordColumns = chunk.data
     half = len(run) // 2
-
-    def part(lo: int, hi: int | None) -> RecordColumns:
-        return RecordColumns(
-            run.topic,
-            run.partition,
-            run.offsets[lo:hi],
-            run.timestamps[lo:hi],
-            run.keys[lo:hi],
-            run.values[lo:hi],
-            None if run.headers is None else run.headers[lo:hi],
-            run.timestamp_type,
-        )
-
-    head, tail = part(0, half), part(half, None)
+    head, tail = _slice(run, 0, half), _slice(run, half, None)
     head_bytes = chunk.nbytes * half // len(run)
     return (
         Chunk(chunk.src, head.offsets, head.timestamps[0], head_bytes, head, _split),

@@ -187,12 +187,14 @@ class TargetLink:
 
     def read(
         self, tp: TopicPartition, start: int, end: int, *, max_bytes: int = 8 << 20
-    ) -> list[tuple[int, tuple[int, int] | None]]:
-        """Every record of ``tp`` in [start, end): (target offset, (source partition,
-        source offset) from its ``kvlog.mirror`` header, or None)."""
-        out: list[tuple[int, tuple[int, int] | None]] = []
+    ) -> list[tuple[int, int, tuple[int, int] | None]]:
+        """The batches of ``tp`` that hold [start, end): (base offset, record count, the
+        (source partition, source offset) of its last record's ``kvlog.mirror`` header,
+        or None)."""
+        out: list[tuple[int, int, tuple[int, int] | None]] = []
         position = start
-        conn = self._connection(self.leader(tp), self.view.brokers[self.leader(tp)])
+        leader = self.leader(tp)
+        conn = self._connection(leader, self.view.brokers[leader])
         while position < end:
             response = conn.call(
                 fetch_request(tp.topic, tp.partition, position, max_bytes=max_bytes),
@@ -204,13 +206,12 @@ class TargetLink:
             before = position
             for base, stored in _batches(records):
                 header, cols = kafka_batch.decode(stored, verify=False)
-                headers = cols.headers or [None] * header.record_count
-                for delta, hs in zip(cols.offset_deltas, headers, strict=True):
-                    offset = base + delta
-                    if position <= offset < end:
-                        out.append((offset, read_header(hs)))
-                        position = offset + 1
-                position = max(position, base + header.last_offset_delta + 1)
+                last = base + header.last_offset_delta
+                if last < position:
+                    continue
+                marker = read_header(cols.headers[-1]) if cols.headers else None
+                out.append((base, header.record_count, marker))
+                position = last + 1
             if position == before:
                 break  # nothing more below the high watermark
         return out
