@@ -558,6 +558,10 @@ class Broker:
                         with contextlib.suppress(Exception):
                             if child.process.is_alive():
                                 os.kill(child.process.pid, signal.SIGTERM)
+                if role == "mirror":  # they finish against the processes still up
+                    for child in self.children:
+                        if child.role == role and child.process is not None:
+                            child.process.join(timeout_s)
             deadline = time.monotonic() + timeout_s
             for child in self.children:
                 if child.process is None:
