@@ -28,30 +28,27 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kvlog import clock, kafka_batch
+from kvlog import clock
 from kvlog.errors import (
     KvlogError,
     OffsetOutOfRangeError,
     TopicAlreadyExistsError,
 )
 from kvlog.ipc.consumer_types import OffsetAndMetadata
-from kvlog.ipc.records import RecordColumns
 from kvlog.retention import RETENTION_HOLD
 from kvlog.types import TopicPartition
 
-from .mirror_core import Chunk, Failure, MirrorCore, MirrorResult
+from .mirror_batches import chunks, encode
+from .mirror_core import Failure, MirrorCore, MirrorResult
 from .mirror_files import StateDir
+from .mirror_groups import sync_groups
 from .mirror_model import (
-    HEADER,
     MirrorSpec,
     OffsetMap,
-    group_updates,
-    header_value,
     plan_targets,
     target_partition,
     tp_from_key,
     tp_key,
-    translate_group,
 )
 from .mirror_target import Completion, TargetLink, record_set
 
@@ -88,6 +85,8 @@ class Mirror:
         self._target_down_since: int | None = None
         self._clean = False
         self._saved_lanes: dict[TopicPartition, int] = {}
+        self._known: list[TopicPartition] = []  # the mirrored source partitions
+        self._holds: dict[TopicPartition, int] = {}
 
     def stop(self) -> None:
         self._stopping = True
@@ -159,7 +158,19 @@ class Mirror:
                 self.spec.name,
                 message,
             )
-        self._write_status(now, force=True, unreachable=now - self._target_down_since)
+        try:
+            self.files.write_status(
+                {
+                    **self._waiting_status(now, self._target_down_since),
+                    "pid": os.getpid(),
+                    "updated_at_ms": now,
+                    "source": self.spec.source,
+                    "target": self.spec.target,
+                    "state": "waiting",
+                }
+            )
+        except (KvlogError, OSError) as exc:
+            log.debug("mirror %s: status while waiting: %s", self.spec.name, exc)
         delay = self.core.backoff.delay(attempt - 1) / 1000
         deadline = time.monotonic() + delay
         while not self._stopping and time.monotonic() < deadline:
@@ -182,6 +193,8 @@ class Mirror:
         self._drop_in_flight()
         self._topics = plan_targets(spec, self._source_admin.list_topics())
         counts = {t: len(self._source_admin.describe_topic(t).partitions) for t in self._topics}
+        self._known = [TopicPartition(t, p) for t, n in counts.items() for p in range(n)]
+        self._hold_early()
         self._create_targets(counts)
         view = self.link.refresh(self._topics.values())
         missing = [t for t in self._topics.values() if t not in view.partitions]
@@ -213,6 +226,71 @@ class Mirror:
             len(self._topics),
             spec.target,
         )
+
+    def _hold_early(self) -> None:
+        """Hold retention on every mirrored partition before the target is reached: at
+        the mirror's committed progress, or at the log start for a partition it never
+        forwarded (a new mirror, a new topic)."""
+        self._holds = {}
+        for tp in self._known:
+            found = self._source.committed(tp)
+            if found is not None:
+                self._holds[tp] = found
+        missing = [tp for tp in self._known if tp not in self._holds]
+        if missing:
+            starts = self._source.beginning_offsets(missing)
+            self._holds.update(starts)
+            self._commit_hold(starts)
+
+    def _waiting_status(self, now: int, since: int) -> dict[str, Any]:
+        """Lag while no run is up: from the committed progress to the source's end, and
+        the age of the first record not forwarded (read from the source)."""
+        ends = self._source.end_offsets(self._known) if self._known else {}
+        stamps = self._first_timestamps(
+            {tp: o for tp, o in self._holds.items() if o < ends.get(tp, 0)}
+        )
+        feeds = []
+        for tp in self._known:
+            done, end = self._holds.get(tp, 0), ends.get(tp)
+            stamp = stamps.get(tp)
+            feeds.append(
+                {
+                    "source": tp_key(tp),
+                    "target": None,
+                    "forwarded_to": done,
+                    "source_end": end,
+                    "lag_records": None if end is None else max(0, end - done),
+                    "oldest_unforwarded_ms": stamp,
+                    "age_ms": None if stamp is None else max(0, now - stamp),
+                    "gaps": 0,
+                }
+            )
+        return {
+            "name": self.spec.name,
+            "running": False,
+            "target_reachable": False,
+            "unreachable_since_ms": since,
+            "forwarded": self.core.forwarded,
+            "lag_records": sum(f["lag_records"] or 0 for f in feeds),
+            "max_age_ms": max((f["age_ms"] or 0 for f in feeds), default=0),
+            "gaps": 0,
+            "error": None,
+            "feeds": feeds,
+        }
+
+    def _first_timestamps(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """The timestamp of the record at each offset, read with the source consumer."""
+        if not offsets:
+            return {}
+        out: dict[TopicPartition, int] = {}
+        self._source.assign(list(offsets))
+        for tp, offset in offsets.items():
+            self._source.seek(tp, offset)
+        deadline = time.monotonic() + 2
+        while len(out) < len(offsets) and time.monotonic() < deadline:
+            for tp, run in self._source.poll_batch(timeout_ms=200, max_records=1).items():
+                out.setdefault(tp, run.timestamps[0])
+        return out
 
     def _create_targets(self, counts: dict[str, int]) -> None:
         existing = set(self._target_admin.list_topics())
@@ -334,7 +412,7 @@ class Mirror:
                 continue
             now = self.now_ms()
             for src, run in runs.items():
-                for chunk in self._chunks(src, run):
+                for chunk in chunks(src, run):
                     if self._apply(self.core.fetched(chunk, now)):
                         return True
             for completion in self.link.poll(0.002 if busy else 0.0):
@@ -342,19 +420,6 @@ class Mirror:
                     return True
             if self._apply(self.core.tick(self.now_ms())):
                 return True
-
-    def _chunks(self, src: TopicPartition, run: RecordColumns) -> list[Chunk]:
-        """A fetched run as chunks of consecutive offsets (cut at compaction gaps)."""
-        offsets = run.offsets
-        if isinstance(offsets, range) or offsets[-1] - offsets[0] == len(offsets) - 1:
-            return [_chunk(src, run)]
-        out = []
-        start = 0
-        for i in range(1, len(offsets) + 1):
-            if i == len(offsets) or offsets[i] != offsets[i - 1] + 1:
-                out.append(_chunk(src, _slice(run, start, i)))
-                start = i
-        return out
 
     def _complete(self, done: Completion) -> bool:
         now = self.now_ms()
@@ -419,7 +484,7 @@ class Mirror:
         out = []
         for batch in result.sends:
             if batch.payload is None:
-                batch.payload = record_set(_encode(batch.chunks, pid, epoch, batch.base_sequence))
+                batch.payload = record_set(encode(batch.chunks, pid, epoch, batch.base_sequence))
             out.append((batch.id, batch.lane, batch.payload))
         timeout = self.spec.request_timeout_ms
         for failed in self.link.send(out, timeout):
@@ -476,39 +541,7 @@ class Mirror:
         )
 
     def _sync_groups(self) -> None:
-        """Translate the chosen groups' committed offsets onto the target, where the
-        group has no members there and is behind (MirrorMaker 2's group offset sync)."""
-        from kvlog.errors import GroupIdNotFoundError
-
-        try:
-            groups = [g["group_id"] for g in self._source_admin.list_groups()]
-        except KvlogError as exc:
-            log.debug("listing source groups failed: %s", exc.message)
-            return
-        for group in sorted(g for g in groups if self.spec.translates(g)):
-            try:
-                committed = self._source_admin.list_group_offsets(group)
-                translated = translate_group(committed, self.core.maps, self.routes)
-                if not translated:
-                    continue
-                try:
-                    [desc] = self._target_admin.describe_groups([group])
-                    members = desc.get("members") or []
-                except GroupIdNotFoundError:
-                    members = []
-                if members:
-                    continue  # the group runs on the target now: its offsets are its own
-                updates = group_updates(translated, self._target_admin.list_group_offsets(group))
-                if updates:
-                    self._target_admin.alter_group_offsets(group, updates)
-                    log.info(
-                        "mirror %s: group %s on the target at %s",
-                        self.spec.name,
-                        group,
-                        {tp_key(tp): o for tp, o in sorted(updates.items())},
-                    )
-            except KvlogError as exc:
-                log.debug("group %s: offset sync failed: %s", group, exc.message)
+        sync_groups(self.spec, self._source_admin, self._target_admin, self.core.maps, self.routes)
 
     def _write_status(
         self, now: int, *, force: bool = False, unreachable: int | None = None
@@ -528,12 +561,9 @@ class Mirror:
                 "updated_at_ms": now,
                 "source": self.spec.source,
                 "target": self.spec.target,
-                "state": "failed" if self.exit_code else ("waiting" if unreachable else "running"),
+                "state": "failed" if self.exit_code else "running",
             }
         )
-        if unreachable is not None:
-            status["target_reachable"] = False
-            status["unreachable_since_ms"] = self._target_down_since
         try:
             self.files.write_status(status)
         except OSError as exc:
@@ -562,77 +592,6 @@ class Mirror:
             if self.link is not None:
                 self.link.close()
             self.files.unlock()
-
-
-# -- encoding ----------------------------------------------------------------------------------
-
-
-def _encode(chunks: list[Chunk], producer_id: int, epoch: int, base_sequence: int) -> bytes:
-    """The chunks' records (one feed's consecutive run) as one Kafka RecordBatch in
-    kvlog's stored form: keys, values, original timestamps and headers, and the
-    ``kvlog.mirror`` header on the last record."""
-    keys: list[Any] = []
-    values: list[Any] = []
-    stamps: list[int] = []
-    own: list[Any] | None = None
-    for chunk in chunks:
-        run: RecordColumns = chunk.data
-        if run.headers is not None or own is not None:
-            own = (own if own is not None else [None] * len(values)) + (
-                run.headers if run.headers is not None else [None] * len(run)
-            )
-        keys += run.keys
-        values += run.values
-        stamps += run.timestamps
-    last = chunks[-1]
-    marker = (HEADER, header_value(last.src.partition, last.offsets[-1]))
-    headers = own if own is not None else [None] * len(values)
-    headers[-1] = [*(headers[-1] or ()), marker]
-    first = stamps[0]
-    return kafka_batch.encode(
-        None,
-        [t - first for t in stamps],
-        keys,
-        values,
-        headers,
-        first_timestamp=first,
-        max_timestamp=max(stamps),
-        producer_id=producer_id,
-        producer_epoch=epoch,
-        base_sequence=base_sequence,
-    )
-
-
-def _slice(run: RecordColumns, lo: int, hi: int | None) -> RecordColumns:
-    return RecordColumns(
-        run.topic,
-        run.partition,
-        run.offsets[lo:hi],
-        run.timestamps[lo:hi],
-        run.keys[lo:hi],
-        run.values[lo:hi],
-        None if run.headers is None else run.headers[lo:hi],
-        run.timestamp_type,
-    )
-
-
-def _chunk(src: TopicPartition, run: RecordColumns) -> Chunk:
-    values = sum(map(len, filter(None, run.values)))
-    keys = sum(map(len, filter(None, run.keys)))
-    nbytes = values + keys + _RECORD_OVERHEAD * len(run)
-    return Chunk(src, run.offsets, run.timestamps[0], nbytes, run, _split)
-
-
-def _split(chunk: Chunk) -> tuple[Chunk, Chunk]:
-    """A chunk in two halves (a batch the target found too large)."""
-    run: RecordColumns = chunk.data
-    half = len(run) // 2
-    head, tail = _slice(run, 0, half), _slice(run, half, None)
-    head_bytes = chunk.nbytes * half // len(run)
-    return (
-        Chunk(chunk.src, head.offsets, head.timestamps[0], head_bytes, head, _split),
-        Chunk(chunk.src, tail.offsets, tail.timestamps[0], chunk.nbytes - head_bytes, tail, _split),
-    )
 
 
 __all__ = ["Failure", "Mirror"]
