@@ -152,7 +152,7 @@ class Admin(_AdminGroupsAndAcls):
     def __new__(cls, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         # Kafka mode (a kafka:// bootstrap server or protocol="kafka"): ipc/kafka_client/.
         if cls is Admin and kafka_client.wanted(config, kwargs):
-            return kafka_client.admin(config, kwargs)
+            return kafka_client.make_admin(config, kwargs)
         return super().__new__(cls)
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:

@@ -58,7 +58,7 @@ class Consumer:
     def __new__(cls, *topics: Any, **kwargs: Any) -> Any:
         # Kafka mode (a kafka:// bootstrap server or protocol="kafka"): ipc/kafka_client/.
         if cls is Consumer and kafka_client.consumer_wanted(topics, kwargs):
-            return kafka_client.consumer(topics, kwargs)
+            return kafka_client.make_consumer(topics, kwargs)
         return super().__new__(cls)
 
     def __init__(self, *topics: Any, **kwargs: Any) -> None:

@@ -56,7 +56,7 @@ class Producer:
     def __new__(cls, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         # Kafka mode (a kafka:// bootstrap server or protocol="kafka"): ipc/kafka_client/.
         if cls is Producer and kafka_client.wanted(config, kwargs):
-            return kafka_client.producer(config, kwargs)
+            return kafka_client.make_producer(config, kwargs)
         return super().__new__(cls)
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:

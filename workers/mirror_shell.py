@@ -329,7 +329,7 @@ class Mirror:
 
     def _resume_points(self, lanes: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Where each feed goes on: after the last of its records on the target (read
-        back from the tail), else from the source's log start."""
+        back from the tail), else from the mirror's committed progress."""
         assert self.link is not None
         ends = self.link.end_offsets(lanes)
         starts = self.link.start_offsets(lanes)
@@ -356,12 +356,13 @@ class Mirror:
             else:
                 low = max(starts[lane], saved)
             self._learn(lane, self.link.read(lane, low, ends[lane]))
-        log_starts = self._source.beginning_offsets(list(self.routes))
         resume = {}
         for src in self.routes:
             known = self.core.maps.get(src)
             after = known.next_source if known is not None else None
-            resume[src] = after if after is not None else log_starts[src]
+            # No trace on the target: the committed progress (a new mirror committed the
+            # log start; below today's log start, the first fetch finds the gap).
+            resume[src] = after if after is not None else self._holds[src]
         return resume
 
     def _tail_start(

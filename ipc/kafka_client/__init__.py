@@ -67,7 +67,7 @@ def _require_confluent() -> None:
         ) from None
 
 
-def producer(config: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> Any:
+def make_producer(config: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> Any:
     """A Kafka-mode Producer (what ``kvlog.Producer(...)`` returns in Kafka mode)."""
     _require_confluent()
     from .producer import KafkaModeProducer
@@ -75,7 +75,7 @@ def producer(config: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> Any
     return KafkaModeProducer(config, **kwargs)
 
 
-def consumer(topics: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+def make_consumer(topics: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
     """A Kafka-mode Consumer (``kvlog.Consumer(*topics, **kwargs)`` in Kafka mode)."""
     _require_confluent()
     from .consumer import KafkaModeConsumer
@@ -83,7 +83,7 @@ def consumer(topics: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
     return KafkaModeConsumer(*topics, **kwargs)
 
 
-def admin(config: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> Any:
+def make_admin(config: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> Any:
     """A Kafka-mode Admin (``kvlog.Admin(...)`` in Kafka mode)."""
     _require_confluent()
     from .admin import KafkaModeAdmin
