@@ -327,7 +327,8 @@ def run_produce_batches(options: Options, tick: Tick) -> Result:
             ks = keys[:size] if keys is not None else None
             t = clock()
             result = send_batch(topic, values[:size], ks)
-            for _, _, future, _ in result._segments:
+            for batch in result._batches:
+                future = batch.future
                 if future not in acked_at:
                     acked_at[future] = 0.0
                     future.add_callback(on_ack)
@@ -338,10 +339,11 @@ def run_produce_batches(options: Options, tick: Tick) -> Result:
         seconds = clock() - started
     latency: Counter[int] = Counter()
     for t, result in calls:
-        for _, indices, future, _ in result._segments:
+        for index, records in Counter(result._batch_of).items():
+            future = result._batches[index].future
             if future.error is not None:
                 raise click.ClickException(f"a batch failed: {future.error}")
-            latency[int((acked_at[future] - t) * 1e6)] += len(indices)
+            latency[int((acked_at[future] - t) * 1e6)] += records
     return Result(
         "produce",
         n,
