@@ -46,7 +46,9 @@ class KafkaModeAdmin:
         self._bootstrap = settings.bootstrap
         self._timeout_s = self.config["request_timeout_ms"] / 1000
         with kafka_errors("cannot create the Kafka admin client: "):
-            self._rd = AdminClient(settings.librdkafka)
+            # librdkafka's admin is a producer, whose metadata requests would create a
+            # topic they name (describe_topic of a missing topic must not create it).
+            self._rd = AdminClient({**settings.librdkafka, "allow.auto.create.topics": False})
 
     def __enter__(self) -> KafkaModeAdmin:
         return self
@@ -102,7 +104,24 @@ class KafkaModeAdmin:
                 [topic], request_timeout=self._timeout_s, validate_only=validate_only
             )
         self._wait(futures[name], f"create topic {name}")
-        return ""
+        return "" if validate_only else self._topic_id(name)
+
+    def _topic_id(self, name: str) -> str:
+        """The topic's id as kvlog spells it (32 hex digits); "" from a cluster whose
+        Metadata carries none (before v10: kvlog's own Kafka listener serves v0-8)."""
+        from confluent_kafka import TopicCollection
+
+        with kafka_errors(f"describe topic {name}: "):
+            futures = self._rd.describe_topics(
+                TopicCollection([name]), request_timeout=self._timeout_s
+            )
+        found = self._wait(futures[name], f"describe topic {name}")
+        uuid = found.topic_id
+        if uuid is None:
+            return ""
+        bits = (uuid.get_most_significant_bits() & (1 << 64) - 1) << 64
+        bits |= uuid.get_least_significant_bits() & (1 << 64) - 1
+        return "" if bits == 0 else f"{bits:032x}"
 
     def create_topics(
         self,
@@ -226,7 +245,7 @@ class KafkaModeAdmin:
         config, overrides = self._topic_configs(name)
         return TopicDescription(
             name=name,
-            topic_id="",
+            topic_id=self._topic_id(name),
             partitions=partitions,
             replication_factor=len(partitions[0].replicas) if partitions else 0,
             config=config,

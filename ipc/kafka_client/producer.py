@@ -110,9 +110,9 @@ class KafkaModeProducer:
     def _delivered(future: FutureRecordMetadata, error: Any, message: Any) -> None:
         if error is not None:
             future._batch.set_exception(to_kvlog(error, f"record to {future.topic}: "))
-        else:
-            future.partition = message.partition()
-            future._batch.set_result(message.offset())
+        else:  # the partition was placed before produce(); acks=0 has no offset (-1)
+            offset = message.offset()
+            future._batch.set_result(-1 if offset is None or offset < 0 else offset)
 
     # -- placement -------------------------------------------------------------------------
 
