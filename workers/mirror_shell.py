@@ -30,6 +30,8 @@ from typing import Any
 
 from kvlog import clock
 from kvlog.errors import (
+    AuthenticationFailedError,
+    AuthorizationError,
     KvlogError,
     OffsetOutOfRangeError,
     TopicAlreadyExistsError,
@@ -108,6 +110,11 @@ class Mirror:
                         break
                 except _Restart as why:
                     log.info("mirror %s: starting again (%s)", self.spec.name, why)
+                except (AuthenticationFailedError, AuthorizationError) as exc:
+                    # Waiting does not mend a refused login or a missing ACL: say so.
+                    log.error("mirror %s stopped: %s", self.spec.name, exc.message)
+                    self.exit_code = 1
+                    raise
                 except KvlogError as exc:
                     attempt += 1
                     log.debug("mirror %s: start failed", self.spec.name, exc_info=True)

@@ -27,7 +27,7 @@ from kvlog.types import TopicPartition
 
 from ..admin import NewTopic, PartitionMappingWarning, TopicDescription, _new_topics
 from ..metadata import PartitionInfo
-from .errors import kafka_errors, to_kvlog
+from .errors import LoginWatch, kafka_errors, to_kvlog
 from .settings import kafka_settings
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,17 @@ class KafkaModeAdmin:
         self.config = settings.kvlog
         self._bootstrap = settings.bootstrap
         self._timeout_s = self.config["request_timeout_ms"] / 1000
+        self._login = LoginWatch()
         with kafka_errors("cannot create the Kafka admin client: "):
             # librdkafka's admin is a producer, whose metadata requests would create a
             # topic they name (describe_topic of a missing topic must not create it).
-            self._rd = AdminClient({**settings.librdkafka, "allow.auto.create.topics": False})
+            self._rd = AdminClient(
+                {
+                    **settings.librdkafka,
+                    "allow.auto.create.topics": False,
+                    "error_cb": self._login.on_error,
+                }
+            )
 
     def __enter__(self) -> KafkaModeAdmin:
         return self
@@ -65,18 +72,27 @@ class KafkaModeAdmin:
         try:
             return future.result(timeout=self._timeout_s)
         except KafkaException as exc:
-            raise to_kvlog(exc, f"{what}: ") from None
+            raise self._refine(to_kvlog(exc, f"{what}: ")) from None
         except TimeoutError:
             from kvlog.errors import KafkaTimeoutError
 
-            raise KafkaTimeoutError(
-                f"{what}: no answer from the Kafka cluster at {', '.join(self._bootstrap)} "
-                f"within request.timeout.ms"
+            raise self._refine(
+                KafkaTimeoutError(
+                    f"{what}: no answer from the Kafka cluster at "
+                    f"{', '.join(self._bootstrap)} within request.timeout.ms"
+                )
             ) from None
 
+    def _refine(self, exc: KvlogError) -> KvlogError:
+        self._rd.poll(0)  # serves librdkafka's error callbacks (the refused login's)
+        return self._login.refine(exc)
+
     def _metadata(self, topic: str | None = None) -> Any:
-        with kafka_errors("metadata: "):
-            return self._rd.list_topics(topic, timeout=self._timeout_s)
+        try:
+            with kafka_errors("metadata: "):
+                return self._rd.list_topics(topic, timeout=self._timeout_s)
+        except KvlogError as exc:
+            raise self._refine(exc) from None
 
     # -- topics ----------------------------------------------------------------------------
 

@@ -110,3 +110,25 @@ def kafka_errors(context: str = "") -> Iterator[None]:
         yield
     except KafkaException as exc:
         raise to_kvlog(exc, context) from None
+
+
+class LoginWatch:
+    """librdkafka reports a refused login (a wrong password, a bad certificate) to the
+    error callback only; the call that needed the connection fails as a transport error
+    or a timeout. This remembers the last refusal so that such a failure is raised as
+    what it is. Owned by one client; its callback runs on librdkafka's threads (one
+    attribute write)."""
+
+    def __init__(self) -> None:
+        self.refused: KvlogError | None = None
+
+    def on_error(self, error: Any) -> None:
+        exc = to_kvlog(error, "login to the Kafka cluster refused: ")
+        if isinstance(exc, AuthenticationFailedError):
+            self.refused = exc
+
+    def refine(self, exc: KvlogError) -> KvlogError:
+        """``exc``, or the refused login behind it."""
+        if self.refused is not None and isinstance(exc, (NetworkError, KafkaTimeoutError)):
+            return self.refused
+        return exc
