@@ -30,6 +30,7 @@ from kvlog.errors import (
     KvlogError,
     NoOffsetForPartitionError,
     RecordDeserializationError,
+    UnknownTopicOrPartitionError,
 )
 from kvlog.types import TopicPartition
 
@@ -209,7 +210,10 @@ class KafkaModeConsumer(GroupSide):
         with kafka_errors(f"metadata of {topic!r}: "):
             found = self._rd.list_topics(topic, timeout=self._timeout_s)
         entry = found.topics.get(topic)
-        if entry is None or entry.error is not None:
+        if entry is None or (entry.error is not None and entry.error.code() in (3, -188)):
+            # kvlog mode's metadata lookup refuses a missing topic the same way
+            raise UnknownTopicOrPartitionError(f"topic(s) {topic} do not exist; create them first")
+        if entry.error is not None:
             return set()
         return set(entry.partitions)
 

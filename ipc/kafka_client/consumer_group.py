@@ -19,7 +19,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from kvlog.errors import CommitFailedError, IllegalStateError, KvlogError
+from kvlog.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KvlogError,
+    UnknownTopicOrPartitionError,
+)
 from kvlog.types import TopicPartition
 
 from ..consumer_types import ConsumerRebalanceListener, OffsetAndMetadata
@@ -122,11 +127,18 @@ class GroupSide:
 
     def _all_partitions(self, topics: set[str]) -> set[TopicPartition]:
         out = set()
+        missing = []
         with kafka_errors("metadata: "):
             for topic in sorted(topics):
                 entry = self._rd.list_topics(topic, timeout=self._timeout_s).topics.get(topic)
-                if entry is not None and entry.error is None:
+                if entry is None or (entry.error is not None and entry.error.code() in (3, -188)):
+                    missing.append(topic)
+                elif entry.error is None:
                     out |= {TopicPartition(topic, p) for p in entry.partitions}
+        if missing:  # as kvlog mode says it
+            raise UnknownTopicOrPartitionError(
+                f"topic(s) {', '.join(missing)} do not exist; create them first"
+            )
         return out
 
     def _follow(self, topics: list[str]) -> None:
