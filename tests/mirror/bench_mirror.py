@@ -40,9 +40,7 @@ def main() -> None:
         kvlog.Broker(root / "source", "tcp://127.0.0.1:0", kafka_listen=None) as source,
         kvlog.Broker(root / "target", "tcp://127.0.0.1:0", kafka_listen="127.0.0.1:0") as target,
     ):
-        kvlog.Admin(bootstrap_servers=source.bootstrap).create_topic(
-            "bench", partitions=partitions
-        )
+        kvlog.Admin(bootstrap_servers=source.bootstrap).create_topic("bench", partitions=partitions)
         start = time.monotonic()
         with kvlog.Producer(bootstrap_servers=source.bootstrap, linger_ms=5) as producer:
             chunk = 20_000
