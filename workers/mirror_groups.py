@@ -26,16 +26,18 @@ def sync_groups(
     target_admin: Any,
     maps: dict[TopicPartition, OffsetMap],
     routes: dict[TopicPartition, TopicPartition],
-) -> None:
+) -> list[str]:
     """Translate the chosen groups' committed offsets onto the target, where the
-    group has no members there and is behind (MirrorMaker 2's group offset sync)."""
+    group has no members there and is behind (MirrorMaker 2's group offset sync).
+    Returns what failed (the next sync tries again; a migration's last one retries)."""
     from kvlog.errors import GroupIdNotFoundError
 
+    failed: list[str] = []
     try:
         groups = [g["group_id"] for g in source_admin.list_groups()]
     except KvlogError as exc:
         log.debug("listing source groups failed: %s", exc.message)
-        return
+        return [f"listing the source's groups: {exc.message}"]
     for group in sorted(g for g in groups if spec.translates(g)):
         try:
             committed = source_admin.list_group_offsets(group)
@@ -60,3 +62,5 @@ def sync_groups(
                 )
         except KvlogError as exc:
             log.debug("group %s: offset sync failed: %s", group, exc.message)
+            failed.append(f"group {group}: {exc.message}")
+    return failed

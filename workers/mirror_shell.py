@@ -462,7 +462,7 @@ class Mirror:
         if result.save_state:
             self._save_state(clean=False)
         if result.sync_groups:
-            self._sync_groups()
+            self._sync_groups(last=result.done)
         now = self.now_ms()
         self._write_status(now)
         if result.fatal is not None:
@@ -548,8 +548,19 @@ class Mirror:
             }
         )
 
-    def _sync_groups(self) -> None:
-        sync_groups(self.spec, self._source_admin, self._target_admin, self.core.maps, self.routes)
+    def _sync_groups(self, *, last: bool = False) -> None:
+        """One group offset sync; a migration's ``last`` one retries what failed for a
+        while (the group would otherwise start over on the target) and says so."""
+        deadline = time.monotonic() + (self.spec.request_timeout_ms / 1000 if last else 0)
+        while True:
+            failed = sync_groups(
+                self.spec, self._source_admin, self._target_admin, self.core.maps, self.routes
+            )
+            if not failed or time.monotonic() >= deadline or self._stopping:
+                break
+            time.sleep(0.2)
+        if failed and last:
+            log.warning("mirror %s: group offsets not synced: %s", self.spec.name, failed)
 
     def _write_status(
         self, now: int, *, force: bool = False, unreachable: int | None = None

@@ -70,7 +70,8 @@ def test_the_migration_command_moves_topics_and_a_group(brokers: Any, tmp_path: 
     for topic in ("orders", "payments"):
         admin.create_topic(topic, partitions=2)
         with kvlog.Producer(bootstrap_servers=source.bootstrap) as producer:
-            producer.send_batch(topic, [b"%s %d" % (topic.encode(), i) for i in range(100)])
+            for p in range(2):
+                producer.send_batch(topic, [b"%d" % i for i in range(50)], partition=p)
     tp = TopicPartition("orders", 0)
     admin.alter_group_offsets("billing", {tp: 10})
     result = CliRunner().invoke(
