@@ -14,10 +14,14 @@ import contextlib
 import fcntl
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kvlog.errors import InvalidConfigError
+from kvlog.types import TopicPartition
+
+from .mirror_model import tp_key
 
 STATE_FILE = "state.json"
 STATUS_FILE = "status.json"
@@ -105,3 +109,46 @@ def read_status(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def waiting_status(
+    name: str,
+    known: list[TopicPartition],
+    holds: Mapping[TopicPartition, int],
+    ends: Mapping[TopicPartition, int],
+    stamps: Mapping[TopicPartition, int],
+    now: int,
+    since: int,
+    forwarded: int,
+) -> dict[str, Any]:
+    """The status of a mirror waiting for its target: per source partition, the lag from
+    its committed progress (``holds``) to the source's end and the age of the first record
+    not forwarded (``stamps``: its timestamp)."""
+    feeds = []
+    for tp in known:
+        done, end = holds.get(tp, 0), ends.get(tp)
+        stamp = stamps.get(tp)
+        feeds.append(
+            {
+                "source": tp_key(tp),
+                "target": None,
+                "forwarded_to": done,
+                "source_end": end,
+                "lag_records": None if end is None else max(0, end - done),
+                "oldest_unforwarded_ms": stamp,
+                "age_ms": None if stamp is None else max(0, now - stamp),
+                "gaps": 0,
+            }
+        )
+    return {
+        "name": name,
+        "running": False,
+        "target_reachable": False,
+        "unreachable_since_ms": since,
+        "forwarded": forwarded,
+        "lag_records": sum(f["lag_records"] or 0 for f in feeds),
+        "max_age_ms": max((f["age_ms"] or 0 for f in feeds), default=0),
+        "gaps": 0,
+        "error": None,
+        "feeds": feeds,
+    }

@@ -42,7 +42,7 @@ from kvlog.types import TopicPartition
 
 from .mirror_batches import chunks, encode
 from .mirror_core import Failure, MirrorCore, MirrorResult
-from .mirror_files import StateDir
+from .mirror_files import StateDir, waiting_status
 from .mirror_groups import sync_groups
 from .mirror_model import (
     MirrorSpec,
@@ -256,34 +256,9 @@ class Mirror:
         stamps = self._first_timestamps(
             {tp: o for tp, o in self._holds.items() if o < ends.get(tp, 0)}
         )
-        feeds = []
-        for tp in self._known:
-            done, end = self._holds.get(tp, 0), ends.get(tp)
-            stamp = stamps.get(tp)
-            feeds.append(
-                {
-                    "source": tp_key(tp),
-                    "target": None,
-                    "forwarded_to": done,
-                    "source_end": end,
-                    "lag_records": None if end is None else max(0, end - done),
-                    "oldest_unforwarded_ms": stamp,
-                    "age_ms": None if stamp is None else max(0, now - stamp),
-                    "gaps": 0,
-                }
-            )
-        return {
-            "name": self.spec.name,
-            "running": False,
-            "target_reachable": False,
-            "unreachable_since_ms": since,
-            "forwarded": self.core.forwarded,
-            "lag_records": sum(f["lag_records"] or 0 for f in feeds),
-            "max_age_ms": max((f["age_ms"] or 0 for f in feeds), default=0),
-            "gaps": 0,
-            "error": None,
-            "feeds": feeds,
-        }
+        return waiting_status(
+            self.spec.name, self._known, self._holds, ends, stamps, now, since, self.core.forwarded
+        )
 
     def _first_timestamps(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """The timestamp of the record at each offset, read with the source consumer."""
