@@ -425,11 +425,11 @@ class KafkaModeConsumer(GroupSide):
         try:
             k = key if self._keys_in is None or key is None else self._keys_in(key)
         except Exception as exc:
-            raise _undecodable(msg, "key", exc) from exc
+            raise _undecodable(msg, "key", exc, self.config["group_id"]) from exc
         try:
             v = value if self._values_in is None or value is None else self._values_in(value)
         except Exception as exc:
-            raise _undecodable(msg, "value", exc) from exc
+            raise _undecodable(msg, "value", exc, self.config["group_id"]) from exc
         return (
             msg.offset(),
             ts,
@@ -483,12 +483,22 @@ class KafkaModeConsumer(GroupSide):
             self._rd.close()
 
 
-def _undecodable(msg: Any, field: str, cause: BaseException) -> RecordDeserializationError:
+def _undecodable(
+    msg: Any, field: str, cause: BaseException, group: str | None
+) -> RecordDeserializationError:
+    """kvlog mode's message (ipc/consumer.py), the group's way to skip it too."""
     tp = TopicPartition(msg.topic(), msg.partition())
+    skip = f"consumer.seek({tp!r}, {msg.offset() + 1})"
+    if group is not None:
+        skip += (
+            f", or with the group's consumers stopped: kvlog groups reset-offsets --group "
+            f"{group} --topic {tp.topic}:{tp.partition} --to-offset {msg.offset() + 1} "
+            "--execute"
+        )
     return RecordDeserializationError(
         f"cannot deserialize the {field} of the record at offset {msg.offset()} of {tp} "
         f"({type(cause).__name__}: {cause}). The consumer's position stays on this record; "
-        f"to skip it: consumer.seek({tp!r}, {msg.offset() + 1})",
+        f"to skip it: {skip}",
         topic_partition=tp,
         offset=msg.offset(),
         key=msg.key(),
