@@ -195,7 +195,8 @@ class GroupSide:
             self._positions = {}
         for tp in tps:
             self._positions.pop(tp, None)
-        self._call_listener("on_partitions_assigned", tps)
+        if tps or not cooperative:  # as kvlog mode: a cooperative round adding nothing is quiet
+            self._call_listener("on_partitions_assigned", tps)
         # Positions the listener sought to, else the committed offset / reset policy.
         chosen = [_rd(tp, self._positions.get(tp, _OFFSET_INVALID)) for tp in sorted(tps)]
         if cooperative:

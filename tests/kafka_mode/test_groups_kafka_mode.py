@@ -27,11 +27,8 @@ del test_cooperative_member_dropped_mid_rebalance_stops_reading_its_partitions  
 del test_commit_after_max_poll_interval_raises_commit_failed_naming_cause_and_setting  # noqa: F821
 del test_max_poll_interval_leaves_raises_and_rejoins  # noqa: F821
 # - the 'sticky' assignor, which librdkafka lacks (Kafka mode refuses it by name:
-#   tests/kafka_mode/test_kafka_mode_settings.py);
+#   tests/kafka_mode/test_kafka_mode_settings.py).
 del test_sticky_keeps_what_it_can_when_a_member_joins  # noqa: F821
-# - cooperative-sticky: librdkafka's first assignment arrives through an incremental
-#   assign the test's listener sees differently (not done: issue 18's report).
-del test_cooperative_sticky_keeps_partitions_through_a_rebalance  # noqa: F821
 
 
 @pytest.fixture(scope="module")
