@@ -64,7 +64,9 @@ class KafkaModeAdmin:
         self.close()
 
     def close(self) -> None:
-        """Nothing to release: librdkafka's handle goes with the object."""
+        """Let librdkafka's handle go now (not when the object does: a traceback that holds
+        this admin would keep its connections retrying)."""
+        self._rd = _ClosedHandle()
 
     def _wait(self, future: Any, what: str) -> Any:
         from confluent_kafka import KafkaException
@@ -551,3 +553,12 @@ def _acl_dict(binding: Any) -> dict[str, str]:
 
 
 __all__ = ["KafkaModeAdmin", "NewTopic"]
+
+
+class _ClosedHandle:
+    """Stands in for librdkafka's handle after close(): any use says so."""
+
+    def __getattr__(self, name: str) -> Any:
+        from kvlog.errors import IllegalStateError
+
+        raise IllegalStateError(f"{name}() on a closed admin client; create a new one")
