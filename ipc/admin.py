@@ -28,6 +28,7 @@ from kvlog.errors import (
 from kvlog.topic_config import effective_topic_config
 from kvlog.types import TopicPartition
 
+from . import kafka_client
 from .config import ADMIN_SETTINGS, resolve
 from .kafka.scram import DEFAULT_ITERATIONS, SCRAM_SHA_256, SCRAM_SHA_512, scram_credential
 from .metadata import PartitionInfo
@@ -177,6 +178,12 @@ class _AdminGroupsAndAcls:
 
 class Admin(_AdminGroupsAndAcls):
     """Manage topics. Safe to share between threads."""
+
+    def __new__(cls, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        # Kafka mode (a kafka:// bootstrap server or protocol="kafka"): ipc/kafka_client/.
+        if cls is Admin and kafka_client.wanted(config, kwargs):
+            return kafka_client.make_admin(config, kwargs)
+        return super().__new__(cls)
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         cfg = resolve(ADMIN_SETTINGS, config, kwargs)

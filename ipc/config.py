@@ -133,6 +133,13 @@ _COMMON = (
         DEFAULT_BOOTSTRAP,
         "host:port of a kvlog broker (its ZeroMQ listen address).",
     ),
+    ConfigKey(
+        "protocol",
+        one_of("kvlog", "kafka"),
+        "kvlog",
+        "kvlog: kvlog's own wire; kafka: Kafka's protocol through confluent-kafka (Kafka "
+        "mode, also chosen by a kafka:// bootstrap server).",
+    ),
     ConfigKey("client.id", STRING, "kvlog", "A name for this client in server logs."),
     ConfigKey("request.timeout.ms", integer(1), 30_000, "How long to wait for any reply."),
     ConfigKey("metadata.max.age.ms", integer(0), 300_000, "Refresh metadata at least this often."),

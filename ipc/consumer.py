@@ -33,6 +33,7 @@ from kvlog.errors import (
 )
 from kvlog.types import TopicPartition
 
+from . import kafka_client
 from .client_metrics import ConsumerMetrics
 from .config import CONSUMER_SETTINGS, resolve
 from .consumer_types import ConsumerRebalanceListener, OffsetAndMetadata, OffsetAndTimestamp
@@ -52,6 +53,12 @@ log = logging.getLogger(__name__)
 
 class Consumer:
     """Reads records from kvlog topics. See the module docstring."""
+
+    def __new__(cls, *topics: Any, **kwargs: Any) -> Any:
+        # Kafka mode (a kafka:// bootstrap server or protocol="kafka"): ipc/kafka_client/.
+        if cls is Consumer and kafka_client.consumer_wanted(topics, kwargs):
+            return kafka_client.make_consumer(topics, kwargs)
+        return super().__new__(cls)
 
     def __init__(self, *topics: Any, **kwargs: Any) -> None:
         config: Mapping[str, Any] | None = None

@@ -29,6 +29,7 @@ from kvlog.errors import (
 )
 from kvlog.types import TopicPartition
 
+from . import kafka_client
 from .accumulator import RecordAccumulator, check_timestamp
 from .config import PRODUCER_SETTINGS, resolve
 from .futures import BatchSendResult, FutureRecordMetadata, RecordMetadata
@@ -46,6 +47,12 @@ __all__ = ["BatchSendResult", "Producer", "RecordMetadata"]
 
 class Producer:
     """Sends records to kvlog topics. See the module docstring."""
+
+    def __new__(cls, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        # Kafka mode (a kafka:// bootstrap server or protocol="kafka"): ipc/kafka_client/.
+        if cls is Producer and kafka_client.wanted(config, kwargs):
+            return kafka_client.make_producer(config, kwargs)
+        return super().__new__(cls)
 
     def __init__(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         cfg = resolve(PRODUCER_SETTINGS, config, kwargs)

@@ -11,7 +11,10 @@ Kafka's rules, per partition, applied to whole batches from the head of the log:
 - ``-1`` disables a rule. Consuming never deletes anything;
 - only topics whose ``cleanup.policy`` has ``delete`` (``delete`` or ``compact,delete``);
   a ``compact`` topic keeps its records until the cleaner (:mod:`kvlog.cleaner`) removes
-  superseded ones.
+  superseded ones;
+- a *retention hold* keeps every batch holding an offset at or past it: a group's
+  committed offset whose metadata is :data:`RETENTION_HOLD` (``kvlog mirror`` commits its
+  progress that way, so records it has not forwarded stay; :func:`retention_holds`).
 
 The sweeper reads batch headers (never payloads), decides with :func:`retention_cutoff`,
 and deletes in short write transactions of at most ``max_batches_per_txn`` batches,
@@ -31,6 +34,9 @@ from .topic_config import UNLIMITED, cleanup_policies, effective_topic_config
 from .types import TopicPartition
 
 log = logging.getLogger(__name__)
+
+# The metadata of a committed offset that holds retention back at that offset.
+RETENTION_HOLD = "kvlog.retention.hold"
 
 
 @dataclass(frozen=True)
@@ -78,11 +84,25 @@ class SweepResult:
 
 
 ConfigLookup = Callable[[str], Mapping[str, Any] | None]
+HoldLookup = Callable[[TopicPartition], int | None]
+
+
+def retention_holds(
+    commits: Iterable[tuple[str, TopicPartition, Any]],
+) -> dict[TopicPartition, int]:
+    """The lowest held offset per partition: ``commits`` are (group, partition,
+    CommittedOffset), as ``kvlog.metadata_store.all_offsets`` yields them."""
+    holds: dict[TopicPartition, int] = {}
+    for _group, tp, committed in commits:
+        if committed.metadata == RETENTION_HOLD and committed.offset >= 0:
+            holds[tp] = min(holds.get(tp, committed.offset), committed.offset)
+    return holds
 
 
 class Sweeper:
     """Applies retention to one log store. ``config_for(topic)`` returns the topic's
-    config overrides (None when the topic is unknown: its partitions are left alone)."""
+    config overrides (None when the topic is unknown: its partitions are left alone);
+    ``hold_for(tp)``, the partition's retention hold (None: none)."""
 
     def __init__(
         self,
@@ -90,10 +110,12 @@ class Sweeper:
         config_for: ConfigLookup,
         *,
         max_batches_per_txn: int = 1000,
+        hold_for: HoldLookup | None = None,
     ) -> None:
         self.store = store
         self.config_for = config_for
         self.max_batches_per_txn = max_batches_per_txn
+        self.hold_for = hold_for
 
     def sweep(self, now_ms: int) -> list[SweepResult]:
         """One pass over every partition; returns what moved."""
@@ -121,6 +143,7 @@ class Sweeper:
     ) -> SweepResult | None:
         first: int | None = None
         freed = 0
+        hold = None if self.hold_for is None else self.hold_for(tp)
         while True:
             with self.store.reader() as r:
                 state = r.offsets(tp)
@@ -133,7 +156,11 @@ class Sweeper:
                 cutoff = retention_cutoff(
                     _bounded(infos, self.max_batches_per_txn),
                     total_bytes=state.size_bytes,
-                    high_watermark=state.high_watermark,
+                    # A hold is one more bound, like the high watermark: only batches
+                    # wholly below it may go.
+                    high_watermark=(
+                        state.high_watermark if hold is None else min(hold, state.high_watermark)
+                    ),
                     retention_ms=retention_ms,
                     retention_bytes=retention_bytes,
                     now_ms=now_ms,

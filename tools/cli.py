@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "config": "kvlog.tools.config_docs:config",
     "backup": "kvlog.tools.backup:backup",
     "top": "kvlog.tools.top:top",
+    "mirror": "kvlog.tools.mirror:mirror",
 }
 
 PERF_COMMANDS: dict[str, str] = {

@@ -142,10 +142,18 @@ def load_client_config(path: Path | None) -> dict[str, Any]:
 
 
 def check_endpoint(value: str, what: str) -> str:
+    """A bootstrap list as given: kvlog's endpoints, or ``kafka://`` servers (Kafka mode:
+    the commands then talk to a Kafka cluster)."""
     from kvlog.errors import InvalidConfigError
+    from kvlog.ipc.kafka_client import is_kafka_bootstrap
     from kvlog.ipc.wire import normalize_endpoint
 
     try:
+        if is_kafka_bootstrap(value):
+            from kvlog.ipc.kafka_client.settings import split_bootstrap
+
+            split_bootstrap(value)
+            return value
         for part in value.split(","):
             if part.strip():
                 normalize_endpoint(part)

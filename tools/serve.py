@@ -99,6 +99,42 @@ def load_server_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return server, broker
 
 
+def load_mirror_config(path: Path) -> list[dict[str, Any]]:
+    """The ``[[mirror]]`` tables of a ``--mirror-config`` file, each checked (unknown or
+    missing keys, bad patterns, a repeated name) before any process starts. Each is one
+    ``kvlog mirror`` (its keys: workers/mirror_model.py's CONFIG_KEYS)::
+
+        [[mirror]]
+        name = "central"
+        to = "kafka://central:9092"
+        topics = "sensors\\..*"
+        groups = "billing"
+        rename = ["sensors\\.(.*)=site42.sensors.\\1"]
+        [mirror.target]                  # the target's settings, Kafka's names
+        "security.protocol" = "SASL_SSL"
+    """
+    from kvlog.workers.mirror_model import spec_from_config
+
+    data = read_toml(path)
+    extra = sorted(set(data) - {"mirror"})
+    entries = data.get("mirror")
+    if extra or not isinstance(entries, list) or not entries:
+        raise InvalidConfigError(
+            f"{path}: a mirror config holds [[mirror]] tables only"
+            + (f" (found {', '.join(extra)})" if extra else "")
+        )
+    names: set[str] = set()
+    for entry in entries:
+        try:
+            spec = spec_from_config(entry, source="tcp://127.0.0.1:7092", state_dir=".")
+        except InvalidConfigError as exc:
+            raise InvalidConfigError(f"{path}: {exc.message}") from None
+        if spec.name in names:
+            raise InvalidConfigError(f"{path}: two mirrors are named {spec.name!r}")
+        names.add(spec.name)
+    return [dict(entry) for entry in entries]
+
+
 class _Starting(Exception):
     """Raised by a stop signal that arrives while the broker is still starting."""
 
@@ -199,6 +235,13 @@ class _Starting(Exception):
 )
 @click.option("--advertised-host", default=None, help=SERVER_SETTINGS["advertised_host"].doc)
 @click.option(
+    "--mirror-config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML file of [[mirror]] tables: kvlog mirror processes run (and restarted) with "
+    "the broker, each forwarding topics to a Kafka cluster.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default=None,
@@ -222,6 +265,7 @@ def serve(
     kafka_ssl_cafile: str | None,
     kafka_ssl_client_auth: str | None,
     advertised_host: str | None,
+    mirror_config: Path | None,
     log_level: str | None,
 ) -> None:
     """Run a kvlog broker in the foreground until SIGTERM or Ctrl-C.
@@ -233,6 +277,7 @@ def serve(
     from kvlog.workers.supervisor import Broker
 
     server, broker_config = load_server_file(config_file) if config_file else ({}, {})
+    mirrors = load_mirror_config(mirror_config) if mirror_config else []
     flags: dict[str, Any] = {
         "data_dir": str(data_dir) if data_dir is not None else None,
         "listen": listen,
@@ -300,6 +345,7 @@ def serve(
         kafka_ssl_client_auth=settings.get("kafka_ssl_client_auth") or "none",
         metrics_listen=metrics_at,
         console_listen=console_at,
+        mirrors=mirrors,
     )
     stop = threading.Event()
     reload = threading.Event()
@@ -334,6 +380,8 @@ def serve(
         click.echo(f"  Kafka bootstrap  {kafka_line(broker)}")
         click.echo(f"  metrics          {broker.metrics_url or 'off (metrics_listen is none)'}")
         click.echo(f"  Web console      {console_line(broker)}")
+        for entry in mirrors:
+            click.echo(f"  mirror {entry['name']} -> {entry['to']} (topics {entry['topics']})")
         click.echo(
             f"  data dir {broker.data_dir}, {nodes} node{'s' if nodes != 1 else ''}, "
             f"{security}; stop with Ctrl-C or SIGTERM, reload keys with SIGHUP",

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from kvlog.allocator import tune_allocator
 
 log = logging.getLogger("kvlog")
 
-ROLES = ("coordinator", "node", "broker", "sweeper", "console")
+ROLES = ("coordinator", "node", "broker", "sweeper", "console", "mirror")
 
 
 def _die_with_parent() -> None:
@@ -71,9 +72,11 @@ def process_main(role: str, settings: dict[str, Any], conn: Any) -> None:
 
         enable(settings["metrics_dir"])
     try:
-        if role == "sweeper":
+        if role in ("sweeper", "mirror"):
             conn.send({"endpoint": "", "pid": os.getpid()})
             conn.close()
+            if role == "mirror":
+                raise SystemExit(run_mirror(settings, should_stop))
             run_sweeper(settings, should_stop)
             return
         if role == "console":
@@ -189,3 +192,26 @@ def run_sweeper(settings: dict[str, Any], should_stop: Any) -> None:
 
     metrics = _metrics("sweeper", settings, None)
     sweeper_loop(SweeperSettings(**settings["sweeper"]), should_stop, metrics)
+
+
+def run_mirror(settings: dict[str, Any], should_stop: Any) -> int:
+    """Run one ``kvlog mirror`` (workers/mirror_shell.py) until SIGTERM; its exit code."""
+    from .mirror_model import spec_from_config
+    from .mirror_shell import Mirror
+
+    entry = settings["mirror"]
+    spec = spec_from_config(
+        entry["config"],
+        source=entry["source"],
+        state_dir=entry["state_dir"],
+        source_settings=entry.get("source_settings") or {},
+    )
+    mirror = Mirror(spec)
+
+    def watch() -> None:
+        while not should_stop():
+            time.sleep(0.2)
+        mirror.stop()
+
+    threading.Thread(target=watch, name="mirror-stop", daemon=True).start()
+    return mirror.run()

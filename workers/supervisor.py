@@ -66,7 +66,7 @@ from .security import SecuritySettings, client_options_for
 
 log = logging.getLogger("kvlog.supervisor")
 
-_STOP_ORDER = ("console", "broker", "sweeper", "node", "coordinator")
+_STOP_ORDER = ("console", "mirror", "broker", "sweeper", "node", "coordinator")
 
 
 @dataclass
@@ -178,8 +178,12 @@ class Broker:
         kafka_ssl_client_auth: str = "none",
         metrics_listen: str | None = DEFAULT_METRICS_LISTEN,
         console_listen: str | None = console_listen_setting.AUTO,
+        mirrors: list[dict[str, Any]] | None = None,
     ) -> None:
         self.advertised_host = advertised_host
+        # ``kvlog mirror`` processes (one per [[mirror]] table of --mirror-config), started
+        # once the broker answers, restarted like the others (workers/mirror_shell.py).
+        self.mirrors = [dict(m) for m in mirrors or []]
         self.kafka_advertised_host = kafka_advertised_host
         self.config = BROKER_CONFIG.complete(config)
         self.security = SecuritySettings(
@@ -387,6 +391,7 @@ class Broker:
         self._await_ready([sweeper])
         if self.console_url is not None:
             self._start_console([str(d) for _, d in nodes])
+        self._start_mirrors(common)
         self._write_status()
         self._await_nodes(len(nodes))
         log.info(
@@ -419,6 +424,32 @@ class Broker:
                     log.error("%s", exc.message)
 
         threading.Thread(target=await_ready, name="kvlog-console-start", daemon=True).start()
+
+    def _start_mirrors(self, common: dict[str, Any]) -> None:
+        source_settings: dict[str, Any] = {}
+        if self.security.enabled:  # the mirror reads the source as the server itself
+            source_settings = {
+                "security_protocol": "curve",
+                "curve_server_key": self.security.server_secret_key,
+                "curve_secret_key": self.security.server_secret_key,
+            }
+        for entry in self.mirrors:
+            name = str(entry.get("name", ""))
+            child = Child(
+                "mirror",
+                {
+                    **common,
+                    "mirror": {
+                        "config": entry,
+                        "source": self.bootstrap,
+                        "state_dir": str(self.data_dir / "mirror" / name),
+                        "source_settings": source_settings,
+                    },
+                },
+            )
+            self.children.append(child)
+            self._spawn(child)
+            self._await_ready([child])
 
     def _plan_kafka(self, node_ids: list[int]) -> None:
         """Fix every process's Kafka address, then check that every fixed port is free
@@ -618,6 +649,10 @@ class Broker:
                     for child in self.children:
                         if child.role == role and child.process is not None:
                             child.process.join(2.0)
+                if role == "mirror":  # they finish against the processes still up
+                    for child in self.children:
+                        if child.role == role and child.process is not None:
+                            child.process.join(timeout_s)
             deadline = time.monotonic() + timeout_s
             for child in self.children:
                 if child.process is None:
@@ -649,7 +684,7 @@ class Broker:
         with self._mutex:
             for child in self.children:
                 if (
-                    child.role not in ("sweeper", "console")
+                    child.role not in ("sweeper", "console", "mirror")
                     and child.process is not None
                     and child.process.is_alive()
                 ):

@@ -27,8 +27,8 @@ from kvlog import clock
 from kvlog.cleaner import Cleaner, CleanResult, TopicInfo
 from kvlog.errors import KvlogError
 from kvlog.lmdb_store import LogDir
-from kvlog.metadata_store import get_topic
-from kvlog.retention import Sweeper
+from kvlog.metadata_store import all_offsets, get_topic
+from kvlog.retention import Sweeper, retention_holds
 from kvlog.topic_config import cleanup_policies, effective_topic_config
 
 from . import compact_requests
@@ -57,10 +57,13 @@ class SweeperLoop:
 
     # -- the topics -------------------------------------------------------------------------
 
-    def topic_info(self, topic: str) -> TopicInfo | None:
+    def meta_store(self) -> LogDir:
         if self.meta is None:
             self.meta = LogDir(Path(self.settings.data_dir) / "meta", readonly=True)
-        with self.meta.reader() as r:
+        return self.meta
+
+    def topic_info(self, topic: str) -> TopicInfo | None:
+        with self.meta_store().reader() as r:
             found = get_topic(r, topic)
         return None if found is None else TopicInfo(found.topic_id, found.config)
 
@@ -111,8 +114,10 @@ class SweeperLoop:
         return True
 
     def retention(self) -> None:
+        with self.meta_store().reader() as r:  # groups' retention holds (kvlog mirror's progress)
+            holds = retention_holds(all_offsets(r))
         for path in self.settings.log_dirs:
-            sweeper = Sweeper(self.store(path), self.topic_config)
+            sweeper = Sweeper(self.store(path), self.topic_config, hold_for=holds.get)
             for result in sweeper.sweep(clock.now_ms()):
                 log.info(
                     "retention freed %d bytes of %s (log start %d -> %d)",
