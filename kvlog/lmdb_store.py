@@ -15,8 +15,11 @@ commit returns after fsync. The map grows by itself (``MapFullError`` -> double 
 the transaction; other processes follow on ``MapResizedError``).
 
 Open a ``LogDir`` after spawning, never across ``fork``. One ``LogDir`` may be shared by
-threads of one process (an internal lock serialises transactions); several processes may
-open the same path (LMDB's own locking; one writer at a time).
+threads of one process (an internal lock serialises write transactions; a reader does not
+wait for a commit in progress, only for one that opens a sub-database handle or adopts a
+grown map); several processes may open the same path (LMDB's own locking; one writer at a
+time). py-lmdb releases the GIL in ``Transaction.commit`` (the fsyncs) and while
+``begin(write=True)`` waits for another process's writer.
 """
 
 from __future__ import annotations
@@ -162,9 +165,10 @@ class LogDir:
         try:
             return self.env.begin(write=write, buffers=True)
         except lmdb.MapResizedError:
-            # Another process grew the map: adopt its size.
-            self.env.set_mapsize(0)
-            return self.env.begin(write=write, buffers=True)
+            # Another process grew the map: adopt its size (never during a write of ours).
+            with self._lock:
+                self.env.set_mapsize(0)
+                return self.env.begin(write=write, buffers=True)
 
     def _grow(self, *, force: bool) -> None:
         info = self.env.info()
@@ -174,8 +178,12 @@ class LogDir:
             log.info("log dir %s: growing LMDB map to %d MiB", self.path, new_size >> 20)
             self.env.set_mapsize(new_size)
 
-    def write(self, fn: Callable[[_LmdbWrite], T]) -> T:
-        """Run ``fn`` in one durable write transaction; re-run after growing the map."""
+    def write(self, fn: Callable[[_LmdbWrite], T], written: Callable[[], None] | None = None) -> T:
+        """Run ``fn`` in one durable write transaction; re-run after growing the map.
+
+        ``written``, if given, is called once ``fn`` has run for good, before the commit
+        (the fsync): a committer thread tells its caller there that no more Python of the
+        transaction runs. A commit that fails after it is not re-run."""
         if self.readonly:
             raise StorageError(f"log dir {self.path} is open read-only")
         with self._lock:
@@ -188,7 +196,16 @@ class LogDir:
                 w = _LmdbWrite(self, txn)
                 try:
                     result = fn(w)
-                    txn.commit()
+                    if written is not None:
+                        written()
+                        written = None
+                        try:
+                            txn.commit()
+                        except lmdb.Error as exc:
+                            w.discard()
+                            raise _storage_error(self.path, exc) from exc
+                    else:
+                        txn.commit()
                 except lmdb.MapFullError:
                     txn.abort()
                     w.discard()
@@ -213,18 +230,17 @@ class LogDir:
     @contextmanager
     def reader(self) -> Iterator[_LmdbRead]:
         """A consistent read snapshot; keep it short (long readers pin old pages)."""
-        with self._lock:
-            try:
-                txn = self._begin(write=False)
-            except lmdb.Error as exc:
-                raise _storage_error(self.path, exc) from exc
-            r = _LmdbRead(self, txn)
-            try:
-                yield r
-            except lmdb.Error as exc:
-                raise _storage_error(self.path, exc) from exc
-            finally:
-                txn.abort()
+        try:
+            txn = self._begin(write=False)
+        except lmdb.Error as exc:
+            raise _storage_error(self.path, exc) from exc
+        r = _LmdbRead(self, txn)
+        try:
+            yield r
+        except lmdb.Error as exc:
+            raise _storage_error(self.path, exc) from exc
+        finally:
+            txn.abort()
 
     # -- handles ---------------------------------------------------------------------------
 
@@ -232,13 +248,15 @@ class LogDir:
         db = self._handles.get(name)
         if db is not None:
             return db
-        try:
-            db = self.env.open_db(name, txn=txn, create=create)
-        except lmdb.NotFoundError:
-            return None
-        except lmdb.ReadonlyError:
-            return None
-        return db
+        # LMDB: no two transactions of a process may open handles at once (a writer
+        # holds the lock for its whole transaction).
+        with self._lock:
+            try:
+                return self.env.open_db(name, txn=txn, create=create)
+            except lmdb.NotFoundError:
+                return None
+            except lmdb.ReadonlyError:
+                return None
 
     # -- conveniences over write/reader ----------------------------------------------------
 

@@ -213,6 +213,14 @@ BROKER_CONFIG = ConfigDef(
             "Testing only: each node drops this many produce replies after committing.",
             used_by=("node",),
         ),
+        ConfigKey(
+            "test.commit.fail",
+            integer(0),
+            0,
+            "Testing only: each node's group commit of this number (1 is the first; 0: "
+            "none) fails in its fsync phase, after its transaction's body ran.",
+            used_by=("node",),
+        ),
     ],
 )
 

@@ -8,7 +8,9 @@ Group commit: :meth:`produce` validates a request's batches and queues them;
 :meth:`commit` writes every queued batch of every queued request in ONE write
 transaction (one fsync) together with the producer-state rows, then decides the replies.
 The write (:meth:`_write`) and the decisions after it (:meth:`_complete`) are separate
-steps, so the write can later move to a committer thread.
+steps: a shell with a committer thread (``workers/committer.py``) takes the write with
+:meth:`take_commit`, runs it there and hands the outcome back to :meth:`commit_landed`
+once durable (or failed), while new requests stage for the next commit.
 
 Replies to produce requests: acks=1 (and acks=all on a partition without followers) once
 the commit is durable; acks=all once the high watermark passes the request's last batch
@@ -92,6 +94,14 @@ class ProduceItem:
 
     def outcome(self) -> ProducedPartition:
         return ProducedPartition(self.tp, self.error, self.base_offset, self.log_start_offset)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitJob:
+    """A group commit taken for a committer: its requests, and the transaction's body."""
+
+    staged: list[StagedProduce]
+    write: Callable[[WriteTxn], Any]
 
 
 @dataclass(slots=True)
@@ -326,15 +336,33 @@ class LeaderCore:
         """Write every staged batch (and moved high watermarks) in one durable
         transaction; answer what that decides, and acks=all requests that replication
         or time decided since."""
+        job = self.take_commit()
+        if job is None:
+            return self.take_decided()
+        try:
+            written = self.store.write(job.write)
+        except Exception as exc:
+            return self.commit_landed(job, None, exc, now_ms)
+        return self.commit_landed(job, written, None, now_ms)
+
+    def take_commit(self) -> CommitJob | None:
+        """The staged requests as one write transaction, for a committer to run; every
+        later :meth:`produce` stages for the next one. Nothing is decided until
+        :meth:`commit_landed` hears the outcome (no other write may come in between)."""
         staged, self._staged = self._staged, []
-        if staged:
-            try:
-                written = self.store.write(lambda w: self._write(w, staged))
-            except Exception as exc:  # nothing was written: every staged item fails alike
-                self._fail(staged, exc)
-                return self._answer(staged).extend(self.take_decided())
-            return self._complete(staged, written, now_ms)
-        return self.take_decided()
+        if not staged:
+            return None
+        return CommitJob(staged, lambda w: self._write(w, staged))
+
+    def commit_landed(
+        self, job: CommitJob, written: Any, error: BaseException | None, now_ms: int
+    ) -> Result:
+        """A group commit is durable (``written``: what its write returned), or failed
+        (``error``: nothing was written, and every item of its requests fails alike)."""
+        if error is not None:
+            self._fail(job.staged, error)
+            return self._answer(job.staged).extend(self.take_decided())
+        return self._complete(job.staged, written, now_ms)
 
     def _write(self, w: WriteTxn, staged: list[StagedProduce]) -> Any:
         """The commit's one transaction (no side effects outside it: it may run twice)."""
@@ -373,9 +401,9 @@ class LeaderCore:
                 outcome.append((item, base, False, None))
         self._write_high_watermarks(w)
         offsets = {o[0].tp: w.offsets(o[0].tp) for o in outcome if o[0].tp in leaders}
-        return stage, outcome, offsets
+        return stage, outcome, offsets, set(self._hw_dirty)
 
-    def _fail(self, staged: list[StagedProduce], exc: Exception) -> None:
+    def _fail(self, staged: list[StagedProduce], exc: BaseException) -> None:
         error = self.write_failed("group commit", exc)
         for request in staged:
             for item in request.items:
@@ -384,10 +412,10 @@ class LeaderCore:
 
     def _complete(self, staged: list[StagedProduce], written: Any, now_ms: int) -> Result:
         """After the durable write: advance replicas, park acks=all items, answer."""
-        stage, outcome, offsets = written
+        stage, outcome, offsets, hw_written = written
         leaders = self.leaders
         stage.apply()
-        self._hw_dirty.clear()
+        self._hw_dirty -= hw_written  # not those that moved during the commit
         for tp, state in offsets.items():
             replica = leaders.get(tp)
             if replica is not None:
@@ -465,7 +493,7 @@ class LeaderCore:
         self._hw_dirty.clear()
         return result
 
-    def write_failed(self, what: str, exc: Exception) -> KvlogError:
+    def write_failed(self, what: str, exc: BaseException) -> KvlogError:
         """The error a failed write gives its requests (a storage failure takes the log
         dir offline)."""
         if not isinstance(exc, KvlogError):
@@ -609,6 +637,7 @@ class LeaderCore:
 
 
 __all__ = [
+    "CommitJob",
     "HostedPartition",
     "IsrChange",
     "LeaderCore",

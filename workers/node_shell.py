@@ -17,8 +17,19 @@ shell mixed in here (the node's Kafka listener, in this loop): they leave as Kaf
 responses at the end of the turn.
 
 Per loop turn (``zmq_server.Server.run_once``): drain and dispatch requests, then
-:meth:`after_drain` (the core's ``flush``: the group commit), then :meth:`on_timers`
-(answers, delayed replies, ``tick``). The base loop's monotonic ``now`` is not used here:
+:meth:`after_drain` (the group commit), then :meth:`on_timers` (answers, delayed replies,
+``tick``).
+
+The group commit is pipelined (``workers/committer.py``): :meth:`after_drain` hands the
+staged requests to the committer thread when no commit is in flight, and the loop goes on
+receiving requests and answering fetches during its fsync. The committer's pipe wakes the
+loop when the commit has landed; the core then decides its replies (none leaves before
+that), and the requests staged meanwhile form the next commit. Every other write goes
+through the committer too, after the commit in flight has landed (:meth:`land_commit`,
+before answers, ticks and DeleteRecords: the events that may write or move leadership).
+``test.commit.fail`` (testing only) makes one group commit fail in its fsync phase.
+
+The base loop's monotonic ``now`` is not used here:
 timeouts of this shell's links, its quota clock and the core all run on
 :func:`kvlog.clock.now_ms`, and :meth:`next_timeout_ms` turns the earliest of their
 deadlines into the poller's timeout.
@@ -36,12 +47,14 @@ from typing import Any, NamedTuple
 import zmq
 
 from kvlog import clock
-from kvlog.errors import KvlogError, ThrottlingQuotaExceededError
+from kvlog.errors import KvlogError, StorageError, ThrottlingQuotaExceededError
 from kvlog.ipc.wire import Request, advertise
 from kvlog.lmdb_store import LogDir
 
+from .committer import CommittedStore, Committer
 from .core_result import Reply, Result, Send
 from .kafka_node_shell import KafkaCall, NodeKafkaShell
+from .leader_core import CommitJob
 from .node_core import NodeCore
 from .node_model import (
     COORDINATOR,
@@ -94,6 +107,31 @@ def _seconds() -> float:
     return clock.now_ms() / 1000
 
 
+class _FaultyCommits:
+    """The log dir, but the group commit numbered ``fail`` (1 is the first) fails in its
+    fsync phase, after the transaction's body ran (``test.commit.fail``: what a failing
+    disk does to one commit while requests stage for the next). Other writes pass."""
+
+    def __init__(self, store: LogDir, fail: int) -> None:
+        self.store = store
+        self.fail = fail
+        self.commits = 0
+
+    def write(self, fn: Any, written: Any = None) -> Any:
+        if written is None or not self.fail:
+            return self.store.write(fn, written)
+        self.commits += 1
+        if self.commits != self.fail:
+            return self.store.write(fn, written)
+
+        def body(w: Any) -> Any:
+            fn(w)
+            written()
+            raise StorageError(f"test.commit.fail: group commit {self.commits} failed")
+
+        return self.store.write(body)
+
+
 class ZmqToken(NamedTuple):
     """A request's address on this wire, as the core's replies carry it back."""
 
@@ -136,9 +174,12 @@ class NodeServer(NodeKafkaShell, Server):
             node_id=settings.node_id,
             max_pending=settings.max_inflight_requests_per_client,
         )
+        self.committer = Committer(_FaultyCommits(store, settings.test_commit_fail), self.name)
+        self.add_socket(self.committer.fileno(), self._on_landed)  # type: ignore[arg-type]
+        self._commit_job: CommitJob | None = None
         self.core = NodeCore(
             settings,
-            store,
+            CommittedStore(store, self.committer),
             endpoint=self.endpoint,
             pid=os.getpid(),
             kafka_endpoint=kafka_endpoint,
@@ -182,8 +223,51 @@ class NodeServer(NodeKafkaShell, Server):
         self._carry(self.core.ping(self._token(req, peer, counted=False)))
 
     def after_drain(self) -> None:
-        self._carry(self.core.flush(clock.now_ms()))
+        now_ms = clock.now_ms()
+        if self._commit_job is None:
+            self._start_commit(now_ms)
+        self._carry(self.core.settle(Result(), now_ms))
         self.flush_kafka()
+
+    # -- the pipelined group commit ---------------------------------------------------------
+
+    def _start_commit(self, now_ms: int) -> None:
+        job = self.core.take_commit()
+        if job is None:
+            return
+        write = self.committer.begin(job.write)
+        self._commit_job = job
+        if write.done.is_set():  # failed before its fsync: nothing in flight
+            self._land(wait=True, now_ms=now_ms)
+
+    def _land(self, *, wait: bool, now_ms: int | None = None) -> bool:
+        job = self._commit_job
+        if job is None:
+            return False
+        write = self.committer.take_landed(wait=wait)
+        if write is None:
+            return False
+        self._commit_job = None
+        now_ms = clock.now_ms() if now_ms is None else now_ms
+        self._carry(self.core.commit_landed(job, write.value, write.error, now_ms))
+        return True
+
+    def _on_landed(self) -> None:
+        """The committer's pipe: the commit in flight is durable (or failed). Its
+        replies leave now, and the requests staged during it form the next commit."""
+        if self._land(wait=False):
+            self.flush_kafka()
+
+    def land_commit(self) -> None:
+        if self._land(wait=True):
+            self.flush_kafka()
+
+    def close(self) -> None:
+        self.land_commit()
+        self.committer.close()
+        self.poller.unregister(self.committer.fileno())
+        self._socket_handlers.pop(self.committer.fileno(), None)  # type: ignore[call-overload]
+        super().close()
 
     # -- carrying out a Result -------------------------------------------------------------
 
@@ -306,10 +390,13 @@ class NodeServer(NodeKafkaShell, Server):
                 for _, peer, rid, fields, frames in due:
                     self.reply(peer, rid, fields, frames)
         inbox, self.inbox = self.inbox, []
+        if inbox:
+            self.land_commit()
         for answer in inbox:
             self._carry(self.core.answer(answer, now_ms))
         if self._wake_ms is not None and now_ms >= self._wake_ms:
             self._wake_ms = None
+            self.land_commit()
             self._carry(self.core.tick(now_ms, _headroom(self.settings.log_dir)))
         self.kafka_timers()
         self.flush_kafka()
