@@ -143,7 +143,10 @@ class Committer:
             if job is None:
                 return
             try:
-                job.value = self.store.write(job.fn, job.ran.set)
+                if job.pipelined:
+                    job.value = self.store.write(job.fn, job.ran.set)
+                else:
+                    job.value = self.store.write(job.fn)
             except BaseException as exc:  # handed to the loop, which decides
                 job.error = exc
             job.ran.set()
