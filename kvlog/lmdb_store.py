@@ -15,11 +15,12 @@ commit returns after fsync. The map grows by itself (``MapFullError`` -> double 
 the transaction; other processes follow on ``MapResizedError``).
 
 Open a ``LogDir`` after spawning, never across ``fork``. One ``LogDir`` may be shared by
-threads of one process (an internal lock serialises write transactions; a reader does not
-wait for a commit in progress, only for one that opens a sub-database handle or adopts a
-grown map); several processes may open the same path (LMDB's own locking; one writer at a
-time). py-lmdb releases the GIL in ``Transaction.commit`` (the fsyncs) and while
-``begin(write=True)`` waits for another process's writer.
+threads of one process (an internal lock serialises transactions); several processes may
+open the same path (LMDB's own locking; one writer at a time). A write given a
+``written`` callback (the node's committer thread, workers/committer.py) lets readers of
+other threads run during its commit (the fsync; py-lmdb releases the GIL in it) when it
+opened no sub-database handle; writers stay one at a time, so the map never grows under
+it. py-lmdb also releases the GIL while ``begin(write=True)`` waits for another process.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ class LogDir:
             self.path.mkdir(parents=True, exist_ok=True)
         data_file = self.path / "data.mdb"
         existing = data_file.stat().st_size if data_file.exists() else 0
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # readers, handles, map size, a write's body
+        self._write_lock = threading.RLock()  # one write transaction at a time, to its end
         self._handles: dict[bytes, Any] = {}
         try:
             self.env = lmdb.open(
@@ -165,10 +167,9 @@ class LogDir:
         try:
             return self.env.begin(write=write, buffers=True)
         except lmdb.MapResizedError:
-            # Another process grew the map: adopt its size (never during a write of ours).
-            with self._lock:
-                self.env.set_mapsize(0)
-                return self.env.begin(write=write, buffers=True)
+            # Another process grew the map: adopt its size.
+            self.env.set_mapsize(0)
+            return self.env.begin(write=write, buffers=True)
 
     def _grow(self, *, force: bool) -> None:
         info = self.env.info()
@@ -182,65 +183,77 @@ class LogDir:
         """Run ``fn`` in one durable write transaction; re-run after growing the map.
 
         ``written``, if given, is called once ``fn`` has run for good, before the commit
-        (the fsync): a committer thread tells its caller there that no more Python of the
-        transaction runs. A commit that fails after it is not re-run."""
+        (the fsync): a committer thread tells the thread waiting on it there that no more
+        of the transaction's Python runs. Readers may then run during the commit (unless
+        ``fn`` opened a sub-database handle: LMDB lets no other transaction open handles
+        until that one ends). A commit that fails after ``written`` is not re-run."""
         if self.readonly:
             raise StorageError(f"log dir {self.path} is open read-only")
-        with self._lock:
-            for _attempt in range(_MAX_WRITE_ATTEMPTS):
-                try:
-                    self._grow(force=False)
-                    txn = self._begin(write=True)
-                except lmdb.Error as exc:
-                    raise _storage_error(self.path, exc) from exc
-                w = _LmdbWrite(self, txn)
-                try:
-                    result = fn(w)
-                    if written is not None:
-                        written()
-                        written = None
-                        try:
+        with self._write_lock:
+            self._lock.acquire()
+            locked = True
+            try:
+                for _attempt in range(_MAX_WRITE_ATTEMPTS):
+                    try:
+                        self._grow(force=False)
+                        txn = self._begin(write=True)
+                    except lmdb.Error as exc:
+                        raise _storage_error(self.path, exc) from exc
+                    w = _LmdbWrite(self, txn)
+                    try:
+                        result = fn(w)
+                        if written is not None:
+                            written()
+                            written = None
+                            if not w._opened:
+                                self._lock.release()
+                                locked = False
+                            try:
+                                txn.commit()
+                            except lmdb.Error as exc:
+                                w.discard()
+                                raise _storage_error(self.path, exc) from exc
+                        else:
                             txn.commit()
-                        except lmdb.Error as exc:
-                            w.discard()
-                            raise _storage_error(self.path, exc) from exc
-                    else:
-                        txn.commit()
-                except lmdb.MapFullError:
-                    txn.abort()
-                    w.discard()
-                    self._grow(force=True)
-                    continue
-                except KvlogError:
-                    txn.abort()
-                    w.discard()
-                    raise
-                except lmdb.Error as exc:
-                    txn.abort()
-                    w.discard()
-                    raise _storage_error(self.path, exc) from exc
-                except BaseException:
-                    txn.abort()
-                    w.discard()
-                    raise
-                w.promote()
-                return result
-            raise StorageError(f"log dir {self.path}: the map kept filling up while growing")
+                    except lmdb.MapFullError:
+                        txn.abort()
+                        w.discard()
+                        self._grow(force=True)
+                        continue
+                    except KvlogError:
+                        txn.abort()
+                        w.discard()
+                        raise
+                    except lmdb.Error as exc:
+                        txn.abort()
+                        w.discard()
+                        raise _storage_error(self.path, exc) from exc
+                    except BaseException:
+                        txn.abort()
+                        w.discard()
+                        raise
+                    w.promote()
+                    return result
+                raise StorageError(f"log dir {self.path}: the map kept filling up while growing")
+            finally:
+                if locked:
+                    self._lock.release()
 
     @contextmanager
     def reader(self) -> Iterator[_LmdbRead]:
         """A consistent read snapshot; keep it short (long readers pin old pages)."""
-        try:
-            txn = self._begin(write=False)
-        except lmdb.Error as exc:
-            raise _storage_error(self.path, exc) from exc
-        r = _LmdbRead(self, txn)
-        try:
-            yield r
-        except lmdb.Error as exc:
-            raise _storage_error(self.path, exc) from exc
-        finally:
-            txn.abort()
+        with self._lock:
+            try:
+                txn = self._begin(write=False)
+            except lmdb.Error as exc:
+                raise _storage_error(self.path, exc) from exc
+            r = _LmdbRead(self, txn)
+            try:
+                yield r
+            except lmdb.Error as exc:
+                raise _storage_error(self.path, exc) from exc
+            finally:
+                txn.abort()
 
     # -- handles ---------------------------------------------------------------------------
 
@@ -248,15 +261,13 @@ class LogDir:
         db = self._handles.get(name)
         if db is not None:
             return db
-        # LMDB: no two transactions of a process may open handles at once (a writer
-        # holds the lock for its whole transaction).
-        with self._lock:
-            try:
-                return self.env.open_db(name, txn=txn, create=create)
-            except lmdb.NotFoundError:
-                return None
-            except lmdb.ReadonlyError:
-                return None
+        try:
+            db = self.env.open_db(name, txn=txn, create=create)
+        except lmdb.NotFoundError:
+            return None
+        except lmdb.ReadonlyError:
+            return None
+        return db
 
     # -- conveniences over write/reader ----------------------------------------------------
 

@@ -8,20 +8,22 @@ the next one (pipelined group commit).
 
 Two ways in, both from the loop's thread:
 
-- :meth:`Committer.begin`: the group commit. Returns once the transaction's Python
-  (``fn``) has run, i.e. while nothing of the loop's state is read by another thread,
-  and before the fsync. The :class:`Write` it returns is *landed* (durable, or failed)
-  later: the committer then makes :meth:`fileno` readable, and :meth:`take_landed` hands
-  it back. Nothing may be acknowledged before that.
+- :meth:`Committer.begin`: the group commit. Returns at once; ``fn`` runs on the
+  committer thread, so it may read only what the loop does not change until the write
+  has landed (``LeaderCore._write`` says what it reads). The :class:`Write` it returns is
+  *landed* (durable, or failed) later: the committer then makes :meth:`fileno` readable,
+  and :meth:`take_landed` hands it back. Nothing may be acknowledged before that.
 - :meth:`Committer.write`: any other write (assignment, follower appends, high watermark
   flushes, DeleteRecords, producer expiry, the health probe). Returns once durable;
   raises what the store raises. It waits behind a write in flight, so its caller lands
   that one first (the shell does, see ``workers/node_shell.py``).
 
-Because the loop waits while ``fn`` runs, the loop never holds a read transaction while
-the committer grows the map, and ``fn`` may read the cores' state without locks. Only
-this thread begins write transactions of the process, so none blocks on LMDB's writer
-lock behind another thread of the process.
+The store's own lock keeps the loop's read transactions out while a write's body runs
+(and the map may grow) and lets them in during its fsync (``LogDir.write``'s
+``written``). Only this thread begins write transactions of the process, so none blocks
+on LMDB's writer lock behind another thread of the process. The node sets a short GIL
+switch interval: a commit that returns from its fsync while the loop runs Python gets
+the GIL back within it, not after CPython's default 5 ms.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class Committer:
         return self._read_fd
 
     def begin(self, fn: Callable[[Any], Any]) -> Write:
-        """Start the group commit ``fn``; returns once ``fn`` ran (before the fsync).
+        """Start the group commit ``fn`` on the committer thread.
 
         One pipelined write at a time: the next begins after this one is taken back
         from :meth:`take_landed` (its outcome decides what the next may do: duplicate
@@ -96,7 +98,6 @@ class Committer:
         if self.in_flight is not None:
             raise RuntimeError("a group commit is in flight: land it first")
         job = self._submit(fn, pipelined=True)
-        job.ran.wait()
         self.in_flight = job
         return job
 

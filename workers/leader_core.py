@@ -352,7 +352,10 @@ class LeaderCore:
         staged, self._staged = self._staged, []
         if not staged:
             return None
-        return CommitJob(staged, lambda w: self._write(w, staged))
+        # The high watermarks to persist, as they are now: the write may run on another
+        # thread while this one moves them.
+        marks = self._hw_marks()
+        return CommitJob(staged, lambda w: self._write(w, staged, marks))
 
     def commit_landed(
         self, job: CommitJob, written: Any, error: BaseException | None, now_ms: int
@@ -364,8 +367,13 @@ class LeaderCore:
             return self._answer(job.staged).extend(self.take_decided())
         return self._complete(job.staged, written, now_ms)
 
-    def _write(self, w: WriteTxn, staged: list[StagedProduce]) -> Any:
-        """The commit's one transaction (no side effects outside it: it may run twice)."""
+    def _write(
+        self, w: WriteTxn, staged: list[StagedProduce], marks: dict[TopicPartition, int]
+    ) -> Any:
+        """The commit's one transaction (no side effects outside it: it may run twice).
+        It may run on a committer thread while the loop stages the next requests and
+        answers fetches: it reads only ``staged``, ``marks`` and what changes only once
+        the commit has landed (leaderships, producer state)."""
         leaders = self.leaders
         stage = self.producers.stage()
         outcome: list[tuple[ProduceItem, int, bool, KvlogError | None]] = []
@@ -399,9 +407,9 @@ class LeaderCore:
                 )[0]
                 stage.record(w, item.tp, item.header, base)
                 outcome.append((item, base, False, None))
-        self._write_high_watermarks(w)
+        self._write_high_watermarks(w, marks)
         offsets = {o[0].tp: w.offsets(o[0].tp) for o in outcome if o[0].tp in leaders}
-        return stage, outcome, offsets, set(self._hw_dirty)
+        return stage, outcome, offsets, marks
 
     def _fail(self, staged: list[StagedProduce], exc: BaseException) -> None:
         error = self.write_failed("group commit", exc)
@@ -412,10 +420,13 @@ class LeaderCore:
 
     def _complete(self, staged: list[StagedProduce], written: Any, now_ms: int) -> Result:
         """After the durable write: advance replicas, park acks=all items, answer."""
-        stage, outcome, offsets, hw_written = written
+        stage, outcome, offsets, marks = written
         leaders = self.leaders
         stage.apply()
-        self._hw_dirty -= hw_written  # not those that moved during the commit
+        for tp, hw in marks.items():  # not those that moved again during the commit
+            replica = leaders.get(tp)
+            if replica is None or replica.high_watermark == hw:
+                self._hw_dirty.discard(tp)
         for tp, state in offsets.items():
             replica = leaders.get(tp)
             if replica is not None:
@@ -459,13 +470,17 @@ class LeaderCore:
             result.reply(request.token, request.response())
         return result
 
-    def _write_high_watermarks(self, w: WriteTxn) -> None:
-        for tp in self._hw_dirty:
-            replica = self.leaders.get(tp)
-            if replica is None:
-                continue
+    def _hw_marks(self) -> dict[TopicPartition, int]:
+        """The moved high watermarks not persisted yet."""
+        leaders = self.leaders
+        return {tp: leaders[tp].high_watermark for tp in self._hw_dirty if tp in leaders}
+
+    def _write_high_watermarks(
+        self, w: WriteTxn, marks: dict[TopicPartition, int] | None = None
+    ) -> None:
+        for tp, mark in (self._hw_marks() if marks is None else marks).items():
             state = w.offsets(tp)
-            hw = min(max(replica.high_watermark, state.log_start_offset), state.log_end_offset)
+            hw = min(max(mark, state.log_start_offset), state.log_end_offset)
             if hw > state.high_watermark:  # never lower it: this commit may have moved it
                 w.set_high_watermark(tp, hw)
 

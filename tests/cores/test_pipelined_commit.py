@@ -82,7 +82,8 @@ class Pipeline:
         if self.job is None:
             return False
         write = self.committer.begin(self.job.write)
-        assert write.ran.is_set() and not write.done.is_set()
+        assert write.ran.wait(WAIT_S), "the committer thread runs the body"
+        assert not write.done.is_set(), "not landed before the test releases its fsync"
         return True
 
     def release(self, ok: bool) -> Result:
