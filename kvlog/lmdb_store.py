@@ -382,6 +382,18 @@ def _seek_containing(cursor: lmdb.Cursor, offset: int) -> bool:
 
 
 class _LmdbWrite(_LmdbRead):
+    def __init__(self, store: LogDir, txn: lmdb.Transaction) -> None:
+        super().__init__(store, txn)
+        # Partition states read or set in this transaction: a group commit reads each
+        # touched partition's state several times (append, producer state, replies).
+        self._states: dict[TopicPartition, PartitionOffsets] = {}
+
+    def offsets(self, tp: TopicPartition) -> PartitionOffsets:
+        state = self._states.get(tp)
+        if state is None:
+            state = self._states[tp] = super().offsets(tp)
+        return state
+
     def promote(self) -> None:
         """After commit: handles opened in this transaction become the store's."""
         self._store._handles.update(self._opened)
@@ -399,6 +411,7 @@ class _LmdbWrite(_LmdbRead):
 
     def _set_offsets(self, tp: TopicPartition, state: PartitionOffsets) -> None:
         self.put(_STATE_TABLE, partition_key(tp), _STATE.pack(*state))
+        self._states[tp] = state
 
     def create_partition(self, tp: TopicPartition, *, start_offset: int = 0) -> bool:
         key = partition_key(tp)
@@ -410,6 +423,7 @@ class _LmdbWrite(_LmdbRead):
 
     def drop_partition(self, tp: TopicPartition) -> bool:
         key = partition_key(tp)
+        self._states.pop(tp, None)
         if not self.delete(_STATE_TABLE, key):
             return False
         name = b"p/" + key
@@ -428,6 +442,7 @@ class _LmdbWrite(_LmdbRead):
         *,
         leader_epoch: int | None = None,
         advance_high_watermark: bool = True,
+        headers: Sequence[BatchHeader] | None = None,
     ) -> list[int]:
         state = self.offsets(tp)
         db = self._partition_db(tp)
@@ -437,7 +452,8 @@ class _LmdbWrite(_LmdbRead):
         bases = []
         # Validate every batch before storing any: a caller that catches the error (a
         # group commit refusing one producer's batch) must not find half of them stored.
-        headers = [batch_format.validate(batch) for batch in batches]
+        if headers is None:
+            headers = [batch_format.validate(batch) for batch in batches]
         for batch, header in zip(batches, headers, strict=True):
             value = (
                 batch

@@ -404,6 +404,7 @@ class LeaderCore:
                     [item.batch],
                     leader_epoch=replica.leader_epoch,
                     advance_high_watermark=alone,
+                    headers=[item.header],  # validated at staging
                 )[0]
                 stage.record(w, item.tp, item.header, base)
                 outcome.append((item, base, False, None))
