@@ -20,7 +20,8 @@ Per loop turn (``zmq_server.Server.run_once``): drain and dispatch requests, the
 :meth:`after_drain` (the group commit), then :meth:`on_timers` (answers, delayed replies,
 ``tick``).
 
-The group commit is pipelined (``workers/committer.py``): :meth:`after_drain` hands the
+With ``commit.pipelined`` (off by default: BENCHMARKS.md J) the group commit is
+pipelined (``workers/committer.py``): :meth:`after_drain` hands the
 staged requests to the committer thread when no commit is in flight, and the loop goes on
 receiving requests and answering fetches during its fsync. The committer's pipe wakes the
 loop when the commit has landed; the core then decides its replies (none leaves before
@@ -28,6 +29,7 @@ that), and the requests staged meanwhile form the next commit. Every other write
 through the committer too, after the commit in flight has landed (:meth:`land_commit`,
 before answers, ticks and DeleteRecords: the events that may write or move leadership).
 ``test.commit.fail`` (testing only) makes one group commit fail in its fsync phase.
+Without it, :meth:`after_drain` calls the core's ``flush``: the commit runs in the turn.
 
 The base loop's monotonic ``now`` is not used here:
 timeouts of this shell's links, its quota clock and the core all run on
@@ -176,15 +178,21 @@ class NodeServer(NodeKafkaShell, Server):
             node_id=settings.node_id,
             max_pending=settings.max_inflight_requests_per_client,
         )
-        # A commit back from its fsync takes the GIL from a busy loop within this, not
-        # CPython's default 5 ms (the process's only other thread is the committer).
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        self.committer = Committer(_FaultyCommits(store, settings.test_commit_fail), self.name)
-        self.add_socket(self.committer.fileno(), self._on_landed)  # type: ignore[arg-type]
+        self.committer: Committer | None = None
         self._commit_job: CommitJob | None = None
+        core_store: Any = store
+        if settings.commit_pipelined:
+            # A commit back from its fsync takes the GIL from a busy loop within this,
+            # not CPython's default 5 ms (the process's only other thread is the
+            # committer): at 5 ms the e2e p99 was 3x worse (BENCHMARKS.md J).
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+            faulty = _FaultyCommits(store, settings.test_commit_fail)
+            self.committer = Committer(faulty, self.name)
+            self.add_socket(self.committer.fileno(), self._on_landed)  # type: ignore[arg-type]
+            core_store = CommittedStore(store, self.committer)
         self.core = NodeCore(
             settings,
-            CommittedStore(store, self.committer),
+            core_store,
             endpoint=self.endpoint,
             pid=os.getpid(),
             kafka_endpoint=kafka_endpoint,
@@ -229,23 +237,26 @@ class NodeServer(NodeKafkaShell, Server):
 
     def after_drain(self) -> None:
         now_ms = clock.now_ms()
-        if self._commit_job is None:
-            self._start_commit()
-        self._carry(self.core.settle(Result(), now_ms))
+        if self.committer is None:  # commit.pipelined off: the commit in this turn
+            self._carry(self.core.flush(now_ms))
+        else:
+            if self._commit_job is None:
+                self._start_commit(self.committer)
+            self._carry(self.core.settle(Result(), now_ms))
         self.flush_kafka()
 
     # -- the pipelined group commit ---------------------------------------------------------
 
-    def _start_commit(self) -> None:
+    def _start_commit(self, committer: Committer) -> None:
         job = self.core.take_commit()
         if job is None:
             return
-        self.committer.begin(job.write)
+        committer.begin(job.write)
         self._commit_job = job
 
     def _land(self, *, wait: bool, now_ms: int | None = None) -> bool:
         job = self._commit_job
-        if job is None:
+        if job is None or self.committer is None:
             return False
         write = self.committer.take_landed(wait=wait)
         if write is None:
@@ -266,10 +277,11 @@ class NodeServer(NodeKafkaShell, Server):
             self.flush_kafka()
 
     def close(self) -> None:
-        self.land_commit()
-        self.committer.close()
-        self.poller.unregister(self.committer.fileno())
-        self._socket_handlers.pop(self.committer.fileno(), None)  # type: ignore[call-overload]
+        if self.committer is not None:
+            self.land_commit()
+            self.committer.close()
+            self.poller.unregister(self.committer.fileno())
+            self._socket_handlers.pop(self.committer.fileno(), None)  # type: ignore[call-overload]
         super().close()
 
     # -- carrying out a Result -------------------------------------------------------------

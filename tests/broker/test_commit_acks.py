@@ -1,7 +1,8 @@
 """Acknowledgements follow durability, with the node's pipelined group commit.
 
-``test.commit.fail`` makes one group commit of the node fail in its fsync phase, after
-its transaction's body ran and while the node's loop already stages the next requests.
+With ``commit.pipelined``, ``test.commit.fail`` makes one group commit of the node fail in
+its fsync phase, after its transaction's body ran and while the node's loop already stages
+the next requests.
 An acknowledgement sent before the fsync (at the hand-off to the committer) would tell
 the producer its records are stored when they are not: every acknowledged record must
 be in the log at its acknowledged offset, and no failed one may be.
@@ -22,7 +23,7 @@ FAILING_COMMIT = 3
 def test_records_of_a_failed_commit_fail_and_every_acknowledged_one_is_stored(
     make_broker: Any,
 ) -> None:
-    broker = make_broker({"test.commit.fail": FAILING_COMMIT})
+    broker = make_broker({"commit.pipelined": True, "test.commit.fail": FAILING_COMMIT})
     topic = unique_topic("commit-acks")
     tp = TopicPartition(topic, 0)
     with kvlog.Admin(bootstrap_servers=broker.bootstrap) as admin:
