@@ -29,15 +29,12 @@ the GIL back within it, not after CPython's default 5 ms.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
-
-log = logging.getLogger(__name__)
 
 
 class WritableStore(Protocol):
@@ -77,7 +74,6 @@ class Committer:
     def __init__(self, store: WritableStore, name: str = "committer") -> None:
         self.store = store
         self._jobs: queue.SimpleQueue[Write | None] = queue.SimpleQueue()
-        self._landed: queue.SimpleQueue[Write] = queue.SimpleQueue()
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         self._serial = 0
