@@ -16,7 +16,11 @@ the transaction; other processes follow on ``MapResizedError``).
 
 Open a ``LogDir`` after spawning, never across ``fork``. One ``LogDir`` may be shared by
 threads of one process (an internal lock serialises transactions); several processes may
-open the same path (LMDB's own locking; one writer at a time).
+open the same path (LMDB's own locking; one writer at a time). A write given a
+``written`` callback (the node's committer thread, workers/committer.py) lets readers of
+other threads run during its commit (the fsync; py-lmdb releases the GIL in it) when it
+opened no sub-database handle; writers stay one at a time, so the map never grows under
+it. py-lmdb also releases the GIL while ``begin(write=True)`` waits for another process.
 """
 
 from __future__ import annotations
@@ -111,7 +115,8 @@ class LogDir:
             self.path.mkdir(parents=True, exist_ok=True)
         data_file = self.path / "data.mdb"
         existing = data_file.stat().st_size if data_file.exists() else 0
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # readers, handles, map size, a write's body
+        self._write_lock = threading.RLock()  # one write transaction at a time, to its end
         self._handles: dict[bytes, Any] = {}
         # Called with the seconds each durable commit took (its fsync included), by a
         # process that measures them (workers/metrics_node.py); None: not measured.
@@ -178,46 +183,73 @@ class LogDir:
             log.info("log dir %s: growing LMDB map to %d MiB", self.path, new_size >> 20)
             self.env.set_mapsize(new_size)
 
-    def write(self, fn: Callable[[_LmdbWrite], T]) -> T:
-        """Run ``fn`` in one durable write transaction; re-run after growing the map."""
+    def write(self, fn: Callable[[_LmdbWrite], T], written: Callable[[], None] | None = None) -> T:
+        """Run ``fn`` in one durable write transaction; re-run after growing the map.
+
+        ``written``, if given, is called once ``fn`` has run for good, before the commit
+        (the fsync): a committer thread tells the thread waiting on it there that no more
+        of the transaction's Python runs. Readers may then run during the commit (unless
+        ``fn`` opened a sub-database handle: LMDB lets no other transaction open handles
+        until that one ends). A commit that fails after ``written`` is not re-run."""
         if self.readonly:
             raise StorageError(f"log dir {self.path} is open read-only")
-        with self._lock:
-            for _attempt in range(_MAX_WRITE_ATTEMPTS):
-                try:
-                    self._grow(force=False)
-                    txn = self._begin(write=True)
-                except lmdb.Error as exc:
-                    raise _storage_error(self.path, exc) from exc
-                w = _LmdbWrite(self, txn)
-                try:
-                    result = fn(w)
-                    if self.on_commit is None:
-                        txn.commit()
-                    else:
-                        started = time.perf_counter()
-                        txn.commit()
-                        self.on_commit(time.perf_counter() - started)
-                except lmdb.MapFullError:
-                    txn.abort()
-                    w.discard()
-                    self._grow(force=True)
-                    continue
-                except KvlogError:
-                    txn.abort()
-                    w.discard()
-                    raise
-                except lmdb.Error as exc:
-                    txn.abort()
-                    w.discard()
-                    raise _storage_error(self.path, exc) from exc
-                except BaseException:
-                    txn.abort()
-                    w.discard()
-                    raise
-                w.promote()
-                return result
-            raise StorageError(f"log dir {self.path}: the map kept filling up while growing")
+        with self._write_lock:
+            self._lock.acquire()
+            locked = True
+            try:
+                for _attempt in range(_MAX_WRITE_ATTEMPTS):
+                    try:
+                        self._grow(force=False)
+                        txn = self._begin(write=True)
+                    except lmdb.Error as exc:
+                        raise _storage_error(self.path, exc) from exc
+                    w = _LmdbWrite(self, txn)
+                    try:
+                        result = fn(w)
+                        if written is not None:
+                            written()
+                            written = None
+                            if not w._opened:
+                                self._lock.release()
+                                locked = False
+                            try:
+                                self._commit(txn)
+                            except lmdb.Error as exc:
+                                w.discard()
+                                raise _storage_error(self.path, exc) from exc
+                        else:
+                            self._commit(txn)
+                    except lmdb.MapFullError:
+                        txn.abort()
+                        w.discard()
+                        self._grow(force=True)
+                        continue
+                    except KvlogError:
+                        txn.abort()
+                        w.discard()
+                        raise
+                    except lmdb.Error as exc:
+                        txn.abort()
+                        w.discard()
+                        raise _storage_error(self.path, exc) from exc
+                    except BaseException:
+                        txn.abort()
+                        w.discard()
+                        raise
+                    w.promote()
+                    return result
+                raise StorageError(f"log dir {self.path}: the map kept filling up while growing")
+            finally:
+                if locked:
+                    self._lock.release()
+
+    def _commit(self, txn: Any) -> None:
+        if self.on_commit is None:
+            txn.commit()
+        else:
+            started = time.perf_counter()
+            txn.commit()
+            self.on_commit(time.perf_counter() - started)
 
     @contextmanager
     def reader(self) -> Iterator[_LmdbRead]:
@@ -362,6 +394,18 @@ def _seek_containing(cursor: lmdb.Cursor, offset: int) -> bool:
 
 
 class _LmdbWrite(_LmdbRead):
+    def __init__(self, store: LogDir, txn: lmdb.Transaction) -> None:
+        super().__init__(store, txn)
+        # Partition states read or set in this transaction: a group commit reads each
+        # touched partition's state several times (append, producer state, replies).
+        self._states: dict[TopicPartition, PartitionOffsets] = {}
+
+    def offsets(self, tp: TopicPartition) -> PartitionOffsets:
+        state = self._states.get(tp)
+        if state is None:
+            state = self._states[tp] = super().offsets(tp)
+        return state
+
     def promote(self) -> None:
         """After commit: handles opened in this transaction become the store's."""
         self._store._handles.update(self._opened)
@@ -379,6 +423,7 @@ class _LmdbWrite(_LmdbRead):
 
     def _set_offsets(self, tp: TopicPartition, state: PartitionOffsets) -> None:
         self.put(_STATE_TABLE, partition_key(tp), _STATE.pack(*state))
+        self._states[tp] = state
 
     def create_partition(self, tp: TopicPartition, *, start_offset: int = 0) -> bool:
         key = partition_key(tp)
@@ -390,6 +435,7 @@ class _LmdbWrite(_LmdbRead):
 
     def drop_partition(self, tp: TopicPartition) -> bool:
         key = partition_key(tp)
+        self._states.pop(tp, None)
         if not self.delete(_STATE_TABLE, key):
             return False
         name = b"p/" + key
@@ -408,6 +454,7 @@ class _LmdbWrite(_LmdbRead):
         *,
         leader_epoch: int | None = None,
         advance_high_watermark: bool = True,
+        headers: Sequence[BatchHeader] | None = None,
     ) -> list[int]:
         state = self.offsets(tp)
         db = self._partition_db(tp)
@@ -417,7 +464,8 @@ class _LmdbWrite(_LmdbRead):
         bases = []
         # Validate every batch before storing any: a caller that catches the error (a
         # group commit refusing one producer's batch) must not find half of them stored.
-        headers = [batch_format.validate(batch) for batch in batches]
+        if headers is None:
+            headers = [batch_format.validate(batch) for batch in batches]
         for batch, header in zip(batches, headers, strict=True):
             value = (
                 batch

@@ -105,12 +105,15 @@ class WriteTxn(Protocol):
         *,
         leader_epoch: int | None = None,
         advance_high_watermark: bool = True,
+        headers: Sequence[BatchHeader] | None = None,
     ) -> list[int]:
         """Validate (header + CRC) and append batches; returns their base offsets.
 
         ``leader_epoch`` stamps each batch's partition_leader_epoch. With
         ``advance_high_watermark`` (a leader with no followers) the high watermark moves
-        to the new log end offset in the same transaction.
+        to the new log end offset in the same transaction. ``headers``: what
+        ``batch.validate`` returned for each batch, when the caller validated them
+        already (the leader, at staging): the CRC is not computed twice.
         """
         ...
 

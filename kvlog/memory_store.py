@@ -206,6 +206,7 @@ class _MemoryWrite(_MemoryRead):
         *,
         leader_epoch: int | None = None,
         advance_high_watermark: bool = True,
+        headers: Sequence[BatchHeader] | None = None,
     ) -> list[int]:
         part = self._mutable(tp)
         state = part.offsets
@@ -214,7 +215,8 @@ class _MemoryWrite(_MemoryRead):
         bases = []
         # Validate every batch before storing any: a caller that catches the error (a
         # group commit refusing one producer's batch) must not find half of them stored.
-        headers = [batch_format.validate(batch) for batch in batches]
+        if headers is None:
+            headers = [batch_format.validate(batch) for batch in batches]
         for batch, header in zip(batches, headers, strict=True):
             value = (
                 bytes(batch)

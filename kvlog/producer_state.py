@@ -28,6 +28,7 @@ import struct
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import cbor2
 
@@ -48,8 +49,9 @@ DEFAULT_PRODUCER_ID_EXPIRATION_MS = 24 * 60 * 60 * 1000
 _PID = struct.Struct(">q")
 
 
-@dataclass(frozen=True)
-class BatchMetadata:
+class BatchMetadata(NamedTuple):
+    """One cached batch of a producer (a tuple: one is made per appended batch)."""
+
     first_seq: int
     last_seq: int
     base_offset: int
@@ -71,10 +73,7 @@ class ProducerEntry:
             [
                 self.epoch,
                 self.last_timestamp,
-                [
-                    [b.first_seq, b.last_seq, b.base_offset, b.last_offset_delta]
-                    for b in self.batches
-                ],
+                list(self.batches),  # each a CBOR array, as a list would be
             ]
         )
 

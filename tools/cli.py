@@ -42,6 +42,7 @@ PERF_COMMANDS: dict[str, str] = {
     "groups": "kvlog.tools.perf_groups:perf_groups",
     "failover": "kvlog.tools.perf_failover:perf_failover",
     "pipeline": "kvlog.tools.perf_pipeline:perf_pipeline",
+    "sizing": "kvlog.tools.perf_sizing:perf_sizing",
 }
 
 

@@ -215,6 +215,26 @@ BROKER_CONFIG = ConfigDef(
             "Testing only: each node drops this many produce replies after committing.",
             used_by=("node",),
         ),
+        ConfigKey(
+            "commit.pipelined",
+            BOOLEAN,
+            False,
+            "Each node runs its group commits on a committer thread: the node keeps "
+            "receiving requests and answering fetches during a commit's fsync, and "
+            "acknowledges once it is durable. Off: the commit runs in the node's loop (on a "
+            "2-core machine under load the thread hand-offs cost more than the overlap "
+            "gains; BENCHMARKS.md J).",
+            used_by=("node",),
+        ),
+        ConfigKey(
+            "test.commit.fail",
+            integer(0),
+            0,
+            "Testing only: each node's group commit of this number (1 is the first; 0: "
+            "none) fails in its fsync phase, after its transaction's body ran "
+            "(with commit.pipelined).",
+            used_by=("node",),
+        ),
     ],
 )
 

@@ -207,6 +207,10 @@ class NodeKafkaShell:
         self._carry(self._handle(call, event))
         return DEFERRED
 
+    def land_commit(self) -> None:
+        """Wait for the group commit in flight, if any, and carry out what it decided
+        (the node shell's committer; a write may not overtake it)."""
+
     def _handle(self, call: KafkaCall, event: Any) -> Result:
         """Hand the event to the node core (the node's own events carry their token)."""
         core, now_ms = self.core, clock.now_ms()
@@ -221,6 +225,7 @@ class NodeKafkaShell:
         if isinstance(event, OffsetForLeaderEpoch):
             return core.offset_for_leader_epoch(event)
         if isinstance(event, DeleteRecords):
+            self.land_commit()  # it writes: after the group commit in flight
             return core.delete_records(event, now_ms)
         if isinstance(event, ListGroups):
             return core.list_groups(call)

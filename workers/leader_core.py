@@ -8,7 +8,9 @@ Group commit: :meth:`produce` validates a request's batches and queues them;
 :meth:`commit` writes every queued batch of every queued request in ONE write
 transaction (one fsync) together with the producer-state rows, then decides the replies.
 The write (:meth:`_write`) and the decisions after it (:meth:`_complete`) are separate
-steps, so the write can later move to a committer thread.
+steps: a shell with a committer thread (``workers/committer.py``) takes the write with
+:meth:`take_commit`, runs it there and hands the outcome back to :meth:`commit_landed`
+once durable (or failed), while new requests stage for the next commit.
 
 Replies to produce requests: acks=1 (and acks=all on a partition without followers) once
 the commit is durable; acks=all once the high watermark passes the request's last batch
@@ -93,6 +95,14 @@ class ProduceItem:
 
     def outcome(self) -> ProducedPartition:
         return ProducedPartition(self.tp, self.error, self.base_offset, self.log_start_offset)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitJob:
+    """A group commit taken for a committer: its requests, and the transaction's body."""
+
+    staged: list[StagedProduce]
+    write: Callable[[WriteTxn], Any]
 
 
 @dataclass(slots=True)
@@ -328,20 +338,46 @@ class LeaderCore:
         """Write every staged batch (and moved high watermarks) in one durable
         transaction; answer what that decides, and acks=all requests that replication
         or time decided since."""
-        staged, self._staged = self._staged, []
-        if staged:
-            self.stats.commit_requests = len(staged)
-            self.stats.commit_batches = sum(len(r.items) for r in staged)
-            try:
-                written = self.store.write(lambda w: self._write(w, staged))
-            except Exception as exc:  # nothing was written: every staged item fails alike
-                self._fail(staged, exc)
-                return self._answer(staged).extend(self.take_decided())
-            return self._complete(staged, written, now_ms)
-        return self.take_decided()
+        job = self.take_commit()
+        if job is None:
+            return self.take_decided()
+        try:
+            written = self.store.write(job.write)
+        except Exception as exc:
+            return self.commit_landed(job, None, exc, now_ms)
+        return self.commit_landed(job, written, None, now_ms)
 
-    def _write(self, w: WriteTxn, staged: list[StagedProduce]) -> Any:
-        """The commit's one transaction (no side effects outside it: it may run twice)."""
+    def take_commit(self) -> CommitJob | None:
+        """The staged requests as one write transaction, for a committer to run; every
+        later :meth:`produce` stages for the next one. Nothing is decided until
+        :meth:`commit_landed` hears the outcome (no other write may come in between)."""
+        staged, self._staged = self._staged, []
+        if not staged:
+            return None
+        self.stats.commit_requests = len(staged)
+        self.stats.commit_batches = sum(len(r.items) for r in staged)
+        # The high watermarks to persist, as they are now: the write may run on another
+        # thread while this one moves them.
+        marks = self._hw_marks()
+        return CommitJob(staged, lambda w: self._write(w, staged, marks))
+
+    def commit_landed(
+        self, job: CommitJob, written: Any, error: BaseException | None, now_ms: int
+    ) -> Result:
+        """A group commit is durable (``written``: what its write returned), or failed
+        (``error``: nothing was written, and every item of its requests fails alike)."""
+        if error is not None:
+            self._fail(job.staged, error)
+            return self._answer(job.staged).extend(self.take_decided())
+        return self._complete(job.staged, written, now_ms)
+
+    def _write(
+        self, w: WriteTxn, staged: list[StagedProduce], marks: dict[TopicPartition, int]
+    ) -> Any:
+        """The commit's one transaction (no side effects outside it: it may run twice).
+        It may run on a committer thread while the loop stages the next requests and
+        answers fetches: it reads only ``staged``, ``marks`` and what changes only once
+        the commit has landed (leaderships, producer state)."""
         leaders = self.leaders
         stage = self.producers.stage()
         outcome: list[tuple[ProduceItem, int, bool, KvlogError | None]] = []
@@ -372,14 +408,15 @@ class LeaderCore:
                     [item.batch],
                     leader_epoch=replica.leader_epoch,
                     advance_high_watermark=alone,
+                    headers=[item.header],  # validated at staging
                 )[0]
                 stage.record(w, item.tp, item.header, base)
                 outcome.append((item, base, False, None))
-        self._write_high_watermarks(w)
+        self._write_high_watermarks(w, marks)
         offsets = {o[0].tp: w.offsets(o[0].tp) for o in outcome if o[0].tp in leaders}
-        return stage, outcome, offsets
+        return stage, outcome, offsets, marks
 
-    def _fail(self, staged: list[StagedProduce], exc: Exception) -> None:
+    def _fail(self, staged: list[StagedProduce], exc: BaseException) -> None:
         error = self.write_failed("group commit", exc)
         for request in staged:
             for item in request.items:
@@ -388,10 +425,13 @@ class LeaderCore:
 
     def _complete(self, staged: list[StagedProduce], written: Any, now_ms: int) -> Result:
         """After the durable write: advance replicas, park acks=all items, answer."""
-        stage, outcome, offsets = written
+        stage, outcome, offsets, marks = written
         leaders = self.leaders
         stage.apply()
-        self._hw_dirty.clear()
+        for tp, hw in marks.items():  # not those that moved again during the commit
+            replica = leaders.get(tp)
+            if replica is None or replica.high_watermark == hw:
+                self._hw_dirty.discard(tp)
         for tp, state in offsets.items():
             replica = leaders.get(tp)
             if replica is not None:
@@ -441,13 +481,17 @@ class LeaderCore:
             result.reply(request.token, request.response())
         return result
 
-    def _write_high_watermarks(self, w: WriteTxn) -> None:
-        for tp in self._hw_dirty:
-            replica = self.leaders.get(tp)
-            if replica is None:
-                continue
+    def _hw_marks(self) -> dict[TopicPartition, int]:
+        """The moved high watermarks not persisted yet."""
+        leaders = self.leaders
+        return {tp: leaders[tp].high_watermark for tp in self._hw_dirty if tp in leaders}
+
+    def _write_high_watermarks(
+        self, w: WriteTxn, marks: dict[TopicPartition, int] | None = None
+    ) -> None:
+        for tp, mark in (self._hw_marks() if marks is None else marks).items():
             state = w.offsets(tp)
-            hw = min(max(replica.high_watermark, state.log_start_offset), state.log_end_offset)
+            hw = min(max(mark, state.log_start_offset), state.log_end_offset)
             if hw > state.high_watermark:  # never lower it: this commit may have moved it
                 w.set_high_watermark(tp, hw)
 
@@ -475,7 +519,7 @@ class LeaderCore:
         self._hw_dirty.clear()
         return result
 
-    def write_failed(self, what: str, exc: Exception) -> KvlogError:
+    def write_failed(self, what: str, exc: BaseException) -> KvlogError:
         """The error a failed write gives its requests (a storage failure takes the log
         dir offline)."""
         if not isinstance(exc, KvlogError):
@@ -619,6 +663,7 @@ class LeaderCore:
 
 
 __all__ = [
+    "CommitJob",
     "HostedPartition",
     "IsrChange",
     "LeaderCore",

@@ -52,7 +52,7 @@ from .delete_records_core import delete_records
 from .fetch_core import FetchCore
 from .follower_core import FollowerCore, ReplicaFetch
 from .group_events import ListGroupsAnswer
-from .leader_core import IsrChange, LeaderCore
+from .leader_core import CommitJob, IsrChange, LeaderCore
 from .log_dir_core import LogDirHealth
 from .node_model import (
     COORDINATOR,
@@ -178,7 +178,25 @@ class NodeCore:
         """End of a loop turn: the group commit (one write transaction for every produce
         request of the turn), then the replies it and the turn's other events decided:
         acks=all requests replication settled, long polls new data satisfies."""
-        result = self.leader.commit(now_ms)
+        return self.settle(self.leader.commit(now_ms), now_ms)
+
+    def take_commit(self) -> CommitJob | None:
+        """The pipelined form of :meth:`flush`'s commit: the staged requests as one write
+        for the shell's committer thread. Until :meth:`commit_landed`, the shell calls
+        :meth:`settle` at the end of its turns, and lands the commit before any event
+        other than produce, fetch, list_offsets and ping (those may write)."""
+        return self.leader.take_commit()
+
+    def commit_landed(
+        self, job: CommitJob, written: Any, error: BaseException | None, now_ms: int
+    ) -> Result:
+        """The commit is durable (or failed): its replies, and the long polls it wakes."""
+        return self.settle(self.leader.commit_landed(job, written, error, now_ms), now_ms)
+
+    def settle(self, result: Result, now_ms: int) -> Result:
+        """What the turn's events decided besides a commit: acks=all requests
+        replication settled, long polls that new data or high watermarks satisfy."""
+        result.extend(self.leader.take_decided())
         touched = self.leader.take_touched()
         if touched:
             result.extend(self.reads.wake(touched, now_ms))

@@ -17,8 +17,21 @@ shell mixed in here (the node's Kafka listener, in this loop): they leave as Kaf
 responses at the end of the turn.
 
 Per loop turn (``zmq_server.Server.run_once``): drain and dispatch requests, then
-:meth:`after_drain` (the core's ``flush``: the group commit), then :meth:`on_timers`
-(answers, delayed replies, ``tick``). The base loop's monotonic ``now`` is not used here:
+:meth:`after_drain` (the group commit), then :meth:`on_timers` (answers, delayed replies,
+``tick``).
+
+With ``commit.pipelined`` (off by default: BENCHMARKS.md J) the group commit is
+pipelined (``workers/committer.py``): :meth:`after_drain` hands the
+staged requests to the committer thread when no commit is in flight, and the loop goes on
+receiving requests and answering fetches during its fsync. The committer's pipe wakes the
+loop when the commit has landed; the core then decides its replies (none leaves before
+that), and the requests staged meanwhile form the next commit. Every other write goes
+through the committer too, after the commit in flight has landed (:meth:`land_commit`,
+before answers, ticks and DeleteRecords: the events that may write or move leadership).
+``test.commit.fail`` (testing only) makes one group commit fail in its fsync phase.
+Without it, :meth:`after_drain` calls the core's ``flush``: the commit runs in the turn.
+
+The base loop's monotonic ``now`` is not used here:
 timeouts of this shell's links, its quota clock and the core all run on
 :func:`kvlog.clock.now_ms`, and :meth:`next_timeout_ms` turns the earliest of their
 deadlines into the poller's timeout.
@@ -30,6 +43,7 @@ import logging
 import math
 import os
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,12 +51,14 @@ from typing import Any, NamedTuple
 import zmq
 
 from kvlog import clock
-from kvlog.errors import KvlogError, ThrottlingQuotaExceededError
+from kvlog.errors import KvlogError, StorageError, ThrottlingQuotaExceededError
 from kvlog.ipc.wire import Request, advertise
 from kvlog.lmdb_store import LogDir
 
+from .committer import CommittedStore, Committer
 from .core_result import Reply, Result, Send
 from .kafka_node_shell import KafkaCall, NodeKafkaShell
+from .leader_core import CommitJob
 from .node_core import NodeCore
 from .node_model import (
     COORDINATOR,
@@ -73,6 +89,7 @@ from .zmq_server import Server
 log = logging.getLogger(__name__)
 
 MAX_POLL_MS = 100  # wake at least this often (ACL refreshes, key reloads)
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def _headroom(log_dir: str) -> int:
@@ -93,6 +110,31 @@ def _headroom(log_dir: str) -> int:
 def _seconds() -> float:
     """The one clock, in the seconds PeerLink and Quotas count in."""
     return clock.now_ms() / 1000
+
+
+class _FaultyCommits:
+    """The log dir, but the group commit numbered ``fail`` (1 is the first) fails in its
+    fsync phase, after the transaction's body ran (``test.commit.fail``: what a failing
+    disk does to one commit while requests stage for the next). Other writes pass."""
+
+    def __init__(self, store: LogDir, fail: int) -> None:
+        self.store = store
+        self.fail = fail
+        self.commits = 0
+
+    def write(self, fn: Any, written: Any = None) -> Any:
+        if written is None or not self.fail:
+            return self.store.write(fn, written)
+        self.commits += 1
+        if self.commits != self.fail:
+            return self.store.write(fn, written)
+
+        def body(w: Any) -> Any:
+            fn(w)
+            written()
+            raise StorageError(f"test.commit.fail: group commit {self.commits} failed")
+
+        return self.store.write(body)
 
 
 class ZmqToken(NamedTuple):
@@ -138,9 +180,22 @@ class NodeServer(NodeKafkaShell, Server):
             node_id=settings.node_id,
             max_pending=settings.max_inflight_requests_per_client,
         )
+        self.committer: Committer | None = None
+        self._commit_job: CommitJob | None = None
+        self._commit_began = (0.0, 0.0)
+        core_store: Any = store
+        if settings.commit_pipelined:
+            # A commit back from its fsync takes the GIL from a busy loop within this,
+            # not CPython's default 5 ms (the process's only other thread is the
+            # committer): at 5 ms the e2e p99 was 3x worse (BENCHMARKS.md J).
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+            faulty = _FaultyCommits(store, settings.test_commit_fail)
+            self.committer = Committer(faulty, self.name)
+            self.add_socket(self.committer.fileno(), self._on_landed)  # type: ignore[arg-type]
+            core_store = CommittedStore(store, self.committer)
         self.core = NodeCore(
             settings,
-            store,
+            core_store,
             endpoint=self.endpoint,
             pid=os.getpid(),
             kafka_endpoint=kafka_endpoint,
@@ -185,19 +240,68 @@ class NodeServer(NodeKafkaShell, Server):
         self._carry(self.core.ping(self._token(req, peer, counted=False)))
 
     def after_drain(self) -> None:
-        metrics = self.metrics
-        if metrics is None:
-            self._carry(self.core.flush(clock.now_ms()))
+        now_ms = clock.now_ms()
+        if self.committer is None:  # commit.pipelined off: the commit in this turn
+            flush_started = time.perf_counter()
+            self._carry(self.core.flush(now_ms))
+            flush_ended = time.perf_counter()
             self.flush_kafka()
+            if self.metrics is not None:
+                # The produce latency's three parts, per turn (every request of a turn
+                # shares them): read -> commit start, the group commit, -> replies sent.
+                replied = time.perf_counter()
+                self.metrics.on_turn(self.turn_started, flush_started, flush_ended, replied)
             return
-        # The produce latency's three parts, per turn (every request of a turn shares
-        # them): read -> commit start, the group commit, commit end -> replies sent.
-        flush_started = time.perf_counter()
-        result = self.core.flush(clock.now_ms())
-        flush_ended = time.perf_counter()
-        self._carry(result)
+        if self._commit_job is None:
+            self._start_commit(self.committer)
+        self._carry(self.core.settle(Result(), now_ms))
         self.flush_kafka()
-        metrics.on_turn(self.turn_started, flush_started, flush_ended, time.perf_counter())
+
+    # -- the pipelined group commit ---------------------------------------------------------
+
+    def _start_commit(self, committer: Committer) -> None:
+        job = self.core.take_commit()
+        if job is None:
+            return
+        committer.begin(job.write)
+        self._commit_job = job
+        # For the produce latency's parts (metrics): the turn that read the requests and
+        # when their commit began; _land observes the rest.
+        self._commit_began = (self.turn_started, time.perf_counter())
+
+    def _land(self, *, wait: bool, now_ms: int | None = None) -> bool:
+        job = self._commit_job
+        if job is None or self.committer is None:
+            return False
+        write = self.committer.take_landed(wait=wait)
+        if write is None:
+            return False
+        self._commit_job = None
+        landed = time.perf_counter()
+        now_ms = clock.now_ms() if now_ms is None else now_ms
+        self._carry(self.core.commit_landed(job, write.value, write.error, now_ms))
+        if self.metrics is not None:
+            turn_started, began = self._commit_began
+            self.metrics.on_turn(turn_started, began, landed, time.perf_counter())
+        return True
+
+    def _on_landed(self) -> None:
+        """The committer's pipe: the commit in flight is durable (or failed). Its
+        replies leave now, and the requests staged during it form the next commit."""
+        if self._land(wait=False):
+            self.flush_kafka()
+
+    def land_commit(self) -> None:
+        if self._land(wait=True):
+            self.flush_kafka()
+
+    def close(self) -> None:
+        if self.committer is not None:
+            self.land_commit()
+            self.committer.close()
+            self.poller.unregister(self.committer.fileno())
+            self._socket_handlers.pop(self.committer.fileno(), None)  # type: ignore[call-overload]
+        super().close()
 
     # -- carrying out a Result -------------------------------------------------------------
 
@@ -326,10 +430,13 @@ class NodeServer(NodeKafkaShell, Server):
                 for _, peer, rid, fields, frames in due:
                     self.reply(peer, rid, fields, frames)
         inbox, self.inbox = self.inbox, []
+        if inbox:
+            self.land_commit()
         for answer in inbox:
             self._carry(self.core.answer(answer, now_ms))
         if self._wake_ms is not None and now_ms >= self._wake_ms:
             self._wake_ms = None
+            self.land_commit()
             self._carry(self.core.tick(now_ms, _headroom(self.settings.log_dir)))
         self.kafka_timers()
         self.flush_kafka()

@@ -64,6 +64,9 @@ class NodeSettings:
     replica_fetch_wait_max_ms: int = broker_default("replica.fetch.wait.max.ms")
     # Test hook: drop this many produce replies (after committing) to exercise retries.
     test_drop_produce_replies: int = broker_default("test.drop.produce.replies")
+    commit_pipelined: bool = broker_default("commit.pipelined")
+    # Test hook: this group commit (1, 2, ...) fails after its body ran (workers/node_shell.py).
+    test_commit_fail: int = broker_default("test.commit.fail")
     extra: dict[str, Any] = field(default_factory=dict)
 
 

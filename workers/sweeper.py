@@ -49,6 +49,10 @@ class SweeperLoop:
         self.should_stop = should_stop
         self.stores: dict[str, LogDir] = {}
         self.meta: LogDir | None = None
+        # Topics looked up during one step: a pass asks for each of its partitions, and
+        # at 1,000 partitions decoding the same topic's record each time cost a core's
+        # third while producers ran (issue 14). A new step sees config changes.
+        self._topics: dict[str, TopicInfo | None] = {}
         first = time.monotonic()
         self.next_retention = first + min(settings.interval_ms / 1000, 1.0)
         self.next_clean = first + min(settings.cleaner_backoff_ms / 1000, 1.0)
@@ -63,9 +67,14 @@ class SweeperLoop:
         return self.meta
 
     def topic_info(self, topic: str) -> TopicInfo | None:
+        if topic in self._topics:
+            return self._topics[topic]
         with self.meta_store().reader() as r:
             found = get_topic(r, topic)
-        return None if found is None else TopicInfo(found.topic_id, found.config)
+        info = self._topics[topic] = (
+            None if found is None else TopicInfo(found.topic_id, found.config)
+        )
+        return info
 
     def topic_config(self, topic: str) -> dict[str, Any] | None:
         info = self.topic_info(topic)
@@ -99,6 +108,7 @@ class SweeperLoop:
         clean_due = self.settings.cleaner_enable and now >= self.next_clean
         if not (requests or retention_due or clean_due):
             return False
+        self._topics.clear()
         try:
             if retention_due:
                 self.next_retention = now + self.settings.interval_ms / 1000

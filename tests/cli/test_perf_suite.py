@@ -79,6 +79,29 @@ def test_e2e_reports_the_produce_half_too(serve: Serve) -> None:
     assert 0 < result["ack_p50_ms"] <= result["ack_p99_ms"] <= result["ack_max_ms"]
 
 
+def test_sizing_splits_the_rate_over_processes_and_plots_latency_over_time(
+    serve: Serve, tmp_path: Path
+) -> None:
+    b = ("--bootstrap-server", serve.bootstrap, "--topic", unique("perf-sizing"))
+    args = ["--partitions", "3", "--producers", "2", "--consumers", "2", "--rate", "400"]
+    png = tmp_path / "latency.png"
+    plot = ["--plot", str(png), "--window", "0.25"] if _has_matplotlib() else []
+    result = perf("sizing", *b, *args, "--seconds", "1", *plot)
+    assert result["test"] == "sizing" and result["records"] == 400
+    assert result["received"] == 400 and result["missing"] == 0
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["p999_ms"] <= result["max_ms"]
+    if plot:
+        assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize(
     ("scenario", "extra"),
     [("leave", []), ("join", []), ("grow", ["--grow-to", "4"])],
