@@ -64,6 +64,10 @@ class FixedBroker:
         self.data_dir = data_dir
         self.listen = f"tcp://127.0.0.1:{base}"
         self.kafka_listen = f"127.0.0.1:{base + 1}"  # +1 coordinator, +2 node 0
+        # A fixed listen port would give the console and the metrics endpoint their fixed
+        # default ports (7180, 9645): another broker of the run may hold them.
+        kwargs.setdefault("console_listen", None)
+        kwargs.setdefault("metrics_listen", None)
         self.kwargs = kwargs
         self.broker: Any = None
 
