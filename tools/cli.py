@@ -38,7 +38,7 @@ PERF_COMMANDS: dict[str, str] = {
     "log": "kvlog.tools.perf_log:perf_log",
     "produce": "kvlog.tools.perf_client:perf_produce",
     "consume": "kvlog.tools.perf_client:perf_consume",
-    "e2e": "kvlog.tools.perf_client:perf_e2e",
+    "e2e": "kvlog.tools.perf_e2e:perf_e2e",
     "groups": "kvlog.tools.perf_groups:perf_groups",
     "failover": "kvlog.tools.perf_failover:perf_failover",
     "pipeline": "kvlog.tools.perf_pipeline:perf_pipeline",

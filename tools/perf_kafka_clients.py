@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from .perf_client import MAX_SAMPLES, Options, Result, Tick, payloads
+from .perf_common import MAX_SAMPLES, Options, Result, Tick, payloads
 
 CLIENTS = ("kvlog", "confluent-kafka", "kafka-python")
 

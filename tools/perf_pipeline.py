@@ -22,7 +22,8 @@ from typing import Any
 import click
 
 from .common import Command
-from .perf_client import (
+from .perf_client import run_produce, run_produce_batches
+from .perf_common import (
     ChildConsumer,
     Options,
     Result,
@@ -30,8 +31,6 @@ from .perf_client import (
     _run,
     common_options,
     progress_bar,
-    run_produce,
-    run_produce_batches,
     send_batch_option,
 )
 

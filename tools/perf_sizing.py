@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from .common import Command
-from .perf_client import (
+from .perf_common import (
     _STAMP,
     POOL,
     Options,
