@@ -284,7 +284,9 @@ class Broker:
             taken.add(node_id)
             nodes.append((node_id, log_dir))
         self._plan_kafka(sorted(taken))
-        self.console_url = console_listen_setting.plan(self.console_listen, self.console_off_reason)
+        self.console_url = console_listen_setting.plan(
+            self.console_listen, self.console_off_reason, self.security.enabled
+        )
         # Each process's settings: what every process takes, then its role's settings
         # (the broker config keys the table says it uses, and what only the supervisor
         # knows). workers/runtime.py turns them into workers/settings.py's dataclasses.
@@ -386,7 +388,12 @@ class Broker:
         console = Child(
             "console",
             console_listen_setting.process_settings(
-                self.console_url, self.log_level, self.data_dir, self.bootstrap, log_dirs
+                self.console_url,
+                self.log_level,
+                self.data_dir,
+                self.bootstrap,
+                log_dirs,
+                asdict(self.security),
             ),
             endpoint=self.console_url,
         )
