@@ -144,7 +144,8 @@ class Broker:
 
     ``console_listen`` is the web console's ``HOST:PORT`` (workers/console/listen.py;
     "none": off). After :meth:`start`, ``console_url`` is its ``http://host:port`` (None
-    when off) and ``console_off_reason`` says why security turned it off.
+    when off); with security on it asks for a login (workers/console/login.py), and
+    ``console_off_reason`` stays None (kept for callers that print it).
 
     Owned by the thread that starts it; its watch thread restarts processes under a lock,
     and :meth:`stop`, :meth:`processes` and :meth:`reload_security` may be called from

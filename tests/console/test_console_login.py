@@ -185,6 +185,18 @@ def test_a_principal_sees_and_does_only_what_its_acls_allow(secured: dict[str, A
     )
     assert status == 403 and "create" in body
     assert "alice-new" not in secured["admin"].list_topics()
+    # Reading records is a fetch from the node, checked there as alice too.
+    with kvlog.Producer(secured["client"]) as producer:
+        for topic in ("orders-a", "payments-b"):
+            producer.send(topic, value=f"secret of {topic}".encode())
+        producer.flush()
+    status, _, body = alice.request("GET", "/messages?topic=orders-a&partition=0&offset=0")
+    assert status == 200 and "secret of orders-a" in body, body[:800]
+    status, _, body = alice.request("GET", "/messages?topic=payments-b&partition=0&offset=0")
+    assert status == 403 and "secret of payments-b" not in body
+    for path in ("/", "/live", "/api/throughput"):
+        status, _, body = alice.request("GET", path)
+        assert status == 200 and "payments-b" not in body, (path, body[:500])
     # Logout ends the session.
     status, headers, _ = alice.request("POST", "/logout", {"csrf": alice.token()})
     assert status == 303 and "kvlog_session" not in alice.cookies

@@ -96,7 +96,13 @@ def plan(
             "stop that process, or choose another port with --console-listen HOST:PORT "
             "(console_listen=) or turn the console off with --console-listen none",
         )
-    if not is_loopback(host) and not security_enabled:
+    if not is_loopback(host) and security_enabled:
+        log.warning(
+            "the web console binds %s over plain HTTP: its login form carries passwords in "
+            "clear; put a TLS proxy in front, or bind 127.0.0.1 and use a tunnel",
+            host,
+        )
+    elif not is_loopback(host):
         log.warning(
             "the web console binds %s without a login: anyone who can reach it may read, "
             "create and delete every topic; bind 127.0.0.1 unless that is meant",
