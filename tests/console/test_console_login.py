@@ -10,17 +10,15 @@ import http.client
 import re
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from consoletest_util import wait_for_console
 
 import kvlog
 from kvlog.errors import ClusterAuthorizationFailedError, InvalidRequestError
 from kvlog.ipc.kafka.scram import scram_credential
-from kvlog.ipc.security import generate_keys
 from kvlog.types import TopicPartition
 from kvlog.workers.acl import INTERNAL_PRINCIPAL, acting_principal
 from kvlog.workers.console.login import Logins, password_matches
@@ -87,43 +85,6 @@ def _wait(check: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-
-
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    root = tmp_path_factory.mktemp("console-login")
-    keys = root / "keys"
-    server_public, server_secret = generate_keys(keys, "server")
-    authorized = root / "authorized"
-    authorized.mkdir()
-    admin_public, admin_secret = generate_keys(keys, "admin")
-    (authorized / "admin.key").write_bytes(Path(admin_public).read_bytes())
-    broker = kvlog.Broker(
-        root / "data",
-        "tcp://127.0.0.1:0",
-        curve_secret_key=server_secret,
-        curve_authorized_keys=authorized,
-        super_users=["admin"],
-        kafka_listen=None,
-    ).start()
-    client = {
-        "bootstrap_servers": broker.bootstrap,
-        "security_protocol": "curve",
-        "curve_server_key": str(server_public),
-        "curve_secret_key": str(admin_secret),
-    }
-    try:
-        assert broker.console_url and broker.console_off_reason is None
-        wait_for_console(broker.console_url)
-        with kvlog.Admin(client) as admin:
-            admin.upsert_scram_user("alice", "alice-secret")
-            admin.upsert_scram_user("admin", "admin-secret")
-            for name in ("orders-a", "payments-b"):
-                admin.create_topic(name, 1, 1)
-            admin.add_acl("alice", "topic", "orders-a", "read")
-            yield {"broker": broker, "admin": admin, "client": client}
-    finally:
-        broker.stop()
 
 
 def _topics_page(session: Session) -> str:
