@@ -244,3 +244,14 @@ def test_acting_principal_rules() -> None:
     for bad in ("", INTERNAL_PRINCIPAL, "*", 7, "x" * 1025):
         with pytest.raises(InvalidRequestError):
             acting_principal(INTERNAL_PRINCIPAL, {"as_principal": bad})
+
+
+def test_failed_logins_lock_a_user_name_out_for_a_while(tmp_path: Path) -> None:
+    logins = Logins(tmp_path / "no-meta", b"k" * 32)
+    for attempt in range(10):
+        assert not logins.locked_out("alice", now_s=100.0 + attempt)
+        assert not logins.check_password("alice", "guess", now_s=100.0 + attempt)
+    assert logins.locked_out("alice", now_s=110.0)
+    assert not logins.locked_out("bob", now_s=110.0)  # per user name
+    assert not logins.locked_out("alice", now_s=170.0)  # the window moved on
+    logins.close()

@@ -274,6 +274,10 @@ def build_app(views: Views) -> Starlette:
             return RedirectResponse("/", status_code=303)
         user = str(form.get("user", "")).strip()
         password = str(form.get("password", ""))
+        if logins.locked_out(user):
+            log.warning("console: too many failed logins as %r; refusing for a minute", user)
+            message = "too many failed logins for this user: wait a minute and retry"
+            return await login_page(request, error=message, status=429)
         if not await run_in_threadpool(logins.check_password, user, password):
             log.info("console: refused a login as %r", user)
             return await login_page(request, error=WRONG_LOGIN, status=401)

@@ -48,6 +48,31 @@ def password_matches(credential: ScramCredential, password: str) -> bool:
     return hmac.compare_digest(stored_key, credential.stored_key)
 
 
+class FailedLogins:
+    """Failed logins per user name over the last ``window_s``: past ``limit`` the console
+    refuses that name's logins (429) until the window moves on, so a password cannot be
+    guessed at the speed of PBKDF2. Owned by :class:`Logins`; used under its lock."""
+
+    def __init__(self, limit: int = 10, window_s: float = 60.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, user: str, now_s: float) -> list[float]:
+        kept = [t for t in self._failures.get(user, []) if now_s - t < self.window_s]
+        if kept:
+            self._failures[user] = kept
+        else:
+            self._failures.pop(user, None)
+        return kept
+
+    def locked(self, user: str, now_s: float) -> bool:
+        return len(self._recent(user, now_s)) >= self.limit
+
+    def failed(self, user: str, now_s: float) -> None:
+        self._failures[user] = [*self._recent(user, now_s), now_s]
+
+
 class Logins:
     """The SCRAM users (re-read when their version moves) and the session signer."""
 
@@ -61,6 +86,7 @@ class Logins:
         self._meta: LogDir | None = None
         self._version = -1
         self._credentials: Credentials = {}
+        self.failures = FailedLogins()
 
     def _refresh(self) -> Credentials:
         with self._lock:
@@ -79,14 +105,25 @@ class Logins:
     def user_exists(self, user: str) -> bool:
         return any(name == user for _, name in self._refresh())
 
-    def check_password(self, user: str, password: str) -> bool:
+    def locked_out(self, user: str, now_s: float | None = None) -> bool:
+        """Too many failed logins for ``user`` lately (see :class:`FailedLogins`)."""
+        with self._lock:
+            return self.failures.locked(user, time.monotonic() if now_s is None else now_s)
+
+    def check_password(self, user: str, password: str, now_s: float | None = None) -> bool:
         credentials = self._refresh()
+        matched = False
         for mechanism in MECHANISMS:
             found = credentials.get((mechanism, user))
             if found is not None:
-                return password_matches(found, password)
-        password_matches(self._decoys.credential(MECHANISMS[0], user), password)  # same cost
-        return False
+                matched = password_matches(found, password)
+                break
+        else:  # the same cost for a user that does not exist
+            password_matches(self._decoys.credential(MECHANISMS[0], user), password)
+        if not matched:
+            with self._lock:
+                self.failures.failed(user, time.monotonic() if now_s is None else now_s)
+        return matched
 
     # -- sessions ---------------------------------------------------------------------------
 
