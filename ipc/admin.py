@@ -33,7 +33,7 @@ from .config import ADMIN_SETTINGS, resolve
 from .kafka.scram import DEFAULT_ITERATIONS, SCRAM_SHA_256, SCRAM_SHA_512, scram_credential
 from .metadata import PartitionInfo
 from .rpc import IOThread
-from .security import client_socket_options
+from .security import client_header_fields, client_socket_options
 from .wire import split_bootstrap
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,7 @@ class Admin(_AdminGroupsAndAcls):
             f"admin-{cfg['client_id']}",
             request_timeout_ms=self._timeout_ms,
             socket_options=client_socket_options(cfg),
+            header_fields=client_header_fields(cfg),
         )
         self._next = 0
 

@@ -153,6 +153,13 @@ _COMMON = (
     ConfigKey("curve.server.key", optional(STRING), None, "The server's public key (path or Z85)."),
     ConfigKey("curve.secret.key", optional(STRING), None, "This client's secret key file."),
     ConfigKey(
+        "as.principal",
+        optional(STRING),
+        None,
+        "Act as this principal (every request carries it as as_principal): the servers honour "
+        "it only from kvlog's own key, as the web console does for its logged-in users.",
+    ),
+    ConfigKey(
         "api.version",
         _IGNORED,
         None,

@@ -44,7 +44,7 @@ from .metadata import ClusterMetadata
 from .positions import EARLIEST, LATEST, Positions
 from .records import ConsumerRecord, DecodedBatch, RecordColumns, UndecodableRecord, decode_batch
 from .rpc import IOThread
-from .security import client_socket_options
+from .security import client_header_fields, client_socket_options
 from .serializers import deserializer
 from .wire import split_bootstrap
 
@@ -93,6 +93,7 @@ class Consumer:
             request_timeout_ms=self._request_timeout_ms,
             driver=self._fetcher,
             socket_options=client_socket_options(cfg),
+            header_fields=client_header_fields(cfg),
         )
         self._lookups = Lookups(
             self._io, self.metadata, self._bootstrap, self._request_timeout_ms, self._interest

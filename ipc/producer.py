@@ -35,7 +35,7 @@ from .config import PRODUCER_SETTINGS, resolve
 from .futures import BatchSendResult, FutureRecordMetadata, RecordMetadata
 from .metadata import ClusterMetadata
 from .rpc import IOThread
-from .security import client_socket_options
+from .security import client_header_fields, client_socket_options
 from .sender import Sender
 from .serializers import serializer
 from .wire import split_bootstrap
@@ -84,6 +84,7 @@ class Producer:
             request_timeout_ms=cfg["request_timeout_ms"],
             driver=self._sender,
             socket_options=client_socket_options(cfg),
+            header_fields=client_header_fields(cfg),
         )
         if type(self).send is Producer.send:
             # The accumulator's send() is the whole per-record path; calling it directly

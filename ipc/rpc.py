@@ -117,8 +117,11 @@ class IOThread:
         request_timeout_ms: int = 30_000,
         driver: Driver | None = None,
         socket_options: dict[int, Any] | None = None,
+        header_fields: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
+        # Added to every request's header (``as_principal``: PROTOCOL.md 1.4).
+        self.header_fields = header_fields or {}
         self.request_timeout_ms = request_timeout_ms
         self.driver = driver
         self.socket_options = socket_options or {}
@@ -472,7 +475,7 @@ class IOThread:
                 callback(None, [], _refused(endpoint))
             return
         rid = next(self._ids)
-        header = wire.request_header(op, rid, **fields)
+        header = wire.request_header(op, rid, **self.header_fields, **fields)
         try:
             # Never block the I/O thread: a socket with no usable connection refuses at once.
             self.socket_for(endpoint).send_multipart(

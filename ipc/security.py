@@ -124,3 +124,10 @@ def client_socket_options(config: dict[str, Any]) -> dict[int, Any]:
         zmq.CURVE_PUBLICKEY: keys.public,
         zmq.CURVE_SECRETKEY: keys.secret,
     }
+
+
+def client_header_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """Fields every request of a client carries: ``as_principal`` when it acts for
+    someone (only kvlog's own key may; PROTOCOL.md 1.4)."""
+    acting = config.get("as_principal")
+    return {"as_principal": acting} if acting else {}

@@ -415,7 +415,8 @@ def kafka_line(broker: Any) -> str:
 def console_line(broker: Any) -> str:
     """The web console's address for humans, or why there is none."""
     if broker.console_url:
-        return f"{broker.console_url}/  (open it in a browser)"
+        login = "; log in as a SCRAM user" if broker.security.enabled else ""
+        return f"{broker.console_url}/  (open it in a browser{login})"
     return f"off: {broker.console_off_reason or 'console_listen is none'}"
 
 

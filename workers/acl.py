@@ -357,3 +357,22 @@ def authorize(auth: Authorizer, principal: str, op: str, header: dict[str, Any])
         _internal(auth, principal, header)  # unknown ops: only kvlog itself (then unknown)
         return
     check(auth, principal, header)
+
+
+def acting_principal(principal: str, header: dict[str, Any]) -> str:
+    """Who a request is checked as: its connection's principal, or the ``as_principal``
+    field that only kvlog's own processes may send (the web console acting for the user
+    who logged in to it; PROTOCOL.md 1.4). Anyone else's field is refused, never ignored."""
+    acting = header.get("as_principal")
+    if acting is None:
+        return principal
+    if principal != INTERNAL_PRINCIPAL:
+        raise ClusterAuthorizationFailedError(
+            f"principal {principal!r} may not send as_principal (kvlog's own processes only)"
+        )
+    if not isinstance(acting, str) or not 0 < len(acting) <= 1024 or acting in RESERVED_PRINCIPALS:
+        raise InvalidRequestError(
+            "as_principal must be a principal's name (1-1024 characters, not "
+            f"{', '.join(sorted(RESERVED_PRINCIPALS))})"
+        )
+    return acting

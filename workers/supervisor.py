@@ -150,7 +150,8 @@ class Broker:
     ``metrics_url`` is its URL (None when off).
     ``console_listen`` is the web console's ``HOST:PORT`` (workers/console/listen.py;
     "none": off). After :meth:`start`, ``console_url`` is its ``http://host:port`` (None
-    when off) and ``console_off_reason`` says why security turned it off.
+    when off); with security on it asks for a login (workers/console/login.py), and
+    ``console_off_reason`` stays None (kept for callers that print it).
 
     Owned by the thread that starts it; its watch thread restarts processes under a lock,
     and :meth:`stop`, :meth:`processes` and :meth:`reload_security` may be called from
@@ -300,7 +301,9 @@ class Broker:
             taken.add(node_id)
             nodes.append((node_id, log_dir))
         self._plan_kafka(sorted(taken))
-        self.console_url = console_listen_setting.plan(self.console_listen, self.console_off_reason)
+        self.console_url = console_listen_setting.plan(
+            self.console_listen, self.console_off_reason, self.security.enabled
+        )
         # Each process's settings: what every process takes, then its role's settings
         # (the broker config keys the table says it uses, and what only the supervisor
         # knows). workers/runtime.py turns them into workers/settings.py's dataclasses.
@@ -409,7 +412,12 @@ class Broker:
         console = Child(
             "console",
             console_listen_setting.process_settings(
-                self.console_url, self.log_level, self.data_dir, self.bootstrap, log_dirs
+                self.console_url,
+                self.log_level,
+                self.data_dir,
+                self.bootstrap,
+                log_dirs,
+                asdict(self.security),
             ),
             endpoint=self.console_url,
         )

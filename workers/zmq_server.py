@@ -37,7 +37,7 @@ from kvlog.errors import (
 from kvlog.ipc import wire
 from kvlog.ipc.wire import Frame, Request
 
-from .acl import INTERNAL_PRINCIPAL, authorize
+from .acl import INTERNAL_PRINCIPAL, acting_principal, authorize
 from .config import broker_default
 from .security import ServerSecurity
 
@@ -302,6 +302,7 @@ class Server:
             request = Request(header, parts[2:])
             handler = self.handlers.get(request.op)
             if self.security is not None:
+                self.principal = acting_principal(self.principal, request.header)
                 authorize(self.security.authorizer, self.principal, request.op, request.header)
             if handler is None:
                 raise UnsupportedVersionError(

@@ -21,6 +21,7 @@ if _HERE not in sys.path:
 from consoletest_util import wait_for_console  # noqa: E402
 
 import kvlog  # noqa: E402
+from kvlog.ipc.security import generate_keys  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -45,6 +46,45 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def admin(broker: Any) -> Iterator[Any]:
     with kvlog.Admin(bootstrap_servers=broker.bootstrap) as a:
         yield a
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A CURVE broker (super user ``admin``) with SCRAM users alice and admin, topics
+    orders-a and payments-b, and alice allowed to read orders-a only."""
+    root = tmp_path_factory.mktemp("console-login")
+    keys = root / "keys"
+    server_public, server_secret = generate_keys(keys, "server")
+    authorized = root / "authorized"
+    authorized.mkdir()
+    admin_public, admin_secret = generate_keys(keys, "admin")
+    (authorized / "admin.key").write_bytes(Path(admin_public).read_bytes())
+    broker = kvlog.Broker(
+        root / "data",
+        "tcp://127.0.0.1:0",
+        curve_secret_key=server_secret,
+        curve_authorized_keys=authorized,
+        super_users=["admin"],
+        kafka_listen=None,
+    ).start()
+    client = {
+        "bootstrap_servers": broker.bootstrap,
+        "security_protocol": "curve",
+        "curve_server_key": str(server_public),
+        "curve_secret_key": str(admin_secret),
+    }
+    try:
+        assert broker.console_url and broker.console_off_reason is None
+        wait_for_console(broker.console_url)
+        with kvlog.Admin(client) as admin:
+            admin.upsert_scram_user("alice", "alice-secret")
+            admin.upsert_scram_user("admin", "admin-secret")
+            for name in ("orders-a", "payments-b"):
+                admin.create_topic(name, 1, 1)
+            admin.add_acl("alice", "topic", "orders-a", "read")
+            yield {"broker": broker, "admin": admin, "client": client}
+    finally:
+        broker.stop()
 
 
 def _browser_missing() -> str | None:

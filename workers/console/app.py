@@ -12,9 +12,10 @@ The app object is owned by the server; it is as thread-safe as its :class:`Clust
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from starlette.applications import Starlette
@@ -27,9 +28,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from kvlog.errors import KvlogError
+from kvlog.errors import AuthorizationError, KvlogError
 
+from .login import SESSION_COOKIE, SESSION_TTL_S, WRONG_LOGIN
 from .view import RESET_STRATEGIES, ClusterView
+
+if TYPE_CHECKING:
+    from .server import Views
+
+log = logging.getLogger("kvlog.console")
 
 HERE = Path(__file__).parent
 CSRF_COOKIE = "kvlog_csrf"
@@ -76,15 +83,42 @@ def _int_or_none(value: Any, what: str) -> int | None:
         raise ValueError(f"{what} must be a whole number, got {value!r}") from None
 
 
-def build_app(view: ClusterView) -> Starlette:
-    """The console app over ``view``."""
+class LoginRequired(Exception):
+    """Security is on and the request has no valid session."""
+
+
+def _forbidden_hint(exc: AuthorizationError) -> str:
+    """The broker's refusal names the principal, the operation, the resource and the
+    ``kvlog acls add`` that would allow it; say where it came from."""
+    return f"The broker refused this as your principal: {exc.message}"
+
+
+def build_app(views: Views) -> Starlette:
+    """The console app over ``views`` (one view per logged-in principal with security
+    on; see :mod:`.login`)."""
+    logins = views.logins
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["size"] = _size
 
+    def user_of(request: Request) -> str | None:
+        if logins is None:
+            return None
+        return logins.session_user(request.cookies.get(SESSION_COOKIE))
+
+    def view_of(request: Request) -> ClusterView:
+        """The view of the request's principal; LoginRequired without a session."""
+        if logins is None:
+            return views.for_user(None)
+        user = user_of(request)
+        if user is None:
+            raise LoginRequired()
+        return views.for_user(user)
+
     def page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
         token = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
+        user = context.get("user", user_of(request))
         response = templates.TemplateResponse(
-            request, name, {**context, "csrf": token}, status_code=status
+            request, name, {**context, "csrf": token, "user": user}, status_code=status
         )
         if request.cookies.get(CSRF_COOKIE) != token:
             response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict")
@@ -104,16 +138,19 @@ def build_app(view: ClusterView) -> Starlette:
         return form
 
     async def overview(request: Request) -> Response:
+        view = view_of(request)
         data = await run_in_threadpool(view.overview)
         return page(request, "overview.html", {"nav": "overview", **data})
 
     async def topics(request: Request, error: str | None = None, status: int = 200) -> Response:
+        view = view_of(request)
         listed = await run_in_threadpool(view.topics)
         context = {"nav": "topics", "topics": listed, "error": error}
         return page(request, "topics.html", context, status)
 
     async def create_topic(request: Request) -> Response:
         form = await form_of(request)
+        view = view_of(request)
         name = str(form.get("name", "")).strip()
         try:
             partitions = _int_or_none(form.get("partitions"), "partitions") or 1
@@ -122,18 +159,22 @@ def build_app(view: ClusterView) -> Starlette:
             if not name:
                 raise ValueError("a topic needs a name")
             await run_in_threadpool(view.create_topic, name, partitions, replication, configs)
+        except AuthorizationError:
+            raise  # a 403 page naming what is missing
         except (ValueError, KvlogError) as exc:
             message = exc.message if isinstance(exc, KvlogError) else str(exc)
             return await topics(request, error=message, status=400)
         return RedirectResponse(f"/topics/{quote(name, safe='')}", status_code=303)
 
     async def topic(request: Request) -> Response:
+        view = view_of(request)
         name = request.path_params["name"]
         data = await run_in_threadpool(view.topic, name)
         return page(request, "topic.html", {"nav": "topics", "error": None, **data})
 
     async def delete_topic(request: Request) -> Response:
         form = await form_of(request)
+        view = view_of(request)
         name = request.path_params["name"]
         if str(form.get("confirm", "")) != name:
             data = await run_in_threadpool(view.topic, name)
@@ -143,6 +184,7 @@ def build_app(view: ClusterView) -> Starlette:
         return RedirectResponse("/topics", status_code=303)
 
     async def messages(request: Request) -> Response:
+        view = view_of(request)
         q = request.query_params
         listed = await run_in_threadpool(view.topics)
         context: dict[str, Any] = {"nav": "messages", "topics": listed, "q": q, "result": None}
@@ -160,21 +202,26 @@ def build_app(view: ClusterView) -> Starlette:
                     )
                 )
                 context["result"] = result
+            except AuthorizationError:
+                raise  # a 403 page naming what is missing
             except (ValueError, KvlogError) as exc:
                 context["error"] = exc.message if isinstance(exc, KvlogError) else str(exc)
         return page(request, "messages.html", context)
 
     async def groups(request: Request) -> Response:
+        view = view_of(request)
         listed = await run_in_threadpool(view.groups)
         return page(request, "groups.html", {"nav": "groups", "groups": listed})
 
     async def group(request: Request) -> Response:
+        view = view_of(request)
         data = await run_in_threadpool(view.group, request.path_params["group_id"])
         context = {"nav": "groups", "group": data, "plan": None, "strategies": RESET_STRATEGIES}
         return page(request, "group.html", context)
 
     async def reset(request: Request) -> Response:
         form = await form_of(request)
+        view = view_of(request)
         group_id = request.path_params["group_id"]
         fields = {k: str(form.get(k, "")) for k in ("topic", "strategy", "value")}
         apply = form.get("action") == "apply"
@@ -187,6 +234,8 @@ def build_app(view: ClusterView) -> Starlette:
             )
             if apply:
                 await run_in_threadpool(view.apply_reset, group_id, plan)
+        except AuthorizationError:
+            raise  # a 403 page naming what is missing
         except (ValueError, KvlogError) as exc:
             error = exc.message if isinstance(exc, KvlogError) else str(exc)
         data = await run_in_threadpool(view.group, group_id)
@@ -202,17 +251,69 @@ def build_app(view: ClusterView) -> Starlette:
         return page(request, "group.html", context, 400 if error else 200)
 
     async def live(request: Request) -> Response:
+        view_of(request)  # a login first, with security on
         return page(request, "live.html", {"nav": "live"})
 
     async def api_throughput(request: Request) -> Response:
+        view = view_of(request)
         return JSONResponse(await run_in_threadpool(view.throughput_sample), headers=_HEADERS)
 
     async def api_group(request: Request) -> Response:
+        view = view_of(request)
         data = await run_in_threadpool(view.group, request.path_params["group_id"])
         return JSONResponse(data, headers=_HEADERS)
 
+    async def login_page(request: Request, error: str | None = None, status: int = 200) -> Response:
+        if logins is None:
+            return RedirectResponse("/", status_code=303)
+        return page(request, "login.html", {"nav": "", "error": error, "user": None}, status)
+
+    async def login(request: Request) -> Response:
+        form = await form_of(request)
+        if logins is None:
+            return RedirectResponse("/", status_code=303)
+        user = str(form.get("user", "")).strip()
+        password = str(form.get("password", ""))
+        if logins.locked_out(user):
+            log.warning("console: too many failed logins as %r; refusing for a minute", user)
+            message = "too many failed logins for this user: wait a minute and retry"
+            return await login_page(request, error=message, status=429)
+        if not await run_in_threadpool(logins.check_password, user, password):
+            log.info("console: refused a login as %r", user)
+            return await login_page(request, error=WRONG_LOGIN, status=401)
+        log.info("console: %r logged in", user)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            logins.session_cookie(user),
+            max_age=SESSION_TTL_S,
+            httponly=True,
+            samesite="strict",
+        )
+        return response
+
+    async def logout(request: Request) -> Response:
+        await form_of(request)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
+        return response
+
+    async def login_required(request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse(
+                {"error": "UNAUTHENTICATED", "message": "log in first"}, 401, headers=_HEADERS
+            )
+        return RedirectResponse("/login", status_code=303)
+
     async def kvlog_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, KvlogError)
+        if isinstance(exc, AuthorizationError):
+            message = _forbidden_hint(exc)
+            if request.url.path.startswith("/api/"):
+                return JSONResponse({"error": exc.code.name, "message": message}, 403)
+            return page(
+                request, "error.html", {"nav": "", "title": "Forbidden", "message": message}, 403
+            )
         status = 404 if "UNKNOWN" in exc.code.name or "NOT_FOUND" in exc.code.name else 400
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": exc.code.name, "message": exc.message}, status)
@@ -226,6 +327,9 @@ def build_app(view: ClusterView) -> Starlette:
 
     routes = [
         Route("/", overview),
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
         Route("/topics", topics, methods=["GET"]),
         Route("/topics", create_topic, methods=["POST"]),
         Route("/topics/{name}", topic),
@@ -241,7 +345,11 @@ def build_app(view: ClusterView) -> Starlette:
     ]
     return Starlette(
         routes=routes,
-        exception_handlers={KvlogError: kvlog_error, HTTPException: http_error},
+        exception_handlers={
+            KvlogError: kvlog_error,
+            HTTPException: http_error,
+            LoginRequired: login_required,
+        },
     )
 
 

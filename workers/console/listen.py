@@ -70,15 +70,16 @@ def resolve(
     console_listen: str | None, zmq_listen: str, security_enabled: bool
 ) -> tuple[str | None, str | None]:
     """(``HOST:PORT`` or None, why security turned the console off or None)."""
-    listen = resolve_auto(console_listen, zmq_listen)
-    if listen is not None and security_enabled:
-        # The console's clients would hold the server's own CURVE key (a super user):
-        # every visitor would act with it. Off until it logs visitors in as principals.
-        return None, "security is on and the console cannot act as a logged-in principal yet"
-    return listen, None
+    # With security on the console asks for a login (workers/console/login.py) and acts
+    # as the logged-in principal; it never turns off for security any more. The second
+    # value stays for callers that print why the console is off.
+    del security_enabled
+    return resolve_auto(console_listen, zmq_listen), None
 
 
-def plan(console_listen: str | None, off_reason: str | None = None) -> str | None:
+def plan(
+    console_listen: str | None, off_reason: str | None = None, security_enabled: bool = False
+) -> str | None:
     """The console's ``http://HOST:PORT``, fixed before any process starts (port 0: a
     free one, so a restart binds the same port); a taken port raises PortInUseError."""
     if off_reason:
@@ -95,7 +96,13 @@ def plan(console_listen: str | None, off_reason: str | None = None) -> str | Non
             "stop that process, or choose another port with --console-listen HOST:PORT "
             "(console_listen=) or turn the console off with --console-listen none",
         )
-    if not is_loopback(host):
+    if not is_loopback(host) and security_enabled:
+        log.warning(
+            "the web console binds %s over plain HTTP: its login form carries passwords in "
+            "clear; put a TLS proxy in front, or bind 127.0.0.1 and use a tunnel",
+            host,
+        )
+    elif not is_loopback(host):
         log.warning(
             "the web console binds %s without a login: anyone who can reach it may read, "
             "create and delete every topic; bind 127.0.0.1 unless that is meant",
@@ -105,12 +112,20 @@ def plan(console_listen: str | None, off_reason: str | None = None) -> str | Non
 
 
 def process_settings(
-    endpoint: str, log_level: str, data_dir: Path, bootstrap: str, log_dirs: list[str]
+    endpoint: str,
+    log_level: str,
+    data_dir: Path,
+    bootstrap: str,
+    log_dirs: list[str],
+    security: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What the supervisor hands the console process (workers/console/server.py)."""
+    """What the supervisor hands the console process (workers/console/server.py);
+    ``security`` is the servers' SecuritySettings as a dict (a login is asked when it has
+    a server key)."""
     return {
         "log_level": log_level,
         "data_dir": str(data_dir),
         "endpoint": endpoint,
         "console": {"bootstrap": bootstrap, "log_dirs": log_dirs},
+        "security": security or {},
     }

@@ -23,7 +23,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kvlog.errors import GroupIdNotFoundError
+from kvlog.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    GroupIdNotFoundError,
+)
 from kvlog.ipc.admin import Admin
 from kvlog.ipc.consumer import Consumer
 from kvlog.types import TopicPartition
@@ -75,8 +79,12 @@ class ClusterView:
         data_dir: str,
         log_dirs: list[str],
         client_config: Mapping[str, Any] | None = None,
+        group_lister: Admin | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        # The console's own Admin (not this view's principal's): lists the groups this
+        # view then keeps those of that its principal may describe. Not owned here.
+        self.group_lister = group_lister
         self.data_dir = Path(data_dir)
         self.log_dirs = [Path(d) for d in log_dirs]
         # A page waits at most this long for the broker (the clients' default is 30 s).
@@ -291,7 +299,17 @@ class ClusterView:
     # -- consumer groups -----------------------------------------------------------------
 
     def groups(self) -> list[dict[str, Any]]:
-        found = sorted(self.admin.list_groups(), key=lambda g: g.get("group_id", ""))
+        try:
+            found = self.admin.list_groups()
+        except ClusterAuthorizationFailedError:
+            if self.group_lister is None:
+                raise
+            # A principal without describe on the cluster still sees the groups it may
+            # describe (as Kafka's ListGroups filters them): kvlog's list_groups needs the
+            # cluster's describe, so the console lists as itself and keeps only the groups
+            # the broker lets this principal describe.
+            found = [g for g in self.group_lister.list_groups() if self._may_describe(g)]
+        found = sorted(found, key=lambda g: g.get("group_id", ""))
         return [
             {
                 "group_id": g.get("group_id", ""),
@@ -300,6 +318,15 @@ class ClusterView:
             }
             for g in found
         ]
+
+    def _may_describe(self, listed: dict[str, Any]) -> bool:
+        try:
+            self.admin.describe_groups([listed.get("group_id", "")])
+        except GroupAuthorizationFailedError:
+            return False
+        except GroupIdNotFoundError:
+            pass
+        return True
 
     def _describe(self, group_id: str) -> dict[str, Any]:
         try:
