@@ -57,7 +57,8 @@ def decode_produce(req: Request, token: Any) -> Produce:
             "batch frames; each partition entry needs exactly one frame"
         )
     pairs = [(_tp(e, "partitions"), frame) for e, frame in zip(entries, req.frames, strict=True)]
-    return Produce(token, acks, pairs, timeout_ms)
+    transactional_id = req.opt_str("transactional_id", max_len=32_767)
+    return Produce(token, acks, pairs, timeout_ms, transactional_id)
 
 
 def decode_fetch(req: Request, token: Any) -> Fetch:
