@@ -273,14 +273,15 @@ def clear(w: WriteTxn, tp: TopicPartition) -> None:
             w.delete(table, key)
 
 
-def rebuild(w: WriteTxn, tp: TopicPartition, high_watermark: int) -> None:
-    """Recompute a partition's rows from the batches its log holds (after a truncation
-    cut markers or transactions off); the caller reloads it in memory afterwards. Reads
-    every batch header, and the payload of control batches only."""
-    clear(w, tp)
+def scan(r: ReadTxn, tp: TopicPartition, high_watermark: int) -> PartitionTxns:
+    """A partition's transactions as its log shows them: every batch header, and the
+    payload of control batches only. Closed transactions whose marker the high watermark
+    passed are left out (nothing unstable about them). A transaction whose first batches
+    retention or DeleteRecords removed is beyond its sight: memory keeps it (loaded from
+    the rows), a rebuild after a truncation does not."""
     opened: dict[int, OpenTxn] = {}
     aborted: list[AbortedTxn] = []
-    for base, _size, header in w.headers(tp):
+    for base, _size, header in r.headers(tp):
         pid = header.producer_id
         if pid < 0:
             continue
@@ -288,16 +289,24 @@ def rebuild(w: WriteTxn, tp: TopicPartition, high_watermark: int) -> None:
         if header.is_control:
             if current is None or current.end_offset >= 0:
                 continue
-            [(_, batch)] = w.read(tp, base, 1)[:1]
+            [(_, batch)] = r.read(tp, base, 1)[:1]
             opened[pid] = OpenTxn(current.first_offset, base)
             if control_batch.marker_type(batch) == control_batch.ABORT:
                 aborted.append(AbortedTxn(pid, current.first_offset, base))
         elif header.is_transactional and (current is None or current.end_offset >= 0):
             opened[pid] = OpenTxn(base)
-    for pid, t in opened.items():
-        if t.end_offset < 0 or t.end_offset >= high_watermark:
-            w.put(OPEN_TABLE, _open_key(tp, pid), _QQ.pack(*t))
-    for entry in aborted:
+    kept = {p: t for p, t in opened.items() if t.end_offset < 0 or t.end_offset >= high_watermark}
+    return PartitionTxns(kept, aborted)
+
+
+def rebuild(w: WriteTxn, tp: TopicPartition, high_watermark: int) -> None:
+    """Recompute a partition's rows from the batches its log holds (after a truncation
+    cut markers or transactions off); the caller reloads it in memory afterwards."""
+    clear(w, tp)
+    found = scan(w, tp, high_watermark)
+    for pid, t in found.open.items():
+        w.put(OPEN_TABLE, _open_key(tp, pid), _QQ.pack(*t))
+    for entry in found.aborted:
         w.put(ABORTED_TABLE, _aborted_key(tp, entry), _Q.pack(entry.first_offset))
 
 
@@ -312,4 +321,5 @@ __all__ = [
     "clear",
     "marker_needed",
     "rebuild",
+    "scan",
 ]
