@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kvlog.errors import (
     InvalidConfigError,
+    InvalidRequestError,
     KvlogError,
     NoBrokersAvailable,
     UnknownTopicOrPartitionError,
@@ -28,6 +29,7 @@ from kvlog.topic_config import effective_topic_config
 from kvlog.types import TopicPartition
 
 from .config import ADMIN_SETTINGS, resolve
+from .kafka.scram import DEFAULT_ITERATIONS, SCRAM_SHA_256, SCRAM_SHA_512, scram_credential
 from .metadata import PartitionInfo
 from .rpc import IOThread
 from .security import client_socket_options
@@ -143,6 +145,34 @@ class _AdminGroupsAndAcls:
 
     def list_acls(self) -> list[dict[str, str]]:
         return list(self._call("acl_list").get("acls", []))
+
+    # -- SCRAM users (Kafka clients' SASL logins) ---------------------------------------------
+
+    def upsert_scram_user(
+        self,
+        name: str,
+        password: str,
+        mechanisms: Sequence[str] = (SCRAM_SHA_256, SCRAM_SHA_512),
+        iterations: int = DEFAULT_ITERATIONS,
+    ) -> bool:
+        """Add SCRAM user ``name``, or replace its credentials for ``mechanisms`` (others
+        it has stay); returns whether the user is new. The password is salted here: only
+        the salted credentials travel (RFC 5802). Super users only, with security on."""
+        try:
+            credentials = [scram_credential(m, password, iterations) for m in mechanisms]
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from None
+        reply = self._call("user_upsert", name=name, credentials=[c.to_wire() for c in credentials])
+        return bool(reply.get("created"))
+
+    def remove_scram_user(self, name: str) -> list[str]:
+        """Remove SCRAM user ``name`` (RESOURCE_NOT_FOUND if there is none); returns the
+        mechanisms it had."""
+        return list(self._call("user_remove", name=name).get("mechanisms", []))
+
+    def list_scram_users(self) -> list[dict[str, Any]]:
+        """``[{"name": ..., "mechanisms": {mechanism: iterations}}]``, by name."""
+        return list(self._call("user_list").get("users", []))
 
 
 class Admin(_AdminGroupsAndAcls):

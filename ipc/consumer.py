@@ -25,7 +25,6 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from kvlog import batch as batch_format
 from kvlog.errors import (
     IllegalStateError,
     KvlogError,
@@ -42,7 +41,7 @@ from .group_member import GroupMember
 from .lookups import Lookups
 from .metadata import ClusterMetadata
 from .positions import EARLIEST, LATEST, Positions
-from .records import ConsumerRecord, DecodedBatch, RecordColumns, UndecodableRecord
+from .records import ConsumerRecord, DecodedBatch, RecordColumns, UndecodableRecord, decode_batch
 from .rpc import IOThread
 from .security import client_socket_options
 from .serializers import deserializer
@@ -421,7 +420,7 @@ class Consumer:
                     break
                 base, raw = state.buffered[0]
                 try:
-                    header, cols = batch_format.decode_raw(raw, verify=self._check_crcs)
+                    decoded = decode_batch(raw, base, verify=self._check_crcs)
                 except KvlogError:
                     # A batch that does not decode stays where it is: poll() raises until
                     # the application seeks past it (as Kafka does), after what came before.
@@ -430,7 +429,7 @@ class Consumer:
                     raise
                 state.buffered.popleft()
                 state.buffered_bytes -= len(raw)
-                decoded = self._decoded[tp] = DecodedBatch(header, cols, base)
+                self._decoded[tp] = decoded
             decoded.skip_to(position)
             if not decoded:
                 continue

@@ -1,13 +1,14 @@
 """The Producer: kafka-python's API over kvlog's wire.
 
 ``send()`` serializes, picks the partition (Kafka's murmur2 for keyed records, sticky
-batches for unkeyed ones), appends to the accumulator and returns a future. A background
-I/O thread (the :class:`Sender`) asks the broker for metadata and a producer id, sends
-full or lingered batches straight to each partition's leader node (one batch per
-partition per request, up to ``max.in.flight.requests.per.connection`` requests per node),
-and resolves futures as acknowledgements arrive. Retriable failures are retried with
-backoff within ``delivery.timeout.ms``; with idempotence (the default) the leader drops
-duplicates and refuses gaps, so retries never duplicate or reorder.
+batches for unkeyed ones), appends to the accumulator and returns a future: with the C
+extension all of that is one C call (ipc/accumulator.py). A background I/O thread (the
+:class:`Sender`) asks the broker for metadata and a producer id, sends full or lingered
+batches straight to each partition's leader node (every ready batch of a node in one
+request, up to ``max.in.flight.requests.per.connection`` requests per node and batches
+per partition), and resolves futures as acknowledgements arrive. Retriable failures are
+retried with backoff within ``delivery.timeout.ms``; with idempotence (the default) the
+leader drops duplicates and refuses gaps, so retries never duplicate or reorder.
 
 The producer is safe to share between threads.
 """
@@ -16,26 +17,21 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from time import monotonic, time_ns
 from typing import Any
 
 from kvlog.errors import (
-    InvalidPartitionsError,
-    InvalidTimestampError,
     KafkaTimeoutError,
     ProducerClosedError,
-    SerializationError,
     UnknownTopicOrPartitionError,
 )
-from kvlog.partitioner import group_by_partition, partition_for_key
 from kvlog.types import TopicPartition
 
-from .accumulator import RecordAccumulator
+from .accumulator import RecordAccumulator, check_timestamp
 from .config import PRODUCER_SETTINGS, resolve
-from .futures import BatchFuture, BatchSendResult, FutureRecordMetadata, RecordMetadata
+from .futures import BatchSendResult, FutureRecordMetadata, RecordMetadata
 from .metadata import ClusterMetadata
 from .rpc import IOThread
 from .security import client_socket_options
@@ -44,7 +40,6 @@ from .serializers import serializer
 from .wire import split_bootstrap
 
 log = logging.getLogger(__name__)
-_INT64_MAX = (1 << 63) - 1
 
 __all__ = ["BatchSendResult", "Producer", "RecordMetadata"]
 
@@ -56,12 +51,6 @@ class Producer:
         cfg = resolve(PRODUCER_SETTINGS, config, kwargs)
         self.config = cfg
         self._bootstrap = split_bootstrap(cfg["bootstrap_servers"])
-        self._key_serializer = serializer(cfg["key_serializer"], "key_serializer")
-        self._value_serializer = serializer(cfg["value_serializer"], "value_serializer")
-        # Without a serializer, bytes and None pass through untouched (no call per record);
-        # with one, every key/value goes through it, as in kafka-python.
-        self._raw_keys = cfg["key_serializer"] is None
-        self._raw_values = cfg["value_serializer"] is None
         self._max_block_s = cfg["max_block_ms"] / 1000
         self.metadata = ClusterMetadata()
         self._accumulator = RecordAccumulator(
@@ -70,11 +59,17 @@ class Producer:
             buffer_memory=cfg["buffer_memory"],
             max_block_ms=cfg["max_block_ms"],
             delivery_timeout_ms=cfg["delivery_timeout_ms"],
+            hooks=_Hooks(self),
+            # Without a serializer, bytes and None pass through untouched (no call per
+            # record); with one, every key/value goes through it, as in kafka-python.
+            key_serializer=serializer(cfg["key_serializer"], "key_serializer"),
+            value_serializer=serializer(cfg["value_serializer"], "value_serializer"),
+            raw_keys=cfg["key_serializer"] is None,
+            raw_values=cfg["value_serializer"] is None,
+            # More closed batches than the sender can have in flight for a partition:
+            # send() lets the I/O thread have the GIL (ipc/accumulator.py).
+            yield_batches=cfg["max_in_flight_requests_per_connection"],
         )
-        self._sticky: dict[str, int] = {}
-        self._topic_partitions: dict[str, list[TopicPartition]] = {}
-        self._tps_version = -2
-        self._sticky_lock = threading.Lock()
         self._closed = False
         self._sender = Sender(self)
         self._io = IOThread(
@@ -83,6 +78,10 @@ class Producer:
             driver=self._sender,
             socket_options=client_socket_options(cfg),
         )
+        if type(self).send is Producer.send:
+            # The accumulator's send() is the whole per-record path; calling it directly
+            # saves a Python frame per record (a subclass that overrides send keeps it).
+            self.send = self._accumulator.send  # type: ignore[method-assign]
 
     def __enter__(self) -> Producer:
         return self
@@ -105,53 +104,7 @@ class Producer:
         timestamp_ms: int | None = None,
     ) -> FutureRecordMetadata:
         """Queue one record; returns a future resolving to its RecordMetadata."""
-        if self._closed:
-            raise ProducerClosedError("send() on a closed producer; create a new one")
-        key_bytes = (
-            key
-            if self._raw_keys and (key is None or type(key) is bytes)
-            else self._key_serializer(key)
-        )
-        value_bytes = (
-            value
-            if self._raw_values and (value is None or type(value) is bytes)
-            else self._value_serializer(value)
-        )
-        header_list = None
-        if headers:
-            header_list = [[str(name), _header_value(hvalue)] for name, hvalue in headers]
-        tps = self._topic_partitions.get(topic)
-        if tps is None or self._tps_version != self.metadata.version:
-            tps = self._partitions_of(topic)
-        count = len(tps)
-        if partition is not None:
-            if not 0 <= partition < count:
-                raise InvalidPartitionsError(
-                    f"partition {partition} does not exist: topic {topic!r} has {count}"
-                )
-        elif key_bytes is not None:
-            partition = partition_for_key(key_bytes, count)
-        else:
-            partition = self._sticky_partition(topic, count)
-        ts = time_ns() // 1_000_000 if timestamp_ms is None else _check_timestamp(timestamp_ms)
-        future, delta, filled = self._accumulator.append(
-            tps[partition], ts, key_bytes, value_bytes, header_list, monotonic()
-        )
-        if filled:
-            if key_bytes is None and self._sticky.get(topic) == partition:
-                self._next_sticky(topic, count, partition)
-            self._io.wake()
-        elif delta == 0:
-            self._io.wake()  # a new batch: the sender must start its linger.ms clock now
-        return FutureRecordMetadata(
-            future,
-            delta,
-            topic,
-            partition,
-            ts,
-            -1 if key_bytes is None else len(key_bytes),
-            -1 if value_bytes is None else len(value_bytes),
-        )
+        return self._accumulator.send(topic, value, key, headers, partition, timestamp_ms)
 
     def send_batch(
         self,
@@ -161,118 +114,38 @@ class Producer:
         partition: int | None = None,
         timestamp_ms: int | None = None,
     ) -> BatchSendResult:
-        """Queue many records at once: the fast path (per-batch work, not a call, a lock
-        and a future per record). Keyed records go where ``send`` would put them; unkeyed
-        ones fill the sticky partition batch by batch. All get one timestamp.
+        """Queue many records at once: the fast path (one call for all, per-record work
+        in C). Keyed records go where ``send`` would put them; unkeyed ones fill the
+        sticky partition batch by batch. All get one timestamp.
 
         Returns a :class:`BatchSendResult`; ``.get(timeout)`` gives every record's
         RecordMetadata in the order given.
         """
         if self._closed:
             raise ProducerClosedError("send_batch() on a closed producer; create a new one")
-        if self._raw_values and all(v is None or type(v) is bytes for v in values):
-            vs = list(values)
-        else:
-            vs = [self._value_serializer(v) for v in values]
-        if keys is None:
-            ks: list[bytes | None] = [None] * len(vs)
-        else:
-            if len(keys) != len(vs):
-                raise ValueError(f"send_batch: {len(keys)} keys for {len(vs)} values")
-            if self._raw_keys and all(k is None or type(k) is bytes for k in keys):
-                ks = list(keys)
-            else:
-                ks = [self._key_serializer(k) for k in keys]
-        tps = self._topic_partitions.get(topic)
-        if tps is None or self._tps_version != self.metadata.version:
-            tps = self._partitions_of(topic)
-        count = len(tps)
-        if partition is not None and not 0 <= partition < count:
-            raise InvalidPartitionsError(
-                f"partition {partition} does not exist: topic {topic!r} has {count}"
-            )
-        ts = time_ns() // 1_000_000 if timestamp_ms is None else _check_timestamp(timestamp_ms)
-        now = monotonic()
-        segments: list[tuple[int, list[int], BatchFuture, int]] = []
-        if partition is not None or count == 1:
-            # One partition given, or the topic has one: nothing to hash.
-            target = partition or 0
-            landed = self._accumulator.append_many(tps[target], ts, ks, vs, now)
-            _add_segments(segments, target, list(range(len(vs))), landed)
-        elif keys is None:
-            self._append_sticky(topic, tps, list(range(len(vs))), ks, vs, ts, now, segments)
-        else:
-            # Hashing and grouping in one C call, then every partition's share appended
-            # under one lock: per-partition work, not per-record work, in Python.
-            groups = group_by_partition(ks, vs, count)
-            unkeyed = groups.pop(-1, None)
-            appended = self._accumulator.append_partitioned(
-                tps, [(p, g[1], g[2]) for p, g in groups.items()], ts, now
-            )
-            for (p, landed), group in zip(appended, groups.values(), strict=True):
-                _add_segments(segments, p, group[0], landed)
-            if unkeyed is not None:
-                self._append_sticky(topic, tps, *unkeyed, ts, now, segments)
-        self._io.wake()  # full batches go now; new ones start their linger.ms clock
-        return BatchSendResult(topic, ts, len(vs), segments)
+        ts = time_ns() // 1_000_000 if timestamp_ms is None else check_timestamp(timestamp_ms)
+        batches, batch_of, deltas = self._accumulator.append_records(
+            topic, values, keys, partition, ts, monotonic()
+        )
+        return BatchSendResult.of_columns(topic, ts, batches, batch_of, deltas)
 
-    def _append_sticky(
-        self,
-        topic: str,
-        tps: list[TopicPartition],
-        indices: list[int],
-        keys: list[bytes | None],
-        values: list[bytes | None],
-        timestamp: int,
-        now: float,
-        segments: list[tuple[int, list[int], BatchFuture, int]],
-    ) -> None:
-        """Unkeyed records of send_batch: they fill the sticky partition, which moves on
-        each time a batch fills (Kafka's sticky partitioner)."""
-        count = len(tps)
-        done = 0
-        while done < len(values):
-            target = self._sticky_partition(topic, count)
-            landed = self._accumulator.append_many(
-                tps[target], timestamp, keys[done:], values[done:], now
-            )
-            taken = 0
-            for _future, _delta, n, filled in landed:
-                taken += n
-                if filled:
-                    self._next_sticky(topic, count, target)
-                    break
-            _add_segments(segments, target, indices[done : done + taken], landed)
-            done += taken
-
-    def _partitions_of(self, topic: str) -> list[TopicPartition]:
-        """The topic's TopicPartition objects, cached per metadata version (send() reuses
-        them instead of building one per record)."""
-        if self._tps_version != self.metadata.version:
-            self._topic_partitions = {}
-            self._tps_version = self.metadata.version
+    def _topic_partitions(self, topic: str) -> tuple[list[TopicPartition], int]:
+        """The topic's partitions (waiting for its metadata up to max.block.ms) and the
+        metadata version they are from."""
+        version = self.metadata.version
         count = self.metadata.partition_count(topic)
         if count is None:
             count = self._wait_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in range(count)]
-        self._topic_partitions[topic] = tps
-        return tps
+        return [TopicPartition(topic, p) for p in range(count)], version
 
-    def _sticky_partition(self, topic: str, count: int) -> int:
-        partition = self._sticky.get(topic)
-        if partition is None or partition >= count:
-            with self._sticky_lock:
-                available = self.metadata.available_partitions(topic) or list(range(count))
-                partition = self._sticky[topic] = random.choice(available)
-        return partition
-
-    def _next_sticky(self, topic: str, count: int, current: int) -> None:
-        """Kafka's sticky partitioner: move on once a batch for the partition filled."""
-        with self._sticky_lock:
-            available = [p for p in self.metadata.available_partitions(topic) if p != current]
-            if not available:
-                available = [p for p in range(count) if p != current] or [current]
-            self._sticky[topic] = random.choice(available)
+    def _choose_sticky(self, topic: str, count: int, current: int) -> int:
+        """Kafka's sticky partitioner: a random available partition, another one than
+        ``current`` once its batch filled."""
+        available = [p for p in self.metadata.available_partitions(topic) if p < count]
+        choices = [p for p in available if p != current]
+        if not choices:
+            choices = [p for p in range(count) if p != current] or [current]
+        return random.choice(choices)
 
     def _wait_for_topic(self, topic: str) -> int:
         deadline = time.monotonic() + self._max_block_s
@@ -330,6 +203,7 @@ class Producer:
         if self._closed:
             return
         self._closed = True
+        self._accumulator.refuse()
         try:
             self.flush(timeout)
         except KafkaTimeoutError:
@@ -346,46 +220,19 @@ class Producer:
         return self._sender.metrics.snapshot()
 
 
-def _add_segments(
-    segments: list[tuple[int, list[int], BatchFuture, int]],
-    partition: int,
-    indices: list[int],
-    landed: list[tuple[BatchFuture, int, int, bool]],
-) -> None:
-    """Record where a run of send_batch's records landed: (partition, caller indices,
-    batch future, first offset delta) per batch."""
-    if len(landed) == 1:
-        future, delta, _n, _filled = landed[0]
-        segments.append((partition, indices, future, delta))
-        return
-    placed = 0
-    for future, delta, n, _filled in landed:
-        segments.append((partition, indices[placed : placed + n], future, delta))
-        placed += n
+class _Hooks:
+    """What the accumulator asks of its producer (ipc/accumulator_py.AccumulatorHooks)."""
 
+    __slots__ = ("_producer",)
 
-def _header_value(value: Any) -> bytes:
-    """Header values are bytes, as in Kafka. (``bytes(5)`` would silently give five zero
-    bytes, and ``bytes("text")`` a bare TypeError.)"""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    raise SerializationError(
-        f"header values must be bytes, got {type(value).__name__} {value!r:.40}; encode it "
-        "first (e.g. str.encode())"
-    )
+    def __init__(self, producer: Producer) -> None:
+        self._producer = producer
 
+    def topic_partitions(self, topic: str) -> tuple[list[TopicPartition], int]:
+        return self._producer._topic_partitions(topic)
 
-def _check_timestamp(timestamp_ms: Any) -> int:
-    """A record timestamp: ms since the epoch, non-negative and within int64 (as Kafka
-    requires). Refused here: the batch header could not hold it, and its encoding would
-    fail on the I/O thread, leaving the record unsent and flush() waiting forever."""
-    if isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int):
-        raise InvalidTimestampError(
-            f"timestamp_ms must be an integer (ms since the epoch), got {timestamp_ms!r}"
-        )
-    if not 0 <= timestamp_ms <= _INT64_MAX:
-        raise InvalidTimestampError(
-            f"timestamp_ms={timestamp_ms} is invalid: a timestamp is ms since the epoch, "
-            "non-negative (or None for now)"
-        )
-    return timestamp_ms
+    def choose_sticky(self, topic: str, count: int, current: int) -> int:
+        return self._producer._choose_sticky(topic, count, current)
+
+    def wake(self) -> None:
+        self._producer._io.wake()

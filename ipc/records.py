@@ -8,15 +8,32 @@ whole columns pays no per-record Python work in kvlog at all.
 A key or value its deserializer refuses stops the hand-out just before that record: the
 records before it are returned, and the next call raises :class:`UndecodableRecord`
 (with the raw bytes), so the consumer's position rests on the record that failed.
+
+With the C extension ``kvlog._records``, a native batch (as kvlog producers write it) is
+not decoded at all: its payload is indexed in place, and ``poll()`` builds each returned
+ConsumerRecord in C from it (~0.15 us a record); keys and values become bytes objects only
+for the records handed out. Other batches (Kafka's, headers, other shapes) go through
+cbor2 into lists, as without the extension.
 """
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-from kvlog.batch import BatchHeader, Columns
+from kvlog import batch as batch_format
+from kvlog.batch import HEADER_SIZE, MAGIC, BatchHeader, Columns
+from kvlog.codecs import decompress
+from kvlog.errors import CorruptRecordError
+
+try:  # KVLOG_PURE_PYTHON=1: cbor2 decodes every batch (tests of the fallback)
+    if os.environ.get("KVLOG_PURE_PYTHON"):
+        raise ImportError("KVLOG_PURE_PYTHON is set")
+    from kvlog import _records as native
+except ImportError:
+    native = None  # type: ignore[assignment]
 
 _tuple_new = tuple.__new__  # a NamedTuple's own constructor is a Python-level call
 # Records without headers share one empty, immutable headers value.
@@ -69,6 +86,10 @@ class ConsumerRecord(NamedTuple):
     timestamp_type: int = 0
     serialized_key_size: int = -1
     serialized_value_size: int = -1
+
+
+if native is not None:
+    native.set_record_type(ConsumerRecord, NO_HEADERS)
 
 
 class RecordColumns:
@@ -151,14 +172,60 @@ class RecordColumns:
         self.values += more.values
 
 
+def decode_batch(raw: bytes, base_offset: int, *, verify: bool = True) -> DecodedBatch:
+    """A fetched batch ready to hand out (raises CorruptRecordError). ``verify``: check
+    the CRC (a consumer's ``check.crcs``)."""
+    if native is not None and len(raw) > 4 and raw[4] == MAGIC:
+        header = batch_format.validate(raw) if verify else batch_format.read_header(raw)
+        try:
+            payload = decompress(header.codec, memoryview(raw)[HEADER_SIZE:])
+        except Exception as exc:  # any decoder failure means a corrupt batch
+            raise CorruptRecordError(f"record batch payload does not decode: {exc}") from exc
+        found = native.parse(payload, header.record_count)
+        if found is not None:
+            return DecodedBatch.of_native(header, found, base_offset)
+        # Another shape (headers, offset gaps) or corrupt: cbor2 reads it or says why.
+        header, columns = batch_format.decode_raw(raw, verify=False)
+        for name, column in (("key", columns.keys), ("value", columns.values)):
+            if not all(x is None or type(x) is bytes for x in column):
+                raise CorruptRecordError(f"record batch holds a {name} that is not bytes")
+        return DecodedBatch(header, columns, base_offset)
+    header, columns = batch_format.decode_raw(raw, verify=verify)
+    return DecodedBatch(header, columns, base_offset)
+
+
+class _NativeColumn:
+    """A column of a natively indexed batch as a read-only sequence: the objects are made
+    for the items asked for (the slow paths: deserializers, undecodable records)."""
+
+    __slots__ = ("_count", "_get")
+
+    def __init__(self, get: Callable[[int, int], list[Any]], count: int) -> None:
+        self._get = get
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            start, stop, _ = index.indices(self._count)
+            return self._get(start, max(start, stop))
+        if index < 0:
+            index += self._count
+        return self._get(index, index + 1)[0]
+
+
 class DecodedBatch:
-    """One fetched batch's records, decoded to columns, of which the first ``start`` have
-    been handed out. Keys and values are deserialized as they are handed out."""
+    """One fetched batch's records, decoded to columns (or, ``native``, indexed in place)
+    of which the first ``start`` have been handed out. Keys and values are deserialized
+    as they are handed out. Owned by one consumer (its thread)."""
 
     __slots__ = (
         "first_timestamp",
         "headers",
         "keys",
+        "native",
         "offsets",
         "start",
         "ts_deltas",
@@ -166,7 +233,24 @@ class DecodedBatch:
         "values",
     )
 
+    @classmethod
+    def of_native(cls, header: BatchHeader, found: Any, base_offset: int) -> DecodedBatch:
+        """A native batch with consecutive offsets and no headers (kvlog._records)."""
+        self = cls.__new__(cls)
+        count = len(found)
+        self.native = found
+        self.offsets = range(base_offset, base_offset + count)
+        self.ts_deltas = _NativeColumn(found.ts_deltas, count)
+        self.first_timestamp = header.first_timestamp
+        self.ts_type = header.timestamp_type
+        self.keys = _NativeColumn(found.keys, count)  # type: ignore[assignment]
+        self.values = _NativeColumn(found.values, count)  # type: ignore[assignment]
+        self.headers = None
+        self.start = 0
+        return self
+
     def __init__(self, header: BatchHeader, columns: Columns, base_offset: int) -> None:
+        self.native: Any = None
         deltas = columns.offset_deltas
         if isinstance(deltas, range):
             self.offsets: Sequence[int] = range(
@@ -238,12 +322,32 @@ class DecodedBatch:
         value_deserializer: Deserializer | None,
     ) -> list[ConsumerRecord]:
         start, stop = self._slice(limit)
+        if self.native is not None and key_deserializer is None and value_deserializer is None:
+            out: list[ConsumerRecord] = self.native.records(
+                start, stop, topic, partition, self.offsets[0], self.first_timestamp, self.ts_type
+            )
+            self.start = stop
+            return out
         decoded = self._deserialize(start, stop, key_deserializer, value_deserializer)
         if isinstance(decoded, int):  # stop before the record that does not deserialize
             return self.take_records(
                 topic, partition, decoded, key_deserializer, value_deserializer
             )
         keys, values = decoded
+        if self.native is not None:  # built in C, with the raw sizes
+            out = self.native.records(
+                start,
+                stop,
+                topic,
+                partition,
+                self.offsets[0],
+                self.first_timestamp,
+                self.ts_type,
+                None if key_deserializer is None else keys,
+                None if value_deserializer is None else values,
+            )
+            self.start = stop
+            return out
         raw_keys, raw_values = self.keys[start:stop], self.values[start:stop]
         key_sizes = [-1 if k is None else len(k) for k in raw_keys]
         value_sizes = [-1 if v is None else len(v) for v in raw_values]

@@ -2,7 +2,8 @@
 
 Each turn it refreshes metadata when it is stale, gets an idempotent producer id, fails
 batches past ``delivery.timeout.ms``, and sends ready batches straight to each
-partition's leader node: one batch per partition per request, up to
+partition's leader node: every ready batch of a node in one request (as many per
+partition as the sequencer lets it have in flight), up to
 ``max.in.flight.requests.per.connection`` requests per node. Replies resolve the batches'
 futures; retriable failures go back to the accumulator (ipc/sequencing.py keeps their
 sequence numbers in order), and every request, retry and failure is counted in Kafka's
@@ -71,6 +72,8 @@ class Sender:
         self._wanted_lock = threading.Lock()
         self._aborted: KvlogError | None = None
         self.metrics = ProducerMetrics()
+        self._moved = False  # batches taken or completed this turn (accumulator.progress)
+        self._registered = False  # accumulator.sender_thread() called from the I/O thread
 
     def want_topic(self, topic: str) -> None:
         with self._wanted_lock:
@@ -85,6 +88,9 @@ class Sender:
     # -- the driver turn -------------------------------------------------------------------
 
     def run(self, io: IOThread, now: float) -> float | None:
+        if not self._registered:
+            self._registered = True
+            self.accumulator.sender_thread()
         wake = now + 0.1
         self._refresh_metadata(io, now)
         if self.idempotent and self.producer_id < 0:
@@ -103,6 +109,11 @@ class Sender:
                 wake = min(wake, refresh_at)
         if next_due is not None:
             wake = min(wake, next_due)
+        if self._moved:
+            # At the end of the turn: a send() that waits for it takes the GIL once this
+            # thread goes back to polling.
+            self._moved = False
+            self.accumulator.progress()
         return wake
 
     def _timeout_error(self, batch: ProducerBatch) -> KafkaTimeoutError:
@@ -125,6 +136,8 @@ class Sender:
         def updated() -> None:
             with self._wanted_lock:
                 self._wanted -= set(self.metadata.topics) | self.metadata.missing
+            # send() asks the producer for a topic's partitions again after this.
+            self.accumulator.set_version(self.metadata.version)
 
         self.refresher.request(io, sorted(known | wanted), updated)
 
@@ -179,39 +192,40 @@ class Sender:
         return held
 
     def _collect(self, tps: list[TopicPartition], now: float) -> list[ProducerBatch]:
-        """At most one batch per partition, up to max.request.size (at least one)."""
+        """Every batch the partitions may send now, in order per partition (as many as
+        the sequencer lets each have in flight), up to max.request.size (at least one):
+        the node commits what one request carries in one transaction, so a request per
+        16 KiB batch would cost an fsync each."""
         batches: list[ProducerBatch] = []
         size = 0
         for tp in tps:
-            if not self.sequencer.may_send(tp):
-                continue
-            batch = self.accumulator.drain(tp, now)
-            if batch is None:
-                continue
-            self.sequencer.on_send(tp, batch)
-            if batch.encoded is None:
-                try:
-                    batch.encoded = self._encode(batch)
-                except Exception as exc:  # a record CBOR cannot encode: fail the batch
-                    error = SerializationError(f"batch for {tp} cannot be encoded: {exc}")
-                    _, resend = self.sequencer.on_error(tp, batch, error, can_retry=False)
-                    self._fail(batch, error)
-                    self._requeue(resend, now)
-                    continue
-            batches.append(batch)
-            size += len(batch.encoded)
-            if size >= self.max_request_size:
-                break
+            while self.sequencer.may_send(tp):
+                batch = self.accumulator.drain(tp, now)
+                if batch is None:
+                    break
+                self.sequencer.on_send(tp, batch)
+                if batch.encoded is None:
+                    try:
+                        batch.encoded = self._encode(batch)
+                    except Exception as exc:  # a batch that cannot encode fails alone
+                        error = SerializationError(f"batch for {tp} cannot be encoded: {exc}")
+                        _, resend = self.sequencer.on_error(tp, batch, error, can_retry=False)
+                        self._fail(batch, error)
+                        self._requeue(resend, now)
+                        continue
+                batches.append(batch)
+                self._moved = True
+                size += len(batch.encoded)
+                if size >= self.max_request_size:
+                    return batches
         return batches
 
     def _encode(self, batch: ProducerBatch) -> bytes:
-        ts = batch.ts_deltas
-        return batch_format.encode(
-            # One shared delta (a send_batch, or records sent in the same ms) encodes as one int.
-            ts[0] if ts.count(ts[0]) == len(ts) else ts,
-            batch.keys,
-            batch.values,
-            batch.headers,
+        # The accumulator built the columns' CBOR as records came in: per batch, only the
+        # codec, the CRC and the header are left.
+        return batch_format.encode_payload(
+            batch.payload(),
+            batch.record_count,
             first_timestamp=batch.first_timestamp,
             max_timestamp=batch.max_timestamp,
             codec=self.codec,
@@ -292,6 +306,7 @@ class Sender:
         self._requeue(resend, now)
 
     def _succeed(self, batch: ProducerBatch, base_offset: int, log_start_offset: int) -> None:
+        self._moved = True
         resend = self.sequencer.on_success(batch.tp, batch)
         self.accumulator.complete(batch)
         batch.future.set_result(base_offset, log_start_offset)
@@ -320,6 +335,7 @@ class Sender:
         )
 
     def _fail(self, batch: ProducerBatch, error: BaseException) -> None:
+        self._moved = True
         self.metrics.failed(batch.record_count, time.monotonic())
         self.accumulator.complete(batch)
         batch.future.set_exception(error)

@@ -116,10 +116,12 @@ class BatchHeader(NamedTuple):
 
     @property
     def last_sequence(self) -> int:
-        """Sequence of the last record (wraps at int32 like Kafka's)."""
+        """Sequence of the last record (wraps at int32 like Kafka's). Counted from the
+        last offset delta, as Kafka does, not from the record count: compaction removes
+        records but keeps the batch's last offset, so the sequences stay true."""
         if self.base_sequence == NO_SEQUENCE:
             return NO_SEQUENCE
-        return (self.base_sequence + self.record_count - 1) & 0x7FFFFFFF
+        return (self.base_sequence + self.last_offset_delta) & 0x7FFFFFFF
 
     @property
     def is_idempotent(self) -> bool:
@@ -213,6 +215,28 @@ def next_offset(base_offset: int, buf: bytes | memoryview) -> int:
     return base_offset + _EPOCH.unpack_from(buf, 11)[0] + 1
 
 
+def rebuild(
+    stored: bytes | memoryview, payload: bytes, *, record_count: int, max_timestamp: int
+) -> bytes:
+    """A stored batch of either format with a new (already compressed) payload of
+    ``record_count`` records: the compaction of a batch. The leader epoch, magic,
+    attributes, last offset delta, first timestamp and producer id, epoch and base
+    sequence stay; the count, max timestamp and CRC are new."""
+    header = read_header(stored)
+    body = _BODY.pack(
+        header.attributes,
+        header.last_offset_delta,
+        header.first_timestamp,
+        max_timestamp,
+        header.producer_id,
+        header.producer_epoch,
+        header.base_sequence,
+        record_count,
+    )
+    crc = crc32c(payload, crc32c(body))
+    return b"".join((_PREFIX.pack(header.partition_leader_epoch, header.magic, crc), body, payload))
+
+
 def stamp_leader_epoch(buf: bytes | memoryview, leader_epoch: int) -> bytes:
     """The batch with its partition_leader_epoch set (outside the CRC, so it stays valid)."""
     return _EPOCH.pack(leader_epoch) + memoryview(buf)[4:]
@@ -258,18 +282,50 @@ def encode(
     ]
     if headers is not None and any(headers):
         columns.append(headers)
-    payload = compress(codec, cbor2.dumps(columns))
+    return encode_payload(
+        cbor2.dumps(columns),
+        count,
+        first_timestamp=first_timestamp,
+        max_timestamp=max_timestamp,
+        last_offset_delta=count - 1 if offset_deltas is None else offset_deltas[-1],
+        codec=codec,
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_sequence=base_sequence,
+        timestamp_type=timestamp_type,
+    )
+
+
+def encode_payload(
+    payload: bytes,
+    record_count: int,
+    *,
+    first_timestamp: int,
+    max_timestamp: int,
+    last_offset_delta: int | None = None,
+    codec: Codec = Codec.NONE,
+    producer_id: int = NO_PRODUCER_ID,
+    producer_epoch: int = NO_PRODUCER_EPOCH,
+    base_sequence: int = NO_SEQUENCE,
+    timestamp_type: int = TIMESTAMP_CREATE_TIME,
+) -> bytes:
+    """A batch around an already encoded payload (the columns' CBOR, uncompressed): one
+    compress, one CRC, the header. The producer's accumulator builds the payload as
+    records arrive (kvlog._accumulator); a retry with a new sequence re-frames it.
+    ``last_offset_delta`` None: the offsets are consecutive."""
+    if record_count < 1:
+        raise ValueError("a record batch needs at least one record")
+    payload = compress(codec, payload)
     attributes = int(codec) | (_TIMESTAMP_TYPE_BIT if timestamp_type else 0)
-    last_delta = count - 1 if offset_deltas is None else offset_deltas[-1]
     body = _BODY.pack(
         attributes,
-        last_delta,
+        record_count - 1 if last_offset_delta is None else last_offset_delta,
         first_timestamp,
         max_timestamp,
         producer_id,
         producer_epoch,
         base_sequence,
-        count,
+        record_count,
     )
     crc = crc32c(payload, crc32c(body))
     return b"".join((_PREFIX.pack(NO_LEADER_EPOCH, MAGIC, crc), body, payload))

@@ -71,6 +71,8 @@ class ErrorCode(enum.IntEnum):
     GROUP_AUTHORIZATION_FAILED = 30
     CLUSTER_AUTHORIZATION_FAILED = 31
     INVALID_TIMESTAMP = 32
+    UNSUPPORTED_SASL_MECHANISM = 33
+    ILLEGAL_SASL_STATE = 34
     UNSUPPORTED_VERSION = 35
     TOPIC_ALREADY_EXISTS = 36
     INVALID_PARTITIONS = 37
@@ -360,6 +362,16 @@ class InvalidTimestampError(KvlogError, code=ErrorCode.INVALID_TIMESTAMP):
     """A record timestamp is out of range."""
 
 
+class UnsupportedSaslMechanismError(KvlogError, code=ErrorCode.UNSUPPORTED_SASL_MECHANISM):
+    """The broker does not enable this SASL mechanism; use one it lists (SCRAM-SHA-256 or
+    SCRAM-SHA-512, as kafka_sasl_mechanisms configures)."""
+
+
+class IllegalSaslStateError(KvlogError, code=ErrorCode.ILLEGAL_SASL_STATE):
+    """A SASL request arrived when the connection was not expecting it (a listener without
+    SASL, or out of order); check the client's security.protocol."""
+
+
 class UnsupportedVersionError(KvlogError, code=ErrorCode.UNSUPPORTED_VERSION):
     """The server does not support this protocol version or op; upgrade the client or the
     server."""
@@ -456,7 +468,8 @@ class StorageError(InvalidMetadataError, code=ErrorCode.STORAGE_ERROR):
 
 
 class AuthenticationFailedError(KvlogError, code=ErrorCode.SASL_AUTHENTICATION_FAILED):
-    """Authentication failed; check the client's CURVE keys."""
+    """Authentication failed; check the client's CURVE keys (kvlog's wire) or its SASL user
+    name and password (Kafka's wire)."""
 
 
 class UnknownProducerIdError(KvlogError, code=ErrorCode.UNKNOWN_PRODUCER_ID):

@@ -37,7 +37,7 @@ import lmdb
 from . import batch as batch_format
 from .batch import BatchHeader
 from .errors import KvlogError, OffsetOutOfRangeError, StorageError, UnknownTopicOrPartitionError
-from .log import Batch, collect_batches, read_limit
+from .log import Batch, BatchReplacement, collect_batches, read_limit, replacement_error
 from .types import PartitionOffsets, TopicPartition, parse_partition_key, partition_key
 
 log = logging.getLogger(__name__)
@@ -486,6 +486,42 @@ class _LmdbWrite(_LmdbRead):
         new = state._replace(log_start_offset=offset, size_bytes=size)
         self._set_offsets(tp, new)
         return new
+
+    def replace_batches(
+        self, tp: TopicPartition, replacements: Sequence[BatchReplacement]
+    ) -> list[bool]:
+        state = self.offsets(tp)
+        db = self._partition_db(tp)
+        cursor = self._txn.cursor(db=db)
+        last_base = _KEY.unpack(cursor.key())[0] if cursor.last() else -1
+        size = state.size_bytes
+        applied = []
+        for base, expected, new in replacements:
+            problem = replacement_error(tp, base, expected, new)
+            if problem is not None:
+                raise ValueError(problem)
+            key = _KEY.pack(base)
+            stored = self._txn.get(key, db=db)
+            fits = (
+                stored is not None
+                and len(stored) == len(expected)
+                # bytes == bytes is one memcmp; memoryview == compares item by item
+                and bytes(stored) == bytes(expected)
+                and batch_format.next_offset(base, stored) <= state.high_watermark
+                and (new is not None or base != last_base)
+            )
+            if fits:
+                assert stored is not None
+                size -= len(stored)
+                if new is None:
+                    self._txn.delete(key, db=db)
+                else:
+                    self._txn.put(key, new, db=db)
+                    size += len(new)
+            applied.append(fits)
+        if size != state.size_bytes:
+            self._set_offsets(tp, state._replace(size_bytes=size))
+        return applied
 
     def reset(self, tp: TopicPartition, offset: int) -> PartitionOffsets:
         self.offsets(tp)  # raises for an unknown partition

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from . import batch as batch_format
 from .batch import BatchHeader
@@ -63,6 +63,36 @@ def collect_batches(
     return out
 
 
+class BatchReplacement(NamedTuple):
+    """Compaction's change to one stored batch: at ``base_offset``, the batch that is
+    exactly ``expected`` becomes ``new`` (the same base and last offset, fewer records),
+    or goes when ``new`` is None."""
+
+    base_offset: int
+    expected: Batch
+    new: Batch | None
+
+
+def replacement_error(
+    tp: TopicPartition, base: int, expected: Batch, new: Batch | None
+) -> str | None:
+    """Why ``new`` cannot stand in for ``expected`` at ``base`` (None: it can). Shared by
+    both stores: a replacement keeps the batch's base and last offsets true, validates,
+    and holds no more records than the batch it replaces."""
+    if new is None:
+        return None
+    old = batch_format.read_header(expected)
+    header = batch_format.validate(new)
+    if header.last_offset_delta != old.last_offset_delta:
+        return (
+            f"{tp}: the replacement of the batch at {base} ends at delta "
+            f"{header.last_offset_delta}, not {old.last_offset_delta}"
+        )
+    if header.record_count > old.record_count:
+        return f"{tp}: the replacement of the batch at {base} holds more records than it"
+    return None
+
+
 class WriteTxn(Protocol):
     """One atomic, durable write transaction on a log store."""
 
@@ -102,6 +132,21 @@ class WriteTxn(Protocol):
 
     def reset(self, tp: TopicPartition, offset: int) -> PartitionOffsets:
         """Drop everything and restart the partition empty at ``offset``."""
+        ...
+
+    def replace_batches(
+        self, tp: TopicPartition, replacements: Sequence[BatchReplacement]
+    ) -> list[bool]:
+        """Compaction: swap batches in place at their base offsets, or remove them.
+
+        A replacement applies only where the stored batch is still byte for byte its
+        ``expected`` and ends at or below the high watermark, and never removes the last
+        batch (it marks the log end); else it is skipped (False: retention, DeleteRecords
+        or a truncation got there first). Offsets (log start, high watermark, log end) never
+        change; ``size_bytes`` follows. Raises ValueError for a replacement that does not
+        keep the batch's base and last offset or holds more records
+        (:func:`replacement_error`), CorruptRecordError for one that does not validate.
+        """
         ...
 
     def get(self, table: str, key: bytes) -> bytes | None: ...

@@ -17,7 +17,7 @@ from typing import TypeVar
 from . import batch as batch_format
 from .batch import BatchHeader
 from .errors import OffsetOutOfRangeError, StorageError, UnknownTopicOrPartitionError
-from .log import Batch, collect_batches, read_limit
+from .log import Batch, BatchReplacement, collect_batches, read_limit, replacement_error
 from .types import PartitionOffsets, TopicPartition
 
 T = TypeVar("T")
@@ -293,6 +293,37 @@ class _MemoryWrite(_MemoryRead):
         del part.values[:drop]
         part.offsets = state._replace(log_start_offset=offset, size_bytes=size)
         return part.offsets
+
+    def replace_batches(
+        self, tp: TopicPartition, replacements: Sequence[BatchReplacement]
+    ) -> list[bool]:
+        part = self._mutable(tp)
+        state = part.offsets
+        size = state.size_bytes
+        applied = []
+        for base, expected, new in replacements:
+            problem = replacement_error(tp, base, expected, new)
+            if problem is not None:
+                raise ValueError(problem)
+            i = bisect.bisect_left(part.bases, base)
+            fits = (
+                i < len(part.bases)
+                and part.bases[i] == base
+                and part.values[i] == bytes(expected)
+                and batch_format.next_offset(base, part.values[i]) <= state.high_watermark
+                and (new is not None or i != len(part.bases) - 1)
+            )
+            if fits:
+                size -= len(part.values[i])
+                if new is None:
+                    del part.bases[i]
+                    del part.values[i]
+                else:
+                    part.values[i] = bytes(new)
+                    size += len(new)
+            applied.append(fits)
+        part.offsets = state._replace(size_bytes=size)
+        return applied
 
     def reset(self, tp: TopicPartition, offset: int) -> PartitionOffsets:
         part = self._mutable(tp)

@@ -8,7 +8,10 @@ Kafka's rules, per partition, applied to whole batches from the head of the log:
   ``retention.bytes`` without it;
 - only batches below the high watermark go, and deletion stops at the first batch that
   neither rule removes (the log stays a contiguous suffix);
-- ``-1`` disables a rule. Consuming never deletes anything.
+- ``-1`` disables a rule. Consuming never deletes anything;
+- only topics whose ``cleanup.policy`` has ``delete`` (``delete`` or ``compact,delete``);
+  a ``compact`` topic keeps its records until the cleaner (:mod:`kvlog.cleaner`) removes
+  superseded ones.
 
 The sweeper reads batch headers (never payloads), decides with :func:`retention_cutoff`,
 and deletes in short write transactions of at most ``max_batches_per_txn`` batches,
@@ -24,7 +27,7 @@ from typing import Any
 
 from .errors import KvlogError
 from .log import LogStore
-from .topic_config import UNLIMITED, effective_topic_config
+from .topic_config import UNLIMITED, cleanup_policies, effective_topic_config
 from .types import TopicPartition
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,8 @@ class Sweeper:
             if overrides is None:
                 continue
             config = effective_topic_config(overrides)
+            if "delete" not in cleanup_policies(config):
+                continue  # cleanup.policy=compact: the cleaner's, never deleted by age or size
             try:
                 result = self.sweep_partition(
                     tp, now_ms, config["retention.ms"], config["retention.bytes"]

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "groups": "kvlog.tools.groups:groups",
     "keys": "kvlog.tools.acls:keys",
     "acls": "kvlog.tools.acls:acls",
+    "users": "kvlog.tools.users:users",
     "config": "kvlog.tools.config_docs:config",
     "backup": "kvlog.tools.backup:backup",
 }

@@ -87,6 +87,18 @@ class Options:
     as_json: bool
     send_batch: int = 0
     preload: int = 0
+    client: str = "kvlog"
+    kafka_bootstrap: str | None = None
+    client_setting: tuple[str, ...] = ()
+
+    @property
+    def client_settings(self) -> dict[str, Any]:
+        """``--client-setting KEY=VALUE`` pairs (integers where they look like one)."""
+        settings: dict[str, Any] = {}
+        for pair in self.client_setting:
+            key, _, value = pair.partition("=")
+            settings[key] = int(value) if value.lstrip("-").isdigit() else value
+        return settings
 
     def producer_config(self, **extra: Any) -> dict[str, Any]:
         config = client_config(self.bootstrap_server, self.command_config)
@@ -188,6 +200,7 @@ def broker_for(options: Options) -> Iterator[tuple[str, bool]]:
         log_dirs = [root / "logs" / str(i) for i in range(count)]
         with Broker(root, "tcp://127.0.0.1:0", log_dirs=log_dirs) as broker:
             options.bootstrap_server = broker.bootstrap
+            options.kafka_bootstrap = options.kafka_bootstrap or broker.kafka_bootstrap
             try:
                 yield broker.bootstrap, True
             finally:
@@ -327,7 +340,8 @@ def run_produce_batches(options: Options, tick: Tick) -> Result:
             ks = keys[:size] if keys is not None else None
             t = clock()
             result = send_batch(topic, values[:size], ks)
-            for _, _, future, _ in result._segments:
+            for batch in result._batches:
+                future = batch.future
                 if future not in acked_at:
                     acked_at[future] = 0.0
                     future.add_callback(on_ack)
@@ -338,10 +352,11 @@ def run_produce_batches(options: Options, tick: Tick) -> Result:
         seconds = clock() - started
     latency: Counter[int] = Counter()
     for t, result in calls:
-        for _, indices, future, _ in result._segments:
+        for index, records in Counter(result._batch_of).items():
+            future = result._batches[index].future
             if future.error is not None:
                 raise click.ClickException(f"a batch failed: {future.error}")
-            latency[int((acked_at[future] - t) * 1e6)] += len(indices)
+            latency[int((acked_at[future] - t) * 1e6)] += records
     return Result(
         "produce",
         n,
@@ -724,6 +739,36 @@ send_batch_option = click.option(
     metavar="N",
     help="Use Producer.send_batch with N records per call (0: send() per record).",
 )
+client_options = (
+    click.option(
+        "--client",
+        type=click.Choice(("kvlog", "confluent-kafka", "kafka-python")),
+        default="kvlog",
+        show_default=True,
+        help="Whose client runs: kvlog's (ZeroMQ) or a Kafka client on the Kafka listener.",
+    ),
+    click.option(
+        "--kafka-bootstrap",
+        default=None,
+        metavar="HOST:PORT",
+        help="The broker's Kafka listener, for --client with --bootstrap-server "
+        "[default: the embedded broker's].",
+    ),
+    click.option(
+        "--client-setting",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="A Kafka client's own setting, e.g. fetch.queue.backoff.ms=5 (repeatable).",
+    ),
+)
+
+
+def with_client_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed(client_options):
+        f = decorator(f)
+    return f
+
+
 preload_option = click.option(
     "--preload",
     type=click.IntRange(min=0),
@@ -752,6 +797,7 @@ def _run(options: Options, body: Callable[[Options, bool], Result]) -> None:
 @common_options
 @send_batch_option
 @preload_option
+@with_client_options
 def perf_produce(**kwargs: Any) -> None:
     """Producer throughput and send -> ack latency."""
     options = Options(**kwargs)
@@ -759,7 +805,14 @@ def perf_produce(**kwargs: Any) -> None:
     def body(o: Options, bars: bool) -> Result:
         stored = sum(preload(o, bars).values())
         with progress_bar("produce", o.records, bars) as tick:
-            result = run_produce_batches(o, tick) if o.send_batch else run_produce(o, tick)
+            if o.client != "kvlog":
+                from . import perf_kafka_clients
+
+                result = perf_kafka_clients.run_produce(o, tick)
+            elif o.send_batch:
+                result = run_produce_batches(o, tick)
+            else:
+                result = run_produce(o, tick)
         result.extra["stored_before"] = stored
         return result
 
@@ -777,12 +830,24 @@ def perf_produce(**kwargs: Any) -> None:
     is_flag=True,
     help="Read with Consumer.poll_batch() (columns) instead of poll() (a record each).",
 )
+@with_client_options
 def perf_consume(no_fill: bool, max_poll_records: int, columns: bool, **kwargs: Any) -> None:
     """Consumer throughput: one consumer reads --records records from the start (after
     --preload's records)."""
     options = Options(**kwargs)
+    if options.client != "kvlog" and (options.preload or columns):
+        raise click.UsageError("--preload and --poll-batch are kvlog's client's options")
 
     def body(o: Options, bars: bool) -> Result:
+        if o.client != "kvlog":
+            from . import perf_kafka_clients
+
+            if not no_fill:
+                with progress_bar("fill (untimed)", o.records, bars) as tick:
+                    perf_kafka_clients.fill(o, tick)
+            partitions = ensure_topic(o)
+            with progress_bar("consume", o.records, bars) as tick:
+                return perf_kafka_clients.run_consume(o, tick, max_poll_records, partitions)
         start = preload(o, bars) if o.preload else None
         if not no_fill:
             with progress_bar("fill (untimed)", o.records, bars) as tick:

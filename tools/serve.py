@@ -16,6 +16,11 @@ few seconds. SIGHUP (also sent by ``kvlog acls reload``) re-reads the authorized
     super_users = ["admin"]
     advertised_host = "10.0.0.5"
     kafka_advertised_host = "10.0.0.5"
+    kafka_sasl_mechanisms = ["SCRAM-SHA-256", "SCRAM-SHA-512"]   # Kafka clients' logins
+    kafka_ssl_certfile = "tls/server.pem"                         # TLS: SASL_SSL
+    kafka_ssl_keyfile = "tls/server.key"
+    kafka_ssl_cafile = "tls/ca.pem"                               # client certificates'
+    kafka_ssl_client_auth = "none"                                # or requested, required
     log_level = "INFO"
     "group.initial.rebalance.delay.ms" = 0
 
@@ -47,7 +52,14 @@ DEFAULT_KAFKA_LISTEN: str = SERVER_SETTINGS.default("kafka_listen")
 STATUS_KEYS = ("role", "node_id", "pid", "endpoint", "kafka", "log_dir", "started_at")
 
 # Server settings that name files: relative paths are relative to the config file.
-_PATH_KEYS = ("data_dir", "curve_secret_key", "curve_authorized_keys")
+_PATH_KEYS = (
+    "data_dir",
+    "curve_secret_key",
+    "curve_authorized_keys",
+    "kafka_ssl_certfile",
+    "kafka_ssl_keyfile",
+    "kafka_ssl_cafile",
+)
 
 
 def _help(name: str) -> str:
@@ -140,6 +152,36 @@ class _Starting(Exception):
     multiple=True,
     help=SERVER_SETTINGS["super_users"].doc + " Repeat the flag for several.",
 )
+@click.option(
+    "--kafka-sasl-mechanisms",
+    default=None,
+    metavar="MECHANISM[,MECHANISM]",
+    help=SERVER_SETTINGS["kafka_sasl_mechanisms"].doc,
+)
+@click.option(
+    "--kafka-ssl-certfile",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help=SERVER_SETTINGS["kafka_ssl_certfile"].doc,
+)
+@click.option(
+    "--kafka-ssl-keyfile",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help=SERVER_SETTINGS["kafka_ssl_keyfile"].doc,
+)
+@click.option(
+    "--kafka-ssl-cafile",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help=SERVER_SETTINGS["kafka_ssl_cafile"].doc,
+)
+@click.option(
+    "--kafka-ssl-client-auth",
+    type=click.Choice(["none", "requested", "required"]),
+    default=None,
+    help=_help("kafka_ssl_client_auth"),
+)
 @click.option("--advertised-host", default=None, help=SERVER_SETTINGS["advertised_host"].doc)
 @click.option(
     "--log-level",
@@ -157,6 +199,11 @@ def serve(
     curve_secret_key: str | None,
     curve_authorized_keys: str | None,
     super_users: tuple[str, ...],
+    kafka_sasl_mechanisms: str | None,
+    kafka_ssl_certfile: str | None,
+    kafka_ssl_keyfile: str | None,
+    kafka_ssl_cafile: str | None,
+    kafka_ssl_client_auth: str | None,
     advertised_host: str | None,
     log_level: str | None,
 ) -> None:
@@ -178,6 +225,11 @@ def serve(
         "curve_secret_key": curve_secret_key,
         "curve_authorized_keys": curve_authorized_keys,
         "super_users": list(super_users) or None,
+        "kafka_sasl_mechanisms": kafka_sasl_mechanisms,
+        "kafka_ssl_certfile": kafka_ssl_certfile,
+        "kafka_ssl_keyfile": kafka_ssl_keyfile,
+        "kafka_ssl_cafile": kafka_ssl_cafile,
+        "kafka_ssl_client_auth": kafka_ssl_client_auth,
         "advertised_host": advertised_host,
         "log_level": log_level,
     }
@@ -210,6 +262,11 @@ def serve(
         advertised_host=settings.get("advertised_host"),
         kafka_listen=kafka_at,
         kafka_advertised_host=settings.get("kafka_advertised_host"),
+        kafka_sasl_mechanisms=settings.get("kafka_sasl_mechanisms"),
+        kafka_ssl_certfile=settings.get("kafka_ssl_certfile"),
+        kafka_ssl_keyfile=settings.get("kafka_ssl_keyfile"),
+        kafka_ssl_cafile=settings.get("kafka_ssl_cafile"),
+        kafka_ssl_client_auth=settings.get("kafka_ssl_client_auth") or "none",
     )
     stop = threading.Event()
     reload = threading.Event()
@@ -267,7 +324,8 @@ def serve(
 def kafka_line(broker: Any) -> str:
     """The Kafka bootstrap address for humans, or why there is none."""
     if broker.kafka_bootstrap:
-        return f"{broker.kafka_bootstrap}  (Kafka clients: bootstrap.servers, kcat -b)"
+        protocol = broker.kafka_security_protocol
+        return f"{broker.kafka_bootstrap}  (Kafka clients: bootstrap.servers, kcat -b; {protocol})"
     return f"off: {broker.kafka_off_reason or 'kafka_listen is none'}"
 
 

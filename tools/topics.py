@@ -142,21 +142,39 @@ def _print_description(console: Any, desc: Any) -> None:
 @click.argument("names", nargs=-1)
 @click.option("--topic", "topic_opts", multiple=True, help="Same as NAMES (Kafka's spelling).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of topic descriptions.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The broker's data dir, for compacted topics' dirty ratio and last compaction "
+    "(default: kvlog serve's).",
+)
 @client_options
 def describe(
     names: tuple[str, ...],
     topic_opts: tuple[str, ...],
     as_json: bool,
+    data_dir: Path | None,
     bootstrap_server: str | None,
     command_config: Path | None,
 ) -> None:
     """Per partition leader, replicas and ISR, and the topic config (all topics without
-    NAMES)."""
+    NAMES); for compacted topics, each replica's dirty ratio and last compaction."""
+    from .topics_compaction import compaction_status, print_compaction
+
     with _admin(bootstrap_server, command_config) as admin:
         wanted = list(names) + list(topic_opts) or admin.list_topics()
         descriptions = [admin.describe_topic(name) for name in wanted]
     if as_json:
-        click.echo(json.dumps([_describe_json(d) for d in descriptions], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    _describe_json(d) | {"compaction": compaction_status(data_dir, d)}
+                    for d in descriptions
+                ],
+                indent=2,
+            )
+        )
         return
     console = make_console()
     if not descriptions:
@@ -165,6 +183,7 @@ def describe(
         if i:
             console.print()
         _print_description(console, desc)
+        print_compaction(console, compaction_status(data_dir, desc))
 
 
 @topics.command()
@@ -254,3 +273,7 @@ def elect_leaders(
     click.echo(f"Elected the preferred leader for {len(moved)} partition(s):")
     for tp in moved:
         click.echo(f"  {tp.topic}-{tp.partition}")
+
+
+# `kvlog topics compact` lives in its own module, which adds itself to this group.
+from . import topics_compaction  # noqa: E402, F401

@@ -36,6 +36,9 @@ ACL_VERSION_KEY = b"acl_version"
 CONTROLLER_TABLE = "controller"
 INTERNAL_PRINCIPAL = "kvlog-internal"
 ANONYMOUS = "ANONYMOUS"
+# Names no client may authenticate as (a SCRAM user, a certificate's CN): kvlog's own
+# processes' principal, Kafka's unauthenticated one, and the ACL wildcard.
+RESERVED_PRINCIPALS = frozenset((INTERNAL_PRINCIPAL, ANONYMOUS, "*"))
 
 # Kafka's TOPIC, GROUP, CLUSTER and TRANSACTIONAL_ID resource types.
 RESOURCE_TYPES = ("topic", "group", "cluster", "transactional_id")
@@ -162,6 +165,16 @@ def check_internal(auth: Authorizer, principal: str) -> None:
     if principal != INTERNAL_PRINCIPAL:
         raise ClusterAuthorizationFailedError(
             f"principal {principal!r} may not call internal ops (kvlog's own processes only)"
+        )
+
+
+def check_super_user(auth: Authorizer, principal: str, what: str) -> None:
+    """Only super users (and kvlog's own processes): managing SCRAM users, whose names are
+    principals, would otherwise let an ACL holder mint any principal, a super user's too."""
+    if principal not in auth.super_users:
+        raise ClusterAuthorizationFailedError(
+            f"principal {principal!r} may not {what}: only super users may (kvlog serve "
+            "--super-user NAME)"
         )
 
 
@@ -301,6 +314,13 @@ def _internal(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
     check_internal(auth, principal)
 
 
+def _super_user(what: str) -> Check:
+    def check(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+        check_super_user(auth, principal, what)
+
+    return check
+
+
 def _anyone(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
     """Any authenticated principal (the answer is filtered per permission)."""
 
@@ -407,6 +427,9 @@ OP_PERMISSIONS: dict[str, Check] = {
     "acl_remove": _cluster("alter"),
     "acl_list": _cluster("describe"),
     "reload_security": _cluster("alter"),
+    "user_upsert": _super_user("manage SCRAM users"),
+    "user_remove": _super_user("manage SCRAM users"),
+    "user_list": _super_user("list SCRAM users"),
     # groups
     "join_group": _group_op("read"),
     "sync_group": _group_op("read"),
@@ -424,6 +447,7 @@ OP_PERMISSIONS: dict[str, Check] = {
     "watch_metadata": _internal,
     "alter_isr": _internal,
     "node_down": _internal,
+    "kafka_relay": _internal,  # the relayed request is checked as its client's, inside
 }
 
 

@@ -106,8 +106,8 @@ class BrokerPingAnswer:
 @dataclass(slots=True)
 class Forwarded:
     """The coordinator's answer to a forwarded request, as its wire carried it;
-    ``reload_acls``: the request changed ACLs, which this process must reload before it
-    answers."""
+    ``reload_acls``: the request changed ACLs or SCRAM users, which this process must reload
+    before it answers."""
 
     fields: dict[str, Any]
     reload_acls: bool = False
@@ -308,7 +308,7 @@ class BrokerCore:
                 ),
             )
             return
-        forwarded = Forwarded(answer.body, reload_acls=op.startswith("acl_"))
+        forwarded = Forwarded(answer.body, reload_acls=op.startswith(("acl_", "user_")))
         version = answer.body.get("version", -1)
         if isinstance(version, int) and version > self.version:
             deadline = now_ms + self.config.cache_catch_up_ms

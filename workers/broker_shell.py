@@ -36,6 +36,7 @@ from .controller_events import FindCoordinator as FindCoordinatorEvent
 from .controller_events import Metadata, MetadataUnchanged
 from .core_result import Reply, Send
 from .kafka_handlers import KafkaContext
+from .kafka_handlers.acls import ACL_EVENTS, forward_op, forwarded_answer
 from .kafka_shell import KafkaShell, broker_config_entries
 from .security import ServerSecurity
 from .settings import BrokerSettings, ServerSettings
@@ -61,13 +62,24 @@ FORWARDED_OPS = (
     "acl_add",
     "acl_remove",
     "acl_list",
+    "user_upsert",
+    "user_remove",
+    "user_list",
 )
 
 
 # The Kafka APIs the bootstrap answers: what a client asks before it knows the brokers
 # (or of any broker). Admin and group requests go to the controller and the group
 # coordinator, which Metadata and FindCoordinator name: the coordinator process.
-KAFKA_APIS = (ApiKey.ApiVersions, ApiKey.Metadata, ApiKey.FindCoordinator)
+# ACL requests are forwarded to the coordinator, which owns the store (as kvlog's acl ops).
+KAFKA_APIS = (
+    ApiKey.ApiVersions,
+    ApiKey.Metadata,
+    ApiKey.FindCoordinator,
+    ApiKey.DescribeAcls,
+    ApiKey.CreateAcls,
+    ApiKey.DeleteAcls,
+)
 
 
 class BrokerServer(KafkaShell, CoreShell, Server):
@@ -131,10 +143,18 @@ class BrokerServer(KafkaShell, CoreShell, Server):
         return self.call(peer, req.id, BrokerPing())
 
     def kafka_event(self, event: Any, ctx: KafkaContext) -> Any:
-        """The Kafka handlers' Metadata is the broker core's (answered from its cache)."""
+        """The Kafka handlers' Metadata is the broker core's (answered from its cache); their
+        ACL events go to the coordinator as the ZeroMQ acl ops do."""
         if isinstance(event, Metadata):
             return BrokerMetadata(event.topics, allow_auto_create=event.allow_auto_create)
+        if isinstance(event, ACL_EVENTS):
+            return Forward(*forward_op(event))
         return event
+
+    def kafka_answer(self, event: Any, body: Any) -> Any:
+        if isinstance(body, Forwarded):
+            return forwarded_answer(event, body.fields)
+        return body
 
     def _forward(self, req: Request, peer: bytes) -> Fields | None:
         fields = {k: v for k, v in req.header.items() if k not in ("v", "id", "op")}

@@ -26,10 +26,12 @@ from kvlog.config_def import (
     ConfigKey,
     ConfigType,
     integer,
+    one_of,
     optional,
 )
 from kvlog.errors import InvalidConfigError
 from kvlog.ipc.config import DEFAULT_BOOTSTRAP
+from kvlog.ipc.kafka.scram import MECHANISMS as SCRAM_MECHANISMS
 
 from .kafka_addresses import AUTO, parse_kafka_listen
 
@@ -62,6 +64,41 @@ BROKER_CONFIG = ConfigDef(
             "How often the sweeper applies retention.ms / retention.bytes.",
             used_by=("sweeper",),
             field="interval_ms",
+        ),
+        ConfigKey(
+            "log.cleaner.enable",
+            BOOLEAN,
+            True,
+            "Compact the partitions of topics with cleanup.policy=compact when due (the "
+            "sweeper); kvlog topics compact still works when false.",
+            used_by=("sweeper",),
+            field="cleaner_enable",
+        ),
+        ConfigKey(
+            "log.cleaner.backoff.ms",
+            integer(10),
+            15_000,
+            "How often the sweeper looks for partitions due for compaction.",
+            used_by=("sweeper",),
+            field="cleaner_backoff_ms",
+        ),
+        ConfigKey(
+            "log.cleaner.dedupe.buffer.size",
+            integer(1 << 20),
+            128 << 20,
+            "Memory of the compaction key -> offset map (24 bytes a key, 90% full at most); "
+            "a partition with more dirty keys is compacted in several passes.",
+            used_by=("sweeper",),
+            field="dedupe_buffer_bytes",
+        ),
+        ConfigKey(
+            "log.cleaner.io.buffer.size",
+            integer(4096),
+            1 << 20,
+            "Bytes the cleaner reads per read transaction and rewrites per write "
+            "transaction (smaller: shorter holds of the log dir's write lock).",
+            used_by=("sweeper",),
+            field="io_buffer_bytes",
         ),
         ConfigKey(
             "node.session.timeout.ms",
@@ -221,6 +258,20 @@ def broker_default(name: str) -> Any:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+def _sasl_mechanisms(name: str, value: Any) -> list[str]:
+    """A list of SCRAM mechanisms, or Kafka's comma-separated spelling of one."""
+    items = value.split(",") if isinstance(value, str) else value
+    names = [m.strip().upper() for m in STRING_LIST.parse(name, items) if m.strip()]
+    for mechanism in names:
+        if mechanism not in SCRAM_MECHANISMS:
+            raise InvalidConfigError(
+                f"{name}: {mechanism!r} is not served; kvlog serves {', '.join(SCRAM_MECHANISMS)}"
+            )
+    if len(set(names)) != len(names):
+        raise InvalidConfigError(f"{name} names a mechanism twice")
+    return names
+
+
 def _log_level(name: str, value: Any) -> str:
     spelled = value.upper() if isinstance(value, str) else value
     if spelled not in LOG_LEVELS:
@@ -277,6 +328,39 @@ SERVER_SETTINGS = ConfigDef(
             "Directory of authorized client public keys (*.key); re-read on SIGHUP.",
         ),
         ConfigKey("super_users", STRING_LIST, [], "Principals that bypass ACLs."),
+        ConfigKey(
+            "kafka_sasl_mechanisms",
+            ConfigType("list", _sasl_mechanisms, ", ".join(SCRAM_MECHANISMS)),
+            [],
+            "SASL mechanisms Kafka clients log in with (users: kvlog users add); needs "
+            "security on, which keeps the Kafka listeners off without a way to log in.",
+        ),
+        ConfigKey(
+            "kafka_ssl_certfile",
+            optional(STRING),
+            None,
+            "PEM certificate (chain) of the Kafka listeners: turns TLS on (SASL_SSL, or SSL "
+            "with client certificates); needs security on.",
+        ),
+        ConfigKey(
+            "kafka_ssl_keyfile",
+            optional(STRING),
+            None,
+            "PEM private key of kafka_ssl_certfile (default: read from the certfile).",
+        ),
+        ConfigKey(
+            "kafka_ssl_cafile",
+            optional(STRING),
+            None,
+            "PEM CA certificates that Kafka client certificates must chain to.",
+        ),
+        ConfigKey(
+            "kafka_ssl_client_auth",
+            one_of("none", "requested", "required"),
+            "none",
+            "Kafka's ssl.client.auth. required without kafka_sasl_mechanisms: the client "
+            "certificate is the login (SSL), its subject's CN the principal.",
+        ),
         ConfigKey(
             "advertised_host",
             optional(STRING),

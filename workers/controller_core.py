@@ -39,6 +39,7 @@ from kvlog.errors import (
     ErrorCode,
     InvalidRequestError,
     KvlogError,
+    ResourceNotFoundError,
     SecurityDisabledError,
 )
 from kvlog.log import LogStore
@@ -82,12 +83,19 @@ from .controller_events import (
     TopicCreated,
     TopicDeleted,
     TopicEntry,
+    UserList,
+    UserListing,
+    UserRemove,
+    UserRemoved,
+    UserUpsert,
+    UserUpserted,
     WatchMetadata,
     find_coordinator,
 )
 from .controller_state import ControllerState
 from .core_ids import IdSource
 from .core_result import Result
+from .scram_users import check_user_name, list_users, put_credentials, remove_user
 from .txn_markers import GONE, Leader
 
 log = logging.getLogger(__name__)
@@ -158,6 +166,9 @@ class ControllerCore:
             AclAdd: self._acl_add,
             AclRemove: self._acl_remove,
             AclList: self._acl_list,
+            UserUpsert: self._user_upsert,
+            UserRemove: self._user_remove,
+            UserList: self._user_list,
         }
 
     @property
@@ -486,3 +497,26 @@ class ControllerCore:
         self._check_acls_enabled()
         with self.store.reader() as r:
             out.reply(token, AclListing(sorted(load_acls(r))))
+
+    # -- SCRAM users (the credentials every Kafka listener reloads) -------------------------
+    # Managed with or without security: with it off they wait, unused, until it is on.
+
+    def _user_upsert(self, out: Result, token: Any, ev: UserUpsert, now_ms: int) -> None:
+        name = check_user_name(ev.name)
+        mechanisms = [c.mechanism for c in ev.credentials]
+        if not mechanisms or len(set(mechanisms)) != len(mechanisms):
+            raise InvalidRequestError("give one credential per SCRAM mechanism, at least one")
+        created = self.store.write(lambda w: put_credentials(w, name, ev.credentials))
+        log.info("SCRAM user %r %s (%s)", name, "added" if created else "updated", mechanisms)
+        out.reply(token, UserUpserted(created, sorted(mechanisms)))
+
+    def _user_remove(self, out: Result, token: Any, ev: UserRemove, now_ms: int) -> None:
+        removed = self.store.write(lambda w: remove_user(w, ev.name))
+        if not removed:
+            raise ResourceNotFoundError(f"no SCRAM user {ev.name!r}")
+        log.info("SCRAM user %r removed", ev.name)
+        out.reply(token, UserRemoved(removed))
+
+    def _user_list(self, out: Result, token: Any, ev: UserList, now_ms: int) -> None:
+        with self.store.reader() as r:
+            out.reply(token, UserListing(list_users(r)))

@@ -19,9 +19,11 @@ from kvlog.errors import (
     TopicAuthorizationFailedError,
     UnsupportedVersionError,
 )
+from kvlog.ipc.kafka.scram import ScramCredential
 from kvlog.types import TopicPartition
 
 from .acl import AclEntry
+from .scram_users import UserEntry
 
 # The broker id the coordinator process has on Kafka's wire (the group coordinator, and the
 # controller admin requests go to). Node ids are small (the n-th log dir is node n, or its
@@ -180,6 +182,24 @@ class AclList:
     pass
 
 
+@dataclass(slots=True)
+class UserUpsert:
+    """Add a SCRAM user, or replace its credentials for the mechanisms given."""
+
+    name: str
+    credentials: list[ScramCredential]
+
+
+@dataclass(slots=True)
+class UserRemove:
+    name: str
+
+
+@dataclass(slots=True)
+class UserList:
+    pass
+
+
 ControllerRequest = (
     NodeHeartbeat
     | NodeDown
@@ -197,6 +217,9 @@ ControllerRequest = (
     | AclAdd
     | AclRemove
     | AclList
+    | UserUpsert
+    | UserRemove
+    | UserList
 )
 
 # -- answers ------------------------------------------------------------------------------
@@ -416,3 +439,19 @@ class AclsRemoved:
 @dataclass(slots=True)
 class AclListing:
     acls: list[AclEntry]
+
+
+@dataclass(slots=True)
+class UserUpserted:
+    created: bool  # False: an existing user's credentials were replaced
+    mechanisms: list[str]
+
+
+@dataclass(slots=True)
+class UserRemoved:
+    mechanisms: list[str]  # the credentials it had
+
+
+@dataclass(slots=True)
+class UserListing:
+    users: list[UserEntry]

@@ -22,6 +22,8 @@ import zmq
 
 from kvlog import clock
 from kvlog.errors import InvalidConfigError, InvalidRequestError
+from kvlog.ipc.kafka.scram import MECHANISMS as SCRAM_MECHANISMS
+from kvlog.ipc.kafka.scram import ScramCredential
 from kvlog.ipc.wire import INT32_MAX, Request, check_int, check_str
 from kvlog.lmdb_store import LogDir
 from kvlog.types import TopicPartition, check_partition
@@ -44,6 +46,9 @@ from .controller_events import (
     NodeDown,
     NodeHeartbeat,
     Ping,
+    UserList,
+    UserRemove,
+    UserUpsert,
     WatchMetadata,
 )
 from .coordinator_core import CoordinatorCore
@@ -53,6 +58,7 @@ from .group_model import GroupConfig
 from .group_shell import GroupOps
 from .kafka_handlers import HANDLERS
 from .kafka_shell import KafkaShell, broker_config_entries
+from .scram_users import MAX_NAME_LENGTH
 from .security import ServerSecurity
 from .settings import CoordinatorSettings, ServerSettings
 from .txn_core import TxnConfig
@@ -257,3 +263,48 @@ class CoordinatorServer(GroupOps, TxnOps, KafkaShell, CoreShell, Server):
 
     def op_acl_list(self, req: Request, peer: bytes) -> Fields | None:
         return self.call(peer, req.id, AclList())
+
+    # -- Kafka requests relayed by nodes (internal) -----------------------------------------
+
+    def op_kafka_relay(
+        self, req: Request, peer: bytes
+    ) -> Fields | tuple[Fields, list[bytes]] | None:
+        """From a node: a Kafka request its client sent it that the coordinator serves
+        (frame 1), with the principal the node's listener authenticated for that client."""
+        if not req.frames:
+            raise InvalidRequestError("kafka_relay: frame 1 (the Kafka request) is missing")
+        return self.relay_kafka(  # type: ignore[no-any-return]
+            peer,
+            req.id,
+            req.str("principal", max_len=1024),
+            req.str("client_host", "", max_len=256),
+            bytes(req.frames[0]),
+        )
+
+    # -- SCRAM users (Kafka's SASL logins) --------------------------------------------------
+
+    def op_user_upsert(self, req: Request, peer: bytes) -> Fields | None:
+        credentials = []
+        for entry in req.list("credentials", max_len=len(SCRAM_MECHANISMS)):
+            if not isinstance(entry, dict):
+                raise InvalidRequestError("field 'credentials' must be an array of maps")
+            try:
+                credentials.append(ScramCredential.from_wire(entry))
+            except ValueError as exc:
+                raise InvalidRequestError(f"credentials[]: {exc}") from None
+        event = UserUpsert(req.str("name", max_len=MAX_NAME_LENGTH), credentials)
+        return self._user_change(req, peer, event)
+
+    def op_user_remove(self, req: Request, peer: bytes) -> Fields | None:
+        return self._user_change(req, peer, UserRemove(req.str("name", max_len=MAX_NAME_LENGTH)))
+
+    def _user_change(
+        self, req: Request, peer: bytes, event: UserUpsert | UserRemove
+    ) -> Fields | None:
+        try:
+            return self.call(peer, req.id, event)
+        finally:
+            self.refresh_acls()  # this process's listener sees the change before it answers
+
+    def op_user_list(self, req: Request, peer: bytes) -> Fields | None:
+        return self.call(peer, req.id, UserList())

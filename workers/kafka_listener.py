@@ -16,10 +16,23 @@ A handler is ``handler(request, token) -> response | DEFERRED``: a kafka.protoco
 response object now, or :data:`DEFERRED` and later ``listener.respond(token, response)``
 (a long poll, an acks=all produce). Tokens are opaque to cores, as ``core_result`` asks.
 
+Security (``security``, a :class:`workers.kafka_security.ListenerSecurity`; None:
+PLAINTEXT, every principal ANONYMOUS) is carried out here, for every process's listener
+alike: TLS through :class:`workers.kafka_tls.TlsSession` (ciphertext on the socket,
+plaintext to the connection), SASL through one :class:`kvlog.ipc.kafka.sasl.SaslServer`
+per connection, which sees each request before any handler until the login is done (a
+connection that has not authenticated can send ApiVersions, SaslHandshake and
+SaslAuthenticate, and frames of at most 512 KiB; anything else closes it). The
+connection's principal (the SCRAM user, or the client certificate's CN on an SSL
+listener) is on every :class:`KafkaToken` the handlers get, for their ACL checks and
+quotas. A connection whose SCRAM user is removed is closed at its next request. SASL
+requests on a connection that is not in a SASL exchange get ILLEGAL_SASL_STATE.
+
 What closes a connection (each logged once, at INFO with the peer's address): a protocol
 error (:class:`KafkaProtocolError`: see ``ipc/kafka/connection.py`` for the list), an
 advertised API this listener has no handler for (another process serves it), a handler
 that raised (a bug: logged with its traceback; no generic Kafka error response exists),
+a failed TLS handshake or login (after its error response, where SASL has one),
 ``connections.max.idle.ms`` without traffic while owed nothing, more connections than
 ``max.connections``, and the peer closing. Nothing a client sends raises out of
 :meth:`on_ready`.
@@ -46,9 +59,23 @@ from kvlog.ipc.kafka.connection import (
     PAUSED,
     KafkaConnection,
     KafkaRequest,
+    RawToken,
 )
 from kvlog.ipc.kafka.framing import DEFAULT_MAX_REQUEST_BYTES, KafkaProtocolError
+from kvlog.ipc.kafka.sasl import (
+    MAX_UNAUTHENTICATED_BYTES,
+    PASS,
+    SASL_APIS,
+    Refuse,
+    Respond,
+    SaslServer,
+    illegal_state,
+)
 from kvlog.ipc.kafka.versions import SERVED, VersionTable
+
+from .acl import ANONYMOUS, RESERVED_PRINCIPALS
+from .kafka_security import SSL, ListenerSecurity
+from .kafka_tls import TlsError, TlsSession, certificate_principal
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +100,12 @@ _IOV_MAX = 1024  # sendmsg's buffer count limit on Linux
 
 @dataclass(frozen=True, slots=True)
 class KafkaToken:
-    """Where a deferred response goes: the connection and its request."""
+    """Where a deferred response goes: the connection and its request; and who sent it
+    (the connection's authenticated principal, ANONYMOUS without security)."""
 
     connection_id: int
     request: KafkaRequest
+    principal: str = ANONYMOUS
 
 
 class PollHandle(int):
@@ -99,9 +128,24 @@ class PollHandle(int):
 
 
 class _Client:
-    """One accepted connection: socket, protocol state, unsent bytes. The listener's."""
+    """One accepted connection: socket, protocol state, unsent bytes, who it is. The
+    listener's."""
 
-    __slots__ = ("conn", "id", "interest", "last_active", "out", "peer", "sock", "unsent")
+    __slots__ = (
+        "closing",
+        "conn",
+        "id",
+        "interest",
+        "last_active",
+        "out",
+        "peer",
+        "principal",
+        "sasl",
+        "scram_user",
+        "sock",
+        "tls",
+        "unsent",
+    )
 
     def __init__(self, cid: int, sock: socket.socket, peer: str, conn: KafkaConnection) -> None:
         self.id = cid
@@ -112,6 +156,11 @@ class _Client:
         self.unsent = 0
         self.interest = 0  # selector events registered (0: not registered)
         self.last_active = 0.0
+        self.principal = ANONYMOUS
+        self.tls: TlsSession | None = None
+        self.sasl: SaslServer | None = None  # until the login is done
+        self.scram_user: str | None = None  # its removal closes the connection
+        self.closing: str | None = None  # close, for this reason, once out is sent
 
 
 class KafkaListener:
@@ -131,6 +180,7 @@ class KafkaListener:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         clock: Callable[[], float] = time.monotonic,
         name: str = "kafka",
+        security: ListenerSecurity | None = None,
     ) -> None:
         undeclared = [api_name(k) for k in handlers if k not in table]
         if undeclared:
@@ -144,6 +194,7 @@ class KafkaListener:
         self.max_connections = max_connections
         self.clock = clock
         self.name = name
+        self.security = security
         self._selector = selectors.DefaultSelector()
         self._server: socket.socket | None = None
         self._clients: dict[int, _Client] = {}
@@ -281,8 +332,21 @@ class KafkaListener:
             )
             client = _Client(next(self._ids), sock, peer, conn)
             client.last_active = self.clock()
+            self._secure(client)
             self._clients[client.id] = client
             self._set_interest(client)
+
+    def _secure(self, client: _Client) -> None:
+        """Give a new connection its TLS session and SASL exchange, as the listener's
+        security says."""
+        security = self.security
+        if security is None:
+            return
+        if security.ssl_context is not None:
+            client.tls = TlsSession(security.ssl_context)
+        if security.sasl:
+            client.sasl = SaslServer(security.mechanisms, security.lookup, security.decoys)
+            client.conn.max_request_bytes = min(self.max_request_bytes, MAX_UNAUTHENTICATED_BYTES)
 
     def _read(self, client: _Client) -> None:
         view = memoryview(self._scratch)
@@ -297,9 +361,47 @@ class KafkaListener:
                 self._close(client, f"read failed: {exc}")
                 return
             client.last_active = self.clock()
-            client.conn.receive_data(view[:n])  # copied into the frame being filled
+            if client.tls is None:
+                client.conn.receive_data(view[:n])  # copied into the frame being filled
+            elif not self._receive_tls(client, view[:n]):
+                return
             if not n:
                 return
+
+    def _receive_tls(self, client: _Client, ciphertext: memoryview) -> bool:
+        """Decrypt into the connection; False when the connection was closed."""
+        tls = client.tls
+        assert tls is not None
+        was_done = tls.handshake_done
+        try:
+            plaintext = tls.receive(ciphertext) if len(ciphertext) else []
+        except TlsError as exc:
+            self._close(client, str(exc))
+            return False
+        self._queue(client, [tls.pending_output()])  # the handshake's answers
+        if tls.handshake_done and not was_done and not self._tls_established(client):
+            return False
+        for chunk in plaintext:
+            client.conn.receive_data(chunk)
+        if not len(ciphertext) or tls.closed_by_peer:
+            client.conn.receive_data(b"")
+        return True
+
+    def _tls_established(self, client: _Client) -> bool:
+        """The handshake just completed: on an SSL listener the certificate is the login."""
+        assert client.tls is not None and self.security is not None
+        if self.security.protocol != SSL:
+            return True
+        cert = client.tls.peer_certificate()
+        principal = None if cert is None else certificate_principal(cert)
+        if principal is None or principal in RESERVED_PRINCIPALS:
+            self._close(client, f"client certificate names no usable principal (CN {principal!r})")
+            return False
+        client.principal = principal
+        log.info(
+            "%s: %s authenticated as %r (TLS client certificate)", self.name, client.peer, principal
+        )
+        return True
 
     def _service(self, client: _Client) -> None:
         """Hand out decoded requests, send what is due, and set what to wait for next.
@@ -307,7 +409,7 @@ class KafkaListener:
         conn = client.conn
         while client.id in self._clients:
             dispatched = 0
-            while client.id in self._clients:
+            while client.id in self._clients and client.closing is None:
                 try:
                     event = conn.next_event()
                 except KafkaProtocolError as exc:
@@ -329,13 +431,20 @@ class KafkaListener:
         if client.id in self._clients:
             self._set_interest(client)
 
-    def _dispatch(self, client: _Client, request: KafkaRequest) -> None:
+    def _dispatch(self, client: _Client, request: KafkaRequest | RawToken) -> None:
+        if self._sasl_handled(client, request):
+            return
+        assert isinstance(request, KafkaRequest)
+        user, security = client.scram_user, self.security
+        if user is not None and security is not None and not security.user_exists(user):
+            self._close(client, f"SCRAM user {user!r} was removed")
+            return
         handler = self.handlers.get(request.api_key)
         if handler is None:
             self._close(client, f"{request.api_name} is advertised but not served here")
             return
         try:
-            response = handler(request, KafkaToken(client.id, request))
+            response = handler(request, KafkaToken(client.id, request, client.principal))
             if response is DEFERRED or not request.expects_response:
                 return
             client.conn.send_response(request, response)
@@ -351,12 +460,75 @@ class KafkaListener:
             return
         self.requests_served += 1
 
-    def _flush(self, client: _Client) -> None:
-        for buf in client.conn.data_to_send():
+    # -- SASL ------------------------------------------------------------------------------
+
+    def _sasl_handled(self, client: _Client, request: KafkaRequest | RawToken) -> bool:
+        """Whether the SASL layer took the request (answered it, or closed the
+        connection); False: dispatch it to its handler."""
+        sasl = client.sasl
+        if sasl is None:
+            if isinstance(request, RawToken):  # only a v0 handshake makes these
+                self._close(client, "a bare SASL token outside a SASL handshake")
+                return True
+            if request.api_key not in SASL_APIS:
+                return False
+            message = "SASL is not in progress on this connection (not a SASL listener, or done)"
+            client.conn.send_response(request, illegal_state(request, message))
+            return True
+        if isinstance(request, RawToken):
+            decision = sasl.on_raw_token(request.data)
+        else:
+            decision = sasl.on_request(request)
+        if decision is PASS:
+            return False
+        if isinstance(decision, Refuse):
+            self._close(client, decision.reason)
+            return True
+        assert isinstance(decision, Respond)
+        try:
+            if isinstance(request, RawToken):
+                client.conn.send_raw(request, decision.response)
+            else:
+                client.conn.send_response(request, decision.response)
+        except Exception:  # a bad response object: a bug, not the client's
+            log.exception("%s: SASL response to %s could not be encoded", self.name, client.peer)
+            self._close(client, None)
+            return True
+        client.conn.raw_tokens = decision.raw_tokens
+        if decision.principal is not None:
+            client.principal = client.scram_user = decision.principal
+            client.sasl = None
+            client.conn.max_request_bytes = self.max_request_bytes
+            log.info(
+                "%s: %s authenticated as %r (%s)",
+                self.name,
+                client.peer,
+                decision.principal,
+                sasl.mechanism,
+            )
+        if decision.close_reason is not None:
+            client.closing = decision.close_reason  # once the response is out
+        return True
+
+    # -- output ----------------------------------------------------------------------------
+
+    def _queue(self, client: _Client, buffers: list[Any]) -> None:
+        for buf in buffers:
             view = memoryview(buf).cast("B")
             if len(view):
                 client.out.append(view)
                 client.unsent += len(view)
+
+    def _flush(self, client: _Client) -> None:
+        plaintext = client.conn.data_to_send()
+        if client.tls is None:
+            self._queue(client, plaintext)
+        elif plaintext or client.tls.handshake_done:
+            try:
+                self._queue(client, [client.tls.encrypt(plaintext)])
+            except TlsError as exc:
+                self._close(client, str(exc))
+                return
         while client.out:
             batch = list(itertools.islice(client.out, _IOV_MAX))
             try:
@@ -376,9 +548,11 @@ class KafkaListener:
                 else:
                     client.out[0] = head[sent:]
                     sent = 0
+        if client.closing is not None and not client.out:
+            self._close(client, client.closing)
 
     def _wants_read(self, client: _Client) -> bool:
-        return client.conn.wants_data and client.unsent < _MAX_UNSENT
+        return client.conn.wants_data and client.unsent < _MAX_UNSENT and client.closing is None
 
     def _set_interest(self, client: _Client) -> None:
         # Level-triggered: a readable socket we do not want to read yet (paused, or

@@ -27,13 +27,18 @@ What the shell does apply, the same way as on the ZeroMQ wire:
   the client to refresh its metadata).
 
 Kafka clients send some requests to any broker (Metadata, FindCoordinator,
-InitProducerId, topic configs, ...). A node answers ApiVersions and ListGroups itself (it
-coordinates no group) and relays every other API the coordinator serves to the
-coordinator's Kafka listener (:mod:`workers.kafka_relay`), as Kafka's brokers forward to
-their controller: the coordinator decides those answers, its Metadata included.
+InitProducerId, topic configs, ACLs, ...). A node answers ApiVersions and ListGroups itself
+(it coordinates no group) and relays every other API the coordinator serves to the
+coordinator, as Kafka's brokers forward to their controller (KIP-590): over the node's
+CURVE-authenticated link as kvlog's internal op ``kafka_relay`` (PROTOCOL.md 3.32), with
+the principal this listener authenticated, so the coordinator answers (and authorizes)
+the request as its client's. The coordinator decides those answers, its Metadata
+included. A relayed request the coordinator does not answer in time closes its client's
+connection, logged: the client retries, as after any broker failure.
 
-A connection's principal is ``ANONYMOUS`` (the ZeroMQ wire's without security); with
-security on the listener stays off until kvlog serves SASL, and says why.
+A connection's principal is on its token: the SCRAM user or certificate name the listener
+authenticated (:mod:`workers.kafka_security`), ANONYMOUS without security. With security
+on and no way for a Kafka client to log in, the listener stays off and says why.
 """
 
 from __future__ import annotations
@@ -46,12 +51,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvlog import clock
-from kvlog.errors import KvlogError
-from kvlog.ipc.kafka.codec import ApiKey
+from kvlog.errors import InvalidConfigError, KvlogError
+from kvlog.ipc.kafka.codec import ApiKey, decode_response, encode_request
 from kvlog.ipc.kafka.connection import KafkaRequest
 from kvlog.ipc.kafka.versions import SERVED
 
-from .acl import ANONYMOUS
 from .core_result import Reply, Result
 from .group_events import ListGroups
 from .kafka_handlers import (
@@ -67,7 +71,7 @@ from .kafka_handlers import (
 )
 from .kafka_handlers.authorize import authorize
 from .kafka_listener import DEFERRED, KafkaListener, KafkaToken
-from .kafka_relay import KafkaRelay
+from .kafka_security import PLAINTEXT, listener_security
 from .kafka_shell import kafka_address
 from .node_model import DeleteRecords, Fetch, ListOffsets, OffsetForLeaderEpoch, Produce
 from .settings import ServerSettings
@@ -90,8 +94,10 @@ NODE_HANDLERS: dict[int, Callable[[KafkaRequest, KafkaContext], Plan]] = {
     ApiKey.OffsetForLeaderEpoch: leader_epochs.offset_for_leader_epoch,
     ApiKey.DeleteRecords: delete_records.delete_records,
 }
-# What it relays to the coordinator: every other API served (the coordinator's).
+# What it relays to the coordinator: every other API served (the coordinator's; SASL is
+# the listener's own).
 RELAYED = frozenset(r.api_key for r in SERVED if r.api_key not in NODE_HANDLERS)
+RELAY_TIMEOUT_MS = 30_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +125,7 @@ class NodeKafkaShell:
     add_socket: Any
     _carry: Any
     kafka: KafkaListener | None = None
-    relay: KafkaRelay | None = None
+    coordinator: Any  # the node's PeerLink to the coordinator (workers/zmq_peer.py)
     _kafka_delayed: list[tuple[int, KafkaToken, Any]]  # (due, on kvlog's clock, ms)
     _kafka_replies: list[Reply]
     _relayed: list[tuple[KafkaToken, Any, str | None]]  # (token, response, or why none)
@@ -134,12 +140,14 @@ class NodeKafkaShell:
         self._relayed = []
         if settings.kafka_listen is None:
             return None
-        if self.security is not None:
+        try:
+            security = listener_security(settings, self.security)
+        except InvalidConfigError as exc:
             log.warning(
-                "%s: the Kafka listener stays off (%s asked for): security is on and Kafka "
-                "clients cannot authenticate to kvlog yet (SASL is not served)",
+                "%s: the Kafka listener stays off (%s asked for): %s",
                 self.name,
                 settings.kafka_listen,
+                exc.message,
             )
             return None
         address = kafka_address(settings)
@@ -153,37 +161,33 @@ class NodeKafkaShell:
             max_pending=max_pending,
             max_connections=limit if limit > 0 else 1 << 30,
             name=f"{self.name} kafka",
+            security=security,
         )
         bound_host, bound_port = self.kafka.start()
         endpoint = f"{advertised}:{bound_port}"
         self.add_socket(self.kafka.poll_handle(), self.kafka.on_ready)
-        self.relay = KafkaRelay(
-            f"{self.name} kafka",
-            lambda token, response: self._relayed.append((token, response, None)),
-            lambda token, reason: self._relayed.append((token, None, reason)),
-        )
-        self.add_socket(self.relay.poll_handle(), self.relay.on_ready)
         log.info(
-            "%s: Kafka listener on %s:%d (advertised %s, broker id %d)",
+            "%s: Kafka listener on %s:%d (advertised %s, broker id %d, %s)",
             self.name,
             bound_host,
             bound_port,
             endpoint,
             node_id,
+            PLAINTEXT if security is None else security.protocol,
         )
         return endpoint
 
     # -- requests --------------------------------------------------------------------------
 
     def _on_kafka_request(self, request: KafkaRequest, token: KafkaToken) -> Any:
-        assert self.kafka is not None and self.relay is not None
-        if request.api_key in RELAYED:
-            self.relay.forward(token, request, self.core.coordinator_kafka)
-            return DEFERRED
+        assert self.kafka is not None
         peer = self.kafka.peer_of(token) or ""
+        if request.api_key in RELAYED:
+            self._relay(token, request, peer.rpartition(":")[0])
+            return DEFERRED
         ctx = KafkaContext(
             broker_id=self.core.node_id,
-            principal=ANONYMOUS,
+            principal=token.principal,
             client_host="/" + peer.rpartition(":")[0],
             authorizer=None if self.security is None else self.security.authorizer,
         )
@@ -220,6 +224,33 @@ class NodeKafkaShell:
         if isinstance(event, ListGroups):
             return core.list_groups(call)
         raise TypeError(f"no node core event {type(event).__name__}")
+
+    def _relay(self, token: KafkaToken, request: KafkaRequest, client_host: str) -> None:
+        """Hand ``request`` to the coordinator (``kafka_relay``); its response, or why
+        there is none, waits in ``_relayed`` for :meth:`flush_kafka`."""
+        frame = encode_request(
+            request.body, request.api_version, request.correlation_id, request.client_id
+        )
+
+        def done(header: Any, frames: list[bytes], error: KvlogError | None) -> None:
+            if error is not None or not frames:
+                why = error.message if error is not None else "no response frame"
+                self._relayed.append((token, None, f"relaying {request.api_name} failed: {why}"))
+                return
+            try:
+                _, response = decode_response(frames[0], request.api_key, request.api_version)
+            except Exception as exc:  # the coordinator's bug: this client's connection goes
+                self._relayed.append((token, None, f"relayed response did not decode: {exc}"))
+                return
+            self._relayed.append((token, response, None))
+
+        self.coordinator.request(
+            "kafka_relay",
+            {"principal": token.principal, "client_host": client_host},
+            done,
+            timeout_ms=RELAY_TIMEOUT_MS,
+            frames=[frame[4:]],  # without the length prefix
+        )
 
     # -- replies ---------------------------------------------------------------------------
 
@@ -280,23 +311,20 @@ class NodeKafkaShell:
     # -- timers ----------------------------------------------------------------------------
 
     def kafka_deadline_ms(self) -> float | None:
-        """On kvlog's clock: the earliest held-back response, idle connection or relayed
-        request's timeout (0: relayed responses wait to be passed on)."""
+        """On kvlog's clock: the earliest held-back response or idle connection (0:
+        relayed responses wait to be passed on; the coordinator link times relays out)."""
         if self._relayed:
             return 0.0
         due: list[float] = [d for d, _, _ in self._kafka_delayed]
-        for other in (self.kafka, self.relay):
-            deadline = other.next_deadline() if other is not None else None
-            if deadline is not None:  # on the listener's and relay's monotonic clock
-                due.append(clock.now_ms() + (deadline - time.monotonic()) * 1000)
+        deadline = self.kafka.next_deadline() if self.kafka is not None else None
+        if deadline is not None:  # on the listener's monotonic clock
+            due.append(clock.now_ms() + (deadline - time.monotonic()) * 1000)
         return min(due, default=None)
 
     def kafka_timers(self) -> None:
         if self.kafka is None:
             return
         self.kafka.expire_idle()
-        if self.relay is not None:
-            self.relay.expire()
         if self._kafka_delayed:
             now = clock.now_ms()
             due = [d for d in self._kafka_delayed if d[0] <= now]

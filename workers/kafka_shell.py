@@ -13,9 +13,10 @@ through :meth:`send_reply`, at once or when the core releases a parked request; 
 request's steps all have outcomes, its handler builds the response and the listener sends
 it (responses leave in request order per connection). Nothing here decides an answer.
 
-A connection has a principal (``ANONYMOUS`` until SASL exists, as on the ZeroMQ wire
-without security). With security on the Kafka listener stays off, and says why: a Kafka
-client could not authenticate.
+A connection has a principal, on the token of each of its requests: the SCRAM user or
+certificate name its listener authenticated (:mod:`workers.kafka_security`), ANONYMOUS
+without security (as on the ZeroMQ wire). With security on and no way for a Kafka client
+to authenticate, the listener stays off, and says why.
 """
 
 from __future__ import annotations
@@ -27,17 +28,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvlog import clock
-from kvlog.errors import KvlogError
-from kvlog.ipc.kafka.codec import api_name
+from kvlog.errors import (
+    InvalidConfigError,
+    InvalidRequestError,
+    KvlogError,
+    UnknownServerError,
+    UnsupportedVersionError,
+)
+from kvlog.ipc.kafka.codec import api_name, decode_request, encode_response
 from kvlog.ipc.kafka.connection import KafkaRequest
+from kvlog.ipc.kafka.framing import MIN_REQUEST_BYTES, KafkaProtocolError, peek_request
+from kvlog.ipc.kafka.versions import SERVED
 
-from .acl import ANONYMOUS
 from .config import BROKER_CONFIG, field_name
 from .core_result import Reply
 from .kafka_addresses import WILDCARD, ipv4, split_host_port
 from .kafka_handlers import HANDLERS, BrokerConfigEntry, KafkaContext, Outcome, Plan
 from .kafka_handlers.authorize import authorize
 from .kafka_listener import DEFERRED, KafkaListener, KafkaToken
+from .kafka_security import PLAINTEXT, listener_security
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -51,11 +60,27 @@ class KafkaStep:
     index: int
 
 
+@dataclass(frozen=True, slots=True)
+class RelayedToken:
+    """A Kafka request a node relayed over kvlog's wire (the internal op ``kafka_relay``):
+    the ZeroMQ request to answer, and who sent the Kafka request to the node (its
+    connection's principal, which the node's listener authenticated, and host)."""
+
+    peer: bytes
+    request_id: int | None
+    request: KafkaRequest
+    principal: str
+    client_host: str
+
+
+AnyToken = KafkaToken | RelayedToken
+
+
 @dataclass(eq=False, slots=True)
 class _Call:
     """A Kafka request whose steps are with the core."""
 
-    token: KafkaToken
+    token: AnyToken
     plan: Plan
     outcomes: list[Outcome | None]
     waiting: int = 0
@@ -122,15 +147,18 @@ class KafkaShell:
         returns the endpoint it advertises. Call once, before the loop runs."""
         self._kafka_calls = {}
         self._kafka_ids = itertools.count(1)
+        self._kafka_apis = frozenset(apis)
         address = kafka_address(settings)
         if address is None:
             return None
-        if self.security is not None:
+        try:
+            security = listener_security(settings, self.security)
+        except InvalidConfigError as exc:
             log.warning(
-                "%s: the Kafka listener stays off (%s asked for): security is on and "
-                "Kafka clients cannot authenticate to kvlog yet (SASL is not served)",
+                "%s: the Kafka listener stays off (%s asked for): %s",
                 getattr(self, "name", "kvlog"),
                 settings.kafka_listen,
+                exc.message,
             )
             return None
         bind, port, advertised = address
@@ -142,6 +170,7 @@ class KafkaShell:
             port=port,
             max_connections=limit if limit > 0 else 1 << 30,
             name=f"{getattr(self, 'name', 'kvlog')} kafka",
+            security=security,
         )
         _, port = self.kafka.start()
         self.kafka_endpoint = f"{advertised}:{port}"
@@ -149,12 +178,13 @@ class KafkaShell:
         self._kafka_config = config
         self.add_socket(self.kafka.poll_handle(), self.kafka.on_ready)  # type: ignore[attr-defined]
         log.info(
-            "%s: Kafka listener on %s:%d (advertised %s, broker id %d)",
+            "%s: Kafka listener on %s:%d (advertised %s, broker id %d, %s)",
             getattr(self, "name", "kvlog"),
             bind,
             port,
             self.kafka_endpoint,
             broker_id,
+            PLAINTEXT if security is None else security.protocol,
         )
         return self.kafka_endpoint
 
@@ -165,18 +195,26 @@ class KafkaShell:
         dialect overrides this)."""
         return event
 
-    def _context(self, token: KafkaToken) -> KafkaContext:
-        assert self.kafka is not None
-        peer = self.kafka.peer_of(token) or ""
+    def kafka_answer(self, event: Any, body: Any) -> Any:
+        """The handler's form of the core's answer to ``event`` (the inverse of
+        :meth:`kafka_event`)."""
+        return body
+
+    def _context(self, token: AnyToken) -> KafkaContext:
+        if isinstance(token, RelayedToken):
+            host = token.client_host
+        else:
+            assert self.kafka is not None
+            host = (self.kafka.peer_of(token) or "").rpartition(":")[0]
         return KafkaContext(
             broker_id=self.broker_id,
-            principal=ANONYMOUS,
-            client_host="/" + peer.rpartition(":")[0],
+            principal=token.principal,
+            client_host="/" + host,
             authorizer=None if self.security is None else self.security.authorizer,
             broker_config=self._kafka_config,
         )
 
-    def _on_kafka_request(self, request: KafkaRequest, token: KafkaToken) -> Any:
+    def _on_kafka_request(self, request: KafkaRequest, token: AnyToken) -> Any:
         ctx = self._context(token)
         plan = HANDLERS[request.api_key](request, ctx)
         call = _Call(token, plan, [None] * len(plan.steps))
@@ -210,19 +248,71 @@ class KafkaShell:
         call = self._kafka_calls.get(reply.token.call_id)
         if call is None or call.outcomes[reply.token.index] is not None:
             return
-        call.outcomes[reply.token.index] = Outcome(reply.body, reply.error)
+        body = reply.body
+        if reply.error is None:
+            body = self.kafka_answer(call.plan.steps[reply.token.index], body)
+        call.outcomes[reply.token.index] = Outcome(body, reply.error)
         call.waiting -= 1
         if call.waiting:
             return
         del self._kafka_calls[reply.token.call_id]
-        assert self.kafka is not None
         try:
             response = call.plan.respond(call.outcomes)  # type: ignore[arg-type]
         except Exception:  # a handler's bug: its connection closes, the process goes on
             log.exception("kafka: %s response failed", call.token.request.api_name)
-            self.kafka.close_connection(call.token, "the broker failed to build a response")
+            self._kafka_fail(call.token, "the broker failed to build a response")
             return
-        self.kafka.respond(call.token, response)
+        self._kafka_respond(call.token, response)
+
+    def _kafka_respond(self, token: AnyToken, response: Any) -> None:
+        if isinstance(token, RelayedToken):
+            self._relay_reply(token, response)
+            return
+        assert self.kafka is not None
+        self.kafka.respond(token, response)
+
+    def _kafka_fail(self, token: AnyToken, reason: str) -> None:
+        if isinstance(token, RelayedToken):
+            self.reply_error(token.peer, token.request_id, UnknownServerError(reason))  # type: ignore[attr-defined]
+            return
+        assert self.kafka is not None
+        self.kafka.close_connection(token, reason)
+
+    # -- requests relayed by nodes (kvlog's internal op kafka_relay) ----------------------
+
+    def relay_kafka(
+        self, peer: bytes, request_id: int | None, principal: str, client_host: str, frame: bytes
+    ) -> Any:
+        """Serve a Kafka request frame (header and body, no length prefix) a node relayed,
+        as if its client had sent it here: with that client's principal. Returns the
+        ZeroMQ reply (fields, [the Kafka response frame]) now, or None: later."""
+        if len(frame) < MIN_REQUEST_BYTES:
+            raise InvalidRequestError("kafka_relay: the frame is shorter than a request header")
+        api_key, api_version, correlation_id = peek_request(frame)
+        entry = SERVED.get(api_key)
+        if entry is None or api_key not in self._kafka_apis or not entry.advertises(api_version):
+            raise UnsupportedVersionError(
+                f"kafka_relay: {api_name(api_key)} v{api_version} is not served here"
+            )
+        try:
+            client_id, body = decode_request(frame, api_key, api_version)
+        except KafkaProtocolError as exc:
+            raise InvalidRequestError(f"kafka_relay: {exc}") from None
+        request = KafkaRequest(api_key, api_version, correlation_id, client_id, body, len(frame))
+        token = RelayedToken(peer, request_id, request, principal, client_host)
+        response = self._on_kafka_request(request, token)
+        if response is DEFERRED:
+            return None
+        return {}, [_response_frame(request, response)]
+
+    def _relay_reply(self, token: RelayedToken, response: Any) -> None:
+        try:
+            frame = _response_frame(token.request, response)
+        except Exception:  # a handler's bad response object: a bug
+            log.exception("kafka: relayed %s response failed", token.request.api_name)
+            self._kafka_fail(token, "the broker failed to build a response")
+            return
+        self.reply(token.peer, token.request_id, {}, [frame])  # type: ignore[attr-defined]
 
     # -- timers ----------------------------------------------------------------------------
 
@@ -237,3 +327,11 @@ class KafkaShell:
         if self.kafka is not None:
             self.kafka.expire_idle(now)
         super().on_timers(now)  # type: ignore[misc]
+
+
+def _response_frame(request: KafkaRequest, response: Any) -> bytes:
+    """A Kafka response as its frame without the length prefix (what kafka_relay carries)."""
+    buffers = encode_response(
+        request.api_key, request.api_version, request.correlation_id, response
+    )
+    return b"".join(bytes(b) for b in buffers[1:])

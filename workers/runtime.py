@@ -15,11 +15,9 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from kvlog import clock
 from kvlog.allocator import tune_allocator
 
 log = logging.getLogger("kvlog")
@@ -163,53 +161,8 @@ def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any)
 
 
 def run_sweeper(settings: dict[str, Any], should_stop: Any) -> None:
-    """Apply retention to every log dir every ``interval_ms``."""
-    from kvlog.errors import KvlogError
-    from kvlog.lmdb_store import LogDir
-    from kvlog.metadata_store import get_topic
-    from kvlog.retention import Sweeper
-
+    """Apply retention and compaction to every log dir (``workers/sweeper.py``)."""
     from .settings import SweeperSettings
+    from .sweeper import run_sweeper as sweeper_loop
 
-    sweeper = SweeperSettings(**settings["sweeper"])
-    interval = sweeper.interval_ms / 1000
-    meta_path = Path(sweeper.data_dir) / "meta"
-    stores: dict[str, LogDir] = {}
-    meta: LogDir | None = None
-
-    def config_for(topic: str) -> dict[str, Any] | None:
-        assert meta is not None
-        with meta.reader() as r:
-            found = get_topic(r, topic)
-        return None if found is None else found.config
-
-    next_run = time.monotonic() + min(interval, 1.0)
-    try:
-        while not should_stop():
-            if time.monotonic() < next_run:
-                time.sleep(min(0.1, max(0.0, next_run - time.monotonic())))
-                continue
-            next_run = time.monotonic() + interval
-            try:
-                if meta is None:
-                    meta = LogDir(meta_path, readonly=True)
-                for path in sweeper.log_dirs:
-                    store = stores.get(path)
-                    if store is None:
-                        store = stores[path] = LogDir(path)
-                    now_ms = clock.now_ms()
-                    for result in Sweeper(store, config_for).sweep(now_ms):
-                        log.info(
-                            "retention freed %d bytes of %s (log start %d -> %d)",
-                            result.bytes_freed,
-                            result.tp,
-                            result.old_log_start,
-                            result.new_log_start,
-                        )
-            except KvlogError as exc:
-                log.warning("retention pass failed: %s", exc.message)
-    finally:
-        for store in stores.values():
-            store.close()
-        if meta is not None:
-            meta.close()
+    sweeper_loop(SweeperSettings(**settings["sweeper"]), should_stop)

@@ -1,4 +1,5 @@
-"""Server-side security for every kvlog process: CURVE sockets, principals, ACLs.
+"""Server-side security for every kvlog process: CURVE sockets, principals, ACLs and the
+SCRAM credentials Kafka clients log in with.
 
 Each server process (broker, nodes, coordinator) runs pyzmq's ZAP authenticator in a
 thread: a client gets past the CURVE handshake only if its public key is in the
@@ -7,10 +8,16 @@ to each other). The authenticator maps the key to its principal (the ``principal
 metadata of the key file, else the file name); the server reads it from each message's
 ``User-Id`` and checks the op against the ACLs (:mod:`workers.acl`). Refused keys are
 logged. The authorized directory is re-read on SIGHUP and on ``kvlog acls reload``.
+
+The ACLs and the SCRAM users (:mod:`workers.scram_users`) are read from the coordinator's
+store whenever their versions move (the loop asks every 0.2 s); the process's Kafka
+listener looks logins up in that snapshot (:meth:`ServerSecurity.scram_credential`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,10 +29,12 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 from kvlog.errors import InvalidConfigError, KvlogError
+from kvlog.ipc.kafka.scram import DecoySalts, ScramCredential
 from kvlog.ipc.security import load_keys
 from kvlog.lmdb_store import LogDir
 
 from .acl import INTERNAL_PRINCIPAL, Authorizer, acl_version, load_acls
+from .scram_users import Credentials, load_credentials, users_version
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +100,13 @@ class ServerSecurity:
         self._meta: LogDir | None = None
         self._acl_version = -1
         self.authorizer = Authorizer([], settings.super_users)
+        self._users_version = -1
+        self.credentials: Credentials = {}
+        self.scram_users: frozenset[str] = frozenset()
+        # Unknown SCRAM users get decoy salts keyed by a secret every process shares.
+        self.decoys = DecoySalts(
+            hmac.new(self.server_keys.secret or b"", b"kvlog scram decoys", hashlib.sha256).digest()
+        )
         self.auth = _Authenticator(ctx, self)
         self.auth.start()
         self.reload_keys()
@@ -148,7 +164,8 @@ class ServerSecurity:
     # -- ACLs --------------------------------------------------------------------------------
 
     def refresh_acls(self, store: LogDir | None = None) -> None:
-        """Reload the ACLs when their version moved (cheap when it did not)."""
+        """Reload the ACLs and the SCRAM users whose version moved (cheap when neither
+        did)."""
         if store is None:
             if self._meta is None:
                 try:
@@ -158,12 +175,26 @@ class ServerSecurity:
             store = self._meta
         with store.reader() as r:
             version = acl_version(r)
-            if version == self._acl_version:
-                return
-            entries = load_acls(r)
-        self._acl_version = version
-        self.authorizer = Authorizer(entries, self.settings.super_users)
-        log.info("loaded %d ACL(s) (version %d)", len(entries), version)
+            entries = load_acls(r) if version != self._acl_version else None
+            users = users_version(r)
+            credentials = load_credentials(r) if users != self._users_version else None
+        if entries is not None:
+            self._acl_version = version
+            self.authorizer = Authorizer(entries, self.settings.super_users)
+            log.info("loaded %d ACL(s) (version %d)", len(entries), version)
+        if credentials is not None:
+            self._users_version = users
+            self.credentials = credentials
+            self.scram_users = frozenset(user for _, user in credentials)
+            log.info("loaded %d SCRAM user(s) (version %d)", len(self.scram_users), users)
+
+    # -- SCRAM logins (the Kafka listener's lookups) -----------------------------------------
+
+    def scram_credential(self, mechanism: str, user: str) -> ScramCredential | None:
+        return self.credentials.get((mechanism, user))
+
+    def scram_user_exists(self, user: str) -> bool:
+        return user in self.scram_users
 
     def close(self) -> None:
         self.auth.stop()

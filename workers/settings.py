@@ -22,6 +22,13 @@ class ServerSettings:
     # wildcard address. The supervisor gives each process its own address.
     kafka_listen: str | None = None
     kafka_advertised_host: str | None = None
+    # How the Kafka listener authenticates clients (workers/kafka_security.py); with
+    # security off none of these may be set.
+    kafka_sasl_mechanisms: list[str] = field(default_factory=list)
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_client_auth: str = "none"
 
 
 @dataclass
@@ -75,3 +82,7 @@ class SweeperSettings:
     data_dir: str
     log_dirs: list[str]
     interval_ms: int = broker_default("log.retention.check.interval.ms")
+    cleaner_enable: bool = broker_default("log.cleaner.enable")
+    cleaner_backoff_ms: int = broker_default("log.cleaner.backoff.ms")
+    dedupe_buffer_bytes: int = broker_default("log.cleaner.dedupe.buffer.size")
+    io_buffer_bytes: int = broker_default("log.cleaner.io.buffer.size")

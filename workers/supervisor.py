@@ -57,6 +57,7 @@ from .data_dir import (
     write_status,
 )
 from .kafka_addresses import KafkaAddress, KafkaPlan
+from .kafka_security import KafkaSecurityConfig
 from .runtime import process_main
 from .security import SecuritySettings, client_options_for
 
@@ -118,10 +119,11 @@ def _main_module_hidden() -> Iterator[None]:
 DEFAULT_DATA_DIR: str = SERVER_SETTINGS.default("data_dir")
 DEFAULT_LISTEN: str = SERVER_SETTINGS.default("listen")
 DEFAULT_KAFKA_LISTEN: str = SERVER_SETTINGS.default("kafka_listen")
-KAFKA_NEEDS_SASL = (
-    "security is on (CURVE) and no SASL mechanism is configured for Kafka clients, who "
-    "would otherwise connect unauthenticated"
-)
+
+
+def _path(value: str | os.PathLike[str] | None) -> str | None:
+    """A file setting as an absolute path (processes may run elsewhere)."""
+    return None if value is None else str(Path(value).resolve())
 
 
 class Broker:
@@ -134,7 +136,10 @@ class Broker:
     listener); its default ``"auto"`` is 127.0.0.1:9092, or free ports when ``listen``
     picks a free one (``tcp://127.0.0.1:0``, as tests and embedded brokers do). After
     :meth:`start`, ``kafka_bootstrap`` is the "host:port" Kafka clients use (None when off)
-    and ``kafka_off_reason`` says why it is off when security turned it off.
+    and ``kafka_off_reason`` says why it is off when security turned it off. With security
+    on, Kafka clients log in with SASL (``kafka_sasl_mechanisms``) and/or TLS client
+    certificates (``kafka_ssl_*``): workers/kafka_security.py; ``kafka_security_protocol``
+    is the listeners' (PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL).
 
     Owned by the thread that starts it; its watch thread restarts processes under a lock,
     and :meth:`stop`, :meth:`processes` and :meth:`reload_security` may be called from
@@ -155,6 +160,11 @@ class Broker:
         advertised_host: str | None = None,
         kafka_listen: str | None = DEFAULT_KAFKA_LISTEN,
         kafka_advertised_host: str | None = None,
+        kafka_sasl_mechanisms: list[str] | str | None = None,
+        kafka_ssl_certfile: str | os.PathLike[str] | None = None,
+        kafka_ssl_keyfile: str | os.PathLike[str] | None = None,
+        kafka_ssl_cafile: str | os.PathLike[str] | None = None,
+        kafka_ssl_client_auth: str = "none",
     ) -> None:
         self.advertised_host = advertised_host
         self.kafka_advertised_host = kafka_advertised_host
@@ -174,11 +184,20 @@ class Broker:
         self.kafka_listen = kafka_addresses.resolve_auto(
             SERVER_SETTINGS["kafka_listen"].parse(kafka_listen), self.listen
         )
+        self.kafka_security = KafkaSecurityConfig(
+            tuple(SERVER_SETTINGS["kafka_sasl_mechanisms"].parse(kafka_sasl_mechanisms or [])),
+            _path(kafka_ssl_certfile),
+            _path(kafka_ssl_keyfile),
+            _path(kafka_ssl_cafile),
+            SERVER_SETTINGS["kafka_ssl_client_auth"].parse(kafka_ssl_client_auth),
+        )
+        self.kafka_security.validate(self.security.enabled)
+        self.kafka_security_protocol = self.kafka_security.protocol(self.security.enabled)
         self.kafka_off_reason: str | None = None
-        if self.kafka_listen is not None and self.security.enabled:
-            # SASL for the Kafka listener does not exist yet; without it a Kafka client
-            # would bypass the CURVE authentication every ZeroMQ socket requires.
-            self.kafka_off_reason = KAFKA_NEEDS_SASL
+        if self.kafka_listen is not None and self.kafka_security_protocol is None:
+            # Security on and no way for a Kafka client to log in: it would bypass the
+            # CURVE authentication every ZeroMQ socket requires.
+            self.kafka_off_reason = self.kafka_security.off_reason(self.security.enabled)
             self.kafka_listen = None
         self.log_dirs = [Path(d).resolve() for d in (log_dirs or [self.data_dir / "logs" / "0"])]
         self.log_level = log_level
@@ -375,10 +394,16 @@ class Broker:
         """``ServerSettings`` of one server process: the broker keys every server takes and
         its own Kafka address (fixed: a restart binds the same port)."""
         address = self._kafka_for(role, node_id)
+        kafka = self.kafka_security
         return {
             **process_settings(self.config, "server"),
             "kafka_listen": address.listen if address else None,
             "kafka_advertised_host": address.advertised_host if address else None,
+            "kafka_sasl_mechanisms": list(kafka.sasl_mechanisms),
+            "kafka_ssl_certfile": kafka.ssl_certfile,
+            "kafka_ssl_keyfile": kafka.ssl_keyfile,
+            "kafka_ssl_cafile": kafka.ssl_cafile,
+            "kafka_ssl_client_auth": kafka.ssl_client_auth,
         }
 
     def _spawn(self, child: Child) -> None:

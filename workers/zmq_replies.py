@@ -40,6 +40,9 @@ from .controller_events import (
     TopicCreated,
     TopicDeleted,
     TopicEntry,
+    UserListing,
+    UserRemoved,
+    UserUpserted,
 )
 from .group_events import (
     DeleteGroupsAnswer,
@@ -390,6 +393,21 @@ def _(body: AclsRemoved) -> Fields:
 @encode.register
 def _(body: AclListing) -> Fields:
     return {"acls": [e.as_dict() for e in body.acls]}
+
+
+@encode.register
+def _(body: UserUpserted) -> Fields:
+    return {"created": body.created, "mechanisms": body.mechanisms}
+
+
+@encode.register
+def _(body: UserRemoved) -> Fields:
+    return {"mechanisms": body.mechanisms}
+
+
+@encode.register
+def _(body: UserListing) -> Fields:
+    return {"users": [{"name": u.name, "mechanisms": u.iterations} for u in body.users]}
 
 
 # -- broker (PROTOCOL.md 3.2, 3.3; forwarded ops) -------------------------------------------

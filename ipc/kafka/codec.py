@@ -108,8 +108,9 @@ def known_versions(api_key: int) -> tuple[int, int] | None:
 def _flexible(cls: type[ApiMessage], version: int) -> bool:
     # Kafka's "N+" flexibleVersions rule holds past the last version the schema knows:
     # ApiVersions v5 from a newer client still has header v2 (KIP-511 relies on it).
+    # A schema whose flexibleVersions is "none" (SaslHandshake, OffsetDelete) has (-1, -1).
     versions = cls._flexible_versions
-    return versions is not None and versions[0] <= version
+    return versions is not None and 0 <= versions[0] <= version
 
 
 def decode_request(
@@ -156,14 +157,14 @@ def expects_response(request: Any) -> bool:
     return bool(request.expect_response())
 
 
-# -- the client side, for relaying a request to another kvlog process's listener -----------
+# -- the client side, for relaying a request to another kvlog process -----------------------
 
 
 def encode_request(
     request: Any, api_version: int, correlation_id: int, client_id: str | None
 ) -> bytes:
     """A decoded request framed again (length prefix, header, body) under another
-    correlation id: what a node relays to the coordinator's Kafka listener."""
+    correlation id: what a node relays to the coordinator (kvlog's op ``kafka_relay``)."""
     request.with_header(correlation_id=correlation_id, client_id=client_id)
     return bytes(request.encode(version=api_version, header=True, framed=True))
 

@@ -31,6 +31,11 @@ the driver closes it, which is also what Kafka does in each case):
 
 A frame whose length promises more than ever arrives waits for it: the driver's idle
 timeout (``connections.max.idle.ms``) closes such a connection.
+
+SASL (:mod:`.sasl`) is the driver's business, with two hooks here: ``max_request_bytes``
+can be lowered while the peer is unauthenticated, and after a SaslHandshake v0 the driver
+sets ``raw_tokens``: frames then come out as :class:`RawToken` (bare SASL bytes, no request
+header) and are answered with :meth:`KafkaConnection.send_raw`, in order with the rest.
 """
 
 from __future__ import annotations
@@ -42,11 +47,13 @@ from typing import Any
 from .codec import ApiKey, api_name, decode_request, encode_response, expects_response
 from .framing import (
     DEFAULT_MAX_REQUEST_BYTES,
+    MIN_REQUEST_BYTES,
     Buffer,
     FrameReader,
     KafkaProtocolError,
     peek_request,
 )
+from .framing import frame as length_prefixed
 from .versions import SERVED, VersionTable
 
 DEFAULT_MAX_PENDING = 5  # clients' max.in.flight.requests.per.connection default
@@ -88,6 +95,19 @@ class KafkaRequest:
         return api_name(self.api_key)
 
 
+@dataclass(eq=False, slots=True)
+class RawToken:
+    """A bare SASL token (a frame after SaslHandshake v0): no header, no correlation id."""
+
+    data: bytes
+    expects_response: bool = True
+    response: list[Buffer] | None = field(default=None, repr=False)
+
+    @property
+    def api_name(self) -> str:
+        return "SASL token"
+
+
 class KafkaConnection:
     """The protocol state of one client connection. Owned by the loop that drives its
     socket; not thread-safe."""
@@ -103,11 +123,31 @@ class KafkaConnection:
         self.max_pending = max_pending
         self._reader = FrameReader(max_request_bytes)
         self._frames: deque[bytearray] = deque()
-        self._pending: deque[KafkaRequest] = deque()  # owed a response, in request order
+        self._pending: deque[KafkaRequest | RawToken] = deque()  # owed a response, in order
         self._error: KafkaProtocolError | None = None  # raised once earlier frames are out
         self._dead = False
+        self._raw_tokens = False
         self.they_closed = False
         self.requests = 0
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest frame accepted (Kafka's ``socket.request.max.bytes``)."""
+        return self._reader.max_frame_bytes
+
+    @max_request_bytes.setter
+    def max_request_bytes(self, value: int) -> None:
+        self._reader.max_frame_bytes = value
+
+    @property
+    def raw_tokens(self) -> bool:
+        """Whether the next frames are bare SASL tokens (set by the driver)."""
+        return self._raw_tokens
+
+    @raw_tokens.setter
+    def raw_tokens(self, value: bool) -> None:
+        self._raw_tokens = value
+        self._reader.min_frame_bytes = 1 if value else MIN_REQUEST_BYTES
 
     # -- input -----------------------------------------------------------------------------
 
@@ -140,7 +180,9 @@ class KafkaConnection:
             or len(self._pending) >= self.max_pending
         )
 
-    def next_event(self) -> KafkaRequest | type[NEED_DATA] | type[PAUSED] | type[CLOSED]:
+    def next_event(
+        self,
+    ) -> KafkaRequest | RawToken | type[NEED_DATA] | type[PAUSED] | type[CLOSED]:
         """The next request, or what stands in its way. Raises KafkaProtocolError."""
         if self._dead:
             raise KafkaProtocolError("connection already failed")
@@ -161,7 +203,13 @@ class KafkaConnection:
             return PAUSED
         return NEED_DATA
 
-    def _decode(self, frame: bytearray) -> KafkaRequest:
+    def _decode(self, frame: bytearray) -> KafkaRequest | RawToken:
+        if self._raw_tokens:
+            token = RawToken(bytes(frame))
+            self._pending.append(token)
+            return token
+        if len(frame) < MIN_REQUEST_BYTES:  # cut while bare tokens were expected
+            raise KafkaProtocolError(f"frame of {len(frame)} bytes is shorter than any request")
         api_key, api_version, correlation_id = peek_request(frame)
         entry = self.table.get(api_key)
         if entry is None:
@@ -208,6 +256,12 @@ class KafkaConnection:
         request.response = encode_response(
             request.api_key, request.api_version, request.correlation_id, response
         )
+
+    def send_raw(self, token: RawToken, data: bytes) -> None:
+        """Answer a bare SASL token with bare bytes (length-prefixed, no header)."""
+        if token.response is not None or token not in self._pending:
+            raise ValueError("that SASL token was answered already")
+        token.response = length_prefixed([data])
 
     def data_to_send(self) -> list[Buffer]:
         """Buffers of the responses now due, in request order (empty when none is)."""

@@ -75,6 +75,11 @@ SERVED = VersionTable(
     [
         ApiVersionRange(ApiKey.ApiVersions, 0, 2),
         ApiVersionRange(ApiKey.Metadata, 0, 8),
+        # SASL, on every listener as Kafka does: a listener without SASL answers them
+        # ILLEGAL_SASL_STATE, which tells a client configured for SASL what is wrong
+        # (served by the listener itself: kvlog.ipc.kafka.sasl).
+        ApiVersionRange(ApiKey.SaslHandshake, 0, 1),
+        ApiVersionRange(ApiKey.SaslAuthenticate, 0, 1),
         # Groups and offsets (the coordinator process).
         ApiVersionRange(ApiKey.FindCoordinator, 0, 2),
         ApiVersionRange(ApiKey.JoinGroup, 0, 5),
@@ -105,5 +110,9 @@ SERVED = VersionTable(
         ApiVersionRange(ApiKey.ListOffsets, 1, 5),
         ApiVersionRange(ApiKey.OffsetForLeaderEpoch, 2, 3),
         ApiVersionRange(ApiKey.DeleteRecords, 0, 1),
+        # ACLs (the coordinator's store; other processes forward them).
+        ApiVersionRange(ApiKey.DescribeAcls, 0, 1),
+        ApiVersionRange(ApiKey.CreateAcls, 0, 1),
+        ApiVersionRange(ApiKey.DeleteAcls, 0, 1),
     ]
 )

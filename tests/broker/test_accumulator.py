@@ -5,20 +5,35 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvlog.errors import KafkaTimeoutError, ProducerClosedError
-from kvlog.ipc.accumulator import RECORD_OVERHEAD, RecordAccumulator
+from kvlog.ipc.accumulator import (
+    ACCELERATED,
+    RECORD_OVERHEAD,
+    NativeRecordAccumulator,
+    PyRecordAccumulator,
+)
 from kvlog.types import TopicPartition
 
 TP = TopicPartition("t", 0)
 TP2 = TopicPartition("t", 1)
 
+# Every test runs on the C accumulator and on its pure-Python twin.
+IMPLEMENTATIONS = [PyRecordAccumulator] + ([NativeRecordAccumulator] if ACCELERATED else [])
+_impl: list[type] = [PyRecordAccumulator]
 
-def make(**overrides: int) -> RecordAccumulator:
+
+@pytest.fixture(autouse=True, params=IMPLEMENTATIONS, ids=lambda cls: cls.__name__)
+def implementation(request: pytest.FixtureRequest) -> None:
+    _impl[0] = request.param
+
+
+def make(**overrides: int) -> Any:
     config = {
         "batch_size": 1000,
         "linger_ms": 100,
@@ -27,7 +42,7 @@ def make(**overrides: int) -> RecordAccumulator:
         "delivery_timeout_ms": 10_000,
     }
     config.update(overrides)
-    return RecordAccumulator(**config)
+    return _impl[0](**config)
 
 
 def rec(size: int) -> bytes:
@@ -197,20 +212,20 @@ def test_requeue_front_keeps_order_and_waits_for_the_backoff() -> None:
     assert third is not None and third not in (first, second)
 
 
-def test_append_many_splits_over_batches_under_one_lock() -> None:
+def test_append_records_splits_over_batches_in_one_call() -> None:
     acc = make(batch_size=250, linger_ms=60_000)
+    acc.set_topic("t", [TP, TP2], 0)
     values = [rec(100) for _ in range(5)]
-    out = acc.append_many(TP, 7, [None] * 5, values, now=0.0)
-    assert [(start, count, filled) for _, start, count, filled in out] == [
-        (0, 2, False),
-        (0, 2, False),
-        (0, 1, False),
-    ]
+    batches, batch_of, deltas = acc.append_records("t", values, None, 0, 7, now=0.0)
+    runs = list(zip(memoryview(batch_of).cast("i"), memoryview(deltas).cast("i"), strict=True))
+    assert runs == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)]  # two records per batch
+    assert acc.queued(TP) == 2  # the first two closed: a third record did not fit
     sent = []
     acc.begin_flush()
     while (batch := acc.drain(TP, 0.0)) is not None:
         sent.append(batch)
     acc.end_flush()
+    assert [b.future for b in sent] == [b.future for b in batches]
     assert sum(b.record_count for b in sent) == 5
     assert all(b.size <= 250 for b in sent)
 
@@ -228,7 +243,7 @@ def test_completing_twice_frees_memory_once() -> None:
         acc.append(TP, 1, None, rec(500), None, now=0.0)
 
 
-def _drain_all(acc: RecordAccumulator, tps: list[TopicPartition]) -> dict[TopicPartition, list]:
+def _drain_all(acc: Any, tps: list[TopicPartition]) -> dict[TopicPartition, list]:
     acc.begin_flush()
     out: dict[TopicPartition, list] = {}
     for tp in tps:
@@ -253,12 +268,13 @@ def _drain_all(acc: RecordAccumulator, tps: list[TopicPartition]) -> dict[TopicP
     ),
     batch_size=st.integers(50, 400),
 )
-def test_append_partitioned_builds_the_batches_append_would(calls, batch_size) -> None:
-    # send_batch's path (one lock, a group per partition, a fast path when a group fits)
-    # must cut batches exactly where record-by-record send() would.
+def test_append_records_builds_the_batches_append_would(calls, batch_size) -> None:
+    # send_batch's path (one call for many records) must cut batches exactly where
+    # record-by-record send() would.
     tps = [TopicPartition("t", p) for p in range(4)]
     one_by_one = make(batch_size=batch_size, linger_ms=60_000)
     grouped = make(batch_size=batch_size, linger_ms=60_000)
+    grouped.set_topic("t", tps, 0)
     for records in calls:
         for p, key, value in records:
             one_by_one.append(tps[p], 5, key, value, None, now=0.0)
@@ -267,12 +283,10 @@ def test_append_partitioned_builds_the_batches_append_would(calls, batch_size) -
             keys, values = groups.setdefault(p, ([], []))
             keys.append(key)
             values.append(value)
-        out = grouped.append_partitioned(
-            tps, [(p, ks, vs) for p, (ks, vs) in groups.items()], 5, now=0.0
-        )
-        assert [p for p, _ in out] == list(groups)
-        for (_, landed), (_, values) in zip(out, groups.values(), strict=True):
-            assert sum(count for _, _, count, _ in landed) == len(values)
+        for p, (keys, values) in groups.items():
+            batches, batch_of, _ = grouped.append_records("t", values, keys, p, 5, now=0.0)
+            assert len(batch_of) == 4 * len(values)
+            assert {b.tp for b in batches} <= {tps[p]}
         # Full batches are ready at once (linger.ms is a minute), the same ones.
         assert sorted(grouped.ready(0.0)[0]) == sorted(one_by_one.ready(0.0)[0])
     assert _drain_all(grouped, tps) == _drain_all(one_by_one, tps)

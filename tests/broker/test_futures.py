@@ -8,12 +8,23 @@ import threading
 import pytest
 
 from kvlog.errors import KafkaTimeoutError, NotEnoughReplicasError
-from kvlog.ipc.futures import BatchFuture, BatchSendResult, FutureRecordMetadata
+from kvlog.ipc import futures
+from kvlog.ipc.futures import BatchSendResult, FutureRecordMetadata
 
 pytestmark = pytest.mark.timeout(30)
 
+# Every test runs on the C future and on its pure-Python twin.
+_IMPLEMENTATIONS = [futures.PyBatchFuture] + (
+    [futures.native.BatchFuture] if futures.native is not None else []
+)
 
-def test_waiters_before_completion_all_wake() -> None:
+
+@pytest.fixture(params=_IMPLEMENTATIONS, ids=lambda cls: cls.__name__, name="BatchFuture")
+def batch_future(request: pytest.FixtureRequest) -> type:
+    return request.param
+
+
+def test_waiters_before_completion_all_wake(BatchFuture: type) -> None:
     future = BatchFuture()
     woke: list[bool] = []
     waiters = [threading.Thread(target=lambda: woke.append(future.wait(10))) for _ in range(4)]
@@ -28,7 +39,7 @@ def test_waiters_before_completion_all_wake() -> None:
     assert future.wait(0)  # after completion: at once
 
 
-def test_callbacks_run_once_before_or_after_completion() -> None:
+def test_callbacks_run_once_before_or_after_completion(BatchFuture: type) -> None:
     future = BatchFuture()
     seen: list[str] = []
     future.add_callback(lambda f: seen.append(f"early {f.base_offset}"))
@@ -37,7 +48,7 @@ def test_callbacks_run_once_before_or_after_completion() -> None:
     assert seen == ["early 7", "late 7"]
 
 
-def test_a_raising_callback_does_not_stop_the_others() -> None:
+def test_a_raising_callback_does_not_stop_the_others(BatchFuture: type) -> None:
     future = BatchFuture()
     seen: list[int] = []
     future.add_callback(lambda f: 1 / 0)
@@ -46,7 +57,7 @@ def test_a_raising_callback_does_not_stop_the_others() -> None:
     assert seen == [3]
 
 
-def test_record_handles_give_offsets_and_errors() -> None:
+def test_record_handles_give_offsets_and_errors(BatchFuture: type) -> None:
     ok, bad = BatchFuture(), BatchFuture()
     record = FutureRecordMetadata(ok, 2, "t", 1, 1000, 3, 5)
     failing = FutureRecordMetadata(bad, 0, "t", 0, 1000, -1, 5)
@@ -61,7 +72,7 @@ def test_record_handles_give_offsets_and_errors() -> None:
         failing.get(timeout=1)
 
 
-def test_batch_send_result_puts_records_back_in_caller_order() -> None:
+def test_batch_send_result_puts_records_back_in_caller_order(BatchFuture: type) -> None:
     a, b = BatchFuture(), BatchFuture()
     result = BatchSendResult("t", 99, 4, [(0, [0, 2], a, 5), (1, [3, 1], b, 0)])
     assert not result.done()

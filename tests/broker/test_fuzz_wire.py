@@ -35,6 +35,7 @@ import kvlog
 from kvlog.batch import build_batch
 from kvlog.errors import ErrorCode
 from kvlog.ipc import wire
+from kvlog.ipc.kafka.scram import scram_credential
 from kvlog.types import TopicPartition
 from kvlog.workers.broker_shell import FORWARDED_OPS, BrokerServer
 from kvlog.workers.coordinator_shell import CoordinatorServer
@@ -96,6 +97,8 @@ COMMIT_ENTRY = {
     "offset": I(0, 0, required=True),
     "metadata": S(""),
 }
+
+SCRAM_CREDENTIAL = scram_credential("SCRAM-SHA-256", "fuzz").to_wire()
 
 # Valid values are harmless on purpose (unknown names and ids) although a broken field
 # must stop every request before it does anything.
@@ -208,6 +211,25 @@ COORDINATOR_FIELDS: dict[str, dict[str, F]] = {
     "delete_groups": {
         "group_ids": F("list", ["fz-none"], items=S("fz", 1024), required=True, max_len=10_000)
     },
+    "user_upsert": {
+        "name": S("fz-user", 1024, required=True),
+        "credentials": F(
+            "list",
+            [SCRAM_CREDENTIAL],
+            entry={
+                "mechanism": S("SCRAM-SHA-256", required=True),
+                "salt": F("bytes", SCRAM_CREDENTIAL["salt"], required=True),
+                "stored_key": F("bytes", SCRAM_CREDENTIAL["stored_key"], required=True),
+                "server_key": F("bytes", SCRAM_CREDENTIAL["server_key"], required=True),
+                "iterations": I(4096, 4096, 16384, required=True),
+            },
+            required=True,
+            max_len=2,
+        ),
+    },
+    "user_remove": {"name": S("fz-none", 1024, required=True)},
+    "user_list": {},
+    "kafka_relay": {"principal": S("fz", 1024, required=True), "client_host": S("", 256)},
     "init_producer_id": {},
     "acl_list": {},
     "list_groups": {},

@@ -10,9 +10,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvlog import batch as batch_format
-from kvlog.ipc.records import DecodedBatch, RecordColumns, UndecodableRecord
+from kvlog.ipc import records as records_module
+from kvlog.ipc.records import DecodedBatch, RecordColumns, UndecodableRecord, decode_batch
 
 pytestmark = pytest.mark.timeout(120)
+
+# Every test runs on batches decoded by cbor2 into lists and, where the C extension reads
+# the batch in place (kvlog._records: no headers), on that view.
+_native = [True, False]
+
+
+@pytest.fixture(
+    autouse=True,
+    params=["cbor2"] + (["native"] if records_module.native is not None else []),
+)
+def decoder(request: pytest.FixtureRequest) -> None:
+    _native[0] = request.param == "native"
+
 
 optional_bytes = st.none() | st.binary(max_size=20)
 headers = st.none() | st.lists(
@@ -32,6 +46,8 @@ records = st.lists(
 
 def _decoded(recs: list[Any] | bytes, base: int) -> DecodedBatch:
     raw = recs if isinstance(recs, bytes) else batch_format.build_batch(recs)
+    if _native[0]:
+        return decode_batch(raw, base)
     header, columns = batch_format.decode_raw(raw)
     return DecodedBatch(header, columns, base)
 

@@ -19,6 +19,7 @@ GROUPS = {
     "groups": ["list", "describe", "delete", "reset-offsets"],
     "keys": ["generate"],
     "acls": ["add", "list", "remove", "reload"],
+    "users": ["add", "list", "remove"],
 }
 
 
@@ -90,6 +91,11 @@ def test_top_level_help_lists_the_commands() -> None:
         (["perf", "produce", "--acks", "2"], "--acks"),
         (["serve", "--kafka-listen", "9092"], "HOST:PORT"),
         (["serve", "--kafka-listen", "[::1]:9092"], "IPv4"),
+        (["users", "add", "alice"], "--password-stdin or --password-file"),
+        (["users", "add", "alice", "--password-stdin", "--iterations", "100"], "4096"),
+        (["users", "add", "alice", "--password-stdin", "--mechanism", "PLAIN"], "PLAIN"),
+        (["users", "add", "alice", "--password-stdin"], "the password is empty"),
+        (["serve", "--kafka-ssl-client-auth", "maybe"], "maybe"),
     ],
 )
 def test_usage_errors_are_one_line_with_exit_2(args: list[str], message: str) -> None:
@@ -250,3 +256,12 @@ def test_key_separator_escapes() -> None:
     assert _separator("::") == b"::"
     assert _separator("→") == "→".encode()
     assert _separator(None) is None
+
+
+def test_kafka_security_settings_need_security_on(tmp_path: Path) -> None:
+    # SASL and TLS name principals for the ACLs: without CURVE there are none.
+    result = cli("serve", "--data-dir", str(tmp_path), "--kafka-sasl-mechanisms", "SCRAM-SHA-256")
+    assert result.exit_code == 1, result.output
+    assert "need security on" in result.output and "Traceback" not in result.output
+    result = cli("serve", "--data-dir", str(tmp_path), "--kafka-sasl-mechanisms", "GSSAPI")
+    assert result.exit_code == 1 and "'GSSAPI' is not served" in result.output

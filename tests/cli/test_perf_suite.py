@@ -43,6 +43,27 @@ def test_consume_after_a_preload_reads_the_filled_records(serve: Serve) -> None:
     assert result["records"] == 1500 and result["stored_before"] == 900
 
 
+@pytest.mark.parametrize(
+    ("writer", "reader"), [("confluent-kafka", "kafka-python"), ("kafka-python", "confluent-kafka")]
+)
+def test_kafka_clients_produce_and_consume_on_the_kafka_listener(
+    serve: Serve, writer: str, reader: str
+) -> None:
+    assert serve.kafka_bootstrap is not None
+    topic = unique("perf-kafka")
+    b = ("--bootstrap-server", serve.bootstrap, "--kafka-bootstrap", serve.kafka_bootstrap)
+    b += ("--topic", topic, "--partitions", "2")
+    produced = perf("produce", *b, "--records", "1200", "--client", writer)
+    assert produced["client"] == writer and produced["records"] == 1200
+    assert 0 < produced["latency_samples"] <= 1200
+    # The other client reads exactly what the first stored (it would time out otherwise).
+    read = perf("consume", *b, "--records", "1200", "--no-fill", "--client", reader)
+    assert read["client"] == reader and read["records"] == 1200
+    # consume fills the topic through a Kafka producer first without --no-fill.
+    filled = perf("consume", *b, "--records", "700", "--client", reader)
+    assert filled["records"] == 700
+
+
 def test_pipeline_produces_and_consumes_together(serve: Serve) -> None:
     topic = unique("perf-pipeline")
     b = ("--bootstrap-server", serve.bootstrap, "--topic", topic)

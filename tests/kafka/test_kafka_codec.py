@@ -176,6 +176,8 @@ def test_the_served_table_is_what_kvlog_advertises():
     assert {r.api_key: (r.min_version, r.max_version) for r in SERVED} == {
         K.ApiVersions: (0, 2),
         K.Metadata: (0, 8),
+        K.SaslHandshake: (0, 1),
+        K.SaslAuthenticate: (0, 1),
         K.FindCoordinator: (0, 2),
         K.JoinGroup: (0, 5),
         K.SyncGroup: (0, 3),
@@ -197,6 +199,9 @@ def test_the_served_table_is_what_kvlog_advertises():
         K.DescribeConfigs: (1, 3),
         K.AlterConfigs: (0, 1),
         K.IncrementalAlterConfigs: (0, 1),
+        K.DescribeAcls: (0, 1),
+        K.CreateAcls: (0, 1),
+        K.DeleteAcls: (0, 1),
         K.Produce: (0, 8),
         K.Fetch: (4, 11),
         K.ListOffsets: (1, 5),

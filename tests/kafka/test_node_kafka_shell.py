@@ -54,7 +54,6 @@ class Shell(NodeKafkaShell):
     def __init__(self, quotas: Quotas) -> None:
         self.name = "test node"
         self.kafka = FakeListener()  # type: ignore[assignment]
-        self.relay = None
         self.quotas = quotas
         self._kafka_delayed = []
         self._kafka_replies = []

@@ -116,7 +116,7 @@ def test_topic_table() -> None:
         "retention.ms": UNLIMITED,
         "unclean.leader.election.enable": True,
     }
-    for bad in ({"retention.bytes": -2}, {"cleanup.policy": "compact"}, {"retention_ms": 1}):
+    for bad in ({"retention.bytes": -2}, {"cleanup.policy": "compact,remove"}, {"retention_ms": 1}):
         with pytest.raises(InvalidConfigError):
             validate_topic_config(bad)
     # Case matters for topic string values (as in Kafka).

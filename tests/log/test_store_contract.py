@@ -907,3 +907,86 @@ def test_threads_share_one_store(store):
         state = check_partition(store, tp)
         assert len(all_batches(store, tp)) == 50
         assert state.log_end_offset == sum(2 * (1 + i % 3) for i in range(25))
+
+
+# -- compaction's replace_batches ----------------------------------------------------------
+
+
+def _without_keys(batch: bytes, base: int, drop: set[bytes], map_end: int) -> bytes | None:
+    """The batch with the records of ``drop`` keys removed (compaction's own rebuild)."""
+    from kvlog.compact_records import Action, filter_batch, new_offset_map
+
+    omap = new_offset_map(1 << 20, len(drop))
+    for key in drop:
+        omap.put(key, 1 << 40)  # "a later record exists" for these keys
+    outcome = filter_batch(omap, base, batch, map_end, 0)
+    return outcome.new if outcome.action is Action.REWRITE else None
+
+
+def test_replace_batches_swaps_in_place_and_keeps_offsets(store):
+    from kvlog.log import BatchReplacement
+
+    store.create_partition(TP)
+    appended = fill(store, TP, [3, 3, 3])  # 0-2, 3-5, 6-8; keys k0 k1 k2 in each
+    (b0, first), (b1, second), (_b2, last) = appended
+    sparse = _without_keys(first, b0, {b"k1"}, 9)
+    assert sparse is not None
+    before = offsets(store)
+    applied = store.write(
+        lambda w: w.replace_batches(
+            TP, [BatchReplacement(b0, first, sparse), BatchReplacement(b1, second, None)]
+        )
+    )
+    assert applied == [True, True]
+    state = offsets(store)
+    assert state[:3] == before[:3]  # log start, HW, LEO unchanged
+    assert state.size_bytes == len(sparse) + len(last)
+    assert [r.offset for r in bf.decode(read(store, 0)[0][1], 0)] == [0, 2]
+    assert bf.next_offset(0, sparse) == 3  # the batch's last offset stays true
+    # A fetch from a removed offset gets the next batch.
+    assert [b for b, _ in read(store, 4)] == [6]
+    assert [b for b, _ in read(store, 1)] == [0, 6]
+    check_partition(store, TP)
+
+
+def test_replace_batches_skips_what_changed_or_must_stay(store):
+    from kvlog.log import BatchReplacement
+
+    store.create_partition(TP)
+    appended = fill(store, TP, [3, 3, 3])
+    (b0, first), (b1, second), (b2, last) = appended
+    store.write(lambda w: w.set_high_watermark(TP, 5))  # batch 3-5 ends past the HW
+    sparse = _without_keys(first, b0, {b"k0"}, 9)
+    skipped = [
+        BatchReplacement(b0, second, sparse),  # not what is stored there
+        BatchReplacement(b1, second, None),  # not wholly below the high watermark
+        BatchReplacement(7, last, None),  # no batch at that key
+    ]
+    assert store.write(lambda w: w.replace_batches(TP, skipped)) == [False, False, False]
+    store.write(lambda w: w.set_high_watermark(TP, 9))
+    # The last batch marks the log end: never removed (rewriting it is allowed).
+    assert store.write(lambda w: w.replace_batches(TP, [BatchReplacement(b2, last, None)])) == [
+        False
+    ]
+    assert all_batches(store, TP) == appended
+    with pytest.raises(ValueError, match="ends at delta"):
+        store.write(lambda w: w.replace_batches(TP, [BatchReplacement(b0, first, make_batch(2))]))
+    with pytest.raises(ValueError, match="more records"):
+        store.write(lambda w: w.replace_batches(TP, [BatchReplacement(b0, sparse, first)]))
+    with pytest.raises(CorruptRecordError):
+        store.write(lambda w: w.replace_batches(TP, [BatchReplacement(b0, first, corrupt(first))]))
+    assert all_batches(store, TP) == appended
+    check_partition(store, TP)
+
+
+def test_replaced_batches_survive_a_restart(store_kind):
+    from kvlog.log import BatchReplacement
+
+    store = store_kind.open()
+    store.create_partition(TP)
+    (b0, first), (b1, second) = fill(store, TP, [3, 3])
+    sparse = _without_keys(first, b0, {b"k2"}, 6)
+    store.write(lambda w: w.replace_batches(TP, [BatchReplacement(b0, first, sparse)]))
+    store = store_kind.reopen()
+    assert all_batches(store, TP) == [(b0, sparse), (b1, second)]
+    check_partition(store, TP)

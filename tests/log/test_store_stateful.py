@@ -30,6 +30,7 @@ from hypothesis.stateful import (
 from logtest_util import SMALL_MAP, batches, budget, check_store, corrupt, long_test, snapshot
 
 from kvlog.batch import build_batch
+from kvlog.cleaner import Cleaner, TopicInfo
 from kvlog.codecs import Codec
 from kvlog.lmdb_store import LogDir
 from kvlog.memory_store import MemoryLogDir
@@ -42,6 +43,8 @@ TOPICS = ("a", "b")
 TPS = [TopicPartition(t, p) for t in TOPICS for p in range(2)]
 TABLE_NAMES = ("x", "y")
 TABLE_KEYS = [b"k", b"k0", b"k0\x00", b"k1", b"z" * 40]
+# Compared too: the cleaner's rows (written by the compact rule only).
+SNAPSHOT_TABLES = (*TABLE_NAMES, "cleaner")
 
 tps = st.sampled_from(TPS)
 some_batches = st.lists(batches(max_value=1500, now_ms=NOW), min_size=1, max_size=3)
@@ -231,6 +234,34 @@ class StoresAgree(RuleBasedStateMachine):
             lambda s: Sweeper(s, self.configs.get, max_batches_per_txn=per_txn).sweep(self.now)
         )
 
+    @rule(
+        topic=st.sampled_from(TOPICS),
+        forced=st.booleans(),
+        advance_ms=st.integers(0, 2 * DAY_MS),
+        io_bytes=st.sampled_from([1, 2000, 1 << 20]),
+        dedupe_bytes=st.sampled_from([1, 1 << 20]),
+    )
+    def compact(self, topic, forced, advance_ms, io_bytes, dedupe_bytes):
+        """The cleaner on both stores: the same rewrites (replace_batches), the same rows."""
+        self.now += advance_ms
+        info = TopicInfo(
+            f"id-{topic}", {"cleanup.policy": "compact", "delete.retention.ms": DAY_MS}
+        )
+
+        def op(store):
+            cleaner = Cleaner(
+                store,
+                lambda t: info if t == topic else None,
+                clock=lambda: self.now,
+                io_buffer_bytes=io_bytes,
+                dedupe_buffer_bytes=dedupe_bytes,
+            )
+            return [(r.tp, r.complete, r.last) for r in cleaner.run({topic} if forced else ())]
+
+        outcome = self.both(op)
+        if outcome[0] == "ok" and outcome[1]:
+            event("compacted")
+
     @rule(table=st.sampled_from(TABLE_NAMES), key=st.sampled_from(TABLE_KEYS), value=st.binary())
     def put(self, table, key, value):
         self.write(lambda w: w.put(table, key, value))
@@ -279,7 +310,7 @@ class StoresAgree(RuleBasedStateMachine):
     @invariant()
     def stores_agree(self):
         assert self.disk.partitions() == self.model.partitions()
-        assert snapshot(self.disk, TABLE_NAMES) == snapshot(self.model, TABLE_NAMES)
+        assert snapshot(self.disk, SNAPSHOT_TABLES) == snapshot(self.model, SNAPSHOT_TABLES)
 
     @invariant()
     def disk_store_is_consistent(self):

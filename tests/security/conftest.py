@@ -18,6 +18,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+from kafka_sasl_util import PASSWORDS  # noqa: E402
 from sectest_util import (  # noqa: E402
     KeyRing,
     SecuredBroker,
@@ -41,6 +42,26 @@ def ring(tmp_path_factory: pytest.TempPathFactory) -> KeyRing:
 def secured(tmp_path_factory: pytest.TempPathFactory, ring: KeyRing) -> Iterator[SecuredBroker]:
     b = start_secured_broker(tmp_path_factory.mktemp("secured"), ring)
     try:
+        yield b
+    finally:
+        stop_and_check(b)
+
+
+@pytest.fixture(scope="module")
+def sasl(tmp_path_factory: pytest.TempPathFactory, ring: KeyRing) -> Iterator[SecuredBroker]:
+    """A broker whose Kafka listeners take SCRAM-SHA-256/512 logins (SASL_PLAINTEXT), with
+    SCRAM users admin (a super user), alice and bob (passwords: kafka_sasl_util.PASSWORDS),
+    added through kvlog's admin op as ``kvlog users add`` does."""
+    b = start_secured_broker(
+        tmp_path_factory.mktemp("sasl"),
+        ring,
+        kafka_listen="127.0.0.1:0",
+        kafka_sasl_mechanisms=["SCRAM-SHA-256", "SCRAM-SHA-512"],
+    )
+    try:
+        with b.admin() as admin:
+            for user, password in PASSWORDS.items():
+                admin.upsert_scram_user(user, password)
         yield b
     finally:
         stop_and_check(b)

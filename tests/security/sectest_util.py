@@ -199,7 +199,9 @@ def start_secured_broker(
     config: dict[str, Any] | None = None,
     super_users: Sequence[str] = ("admin",),
     log_level: str = "INFO",
+    **broker_kwargs: Any,
 ) -> SecuredBroker:
+    """``broker_kwargs``: more ``kvlog.Broker`` keywords (the Kafka listener's security)."""
     log_path = root / "broker.log"
     broker = kvlog.Broker(
         root / "data",
@@ -209,6 +211,7 @@ def start_secured_broker(
         super_users=list(super_users),
         config=config or {},
         log_level=log_level,
+        **broker_kwargs,
     )
     with stderr_to(log_path):
         broker.start()

@@ -15,6 +15,7 @@ API in :data:`HANDLERS`.
 from __future__ import annotations
 
 from . import (  # noqa: F401  (each module registers its handlers)
+    acls,
     api_versions,
     configs,
     find_coordinator,

@@ -19,6 +19,9 @@ from typing import Any
 from .. import acl
 from ..acl import Authorizer
 from ..controller_events import (
+    AclAdd,
+    AclList,
+    AclRemove,
     AlterTopicConfig,
     CreatePartitions,
     CreateTopic,
@@ -137,6 +140,17 @@ def _(event: DescribeGroups, auth: Authorizer, principal: str) -> None:
 @_check.register
 def _(event: DeleteGroups, auth: Authorizer, principal: str) -> None:
     acl.check_groups(auth, principal, event.group_ids, "delete")
+
+
+@_check.register(AclAdd)
+@_check.register(AclRemove)
+def _(event: Any, auth: Authorizer, principal: str) -> None:
+    acl.check_cluster(auth, principal, "alter")
+
+
+@_check.register
+def _(event: AclList, auth: Authorizer, principal: str) -> None:
+    acl.check_cluster(auth, principal, "describe")
 
 
 # -- the node's events -----------------------------------------------------------------------

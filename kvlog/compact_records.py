@@ -1,0 +1,131 @@
+"""Compaction's work on one batch: note its keys in the offset map, filter it against the
+map, rebuild what is left in the batch's own format.
+
+Both stored formats are handled per batch: the payload is decompressed once (Python,
+cramjam), the per-record walk runs in C (``kvlog._compact``; ``kvlog._compact_py`` is its
+twin), and a filtered batch is recompressed with its own codec and rebuilt with
+:func:`kvlog.batch.rebuild`: same base offset (the store key), same last offset delta,
+leader epoch, first timestamp and producer id/epoch/base sequence, a new record count,
+max timestamp and CRC. Kept records keep their offsets and timestamps (offsets become
+sparse inside the batch: a native batch gets an explicit ``offset_deltas`` column, a
+Kafka batch keeps its records' bytes as they were).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any, NamedTuple
+
+from . import _compact_py, kafka_batch
+from . import batch as batch_format
+from .batch import HEADER_SIZE, KAFKA_MAGIC, TIMESTAMP_LOG_APPEND_TIME, BatchHeader
+from .codecs import Codec, compress, decompress
+from .errors import CorruptRecordError
+
+try:
+    from ._compact import OffsetMap, filter_kafka, filter_native, put_kafka, put_native
+
+    ACCELERATED = True
+except ImportError:  # built without a compiler: the same walks in Python
+    from ._compact_py import (  # type: ignore[assignment]
+        OffsetMap,
+        filter_kafka,
+        filter_native,
+        put_kafka,
+        put_native,
+    )
+
+    ACCELERATED = False
+
+SLOT_BYTES = 24  # a 128-bit key hash and an int64 offset
+LOAD_FACTOR = 0.9  # Kafka's log.cleaner.io.buffer.load.factor
+_MIN_SLOTS = 4  # tests use tiny maps to force several passes
+
+
+def new_offset_map(max_bytes: int, expected_keys: int) -> Any:
+    """A map within ``max_bytes`` (log.cleaner.dedupe.buffer.size), no larger than
+    ``expected_keys`` need (a small partition does not get 128 MiB)."""
+    budget = max(_MIN_SLOTS, max_bytes // SLOT_BYTES)
+    wanted = math.ceil(max(expected_keys, 1) / LOAD_FACTOR) + _MIN_SLOTS
+    return OffsetMap(min(budget, wanted), LOAD_FACTOR)
+
+
+class Action(enum.Enum):
+    KEEP = "keep"  # every record stays: the batch is left as it is
+    REWRITE = "rewrite"  # some go: ``new`` replaces the batch
+    REMOVE = "remove"  # every record goes: the batch goes
+
+
+class Outcome(NamedTuple):
+    action: Action
+    new: bytes | None
+    kept: int
+    removed: int
+    tombstones_removed: int
+    keyless_removed: int
+    first_tombstone: int  # offset of the first kept tombstone, or -1
+
+
+def _records(batch: bytes | memoryview) -> tuple[BatchHeader, Any]:
+    header = batch_format.read_header(batch)
+    body = memoryview(batch)[HEADER_SIZE:]
+    try:
+        if header.magic == KAFKA_MAGIC:
+            return header, kafka_batch._decompress(header.attributes & 0x07, body)
+        return header, decompress(header.codec, body)
+    except Exception as exc:  # a codec's failure means a corrupt batch
+        raise CorruptRecordError(f"record batch does not decompress: {exc}") from exc
+
+
+def map_batch(omap: Any, base: int, batch: bytes | memoryview, min_offset: int) -> int:
+    """Note the key of every record at or past ``min_offset``. Returns -1, or the offset
+    of the first record that did not fit (the map is full: the pass ends there)."""
+    header, records = _records(batch)
+    kafka = header.magic == KAFKA_MAGIC
+    args = (omap, records, header.record_count, base, min_offset)
+    try:
+        try:
+            return (put_kafka if kafka else put_native)(*args)
+        except NotImplementedError:
+            return (_compact_py.put_kafka if kafka else _compact_py.put_native)(*args)
+    except ValueError as exc:
+        raise CorruptRecordError(f"record batch at {base}: {exc}") from exc
+
+
+def filter_batch(
+    omap: Any, base: int, batch: bytes | memoryview, map_end: int, tombstone_horizon: int
+) -> Outcome:
+    """What compaction makes of one batch: records below ``map_end`` go when superseded
+    (the map holds a later offset for their key), keyless, or tombstones below
+    ``tombstone_horizon``; the rest stay, at their offsets."""
+    header, records = _records(batch)
+    kafka = header.magic == KAFKA_MAGIC
+    count = header.record_count
+    args = (omap, records, count, base, map_end, tombstone_horizon)
+    try:
+        try:
+            result = (filter_kafka if kafka else filter_native)(*args)
+        except NotImplementedError:
+            result = (_compact_py.filter_kafka if kafka else _compact_py.filter_native)(*args)
+    except ValueError as exc:
+        raise CorruptRecordError(f"record batch at {base}: {exc}") from exc
+    kept, new_records, max_ts_delta, first_tombstone, tombstones, keyless = result
+    removed = count - kept
+    if kept == count:
+        return Outcome(Action.KEEP, None, kept, 0, 0, 0, first_tombstone)
+    if kept == 0:
+        return Outcome(Action.REMOVE, None, 0, removed, tombstones, keyless, -1)
+    codec = header.codec
+    if kafka:
+        payload = kafka_batch._compress(codec, new_records)
+    else:
+        payload = new_records if codec is Codec.NONE else compress(codec, new_records)
+    # LogAppendTime: every record's timestamp is the batch's max timestamp; keep it.
+    max_ts = (
+        header.max_timestamp
+        if header.timestamp_type == TIMESTAMP_LOG_APPEND_TIME
+        else header.first_timestamp + max_ts_delta
+    )
+    new = batch_format.rebuild(batch, payload, record_count=kept, max_timestamp=max_ts)
+    return Outcome(Action.REWRITE, new, kept, removed, tombstones, keyless, first_tombstone)
