@@ -45,6 +45,7 @@ from .records import ConsumerRecord, DecodedBatch, RecordColumns, UndecodableRec
 from .rpc import IOThread
 from .security import client_socket_options
 from .serializers import deserializer
+from .transactions import ConsumerGroupMetadata
 from .wire import split_bootstrap
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Consumer:
             metadata_max_age_s=cfg["metadata_max_age_ms"] / 1000,
             on_out_of_range=lambda tp, exc: self._positions.on_out_of_range(tp, exc),
             metrics=self._metrics,
+            read_committed=cfg["isolation_level"] == "read_committed",
         )
         self._io = IOThread(
             f"consumer-{cfg['client_id']}",
@@ -543,6 +545,18 @@ class Consumer:
         found = group.offsets.fetch_committed([TopicPartition(*partition)])
         entry = found.get(TopicPartition(*partition))
         return None if entry is None else entry.offset
+
+    def group_metadata(self) -> ConsumerGroupMetadata:
+        """The group's identity for a transactional producer's
+        ``send_offsets_to_transaction`` (Kafka's ``groupMetadata()``)."""
+        group = self._require_group("group_metadata()")
+        identity = group.commit_identity()
+        return ConsumerGroupMetadata(
+            group.group_id,
+            identity["generation"],
+            identity["member_id"] or "",
+            identity["group_instance_id"],
+        )
 
     # -- close -----------------------------------------------------------------------------
 

@@ -308,6 +308,7 @@ def encode_payload(
     producer_epoch: int = NO_PRODUCER_EPOCH,
     base_sequence: int = NO_SEQUENCE,
     timestamp_type: int = TIMESTAMP_CREATE_TIME,
+    transactional: bool = False,
 ) -> bytes:
     """A batch around an already encoded payload (the columns' CBOR, uncompressed): one
     compress, one CRC, the header. The producer's accumulator builds the payload as
@@ -317,6 +318,8 @@ def encode_payload(
         raise ValueError("a record batch needs at least one record")
     payload = compress(codec, payload)
     attributes = int(codec) | (_TIMESTAMP_TYPE_BIT if timestamp_type else 0)
+    if transactional:
+        attributes |= TRANSACTIONAL_BIT
     body = _BODY.pack(
         attributes,
         record_count - 1 if last_offset_delta is None else last_offset_delta,
