@@ -90,7 +90,12 @@ class Consumer:
             socket_options=client_socket_options(cfg),
         )
         self._lookups = Lookups(
-            self._io, self.metadata, self._bootstrap, self._request_timeout_ms, self._interest
+            self._io,
+            self.metadata,
+            self._bootstrap,
+            self._request_timeout_ms,
+            self._interest,
+            read_committed=cfg["isolation_level"] == "read_committed",
         )
         self._lock = self._fetcher.lock
         self._decoded: dict[TopicPartition, DecodedBatch] = {}
@@ -402,8 +407,13 @@ class Consumer:
                 if update:
                     state.position = next_offset
                 remaining -= len(taken)
-                if remaining <= 0:
-                    break
+            skip = state.skip
+            drained = not state.buffered and not self._decoded.get(tp)
+            if update and skip is not None and state.position == skip[0] and drained:
+                state.position = skip[1]  # over markers and aborted records
+                state.skip = None
+            if remaining <= 0:
+                break
         return out
 
     def _take(

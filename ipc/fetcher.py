@@ -61,6 +61,9 @@ class PartitionFetchState:
     # The position left the log: poll() applies auto.offset.reset (never the committed
     # offset, which would only lead back out of range) or, with "none", raises.
     reset_pending: bool = False
+    # (from, to): what a fetch dropped at its end (transaction markers, aborted records);
+    # a position that reaches ``from`` with nothing buffered moves to ``to``.
+    skip: tuple[int, int] | None = None
 
 
 class Fetcher:
@@ -250,9 +253,11 @@ class Fetcher:
                     state.buffered_bytes += len(raw)
                 if batches:
                     state.fetch_offset = max(offset, next_offset(bases[-1], batches[-1]))
-                    if not kept and not state.buffered and state.position == offset:
-                        # Only markers or aborted records: the position steps over them.
-                        state.position = state.fetch_offset
+                    last_kept = next_offset(*kept[-1]) if kept else offset
+                    if last_kept < state.fetch_offset:
+                        # Markers or aborted records at the end: the position steps over
+                        # them once it reaches them (Consumer.poll).
+                        state.skip = (last_kept, state.fetch_offset)
             self.lock.notify_all()
         for tp, exc in out_of_range:
             self.on_out_of_range(tp, exc)
@@ -266,6 +271,7 @@ class Fetcher:
         state.epoch += 1
         state.buffered.clear()
         state.buffered_bytes = 0
+        state.skip = None
         state.error = None
         state.retry_at = 0.0
         state.reset_pending = False
