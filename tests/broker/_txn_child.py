@@ -25,6 +25,11 @@ def eos(bootstrap: str, source: str, sink: str, group: str) -> None:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
+        # Static membership: a restarted instance takes its partitions back at once
+        # rather than after the killed one's session runs out.
+        group_instance_id=f"{group}-worker",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
     )
     producer = kvlog.Producer(
         bootstrap_servers=bootstrap, transactional_id=f"{group}-tx", linger_ms=0

@@ -92,9 +92,7 @@ def test_a_second_producer_fences_the_first(broker: Any, admin: Any) -> None:
     assert _values(broker.bootstrap, [tp], isolation_level="read_committed") == [b"live"]
 
 
-def test_a_killed_producers_open_transaction_times_out_and_aborts(
-    broker: Any, admin: Any
-) -> None:
+def test_a_killed_producers_open_transaction_times_out_and_aborts(broker: Any, admin: Any) -> None:
     topic = unique_topic("open")
     admin.create_topic(topic, partitions=1)
     tp = TopicPartition(topic, 0)
@@ -130,9 +128,7 @@ def test_a_killed_producers_open_transaction_times_out_and_aborts(
 
 
 @pytest.mark.timeout(240)
-def test_exactly_once_consume_transform_produce_survives_sigkills(
-    broker: Any, admin: Any
-) -> None:
+def test_exactly_once_consume_transform_produce_survives_sigkills(broker: Any, admin: Any) -> None:
     source, sink, group = unique_topic("eos-in"), unique_topic("eos-out"), unique_topic("eos")
     admin.create_topic(source, partitions=3)
     admin.create_topic(sink, partitions=3)
