@@ -3,7 +3,7 @@
 ``eos BOOTSTRAP IN OUT GROUP``: an exactly-once consume-transform-produce loop (read
 committed input, each input record's value upper-cased into OUT, the group's offsets
 committed with each transaction of up to 10 records); prints ``committed N`` after each
-commit and exits once a poll finds nothing new for 3 s.
+commit and exits once its partitions give nothing new for 3 s.
 
 ``open BOOTSTRAP OUT``: begins a transaction, sends 5 records, flushes, prints ``sent``
 and waits to be killed (its transaction is left open: the coordinator times it out).
@@ -39,6 +39,8 @@ def eos(bootstrap: str, source: str, sink: str, group: str) -> None:
     done = 0
     while time.monotonic() - idle_since < 3:
         polled = consumer.poll(200, max_records=10)
+        if not consumer.assignment():
+            idle_since = time.monotonic()  # still joining the group
         if not polled:
             continue
         idle_since = time.monotonic()

@@ -132,27 +132,29 @@ def test_exactly_once_consume_transform_produce_survives_sigkills(broker: Any, a
     source, sink, group = unique_topic("eos-in"), unique_topic("eos-out"), unique_topic("eos")
     admin.create_topic(source, partitions=3)
     admin.create_topic(sink, partitions=3)
-    inputs = [b"r%04d" % i for i in range(600)]
+    inputs = [b"r%04d" % i for i in range(2000)]
     with kvlog.Producer(bootstrap_servers=broker.bootstrap) as p:
         for i, value in enumerate(inputs):
             p.send(source, value, key=b"%d" % i)
     rng = random.Random(17)
     kills = 0
-    while True:
+    while kills < 20:
         child = _child("eos", broker.bootstrap, source, sink, group)
         assert child.stdout is not None
-        if kills < 6:
-            # Kill it at a random moment after it committed something.
-            line = child.stdout.readline()
-            time.sleep(rng.uniform(0.0, 0.3))
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-            if line.startswith("committed"):
-                kills += 1
-            continue
-        out, _ = child.communicate(timeout=180)
-        assert child.returncode == 0, out
-        break
+        line = child.stdout.readline()  # "" once it finds nothing left and exits
+        if not line.startswith("committed"):
+            child.wait(30)
+            assert child.returncode == 0
+            break
+        # Kill it at a random moment after it committed something.
+        time.sleep(rng.uniform(0.0, 0.2))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        kills += 1
+    assert kills >= 5, f"only {kills} kills before the input ran out"
+    child = _child("eos", broker.bootstrap, source, sink, group)  # finishes the rest
+    out, _ = child.communicate(timeout=120)
+    assert child.returncode == 0, out
     sink_tps = [TopicPartition(sink, p) for p in range(3)]
     produced = _values(broker.bootstrap, sink_tps, isolation_level="read_committed")
     assert produced == sorted(v.upper() for v in inputs), "not exactly once"
