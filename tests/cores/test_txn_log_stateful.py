@@ -230,6 +230,8 @@ class TxnLogMachine(LeaderMachine):
                 state = offsets(c.nodes[n].store, tp)
                 if n == leader or not c.alive(n) or state is None:
                     continue
+                if tp not in c.core(n).leader.hosted:
+                    continue  # restarted, its assignment not yet in: nothing loaded
                 if (state.high_watermark, state.log_start_offset) != at:
                     continue
                 assert c.core(n).last_stable_offset(tp) == lso, (
