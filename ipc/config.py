@@ -216,6 +216,19 @@ PRODUCER_SETTINGS = ConfigDef(
         ),
         ConfigKey("key.serializer", _SERDE, None, "How keys become bytes."),
         ConfigKey("value.serializer", _SERDE, None, "How values become bytes."),
+        ConfigKey(
+            "transactional.id",
+            optional(STRING),
+            None,
+            "Makes the producer transactional (init_transactions() first); one live "
+            "producer per id: a new one fences the old.",
+        ),
+        ConfigKey(
+            "transaction.timeout.ms",
+            integer(1),
+            60_000,
+            "The coordinator aborts a transaction left open this long.",
+        ),
     ],
 )
 
@@ -251,6 +264,12 @@ CONSUMER_SETTINGS = ConfigDef(
         ConfigKey("fetch.max.bytes", integer(1), 52_428_800, "Most bytes one fetch returns."),
         ConfigKey("max.partition.fetch.bytes", integer(1), 1_048_576, "Most bytes per partition."),
         ConfigKey("check.crcs", BOOLEAN, True, "Verify each batch's CRC32C."),
+        ConfigKey(
+            "isolation.level",
+            one_of("read_uncommitted", "read_committed"),
+            "read_uncommitted",
+            "read_committed: only committed transactions' records, below the last stable offset.",
+        ),
         ConfigKey(
             "partition.assignment.strategy",
             _STRATEGIES,

@@ -46,6 +46,7 @@ from .records import ConsumerRecord, DecodedBatch, RecordColumns, UndecodableRec
 from .rpc import IOThread
 from .security import client_header_fields, client_socket_options
 from .serializers import deserializer
+from .transactions import ConsumerGroupMetadata
 from .wire import split_bootstrap
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class Consumer:
             metadata_max_age_s=cfg["metadata_max_age_ms"] / 1000,
             on_out_of_range=lambda tp, exc: self._positions.on_out_of_range(tp, exc),
             metrics=self._metrics,
+            read_committed=cfg["isolation_level"] == "read_committed",
         )
         self._io = IOThread(
             f"consumer-{cfg['client_id']}",
@@ -96,7 +98,12 @@ class Consumer:
             header_fields=client_header_fields(cfg),
         )
         self._lookups = Lookups(
-            self._io, self.metadata, self._bootstrap, self._request_timeout_ms, self._interest
+            self._io,
+            self.metadata,
+            self._bootstrap,
+            self._request_timeout_ms,
+            self._interest,
+            read_committed=cfg["isolation_level"] == "read_committed",
         )
         self._lock = self._fetcher.lock
         self._decoded: dict[TopicPartition, DecodedBatch] = {}
@@ -408,8 +415,13 @@ class Consumer:
                 if update:
                     state.position = next_offset
                 remaining -= len(taken)
-                if remaining <= 0:
-                    break
+            skip = state.skip
+            drained = not state.buffered and not self._decoded.get(tp)
+            if update and skip is not None and state.position == skip[0] and drained:
+                state.position = skip[1]  # over markers and aborted records
+                state.skip = None
+            if remaining <= 0:
+                break
         return out
 
     def _take(
@@ -551,6 +563,18 @@ class Consumer:
         found = group.offsets.fetch_committed([TopicPartition(*partition)])
         entry = found.get(TopicPartition(*partition))
         return None if entry is None else entry.offset
+
+    def group_metadata(self) -> ConsumerGroupMetadata:
+        """The group's identity for a transactional producer's
+        ``send_offsets_to_transaction`` (Kafka's ``groupMetadata()``)."""
+        group = self._require_group("group_metadata()")
+        identity = group.commit_identity()
+        return ConsumerGroupMetadata(
+            group.group_id,
+            identity["generation"],
+            identity["member_id"] or "",
+            identity["group_instance_id"],
+        )
 
     # -- close -----------------------------------------------------------------------------
 

@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvlog.batch import next_offset
+from kvlog.batch import next_offset, read_header
+from kvlog.control_batch import ABORT, marker_type
 from kvlog.errors import (
     ErrorCode,
     KvlogError,
@@ -60,6 +61,9 @@ class PartitionFetchState:
     # The position left the log: poll() applies auto.offset.reset (never the committed
     # offset, which would only lead back out of range) or, with "none", raises.
     reset_pending: bool = False
+    # (from, to): what a fetch dropped at its end (transaction markers, aborted records);
+    # a position that reaches ``from`` with nothing buffered moves to ``to``.
+    skip: tuple[int, int] | None = None
 
 
 class Fetcher:
@@ -78,7 +82,9 @@ class Fetcher:
         metadata_max_age_s: float,
         on_out_of_range: Callable[[TopicPartition, KvlogError], None],
         metrics: ConsumerMetrics,
+        read_committed: bool = False,
     ) -> None:
+        self.read_committed = read_committed
         self.metadata = metadata
         self.bootstrap = bootstrap
         self.fetch_max_wait_ms = fetch_max_wait_ms
@@ -161,6 +167,7 @@ class Fetcher:
             "max_wait_ms": self.fetch_max_wait_ms,
             "min_bytes": self.fetch_min_bytes,
             "max_bytes": self.fetch_max_bytes,
+            "isolation_level": 1 if self.read_committed else 0,
             "partitions": [
                 {
                     "topic": tp.topic,
@@ -239,11 +246,18 @@ class Fetcher:
                     continue
                 state.high_watermark = entry.get("high_watermark", state.high_watermark)
                 state.log_start_offset = entry.get("log_start_offset", state.log_start_offset)
-                for base, raw in zip(bases, batches, strict=True):
+                aborted = entry.get("aborted_transactions") if self.read_committed else None
+                kept = visible_batches(bases, batches, aborted)
+                for base, raw in kept:
                     state.buffered.append((base, raw))
                     state.buffered_bytes += len(raw)
                 if batches:
                     state.fetch_offset = max(offset, next_offset(bases[-1], batches[-1]))
+                    last_kept = next_offset(*kept[-1]) if kept else offset
+                    if last_kept < state.fetch_offset:
+                        # Markers or aborted records at the end: the position steps over
+                        # them once it reaches them (Consumer.poll).
+                        state.skip = (last_kept, state.fetch_offset)
             self.lock.notify_all()
         for tp, exc in out_of_range:
             self.on_out_of_range(tp, exc)
@@ -257,6 +271,7 @@ class Fetcher:
         state.epoch += 1
         state.buffered.clear()
         state.buffered_bytes = 0
+        state.skip = None
         state.error = None
         state.retry_at = 0.0
         state.reset_pending = False
@@ -271,3 +286,27 @@ def out_of_range_message(tp: TopicPartition, position: int | None, start: int, e
 
 
 __all__ = ["Fetcher", "OffsetOutOfRangeError", "PartitionFetchState", "out_of_range_message"]
+
+
+def visible_batches(
+    bases: list[int], batches: list[bytes], aborted: list[list[int]] | None
+) -> list[tuple[int, bytes]]:
+    """The batches a consumer reads: never control batches (transaction markers); with
+    ``aborted`` (a read_committed fetch's ``[producer id, first offset]`` list), not the
+    transactional batches of a producer from its aborted transaction's first offset up to
+    its abort marker either (Kafka's consumer rule)."""
+    pending = sorted((first, pid) for pid, first in aborted or [])
+    active: set[int] = set()
+    out = []
+    for base, raw in zip(bases, batches, strict=True):
+        header = read_header(raw)
+        while pending and pending[0][0] <= next_offset(base, raw) - 1:
+            active.add(pending.pop(0)[1])
+        if header.is_control:
+            if header.producer_id in active and marker_type(raw) == ABORT:
+                active.discard(header.producer_id)
+            continue
+        if header.is_transactional and header.producer_id in active:
+            continue
+        out.append((base, raw))
+    return out

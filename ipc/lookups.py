@@ -42,7 +42,9 @@ class Lookups:
         bootstrap: list[str],
         request_timeout_ms: int,
         interest: Callable[[], list[str]],
+        read_committed: bool = False,
     ) -> None:
+        self.read_committed = read_committed  # "latest" is the last stable offset then
         self._io = io
         self._metadata = metadata
         self._bootstrap = bootstrap
@@ -118,7 +120,8 @@ class Lookups:
                     "partitions": [
                         {"topic": tp.topic, "partition": tp.partition, "timestamp": todo[tp]}
                         for tp in tps
-                    ]
+                    ],
+                    "isolation_level": 1 if self.read_committed else 0,
                 }
                 try:
                     # fail_fast: a leader that is down answers nothing; ask the metadata

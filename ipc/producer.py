@@ -23,6 +23,8 @@ from time import monotonic, time_ns
 from typing import Any
 
 from kvlog.errors import (
+    InvalidConfigError,
+    InvalidTxnStateError,
     KafkaTimeoutError,
     ProducerClosedError,
     UnknownTopicOrPartitionError,
@@ -38,6 +40,7 @@ from .rpc import IOThread
 from .security import client_header_fields, client_socket_options
 from .sender import Sender
 from .serializers import serializer
+from .transactions import TransactionManager
 from .wire import split_bootstrap
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,22 @@ class Producer:
             yield_batches=cfg["max_in_flight_requests_per_connection"],
         )
         self._closed = False
+        self._txn: TransactionManager | None = None
+        if cfg["transactional_id"] is not None:
+            if not cfg["enable_idempotence"] or cfg["acks"] != -1:
+                raise InvalidConfigError(
+                    "a transactional producer is idempotent with acks=all (transactional.id "
+                    "needs enable.idempotence=True and acks='all')"
+                )
+            self._txn = TransactionManager(
+                cfg["transactional_id"],
+                cfg["transaction_timeout_ms"],
+                lambda: self._io,
+                self.metadata,
+                self._bootstrap,
+                self._max_block_s,
+                cfg["retry_backoff_ms"] / 1000,
+            )
         self._sender = Sender(self)
         self._io = IOThread(
             f"producer-{cfg['client_id']}",
@@ -86,7 +105,7 @@ class Producer:
             socket_options=client_socket_options(cfg),
             header_fields=client_header_fields(cfg),
         )
-        if type(self).send is Producer.send:
+        if type(self).send is Producer.send and self._txn is None:
             # The accumulator's send() is the whole per-record path; calling it directly
             # saves a Python frame per record (a subclass that overrides send keeps it).
             self.send = self._accumulator.send  # type: ignore[method-assign]
@@ -112,6 +131,8 @@ class Producer:
         timestamp_ms: int | None = None,
     ) -> FutureRecordMetadata:
         """Queue one record; returns a future resolving to its RecordMetadata."""
+        if self._txn is not None:
+            self._txn.check_send()
         return self._accumulator.send(topic, value, key, headers, partition, timestamp_ms)
 
     def send_batch(
@@ -131,6 +152,8 @@ class Producer:
         """
         if self._closed:
             raise ProducerClosedError("send_batch() on a closed producer; create a new one")
+        if self._txn is not None:
+            self._txn.check_send()
         ts = time_ns() // 1_000_000 if timestamp_ms is None else check_timestamp(timestamp_ms)
         batches, batch_of, deltas = self._accumulator.append_records(
             topic, values, keys, partition, ts, monotonic()
@@ -205,6 +228,46 @@ class Producer:
                     raise KafkaTimeoutError(f"flush did not finish within {timeout} s")
         finally:
             self._accumulator.end_flush()
+
+    # -- transactions (transactional.id) ----------------------------------------------------
+
+    def _transactions(self) -> TransactionManager:
+        if self._txn is None:
+            raise InvalidTxnStateError("this producer has no transactional_id")
+        if self._closed:
+            raise ProducerClosedError("the producer is closed")
+        return self._txn
+
+    def init_transactions(self) -> None:
+        """Register ``transactional_id`` with the coordinator: a producer id and a new
+        epoch, which fences every older producer of the id (their next call raises
+        ProducerFencedError) after their open transaction is aborted."""
+        txn = self._transactions()
+        producer_id, epoch = txn.init()
+        self._sender.set_producer(producer_id, epoch)
+        self._io.wake()
+
+    def begin_transaction(self) -> None:
+        self._transactions().begin()
+
+    def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition, Any], group_metadata: Any
+    ) -> None:
+        """Commit a consumer group's ``offsets`` (TopicPartition -> OffsetAndMetadata or
+        int: the next offset to read) with the transaction: they become the group's
+        committed offsets if and only if it commits. ``group_metadata``:
+        ``Consumer.group_metadata()`` (or the group id)."""
+        self._transactions().send_offsets(offsets, group_metadata)
+
+    def commit_transaction(self) -> None:
+        """Send every record of the transaction, then commit it: read_committed consumers
+        see all of it (and the offsets sent with it are committed), or, if this raises,
+        call abort_transaction()."""
+        self._transactions().end(True, self.flush)
+
+    def abort_transaction(self) -> None:
+        """Abort the transaction: read_committed consumers never see its records."""
+        self._transactions().end(False, self.flush)
 
     def close(self, timeout: float | None = None) -> None:
         """Flush (up to ``timeout``), then stop; records still unsent fail."""

@@ -74,11 +74,18 @@ class Sender:
         self.metrics = ProducerMetrics()
         self._moved = False  # batches taken or completed this turn (accumulator.progress)
         self._registered = False  # accumulator.sender_thread() called from the I/O thread
+        self.txn = producer._txn  # None unless transactional (ipc/transactions.py)
 
     def want_topic(self, topic: str) -> None:
         with self._wanted_lock:
             self._wanted.add(topic)
         self.metadata.mark_stale()
+
+    def set_producer(self, producer_id: int, epoch: int) -> None:
+        """The transactional producer's id and epoch (init_transactions()); set before
+        its first batch, so no batch is in flight."""
+        self.sequencer.producer_epoch = epoch
+        self.producer_id = producer_id
 
     def abort(self, error: KvlogError) -> None:
         self._aborted = error
@@ -94,7 +101,8 @@ class Sender:
         wake = now + 0.1
         self._refresh_metadata(io, now)
         if self.idempotent and self.producer_id < 0:
-            if self.accumulator.has_unsent:
+            # A transactional producer's id comes from init_transactions().
+            if self.accumulator.has_unsent and self.txn is None:
                 self._init_producer_id(io, now)
             return min(wake, now + 0.01)
         for batch in self.accumulator.expired(now):
@@ -173,6 +181,11 @@ class Sender:
         for its leader (none known, or its connection dropped or was refused)."""
         by_endpoint: dict[str, list[TopicPartition]] = defaultdict(list)
         held = False
+        if self.txn is not None:
+            ready = self.txn.sendable(io, ready, now)  # each joins the transaction first
+            if self.txn.fatal and self.txn.error is not None:
+                for batch in self.accumulator.abort_all():  # fenced: nothing may go
+                    self._fail(batch, self.txn.error)
         for tp in ready:
             endpoint = self.metadata.leader_endpoint(tp)
             if endpoint is None or io.endpoint_down(endpoint):
@@ -232,6 +245,7 @@ class Sender:
             producer_id=self.producer_id if self.idempotent else -1,
             producer_epoch=batch.producer_epoch if self.idempotent else -1,
             base_sequence=batch.base_sequence if self.idempotent else -1,
+            transactional=self.txn is not None,
         )
 
     def _send(self, io: IOThread, endpoint: str, batches: list[ProducerBatch]) -> None:
@@ -336,6 +350,8 @@ class Sender:
 
     def _fail(self, batch: ProducerBatch, error: BaseException) -> None:
         self._moved = True
+        if self.txn is not None:
+            self.txn.batch_failed(error)
         self.metrics.failed(batch.record_count, time.monotonic())
         self.accumulator.complete(batch)
         batch.future.set_exception(error)

@@ -42,9 +42,14 @@ above from ``partition_leader_epoch`` on, with ``magic`` = 2 and Kafka's varint 
 as the payload (:mod:`kvlog.kafka_batch`). The magic byte tells the two apart:
 :func:`validate` and :func:`read_header` accept both and return the same
 :class:`BatchHeader`, so the leader's checks (CRC, sequence, epoch) and its epoch stamping
-are one code path; :func:`decode_raw` and :func:`decode` read both. Magic 2 adds two
-attribute bits, refused until kvlog has transactions: bit 4 (transactional) and bit 5
-(control).
+are one code path; :func:`decode_raw` and :func:`decode` read both.
+
+Transactions (KIP-98) use two more attribute bits. Bit 4 (transactional) marks a batch a
+transactional producer wrote inside a transaction, in either format; its records stay
+invisible to ``read_committed`` readers until the transaction's commit marker. Bit 5
+(control), magic 2 only, marks a control batch: one control record, a commit or abort
+marker (:mod:`kvlog.control_batch`), written by the partition leader, never by a
+producer (:func:`check_produced` refuses one).
 """
 
 from __future__ import annotations
@@ -77,8 +82,8 @@ TIMESTAMP_LOG_APPEND_TIME = 1
 
 _CODEC_MASK = 0x07
 _TIMESTAMP_TYPE_BIT = 0x08
-_TRANSACTIONAL_BIT = 0x10  # magic 2 only
-_CONTROL_BIT = 0x20  # magic 2 only
+TRANSACTIONAL_BIT = 0x10  # both formats
+CONTROL_BIT = 0x20  # magic 2 only: a commit or abort marker (kvlog.control_batch)
 
 _HEADER = struct.Struct(">ibIhiqqqhii")
 _PREFIX = struct.Struct(">ibI")  # leader epoch, magic, crc
@@ -122,6 +127,14 @@ class BatchHeader(NamedTuple):
     def is_idempotent(self) -> bool:
         return self.producer_id >= 0
 
+    @property
+    def is_transactional(self) -> bool:
+        return bool(self.attributes & TRANSACTIONAL_BIT)
+
+    @property
+    def is_control(self) -> bool:
+        return bool(self.attributes & CONTROL_BIT)
+
 
 class Record(NamedTuple):
     """One decoded record; ``offset`` is absolute."""
@@ -160,13 +173,10 @@ def validate(buf: bytes | memoryview) -> BatchHeader:
             f"record batch has last_offset_delta {header.last_offset_delta} for "
             f"{header.record_count} records"
         )
-    if header.magic == KAFKA_MAGIC and header.attributes & (_TRANSACTIONAL_BIT | _CONTROL_BIT):
-        kind = "control" if header.attributes & _CONTROL_BIT else "transactional"
-        raise InvalidRecordError(
-            f"Kafka {kind} record batches are not supported: kvlog has no transactions "
-            "yet; produce without transactional.id"
-        )
-    if header.attributes & ~(_CODEC_MASK | _TIMESTAMP_TYPE_BIT):
+    known = _CODEC_MASK | _TIMESTAMP_TYPE_BIT | TRANSACTIONAL_BIT
+    if header.magic == KAFKA_MAGIC:
+        known |= CONTROL_BIT
+    if header.attributes & ~known:
         raise CorruptRecordError(f"record batch has unknown attribute bits {header.attributes}")
     if header.attributes & _CODEC_MASK > max(Codec):
         raise UnsupportedCompressionTypeError(
@@ -180,6 +190,24 @@ def validate(buf: bytes | memoryview) -> BatchHeader:
             f"content gives {actual:#010x}"
         )
     return header
+
+
+def check_produced(header: BatchHeader) -> None:
+    """What a producer may not send, beyond :func:`validate` (the leader's check of a
+    produced batch): a control batch (markers are the leader's own), or a transactional
+    batch without a producer id and sequence (a transaction belongs to a producer id)."""
+    if header.attributes & CONTROL_BIT:
+        raise InvalidRecordError(
+            "control batches (transaction markers) are written by the partition leader, "
+            "not sent by producers"
+        )
+    if header.attributes & TRANSACTIONAL_BIT and (
+        header.producer_id < 0 or header.base_sequence < 0
+    ):
+        raise InvalidRecordError(
+            "a transactional batch needs a producer id and a base sequence (from "
+            "init_producer_id with a transactional id)"
+        )
 
 
 def next_offset(base_offset: int, buf: bytes | memoryview) -> int:
@@ -280,6 +308,7 @@ def encode_payload(
     producer_epoch: int = NO_PRODUCER_EPOCH,
     base_sequence: int = NO_SEQUENCE,
     timestamp_type: int = TIMESTAMP_CREATE_TIME,
+    transactional: bool = False,
 ) -> bytes:
     """A batch around an already encoded payload (the columns' CBOR, uncompressed): one
     compress, one CRC, the header. The producer's accumulator builds the payload as
@@ -289,6 +318,8 @@ def encode_payload(
         raise ValueError("a record batch needs at least one record")
     payload = compress(codec, payload)
     attributes = int(codec) | (_TIMESTAMP_TYPE_BIT if timestamp_type else 0)
+    if transactional:
+        attributes |= TRANSACTIONAL_BIT
     body = _BODY.pack(
         attributes,
         record_count - 1 if last_offset_delta is None else last_offset_delta,

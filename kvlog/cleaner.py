@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import batch as batch_format
-from . import epochs
+from . import epochs, txn_state
 from .clock import now_ms as wall_clock_ms
 from .compact_records import Action, new_offset_map
 from .compaction import (
@@ -244,8 +244,18 @@ class Cleaner:
             )
             for base, size, h in r.headers(tp, state.first_dirty)
         )
+        txns = txn_state.TxnStateTable()
+        txns.load(r, [tp])
         clean_plan = plan(
-            spans, offsets=offsets, state=state, config=config, now_ms=self.clock(), forced=forced
+            spans,
+            offsets=offsets,
+            state=state,
+            config=config,
+            now_ms=self.clock(),
+            forced=forced,
+            last_stable_offset=txns.last_stable_offset(
+                tp, offsets.high_watermark, offsets.log_start_offset
+            ),
         )
         return state, clean_plan
 
@@ -270,9 +280,12 @@ class Cleaner:
                 return None
             with self.store.reader() as r:
                 batches = r.read(tp, offset, self.io_buffer_bytes, max_offset=end)
+                aborted = _aborted(r, tp, batches)
             if not batches:
                 break
-            covered, full = fill_map(omap, batches, first_dirty=state.first_dirty, end=end)
+            covered, full = fill_map(
+                omap, batches, first_dirty=state.first_dirty, end=end, aborted=aborted
+            )
             for base, batch in batches:
                 if base < covered:
                     current.sentinel = (base, batch)
@@ -289,10 +302,17 @@ class Cleaner:
                 start = r.offsets(tp).log_start_offset
                 offset = max(offset, start)
                 batches = r.read(tp, offset, self.io_buffer_bytes, max_offset=current.map_end)
+                aborted = _aborted(r, tp, batches)
             if not batches:
                 break
             decisions = decide(
-                batches, omap, map_end=current.map_end, state=state, config=config, now_ms=now
+                batches,
+                omap,
+                map_end=current.map_end,
+                state=state,
+                config=config,
+                now_ms=now,
+                aborted=aborted,
             )
             self._apply(tp, decisions, current, total)
             offset = batch_format.next_offset(*batches[-1])
@@ -377,3 +397,14 @@ class Cleaner:
             stale = [k for k, _ in r.items(CLEANER_TABLE) if parse_partition_key(k) not in live]
         if stale:
             self.store.write(lambda w: [w.delete(CLEANER_TABLE, k) for k in stale])
+
+
+def _aborted(
+    r: ReadTxn, tp: TopicPartition, batches: list[tuple[int, Any]]
+) -> list[txn_state.AbortedTxn]:
+    """The aborted transactions overlapping ``batches`` (from the partition's index)."""
+    if not batches:
+        return []
+    txns = txn_state.TxnStateTable()
+    txns.load(r, [tp])
+    return txns.aborted(tp, batches[0][0], batch_format.next_offset(*batches[-1]))

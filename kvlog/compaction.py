@@ -27,22 +27,45 @@ Kafka's rules (``LogCleaner``, ``LogCleanerManager``), per partition whose topic
   an older value of the key before that pass removed it has that long to read the
   tombstone. The state keeps the end offset and finish time of recent passes to know it.
 
+- Transactions (Kafka's cleaner does the same): nothing at or past the partition's last
+  stable offset is cleaned (an undecided transaction's records stay as written); a
+  control batch (a commit or abort marker) is never mapped nor removed, so every
+  transaction's data keeps its marker; a batch of an aborted transaction (covered by the
+  partition's aborted index) is never mapped, so it cannot supersede committed values,
+  and is removed. kvlog keeps markers for good (Kafka drops them after
+  ``delete.retention.ms`` once their transaction's data is gone).
+
 Everything here takes ``now_ms`` and data in and returns decisions; the cleaner
 (:mod:`kvlog.cleaner`) reads and writes the store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import cbor2
 
-from .compact_records import Outcome, filter_batch, map_batch
+from . import batch as batch_format
+from .compact_records import Action, Outcome, filter_batch, map_batch
 from .log import ReadTxn, WriteTxn
 from .topic_config import cleanup_policies
 from .types import PartitionOffsets, TopicPartition, partition_key
+
+
+class AbortedRange(Protocol):
+    """An aborted transaction's offsets in a partition (:class:`kvlog.txn_state.AbortedTxn`)."""
+
+    @property
+    def producer_id(self) -> int: ...
+
+    @property
+    def first_offset(self) -> int: ...
+
+    @property
+    def last_offset(self) -> int: ...
+
 
 CLEANER_TABLE = "cleaner"
 # Recent passes kept for the tombstone horizon; dropping one only keeps tombstones longer.
@@ -224,6 +247,7 @@ def plan(
     config: CompactionConfig,
     now_ms: int,
     forced: bool = False,
+    last_stable_offset: int | None = None,
 ) -> CleanPlan:
     """Where the dirty range is and whether a compaction is due. ``spans``: the batches
     from the one holding ``state.first_dirty`` to the log end, oldest first."""
@@ -231,6 +255,8 @@ def plan(
     spans = [s for s in spans if s.next_offset > first_dirty]
     from_dirty_bytes = sum(s.size_bytes for s in spans)
     uncleanable = offsets.high_watermark
+    if last_stable_offset is not None:
+        uncleanable = min(uncleanable, last_stable_offset)
     if spans:
         uncleanable = min(uncleanable, spans[-1].base_offset)
     lag_cutoff = now_ms - config.min_compaction_lag_ms
@@ -272,17 +298,41 @@ def plan(
 # -- a pass: the map, then the decisions ----------------------------------------------------
 
 
+def _transactional_role(
+    base: int, batch: bytes | memoryview, aborted: Sequence[AbortedRange]
+) -> str | None:
+    """ "marker" for a control batch, "aborted" for a batch of an aborted transaction,
+    else None."""
+    header = batch_format.read_header(batch)
+    if header.is_control:
+        return "marker"
+    if header.is_transactional and any(
+        a.producer_id == header.producer_id and a.first_offset <= base <= a.last_offset
+        for a in aborted
+    ):
+        return "aborted"
+    return None
+
+
 def fill_map(
-    omap: Any, batches: Iterable[tuple[int, bytes | memoryview]], *, first_dirty: int, end: int
+    omap: Any,
+    batches: Iterable[tuple[int, bytes | memoryview]],
+    *,
+    first_dirty: int,
+    end: int,
+    aborted: Sequence[AbortedRange] = (),
 ) -> tuple[int, bool]:
     """Note the keys of ``batches`` (consecutive dirty batches) in ``omap``, up to
     ``end``. Returns how far the map covers now and whether it is full (the pass ends
-    there). Batches past ``end`` are not noted."""
+    there). Batches past ``end`` are not noted, nor markers and aborted batches."""
     covered = first_dirty
     for base, batch in batches:
         nxt = base + _last_delta(batch) + 1
         if nxt > end:
             return covered, True
+        if _transactional_role(base, batch, aborted) is not None:
+            covered = max(covered, nxt)
+            continue
         full_at = map_batch(omap, base, batch, first_dirty)
         if full_at >= 0:
             return max(covered, full_at), True
@@ -302,14 +352,25 @@ def decide(
     state: CleanerState,
     config: CompactionConfig,
     now_ms: int,
+    aborted: Sequence[AbortedRange] = (),
 ) -> list[tuple[int, bytes | memoryview, Outcome]]:
     """What becomes of each batch below ``map_end`` (see the module docstring)."""
     horizon = tombstone_horizon(state.passes, now_ms, config.delete_retention_ms)
-    return [
-        (base, batch, filter_batch(omap, base, batch, map_end, horizon))
-        for base, batch in batches
-        if base < map_end
-    ]
+    decided = []
+    for base, batch in batches:
+        if base >= map_end:
+            continue
+        role = _transactional_role(base, batch, aborted)
+        if role is None:
+            outcome = filter_batch(omap, base, batch, map_end, horizon)
+        else:
+            count = batch_format.read_header(batch).record_count
+            if role == "marker":
+                outcome = Outcome(Action.KEEP, None, count, 0, 0, 0, -1)
+            else:
+                outcome = Outcome(Action.REMOVE, None, 0, count, 0, 0, -1)
+        decided.append((base, batch, outcome))
+    return decided
 
 
 def tombstone_due(

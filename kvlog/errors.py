@@ -85,7 +85,14 @@ class ErrorCode(enum.IntEnum):
     OUT_OF_ORDER_SEQUENCE_NUMBER = 45
     DUPLICATE_SEQUENCE_NUMBER = 46
     INVALID_PRODUCER_EPOCH = 47
+    INVALID_TXN_STATE = 48
+    INVALID_PRODUCER_ID_MAPPING = 49
+    INVALID_TRANSACTION_TIMEOUT = 50
+    CONCURRENT_TRANSACTIONS = 51
+    TRANSACTION_COORDINATOR_FENCED = 52
+    TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
     SECURITY_DISABLED = 54
+    OPERATION_NOT_ATTEMPTED = 55
     STORAGE_ERROR = 56  # Kafka: KAFKA_STORAGE_ERROR
     SASL_AUTHENTICATION_FAILED = 58
     UNKNOWN_PRODUCER_ID = 59
@@ -415,9 +422,44 @@ class InvalidProducerEpochError(KvlogError, code=ErrorCode.INVALID_PRODUCER_EPOC
     """A newer producer with the same producer id fenced this one; close it."""
 
 
+class InvalidTxnStateError(KvlogError, code=ErrorCode.INVALID_TXN_STATE):
+    """The producer attempted a transactional operation in an invalid state (no transaction
+    begun, or one already ending the other way)."""
+
+
+class InvalidProducerIdMappingError(KvlogError, code=ErrorCode.INVALID_PRODUCER_ID_MAPPING):
+    """The producer id does not belong to this transactional.id (or the transactional.id
+    expired); call init_transactions() again."""
+
+
+class InvalidTransactionTimeoutError(KvlogError, code=ErrorCode.INVALID_TRANSACTION_TIMEOUT):
+    """transaction.timeout.ms must be positive and at most the broker's
+    transaction.max.timeout.ms."""
+
+
+class ConcurrentTransactionsError(RetriableError, code=ErrorCode.CONCURRENT_TRANSACTIONS):
+    """The previous transaction of this transactional.id is still completing; retry
+    shortly."""
+
+
+class TransactionCoordinatorFencedError(KvlogError, code=ErrorCode.TRANSACTION_COORDINATOR_FENCED):
+    """A newer transaction coordinator fenced this one."""
+
+
+class TransactionalIdAuthorizationFailedError(
+    AuthorizationError, code=ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+):
+    """Not authorized for this operation on the transactional.id; ask an admin for an ACL
+    (kvlog acls add)."""
+
+
 class SecurityDisabledError(KvlogError, code=ErrorCode.SECURITY_DISABLED):
     """Security is off on this broker, so there are no ACLs to manage; start kvlog serve with
     --curve-secret-key to turn it on."""
+
+
+class OperationNotAttemptedError(KvlogError, code=ErrorCode.OPERATION_NOT_ATTEMPTED):
+    """Not attempted: another entry of the same request failed, so none was applied."""
 
 
 class StorageError(InvalidMetadataError, code=ErrorCode.STORAGE_ERROR):

@@ -20,13 +20,19 @@ Rules (Kafka's ``ProducerStateManager``):
 
 ``check`` only decides; ``record`` notes an accepted append and writes its row in the
 same transaction as the batch.
+
+A transaction marker (a control batch, :mod:`kvlog.control_batch`) carries the producer's
+epoch and no sequence: it moves the stored epoch up to its own (a marker written after
+the coordinator bumped the epoch fences the old one here, so a zombie's late batch is
+INVALID_PRODUCER_EPOCH) and leaves the sequence where it was when the epoch stays the
+same (a transactional producer numbers on across its transactions).
 """
 
 from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -139,6 +145,8 @@ def after_append(
     entry: ProducerEntry | None, header: BatchHeader, base_offset: int
 ) -> ProducerEntry:
     """The producer's entry once the batch is appended (a new object; ``entry`` is kept)."""
+    if header.is_control:
+        return after_marker(entry, header.producer_epoch, header.max_timestamp)
     if entry is None or header.producer_epoch != entry.epoch:
         new = ProducerEntry(header.producer_epoch, header.max_timestamp)
     else:
@@ -149,6 +157,16 @@ def after_append(
             header.base_sequence, header.last_sequence, base_offset, header.last_offset_delta
         )
     )
+    return new
+
+
+def after_marker(entry: ProducerEntry | None, epoch: int, timestamp: int) -> ProducerEntry:
+    """The producer's entry once a transaction marker of ``epoch`` is appended: a newer
+    epoch replaces the entry (its sequence starts over at 0); the same epoch keeps it."""
+    if entry is None or epoch > entry.epoch:
+        return ProducerEntry(epoch, timestamp)
+    new = ProducerEntry(entry.epoch, max(entry.last_timestamp, timestamp))
+    new.batches.extend(entry.batches)
     return new
 
 
@@ -180,10 +198,20 @@ class ProducerStateTable:
         for key in [k for k in self._entries if k[0] == tp]:
             del self._entries[key]
 
-    def expire(self, now_ms: int, expiration_ms: int) -> list[_Key]:
-        """Drop producers idle longer than ``producer.id.expiration.ms`` from memory; the
-        caller deletes their rows (:func:`delete_producer`) in a write transaction."""
-        doomed = [k for k, e in self._entries.items() if e.last_timestamp < now_ms - expiration_ms]
+    def expire(
+        self,
+        now_ms: int,
+        expiration_ms: int,
+        keep: Callable[[TopicPartition, int], bool] | None = None,
+    ) -> list[_Key]:
+        """Drop producers idle longer than ``producer.id.expiration.ms`` from memory (but
+        those ``keep`` names); the caller deletes their rows (:func:`delete_producer`) in
+        a write transaction."""
+        doomed = [
+            k
+            for k, e in self._entries.items()
+            if e.last_timestamp < now_ms - expiration_ms and not (keep and keep(*k))
+        ]
         for key in doomed:
             del self._entries[key]
         return doomed
@@ -207,6 +235,10 @@ class ProducerStateStage:
     def _entry(self, key: _Key) -> ProducerEntry | None:
         entry = self._changed.get(key)
         return entry if entry is not None else self._table._entries.get(key)
+
+    def entry(self, tp: TopicPartition, producer_id: int) -> ProducerEntry | None:
+        """The producer's entry as this transaction sees it."""
+        return self._entry((tp, producer_id))
 
     def check(self, tp: TopicPartition, header: BatchHeader) -> int | None:
         if header.producer_id < 0:

@@ -61,25 +61,44 @@ def generate(name: str, directory: Path, force: bool) -> None:
     click.echo(f"principal:   {name}")
 
 
+_ONE = "--topic T, --group G, --transactional-id ID or --cluster"
+
+
 def _resource(
-    topic: str | None, group: str | None, cluster: bool, *, required: bool
+    topic: str | None,
+    group: str | None,
+    cluster: bool,
+    *,
+    required: bool,
+    transactional_id: str | None = None,
 ) -> tuple[str, str] | None:
     given = [
-        (kind, value) for kind, value in (("topic", topic), ("group", group)) if value is not None
+        (kind, value)
+        for kind, value in (
+            ("topic", topic),
+            ("group", group),
+            ("transactional_id", transactional_id),
+        )
+        if value is not None
     ]
     if cluster:
         given.append(("cluster", CLUSTER_NAME))
     if len(given) > 1:
-        raise click.UsageError("give one resource: --topic T, --group G or --cluster")
+        raise click.UsageError(f"give one resource: {_ONE}")
     if not given:
         if required:
-            raise click.UsageError("give a resource: --topic T, --group G or --cluster")
+            raise click.UsageError(f"give a resource: {_ONE}")
         return None
     return given[0]
 
 
 def _resource_options(f: Any) -> Any:
     f = click.option("--cluster", is_flag=True, help="The cluster resource.")(f)
+    f = click.option(
+        "--transactional-id",
+        default=None,
+        help="A transactional producer's transactional.id ('*': every one).",
+    )(f)
     f = click.option("--group", default=None, help="A consumer group ('*': every group).")(f)
     f = click.option("--topic", default=None, help="A topic ('*': every topic).")(f)
     return f
@@ -100,12 +119,13 @@ def add(
     topic: str | None,
     group: str | None,
     cluster: bool,
+    transactional_id: str | None,
     operation: str,
     bootstrap_server: str | None,
     command_config: Path | None,
 ) -> None:
-    """Allow PRINCIPAL an operation on a topic, group or the cluster."""
-    resource = _resource(topic, group, cluster, required=True)
+    """Allow PRINCIPAL an operation on a topic, group, transactional id or the cluster."""
+    resource = _resource(topic, group, cluster, required=True, transactional_id=transactional_id)
     assert resource is not None
     admin = admin_client(bootstrap_server, command_config)
     try:
@@ -126,12 +146,13 @@ def list_(
     topic: str | None,
     group: str | None,
     cluster: bool,
+    transactional_id: str | None,
     as_json: bool,
     bootstrap_server: str | None,
     command_config: Path | None,
 ) -> None:
     """List ACLs (optionally of one principal or resource)."""
-    resource = _resource(topic, group, cluster, required=False)
+    resource = _resource(topic, group, cluster, required=False, transactional_id=transactional_id)
     admin = admin_client(bootstrap_server, command_config)
     try:
         entries = admin.list_acls()
@@ -165,14 +186,17 @@ def remove(
     topic: str | None,
     group: str | None,
     cluster: bool,
+    transactional_id: str | None,
     operation: str | None,
     bootstrap_server: str | None,
     command_config: Path | None,
 ) -> None:
     """Remove the ACLs matching every filter given (at least a principal or a resource)."""
-    resource = _resource(topic, group, cluster, required=False)
+    resource = _resource(topic, group, cluster, required=False, transactional_id=transactional_id)
     if principal is None and resource is None:
-        raise click.UsageError("give --principal and/or a resource (--topic, --group, --cluster)")
+        raise click.UsageError(
+            "give --principal and/or a resource (--topic, --group, --transactional-id, --cluster)"
+        )
     admin = admin_client(bootstrap_server, command_config)
     try:
         removed = admin.remove_acls(

@@ -1,4 +1,5 @@
-"""ACLs: who may do what to which topic, group or the cluster. Pure logic plus storage.
+"""ACLs: who may do what to which topic, group, transactional id or the cluster. Pure logic
+plus storage.
 
 With security on, everything is denied unless an ACL allows it (Kafka's
 ``allow.everyone.if.no.acl.found=false``); ``super.users`` and kvlog's own processes
@@ -26,6 +27,7 @@ from kvlog.errors import (
     InvalidRequestError,
     KvlogError,
     TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailedError,
 )
 from kvlog.log import ReadTxn, WriteTxn
 
@@ -38,7 +40,8 @@ ANONYMOUS = "ANONYMOUS"
 # processes' principal, Kafka's unauthenticated one, and the ACL wildcard.
 RESERVED_PRINCIPALS = frozenset((INTERNAL_PRINCIPAL, ANONYMOUS, "*"))
 
-RESOURCE_TYPES = ("topic", "group", "cluster")
+# Kafka's TOPIC, GROUP, CLUSTER and TRANSACTIONAL_ID resource types.
+RESOURCE_TYPES = ("topic", "group", "cluster", "transactional_id")
 OPERATIONS = ("read", "write", "create", "delete", "describe", "alter")
 _IMPLIES_DESCRIBE = {"read", "write", "delete", "alter"}
 
@@ -104,6 +107,7 @@ _DENIED: dict[str, type[KvlogError]] = {
     "topic": TopicAuthorizationFailedError,
     "group": GroupAuthorizationFailedError,
     "cluster": ClusterAuthorizationFailedError,
+    "transactional_id": TransactionalIdAuthorizationFailedError,
 }
 
 
@@ -131,7 +135,8 @@ class Authorizer:
 
     def check(self, principal: str, resource_type: str, name: str, operation: str) -> None:
         if not self.allowed(principal, resource_type, name, operation):
-            where = "--cluster" if resource_type == "cluster" else f"--{resource_type} {name}"
+            option = resource_type.replace("_", "-")
+            where = "--cluster" if resource_type == "cluster" else f"--{option} {name}"
             raise _DENIED[resource_type](
                 f"principal {principal!r} may not {operation} {resource_type} {name!r}; an "
                 f"admin can allow it with: kvlog acls add --principal {principal} {where} "
@@ -207,6 +212,51 @@ def check_offset_commit(
     """Read on the group and on each topic."""
     auth.check(principal, "group", group_id, "read")
     check_topics(auth, principal, topics, "read")
+
+
+def check_transactional_id(
+    auth: Authorizer, principal: str, transactional_id: str, operation: str = "write"
+) -> None:
+    """Kafka's TRANSACTIONAL_ID resource: write to use it (InitProducerId, produce in a
+    transaction, AddPartitionsToTxn, AddOffsetsToTxn, EndTxn, TxnOffsetCommit)."""
+    auth.check(principal, "transactional_id", transactional_id, operation)
+
+
+def check_txn_partitions(
+    auth: Authorizer, principal: str, transactional_id: str, topics: Iterable[str]
+) -> None:
+    """AddPartitionsToTxn: write on the transactional id and on each topic."""
+    check_transactional_id(auth, principal, transactional_id)
+    check_topics(auth, principal, topics, "write")
+
+
+def check_txn_offsets(
+    auth: Authorizer, principal: str, transactional_id: str, group_id: str
+) -> None:
+    """AddOffsetsToTxn: write on the transactional id, read on the group."""
+    check_transactional_id(auth, principal, transactional_id)
+    auth.check(principal, "group", group_id, "read")
+
+
+def check_txn_offset_commit(
+    auth: Authorizer,
+    principal: str,
+    transactional_id: str,
+    group_id: str,
+    topics: Iterable[str],
+) -> None:
+    """TxnOffsetCommit: write on the transactional id, read on the group and topics."""
+    check_transactional_id(auth, principal, transactional_id)
+    check_offset_commit(auth, principal, group_id, topics)
+
+
+def check_produce(
+    auth: Authorizer, principal: str, topics: Iterable[str], transactional_id: str | None
+) -> None:
+    """Write on each topic, and on the transactional id of a transactional producer."""
+    if transactional_id is not None:
+        check_transactional_id(auth, principal, transactional_id)
+    check_topics(auth, principal, topics, "write")
 
 
 # -- which permission each ZeroMQ op needs (its header's fields, to the checks above) -------
@@ -287,7 +337,52 @@ def _create_topic(auth: Authorizer, principal: str, header: dict[str, Any]) -> N
 
 
 def _init_producer_id(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
-    check_init_producer_id(auth, principal)
+    tid = header.get("transactional_id")
+    if tid is not None:
+        check_transactional_id(auth, principal, tid if isinstance(tid, str) else "")
+    else:
+        check_init_producer_id(auth, principal)
+
+
+def _produce(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+    tid = header.get("transactional_id")
+    check_produce(
+        auth,
+        principal,
+        _topics_of(header),
+        None if tid is None else tid if isinstance(tid, str) else "",
+    )
+
+
+def _pair_topics(header: dict[str, Any], field: str) -> set[str]:
+    """Topics of a field of [topic, partition] pairs."""
+    return {
+        e[0] for e in _array(header, field) if isinstance(e, list) and e and isinstance(e[0], str)
+    }
+
+
+def _add_partitions_to_txn(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+    check_txn_partitions(
+        auth, principal, _name(header, "transactional_id"), _pair_topics(header, "partitions")
+    )
+
+
+def _add_offsets_to_txn(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+    check_txn_offsets(auth, principal, _name(header, "transactional_id"), _name(header, "group_id"))
+
+
+def _end_txn(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+    check_transactional_id(auth, principal, _name(header, "transactional_id"))
+
+
+def _txn_offset_commit(auth: Authorizer, principal: str, header: dict[str, Any]) -> None:
+    check_txn_offset_commit(
+        auth,
+        principal,
+        _name(header, "transactional_id"),
+        _name(header, "group_id"),
+        _topics_of(header, "offsets"),
+    )
 
 
 def _group_op(operation: str) -> Check:
@@ -311,7 +406,8 @@ def _groups_list(operation: str) -> Check:
 
 OP_PERMISSIONS: dict[str, Check] = {
     # nodes
-    "produce": _each_topic("write"),
+    "produce": _produce,
+    "write_txn_markers": _internal,
     "fetch": _fetch,
     "list_offsets": _each_topic("describe"),
     "ping": _anyone,
@@ -341,6 +437,11 @@ OP_PERMISSIONS: dict[str, Check] = {
     "leave_group": _group_op("read"),
     "offset_commit": _offset_commit,
     "offset_fetch": _group_op("describe"),
+    # transactions
+    "add_partitions_to_txn": _add_partitions_to_txn,
+    "add_offsets_to_txn": _add_offsets_to_txn,
+    "end_txn": _end_txn,
+    "txn_offset_commit": _txn_offset_commit,
     # kvlog's own processes
     "node_heartbeat": _internal,
     "watch_metadata": _internal,

@@ -139,6 +139,21 @@ BROKER_CONFIG = ConfigDef(
             used_by=("coordinator",),
         ),
         ConfigKey(
+            "transaction.max.timeout.ms",
+            integer(1),
+            900_000,
+            "Largest transaction.timeout.ms a transactional producer may ask for; "
+            "a transaction open longer than its timeout is aborted.",
+            used_by=("coordinator",),
+        ),
+        ConfigKey(
+            "transactional.id.expiration.ms",
+            integer(1),
+            604_800_000,
+            "A transactional.id with no transaction for this long is forgotten.",
+            used_by=("coordinator",),
+        ),
+        ConfigKey(
             "auto.create.topics.enable",
             BOOLEAN,
             True,

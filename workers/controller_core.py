@@ -41,9 +41,9 @@ from kvlog.errors import (
     KvlogError,
     ResourceNotFoundError,
     SecurityDisabledError,
-    UnsupportedVersionError,
 )
 from kvlog.log import LogStore
+from kvlog.types import TopicPartition
 
 from .acl import AclEntry, add_acl, load_acls, remove_acls
 from .config import broker_default
@@ -96,6 +96,7 @@ from .controller_state import ControllerState
 from .core_ids import IdSource
 from .core_result import Result
 from .scram_users import check_user_name, list_users, put_credentials, remove_user
+from .txn_markers import GONE, Leader
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,17 @@ class ControllerCore:
 
     def partition_count(self, topic: str) -> int | None:
         return self.state.partition_count(topic)
+
+    def marker_leader(self, tp: TopicPartition) -> Leader | None:
+        """Where a transaction marker for ``tp`` goes now: its live leader node (GONE:
+        the partition does not exist; None: it has no live leader with a known endpoint)."""
+        state = self.state.partition_state(tp)
+        if state is None:
+            return GONE
+        endpoint = self.state.node_alive_endpoint(state.leader) if state.leader >= 0 else None
+        if endpoint is None:
+            return None
+        return Leader(state.leader, state.leader_epoch, endpoint)
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -439,10 +451,12 @@ class ControllerCore:
         self._after_change(out, token, LeadersElected(moved, self.version), nodes, now_ms)
 
     def _init_producer_id(self, out: Result, token: Any, ev: InitProducerId, now_ms: int) -> None:
+        """An idempotent producer's id (transactional ones are the transaction
+        coordinator's: the coordinator core routes them there)."""
         if ev.transactional_id is not None:
-            raise UnsupportedVersionError(
-                f"transactional.id {ev.transactional_id!r}: kvlog has no transactions yet; "
-                "use an idempotent producer (no transactional.id)"
+            raise InvalidRequestError(
+                f"transactional.id {ev.transactional_id!r}: the transaction coordinator "
+                "hands out transactional producer ids, not the controller"
             )
         producer_id, epoch = self.state.init_producer_id()
         out.reply(token, ProducerIdAnswer(producer_id, epoch))

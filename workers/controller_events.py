@@ -148,10 +148,13 @@ class ElectLeaders:
 
 @dataclass(slots=True)
 class InitProducerId:
-    """``transactional_id``: a transactional producer's (refused until kvlog has
-    transactions)."""
+    """A producer id: an idempotent producer's (the controller's), or with
+    ``transactional_id`` a transactional producer's (the transaction coordinator's:
+    :mod:`workers.txn_core`), whose transactions time out after
+    ``transaction_timeout_ms``."""
 
     transactional_id: str | None = None
+    transaction_timeout_ms: int = 60_000
 
 
 @dataclass(slots=True)
@@ -310,14 +313,9 @@ class FindCoordinatorAnswer:
 def find_coordinator(
     event: FindCoordinator, endpoint: str, kafka_endpoint: str | None
 ) -> FindCoordinatorAnswer:
-    """The one rule for FindCoordinator, wherever it is asked: every group has the one
-    coordinator; transactional ids have none until kvlog has transactions."""
-    if event.key_type == TRANSACTION_KEY:
-        raise UnsupportedVersionError(
-            "kvlog has no transactions yet: a transactional producer (transactional.id) "
-            "cannot find a transaction coordinator; use an idempotent producer"
-        )
-    if event.key_type != GROUP_KEY:
+    """The one rule for FindCoordinator, wherever it is asked: every group and every
+    transactional id has the one coordinator process."""
+    if event.key_type not in (GROUP_KEY, TRANSACTION_KEY):
         raise UnsupportedVersionError(f"unknown coordinator key type {event.key_type}")
     return FindCoordinatorAnswer(endpoint, kafka_endpoint)
 

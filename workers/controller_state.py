@@ -615,11 +615,24 @@ class ControllerState:
 
     def init_producer_id(self) -> tuple[int, int]:
         """A fresh producer id (epoch 0), durable so ids are never reused."""
+        return self.store.write(next_producer_id), 0
 
-        def write(w: WriteTxn) -> int:
-            raw = w.get(CONTROLLER_TABLE, b"next_producer_id")
-            pid = int(raw) if raw else 1000
-            w.put(CONTROLLER_TABLE, b"next_producer_id", str(pid + 1).encode())
-            return pid
+    def partition_state(self, tp: TopicPartition) -> PartitionState | None:
+        """The partition's leader, epoch and ISR; None if it does not exist."""
+        views = self.topics([tp.topic])
+        if not views or not 0 <= tp.partition < views[0].meta.partitions:
+            return None
+        return views[0].states[tp.partition]
 
-        return self.store.write(write), 0
+    def node_alive_endpoint(self, node_id: int) -> str | None:
+        node = self.nodes.get(node_id)
+        return node.endpoint if node is not None and node.alive else None
+
+
+def next_producer_id(w: WriteTxn) -> int:
+    """Allocate a producer id inside a write (the transaction coordinator's too, in the
+    same transaction as the id's owner): ids are never handed out twice."""
+    raw = w.get(CONTROLLER_TABLE, b"next_producer_id")
+    pid = int(raw) if raw else 1000
+    w.put(CONTROLLER_TABLE, b"next_producer_id", str(pid + 1).encode())
+    return pid

@@ -7,8 +7,10 @@ Shell side: a :class:`workers.zmq_server.Server` over one
 the core (:class:`workers.zmq_core_shell.CoreShell`), which decides every answer,
 including which wait (the ``node_heartbeat`` and ``watch_metadata`` long polls, admin
 changes answered once the nodes applied them, parked group requests). The group ops'
-decoding is in :mod:`workers.group_shell`. The shell seeds the cores' id sources with
-random bytes at start and reloads the ACLs after an ACL change.
+decoding is in :mod:`workers.group_shell`, the transaction ops' (and the links that
+carry the transaction coordinator's markers to the nodes) in :mod:`workers.txn_shell`.
+The shell seeds the cores' id sources with random bytes at start and reloads the ACLs
+after an ACL change.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ from .kafka_shell import KafkaShell, broker_config_entries
 from .scram_users import MAX_NAME_LENGTH
 from .security import ServerSecurity
 from .settings import CoordinatorSettings, ServerSettings
+from .txn_core import TxnConfig
+from .txn_shell import TxnOps
 from .zmq_core_shell import CoreShell
 from .zmq_replies import Fields
 from .zmq_server import Server
@@ -71,7 +75,7 @@ def _names(req: Request, max_len: int = 1 << 16) -> list[str] | None:
     return [check_str(t, "topics[]", max_len=max_len) for t in req.list("topics")]
 
 
-class CoordinatorServer(GroupOps, KafkaShell, CoreShell, Server):
+class CoordinatorServer(GroupOps, TxnOps, KafkaShell, CoreShell, Server):
     name = "coordinator"
 
     def __init__(
@@ -85,6 +89,8 @@ class CoordinatorServer(GroupOps, KafkaShell, CoreShell, Server):
     ) -> None:
         super().__init__(ctx, router, security)
         self.settings = settings
+        self._node_links = {}
+        self.link_options = security.client_options() if security else None
         if COORDINATOR_BROKER_ID in settings.node_ids:
             raise InvalidConfigError(
                 f"node id {COORDINATOR_BROKER_ID} is the coordinator's Kafka broker id; "
@@ -120,6 +126,10 @@ class CoordinatorServer(GroupOps, KafkaShell, CoreShell, Server):
             # Fresh seeds at every start: ids never repeat across restarts.
             member_ids=seeded_member_ids(os.urandom(16)),
             topic_ids=seeded_ids(os.urandom(16), 32),
+            txns=TxnConfig(
+                max_timeout_ms=settings.transaction_max_timeout_ms,
+                id_expiration_ms=settings.transactional_id_expiration_ms,
+            ),
         )
         self.carry_out(self.core.start(clock.now_ms()), timer=True)
 
@@ -198,10 +208,28 @@ class CoordinatorServer(GroupOps, KafkaShell, CoreShell, Server):
         return self.call(peer, req.id, event)
 
     def op_init_producer_id(self, req: Request, peer: bytes) -> Fields | None:
-        return self.call(peer, req.id, InitProducerId())
+        event = InitProducerId(
+            req.opt_str("transactional_id", max_len=32_767),
+            req.int("transaction_timeout_ms", 60_000, low=-(1 << 31), high=INT32_MAX),
+        )
+        return self.call(peer, req.id, event)
 
     def op_ping(self, req: Request, peer: bytes) -> Fields | None:
         return self.call(peer, req.id, Ping())
+
+    # -- timers: the links to the nodes too -------------------------------------------------
+
+    def next_timeout_ms(self, now: float) -> float:
+        timeout = float(super().next_timeout_ms(now))
+        due = self.node_links_deadline_ms()
+        if due is None:
+            return timeout
+        return max(0.0, min(timeout, due - clock.now_ms()))
+
+    def on_timers(self, now: float) -> None:
+        self.expire_node_links()  # a timed-out marker send goes back to the core
+        self.flush_replies()
+        super().on_timers(now)
 
     # -- ACLs ------------------------------------------------------------------------------
 

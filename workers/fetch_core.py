@@ -1,6 +1,15 @@
 """Reads on the leader, without sockets: fetches for consumers and followers (long polls),
 ListOffsets and OffsetForLeaderEpoch.
 
+Isolation (Kafka's, KIP-98): a ``read_uncommitted`` consumer reads below the high
+watermark; a ``read_committed`` one below the last stable offset (the first offset of the
+oldest transaction not yet decided and replicated: :mod:`kvlog.txn_state`), and gets the
+aborted transactions overlapping what it read, so it can drop their records. Every
+consumer fetch answer carries the LSO. ListOffsets' latest is the LSO for
+``read_committed``. A parked ``read_committed`` fetch is woken like any other when its
+partitions are touched (an append, a marker, a high watermark move: everything that
+moves the LSO) and stays parked if the LSO did not move.
+
 A fetch reads whole batches per partition: below the high watermark for consumers, up to
 the log end offset for followers, whose fetch offset acknowledges what they have (it goes
 to the partition's :class:`~workers.replication_core.LeaderReplica` and may move the high
@@ -22,17 +31,13 @@ from dataclasses import dataclass
 
 from kvlog import batch as batch_format
 from kvlog import epochs
-from kvlog.errors import (
-    FencedLeaderEpochError,
-    KvlogError,
-    OffsetOutOfRangeError,
-    UnknownLeaderEpochError,
-)
+from kvlog.errors import KvlogError, OffsetOutOfRangeError
 from kvlog.types import TopicPartition
 
 from .core_result import Result
 from .leader_core import LeaderCore
 from .node_model import (
+    READ_COMMITTED,
     EpochEndOffset,
     Fetch,
     FetchedPartition,
@@ -44,24 +49,12 @@ from .node_model import (
     OffsetForLeaderEpoch,
     OffsetForLeaderEpochResponse,
 )
-from .replication_core import LeaderReplica
+from .replication_core import check_leader_epoch
 
 LATEST_TIMESTAMP = -1
 EARLIEST_TIMESTAMP = -2
 MAX_PARKED_FETCHES = 10_000
 DEFAULT_FETCH_MAX_WAIT_MS = 30_000
-
-
-def check_leader_epoch(replica: LeaderReplica, tp: TopicPartition, client_epoch: int) -> None:
-    """Refuse a request made for another leader epoch than the leader's (-1: any): an
-    older one is FENCED_LEADER_EPOCH (the client's metadata is stale), a newer one
-    UNKNOWN_LEADER_EPOCH (this node has not heard of it yet); Kafka's KIP-320 rule."""
-    if client_epoch < 0 or client_epoch == replica.leader_epoch:
-        return
-    message = f"{tp}: request for leader epoch {client_epoch}, leader is at {replica.leader_epoch}"
-    if client_epoch < replica.leader_epoch:
-        raise FencedLeaderEpochError(message)
-    raise UnknownLeaderEpochError(message)
 
 
 @dataclass(slots=True)
@@ -133,7 +126,11 @@ class FetchCore:
     def _try_answer(self, parked: ParkedFetch, now_ms: int, result: Result, *, final: bool) -> bool:
         request = parked.request
         partitions = self.read(
-            request.partitions, request.max_bytes, replica_id=request.replica_id, now_ms=now_ms
+            request.partitions,
+            request.max_bytes,
+            replica_id=request.replica_id,
+            now_ms=now_ms,
+            read_committed=request.isolation_level == READ_COMMITTED,
         )
         response = FetchResponse(partitions, request.replica_id)
         decided = any(p.error or p.diverging for p in partitions)
@@ -149,11 +146,14 @@ class FetchCore:
         *,
         replica_id: int = -1,
         now_ms: int = 0,
+        read_committed: bool = False,
     ) -> list[FetchedPartition]:
-        """Read whole batches for each partition: below the high watermark for consumers,
-        up to the log end offset for followers (whose fetch offset acknowledges what they
-        have). The first batch is returned even when larger than the limits."""
+        """Read whole batches for each partition: below the high watermark for consumers
+        (below the LSO for ``read_committed`` ones), up to the log end offset for
+        followers (whose fetch offset acknowledges what they have). The first batch is
+        returned even when larger than the limits."""
         leader = self.leader
+        txns = leader.txns
         out = []
         total = 0
         moved: list[TopicPartition] = []
@@ -180,17 +180,24 @@ class FetchCore:
                             replica_id, part.offset, now_ms
                         ):
                             moved.append(part.tp)
-                    fetched.high_watermark = replica.high_watermark
+                    hw = fetched.high_watermark = replica.high_watermark
+                    lso = txns.last_stable_offset(part.tp, hw, state.log_start_offset)
+                    fetched.last_stable_offset = lso
+                    if read_committed:
+                        fetched.aborted = []
                     budget = min(part.max_bytes, max_bytes - total)
                     if budget <= 0 and total:
                         continue
-                    fetched.batches = r.read(
-                        part.tp,
-                        part.offset,
-                        max(budget, 1),
-                        max_offset=None if replica_id >= 0 else replica.high_watermark,
-                    )
+                    limit = None if replica_id >= 0 else lso if read_committed else hw
+                    fetched.batches = r.read(part.tp, part.offset, max(budget, 1), max_offset=limit)
                     total += fetched.size
+                    if read_committed and fetched.batches:
+                        base, last = fetched.batches[-1]
+                        upper = batch_format.next_offset(base, last)
+                        fetched.aborted = [
+                            (a.producer_id, a.first_offset)
+                            for a in txns.aborted(part.tp, part.offset, upper)
+                        ]
                 except KvlogError as exc:
                     fetched.error = exc
         if moved:
@@ -204,24 +211,36 @@ class FetchCore:
         for tp, timestamp in request.partitions:
             try:
                 epoch = request.current_leader_epochs.get(tp, -1)
-                out.append(self.list_offset(tp, timestamp, current_leader_epoch=epoch))
+                committed = request.isolation_level == READ_COMMITTED
+                out.append(
+                    self.list_offset(
+                        tp, timestamp, current_leader_epoch=epoch, read_committed=committed
+                    )
+                )
             except KvlogError as exc:
                 out.append(ListedOffset(tp, exc))
         return Result().reply(request.token, ListOffsetsResponse(out))
 
     def list_offset(
-        self, tp: TopicPartition, timestamp: int, *, current_leader_epoch: int = -1
+        self,
+        tp: TopicPartition,
+        timestamp: int,
+        *,
+        current_leader_epoch: int = -1,
+        read_committed: bool = False,
     ) -> ListedOffset:
         """Kafka's ListOffsets: -2 earliest (the log start), -1 latest (the high
-        watermark), else the first record with timestamp >= the given one (offset -1 if
-        none); with the epoch of the leader that wrote the offset (Kafka v4+): the
-        current one for latest, the epoch cache's for earliest, the batch's for a
-        timestamp."""
+        watermark; the LSO for ``read_committed``), else the first record with timestamp
+        >= the given one (offset -1 if none; below the LSO for ``read_committed``); with
+        the epoch of the leader that wrote the offset (Kafka v4+): the current one for
+        latest, the epoch cache's for earliest, the batch's for a timestamp."""
         replica = self.leader.leader_for(tp)
         check_leader_epoch(replica, tp, current_leader_epoch)
         with self.leader.store.reader() as r:
             state = r.offsets(tp)
             hw = replica.high_watermark
+            if read_committed:
+                hw = self.leader.txns.last_stable_offset(tp, hw, state.log_start_offset)
             if timestamp == EARLIEST_TIMESTAMP:
                 start = state.log_start_offset
                 epoch = max((e for e, at in epochs.entries(r, tp) if at <= start), default=-1)
@@ -233,8 +252,8 @@ class FetchCore:
             for base, _size, header in r.headers(tp):
                 if base >= hw:
                     break
-                if header.max_timestamp < timestamp:
-                    continue
+                if header.max_timestamp < timestamp or header.is_control:
+                    continue  # a marker holds no record to point at
                 found = r.read(tp, max(base, state.log_start_offset), 1)
                 for record in batch_format.decode(found[0][1], found[0][0]):
                     if record.offset >= state.log_start_offset and record.timestamp >= timestamp:

@@ -4,8 +4,10 @@ they return.
 For every partition this node follows, the follower fetches from the leader at its log
 end offset, sending the epoch of its last batch (``last_fetched_epoch``). The leader
 either returns batches (appended here at the leader's offsets, fsynced, with their epochs
-noted and the producer state advanced, so this replica can take over as leader with
-idempotence intact) or says where the follower's history diverges; the follower then
+noted and the producer state and transaction state (open transactions, aborted index:
+:mod:`kvlog.txn_state`) advanced, so this replica can take over as leader with idempotence
+and transactions intact, and its last stable offset is the leader's at the same high
+watermark) or says where the follower's history diverges; the follower then
 truncates to that point and fetches again. So replicas never diverge, whatever a failed
 leader wrote last.
 
@@ -26,10 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvlog import batch as batch_format
-from kvlog import epochs
+from kvlog import epochs, txn_state
 from kvlog.errors import ErrorCode, KvlogError, StorageError, error_from_code
 from kvlog.log import WriteTxn
 from kvlog.producer_state import ProducerStateStage, after_append, delete_partition_state, put_entry
+from kvlog.txn_state import TxnStage
 from kvlog.types import TopicPartition
 
 from .core_result import Send
@@ -241,10 +244,11 @@ class FollowerCore:
             cursor += len(bases)
         truncated: list[TopicPartition] = []
 
-        def write(w: WriteTxn) -> tuple[set[TopicPartition], ProducerStateStage]:
+        def write(w: WriteTxn) -> tuple[set[TopicPartition], ProducerStateStage, TxnStage]:
             truncated.clear()
             changed = set()
             stage = core.producers.stage()
+            txns = core.txns.stage()
             for target, entry, batches in plan:
                 tp = target.tp
                 hosted = core.hosted.get(tp)
@@ -288,34 +292,40 @@ class FollowerCore:
                     if header.partition_leader_epoch >= 0:
                         epochs.record(w, tp, header.partition_leader_epoch, base)
                     stage.record(w, tp, header, base)
+                    txns.record(w, tp, header, base, batch)
                     changed.add(tp)
                 new = w.offsets(tp)
                 leader_hw = int(entry.get("high_watermark", -1))
                 hw = max(new.log_start_offset, min(leader_hw, new.log_end_offset))
                 if hw > new.high_watermark:
                     w.set_high_watermark(tp, hw)
+                    txns.settle(w, tp, hw)
                 # The leader's log start moved (DeleteRecords, retention): this replica
                 # follows it, up to its own high watermark (Kafka's followers do too).
                 if int(entry.get("log_start_offset", -1)) > new.log_start_offset:
-                    w.delete_before(tp, int(entry["log_start_offset"]))
+                    moved = w.delete_before(tp, int(entry["log_start_offset"]))
+                    txns.purge(w, tp, moved.log_start_offset)
             for tp in truncated:
                 self._rebuild_producer_state(w, tp)
-            return changed, stage
+                txn_state.rebuild(w, tp, w.offsets(tp).high_watermark)
+            return changed, stage, txns
 
         try:
-            changed, stage = core.store.write(write)
+            changed, stage, txns = core.store.write(write)
         except KvlogError as exc:
             log.error("node %d: applying replica data failed: %s", core.node_id, exc.message)
             if isinstance(exc, StorageError):
                 core.health.write_failed()
             return set()
         stage.apply()
+        txns.apply()
         with core.store.reader() as r:
             for tp in changed:
                 last = epochs.latest(r, tp)
                 self.latest_epoch[tp] = last[0] if last else -1
             if truncated:
                 core.producers.load(r, truncated)
+                core.txns.load(r, truncated)
         return changed
 
     @staticmethod

@@ -44,6 +44,25 @@ def _tps(value: Any, name: str) -> list[TopicPartition]:
     return out
 
 
+def commit_entries(req: Request) -> list[CommitEntry]:
+    """The ``offsets`` field of ``offset_commit`` (and ``txn_offset_commit``)."""
+    offsets = []
+    for i, entry in enumerate(req.list("offsets", max_len=100_000)):
+        entry = check_map(entry, f"offsets[{i}]")
+        tp = TopicPartition(
+            check_str(entry.get("topic"), f"offsets[{i}].topic", max_len=249),
+            check_partition(entry.get("partition")),
+        )
+        offsets.append(
+            CommitEntry(
+                tp,
+                check_int(entry.get("offset"), f"offsets[{i}].offset", low=0),
+                check_str(entry.get("metadata", ""), f"offsets[{i}].metadata"),
+            )
+        )
+    return offsets
+
+
 def _group_ids(req: Request) -> list[str]:
     return [
         check_str(gid, "group_ids[]", max_len=1024) for gid in req.list("group_ids", max_len=10_000)
@@ -135,23 +154,9 @@ class GroupOps:
         return self.call(peer, req.id, event)
 
     def op_offset_commit(self, req: Request, peer: bytes) -> Fields | None:
-        offsets = []
-        for i, entry in enumerate(req.list("offsets", max_len=100_000)):
-            entry = check_map(entry, f"offsets[{i}]")
-            tp = TopicPartition(
-                check_str(entry.get("topic"), f"offsets[{i}].topic", max_len=249),
-                check_partition(entry.get("partition")),
-            )
-            offsets.append(
-                CommitEntry(
-                    tp,
-                    check_int(entry.get("offset"), f"offsets[{i}].offset", low=0),
-                    check_str(entry.get("metadata", ""), f"offsets[{i}].metadata"),
-                )
-            )
         event = OffsetCommit(
             group_id=req.str("group_id", max_len=1024),
-            offsets=offsets,
+            offsets=commit_entries(req),
             generation=req.int("generation", -1, low=-1, high=INT32_MAX),
             member_id=req.str("member_id", "", max_len=1024),
             instance_id=req.opt_str("group_instance_id", max_len=1024),

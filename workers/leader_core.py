@@ -12,6 +12,13 @@ steps: a shell with a committer thread (``workers/committer.py``) takes the writ
 :meth:`take_commit`, runs it there and hands the outcome back to :meth:`commit_landed`
 once durable (or failed), while new requests stage for the next commit.
 
+Transactions: the leader keeps each partition's open transactions, last stable offset and
+aborted index (:mod:`kvlog.txn_state`) in the same commit as the batches. The transaction
+coordinator's markers (:mod:`workers.markers_core`) are control batches appended in the
+group commit like a produce with acks=all; a marker already written (the coordinator
+retries) is not written again (:func:`kvlog.txn_state.marker_needed`) and is answered once
+everything before it is replicated.
+
 Replies to produce requests: acks=1 (and acks=all on a partition without followers) once
 the commit is durable; acks=all once the high watermark passes the request's last batch
 (every in-sync replica has it), or its ``timeout_ms`` ran out, or leadership moved;
@@ -35,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kvlog import batch as batch_format
-from kvlog import epochs
+from kvlog import epochs, txn_state
 from kvlog.batch import BatchHeader
 from kvlog.errors import (
     KvlogError,
@@ -48,6 +55,7 @@ from kvlog.errors import (
 from kvlog.ipc.acks import ACKS_ALL, answers_produce
 from kvlog.log import LogStore, WriteTxn
 from kvlog.producer_state import ProducerStateTable, delete_partition_state, delete_producer
+from kvlog.txn_state import TxnStateTable
 from kvlog.types import TopicPartition, partition_key
 
 from .core_result import Result, Send
@@ -92,6 +100,8 @@ class ProduceItem:
     error: KvlogError | None = None
     base_offset: int = -1
     log_start_offset: int = -1
+    marker: bool = False  # a transaction marker the leader built
+    wait_end: int = -1  # acks=all: the offset to wait for, if not the batch's end
 
     def outcome(self) -> ProducedPartition:
         return ProducedPartition(self.tp, self.error, self.base_offset, self.log_start_offset)
@@ -145,6 +155,7 @@ class LeaderCore:
         self.hosted: dict[TopicPartition, HostedPartition] = {}
         self.leaders: dict[TopicPartition, LeaderReplica] = {}
         self.producers = ProducerStateTable()
+        self.txns = TxnStateTable()
         self._staged: list[StagedProduce] = []
         self.stats = LeaderStats()
         self._decided: list[StagedProduce] = []  # acks=all requests whose last item settled
@@ -198,6 +209,7 @@ class LeaderCore:
                     w.drop_partition(tp)
                     w.delete(TOPIC_IDS_TABLE, partition_key(tp))
                     delete_partition_state(w, tp)
+                    txn_state.clear(w, tp)
                     epochs.clear(w, tp)
                     changed.append(tp)
             for tp, hosted in assigned.items():
@@ -211,6 +223,7 @@ class LeaderCore:
         changed = self.store.write(reconcile)
         for tp in changed:
             self.producers.forget_partition(tp)
+            self.txns.forget_partition(tp)
         new = [tp for tp in assigned if tp not in self.hosted or tp in changed]
         for tp, replica in list(self.leaders.items()):
             hosted = assigned.get(tp)
@@ -226,6 +239,7 @@ class LeaderCore:
         self.hosted = assigned
         with self.store.reader() as r:
             self.producers.load(r, new)
+            self.txns.load(r, new)
             for tp, hosted in assigned.items():
                 if hosted.leader_id != self.node_id:
                     continue
@@ -321,6 +335,7 @@ class LeaderCore:
                 if request.acks == ACKS_ALL:
                     replica.check_enough_replicas()
                 header = batch_format.validate(batch)
+                batch_format.check_produced(header)
             except KvlogError as exc:
                 items.append(ProduceItem(tp, None, None, exc))
                 continue
@@ -329,6 +344,11 @@ class LeaderCore:
             StagedProduce(request.token, request.acks, items, request.timeout_ms, total)
         )
         return Result()
+
+    def stage(self, request: StagedProduce) -> None:
+        """Queue a request built elsewhere (the coordinator's markers:
+        :mod:`workers.markers_core`) for the next :meth:`commit`."""
+        self._staged.append(request)
 
     @property
     def has_staged(self) -> bool:
@@ -380,6 +400,7 @@ class LeaderCore:
         the commit has landed (leaderships, producer state)."""
         leaders = self.leaders
         stage = self.producers.stage()
+        txns = self.txns.stage()
         outcome: list[tuple[ProduceItem, int, bool, KvlogError | None]] = []
         for request in staged:
             for item in request.items:
@@ -394,8 +415,20 @@ class LeaderCore:
                     )
                     outcome.append((item, -1, False, moved))
                     continue
+                header = item.header
+                if item.marker and not txn_state.marker_needed(
+                    txns.partition(item.tp),
+                    stage.entry(item.tp, header.producer_id),
+                    header.producer_id,
+                    header.producer_epoch,
+                ):
+                    # Written already: answered once all before it is replicated.
+                    item.wait_end = w.offsets(item.tp).log_end_offset
+                    outcome.append((item, -1, True, None))
+                    continue
                 try:
-                    duplicate_of = stage.check(item.tp, item.header)
+                    duplicate_of = None if item.marker else stage.check(item.tp, header)
+                    txns.check(item.tp, header)
                 except KvlogError as exc:
                     outcome.append((item, -1, False, exc))
                     continue
@@ -410,11 +443,15 @@ class LeaderCore:
                     advance_high_watermark=alone,
                     headers=[item.header],  # validated at staging
                 )[0]
-                stage.record(w, item.tp, item.header, base)
+                stage.record(w, item.tp, header, base)
+                txns.record(w, item.tp, header, base, item.batch)
                 outcome.append((item, base, False, None))
         self._write_high_watermarks(w, marks)
         offsets = {o[0].tp: w.offsets(o[0].tp) for o in outcome if o[0].tp in leaders}
-        return stage, outcome, offsets, marks
+        for tp, state in offsets.items():
+            txns.settle(w, tp, state.high_watermark)
+            txns.purge(w, tp, state.log_start_offset)
+        return (stage, txns), outcome, offsets, marks
 
     def _fail(self, staged: list[StagedProduce], exc: BaseException) -> None:
         error = self.write_failed("group commit", exc)
@@ -425,9 +462,10 @@ class LeaderCore:
 
     def _complete(self, staged: list[StagedProduce], written: Any, now_ms: int) -> Result:
         """After the durable write: advance replicas, park acks=all items, answer."""
-        stage, outcome, offsets, marks = written
+        (stage, txns), outcome, offsets, marks = written
         leaders = self.leaders
         stage.apply()
+        txns.apply()
         for tp, hw in marks.items():  # not those that moved again during the commit
             replica = leaders.get(tp)
             if replica is None or replica.high_watermark == hw:
@@ -459,9 +497,11 @@ class LeaderCore:
                     if item.error is not None:
                         continue
                     replica = leaders.get(item.tp)
-                    end = item.base_offset + (
-                        item.header.last_offset_delta + 1 if item.header else 1
-                    )
+                    end = item.wait_end
+                    if end < 0:
+                        end = item.base_offset + (
+                            item.header.last_offset_delta + 1 if item.header else 1
+                        )
                     if replica is not None and replica.high_watermark < end:
                         request.pending += 1
                         deadline = now_ms + request.timeout_ms
@@ -647,7 +687,12 @@ class LeaderCore:
 
     def _expire_producers(self, now_ms: int) -> None:
         """Forget idempotent producers idle for producer.id.expiration.ms (Kafka: 1 day)."""
-        expired = self.producers.expire(now_ms, self.producer_id_expiration_ms)
+        expired = self.producers.expire(
+            now_ms,
+            self.producer_id_expiration_ms,
+            # A producer with a transaction open stays (its marker will come).
+            keep=lambda tp, pid: pid in self.txns.partition(tp).open,
+        )
         if not expired:
             return
 
@@ -667,5 +712,6 @@ __all__ = [
     "HostedPartition",
     "IsrChange",
     "LeaderCore",
+    "ProduceItem",
     "StagedProduce",
 ]

@@ -23,6 +23,8 @@ fetch                      ``FetchCore._try_answer`` (at once, woken, or at its 
 list_offsets, ping         ``FetchCore.list_offsets``, :meth:`NodeCore.ping`
 offset_for_leader_epoch    ``FetchCore.offset_for_leader_epoch`` (the epoch cache)
 delete_records             ``delete_records_core.delete_records`` (after its own write)
+write_txn_markers          ``LeaderCore._complete`` / ``_settle`` as an acks=all produce
+                           (staged by ``markers_core.write_markers``)
 list_groups                :meth:`NodeCore.list_groups`: a node coordinates no group
 =========================  ==========================================================
 
@@ -54,6 +56,7 @@ from .follower_core import FollowerCore, ReplicaFetch
 from .group_events import ListGroupsAnswer
 from .leader_core import CommitJob, IsrChange, LeaderCore
 from .log_dir_core import LogDirHealth
+from .markers_core import write_markers
 from .node_model import (
     COORDINATOR,
     Answer,
@@ -65,6 +68,7 @@ from .node_model import (
     NodeStatus,
     OffsetForLeaderEpoch,
     Produce,
+    WriteTxnMarkers,
     earliest,
 )
 from .settings import NodeSettings
@@ -151,6 +155,20 @@ class NodeCore:
     def produce(self, request: Produce, now_ms: int) -> Result:
         """Queued for this turn's :meth:`flush`; answered then (or later, acks=all)."""
         return self.leader.produce(request, now_ms)
+
+    def write_txn_markers(self, request: WriteTxnMarkers, now_ms: int) -> Result:
+        """The transaction coordinator's markers: queued for this turn's :meth:`flush`,
+        answered once replicated (acks=all)."""
+        return write_markers(self.leader, request, now_ms)
+
+    def last_stable_offset(self, tp: TopicPartition) -> int:
+        """The partition's LSO as this node sees it, leading or following (from its
+        stored high watermark when following)."""
+        replica = self.leader.leaders.get(tp)
+        with self.store.reader() as r:
+            state = r.offsets(tp)
+        hw = replica.high_watermark if replica is not None else state.high_watermark
+        return self.leader.txns.last_stable_offset(tp, hw, state.log_start_offset)
 
     def fetch(self, request: Fetch, now_ms: int) -> Result:
         return self.reads.fetch(request, now_ms)

@@ -1,7 +1,8 @@
 """The node cores' vocabulary: typed requests in, typed reply bodies out.
 
 A shell decodes a client request once into one of the request types here (``Produce``,
-``Fetch``, ``ListOffsets``, ``OffsetForLeaderEpoch``, ``DeleteRecords``), calls
+``Fetch``, ``ListOffsets``, ``OffsetForLeaderEpoch``, ``DeleteRecords``, and the
+transaction coordinator's ``WriteTxnMarkers``), calls
 :class:`~workers.node_core.NodeCore` and encodes the bodies of the replies it gets back
 for its own wire (``workers/node_wire.py`` for kvlog's
 ZeroMQ wire; a Kafka shell encodes the same bodies into Kafka responses). Nothing here
@@ -22,6 +23,10 @@ from kvlog.types import TopicPartition
 D = TypeVar("D", int, float)
 
 COORDINATOR = "coordinator"  # Send.to for requests to the coordinator process
+
+# Kafka's isolation levels (Fetch v4+, ListOffsets v2+).
+READ_UNCOMMITTED = 0
+READ_COMMITTED = 1  # below the last stable offset, with the aborted transactions
 
 
 def earliest(deadlines: Iterable[D | None]) -> D | None:
@@ -82,6 +87,7 @@ class Produce:
     acks: int
     entries: list[tuple[TopicPartition, bytes | memoryview]]
     timeout_ms: int = 30_000
+    transactional_id: str | None = None  # what the ACLs check (Kafka's Produce v3+)
 
 
 @dataclass(slots=True)
@@ -104,6 +110,7 @@ class Fetch:
     min_bytes: int = 1
     max_wait_ms: int = 500
     replica_id: int = -1
+    isolation_level: int = READ_UNCOMMITTED
 
 
 @dataclass(slots=True)
@@ -115,6 +122,7 @@ class ListOffsets:
     token: Any
     partitions: list[tuple[TopicPartition, int]]
     current_leader_epochs: dict[TopicPartition, int] = field(default_factory=dict)
+    isolation_level: int = READ_UNCOMMITTED  # read_committed: latest is the LSO
 
 
 @dataclass(slots=True)
@@ -144,6 +152,31 @@ class DeleteRecords:
     token: Any
     partitions: list[tuple[TopicPartition, int]]
     timeout_ms: int = 30_000
+
+
+@dataclass(slots=True)
+class TxnMarker:
+    """One transaction's marker for one partition: commit or abort (producer id, epoch).
+    ``leader_epoch``: the leadership the coordinator sends it to (-1: any); another is
+    fenced, so a marker meant for a deposed leader is never written by it."""
+
+    tp: TopicPartition
+    producer_id: int
+    producer_epoch: int
+    committed: bool
+    leader_epoch: int = -1
+    coordinator_epoch: int = 0
+
+
+@dataclass(slots=True)
+class WriteTxnMarkers:
+    """From the transaction coordinator (Kafka's WriteTxnMarkers): append each marker
+    to its partition, replicated to every in-sync replica (acks=all) before the answer
+    (a :class:`ProduceResponse`, one entry per marker, in order)."""
+
+    token: Any
+    markers: list[TxnMarker]
+    timeout_ms: int = 5000
 
 
 @dataclass(slots=True)
@@ -183,6 +216,10 @@ class FetchedPartition:
     log_end_offset: int = -1
     batches: list[tuple[int, bytes]] = field(default_factory=list)
     diverging: tuple[int, int] | None = None  # (epoch, end offset) the follower must cut to
+    last_stable_offset: int = -1
+    # read_committed: (producer id, first offset) of each aborted transaction overlapping
+    # the batches returned (None: read_uncommitted, Kafka's null)
+    aborted: list[tuple[int, int]] | None = None
 
     @property
     def size(self) -> int:
@@ -280,6 +317,8 @@ UNANSWERED = Unanswered()
 
 __all__ = [
     "COORDINATOR",
+    "READ_COMMITTED",
+    "READ_UNCOMMITTED",
     "UNANSWERED",
     "Answer",
     "Assignment",
@@ -304,6 +343,8 @@ __all__ = [
     "Produce",
     "ProduceResponse",
     "ProducedPartition",
+    "TxnMarker",
     "Unanswered",
+    "WriteTxnMarkers",
     "earliest",
 ]

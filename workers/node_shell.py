@@ -75,6 +75,7 @@ from .node_wire import (
     decode_fetch,
     decode_list_offsets,
     decode_produce,
+    decode_write_txn_markers,
     fetch_reply,
     list_offsets_fields,
     produce_fields,
@@ -235,6 +236,11 @@ class NodeServer(NodeKafkaShell, Server):
     def op_list_offsets(self, req: Request, peer: bytes) -> None:
         request = decode_list_offsets(req, self._token(req, peer, counted=False))
         self._carry(self.core.list_offsets(request))
+
+    def op_write_txn_markers(self, req: Request, peer: bytes) -> None:
+        """Internal, from the transaction coordinator: append transaction markers."""
+        request = decode_write_txn_markers(req, self._token(req, peer, counted=False))
+        self._carry(self.core.write_txn_markers(request, clock.now_ms()))
 
     def op_ping(self, req: Request, peer: bytes) -> None:
         self._carry(self.core.ping(self._token(req, peer, counted=False)))

@@ -25,6 +25,8 @@ from .node_model import (
     NodeStatus,
     Produce,
     ProduceResponse,
+    TxnMarker,
+    WriteTxnMarkers,
 )
 
 MAX_ENTRIES = 100_000
@@ -55,7 +57,8 @@ def decode_produce(req: Request, token: Any) -> Produce:
             "batch frames; each partition entry needs exactly one frame"
         )
     pairs = [(_tp(e, "partitions"), frame) for e, frame in zip(entries, req.frames, strict=True)]
-    return Produce(token, acks, pairs, timeout_ms)
+    transactional_id = req.opt_str("transactional_id", max_len=32_767)
+    return Produce(token, acks, pairs, timeout_ms, transactional_id)
 
 
 def decode_fetch(req: Request, token: Any) -> Fetch:
@@ -63,6 +66,7 @@ def decode_fetch(req: Request, token: Any) -> Fetch:
     min_bytes = req.int("min_bytes", 1, low=0, high=INT32_MAX)
     max_bytes = req.int("max_bytes", 50 << 20, low=1, high=INT32_MAX)
     replica_id = req.int("replica_id", -1, low=-1, high=INT32_MAX)
+    isolation_level = req.int("isolation_level", 0, low=0, high=1)
     parts = []
     for i, entry in enumerate(req.list("partitions", max_len=MAX_ENTRIES)):
         where = f"partitions[{i}]"
@@ -88,17 +92,48 @@ def decode_fetch(req: Request, token: Any) -> Fetch:
                 ),
             )
         )
-    return Fetch(token, parts, max_bytes, min_bytes, max_wait_ms, replica_id)
+    return Fetch(token, parts, max_bytes, min_bytes, max_wait_ms, replica_id, isolation_level)
 
 
 def decode_list_offsets(req: Request, token: Any) -> ListOffsets:
+    isolation_level = req.int("isolation_level", 0, low=0, high=1)
     out = []
     for i, entry in enumerate(req.list("partitions", max_len=MAX_ENTRIES)):
         where = f"partitions[{i}]"
         entry = check_map(entry, where)
         tp = _tp(entry, where)
         out.append((tp, check_int(entry.get("timestamp", -1), f"{where}.timestamp")))
-    return ListOffsets(token, out)
+    return ListOffsets(token, out, isolation_level=isolation_level)
+
+
+def decode_write_txn_markers(req: Request, token: Any) -> WriteTxnMarkers:
+    """The coordinator's internal ``write_txn_markers`` (PROTOCOL.md 3.x)."""
+    markers = []
+    for i, entry in enumerate(req.list("markers", max_len=MAX_ENTRIES)):
+        where = f"markers[{i}]"
+        entry = check_map(entry, where)
+        committed = entry.get("committed")
+        if not isinstance(committed, bool):
+            raise InvalidRequestError(f"{where}.committed must be a bool")
+        markers.append(
+            TxnMarker(
+                _tp(entry, where),
+                check_int(entry.get("producer_id"), f"{where}.producer_id", low=0),
+                check_int(entry.get("producer_epoch"), f"{where}.producer_epoch", low=0),
+                committed,
+                check_int(
+                    entry.get("leader_epoch", -1), f"{where}.leader_epoch", low=-1, high=INT32_MAX
+                ),
+                check_int(
+                    entry.get("coordinator_epoch", 0),
+                    f"{where}.coordinator_epoch",
+                    low=0,
+                    high=INT32_MAX,
+                ),
+            )
+        )
+    timeout_ms = req.int("timeout_ms", 5000, low=0, high=INT32_MAX)
+    return WriteTxnMarkers(token, markers, timeout_ms)
 
 
 # -- reply bodies ----------------------------------------------------------------------------
@@ -135,6 +170,9 @@ def fetched_header(p: FetchedPartition) -> dict[str, Any]:
         out["log_end_offset"] = p.log_end_offset
     if p.diverging is not None:
         out["diverging_epoch"] = {"epoch": p.diverging[0], "end_offset": p.diverging[1]}
+    if p.aborted is not None:  # a read_committed fetch
+        out["last_stable_offset"] = p.last_stable_offset
+        out["aborted_transactions"] = [[pid, first] for pid, first in p.aborted]
     return out
 
 
@@ -164,6 +202,7 @@ __all__ = [
     "decode_fetch",
     "decode_list_offsets",
     "decode_produce",
+    "decode_write_txn_markers",
     "fetch_reply",
     "fetched_header",
     "list_offsets_fields",

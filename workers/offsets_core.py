@@ -9,15 +9,27 @@ before its reply leaves. The committed offset is the next offset to read, as in 
 
 Each request is an event (:mod:`workers.group_events`) with the shell's ``token`` and
 ``now_ms`` (the commit timestamp); the answer is one :class:`workers.core_result.Result`.
+
+Transactional offsets (Kafka's TxnOffsetCommit, KIP-98): a transactional producer's
+offsets for a group wait in their own table (``t/txn_offsets``, per group, producer id and
+partition) and are not what OffsetFetch returns; the transaction coordinator
+(:mod:`workers.txn_core`) decides who may store them (:meth:`OffsetsCore.stage_txn`) and,
+in the same durable write that records its decision, makes them the group's committed
+offsets or drops them (:meth:`OffsetsCore.end_txn`): the offsets commit exactly when the
+transaction's records do.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
+
+import cbor2
 
 from kvlog.errors import KvlogError, OffsetMetadataTooLargeError
 from kvlog.log import LogStore, WriteTxn
 from kvlog.metadata_store import CommittedOffset, commit_offset, group_offsets
+from kvlog.types import TopicPartition
 
 from .core_result import Result
 from .group_core import GroupCoordinator
@@ -32,6 +44,50 @@ from .group_events import (
 )
 
 MAX_METADATA_BYTES = 4096
+TXN_OFFSETS_TABLE = "txn_offsets"
+
+_LEN = struct.Struct(">H")
+_PID = struct.Struct(">q")
+_PARTITION = struct.Struct(">I")
+
+
+def _pending_prefix(group: str, producer_id: int) -> bytes:
+    raw = group.encode()
+    return _LEN.pack(len(raw)) + raw + _PID.pack(producer_id)
+
+
+def _pending_key(group: str, producer_id: int, tp: TopicPartition) -> bytes:
+    topic = tp.topic.encode()
+    return (
+        _pending_prefix(group, producer_id)
+        + _LEN.pack(len(topic))
+        + topic
+        + _PARTITION.pack(tp.partition)
+    )
+
+
+def _parse_pending_tp(key: bytes, prefix_len: int) -> TopicPartition:
+    (tlen,) = _LEN.unpack_from(key, prefix_len)
+    start = prefix_len + 2
+    topic = key[start : start + tlen].decode()
+    (partition,) = _PARTITION.unpack_from(key, start + tlen)
+    return TopicPartition(topic, partition)
+
+
+def _checked(entries: list[CommitEntry]) -> tuple[list[PartitionCommitted], list[CommitEntry]]:
+    """Per entry its result, and the entries to store (metadata too long: refused alone)."""
+    results = []
+    good: list[CommitEntry] = []
+    for entry in entries:
+        if len(entry.metadata.encode()) > MAX_METADATA_BYTES:
+            too_large = OffsetMetadataTooLargeError(
+                f"offset metadata longer than {MAX_METADATA_BYTES} bytes"
+            )
+            results.append(PartitionCommitted(entry.tp, too_large))
+            continue
+        good.append(entry)
+        results.append(PartitionCommitted(entry.tp))
+    return results, good
 
 
 class OffsetsCore:
@@ -49,17 +105,7 @@ class OffsetsCore:
             self.groups.admit_commit(out, event, now_ms)
         except KvlogError as exc:
             return out.fail(token, exc)
-        results = []
-        good: list[CommitEntry] = []
-        for entry in event.offsets:
-            if len(entry.metadata.encode()) > MAX_METADATA_BYTES:
-                too_large = OffsetMetadataTooLargeError(
-                    f"offset metadata longer than {MAX_METADATA_BYTES} bytes"
-                )
-                results.append(PartitionCommitted(entry.tp, too_large))
-                continue
-            good.append(entry)
-            results.append(PartitionCommitted(entry.tp))
+        results, good = _checked(event.offsets)
 
         def write(w: WriteTxn) -> None:
             for tp, offset, metadata in good:
@@ -77,3 +123,47 @@ class OffsetsCore:
         partitions = sorted(found) if event.partitions is None else event.partitions
         answer = OffsetFetchAnswer([FetchedOffset(tp, found.get(tp)) for tp in partitions])
         return Result().reply(token, answer)
+
+    # -- transactional offsets (the transaction coordinator's) ------------------------------
+
+    def stage_txn(
+        self, group_id: str, producer_id: int, entries: list[CommitEntry], now_ms: int
+    ) -> OffsetCommitAnswer:
+        """Store a transaction's pending offsets for ``group_id`` (durably; a later one for
+        the same partition replaces an earlier one)."""
+        results, good = _checked(entries)
+
+        def write(w: WriteTxn) -> None:
+            for tp, offset, metadata in good:
+                value = cbor2.dumps([offset, metadata, now_ms])
+                w.put(TXN_OFFSETS_TABLE, _pending_key(group_id, producer_id, tp), value)
+
+        if good:
+            self.store.write(write)
+        return OffsetCommitAnswer(results)
+
+    @staticmethod
+    def end_txn(w: WriteTxn, group_ids: frozenset[str], producer_id: int, commit: bool) -> int:
+        """Inside the transaction coordinator's write of its decision: the producer's
+        pending offsets of ``group_ids`` become the groups' committed offsets (``commit``)
+        or are dropped. Returns how many there were."""
+        moved = 0
+        for group_id in sorted(group_ids):
+            prefix = _pending_prefix(group_id, producer_id)
+            for key, raw in list(w.items(TXN_OFFSETS_TABLE, prefix)):
+                if commit:
+                    offset, metadata, ts = cbor2.loads(raw)
+                    tp = _parse_pending_tp(key, len(prefix))
+                    commit_offset(w, group_id, tp, CommittedOffset(offset, metadata, ts))
+                w.delete(TXN_OFFSETS_TABLE, key)
+                moved += 1
+        return moved
+
+    def pending_txn(self, group_id: str, producer_id: int) -> dict[TopicPartition, int]:
+        """The producer's pending offsets for a group (tests, tools)."""
+        prefix = _pending_prefix(group_id, producer_id)
+        with self.store.reader() as r:
+            return {
+                _parse_pending_tp(key, len(prefix)): cbor2.loads(raw)[0]
+                for key, raw in r.items(TXN_OFFSETS_TABLE, prefix)
+            }

@@ -26,17 +26,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvlog.errors import (
+    FencedLeaderEpochError,
     KvlogError,
     NotEnoughReplicasAfterAppendError,
     NotEnoughReplicasError,
     NotLeaderOrFollowerError,
     RequestTimedOutError,
+    UnknownLeaderEpochError,
 )
 from kvlog.types import TopicPartition
 
 from .config import broker_default
 
 DEFAULT_REPLICA_LAG_TIME_MAX_MS: int = broker_default("replica.lag.time.max.ms")
+
+
+def check_leader_epoch(replica: LeaderReplica, tp: TopicPartition, client_epoch: int) -> None:
+    """Refuse a request made for another leader epoch than the leader's (-1: any): an
+    older one is FENCED_LEADER_EPOCH (the client's metadata is stale), a newer one
+    UNKNOWN_LEADER_EPOCH (this node has not heard of it yet); Kafka's KIP-320 rule."""
+    if client_epoch < 0 or client_epoch == replica.leader_epoch:
+        return
+    message = f"{tp}: request for leader epoch {client_epoch}, leader is at {replica.leader_epoch}"
+    if client_epoch < replica.leader_epoch:
+        raise FencedLeaderEpochError(message)
+    raise UnknownLeaderEpochError(message)
 
 
 @dataclass

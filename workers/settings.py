@@ -45,6 +45,8 @@ class CoordinatorSettings:
     auto_create_topics_enable: bool = broker_default("auto.create.topics.enable")
     num_partitions: int = broker_default("num.partitions")
     default_replication_factor: int = broker_default("default.replication.factor")
+    transaction_max_timeout_ms: int = broker_default("transaction.max.timeout.ms")
+    transactional_id_expiration_ms: int = broker_default("transactional.id.expiration.ms")
 
 
 @dataclass

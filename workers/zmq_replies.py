@@ -56,6 +56,7 @@ from .group_events import (
     OffsetFetchAnswer,
     SyncGroupAnswer,
 )
+from .txn_events import TxnAck, TxnPartitionsAdded
 
 Fields = dict[str, Any]
 
@@ -357,6 +358,21 @@ def _(body: LeadersElected) -> Fields:
 @encode.register
 def _(body: ProducerIdAnswer) -> Fields:
     return {"producer_id": body.producer_id, "producer_epoch": body.producer_epoch}
+
+
+@encode.register
+def _(body: TxnPartitionsAdded) -> Fields:
+    return {
+        "partitions": [
+            {"topic": tp.topic, "partition": tp.partition, **outcome(error)}
+            for tp, error in body.results
+        ]
+    }
+
+
+@encode.register
+def _(body: TxnAck) -> Fields:
+    return {}
 
 
 @encode.register

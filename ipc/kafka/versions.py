@@ -93,6 +93,11 @@ SERVED = VersionTable(
         ApiVersionRange(ApiKey.DeleteGroups, 0, 1),
         # Producer ids and admin (the controller: the coordinator process).
         ApiVersionRange(ApiKey.InitProducerId, 0, 1),
+        # Transactions (the transaction coordinator: the coordinator process).
+        ApiVersionRange(ApiKey.AddPartitionsToTxn, 0, 2),
+        ApiVersionRange(ApiKey.AddOffsetsToTxn, 0, 2),
+        ApiVersionRange(ApiKey.EndTxn, 0, 2),
+        ApiVersionRange(ApiKey.TxnOffsetCommit, 0, 2),
         ApiVersionRange(ApiKey.CreateTopics, 2, 4),
         ApiVersionRange(ApiKey.DeleteTopics, 1, 3),
         ApiVersionRange(ApiKey.CreatePartitions, 0, 1),

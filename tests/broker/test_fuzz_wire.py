@@ -100,6 +100,22 @@ COMMIT_ENTRY = {
 
 SCRAM_CREDENTIAL = scram_credential("SCRAM-SHA-256", "fuzz").to_wire()
 
+# An unknown transactional id: every transaction op is refused before it does anything.
+TXN_PRODUCER = {
+    "transactional_id": S("fz-none", 32_767, required=True),
+    "producer_id": I(1 << 40, 0, required=True),
+    "producer_epoch": I(0, 0, 32_767, required=True),
+}
+MARKER_ENTRY = {
+    "topic": S("fz-none", 249, required=True),
+    "partition": PARTITION,
+    "producer_id": I(1 << 40, 0, required=True),
+    "producer_epoch": I(0, 0, required=True),
+    "committed": F("bool", False, required=True),
+    "leader_epoch": I(-1, -1, INT32_MAX),
+    "coordinator_epoch": I(0, 0, INT32_MAX),
+}
+
 # Valid values are harmless on purpose (unknown names and ids) although a broken field
 # must stop every request before it does anything.
 COORDINATOR_FIELDS: dict[str, dict[str, F]] = {
@@ -230,7 +246,21 @@ COORDINATOR_FIELDS: dict[str, dict[str, F]] = {
     "user_remove": {"name": S("fz-none", 1024, required=True)},
     "user_list": {},
     "kafka_relay": {"principal": S("fz", 1024, required=True), "client_host": S("", 256)},
-    "init_producer_id": {},
+    "init_producer_id": {
+        "transactional_id": S(None, 32_767, nullable=True),
+        "transaction_timeout_ms": I(60_000, -(1 << 31), INT32_MAX),
+    },
+    "add_partitions_to_txn": {
+        **TXN_PRODUCER,
+        "partitions": F("list", [["fz-none", 0]], pair=True, required=True, max_len=100_000),
+    },
+    "add_offsets_to_txn": {**TXN_PRODUCER, "group_id": GROUP},
+    "end_txn": {**TXN_PRODUCER, "committed": F("bool", False, required=True)},
+    "txn_offset_commit": {
+        **TXN_PRODUCER,
+        "group_id": GROUP,
+        "offsets": F("list", [], entry=COMMIT_ENTRY, required=True, max_len=100_000),
+    },
     "acl_list": {},
     "list_groups": {},
     "ping": {},
@@ -247,10 +277,16 @@ NODE_FIELDS: dict[str, dict[str, F]] = {
         "min_bytes": I(0, 0, INT32_MAX),
         "max_bytes": I(1024, 1, INT32_MAX),
         "replica_id": I(-1, -1, INT32_MAX),
+        "isolation_level": I(0, 0, 1),
         "partitions": F("list", [{}], entry=FETCH_ENTRY, required=True, max_len=100_000),
     },
     "list_offsets": {
-        "partitions": F("list", [{}], entry=OFFSET_ENTRY, required=True, max_len=100_000)
+        "partitions": F("list", [{}], entry=OFFSET_ENTRY, required=True, max_len=100_000),
+        "isolation_level": I(0, 0, 1),
+    },
+    "write_txn_markers": {
+        "markers": F("list", [{}], entry=MARKER_ENTRY, required=True, max_len=100_000),
+        "timeout_ms": I(5000, 0, INT32_MAX),
     },
     "ping": {},
 }

@@ -41,6 +41,8 @@ from kvlog.workers.node_model import (
     NodePeer,
     Produce,
     ProduceResponse,
+    TxnMarker,
+    WriteTxnMarkers,
 )
 from kvlog.workers.node_wire import decode_fetch, fetch_reply
 from kvlog.workers.settings import NodeSettings
@@ -383,9 +385,11 @@ class Cluster:
         value: bytes,
         *,
         flush: bool = True,
+        batch: bytes | None = None,
     ) -> None:
-        """A one-batch produce request; without ``flush`` it waits for the turn's commit."""
-        batch = batch_format.build_batch([(None, value)])
+        """A one-batch produce request (of ``value``, or ``batch`` as given); without
+        ``flush`` it waits for the turn's commit."""
+        batch = batch if batch is not None else batch_format.build_batch([(None, value)])
         epoch = self.controller.state[tp].epoch
         self.clients[token] = ClientRequest("produce", n, tp, acks, batch, epoch)
         result = self.core(n).produce(Produce(token, acks, [(tp, batch)], 5000), self.now)
@@ -395,11 +399,31 @@ class Cluster:
             self.carry(n, result)
 
     def consume(
-        self, token: int, n: int, tp: TopicPartition, offset: int, wait_ms: int, min_bytes: int
+        self,
+        token: int,
+        n: int,
+        tp: TopicPartition,
+        offset: int,
+        wait_ms: int,
+        min_bytes: int,
+        isolation_level: int = 0,
     ) -> None:
         self.clients[token] = ClientRequest("fetch", n, tp)
-        fetch = Fetch(token, [FetchPartition(tp, offset, 1 << 20)], 1 << 20, min_bytes, wait_ms)
+        fetch = Fetch(
+            token,
+            [FetchPartition(tp, offset, 1 << 20)],
+            1 << 20,
+            min_bytes,
+            wait_ms,
+            isolation_level=isolation_level,
+        )
         self.turn(n, self.core(n).fetch(fetch, self.now))
+
+    def write_markers(self, token: int, n: int, markers: list[TxnMarker]) -> None:
+        """The transaction coordinator's ``write_txn_markers`` at node ``n``."""
+        self.clients[token] = ClientRequest("markers", n, markers[0].tp)
+        request = WriteTxnMarkers(token, markers, 5000)
+        self.turn(n, self.core(n).write_txn_markers(request, self.now))
 
     def delete_records(self, token: int, n: int, tp: TopicPartition, offset: int) -> None:
         """Kafka's DeleteRecords at node ``n``: its log start moves to ``offset``."""

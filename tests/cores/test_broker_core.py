@@ -227,7 +227,10 @@ def test_find_coordinator_gives_the_kafka_endpoint_from_the_cache() -> None:
     b.answer(b.watch(), CoordinatorAnswer(answer))
     found = b.request("f", FindCoordinator("g")).body
     assert (found.endpoint, found.kafka_endpoint) == (ENDPOINT, "127.0.0.1:9093")
-    assert b.request("t", FindCoordinator("t", key_type=1)).error.code is EC.UNSUPPORTED_VERSION
+    # Transactions have the same coordinator (issue 17); other key types are refused.
+    txn = b.request("t", FindCoordinator("t", key_type=1)).body
+    assert (txn.endpoint, txn.kafka_endpoint) == (ENDPOINT, "127.0.0.1:9093")
+    assert b.request("x", FindCoordinator("x", key_type=5)).error.code is EC.UNSUPPORTED_VERSION
     # The metadata cache round-trips the Kafka endpoints on the ZeroMQ wire.
     answer.nodes = [NodeEntry(0, "tcp://node", True, "127.0.0.1:9100")]
     assert decode_metadata(encode(answer)) == answer

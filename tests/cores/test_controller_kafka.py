@@ -1,6 +1,6 @@
 """ControllerCore's answers for Kafka's wire (and the ZeroMQ wire's same rules):
 validate_only admin changes, AlterConfigs' replacing of overrides, Metadata's
-auto-creation, FindCoordinator, transactional producer ids, ACL requests without security,
+auto-creation, FindCoordinator, producer ids, ACL requests without security,
 and nodes' Kafka endpoints in metadata."""
 
 from __future__ import annotations
@@ -102,18 +102,19 @@ def test_metadata_auto_creates_missing_topics_when_allowed() -> None:
     assert names(off) == []
 
 
-def test_find_coordinator_names_the_coordinator_for_groups_only() -> None:
+def test_find_coordinator_names_the_coordinator_for_groups_and_transactions() -> None:
     c = Cluster(endpoint="tcp://c:1", kafka_endpoint="127.0.0.1:9093")
-    assert c.answer(FindCoordinator("g")).body == FindCoordinatorAnswer(
-        "tcp://c:1", "127.0.0.1:9093", COORDINATOR_BROKER_ID
-    )
-    assert error(c.answer(FindCoordinator("txn", key_type=1))) is EC.UNSUPPORTED_VERSION
+    answer = FindCoordinatorAnswer("tcp://c:1", "127.0.0.1:9093", COORDINATOR_BROKER_ID)
+    assert c.answer(FindCoordinator("g")).body == answer
+    assert c.answer(FindCoordinator("txn", key_type=1)).body == answer
     assert error(c.answer(FindCoordinator("x", key_type=5))) is EC.UNSUPPORTED_VERSION
 
 
-def test_transactional_producer_ids_are_refused() -> None:
+def test_the_controller_hands_out_idempotent_producer_ids_only() -> None:
+    # Transactional ones are the transaction coordinator's (the coordinator core routes
+    # them there: tests/cores/test_txn_stateful.py).
     c = Cluster()
-    assert error(c.answer(InitProducerId("txn-1"))) is EC.UNSUPPORTED_VERSION
+    assert error(c.answer(InitProducerId("txn-1"))) is EC.INVALID_REQUEST
     assert c.answer(InitProducerId()).error is None
 
 

@@ -30,6 +30,13 @@ from kvlog.workers.group_events import (
     SyncGroup,
 )
 from kvlog.workers.group_model import GroupConfig, GroupState
+from kvlog.workers.txn_events import (
+    AddOffsetsToTxn,
+    AddPartitionsToTxn,
+    EndTxn,
+    MarkersAnswer,
+    TxnOffsetCommit,
+)
 
 NOW = 1_000_000
 
@@ -47,6 +54,8 @@ def coordinator(store: MemoryLogDir, start: int = 1) -> CoordinatorCore:
 def test_every_request_type_has_one_route() -> None:
     core = coordinator(MemoryLogDir())
     types = {*typing.get_args(GroupRequest), *typing.get_args(ControllerRequest)}
+    # The transaction coordinator's events (issue 17), markers' answers included.
+    types |= {AddPartitionsToTxn, AddOffsetsToTxn, EndTxn, TxnOffsetCommit, MarkersAnswer}
     assert set(core.routes) == types
 
 

@@ -15,6 +15,7 @@ from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 from kafka_wire import RawClient
 
 import kvlog
+from kvlog import control_batch, kafka_batch
 
 Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]], int]
 
@@ -50,6 +51,18 @@ def record_set(
         )
     builder.close()
     return bytes(builder.buffer())
+
+
+def control_record_set(commit: bool = True, producer: tuple[int, int] = (9, 0)) -> bytes:
+    """A transaction marker as a (misbehaving) client would send it in a Produce request:
+    only partition leaders write markers."""
+    marker = control_batch.build(
+        producer[0],
+        producer[1],
+        control_batch.COMMIT if commit else control_batch.ABORT,
+        timestamp_ms=int(time.time() * 1000),
+    )
+    return kafka_batch.kafka_prefix(0, marker) + marker
 
 
 def records_of(raw: Any) -> list[Record]:

@@ -170,10 +170,11 @@ def test_find_coordinator_for_groups(broker, version):
         )
 
 
-def test_find_coordinator_for_transactions_is_refused(broker):
+def test_find_coordinator_for_transactions_names_the_coordinator(broker):
+    host, port = broker.kafka_coordinator.rsplit(":", 1)
     with RawClient(broker.kafka_bootstrap) as c:
         r = c.send(FindCoordinatorRequest(version=1, key="txn", key_type=1))
-    assert r.error_code == EC_UNSUPPORTED and "transactions" in r.error_message
+    assert (r.error_code, r.node_id, r.host, r.port) == (0, COORDINATOR_BROKER_ID, host, int(port))
 
 
 def test_init_producer_id(broker):
@@ -187,9 +188,14 @@ def test_init_producer_id(broker):
         txn = c.send(
             InitProducerIdRequest(version=1, transactional_id="t", transaction_timeout_ms=60000)
         )
+        again = c.send(
+            InitProducerIdRequest(version=1, transactional_id="t", transaction_timeout_ms=60000)
+        )
     assert first.error_code == second.error_code == 0
     assert second.producer_id > first.producer_id >= 0 and first.producer_epoch == 0
-    assert (txn.error_code, txn.producer_id) == (EC_UNSUPPORTED, -1)
+    # A transactional id keeps its producer id; each InitProducerId bumps its epoch.
+    assert (txn.error_code, txn.producer_epoch) == (0, 0) and txn.producer_id > 0
+    assert (again.error_code, again.producer_id, again.producer_epoch) == (0, txn.producer_id, 1)
 
 
 # -- topics, partitions, configs ---------------------------------------------------------------

@@ -288,16 +288,21 @@ def test_magic_0_and_1_record_sets_are_unsupported_versions():
             kafka_batch.from_record_set(bytes(builder.build()))
 
 
-def test_transactional_and_control_batches_are_refused():
+def test_transactional_batches_are_accepted_and_control_batches_refused_from_producers():
     wire = kafka_python_batch([(b"k", b"v", [], 1)], producer=(1, 0, 0), transactional=True)
-    with pytest.raises(InvalidRecordError, match="transactional"):
-        bf.validate(kafka_batch.from_record_set(wire))
+    header = bf.validate(kafka_batch.from_record_set(wire))
+    assert header.is_transactional and not header.is_control
+    bf.check_produced(header)  # a producer may send it
     control = bytearray(kafka_batch.from_record_set(kafka_python_batch([(b"k", b"v", [], 1)])))
     attributes = struct.unpack_from(">h", control, 9)[0] | 0x20
     struct.pack_into(">h", control, 9, attributes)
     struct.pack_into(">I", control, 5, crc32c(bytes(control[9:])))
+    header = bf.validate(bytes(control))  # a leader's marker is a valid batch to store
     with pytest.raises(InvalidRecordError, match="control"):
-        bf.validate(bytes(control))
+        bf.check_produced(header)  # but no producer may send one
+    without_producer = kafka_python_batch([(b"k", b"v", [], 1)], transactional=True)
+    with pytest.raises(InvalidRecordError, match="producer id"):
+        bf.check_produced(bf.validate(kafka_batch.from_record_set(without_producer)))
 
 
 def test_record_sets_that_are_not_one_batch_are_refused():

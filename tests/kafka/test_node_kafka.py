@@ -19,6 +19,7 @@ from kafka.protocol.metadata import ApiVersionsRequest
 from kafka_wire import RawClient
 from node_kafka_util import (
     batch_bases,
+    control_record_set,
     create_topic,
     delete_records,
     fetch,
@@ -147,8 +148,7 @@ def test_produce_refusals_are_kafkas_and_store_nothing(broker: Any, client: RawC
         (8, [(topic, 0, bytes(legacy))], -1, ErrorCode.UNSUPPORTED_VERSION),
         (8, [(topic, 0, good + good)], -1, ErrorCode.INVALID_RECORD),
         (8, [(topic, 0, bytes(corrupt))], -1, ErrorCode.CORRUPT_MESSAGE),
-        (8, [(topic, 0, record_set([b"t"], producer=(9, 0, 0), transactional=True))], -1,
-         ErrorCode.INVALID_RECORD),
+        (8, [(topic, 0, control_record_set())], -1, ErrorCode.INVALID_RECORD),
         (8, [(topic, 0, good)], 2, ErrorCode.INVALID_REQUIRED_ACKS),
         (6, [(topic, 0, record_set([b"z" * 1000], codec=4))], -1,
          ErrorCode.UNSUPPORTED_COMPRESSION_TYPE),

@@ -234,7 +234,8 @@ def test_unknown_codec_with_a_valid_crc_is_unsupported(codec_id):
 @pytest.mark.parametrize(
     ("fmt", "offset", "value", "match"),
     [
-        (">h", 9, 0x10, "attribute"),  # an attribute bit no version defines
+        (">h", 9, 0x40, "attribute"),  # an attribute bit no version defines
+        (">h", 9, 0x20, "attribute"),  # control: Kafka's batches (magic 2) only
         (">i", 45, 0, "record_count"),
         (">i", 45, -3, "record_count"),
         (">i", 11, 0, "last_offset_delta"),  # 3 records cannot end at delta 0

@@ -25,6 +25,7 @@ from . import (  # noqa: F401  (each module registers its handlers)
     offsets,
     producer_id,
     topics,
+    transactions,
 )
 from .base import HANDLERS, BrokerConfigEntry, KafkaContext, Outcome, Plan
 

@@ -42,6 +42,7 @@ from ..group_events import (
     SyncGroup,
 )
 from ..node_model import DeleteRecords, Fetch, ListOffsets, OffsetForLeaderEpoch, Produce
+from ..txn_events import AddOffsetsToTxn, AddPartitionsToTxn, EndTxn, TxnOffsetCommit
 
 
 def authorize(auth: Authorizer | None, principal: str, event: Any) -> None:
@@ -80,7 +81,32 @@ def _(event: Any, auth: Authorizer, principal: str) -> None:
 
 @_check.register
 def _(event: InitProducerId, auth: Authorizer, principal: str) -> None:
-    acl.check_init_producer_id(auth, principal)
+    if event.transactional_id is not None:
+        acl.check_transactional_id(auth, principal, event.transactional_id)
+    else:
+        acl.check_init_producer_id(auth, principal)
+
+
+@_check.register
+def _(event: AddPartitionsToTxn, auth: Authorizer, principal: str) -> None:
+    topics = (tp.topic for tp in event.partitions)
+    acl.check_txn_partitions(auth, principal, event.transactional_id, topics)
+
+
+@_check.register
+def _(event: AddOffsetsToTxn, auth: Authorizer, principal: str) -> None:
+    acl.check_txn_offsets(auth, principal, event.transactional_id, event.group_id)
+
+
+@_check.register
+def _(event: EndTxn, auth: Authorizer, principal: str) -> None:
+    acl.check_transactional_id(auth, principal, event.transactional_id)
+
+
+@_check.register
+def _(event: TxnOffsetCommit, auth: Authorizer, principal: str) -> None:
+    topics = (e.tp.topic for e in event.offsets)
+    acl.check_txn_offset_commit(auth, principal, event.transactional_id, event.group_id, topics)
 
 
 @_check.register(JoinGroup)
@@ -132,7 +158,8 @@ def _(event: AclList, auth: Authorizer, principal: str) -> None:
 
 @_check.register
 def _(event: Produce, auth: Authorizer, principal: str) -> None:
-    acl.check_topics(auth, principal, (tp.topic for tp, _ in event.entries), "write")
+    topics = (tp.topic for tp, _ in event.entries)
+    acl.check_produce(auth, principal, topics, event.transactional_id)
 
 
 @_check.register

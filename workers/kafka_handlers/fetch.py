@@ -12,8 +12,9 @@ only is here:
   epoch 0) is answered as a full fetch with session id 0, which tells the client no
   session exists; one naming a session gets FETCH_SESSION_ID_NOT_FOUND, a positive epoch
   without one INVALID_FETCH_SESSION_EPOCH;
-- ``read_committed`` reads what ``read_uncommitted`` reads: without transactions the last
-  stable offset is the high watermark, and no transaction was aborted;
+- ``isolation_level`` (v4+) is the core's: ``read_committed`` reads below the last
+  stable offset and gets the aborted transactions overlapping what it read (the core's
+  ``aborted``, Kafka's ``aborted_transactions``); every partition carries the LSO;
 - the bytes, per batch (never per record in Python): a stored Kafka batch is its 12
   bytes (base offset, length) put back in front of the stored buffer, which the listener
   hands to ``sendmsg`` as it is; a native kvlog batch is converted to a RecordBatch v2 in
@@ -38,12 +39,13 @@ from kvlog.ipc.kafka.connection import KafkaRequest
 from kvlog.kafka_batch import to_record_set
 from kvlog.types import TopicPartition
 
-from ..node_model import Fetch, FetchedPartition, FetchPartition, FetchResponse
+from ..node_model import READ_COMMITTED, Fetch, FetchedPartition, FetchPartition, FetchResponse
 from .base import KafkaContext, Outcome, Plan, error_code
 
 _Response = response_class(ApiKey.Fetch)
 _Topic = _Response.FetchableTopicResponse
 _Partition = _Topic.PartitionData
+_Aborted = _Partition.AbortedTransaction
 INT32_MAX = 2**31 - 1
 ZSTD_FROM_VERSION = 10  # KIP-110
 SESSIONS_FROM_VERSION = 7  # KIP-227
@@ -74,6 +76,7 @@ def fetch(request: KafkaRequest, ctx: KafkaContext) -> Plan:
         min_bytes=max(0, body.min_bytes),
         max_wait_ms=max(0, body.max_wait_ms),
         replica_id=-1,  # kvlog's followers fetch on its own wire; a Kafka client consumes
+        isolation_level=READ_COMMITTED if body.isolation_level == READ_COMMITTED else 0,
     )
 
     def respond(outcomes: list[Outcome]) -> Any:
@@ -136,10 +139,11 @@ def _partition(p: FetchedPartition, version: int) -> Any:
         partition_index=p.tp.partition,
         error_code=code,
         high_watermark=p.high_watermark,
-        # Without transactions the last stable offset is the high watermark.
-        last_stable_offset=p.high_watermark,
+        last_stable_offset=p.last_stable_offset,
         log_start_offset=p.log_start_offset,
-        aborted_transactions=[],
+        aborted_transactions=None
+        if p.aborted is None or failed
+        else [_Aborted(producer_id=pid, first_offset=first) for pid, first in p.aborted],
         preferred_read_replica=-1,
         records=b"" if failed or not records else records,
     )

@@ -1,7 +1,9 @@
-"""FindCoordinator (v0-2): every group's coordinator is the coordinator process.
+"""FindCoordinator (v0-2): every group's and transactional id's coordinator is the
+coordinator process.
 
-Key type 0 (groups) is answered with the coordinator's broker id and Kafka address; key
-type 1 (transactions) with UNSUPPORTED_VERSION until kvlog has transactions (the rule is
+Key type 0 (groups) and key type 1 (transactional ids) are both answered with the
+coordinator's broker id and Kafka address: the coordinator process is every group's and
+every transactional id's coordinator (the rule is
 :func:`workers.controller_events.find_coordinator`, shared with the ZeroMQ wire). A
 coordinator without a Kafka listener is COORDINATOR_NOT_AVAILABLE.
 """

@@ -4,9 +4,8 @@ A node's handler (:mod:`workers.kafka_node_shell`): one
 :class:`~workers.node_model.ListOffsets` for the node core, which answers each partition
 (-2: the log start, -1: the high watermark, else the first record at or after the
 timestamp) with the leader epoch of the offset (v4+) and fences a stale
-``current_leader_epoch`` (v4+, KIP-320). ``isolation_level`` (v2+) changes nothing:
-without transactions the last stable offset is the high watermark, which ``latest``
-already is.
+``current_leader_epoch`` (v4+, KIP-320). With ``isolation_level`` read_committed (v2+)
+latest is the last stable offset.
 """
 
 from __future__ import annotations
@@ -17,13 +16,14 @@ from kvlog.ipc.kafka.codec import ApiKey, response_class
 from kvlog.ipc.kafka.connection import KafkaRequest
 from kvlog.types import TopicPartition
 
-from ..node_model import ListedOffset, ListOffsets, ListOffsetsResponse
+from ..node_model import READ_COMMITTED, ListedOffset, ListOffsets, ListOffsetsResponse
 from .base import KafkaContext, Outcome, Plan, error_code
 
 _Response = response_class(ApiKey.ListOffsets)
 _Topic = _Response.ListOffsetsTopicResponse
 _Partition = _Topic.ListOffsetsPartitionResponse
 LEADER_EPOCH_FROM_VERSION = 4
+ISOLATION_FROM_VERSION = 2
 
 
 def list_offsets(request: KafkaRequest, ctx: KafkaContext) -> Plan:
@@ -60,4 +60,6 @@ def list_offsets(request: KafkaRequest, ctx: KafkaContext) -> Plan:
             topics=[_Topic(name=name, partitions=parts) for name, parts in topics.items()],
         )
 
-    return Plan([ListOffsets(None, asked, epochs)], respond)
+    committed = version >= ISOLATION_FROM_VERSION and body.isolation_level == READ_COMMITTED
+    isolation = READ_COMMITTED if committed else 0
+    return Plan([ListOffsets(None, asked, epochs, isolation)], respond)

@@ -75,7 +75,9 @@ def produce(request: KafkaRequest, ctx: KafkaContext) -> Plan:
     acks = ACKS_LEADER if body.acks == ACKS_NONE else body.acks
     steps: list[Any] = []
     if entries:
-        steps.append(Produce(None, acks, entries, max(0, body.timeout_ms)))
+        steps.append(
+            Produce(None, acks, entries, max(0, body.timeout_ms), body.transactional_id or None)
+        )
 
     def respond(outcomes: list[Outcome]) -> Any:
         outcome = outcomes[0] if outcomes else Outcome()

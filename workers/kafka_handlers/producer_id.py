@@ -1,6 +1,9 @@
 """InitProducerId (v0-1): a producer id for an idempotent producer, from the controller
-(:mod:`workers.controller_core`), durable so ids are never reused. A transactional id is
-refused (UNSUPPORTED_VERSION) by the core until kvlog has transactions.
+(:mod:`workers.controller_core`), durable so ids are never reused; or, with a
+transactional id, from the transaction coordinator (:mod:`workers.txn_core`), which
+bumps the id's epoch (fencing an older instance) and aborts a transaction the older
+instance left open (the answer waits for that abort). v0-1 predate PRODUCER_FENCED:
+INVALID_PRODUCER_EPOCH stands for it (:func:`.transactions.kafka_code`).
 """
 
 from __future__ import annotations
@@ -12,25 +15,27 @@ from kvlog.ipc.kafka.connection import KafkaRequest
 
 from ..controller_events import InitProducerId
 from .base import KafkaContext, Outcome, Plan, handles
+from .transactions import kafka_code
 
 _Response = response_class(ApiKey.InitProducerId)
 
 
 @handles(ApiKey.InitProducerId)
 def init_producer_id(request: KafkaRequest, ctx: KafkaContext) -> Plan:
-    return Plan([InitProducerId(request.body.transactional_id)], _respond)
+    body, version = request.body, request.api_version
+    event = InitProducerId(body.transactional_id, body.transaction_timeout_ms)
 
-
-def _respond(outcomes: list[Outcome]) -> Any:
-    [outcome] = outcomes
-    if outcome.error is not None:
+    def respond(outcomes: list[Outcome]) -> Any:
+        [outcome] = outcomes
+        if outcome.error is not None:
+            code = kafka_code(outcome.error, ApiKey.InitProducerId, version)
+            return _Response(throttle_time_ms=0, error_code=code, producer_id=-1, producer_epoch=-1)
+        answer = outcome.body
         return _Response(
-            throttle_time_ms=0, error_code=outcome.code, producer_id=-1, producer_epoch=-1
+            throttle_time_ms=0,
+            error_code=0,
+            producer_id=answer.producer_id,
+            producer_epoch=answer.producer_epoch,
         )
-    answer = outcome.body
-    return _Response(
-        throttle_time_ms=0,
-        error_code=0,
-        producer_id=answer.producer_id,
-        producer_epoch=answer.producer_epoch,
-    )
+
+    return Plan([event], respond)

@@ -1,0 +1,325 @@
+"""The transactional producer's side of Kafka's transactions (KIP-98), over kvlog's wire.
+
+A :class:`TransactionManager` belongs to a Producer built with ``transactional_id``. Its
+API calls run on the application's thread and talk to the transaction coordinator
+(PROTOCOL.md, ``init_producer_id`` with a transactional id, ``add_partitions_to_txn``,
+``add_offsets_to_txn``, ``txn_offset_commit``, ``end_txn``) with blocking calls,
+retrying what is retriable until ``max.block.ms``. The sender asks it, on the I/O thread,
+which ready partitions may send: a partition joins the transaction
+(``add_partitions_to_txn``, sent from the I/O thread, several at once) before its first
+batch of the transaction goes, as in Kafka's client.
+
+States (Kafka's client names): UNINITIALIZED -> (init_transactions) READY ->
+(begin_transaction) IN_TRANSACTION -> (commit/abort) READY. A batch that fails inside a
+transaction makes it ABORTABLE (commit raises, abort works); PRODUCER_FENCED or
+INVALID_PRODUCER_EPOCH anywhere makes the producer FATAL: every later call raises
+:class:`~kvlog.errors.ProducerFencedError` (a newer producer with the same id took over).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kvlog.errors import (
+    ErrorCode,
+    InvalidTxnStateError,
+    KafkaTimeoutError,
+    KvlogError,
+    ProducerFencedError,
+    error_from_code,
+)
+from kvlog.types import TopicPartition
+
+from .metadata import ClusterMetadata
+from .rpc import IOThread
+
+FENCING = {ErrorCode.PRODUCER_FENCED, ErrorCode.INVALID_PRODUCER_EPOCH}
+
+
+class TxnState(enum.Enum):
+    UNINITIALIZED = "uninitialized"
+    READY = "ready"
+    IN_TRANSACTION = "in transaction"
+    ABORTABLE = "abortable error"
+    FATAL = "fatal error"
+
+
+@dataclass(frozen=True)
+class ConsumerGroupMetadata:
+    """What ``send_offsets_to_transaction`` needs of a consumer (``Consumer.group_metadata()``)."""
+
+    group_id: str
+    generation_id: int = -1
+    member_id: str = ""
+    group_instance_id: str | None = None
+
+
+def _fenced(error: KvlogError) -> ProducerFencedError:
+    return ProducerFencedError(
+        "this producer was fenced: a newer producer with the same transactional.id called "
+        f"init_transactions() ({error.message}); close it"
+    )
+
+
+class TransactionManager:
+    """Owned by one Producer. Thread-safe: the API runs on the application's thread, the
+    sender's hooks on the I/O thread, under one lock."""
+
+    def __init__(
+        self,
+        transactional_id: str,
+        timeout_ms: int,
+        io: Callable[[], IOThread],
+        metadata: ClusterMetadata,
+        bootstrap: list[str],
+        max_block_s: float,
+        backoff_s: float,
+    ) -> None:
+        self.transactional_id = transactional_id
+        self.timeout_ms = timeout_ms
+        self._io = io
+        self.metadata = metadata
+        self.bootstrap = bootstrap
+        self.max_block_s = max_block_s
+        self.backoff_s = backoff_s
+        self._lock = threading.Lock()
+        self.state = TxnState.UNINITIALIZED
+        self.producer_id = -1
+        self.producer_epoch = -1
+        self.error: KvlogError | None = None  # why ABORTABLE / FATAL
+        self._added: set[TopicPartition] = set()
+        self._adding: set[TopicPartition] = set()
+        self._add_retry_at = 0.0
+        self._offsets_added = False
+
+    # -- the application's calls ----------------------------------------------------------
+
+    def init(self) -> tuple[int, int]:
+        """init_transactions(): a producer id and a new epoch for the id (fencing older
+        producers; the coordinator aborts or completes their open transaction first)."""
+        with self._lock:
+            self._check_fatal()
+            if self.state is not TxnState.UNINITIALIZED:
+                raise InvalidTxnStateError("init_transactions() was called already")
+        fields = {
+            "transactional_id": self.transactional_id,
+            "transaction_timeout_ms": self.timeout_ms,
+        }
+        reply = self._call("init_producer_id", fields, include_producer=False)
+        with self._lock:
+            self.producer_id = int(reply["producer_id"])
+            self.producer_epoch = int(reply["producer_epoch"])
+            self.state = TxnState.READY
+        return self.producer_id, self.producer_epoch
+
+    def begin(self) -> None:
+        with self._lock:
+            self._check_fatal()
+            if self.state is not TxnState.READY:
+                raise InvalidTxnStateError(
+                    f"begin_transaction() needs a ready producer, not one {self.state.value} "
+                    "(call init_transactions() first, and end each transaction)"
+                )
+            self.state = TxnState.IN_TRANSACTION
+            self.error = None
+            self._added.clear()
+            self._offsets_added = False
+
+    def check_send(self) -> None:
+        """send() is allowed only inside a transaction."""
+        state = self.state
+        if state is TxnState.IN_TRANSACTION:
+            return
+        with self._lock:
+            self._check_fatal()
+            if self.state is TxnState.ABORTABLE:
+                raise InvalidTxnStateError(
+                    f"the transaction failed ({self._why()}); call abort_transaction()"
+                )
+            raise InvalidTxnStateError(
+                "a transactional producer sends inside a transaction: call "
+                "begin_transaction() first"
+            )
+
+    def send_offsets(
+        self,
+        offsets: Mapping[TopicPartition, Any],
+        group: ConsumerGroupMetadata | str,
+    ) -> None:
+        """The consumer group's offsets, committed if and only if the transaction is."""
+        group_id = group if isinstance(group, str) else group.group_id
+        with self._lock:
+            self._check_fatal()
+            if self.state is not TxnState.IN_TRANSACTION:
+                raise InvalidTxnStateError(
+                    "send_offsets_to_transaction() is for an open transaction"
+                )
+        self._call("add_offsets_to_txn", {"group_id": group_id})
+        with self._lock:
+            self._offsets_added = True
+        entries = [
+            {
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "offset": value if isinstance(value, int) else value.offset,
+                "metadata": "" if isinstance(value, int) else (value.metadata or ""),
+            }
+            for tp, value in offsets.items()
+        ]
+        self._call("txn_offset_commit", {"group_id": group_id, "offsets": entries})
+
+    def end(self, commit: bool, flush: Callable[[float | None], None]) -> None:
+        """commit_transaction() / abort_transaction(): every record sent first, then the
+        coordinator's decision (durable when this returns; markers follow)."""
+        with self._lock:
+            self._check_fatal()
+            if self.state not in (TxnState.IN_TRANSACTION, TxnState.ABORTABLE):
+                raise InvalidTxnStateError(
+                    f"no transaction to end (the producer is {self.state.value})"
+                )
+            if commit and self.state is TxnState.ABORTABLE:
+                raise InvalidTxnStateError(
+                    f"the transaction failed ({self._why()}); call abort_transaction()"
+                )
+        try:
+            flush(self.max_block_s)
+        except KafkaTimeoutError:
+            if commit:
+                raise
+        with self._lock:
+            self._check_fatal()
+            if commit and self.state is TxnState.ABORTABLE:
+                raise InvalidTxnStateError(
+                    f"the transaction failed ({self._why()}); call abort_transaction()"
+                )
+            touched = bool(self._added) or self._offsets_added
+        if touched:  # else the coordinator never heard of this transaction
+            self._call("end_txn", {"committed": commit})
+        with self._lock:
+            self._added.clear()
+            self._offsets_added = False
+            self.state = TxnState.READY
+            self.error = None
+
+    # -- the sender's hooks (I/O thread) --------------------------------------------------
+
+    def sendable(
+        self, io: IOThread, ready: list[TopicPartition], now: float
+    ) -> list[TopicPartition]:
+        """The ready partitions already in the transaction; the others are added (one
+        request for all of them) and send once the coordinator has them."""
+        with self._lock:
+            if self.state is TxnState.FATAL:
+                return []
+            missing = [tp for tp in ready if tp not in self._added]
+            if not missing:
+                return ready
+            out = [tp for tp in ready if tp in self._added]
+            if self._adding or now < self._add_retry_at:
+                return out
+            self._adding = set(missing)
+        endpoint = self._coordinator_now()
+        fields = {
+            **self._producer_fields(),
+            "partitions": [[tp.topic, tp.partition] for tp in missing],
+        }
+
+        def done(
+            header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
+        ) -> None:
+            with self._lock:
+                self._adding.clear()
+                if error is None and header is not None:
+                    for entry in header.get("partitions", []):
+                        tp = TopicPartition(entry["topic"], entry["partition"])
+                        code = entry.get("error", 0)
+                        if not code:
+                            self._added.add(tp)
+                            continue
+                        error = error_from_code(code, entry.get("message"))
+                if error is not None:
+                    self._on_error_locked(error)
+                    self._add_retry_at = time.monotonic() + self.backoff_s
+            io.wake()
+
+        io.send_now(endpoint, "add_partitions_to_txn", fields, done, fail_fast=True)
+        return out
+
+    def batch_failed(self, error: BaseException) -> None:
+        """A batch of the transaction failed for good: only an abort ends it now."""
+        with self._lock:
+            if isinstance(error, KvlogError) and error.code in FENCING:
+                self._fatal_locked(error)
+            elif self.state is TxnState.IN_TRANSACTION:
+                self.state = TxnState.ABORTABLE
+                self.error = error if isinstance(error, KvlogError) else KvlogError(str(error))
+
+    @property
+    def fatal(self) -> bool:
+        return self.state is TxnState.FATAL
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _why(self) -> str:
+        return self.error.message if self.error is not None else "unknown"
+
+    def _check_fatal(self) -> None:
+        if self.state is TxnState.FATAL:
+            assert self.error is not None
+            raise self.error
+
+    def _fatal_locked(self, error: KvlogError) -> None:
+        if self.state is not TxnState.FATAL:
+            self.state = TxnState.FATAL
+            self.error = _fenced(error) if error.code in FENCING else error
+
+    def _on_error_locked(self, error: KvlogError) -> None:
+        if error.code in FENCING:
+            self._fatal_locked(error)
+        elif not error.retriable and self.state is TxnState.IN_TRANSACTION:
+            self.state = TxnState.ABORTABLE
+            self.error = error
+
+    def _producer_fields(self) -> dict[str, Any]:
+        return {
+            "transactional_id": self.transactional_id,
+            "producer_id": self.producer_id,
+            "producer_epoch": self.producer_epoch,
+        }
+
+    def _coordinator_now(self) -> str:
+        # The broker forwards transaction ops to the coordinator when none is known yet.
+        return self.metadata.coordinator or self.bootstrap[0]
+
+    def _call(
+        self, op: str, fields: dict[str, Any], *, include_producer: bool = True
+    ) -> dict[str, Any]:
+        """One request to the coordinator, retried while retriable until max.block.ms."""
+        if include_producer:
+            fields = {**self._producer_fields(), **fields}
+        deadline = time.monotonic() + self.max_block_s
+        while True:
+            try:
+                header, _ = self._io().call(self._coordinator_now(), op, fields, fail_fast=True)
+                failed = [e for e in header.get("partitions", []) if e.get("error")]
+                if failed:
+                    raise error_from_code(failed[0]["error"], failed[0].get("message"))
+                return header
+            except KvlogError as exc:
+                if exc.code in FENCING:
+                    with self._lock:
+                        self._fatal_locked(exc)
+                        assert self.error is not None
+                        raise self.error from None
+                if not exc.retriable or time.monotonic() + self.backoff_s >= deadline:
+                    raise
+                self.metadata.mark_stale()
+                time.sleep(self.backoff_s)
+
+
+__all__ = ["ConsumerGroupMetadata", "TransactionManager", "TxnState"]

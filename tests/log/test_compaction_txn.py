@@ -1,0 +1,101 @@
+"""Compaction of a partition holding transactions (Kafka's cleaner rules): markers stay,
+aborted transactional batches neither supersede committed values nor survive, and
+nothing at or past the last stable offset is touched."""
+
+from __future__ import annotations
+
+import struct
+
+from crc32c import crc32c
+
+from kvlog import batch as batch_format
+from kvlog import control_batch, txn_state
+from kvlog.cleaner import Cleaner, TopicInfo
+from kvlog.memory_store import MemoryLogDir
+from kvlog.types import TopicPartition
+
+TP = TopicPartition("table", 0)
+
+
+def _batch(key: bytes, value: bytes, pid: int = -1, transactional: bool = False) -> bytes:
+    producer = dict(producer_id=pid, producer_epoch=0, base_sequence=0) if pid >= 0 else {}
+    raw = bytearray(
+        batch_format.encode(0, [key], [value], first_timestamp=0, max_timestamp=0, **producer)
+    )
+    if transactional:
+        struct.pack_into(">h", raw, 9, struct.unpack_from(">h", raw, 9)[0] | 0x10)
+        struct.pack_into(">I", raw, 5, crc32c(bytes(raw[9:])))
+    return bytes(raw)
+
+
+def _append(store: MemoryLogDir, table: txn_state.TxnStateTable, batch: bytes) -> int:
+    stage = table.stage()
+
+    def write(w: object) -> int:
+        [base] = w.append(TP, [batch], leader_epoch=0, advance_high_watermark=True)  # type: ignore[attr-defined]
+        stage.record(w, TP, batch_format.read_header(batch), base, batch)  # type: ignore[arg-type]
+        hw = w.offsets(TP).high_watermark  # type: ignore[attr-defined]
+        stage.settle(w, TP, hw)  # type: ignore[arg-type]
+        return base
+
+    base = store.write(write)
+    stage.apply()
+    return base
+
+
+def _marker(pid: int, commit: bool) -> bytes:
+    kind = control_batch.COMMIT if commit else control_batch.ABORT
+    return control_batch.build(pid, 0, kind, timestamp_ms=0)
+
+
+def test_compaction_keeps_markers_drops_aborted_data_and_stops_at_the_lso() -> None:
+    store = MemoryLogDir()
+    store.create_partition(TP)
+    table = txn_state.TxnStateTable()
+    log = [
+        _batch(b"a", b"a1"),  # 0: committed a, superseded by the committed a3 below
+        _batch(b"b", b"b1"),  # 1: committed b, NOT superseded by the aborted b2
+        _batch(b"a", b"a2", 7, True),  # 2: aborted
+        _batch(b"b", b"b2", 7, True),  # 3: aborted
+        _marker(7, commit=False),  # 4
+        _batch(b"a", b"a3", 8, True),  # 5: committed
+        _marker(8, commit=True),  # 6
+        _batch(b"b", b"b4", 9, True),  # 7: open: the LSO
+        _batch(b"a", b"a5"),  # 8: past the LSO, so a3 stays as well
+    ]
+    for batch in log:
+        _append(store, table, batch)
+    with store.reader() as r:
+        assert table.last_stable_offset(TP, r.offsets(TP).high_watermark, 0) == 7
+    with store.reader() as r:
+        before = dict(r.read(TP, 0, 1 << 30))
+    info = TopicInfo("id", {"cleanup.policy": "compact"})
+    [result] = Cleaner(store, lambda _t: info, clock=lambda: 0).run({TP.topic})
+    assert result.last.batches_removed == 3
+    with store.reader() as r:
+        left = {base: batch for base, batch in r.read(TP, 0, 1 << 30)}
+        after = txn_state.TxnStateTable()
+        after.load(r, [TP])
+    assert sorted(left) == [1, 4, 5, 6, 7, 8]  # a1 superseded, the aborted pair removed
+    assert all(left[b] == before[b] for b in left)  # kept batches are as written
+    # The aborted index still covers what is left of the aborted transaction (nothing),
+    # and read_committed readers see b1, a3 (and nothing at or past the LSO).
+    assert [a.producer_id for a in after.aborted(TP, 0, 9)] == [7]
+    assert after.last_stable_offset(TP, 9, 0) == 7
+
+
+def test_compaction_below_an_open_transaction_leaves_it_alone() -> None:
+    store = MemoryLogDir()
+    store.create_partition(TP)
+    table = txn_state.TxnStateTable()
+    for batch in [
+        _batch(b"a", b"open", 3, True),  # 0: open transaction: the LSO
+        _batch(b"a", b"later"),  # 1
+        _batch(b"a", b"latest"),  # 2
+    ]:
+        _append(store, table, batch)
+    info = TopicInfo("id", {"cleanup.policy": "compact"})
+    for result in Cleaner(store, lambda _t: info, clock=lambda: 0).run({TP.topic}):
+        assert result.last.records_removed == 0
+    with store.reader() as r:
+        assert [base for base, _ in r.read(TP, 0, 1 << 30)] == [0, 1, 2]
