@@ -74,6 +74,9 @@ def test_metrics_change_as_records_flow(broker: Any, admin: Any) -> None:
             value(s, "kvlog_topic_records_in_total", topic=topic) == 500
             and value(s, "kvlog_log_end_offset", topic=topic) == 500
             and value(s, "kvlog_high_watermark", topic=topic) == 500
+            # The coordinator pushes on its own second: the topic's partitions may show
+            # a push after the node's records.
+            and value(s, "kvlog_partitions") >= 2
         )
 
     after = settled(url, flowed, "500 records in the metrics")
@@ -85,7 +88,6 @@ def test_metrics_change_as_records_flow(broker: Any, admin: Any) -> None:
     assert value(after, "kvlog_fsync_seconds_count") > fsyncs
     assert value(after, "kvlog_produce_commit_seconds_count") > 0
     assert value(after, "kvlog_group_commit_batches_count") > 0
-    assert value(after, "kvlog_partitions") >= 2
     assert value(after, "kvlog_lmdb_used_pages") > 0
     assert value(after, "kvlog_lmdb_map_size_bytes") > 0
     assert value(after, "kvlog_disk_free_bytes") > 0
