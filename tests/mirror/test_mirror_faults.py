@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mirror_util import (
     FixedBroker,
     MirrorProcess,
@@ -33,7 +34,7 @@ from kvlog.errors import KafkaError
 from kvlog.types import TopicPartition
 
 PARTITIONS = 3
-BATCH = 500
+BATCH = 200
 
 
 class Appliance(threading.Thread):
@@ -72,7 +73,7 @@ class Appliance(threading.Thread):
                     ).get(60)
                     self.acked.append(batch)
                     self.sent += BATCH
-                    time.sleep(0.02)
+                    time.sleep(0.05)  # about 4,000 records/s: a backlog, not a flood
         except KafkaError:
             time.sleep(0.2)  # the source is down: a new producer once it is back
 
@@ -96,6 +97,8 @@ def _forwarded(target: FixedBroker, tps: list[TopicPartition]) -> int:
         return -1
 
 
+# About 75 s alone on the 2 shared cores; the margin is for a loaded machine.
+@pytest.mark.timeout(240)
 def test_the_appliance_writes_while_the_target_is_down_then_forwards_exactly_once(
     tmp_path: Path,
 ) -> None:
@@ -143,7 +146,7 @@ def test_the_appliance_writes_while_the_target_is_down_then_forwards_exactly_onc
         kvlog.Admin(bootstrap_servers=source.bootstrap).create_topic(topic, partitions=PARTITIONS)
         mirror.start()
         appliance.start()
-        wait_until(lambda: appliance.sent >= 5_000, 60, "the appliance to write a backlog")
+        wait_until(lambda: appliance.sent >= 4_000, 60, "the appliance to write a backlog")
         assert mirror.alive(), mirror.log()
         target.start()  # the uplink is back
         for kill in range(_kills()):
@@ -171,7 +174,7 @@ def test_the_appliance_writes_while_the_target_is_down_then_forwards_exactly_onc
         mirror.start()
         kills += 1
         acked = appliance.stop()
-        assert kills >= 22 and len(acked) * BATCH >= 5_000
+        assert kills >= 22 and len(acked) * BATCH >= 4_000
         source_ends = end_offsets(source.bootstrap, tps)
         wait_until(
             lambda: end_offsets(target.bootstrap, tps) == source_ends,
