@@ -158,6 +158,7 @@ class MirrorCore:
         self.unreachable_since: int | None = None
         self.catch_up_to: dict[TopicPartition, int] | None = None
         self.forwarded = 0
+        self.skipped = 0  # records lost to gaps in this run (feeds' counts restart)
         self.dirty = False
         self._committed: dict[TopicPartition, int] = {}
         self._next_checkpoint = now_ms + spec.checkpoint_interval_ms
@@ -242,6 +243,7 @@ class MirrorCore:
             )
             return result
         feed.gaps += missing
+        self.skipped += missing
         feed.fetched = log_start
         result.seek[src] = log_start
         result.logs.append(
@@ -469,6 +471,7 @@ class MirrorCore:
             "lag_records": sum(f["lag_records"] or 0 for f in feeds),
             "max_age_ms": max((f["age_ms"] or 0 for f in feeds), default=0),
             "gaps": sum(f["gaps"] for f in feeds),
+            "gaps_total": self.skipped,
             "error": self.failed,
             "feeds": feeds,
         }

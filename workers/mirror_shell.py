@@ -89,6 +89,7 @@ class Mirror:
         self._saved_lanes: dict[TopicPartition, int] = {}
         self._known: list[TopicPartition] = []  # the mirrored source partitions
         self._holds: dict[TopicPartition, int] = {}
+        self.metrics: Any = None  # workers/metrics_mirror.py's under the supervisor
 
     def stop(self) -> None:
         self._stopping = True
@@ -166,7 +167,7 @@ class Mirror:
                 message,
             )
         try:
-            self.files.write_status(
+            self._publish(
                 {
                     **self._waiting_status(now, self._target_down_since),
                     "pid": os.getpid(),
@@ -559,9 +560,15 @@ class Mirror:
             }
         )
         try:
-            self.files.write_status(status)
+            self._publish(status)
         except OSError as exc:
             log.debug("status file: %s", exc)
+
+    def _publish(self, status: dict[str, Any]) -> None:
+        """The status for ``kvlog mirror status`` and, under the supervisor, metrics."""
+        self.files.write_status(status)
+        if self.metrics is not None:
+            self.metrics.observe(status)
 
     def _finish(self) -> None:
         try:
@@ -573,7 +580,7 @@ class Mirror:
             status.update({"pid": None, "updated_at_ms": now, "state": "stopped"})
             if self.exit_code:
                 status["state"] = "failed"
-            self.files.write_status(status)
+            self._publish(status)
         except (KvlogError, OSError) as exc:
             log.warning("mirror %s: saving its state on stop failed: %s", self.spec.name, exc)
         finally:
