@@ -8,7 +8,8 @@ records (100-byte values, 16-byte keys) on ``partitions`` partitions, written be
 clock starts; then a migration (``--until-caught-up``) runs in this process and the
 figure is records forwarded per second, from the mirror's start (target topic creation
 included) to the last acknowledgement. ``in_flight`` is the mirror's batches in flight
-per target partition (``max_in_flight``, default 5; 1 is the one-at-a-time mirror). The target is then read back and counted.
+per target partition (``max_in_flight``, default 5; 1 is the one-at-a-time mirror).
+The target is then read back and counted.
 """
 
 from __future__ import annotations
