@@ -183,11 +183,18 @@ class ServeProcess:
     """``kvlog serve`` in a session of its own on fixed ports: its whole process group
     (supervisor and children) can be SIGKILLed and started again on the same data dir."""
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, *, kafka: bool = False) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
-        self.bootstrap = f"tcp://127.0.0.1:{consecutive_free_ports(4)}"
+        base = consecutive_free_ports(4)
+        self.bootstrap = f"tcp://127.0.0.1:{base}"
+        # With a Kafka listener: base + 1, the coordinator's + 2, node 0's + 3.
+        self.kafka_listen = f"127.0.0.1:{base + 1}" if kafka else "none"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def kafka(self) -> str:
+        return "kafka://" + self.kafka_listen
 
     def start(self, timeout_s: float = 60.0) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -196,7 +203,8 @@ class ServeProcess:
             [
                 *(sys.executable, "-m", "kvlog.tools.cli", "serve"),
                 *("--data-dir", str(self.data_dir), "--listen", self.bootstrap),
-                *("--kafka-listen", "none", "--metrics-listen", "none", "--console-listen", "none"),
+                *("--kafka-listen", self.kafka_listen),
+                *("--metrics-listen", "none", "--console-listen", "none"),
             ],
             cwd=REPO,
             env=env,

@@ -3,11 +3,12 @@ its own) keeps writing while its uplink (the target, a second kvlog's Kafka list
 down; ``kvlog mirror``, a process of its own, forwards the backlog once the target is up,
 and is SIGKILLed and restarted at random moments, the target's node and the source's node
 are SIGKILLed (their supervisors restart them), the source's whole process group
-(supervisor and children) is SIGKILLed and started again, and the link is cut again.
+(supervisor and children) is SIGKILLed and started again, then the target's, and the
+link is cut again.
 Each fault waits for the mirror to have forwarded more since the previous one (progress,
 not a fixed sleep). At the end the target holds every source record exactly once, in
 source order per partition, and every record the appliance saw acknowledged. The default
-run makes 22 kills; a long run (KVLOG_LONG_TESTS=1) 42."""
+run makes 23 kills; a long run (KVLOG_LONG_TESTS=1) 43."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from typing import Any
 
 import pytest
 from mirror_util import (
-    FixedBroker,
     MirrorProcess,
     ServeProcess,
     end_offsets,
@@ -85,11 +85,12 @@ class Appliance(threading.Thread):
 
 
 def _kills() -> int:
-    """Kills in the loop (two more follow it: the source's group and the mirror)."""
+    """Kills in the loop (three more follow it: the source's group, the target's, the
+    mirror)."""
     return 40 if os.environ.get("KVLOG_LONG_TESTS") == "1" else 20
 
 
-def _forwarded(target: FixedBroker, tps: list[TopicPartition]) -> int:
+def _forwarded(target: ServeProcess, tps: list[TopicPartition]) -> int:
     """Records on the target now; -1 while it does not answer (a node restarting)."""
     try:
         return sum(end_offsets(target.bootstrap, tps).values())
@@ -105,7 +106,8 @@ def test_the_appliance_writes_while_the_target_is_down_then_forwards_exactly_onc
     topic = "readings"
     tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
     source = ServeProcess(tmp_path / "source", tmp_path / "source.log")
-    target = FixedBroker(tmp_path / "target")  # the uplink is down: not started yet
+    # The uplink is down: not started yet.
+    target = ServeProcess(tmp_path / "target", tmp_path / "target.log", kafka=True)
     mirror = MirrorProcess(
         [
             "--to",
@@ -156,7 +158,7 @@ def test_the_appliance_writes_while_the_target_is_down_then_forwards_exactly_onc
                 mirror.kill()
                 mirror.start()
             elif fault == 1:  # the target's node (its supervisor restarts it)
-                kill_node(lambda: target.pids("node")[0])
+                kill_node(lambda: target.pid("node"))
             else:  # the source's node
                 kill_node(lambda: source.pid("node"))
             kills += 1
@@ -166,6 +168,11 @@ def test_the_appliance_writes_while_the_target_is_down_then_forwards_exactly_onc
         time.sleep(rng.uniform(0.2, 1.0))  # the appliance and the mirror find it down
         source.start()
         progress()
+        target.kill_group()  # the central kvlog too: supervisor and children
+        kills += 1
+        time.sleep(rng.uniform(0.2, 1.0))
+        target.start()
+        progress()
         target.stop()  # the link is cut again while the appliance writes
         time.sleep(1.5)
         target.start()
@@ -174,7 +181,7 @@ def test_the_appliance_writes_while_the_target_is_down_then_forwards_exactly_onc
         mirror.start()
         kills += 1
         acked = appliance.stop()
-        assert kills >= 22 and len(acked) * BATCH >= 4_000
+        assert kills >= 23 and len(acked) * BATCH >= 4_000
         source_ends = end_offsets(source.bootstrap, tps)
         wait_until(
             lambda: end_offsets(target.bootstrap, tps) == source_ends,
