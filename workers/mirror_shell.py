@@ -465,18 +465,15 @@ class Mirror:
             except KvlogError as exc:
                 log.debug("target metadata refresh failed: %s", exc.message)
         pid, epoch = self.link.producer_id, self.link.producer_epoch
-        # A produce request names a partition once: a lane's second batch goes in the next
-        # request (same connection, so the target takes them in order).
-        waves: list[list[tuple[int, TopicPartition, bytes]]] = []
+        # A request names a partition once: a lane's next batch goes in the next request.
+        waves: dict[int, list[tuple[int, TopicPartition, bytes]]] = {}
         per_lane: dict[TopicPartition, int] = {}
         for batch in result.sends:
             if batch.payload is None:
                 batch.payload = record_set(encode(batch.chunks, pid, epoch, batch.base_sequence))
             wave = per_lane[batch.lane] = per_lane.get(batch.lane, -1) + 1
-            if wave == len(waves):
-                waves.append([])
-            waves[wave].append((batch.id, batch.lane, batch.payload))
-        for wave in waves:
+            waves.setdefault(wave, []).append((batch.id, batch.lane, batch.payload))
+        for wave in waves.values():  # in order: wave 0 first (same connection, same order)
             for failed in self.link.send(wave, self.spec.request_timeout_ms):
                 self._complete(failed)
 
