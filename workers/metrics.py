@@ -228,4 +228,8 @@ def process_metrics(role: str, node_id: int | None) -> ProcessMetrics:
         return CoordinatorMetrics()
     if role == "sweeper":
         return SweeperMetrics()
+    if role == "mirror":
+        from .metrics_mirror import MirrorMetrics
+
+        return MirrorMetrics()
     return ProcessMetrics(role)

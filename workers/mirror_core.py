@@ -5,10 +5,14 @@ shell (workers/mirror_shell.py) fetches, encodes, sends, writes files and reads 
 Theory of operation. Each mirrored source partition is a *feed* into one target
 partition, its *lane* (workers/mirror_model.py says which). The mirror is the only writer
 of its lanes, with one idempotent producer id per run. Fetched source records arrive as
-:class:`Chunk` s and queue on their lane; a lane has at most one batch in flight: when
-none is, its queued chunks (up to ``max_batch_bytes``) become the next batch, with the
-lane's next sequence number. A retriable failure (the target down, a leader moving, a
-timeout) resends *the same batch* (same producer id and sequence) after a backoff, so a
+:class:`Chunk` s and queue on their lane; a lane has up to ``max_in_flight`` batches in
+flight (5, as Kafka's idempotent producer: the target checks each batch's sequence, so
+order holds): while it has fewer, its queued chunks (up to ``max_batch_bytes``) become the
+next batch, with the lane's next sequence number. Answers come in order (one connection
+per target broker), and a batch stored means the lane's earlier ones are (sequences are
+contiguous and the mirror is the lane's only writer), so an answer acknowledges every
+earlier batch still waiting. A retriable failure (the target down, a leader moving, a
+timeout) resends *the same batches* (same producer id and sequences) after a backoff, so a
 batch the target stored before the answer was lost is deduplicated, never doubled. A
 failure that means the target forgot the producer or the sequence (OUT_OF_ORDER_SEQUENCE,
 UNKNOWN_PRODUCER_ID, a duplicate without its offset) asks for a *resync*: the shell
@@ -78,6 +82,7 @@ class Batch:
     nbytes: int
     payload: Any = None
     attempts: int = 0
+    failed: bool = False  # a retriable failure: sent again at the lane's retry_at
 
 
 @dataclass
@@ -101,10 +106,11 @@ class Lane:
     tgt: TopicPartition
     queue: deque[Chunk] = field(default_factory=deque)
     queued_bytes: int = 0
-    inflight: Batch | None = None
+    inflight: deque[Batch] = field(default_factory=deque)  # sequence order
     next_sequence: int = 0
     retry_at: int | None = None
     max_batch_bytes: int = 1_000_000
+    max_in_flight: int = 5
     failures: int = 0
 
 
@@ -158,6 +164,7 @@ class MirrorCore:
         self.unreachable_since: int | None = None
         self.catch_up_to: dict[TopicPartition, int] | None = None
         self.forwarded = 0
+        self.skipped = 0  # records lost to gaps in this run (feeds' counts restart)
         self.dirty = False
         self._committed: dict[TopicPartition, int] = {}
         self._next_checkpoint = now_ms + spec.checkpoint_interval_ms
@@ -181,7 +188,11 @@ class MirrorCore:
             for src, tgt in routes.items()
         }
         self.lanes = {
-            tgt: Lane(tgt, max_batch_bytes=self.spec.max_batch_bytes)
+            tgt: Lane(
+                tgt,
+                max_batch_bytes=self.spec.max_batch_bytes,
+                max_in_flight=self.spec.max_in_flight,
+            )
             for tgt in set(routes.values())
         }
         self.batches = {}
@@ -198,7 +209,7 @@ class MirrorCore:
         self.running = False
         self.batches = {}
         for lane in self.lanes.values():
-            lane.inflight = None
+            lane.inflight.clear()
             lane.queue.clear()
             lane.queued_bytes = 0
 
@@ -242,6 +253,7 @@ class MirrorCore:
             )
             return result
         feed.gaps += missing
+        self.skipped += missing
         feed.fetched = log_start
         result.seek[src] = log_start
         result.logs.append(
@@ -260,15 +272,17 @@ class MirrorCore:
         if not self.running:
             return
         for lane in self.lanes.values():
-            if lane.inflight is not None:
-                if lane.retry_at is not None and lane.retry_at <= now_ms:
-                    lane.retry_at = None
-                    lane.inflight.attempts += 1
-                    result.sends.append(lane.inflight)
-                elif lane.retry_at is not None:
+            if lane.retry_at is not None:
+                if lane.retry_at > now_ms:
                     result.wake_at(lane.retry_at)
-                continue
-            if lane.queue:
+                    continue
+                lane.retry_at = None
+                for batch in lane.inflight:  # in sequence order
+                    if batch.failed:
+                        batch.failed = False
+                        batch.attempts += 1
+                        result.sends.append(batch)
+            while lane.queue and len(lane.inflight) < lane.max_in_flight:
                 result.sends.append(self._next_batch(lane))
 
     def _next_batch(self, lane: Lane) -> Batch:
@@ -303,7 +317,7 @@ class MirrorCore:
         self._ids += 1
         batch = Batch(self._ids, lane.tgt, chunks, lane.next_sequence, count, size)
         lane.next_sequence = (lane.next_sequence + count) & INT32_MAX
-        lane.inflight = batch
+        lane.inflight.append(batch)
         self.batches[batch.id] = batch
         return batch
 
@@ -322,21 +336,30 @@ class MirrorCore:
         if batch is None or not self.running:
             return result
         lane = self.lanes[batch.lane]
-        lane.inflight = None
-        lane.retry_at = None
+        if batch not in lane.inflight:
+            return result
+        stored = []  # this batch and the earlier ones it proves stored, in order
+        while lane.inflight:
+            stored.append(lane.inflight.popleft())
+            if stored[-1] is batch:
+                break
         lane.failures = 0
-        position = base_offset
-        for chunk in batch.chunks:
-            feed = self.feeds[chunk.src]
-            feed.offsets.add(chunk.offsets, position)
-            position += len(chunk.offsets)
-            feed.acked = chunk.offsets[-1] + 1
-            if feed.pending and feed.pending[0] is chunk:
-                feed.pending.popleft()
-            if feed.paused and lane.queued_bytes < self._lane_buffer() // 2:
-                feed.paused = False
-                result.resume.add(feed.src)
-        self.forwarded += batch.count
+        if not any(b.failed for b in lane.inflight):
+            lane.retry_at = None
+        position = base_offset - sum(b.count for b in stored[:-1])
+        for done in stored:
+            self.batches.pop(done.id, None)
+            for chunk in done.chunks:
+                feed = self.feeds[chunk.src]
+                feed.offsets.add(chunk.offsets, position)
+                position += len(chunk.offsets)
+                feed.acked = chunk.offsets[-1] + 1
+                if feed.pending and feed.pending[0] is chunk:
+                    feed.pending.popleft()
+                if feed.paused and lane.queued_bytes < self._lane_buffer() // 2:
+                    feed.paused = False
+                    result.resume.add(feed.src)
+            self.forwarded += done.count
         self.dirty = True
         self._reachable(now_ms, result)
         self._dispatch(now_ms, result)
@@ -351,8 +374,10 @@ class MirrorCore:
             return result
         lane = self.lanes[batch.lane]
         if kind == Failure.RETRY:
-            lane.failures += 1
-            lane.retry_at = now_ms + self.backoff.delay(lane.failures - 1)
+            batch.failed = True
+            if lane.retry_at is None:  # one backoff step per round, however many failed
+                lane.failures += 1
+                lane.retry_at = now_ms + self.backoff.delay(lane.failures - 1)
             result.wake_at(lane.retry_at)
             if self.unreachable_since is None:
                 self.unreachable_since = now_ms
@@ -363,14 +388,20 @@ class MirrorCore:
                         "waiting for it with backoff, records stay on the source",
                     )
                 )
-        elif kind == Failure.TOO_LARGE and batch.count > 1:
-            self.batches.pop(batch_id)
-            lane.inflight = None
-            lane.next_sequence = batch.base_sequence  # the target took nothing of it
+        elif kind == Failure.TOO_LARGE and batch.count > 1 and batch in lane.inflight:
+            # The target took nothing of it, nor of the lane's later batches (their
+            # sequences follow it): they go back to the queue and are cut again.
+            later: list[Batch] = []
+            while lane.inflight and lane.inflight[-1] is not batch:
+                later.append(lane.inflight.pop())
+            lane.inflight.pop()
+            lane.next_sequence = batch.base_sequence
             lane.max_batch_bytes = max(1, batch.nbytes // 2)
-            for chunk in reversed(batch.chunks):
-                lane.queue.appendleft(chunk)
-                lane.queued_bytes += chunk.nbytes
+            for undone in [*later, batch]:  # the last batch first: appendleft
+                self.batches.pop(undone.id, None)
+                for chunk in reversed(undone.chunks):
+                    lane.queue.appendleft(chunk)
+                    lane.queued_bytes += chunk.nbytes
             self._dispatch(now_ms, result)
         elif kind == Failure.RESYNC:
             self.stop()
@@ -440,7 +471,7 @@ class MirrorCore:
 
     def idle(self) -> bool:
         """Nothing in flight and nothing queued (a clean point to stop at)."""
-        return all(lane.inflight is None and not lane.queue for lane in self.lanes.values())
+        return all(not lane.inflight and not lane.queue for lane in self.lanes.values())
 
     def status(self, now_ms: int, source_ends: dict[TopicPartition, int]) -> dict[str, Any]:
         feeds = []
@@ -469,6 +500,7 @@ class MirrorCore:
             "lag_records": sum(f["lag_records"] or 0 for f in feeds),
             "max_age_ms": max((f["age_ms"] or 0 for f in feeds), default=0),
             "gaps": sum(f["gaps"] for f in feeds),
+            "gaps_total": self.skipped,
             "error": self.failed,
             "feeds": feeds,
         }

@@ -88,6 +88,7 @@ class MirrorSpec:
     settle_ms: int = 1_000
     request_timeout_ms: int = 30_000
     max_batch_bytes: int = 1_000_000
+    max_in_flight: int = 5  # batches per target partition (Kafka's idempotent limit)
     max_buffer_bytes: int = 16_000_000
     backoff_min_ms: int = 100
     backoff_max_ms: int = 10_000
@@ -293,6 +294,7 @@ CONFIG_KEYS = {
     "topic_refresh_interval_ms": "topic_refresh_interval_ms",
     "settle_ms": "settle_ms",
     "max_batch_bytes": "max_batch_bytes",
+    "max_in_flight": "max_in_flight",
 }
 
 

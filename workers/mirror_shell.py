@@ -89,6 +89,7 @@ class Mirror:
         self._saved_lanes: dict[TopicPartition, int] = {}
         self._known: list[TopicPartition] = []  # the mirrored source partitions
         self._holds: dict[TopicPartition, int] = {}
+        self.metrics: Any = None  # workers/metrics_mirror.py's under the supervisor
 
     def stop(self) -> None:
         self._stopping = True
@@ -166,7 +167,7 @@ class Mirror:
                 message,
             )
         try:
-            self.files.write_status(
+            self._publish(
                 {
                     **self._waiting_status(now, self._target_down_since),
                     "pid": os.getpid(),
@@ -464,14 +465,17 @@ class Mirror:
             except KvlogError as exc:
                 log.debug("target metadata refresh failed: %s", exc.message)
         pid, epoch = self.link.producer_id, self.link.producer_epoch
-        out = []
+        # A request names a partition once: a lane's next batch goes in the next request.
+        waves: dict[int, list[tuple[int, TopicPartition, bytes]]] = {}
+        per_lane: dict[TopicPartition, int] = {}
         for batch in result.sends:
             if batch.payload is None:
                 batch.payload = record_set(encode(batch.chunks, pid, epoch, batch.base_sequence))
-            out.append((batch.id, batch.lane, batch.payload))
-        timeout = self.spec.request_timeout_ms
-        for failed in self.link.send(out, timeout):
-            self._complete(failed)
+            wave = per_lane[batch.lane] = per_lane.get(batch.lane, -1) + 1
+            waves.setdefault(wave, []).append((batch.id, batch.lane, batch.payload))
+        for wave in waves.values():  # in order: wave 0 first (same connection, same order)
+            for failed in self.link.send(wave, self.spec.request_timeout_ms):
+                self._complete(failed)
 
     def _drain(self) -> None:
         """Stopping: wait (briefly) for the answers to what is in flight."""
@@ -559,9 +563,15 @@ class Mirror:
             }
         )
         try:
-            self.files.write_status(status)
+            self._publish(status)
         except OSError as exc:
             log.debug("status file: %s", exc)
+
+    def _publish(self, status: dict[str, Any]) -> None:
+        """The status for ``kvlog mirror status`` and, under the supervisor, metrics."""
+        self.files.write_status(status)
+        if self.metrics is not None:
+            self.metrics.observe(status)
 
     def _finish(self) -> None:
         try:
@@ -573,7 +583,7 @@ class Mirror:
             status.update({"pid": None, "updated_at_ms": now, "state": "stopped"})
             if self.exit_code:
                 status["state"] = "failed"
-            self.files.write_status(status)
+            self._publish(status)
         except (KvlogError, OSError) as exc:
             log.warning("mirror %s: saving its state on stop failed: %s", self.spec.name, exc)
         finally:

@@ -207,6 +207,7 @@ def run_mirror(settings: dict[str, Any], should_stop: Any) -> int:
         source_settings=entry.get("source_settings") or {},
     )
     mirror = Mirror(spec)
+    mirror.metrics = _metrics("mirror", settings, None)
 
     def watch() -> None:
         while not should_stop():

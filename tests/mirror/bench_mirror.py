@@ -1,13 +1,15 @@
 """``kvlog mirror`` throughput between two kvlog instances on this machine (not a test).
 
-    PYTHONPATH=$PWD python tests/mirror/bench_mirror.py [records] [partitions]
+    PYTHONPATH=$PWD python tests/mirror/bench_mirror.py [records] [partitions] [in_flight]
 
 A source kvlog and a target kvlog (its Kafka listener on loopback), each one node with
 fsync before every acknowledgement (kvlog's default). The source holds ``records`` keyed
 records (100-byte values, 16-byte keys) on ``partitions`` partitions, written before the
 clock starts; then a migration (``--until-caught-up``) runs in this process and the
 figure is records forwarded per second, from the mirror's start (target topic creation
-included) to the last acknowledgement. The target is then read back and counted.
+included) to the last acknowledgement. ``in_flight`` is the mirror's batches in flight
+per target partition (``max_in_flight``, default 5; 1 is the one-at-a-time mirror).
+The target is then read back and counted.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ VALUE, KEY = b"v" * 100, b"k%015d"
 def main() -> None:
     records = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     partitions = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    in_flight = int(sys.argv[3]) if len(sys.argv) > 3 else 5
     root = Path(tempfile.mkdtemp(prefix="bench-mirror-"))
     with (
         kvlog.Broker(root / "source", "tcp://127.0.0.1:0", kafka_listen=None) as source,
@@ -58,6 +61,7 @@ def main() -> None:
             source=source.bootstrap,
             state_dir=str(root / "state"),
             until_caught_up=True,
+            max_in_flight=in_flight,
         )
         start = time.monotonic()
         code = Mirror(spec).run()
@@ -73,6 +77,7 @@ def main() -> None:
             {
                 "records": records,
                 "partitions": partitions,
+                "max_in_flight": in_flight,
                 "value_bytes": len(VALUE),
                 "source_write_s": round(written, 2),
                 "mirror_s": round(elapsed, 2),

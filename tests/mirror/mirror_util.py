@@ -177,3 +177,71 @@ def strip_marker(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]
     """A mirrored record's headers without the mirror's own (the last record of each
     batch carries one)."""
     return [(k, v) for k, v in headers if k != "kvlog.mirror"]
+
+
+class ServeProcess:
+    """``kvlog serve`` in a session of its own on fixed ports: its whole process group
+    (supervisor and children) can be SIGKILLed and started again on the same data dir."""
+
+    def __init__(self, data_dir: Path, log_path: Path, *, kafka: bool = False) -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path
+        base = consecutive_free_ports(4)
+        self.bootstrap = f"tcp://127.0.0.1:{base}"
+        # With a Kafka listener: base + 1, the coordinator's + 2, node 0's + 3.
+        self.kafka_listen = f"127.0.0.1:{base + 1}" if kafka else "none"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def kafka(self) -> str:
+        return "kafka://" + self.kafka_listen
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "kvlog.tools.cli", "serve"),
+                *("--data-dir", str(self.data_dir), "--listen", self.bootstrap),
+                *("--kafka-listen", self.kafka_listen),
+                *("--metrics-listen", "none", "--console-listen", "none"),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        wait_until(
+            lambda: self._run_file().get("supervisor_pid") == self.proc.pid, timeout_s, "serve"
+        )
+
+    def _run_file(self) -> dict[str, Any]:
+        import json
+
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads((self.data_dir / "run" / "processes.json").read_text())
+        return {}
+
+    def pid(self, role: str) -> int | None:
+        """The pid of the process of ``role`` the supervisor last recorded."""
+        pids = [p["pid"] for p in self._run_file().get("processes", []) if p["role"] == role]
+        return pids[0] if pids else None
+
+    def kill_group(self) -> None:
+        """SIGKILL the supervisor and every child at once (a power cut of the broker)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.kill_group()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # children a stop left behind

@@ -3,7 +3,9 @@
 A hypothesis state machine fetches source records in chunks, delivers the core's batches
 to a fake target that stores, loses answers, refuses, or forgets producer state, restarts
 the mirror (a crash: the core is rebuilt and resumes from where the target's tail says
-each feed stopped, as the shell does), and advances time. After every step: each target
+each feed stopped, as the shell does), and advances time. The core keeps several batches
+in flight per target partition; a lane delivered in order with its first answer lost
+checks that a later answer acknowledges the earlier batches. After every step: each target
 partition holds every feed's records in source order, none twice, none skipped (a prefix
 of the source); the offset maps agree with the target; the retention hold never passes
 what is on the target. At the end everything fetched is drained onto the target.
@@ -136,6 +138,23 @@ class MirrorMachine(RuleBasedStateMachine):
             self._apply(self.core.acked(batch.id, base, self.now))
         else:
             self._apply(self.core.failed_send(batch.id, kind, "sequence", self.now))
+
+    @precondition(lambda self: self.sends)
+    @rule(lose_first=st.booleans())
+    def deliver_a_lane_in_order(self, lose_first: bool) -> None:
+        """The target takes a lane's batches in the order they were sent (one connection),
+        the first answer maybe lost: a later answer acknowledges the earlier batches."""
+        lane = self.sends[0].lane
+        batches = [b for b in self.sends if b.lane == lane]
+        self.sends = [b for b in self.sends if b.lane != lane]
+        answers = [(b, *self.target.produce(b, self.pid)) for b in batches]
+        for i, (batch, kind, base) in enumerate(answers):
+            if lose_first and i == 0 and kind is None and len(answers) > 1:
+                continue  # its answer is lost; the next one tells
+            if kind is None:
+                self._apply(self.core.acked(batch.id, base, self.now))
+            else:
+                self._apply(self.core.failed_send(batch.id, kind, "sequence", self.now))
 
     @rule(ms=st.integers(1, 20_000))
     def time_passes(self, ms: int) -> None:
