@@ -255,6 +255,9 @@ class RawDealer:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        # A refused handshake drops the connection for good: a blocking send would then
+        # wait forever for a peer, so sends give up (zmq.Again) after 5 s.
+        self.sock.setsockopt(zmq.SNDTIMEO, 5000)
         for option, value in (options or {}).items():
             self.sock.setsockopt(option, value)
         self.monitor = self.sock.get_monitor_socket(_HANDSHAKE_EVENTS)
