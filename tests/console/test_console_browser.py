@@ -54,9 +54,23 @@ def _fill(driver: Any, form: str, values: dict[str, str]) -> None:
 def _submit(driver: Any, css: str) -> None:
     old = _find(driver, "body")
     _find(driver, css).click()
-    from selenium.webdriver.support import expected_conditions as ec
+    _wait(driver, _gone(old), what=f"the page after clicking {css}")
 
-    _wait(driver, ec.staleness_of(old), what=f"the page after clicking {css}")
+
+def _gone(element: Any) -> Any:
+    """Whether ``element`` left the document (the next page replaced it). chromedriver
+    reports it either as a stale element or, while the page changes under the check, as
+    "Node with given id does not belong to the document": both mean gone."""
+    from selenium.common.exceptions import WebDriverException
+
+    def check(_driver: Any) -> bool:
+        try:
+            element.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    return check
 
 
 def test_pages_topics_and_messages(broker: Any, admin: Any, browser: Any, shots: Path) -> None:
