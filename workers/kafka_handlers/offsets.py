@@ -35,10 +35,9 @@ def _by_topic(pairs: list[tuple[TopicPartition, Any]]) -> dict[str, list[tuple[i
     return out
 
 
-@handles(ApiKey.OffsetCommit)
-def offset_commit(request: KafkaRequest, ctx: KafkaContext) -> Plan:
-    body, version = request.body, request.api_version
-    entries = [
+def commit_entries(body: Any) -> list[CommitEntry]:
+    """The offsets of an OffsetCommit or TxnOffsetCommit body (their topics share a shape)."""
+    return [
         CommitEntry(
             TopicPartition(t.name, p.partition_index),
             p.committed_offset,
@@ -47,6 +46,12 @@ def offset_commit(request: KafkaRequest, ctx: KafkaContext) -> Plan:
         for t in body.topics or ()
         for p in t.partitions or ()
     ]
+
+
+@handles(ApiKey.OffsetCommit)
+def offset_commit(request: KafkaRequest, ctx: KafkaContext) -> Plan:
+    body, version = request.body, request.api_version
+    entries = commit_entries(body)
     event = OffsetCommit(
         group_id=body.group_id,
         offsets=entries,

@@ -19,9 +19,10 @@ from kvlog.ipc.kafka.codec import ApiKey, response_class
 from kvlog.ipc.kafka.connection import KafkaRequest
 from kvlog.types import TopicPartition
 
-from ..group_events import CommitEntry, OffsetCommitAnswer
+from ..group_events import OffsetCommitAnswer
 from ..txn_events import AddOffsetsToTxn, AddPartitionsToTxn, EndTxn, TxnOffsetCommit
 from .base import KafkaContext, Outcome, Plan, handles
+from .offsets import commit_entries
 
 _AddPartitions = response_class(ApiKey.AddPartitionsToTxn)
 _TopicResult = _AddPartitions.AddPartitionsToTxnTopicResult
@@ -130,15 +131,7 @@ def end_txn(request: KafkaRequest, ctx: KafkaContext) -> Plan:
 @handles(ApiKey.TxnOffsetCommit)
 def txn_offset_commit(request: KafkaRequest, ctx: KafkaContext) -> Plan:
     body, version = request.body, request.api_version
-    entries = [
-        CommitEntry(
-            TopicPartition(t.name, p.partition_index),
-            p.committed_offset,
-            p.committed_metadata or "",
-        )
-        for t in body.topics or ()
-        for p in t.partitions or ()
-    ]
+    entries = commit_entries(body)
     event = TxnOffsetCommit(
         body.transactional_id or "",
         body.group_id or "",
