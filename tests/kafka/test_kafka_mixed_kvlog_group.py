@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -191,8 +190,7 @@ def test_kvlog_and_kafka_consumers_share_a_group(broker: KafkaBroker, leader: st
 
         produce(broker, 0, 120)
         wait_for(
-            lambda: sum(len(m.read) for m in members) - sum(n for _, n in settled.values())
-            >= 120,
+            lambda: sum(len(m.read) for m in members) - sum(n for _, n in settled.values()) >= 120,
             members,
             "120 records read",
         )
