@@ -8,8 +8,14 @@ ConsumerProtocol (big-endian structs behind a 2-byte version) in groups of proto
 ``consumer``. Every decoder here reads both, told apart by the first byte: a CBOR map
 starts with 0xA0-0xBF, Kafka's version with 0x00. So kvlog's consumer understands a Kafka
 leader's assignment and Kafka members' subscriptions, and the coordinator shows who owns
-what whichever client a member is. Encoding stays CBOR: PROTOCOL.md's clients read only
-that (see PROTOCOL.md 6.8 for what this means for groups that mix both kinds of client).
+what whichever client a member is. kvlog's encoders write CBOR.
+
+Groups may mix both kinds of client: the coordinator hands each member the other members'
+subscriptions and its own assignment in its wire's format (:func:`for_kafka_member`,
+:func:`for_kvlog_member`), so a Kafka leader reads kvlog members' subscriptions and a kvlog
+leader's assignment reaches a Kafka member as Kafka's struct. Only the fields both formats
+carry survive the translation (topics, owned partitions, generation; Kafka's user data and
+rack do not), which is all the assignors both kinds of client share need.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import cbor2
 from kvlog.types import TopicPartition
 
 from .assignors import MemberSubscription
+
+CONSUMER_PROTOCOL_TYPE = "consumer"
 
 
 def _by_topic(tps: Iterable[TopicPartition]) -> list[list[Any]]:
@@ -107,3 +115,60 @@ def same_subscription(a: list[tuple[str, bytes]], b: list[tuple[str, bytes]]) ->
     return [n for n, _ in a] == [n for n, _ in b] and all(
         subscribed_topics(x) == subscribed_topics(y) for (_, x), (_, y) in zip(a, b, strict=True)
     )
+
+
+def _to_kafka_subscription(raw: bytes) -> bytes:
+    from .kafka.codec import encode_consumer_subscription
+
+    sub = decode_subscription("", None, raw)
+    return encode_consumer_subscription(
+        sub.topics, [(t, ps) for t, ps in _by_topic(sub.owned)], sub.generation
+    )
+
+
+def _to_kafka_assignment(raw: bytes) -> bytes:
+    from .kafka.codec import encode_consumer_assignment
+
+    return encode_consumer_assignment([(t, ps) for t, ps in _by_topic(decode_assignment(raw))])
+
+
+def _to_kvlog_subscription(raw: bytes) -> bytes:
+    sub = decode_subscription("", None, raw)
+    return encode_subscription(sub.topics, sub.owned, sub.generation)
+
+
+def _to_kvlog_assignment(raw: bytes) -> bytes:
+    return encode_assignment(decode_assignment(raw))
+
+
+def _translated(protocol_type: str | None, raw: bytes, want_kafka: bool, convert: Any) -> bytes:
+    # Only groups of Kafka's consumer protocol have formats to translate (a Connect group's
+    # bytes are its own); empty bytes mean "nothing" in both formats; bytes in neither
+    # format reach the member as written (its own client decides what they mean).
+    if protocol_type != CONSUMER_PROTOCOL_TYPE or not raw or is_kafka_format(raw) == want_kafka:
+        return raw
+    try:
+        return convert(raw)
+    except Exception:  # a malformed subscription or assignment is the client's to refuse
+        return raw
+
+
+class _Translation:
+    """Subscription and assignment bytes as one wire's members read them."""
+
+    def __init__(self, want_kafka: bool, subscription: Any, assignment: Any) -> None:
+        self._want_kafka = want_kafka
+        self._subscription = subscription
+        self._assignment = assignment
+
+    def subscription(self, protocol_type: str | None, raw: bytes) -> bytes:
+        return _translated(protocol_type, raw, self._want_kafka, self._subscription)
+
+    def assignment(self, protocol_type: str | None, raw: bytes) -> bytes:
+        return _translated(protocol_type, raw, self._want_kafka, self._assignment)
+
+
+#: For members on the Kafka listener: Kafka's ConsumerProtocol structs.
+for_kafka_member = _Translation(True, _to_kafka_subscription, _to_kafka_assignment)
+#: For members on kvlog's ZeroMQ wire: PROTOCOL.md 6.8's CBOR maps.
+for_kvlog_member = _Translation(False, _to_kvlog_subscription, _to_kvlog_assignment)

@@ -444,7 +444,7 @@ class GroupCoordinator(GroupTransitions):
         if group.state is GroupState.PREPARING_REBALANCE:
             raise RebalanceInProgressError(f"group {ev.group_id} is rebalancing; rejoin")
         if group.state is GroupState.STABLE:
-            out.reply(token, SyncGroupAnswer(member.assignment))
+            out.reply(token, SyncGroupAnswer(member.assignment, group.protocol_type))
             return
         member.sync_token = token
         if ev.member_id == group.leader and ev.assignments is not None:
@@ -456,7 +456,7 @@ class GroupCoordinator(GroupTransitions):
             for m in group.members.values():
                 if m.sync_token is not None:
                     parked, m.sync_token = m.sync_token, None
-                    out.reply(parked, SyncGroupAnswer(m.assignment))
+                    out.reply(parked, SyncGroupAnswer(m.assignment, group.protocol_type))
 
     # -- Heartbeat / LeaveGroup ------------------------------------------------------------
 

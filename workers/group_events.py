@@ -159,7 +159,11 @@ class JoinGroupAnswer:
 
 @dataclass(slots=True)
 class SyncGroupAnswer:
+    """The member's assignment, as its group's leader wrote it (``protocol_type`` says
+    how to read it: the shells translate a ``consumer`` group's for the member's wire)."""
+
     assignment: bytes
+    protocol_type: str | None = None
 
 
 @dataclass(slots=True)

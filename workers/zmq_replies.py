@@ -15,6 +15,7 @@ from functools import singledispatch
 from typing import Any
 
 from kvlog.errors import ErrorCode, InvalidRequestError, KvlogError
+from kvlog.ipc.consumer_protocol import for_kvlog_member
 
 from .broker_core import BrokerPingAnswer, Forwarded
 from .controller_events import (
@@ -86,7 +87,11 @@ def _(body: JoinGroupAnswer) -> Fields:
         "leader": body.leader,
         "member_id": body.member_id,
         "members": [
-            {"member_id": m.member_id, "instance_id": m.instance_id, "metadata": m.metadata}
+            {
+                "member_id": m.member_id,
+                "instance_id": m.instance_id,
+                "metadata": for_kvlog_member.subscription(body.protocol_type, m.metadata),
+            }
             for m in body.members
         ],
     }
@@ -99,7 +104,7 @@ def _(body: JoinGroupAnswer) -> Fields:
 
 @encode.register
 def _(body: SyncGroupAnswer) -> Fields:
-    return {"assignment": body.assignment}
+    return {"assignment": for_kvlog_member.assignment(body.protocol_type, body.assignment)}
 
 
 @encode.register

@@ -51,6 +51,7 @@ __all__ = [
     "decode_consumer_assignment",
     "decode_consumer_subscription",
     "encode_consumer_assignment",
+    "encode_consumer_subscription",
     "decode_request",
     "decode_response",
     "encode_request",
@@ -295,6 +296,26 @@ def decode_consumer_assignment(raw: Buffer) -> TopicPartitions:
     partitions by topic. Raises ValueError for bytes that are not one."""
     assignment = _decode_data(ConsumerProtocolAssignment, raw)
     return [(t.topic, list(t.partitions)) for t in assignment.assigned_partitions or []]
+
+
+def encode_consumer_subscription(
+    topics: list[str], owned: TopicPartitions, generation: int
+) -> bytes:
+    """A ConsumerProtocolSubscription, as a Kafka group leader reads it: v1 (owned
+    partitions) without a generation, v2 with one; no user data."""
+    if generation < 0:
+        sub = ConsumerProtocolSubscription(
+            version=1, topics=topics, user_data=None, owned_partitions=owned
+        )
+    else:
+        sub = ConsumerProtocolSubscription(
+            version=2,
+            topics=topics,
+            user_data=None,
+            owned_partitions=owned,
+            generation_id=generation,
+        )
+    return bytes(sub.encode())
 
 
 def encode_consumer_assignment(partitions: TopicPartitions, version: int = 0) -> bytes:

@@ -13,6 +13,8 @@ from kvlog.ipc.consumer_protocol import (
     decode_subscription,
     encode_assignment,
     encode_subscription,
+    for_kafka_member,
+    for_kvlog_member,
     is_kafka_format,
     same_subscription,
     subscribed_topics,
@@ -68,3 +70,47 @@ def test_bytes_in_neither_format_are_refused() -> None:
     with pytest.raises(ValueError):
         decode_assignment(b"\x00\x00\x00\x00\x00\x09ab")
     assert subscribed_topics(b"\x00\x07junk") == b"\x00\x07junk"
+
+
+owned_parts = st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 9)), max_size=8)
+
+
+@given(topics, owned_parts, st.integers(-1, 50))
+def test_a_subscription_reaches_each_wire_in_its_format(names, owned, generation) -> None:
+    owned_tps = [TP(t, p) for t, p in set(owned)]
+    kvlog_sub = encode_subscription(names, owned_tps, generation)
+    as_kafka = for_kafka_member.subscription("consumer", kvlog_sub)
+    assert is_kafka_format(as_kafka)
+    # Kafka's own decoder reads it (what a Kafka group leader does).
+    sub = codec.ConsumerProtocolSubscription.decode(as_kafka)
+    assert sorted(sub.topics) == sorted(names)
+    back = for_kvlog_member.subscription("consumer", as_kafka)
+    assert not is_kafka_format(back) and back == kvlog_sub
+    # Already in the member's format: passed through unchanged.
+    assert for_kafka_member.subscription("consumer", as_kafka) == as_kafka
+    assert for_kvlog_member.subscription("consumer", kvlog_sub) == kvlog_sub
+
+
+@given(topics, st.sets(st.integers(0, 20), max_size=6))
+def test_an_assignment_reaches_each_wire_in_its_format(names, parts) -> None:
+    tps = {TP(t, p) for t in names for p in parts}
+    as_kafka = for_kafka_member.assignment("consumer", encode_assignment(tps))
+    assert is_kafka_format(as_kafka)
+    assert decode_assignment(as_kafka) == tps
+    expected = [(t, sorted(parts)) for t in sorted(names)] if parts else []
+    assert codec.decode_consumer_assignment(as_kafka) == expected
+    assert for_kvlog_member.assignment("consumer", as_kafka) == encode_assignment(tps)
+
+
+def test_other_protocol_types_and_unreadable_bytes_pass_through() -> None:
+    kvlog_sub = encode_subscription(["a"], [], -1)
+    # A Connect group's (or any other protocol type's) bytes are its own.
+    assert for_kafka_member.subscription("connect", kvlog_sub) == kvlog_sub
+    kafka_asg = encode_consumer_assignment([("a", [0])])
+    assert for_kvlog_member.assignment("connect", kafka_asg) == kafka_asg
+    assert for_kvlog_member.assignment(None, kafka_asg) == kafka_asg
+    # Bytes that claim a format and are not one reach the member as written.
+    for junk in (b"\x00\x09garbage", b"\xa1\xff"):
+        assert for_kvlog_member.subscription("consumer", junk) == junk
+        assert for_kafka_member.assignment("consumer", junk) == junk
+    assert for_kafka_member.assignment("consumer", b"") == b""

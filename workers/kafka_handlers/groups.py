@@ -6,14 +6,16 @@ Kafka's versions map onto the core's options: JoinGroup v4+ asks for a known mem
 (KIP-394: MEMBER_ID_REQUIRED carries the new id in the response's ``member_id``); v5+
 and the others' v3+ carry ``group.instance.id`` (static membership); a v0 join has no
 rebalance timeout and uses its session timeout (Kafka's rule). Kafka heartbeats are not
-long polls: they are answered at once. Members' subscription and assignment bytes pass
-through as the clients wrote them (Kafka's ConsumerProtocol for Kafka consumers).
+long polls: they are answered at once. In groups of protocol type ``consumer``, members'
+subscriptions and assignments reach a Kafka client as Kafka's ConsumerProtocol whichever
+wire their writer used (a kvlog member writes CBOR: ipc/consumer_protocol.py translates).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from kvlog.ipc.consumer_protocol import for_kafka_member
 from kvlog.ipc.kafka.codec import ApiKey, response_class
 from kvlog.ipc.kafka.connection import KafkaRequest
 
@@ -24,6 +26,7 @@ from ..group_events import (
     LeaveGroup,
     LeaveGroupAnswer,
     SyncGroup,
+    SyncGroupAnswer,
 )
 from .base import KafkaContext, Outcome, Plan, handles
 
@@ -79,7 +82,9 @@ def join_group(request: KafkaRequest, ctx: KafkaContext) -> Plan:
             member_id=answer.member_id,
             members=[
                 _Join.JoinGroupResponseMember(
-                    member_id=m.member_id, group_instance_id=m.instance_id, metadata=m.metadata
+                    member_id=m.member_id,
+                    group_instance_id=m.instance_id,
+                    metadata=for_kafka_member.subscription(answer.protocol_type, m.metadata),
                 )
                 for m in answer.members
             ],
@@ -103,7 +108,11 @@ def sync_group(request: KafkaRequest, ctx: KafkaContext) -> Plan:
 
     def respond(outcomes: list[Outcome]) -> Any:
         [outcome] = outcomes
-        assignment = b"" if outcome.error is not None else outcome.body.assignment
+        if outcome.error is not None:
+            assignment = b""
+        else:
+            answer: SyncGroupAnswer = outcome.body
+            assignment = for_kafka_member.assignment(answer.protocol_type, answer.assignment)
         return _Sync(throttle_time_ms=0, error_code=outcome.code, assignment=assignment)
 
     return Plan([event], respond)
