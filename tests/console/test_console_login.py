@@ -6,7 +6,9 @@ send: any other client's is refused)."""
 
 from __future__ import annotations
 
+import base64
 import http.client
+import json
 import re
 import time
 import urllib.parse
@@ -21,7 +23,7 @@ from kvlog.errors import ClusterAuthorizationFailedError, InvalidRequestError
 from kvlog.ipc.kafka.scram import scram_credential
 from kvlog.types import TopicPartition
 from kvlog.workers.acl import INTERNAL_PRINCIPAL, acting_principal
-from kvlog.workers.console.login import Logins, password_matches
+from kvlog.workers.console.login import SESSION_TTL_S, Logins, password_matches
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -158,10 +160,16 @@ def test_a_principal_sees_and_does_only_what_its_acls_allow(secured: dict[str, A
     for path in ("/", "/live", "/api/throughput"):
         status, _, body = alice.request("GET", path)
         assert status == 200 and "payments-b" not in body, (path, body[:500])
-    # Logout ends the session.
+    # Logout ends the session, also for a copy of its cookie taken before (the server
+    # revoked it: deleting the browser's cookie is not all logout does).
+    stolen = Session(secured["broker"].console_url)
+    stolen.cookies = dict(alice.cookies)
+    assert stolen.request("GET", "/topics")[0] == 200
     status, headers, _ = alice.request("POST", "/logout", {"csrf": alice.token()})
     assert status == 303 and "kvlog_session" not in alice.cookies
     status, headers, _ = alice.request("GET", "/topics")
+    assert status == 303 and headers["location"] == "/login"
+    status, headers, _ = stolen.request("GET", "/topics")
     assert status == 303 and headers["location"] == "/login"
 
 
@@ -193,6 +201,43 @@ def test_a_forged_or_expired_session_is_no_session(tmp_path: Path) -> None:
     assert password_matches(credential, "pw") and not password_matches(credential, "pW")
     logins.close()
     other.close()
+
+
+def test_a_logged_out_session_stays_refused_across_a_restart(tmp_path: Path) -> None:
+    revoked = tmp_path / "revoked.json"
+    logins = Logins(tmp_path / "no-meta", b"k" * 32, revoked)
+    logins.user_exists = lambda user: True  # type: ignore[method-assign]  (no SCRAM store)
+    first = logins.session_cookie("alice", now_s=1000.0)
+    second = logins.session_cookie("alice", now_s=1000.0)
+    assert first != second  # each login is its own session
+    assert logins.session_user(first, now_s=1001.0) == "alice"
+    assert logins.revoke(first, now_s=1002.0) == "alice"
+    assert logins.session_user(first, now_s=1003.0) is None
+    assert logins.session_user(second, now_s=1003.0) == "alice"  # only that one
+    assert logins.revoke("forged.cookie", now_s=1003.0) is None
+    # A restarted console reads the revocations back.
+    again = Logins(tmp_path / "no-meta", b"k" * 32, revoked)
+    again.user_exists = lambda user: True  # type: ignore[method-assign]
+    assert again.session_user(first, now_s=1004.0) is None
+    assert again.session_user(second, now_s=1004.0) == "alice"
+    # Expired revocations are dropped at the next write: the file does not grow forever.
+    late = again.session_cookie("alice", now_s=1000.0 + SESSION_TTL_S + 10)
+    again.revoke(late, now_s=1000.0 + SESSION_TTL_S + 11)
+    assert list(json.loads(revoked.read_text())) == [late_id(late)]
+    # An unreadable file refuses every session issued before it was written, not later ones.
+    revoked.write_text("{not json")
+    broken = Logins(tmp_path / "no-meta", b"k" * 32, revoked)
+    broken.user_exists = lambda user: True  # type: ignore[method-assign]
+    assert broken.session_user(second, now_s=1004.0) is None
+    fresh = broken.session_cookie("alice")
+    assert broken.session_user(fresh) == "alice"
+    for each in (logins, again, broken):
+        each.close()
+
+
+def late_id(cookie: str) -> str:
+    body = cookie.rpartition(".")[0]
+    return json.loads(base64.urlsafe_b64decode(body.encode()))[2]
 
 
 def test_as_principal_from_any_other_key_is_refused(secured: dict[str, Any]) -> None:

@@ -294,6 +294,10 @@ def build_app(views: Views) -> Starlette:
 
     async def logout(request: Request) -> Response:
         await form_of(request)
+        if logins is not None:
+            user = await run_in_threadpool(logins.revoke, request.cookies.get(SESSION_COOKIE))
+            if user is not None:
+                log.info("console: %r logged out", user)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
         return response

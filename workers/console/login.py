@@ -9,10 +9,13 @@ never the password, and the console keeps nothing of it either. An unknown user 
 against a decoy credential first, so it costs the same time and gets the same answer as a
 wrong password.
 
-A session is a cookie ``base64(user, expiry) . HMAC-SHA256`` keyed by a secret derived
-from the server's CURVE secret key (a console restart keeps sessions; nobody without the
-server's key can forge one), HttpOnly, SameSite=Strict, and expiring. A session whose user
-has since been removed (``kvlog users remove``) is refused at its next request.
+A session is a cookie ``base64(user, expiry, session id) . HMAC-SHA256`` keyed by a secret
+derived from the server's CURVE secret key (a console restart keeps sessions; nobody without
+the server's key can forge one), HttpOnly, SameSite=Strict, and expiring. A session whose
+user has since been removed (``kvlog users remove``) is refused at its next request. Logout
+revokes the session on the server too (:class:`RevokedSessions`, kept in the data dir until
+the session would have expired), so a copy of the cookie taken before the logout is
+refused as well.
 
 :class:`Logins` is owned by the console process and safe from any thread: the credential
 snapshot is replaced whole under a lock.
@@ -24,6 +27,8 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -76,8 +81,11 @@ class FailedLogins:
 class Logins:
     """The SCRAM users (re-read when their version moves) and the session signer."""
 
-    def __init__(self, meta_path: Path, server_secret: bytes) -> None:
+    def __init__(
+        self, meta_path: Path, server_secret: bytes, revoked_path: Path | None = None
+    ) -> None:
         self.meta_path = meta_path
+        self.revoked = RevokedSessions(revoked_path)
         self._key = hmac.new(server_secret, b"kvlog console sessions", hashlib.sha256).digest()
         self._decoys = DecoySalts(
             hmac.new(server_secret, b"kvlog scram decoys", hashlib.sha256).digest()
@@ -129,24 +137,47 @@ class Logins:
 
     def session_cookie(self, user: str, now_s: float | None = None) -> str:
         expires = int((time.time() if now_s is None else now_s) + SESSION_TTL_S)
-        body = base64.urlsafe_b64encode(json.dumps([user, expires]).encode()).decode()
+        session = [user, expires, secrets.token_hex(16)]
+        body = base64.urlsafe_b64encode(json.dumps(session).encode()).decode()
         return f"{body}.{self._sign(body)}"
 
-    def session_user(self, cookie: str | None, now_s: float | None = None) -> str | None:
-        """The user of a valid, unexpired session whose user still exists; else None."""
+    def _session(self, cookie: str | None, now_s: float) -> tuple[str, int, str] | None:
+        """A cookie's (user, expiry, session id) if this server signed it and it is
+        unexpired; else None."""
         if not cookie or "." not in cookie:
             return None
         body, _, signature = cookie.rpartition(".")
         if not hmac.compare_digest(signature, self._sign(body)):
             return None
         try:
-            user, expires = json.loads(base64.urlsafe_b64decode(body.encode()))
-        except (ValueError, TypeError):
+            user, expires, session_id = json.loads(base64.urlsafe_b64decode(body.encode()))
+        except (ValueError, TypeError):  # also a cookie of the old (user, expiry) shape
             return None
-        if not isinstance(user, str) or not isinstance(expires, int):
+        if not (isinstance(user, str) and isinstance(expires, int) and isinstance(session_id, str)):
             return None
-        if expires < (time.time() if now_s is None else now_s) or not self.user_exists(user):
+        return (user, expires, session_id) if expires >= now_s else None
+
+    def session_user(self, cookie: str | None, now_s: float | None = None) -> str | None:
+        """The user of a valid, unexpired, unrevoked session whose user still exists;
+        else None."""
+        now = time.time() if now_s is None else now_s
+        session = self._session(cookie, now)
+        if session is None:
             return None
+        user, expires, session_id = session
+        if self.revoked.contains(session_id, expires) or not self.user_exists(user):
+            return None
+        return user
+
+    def revoke(self, cookie: str | None, now_s: float | None = None) -> str | None:
+        """Logout: the session is refused from now on, whoever presents it. Returns its
+        user (None for no valid session: nothing to revoke)."""
+        now = time.time() if now_s is None else now_s
+        session = self._session(cookie, now)
+        if session is None:
+            return None
+        user, expires, session_id = session
+        self.revoked.add(session_id, expires, now)
         return user
 
     def _sign(self, body: str) -> str:
@@ -157,3 +188,43 @@ class Logins:
             if self._meta is not None:
                 self._meta.close()
                 self._meta = None
+
+
+class RevokedSessions:
+    """Session ids logged out before their expiry, each kept until that expiry (a signed
+    cookie would be valid until then). Written through to ``path`` (a JSON map, replaced
+    atomically and fsync'd) so a console restart keeps them; ``path`` None keeps them in
+    memory only. Safe from any thread."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._expiry: dict[str, int] = {}
+        if path is not None:
+            try:
+                loaded = json.loads(path.read_text())
+                self._expiry = {str(k): int(v) for k, v in loaded.items() if isinstance(v, int)}
+            except FileNotFoundError:
+                pass
+            except (ValueError, AttributeError, OSError):
+                # Unreadable: refuse every session issued before it was last written (it
+                # may have named any of them; fail closed). Later logins work.
+                self._expiring_before = int(path.stat().st_mtime) + SESSION_TTL_S
+                return
+        self._expiring_before = 0.0
+
+    def contains(self, session_id: str, expires: int) -> bool:
+        with self._lock:
+            return session_id in self._expiry or expires < self._expiring_before
+
+    def add(self, session_id: str, expires: int, now_s: float) -> None:
+        with self._lock:
+            self._expiry = {k: v for k, v in self._expiry.items() if v >= now_s}
+            self._expiry[session_id] = expires
+            if self.path is not None:
+                tmp = self.path.with_suffix(".tmp")
+                with open(tmp, "w") as f:
+                    json.dump(self._expiry, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)

@@ -79,7 +79,10 @@ class Views:
         self._lister: Admin | None = None
         if secret_file:
             keys = load_keys(secret_file)
-            self.logins = Logins(Path(settings["data_dir"]) / "meta", keys.secret or b"")
+            data_dir = Path(settings["data_dir"])
+            self.logins = Logins(
+                data_dir / "meta", keys.secret or b"", data_dir / "console-revoked-sessions.json"
+            )
             self._internal = {
                 "security_protocol": "curve",
                 "curve_server_key": keys.public.decode(),
