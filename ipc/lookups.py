@@ -33,7 +33,8 @@ _RETRY_S = 0.05
 
 class Lookups:
     """Owned by one Consumer and used on its thread; requests go through its IOThread.
-    ``interest`` names the topics whose metadata a retried offset lookup refreshes."""
+    ``interest`` names the topics whose metadata a retried offset lookup refreshes
+    (with the topics it looks up)."""
 
     def __init__(
         self,
@@ -147,11 +148,13 @@ class Lookups:
                     raise KafkaTimeoutError(f"could not list offsets of {sorted(todo)} in time")
                 self._metadata.mark_stale()
                 time.sleep(min(_RETRY_S, max(0.0, give_up - time.monotonic())))
-                self._refresh(give_up)
+                self._refresh(give_up, {tp.topic for tp in todo})
         return out
 
-    def _refresh(self, give_up: float) -> None:
-        topics = self._interest()
+    def _refresh(self, give_up: float, looked_up: set[str]) -> None:
+        # The looked-up topics too: a lookup may name partitions the consumer neither
+        # subscribes to nor is assigned, and their leaders move as well.
+        topics = sorted(set(self._interest()) | looked_up)
         try:
             header, _ = self._io.bootstrap_call(
                 self._bootstrap, "metadata", {"topics": topics}, deadline=give_up
