@@ -109,6 +109,10 @@ class Sender:
             if batch.base_sequence >= 0:
                 self.sequencer.on_expired(batch.tp, batch)
             self._fail(batch, self._timeout_error(batch))
+        if self.txn is not None:
+            # Partitions join the transaction as soon as they hold a batch (open ones
+            # too), so the coordinator's round trip overlaps linger.ms and the sends.
+            self.txn.register(io, {batch.tp for batch in self.accumulator.incomplete()}, now)
         ready, next_due = self.accumulator.ready(now)
         if ready and self._send_ready(io, ready, now):
             # Batches wait for a partition's leader: run again when metadata may be asked.
