@@ -177,8 +177,14 @@ class TransactionManager:
         offsets: Mapping[TopicPartition, Any],
         group: ConsumerGroupMetadata | str,
     ) -> None:
-        """The consumer group's offsets, committed if and only if the transaction is."""
-        group_id = group if isinstance(group, str) else group.group_id
+        """The consumer group's offsets, committed if and only if the transaction is. With
+        the consumer's group metadata (not a bare group id), the coordinator fences a
+        consumer the group has moved on from (KIP-447): ILLEGAL_GENERATION,
+        UNKNOWN_MEMBER_ID or FENCED_INSTANCE_ID, after which only an abort ends the
+        transaction."""
+        if isinstance(group, str):
+            group = ConsumerGroupMetadata(group)
+        group_id = group.group_id
         with self._lock:
             self._check_fatal()
             if self.state is not TxnState.IN_TRANSACTION:
@@ -197,7 +203,21 @@ class TransactionManager:
             }
             for tp, value in offsets.items()
         ]
-        self._call("txn_offset_commit", {"group_id": group_id, "offsets": entries})
+        fields: dict[str, Any] = {"group_id": group_id, "offsets": entries}
+        if group.generation_id >= 0 or group.member_id or group.group_instance_id:
+            fields.update(
+                generation=group.generation_id,
+                member_id=group.member_id,
+                group_instance_id=group.group_instance_id,
+            )
+        try:
+            self._call("txn_offset_commit", fields)
+        except KvlogError as exc:
+            with self._lock:  # the offsets did not go in: the transaction cannot commit
+                if not exc.retriable and self.state is TxnState.IN_TRANSACTION:
+                    self.error = exc
+                    self._move_locked(TxnState.ABORTABLE)
+            raise
 
     def end(self, commit: bool, flush: Callable[[float | None], None]) -> None:
         """commit_transaction() / abort_transaction(): every record sent first, then the

@@ -369,6 +369,9 @@ class TransactionCoordinator:
                 "an open transaction; add it first (AddOffsetsToTxn / "
                 "send_offsets_to_transaction)"
             )
+        # KIP-447: the consumer whose offsets these are must still be the group's member
+        # of this generation, or its producer is a zombie's.
+        self.offsets.admit_txn(ev.group_id, ev.generation, ev.member_id, ev.instance_id)
         answer = self.offsets.stage_txn(ev.group_id, ev.producer_id, ev.offsets, now_ms)
         out.reply(token, answer)
 

@@ -44,7 +44,7 @@ from kvlog.errors import ErrorCode
 from kvlog.metadata_store import group_offsets
 from kvlog.types import TopicPartition
 from kvlog.workers.controller_events import InitProducerId, ProducerIdAnswer
-from kvlog.workers.group_events import CommitEntry, OffsetCommitAnswer
+from kvlog.workers.group_events import CommitEntry, JoinGroup, LeaveGroup, OffsetCommitAnswer
 from kvlog.workers.txn_core import TxnConfig
 from kvlog.workers.txn_events import (
     AddOffsetsToTxn,
@@ -336,3 +336,63 @@ TxnMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_txn_coordinator = TxnMachine.TestCase
+
+
+# -- KIP-447: a zombie consumer's producer is fenced by the group's generation --------------
+
+
+def test_txn_offset_commit_fences_a_consumer_the_group_moved_on_from() -> None:
+    h = TxnHarness(config=CONFIG)
+    groups = h.core.offsets.groups
+    token = h.request(InitProducerId("a", 60_000))
+    ids: ProducerIdAnswer = h.replies[token].body
+    pid, epoch = ids.producer_id, ids.producer_epoch
+    assert h.replies[h.request(AddOffsetsToTxn("a", pid, epoch, "g"))].error is None
+
+    def join(member_id: str = "", instance_id: str | None = None) -> tuple[str, int]:
+        event = JoinGroup(
+            "g",
+            member_id=member_id,
+            instance_id=instance_id,
+            server_assignor="range",
+            topics=["t"],
+        )
+        replies = groups.join("j", event, h.now).replies
+        while not replies:  # the group's first join waits group.initial.rebalance.delay.ms
+            h.now += 1000
+            replies = groups.tick(h.now).replies
+        [reply] = replies
+        return reply.body.member_id, reply.body.generation
+
+    def commit(generation: int, member_id: str, instance_id: str | None = None) -> Any:
+        entry = CommitEntry(TopicPartition("t", 0), 7)
+        event = TxnOffsetCommit("a", "g", pid, epoch, [entry], generation, member_id, instance_id)
+        reply = h.replies[h.request(event)]
+        return None if reply.error is None else reply.error.code
+
+    # A group that does not exist has no generation 3; without metadata (before KIP-447)
+    # nothing is checked.
+    assert commit(3, "nobody") is ErrorCode.ILLEGAL_GENERATION
+    assert commit(-1, "") is None
+
+    first, generation = join(instance_id="static-1")
+    assert commit(generation, first, "static-1") is None
+    assert commit(generation + 1, first, "static-1") is ErrorCode.ILLEGAL_GENERATION
+    assert commit(generation, "someone-else") is ErrorCode.UNKNOWN_MEMBER_ID
+
+    # Another process takes over the static member's instance id: the first is a zombie.
+    second, generation = join(instance_id="static-1")
+    assert second != first
+    assert commit(generation, first, "static-1") is ErrorCode.FENCED_INSTANCE_ID
+    assert commit(generation, second, "static-1") is None
+
+    # The member leaves and a new one joins: the old member and generation are refused.
+    groups.leave("l", LeaveGroup("g", [(second, "static-1")]), h.now)
+    third, newer = join()
+    assert newer > generation
+    assert commit(generation, second, "static-1") is ErrorCode.FENCED_INSTANCE_ID
+    assert commit(generation, second) is ErrorCode.UNKNOWN_MEMBER_ID
+    assert commit(generation, third) is ErrorCode.ILLEGAL_GENERATION
+    assert commit(newer, third) is None
+    # Only the accepted ones are pending, each replacing the one before.
+    assert h.core.offsets.pending_txn("g", pid) == {TopicPartition("t", 0): 7}
