@@ -97,6 +97,8 @@ class Producer:
                 self._max_block_s,
                 cfg["retry_backoff_ms"] / 1000,
                 gate=self._accumulator.gate,
+                settled=lambda: not self._accumulator.incomplete(),
+                restart_sequences=lambda pid, epoch: self._sender.set_producer(pid, epoch),
             )
         self._sender = Sender(self)
         self._io = IOThread(

@@ -82,9 +82,12 @@ class Sender:
         self.metadata.mark_stale()
 
     def set_producer(self, producer_id: int, epoch: int) -> None:
-        """The transactional producer's id and epoch (init_transactions()); set before
-        its first batch, so no batch is in flight."""
-        self.sequencer.producer_epoch = epoch
+        """The transactional producer's id and epoch (init_transactions(), or KIP-360's
+        bump after an abort); set while no batch is unsettled: every partition's
+        sequence restarts at 0 under the epoch."""
+        self.sequencer = Sequencer(
+            idempotent=self.idempotent, max_in_flight=self.max_in_flight, producer_epoch=epoch
+        )
         self.producer_id = producer_id
 
     def abort(self, error: KvlogError) -> None:

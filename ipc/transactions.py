@@ -46,6 +46,9 @@ from .metadata import ClusterMetadata
 from .rpc import IOThread
 
 FENCING = {ErrorCode.PRODUCER_FENCED, ErrorCode.INVALID_PRODUCER_EPOCH}
+# A leader lost this producer's sequence (its state expired, or the partition was
+# recreated): its sequences can only restart at 0 under a new epoch (KIP-360).
+SEQUENCE_LOST = {ErrorCode.UNKNOWN_PRODUCER_ID, ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER}
 
 
 class TxnState(enum.Enum):
@@ -95,6 +98,8 @@ class TransactionManager:
         max_block_s: float,
         backoff_s: float,
         gate: Callable[[bool], None] = lambda open_: None,
+        settled: Callable[[], bool] = lambda: False,
+        restart_sequences: Callable[[int, int], None] = lambda pid, epoch: None,
     ) -> None:
         self.transactional_id = transactional_id
         self.timeout_ms = timeout_ms
@@ -104,6 +109,11 @@ class TransactionManager:
         self.max_block_s = max_block_s
         self.backoff_s = backoff_s
         self._gate = gate  # opens/closes send() (the accumulator's SendGate)
+        # KIP-360's epoch bump: the sender restarts its sequences under the new epoch,
+        # which it may only while no batch is unsettled.
+        self._settled = settled
+        self._restart_sequences = restart_sequences
+        self._bump_wanted = False  # KIP-360: bump the epoch once this transaction aborts
         self._lock = threading.Lock()
         self.state = TxnState.UNINITIALIZED
         self.producer_id = -1
@@ -256,11 +266,32 @@ class TransactionManager:
             self._end_sent = True
         if touched:  # else the coordinator never heard of this transaction
             self._call("end_txn", {"committed": commit})
+        if not commit and self._bump_wanted:
+            self._bump_epoch()
         with self._lock:
             self._added.clear()
             self._offsets_added = False
             self.error = None
             self._move_locked(TxnState.READY)
+
+    def _bump_epoch(self) -> None:
+        """KIP-360, after the abort: InitProducerId with this producer's id and epoch
+        bumps the epoch (fenced if a newer instance took over meanwhile), and the sender
+        restarts every partition's sequence at 0 under it."""
+        if not self._settled():
+            return  # batches still unsettled (the abort's flush timed out): next abort
+        fields = {
+            "transactional_id": self.transactional_id,
+            "transaction_timeout_ms": self.timeout_ms,
+            "producer_id": self.producer_id,
+            "producer_epoch": self.producer_epoch,
+        }
+        reply = self._call("init_producer_id", fields, include_producer=False)
+        with self._lock:
+            self.producer_id = int(reply["producer_id"])
+            self.producer_epoch = int(reply["producer_epoch"])
+            self._bump_wanted = False
+        self._restart_sequences(self.producer_id, self.producer_epoch)
 
     # -- the sender's hooks (I/O thread) --------------------------------------------------
 
@@ -314,6 +345,8 @@ class TransactionManager:
     def batch_failed(self, error: BaseException) -> None:
         """A batch of the transaction failed for good: only an abort ends it now."""
         with self._lock:
+            if isinstance(error, KvlogError) and error.code in SEQUENCE_LOST:
+                self._bump_wanted = True
             if isinstance(error, KvlogError) and error.code in FENCING:
                 self._fatal_locked(error)
             elif self.state in (TxnState.IN_TRANSACTION, TxnState.COMMITTING):

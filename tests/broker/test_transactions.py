@@ -254,3 +254,37 @@ def test_offsets_of_a_consumer_the_group_moved_on_from_are_fenced(broker: Any, a
     finally:
         live.close(autocommit=False)
     assert _values(broker.bootstrap, [tp], isolation_level="read_committed") == [b"live"]
+
+
+def test_a_producer_whose_sequence_a_leader_lost_bumps_its_epoch_after_the_abort(
+    broker: Any, admin: Any
+) -> None:
+    """KIP-360: the partition is recreated under the producer, so its leader has no state
+    for it (UNKNOWN_PRODUCER_ID at the next batch); the transaction aborts, the abort bumps
+    the epoch with the producer's current id and epoch, and the next transaction's
+    sequences restart at 0 and commit (before, every later transaction failed)."""
+    topic = unique_topic("kip360")
+    admin.create_topic(topic, partitions=1)
+    tp = TopicPartition(topic, 0)
+    with kvlog.Producer(bootstrap_servers=broker.bootstrap, transactional_id=topic) as p:
+        p.init_transactions()
+        p.begin_transaction()
+        for i in range(5):
+            p.send(topic, b"old-%d" % i, partition=0)
+        p.commit_transaction()
+        admin.delete_topic(topic)
+        wait_until(lambda: topic not in admin.list_topics(), 30, what="the topic's deletion")
+        admin.create_topic(topic, partitions=1)
+        p.begin_transaction()
+        lost = p.send(topic, b"lost", partition=0)
+        with pytest.raises(InvalidTxnStateError):
+            p.commit_transaction()
+        assert isinstance(lost.exception(5), KvlogError)
+        assert lost.exception(5).code is ErrorCode.UNKNOWN_PRODUCER_ID
+        epoch = p._txn.producer_epoch
+        p.abort_transaction()
+        assert p._txn.producer_epoch == epoch + 1
+        p.begin_transaction()
+        p.send(topic, b"new", partition=0)
+        p.commit_transaction()
+    assert _values(broker.bootstrap, [tp], isolation_level="read_committed") == [b"new"]

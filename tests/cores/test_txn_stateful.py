@@ -396,3 +396,36 @@ def test_txn_offset_commit_fences_a_consumer_the_group_moved_on_from() -> None:
     assert commit(newer, third) is None
     # Only the accepted ones are pending, each replacing the one before.
     assert h.core.offsets.pending_txn("g", pid) == {TopicPartition("t", 0): 7}
+
+
+# -- KIP-360: a producer bumps its own epoch, a zombie cannot --------------------------------
+
+
+def test_init_producer_id_with_the_current_epoch_bumps_it_and_a_stale_one_is_fenced() -> None:
+    h = TxnHarness(config=CONFIG)
+
+    def init(pid: int = -1, epoch: int = -1) -> Any:
+        reply = h.replies[h.request(InitProducerId("a", 60_000, pid, epoch))]
+        return reply.error.code if reply.error is not None else reply.body
+
+    first: ProducerIdAnswer = init()
+    pid, epoch = first.producer_id, first.producer_epoch
+    # The producer aborts a transaction it wrote to (the epoch bump waits for its markers).
+    tp = TopicPartition("t", 0)
+    assert h.replies[h.request(AddPartitionsToTxn("a", pid, epoch, [tp]))].error is None
+    assert h.replies[h.request(EndTxn("a", pid, epoch, False))].error is None
+    token = h.request(InitProducerId("a", 60_000, pid, epoch))
+    assert token not in h.replies, "parked until the abort's markers are written"
+    h.deliver_all()
+    bumped: ProducerIdAnswer = h.replies[token].body
+    assert (bumped.producer_id, bumped.producer_epoch) == (pid, epoch + 1)
+    # The old epoch (a zombie's) can no longer bump it; a producer id not the id's is refused.
+    assert init(pid, epoch) is ErrorCode.PRODUCER_FENCED
+    assert init(pid + 1, epoch + 1) is ErrorCode.INVALID_PRODUCER_ID_MAPPING
+    assert h.core.txns["a"].producer_epoch == epoch + 1
+    # With its current epoch while a transaction is open: aborted (epoch + 2), then bumped.
+    assert h.replies[h.request(AddPartitionsToTxn("a", pid, epoch + 1, [tp]))].error is None
+    token = h.request(InitProducerId("a", 60_000, pid, epoch + 1))
+    h.deliver_all()
+    again: ProducerIdAnswer = h.replies[token].body
+    assert (again.producer_id, again.producer_epoch) == (pid, epoch + 3)
