@@ -8,6 +8,9 @@ older instances become zombies, still sending with their epochs). Every write th
 coordinator makes to its ``transactions`` table is observed in order, so the checks see
 every state it stored, even those one event passes through.
 
+A KIP-360 rule has an instance (a zombie too) bump its own epoch with InitProducerId and
+its producer id and epoch.
+
 Safety, after every step:
 - a transaction is completed at most once: every CompleteCommit / CompleteAbort closes the
   one decision (PrepareCommit / PrepareAbort) stored before it, or is a decision without
@@ -16,10 +19,11 @@ Safety, after every step:
   it touched that still exists has its marker (producer id, epoch, outcome) written by
   that partition's leader, before the Complete write;
 - fenced epochs never write: a request succeeds only when its producer id and epoch are
-  the transactional id's current ones (a zombie's requests all fail), every decision's
-  markers carry an epoch at least every epoch handed out for that producer id before it,
-  and a transaction aborted because it timed out or a new instance arrived has its epoch
-  bumped (its writers are fenced at every partition by the marker);
+  the transactional id's current ones (a zombie's requests all fail, its KIP-360 epoch
+  bumps too), every decision's markers carry an epoch at least every epoch handed out
+  for that producer id before it, and a transaction aborted because it timed out or a
+  new instance arrived has its epoch bumped (its writers are fenced at every partition
+  by the marker);
 - group offsets: committed exactly when a transaction that committed offsets for them is
   decided to commit (the pending ones, at the decision's write), never on abort;
 - no Ongoing transaction outlives its timeout once the clock passed it, and stored states
@@ -125,6 +129,12 @@ class TxnMachine(RuleBasedStateMachine):
     def check_reply(self, sent: Sent, reply: Any) -> None:
         event, instance = sent.event, sent.instance
         if isinstance(event, InitProducerId):
+            if sent.fenced and event.producer_id >= 0:
+                # KIP-360: a zombie cannot bump the epoch (it would fence its successor).
+                assert reply.error is not None and reply.error.code in (
+                    ErrorCode.PRODUCER_FENCED,
+                    ErrorCode.INVALID_PRODUCER_ID_MAPPING,
+                ), reply
             if reply.error is None:
                 answer: ProducerIdAnswer = reply.body
                 instance.pid, instance.epoch = answer.producer_id, answer.producer_epoch
@@ -228,6 +238,13 @@ class TxnMachine(RuleBasedStateMachine):
         instance = Instance(tid)
         self.instances.append(instance)
         self.send(instance, InitProducerId(tid, timeout))
+
+    @precondition(lambda self: self.live())
+    @rule(data=st.data())
+    def bump(self, data: Any) -> None:
+        """KIP-360: an instance (a zombie too) bumps its own epoch."""
+        i = data.draw(st.sampled_from(self.live()))
+        self.send(i, InitProducerId(i.tid, 60_000, i.pid, i.epoch))
 
     @precondition(lambda self: self.live())
     @rule(data=st.data(), parts=st.lists(st.sampled_from(ALL_TPS), min_size=1, max_size=3))
