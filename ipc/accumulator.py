@@ -23,6 +23,14 @@ reports progress (a reply handled, batches taken), at most one switch interval. 
 wait that times out (the broker is slow or away) it does not wait again until the sender
 moves: records then queue up to ``buffer.memory`` as before.
 
+Closing ``send()`` without a check per record (:class:`SendGate`, for the transactional
+producer, which may send only inside a transaction): ``send()`` asks its hooks for a
+topic's partitions only when the topic's registration is older than the metadata version
+it was last told; a closed gate tells it a version no topic is registered at, so every
+``send()`` asks the hooks (which raise, saying why), and an open one the real version, so
+``send()`` stays one C call. The check costs a Python call per record only while sends
+are refused anyway.
+
 Time is passed in (monotonic seconds) to the low-level methods, so tests drive it by hand.
 """
 
@@ -49,11 +57,13 @@ __all__ = [
     "ACCELERATED",
     "RECORD_OVERHEAD",
     "AccumulatorHooks",
+    "GatedPyRecordAccumulator",
     "NativeRecordAccumulator",
     "NoHooks",
     "ProducerBatch",
     "PyRecordAccumulator",
     "RecordAccumulator",
+    "SendGate",
     "check_timestamp",
     "header_value",
 ]
@@ -61,8 +71,45 @@ __all__ = [
 ACCELERATED = native is not None
 _Base: Any = native.Accumulator if native is not None else object
 
+GATED = -(2**63) + 1  # a metadata version no topic is ever registered at
 
-class NativeRecordAccumulator(_Base):  # type: ignore[misc]
+
+class SendGate:
+    """Mixin over an accumulator (C or Python): :meth:`gate` opens or closes ``send()``
+    (see the module docstring). While closed, every ``send()`` calls the hooks'
+    ``topic_partitions``, which decides whether the record may go. Thread-safe: the gate,
+    the metadata version and the registrations change under one lock, so a topic
+    registered concurrently with a closing gate cannot reopen it."""
+
+    _gate_lock: threading.Lock
+    _gate_open: bool
+    _meta_version: int
+
+    def _init_gate(self) -> None:
+        self._gate_lock = threading.Lock()
+        self._gate_open = True
+        self._meta_version = -1
+
+    def gate(self, open_: bool) -> None:
+        """Open (sends take the fast path) or close (every send asks the hooks)."""
+        with self._gate_lock:
+            self._gate_open = open_
+            super().set_version(self._meta_version if open_ else GATED)  # type: ignore[misc]
+
+    def set_version(self, version: int) -> None:
+        with self._gate_lock:
+            self._meta_version = version
+            super().set_version(version if self._gate_open else GATED)  # type: ignore[misc]
+
+    def set_topic(self, topic: str, tps: list[Any], version: int) -> None:
+        with self._gate_lock:
+            super().set_topic(topic, tps, version)  # type: ignore[misc]
+            self._meta_version = version
+            if not self._gate_open:
+                super().set_version(GATED)  # type: ignore[misc]
+
+
+class NativeRecordAccumulator(SendGate, _Base):  # type: ignore[misc]
     """The C accumulator with its Python parts: blocking while buffer.memory is full and
     the hooks into the producer. Shared by user threads (send, append) and the I/O
     thread (ready/drain/complete); every C method is atomic under the GIL."""
@@ -101,6 +148,7 @@ class NativeRecordAccumulator(_Base):  # type: ignore[misc]
         self._hooks: AccumulatorHooks = hooks or NoHooks()
         self._cond = threading.Condition()
         self._room_waiters = 0
+        self._init_gate()
 
     # -- hooks the C code calls (never with a record half-appended) ------------------------
 
@@ -154,4 +202,13 @@ class NativeRecordAccumulator(_Base):  # type: ignore[misc]
             self._cond.notify_all()
 
 
-RecordAccumulator: Any = NativeRecordAccumulator if ACCELERATED else PyRecordAccumulator
+class GatedPyRecordAccumulator(SendGate, PyRecordAccumulator):
+    """The pure-Python accumulator with the send gate (the producer's, when the C
+    extension is not built)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._init_gate()
+
+
+RecordAccumulator: Any = NativeRecordAccumulator if ACCELERATED else GatedPyRecordAccumulator

@@ -96,6 +96,9 @@ class Producer:
                 self._bootstrap,
                 self._max_block_s,
                 cfg["retry_backoff_ms"] / 1000,
+                gate=self._accumulator.gate,
+                settled=lambda: not self._accumulator.incomplete(),
+                restart_sequences=lambda pid, epoch: self._sender.set_producer(pid, epoch),
             )
         self._sender = Sender(self)
         self._io = IOThread(
@@ -105,9 +108,12 @@ class Producer:
             socket_options=client_socket_options(cfg),
             header_fields=client_header_fields(cfg),
         )
-        if type(self).send is Producer.send and self._txn is None:
+        if type(self).send is Producer.send:
             # The accumulator's send() is the whole per-record path; calling it directly
             # saves a Python frame per record (a subclass that overrides send keeps it).
+            # A transactional producer's too: the transaction's state closes the
+            # accumulator's send gate outside a transaction (ipc/accumulator.py), and the
+            # hooks say why (_Hooks.topic_partitions).
             self.send = self._accumulator.send  # type: ignore[method-assign]
 
     def __enter__(self) -> Producer:
@@ -130,9 +136,8 @@ class Producer:
         partition: int | None = None,
         timestamp_ms: int | None = None,
     ) -> FutureRecordMetadata:
-        """Queue one record; returns a future resolving to its RecordMetadata."""
-        if self._txn is not None:
-            self._txn.check_send()
+        """Queue one record; returns a future resolving to its RecordMetadata. A
+        transactional producer sends inside a transaction only (InvalidTxnStateError)."""
         return self._accumulator.send(topic, value, key, headers, partition, timestamp_ms)
 
     def send_batch(
@@ -300,6 +305,10 @@ class _Hooks:
         self._producer = producer
 
     def topic_partitions(self, topic: str) -> tuple[list[TopicPartition], int]:
+        txn = self._producer._txn
+        if txn is not None:
+            # Asked on every send() while the transaction's send gate is closed.
+            txn.check_send()
         return self._producer._topic_partitions(topic)
 
     def choose_sticky(self, topic: str, count: int, current: int) -> int:

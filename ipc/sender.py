@@ -82,9 +82,12 @@ class Sender:
         self.metadata.mark_stale()
 
     def set_producer(self, producer_id: int, epoch: int) -> None:
-        """The transactional producer's id and epoch (init_transactions()); set before
-        its first batch, so no batch is in flight."""
-        self.sequencer.producer_epoch = epoch
+        """The transactional producer's id and epoch (init_transactions(), or KIP-360's
+        bump after an abort); set while no batch is unsettled: every partition's
+        sequence restarts at 0 under the epoch."""
+        self.sequencer = Sequencer(
+            idempotent=self.idempotent, max_in_flight=self.max_in_flight, producer_epoch=epoch
+        )
         self.producer_id = producer_id
 
     def abort(self, error: KvlogError) -> None:
@@ -109,6 +112,10 @@ class Sender:
             if batch.base_sequence >= 0:
                 self.sequencer.on_expired(batch.tp, batch)
             self._fail(batch, self._timeout_error(batch))
+        if self.txn is not None:
+            # Partitions join the transaction as soon as they hold a batch (open ones
+            # too), so the coordinator's round trip overlaps linger.ms and the sends.
+            self.txn.register(io, {batch.tp for batch in self.accumulator.incomplete()}, now)
         ready, next_due = self.accumulator.ready(now)
         if ready and self._send_ready(io, ready, now):
             # Batches wait for a partition's leader: run again when metadata may be asked.

@@ -4,16 +4,23 @@ A :class:`TransactionManager` belongs to a Producer built with ``transactional_i
 API calls run on the application's thread and talk to the transaction coordinator
 (PROTOCOL.md, ``init_producer_id`` with a transactional id, ``add_partitions_to_txn``,
 ``add_offsets_to_txn``, ``txn_offset_commit``, ``end_txn``) with blocking calls,
-retrying what is retriable until ``max.block.ms``. The sender asks it, on the I/O thread,
-which ready partitions may send: a partition joins the transaction
-(``add_partitions_to_txn``, sent from the I/O thread, several at once) before its first
-batch of the transaction goes, as in Kafka's client.
+retrying what is retriable until ``max.block.ms``.
+
+Partitions join the transaction from the I/O thread, batch by batch, never per record:
+on each of its turns the sender hands :meth:`TransactionManager.register` the partitions
+of the batches the accumulator holds (open ones too, as Kafka's client adds a partition
+when its first record is appended rather than when its batch is ready), and the new ones
+are added (``add_partitions_to_txn``, several in one request); a partition's batches are
+sent (:meth:`TransactionManager.sendable`) once the coordinator has it.
 
 States (Kafka's client names): UNINITIALIZED -> (init_transactions) READY ->
-(begin_transaction) IN_TRANSACTION -> (commit/abort) READY. A batch that fails inside a
-transaction makes it ABORTABLE (commit raises, abort works); PRODUCER_FENCED or
-INVALID_PRODUCER_EPOCH anywhere makes the producer FATAL: every later call raises
-:class:`~kvlog.errors.ProducerFencedError` (a newer producer with the same id took over).
+(begin_transaction) IN_TRANSACTION -> (commit/abort) COMMITTING / ABORTING -> READY. A
+batch that fails inside a transaction makes it ABORTABLE (commit raises, abort works);
+PRODUCER_FENCED or INVALID_PRODUCER_EPOCH anywhere makes the producer FATAL: every later
+call raises :class:`~kvlog.errors.ProducerFencedError` (a newer producer with the same id
+took over). ``send()`` is allowed in IN_TRANSACTION only; the manager opens and closes
+the accumulator's send gate (ipc/accumulator.py ``SendGate``) with every state change, so
+the check costs nothing per record while a transaction is open.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,14 +46,25 @@ from .metadata import ClusterMetadata
 from .rpc import IOThread
 
 FENCING = {ErrorCode.PRODUCER_FENCED, ErrorCode.INVALID_PRODUCER_EPOCH}
+# A leader lost this producer's sequence (its state expired, or the partition was
+# recreated): its sequences can only restart at 0 under a new epoch (KIP-360).
+SEQUENCE_LOST = {ErrorCode.UNKNOWN_PRODUCER_ID, ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER}
 
 
 class TxnState(enum.Enum):
     UNINITIALIZED = "uninitialized"
     READY = "ready"
     IN_TRANSACTION = "in transaction"
+    COMMITTING = "committing"
+    ABORTING = "aborting"
     ABORTABLE = "abortable error"
     FATAL = "fatal error"
+
+
+# Where the I/O thread adds partitions: batches of the transaction are still to be sent.
+_ADDING = frozenset(
+    {TxnState.IN_TRANSACTION, TxnState.COMMITTING, TxnState.ABORTING, TxnState.ABORTABLE}
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,9 @@ class TransactionManager:
         bootstrap: list[str],
         max_block_s: float,
         backoff_s: float,
+        gate: Callable[[bool], None] = lambda open_: None,
+        settled: Callable[[], bool] = lambda: False,
+        restart_sequences: Callable[[int, int], None] = lambda pid, epoch: None,
     ) -> None:
         self.transactional_id = transactional_id
         self.timeout_ms = timeout_ms
@@ -87,6 +108,12 @@ class TransactionManager:
         self.bootstrap = bootstrap
         self.max_block_s = max_block_s
         self.backoff_s = backoff_s
+        self._gate = gate  # opens/closes send() (the accumulator's SendGate)
+        # KIP-360's epoch bump: the sender restarts its sequences under the new epoch,
+        # which it may only while no batch is unsettled.
+        self._settled = settled
+        self._restart_sequences = restart_sequences
+        self._bump_wanted = False  # KIP-360: bump the epoch once this transaction aborts
         self._lock = threading.Lock()
         self.state = TxnState.UNINITIALIZED
         self.producer_id = -1
@@ -96,6 +123,8 @@ class TransactionManager:
         self._adding: set[TopicPartition] = set()
         self._add_retry_at = 0.0
         self._offsets_added = False
+        self._end_sent = False  # EndTxn went out for the transaction ending now
+        gate(False)
 
     # -- the application's calls ----------------------------------------------------------
 
@@ -114,7 +143,7 @@ class TransactionManager:
         with self._lock:
             self.producer_id = int(reply["producer_id"])
             self.producer_epoch = int(reply["producer_epoch"])
-            self.state = TxnState.READY
+            self._move_locked(TxnState.READY)
         return self.producer_id, self.producer_epoch
 
     def begin(self) -> None:
@@ -125,13 +154,15 @@ class TransactionManager:
                     f"begin_transaction() needs a ready producer, not one {self.state.value} "
                     "(call init_transactions() first, and end each transaction)"
                 )
-            self.state = TxnState.IN_TRANSACTION
             self.error = None
             self._added.clear()
             self._offsets_added = False
+            self._end_sent = False
+            self._move_locked(TxnState.IN_TRANSACTION)
 
     def check_send(self) -> None:
-        """send() is allowed only inside a transaction."""
+        """send() is allowed only inside a transaction (raises why not). The accumulator
+        calls it through the producer's hooks only while its send gate is closed."""
         state = self.state
         if state is TxnState.IN_TRANSACTION:
             return
@@ -140,6 +171,11 @@ class TransactionManager:
             if self.state is TxnState.ABORTABLE:
                 raise InvalidTxnStateError(
                     f"the transaction failed ({self._why()}); call abort_transaction()"
+                )
+            if self.state in (TxnState.COMMITTING, TxnState.ABORTING):
+                raise InvalidTxnStateError(
+                    f"the transaction is {self.state.value}: send() belongs to the next "
+                    "one (begin_transaction() after the commit or abort returns)"
                 )
             raise InvalidTxnStateError(
                 "a transactional producer sends inside a transaction: call "
@@ -151,8 +187,14 @@ class TransactionManager:
         offsets: Mapping[TopicPartition, Any],
         group: ConsumerGroupMetadata | str,
     ) -> None:
-        """The consumer group's offsets, committed if and only if the transaction is."""
-        group_id = group if isinstance(group, str) else group.group_id
+        """The consumer group's offsets, committed if and only if the transaction is. With
+        the consumer's group metadata (not a bare group id), the coordinator fences a
+        consumer the group has moved on from (KIP-447): ILLEGAL_GENERATION,
+        UNKNOWN_MEMBER_ID or FENCED_INSTANCE_ID, after which only an abort ends the
+        transaction."""
+        if isinstance(group, str):
+            group = ConsumerGroupMetadata(group)
+        group_id = group.group_id
         with self._lock:
             self._check_fatal()
             if self.state is not TxnState.IN_TRANSACTION:
@@ -171,21 +213,44 @@ class TransactionManager:
             }
             for tp, value in offsets.items()
         ]
-        self._call("txn_offset_commit", {"group_id": group_id, "offsets": entries})
+        fields: dict[str, Any] = {"group_id": group_id, "offsets": entries}
+        if group.generation_id >= 0 or group.member_id or group.group_instance_id:
+            fields.update(
+                generation=group.generation_id,
+                member_id=group.member_id,
+                group_instance_id=group.group_instance_id,
+            )
+        try:
+            self._call("txn_offset_commit", fields)
+        except KvlogError as exc:
+            with self._lock:  # the offsets did not go in: the transaction cannot commit
+                if not exc.retriable and self.state is TxnState.IN_TRANSACTION:
+                    self.error = exc
+                    self._move_locked(TxnState.ABORTABLE)
+            raise
 
     def end(self, commit: bool, flush: Callable[[float | None], None]) -> None:
         """commit_transaction() / abort_transaction(): every record sent first, then the
-        coordinator's decision (durable when this returns; markers follow)."""
+        coordinator's decision (durable when this returns; markers follow). ``send()``
+        is refused from the start (Kafka's COMMITTING / ABORTING states). A call that
+        raises a timeout may be retried (the same outcome; an abort, too, if the commit
+        timed out before its EndTxn went out)."""
+        ending = TxnState.COMMITTING if commit else TxnState.ABORTING
         with self._lock:
             self._check_fatal()
-            if self.state not in (TxnState.IN_TRANSACTION, TxnState.ABORTABLE):
-                raise InvalidTxnStateError(
-                    f"no transaction to end (the producer is {self.state.value})"
-                )
-            if commit and self.state is TxnState.ABORTABLE:
+            state = self.state
+            if commit and state is TxnState.ABORTABLE:
                 raise InvalidTxnStateError(
                     f"the transaction failed ({self._why()}); call abort_transaction()"
                 )
+            retry = state is ending or (state is TxnState.COMMITTING and not self._end_sent)
+            if not retry and state not in (TxnState.IN_TRANSACTION, TxnState.ABORTABLE):
+                raise InvalidTxnStateError(
+                    f"no transaction to {'commit' if commit else 'abort'} (the producer "
+                    f"is {state.value})"
+                )
+            if state is not TxnState.ABORTABLE:
+                self._move_locked(ending)
         try:
             flush(self.max_block_s)
         except KafkaTimeoutError:
@@ -197,43 +262,60 @@ class TransactionManager:
                 raise InvalidTxnStateError(
                     f"the transaction failed ({self._why()}); call abort_transaction()"
                 )
-            touched = bool(self._added) or self._offsets_added
+            touched = bool(self._added or self._adding) or self._offsets_added
+            self._end_sent = True
         if touched:  # else the coordinator never heard of this transaction
             self._call("end_txn", {"committed": commit})
+        if not commit and self._bump_wanted:
+            self._bump_epoch()
         with self._lock:
             self._added.clear()
             self._offsets_added = False
-            self.state = TxnState.READY
             self.error = None
+            self._move_locked(TxnState.READY)
+
+    def _bump_epoch(self) -> None:
+        """KIP-360, after the abort: InitProducerId with this producer's id and epoch
+        bumps the epoch (fenced if a newer instance took over meanwhile), and the sender
+        restarts every partition's sequence at 0 under it."""
+        if not self._settled():
+            return  # batches still unsettled (the abort's flush timed out): next abort
+        fields = {
+            "transactional_id": self.transactional_id,
+            "transaction_timeout_ms": self.timeout_ms,
+            "producer_id": self.producer_id,
+            "producer_epoch": self.producer_epoch,
+        }
+        reply = self._call("init_producer_id", fields, include_producer=False)
+        with self._lock:
+            self.producer_id = int(reply["producer_id"])
+            self.producer_epoch = int(reply["producer_epoch"])
+            self._bump_wanted = False
+        self._restart_sequences(self.producer_id, self.producer_epoch)
 
     # -- the sender's hooks (I/O thread) --------------------------------------------------
 
-    def sendable(
-        self, io: IOThread, ready: list[TopicPartition], now: float
-    ) -> list[TopicPartition]:
-        """The ready partitions already in the transaction; the others are added (one
-        request for all of them) and send once the coordinator has them."""
+    def register(self, io: IOThread, tps: Iterable[TopicPartition], now: float) -> None:
+        """The partitions that hold batches (open ones too): those new to the transaction
+        are added, in one request, while earlier requests may still be in flight."""
         with self._lock:
-            if self.state is TxnState.FATAL:
-                return []
-            missing = [tp for tp in ready if tp not in self._added]
-            if not missing:
-                return ready
-            out = [tp for tp in ready if tp in self._added]
-            if self._adding or now < self._add_retry_at:
-                return out
-            self._adding = set(missing)
+            if self.state not in _ADDING or now < self._add_retry_at:
+                return
+            new = {tp for tp in tps if tp not in self._added and tp not in self._adding}
+            if not new:
+                return
+            self._adding |= new
+            fields = {
+                **self._producer_fields(),
+                "partitions": [[tp.topic, tp.partition] for tp in sorted(new)],
+            }
         endpoint = self._coordinator_now()
-        fields = {
-            **self._producer_fields(),
-            "partitions": [[tp.topic, tp.partition] for tp in missing],
-        }
 
         def done(
             header: dict[str, Any] | None, frames: list[bytes], error: KvlogError | None
         ) -> None:
             with self._lock:
-                self._adding.clear()
+                self._adding -= new
                 if error is None and header is not None:
                     for entry in header.get("partitions", []):
                         tp = TopicPartition(entry["topic"], entry["partition"])
@@ -248,16 +330,28 @@ class TransactionManager:
             io.wake()
 
         io.send_now(endpoint, "add_partitions_to_txn", fields, done, fail_fast=True)
-        return out
+
+    def sendable(
+        self, io: IOThread, ready: list[TopicPartition], now: float
+    ) -> list[TopicPartition]:
+        """The ready partitions already in the transaction (the others are added first:
+        :meth:`register`)."""
+        self.register(io, ready, now)
+        with self._lock:
+            if self.state is TxnState.FATAL:
+                return []
+            return [tp for tp in ready if tp in self._added]
 
     def batch_failed(self, error: BaseException) -> None:
         """A batch of the transaction failed for good: only an abort ends it now."""
         with self._lock:
+            if isinstance(error, KvlogError) and error.code in SEQUENCE_LOST:
+                self._bump_wanted = True
             if isinstance(error, KvlogError) and error.code in FENCING:
                 self._fatal_locked(error)
-            elif self.state is TxnState.IN_TRANSACTION:
-                self.state = TxnState.ABORTABLE
+            elif self.state in (TxnState.IN_TRANSACTION, TxnState.COMMITTING):
                 self.error = error if isinstance(error, KvlogError) else KvlogError(str(error))
+                self._move_locked(TxnState.ABORTABLE)
 
     @property
     def fatal(self) -> bool:
@@ -273,17 +367,21 @@ class TransactionManager:
             assert self.error is not None
             raise self.error
 
+    def _move_locked(self, state: TxnState) -> None:
+        self.state = state
+        self._gate(state is TxnState.IN_TRANSACTION)
+
     def _fatal_locked(self, error: KvlogError) -> None:
         if self.state is not TxnState.FATAL:
-            self.state = TxnState.FATAL
             self.error = _fenced(error) if error.code in FENCING else error
+            self._move_locked(TxnState.FATAL)
 
     def _on_error_locked(self, error: KvlogError) -> None:
         if error.code in FENCING:
             self._fatal_locked(error)
-        elif not error.retriable and self.state is TxnState.IN_TRANSACTION:
-            self.state = TxnState.ABORTABLE
+        elif not error.retriable and self.state in (TxnState.IN_TRANSACTION, TxnState.COMMITTING):
             self.error = error
+            self._move_locked(TxnState.ABORTABLE)
 
     def _producer_fields(self) -> dict[str, Any]:
         return {

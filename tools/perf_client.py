@@ -36,9 +36,12 @@ never with ``--json``.
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from array import array
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -51,6 +54,7 @@ from .perf_common import (
     MAX_SAMPLES,
     POOL,
     Options,
+    PairedResult,
     Result,
     Tick,
     TopicPartitionLike,
@@ -67,10 +71,23 @@ from .perf_common import (
 # -- produce -----------------------------------------------------------------------------------
 
 
+def _spans(n: int, every: int) -> Iterator[tuple[int, int]]:
+    """[first, end) record ranges of at most CHUNK that never cross a multiple of
+    ``every`` (a transaction's end; 0: no transactions)."""
+    first = 0
+    while first < n:
+        end = min(n, first + CHUNK)
+        if every:
+            end = min(end, (first // every + 1) * every)
+        yield first, end
+        first = end
+
+
 def run_produce(options: Options, tick: Tick) -> Result:
     from kvlog.ipc.producer import Producer
 
     n = options.records
+    per_txn = options.transactional
     keys, values = payloads(options)
     topic = options.topic
     stride = max(1, n // MAX_SAMPLES)
@@ -80,19 +97,28 @@ def run_produce(options: Options, tick: Tick) -> Result:
     batch_of = array("l")
     batches: dict[Any, int] = {}
     acked_at: dict[Any, float] = {}
+    commits = array("d")  # commit_transaction() after the flush: the EndTxn round trip
     clock = time.perf_counter
 
     def on_ack(batch: Any) -> None:
         acked_at[batch] = clock()
 
-    with Producer(options.producer_config()) as producer:
+    extra = {"transactional.id": f"kvlog-perf-{os.getpid()}-{time.time_ns()}"} if per_txn else {}
+    with Producer(options.producer_config(**extra)) as producer:
+        if per_txn:
+            producer.init_transactions()
+            producer.begin_transaction()
         producer.send(topic, value=b"warm-up").get(timeout=30)  # metadata and producer id
+        if per_txn:
+            producer.commit_transaction()
         send = producer.send
         mask = POOL - 1
         started_wall = time.time()
         started = clock()
-        for first in range(0, n, CHUNK):
-            for i in range(first, min(n, first + CHUNK)):
+        for first, end in _spans(n, per_txn):
+            if per_txn and not first % per_txn:
+                producer.begin_transaction()
+            for i in range(first, end):
                 future = send(topic, values[i & mask], keys[i & mask])
                 if not i % stride:
                     # One real future per batch (FutureRecordMetadata._batch): time its
@@ -104,7 +130,12 @@ def run_produce(options: Options, tick: Tick) -> Result:
                         batch.add_callback(on_ack)
                     sent_at.append(clock())
                     batch_of.append(index)
-            tick(min(CHUNK, n - first))
+            if per_txn and (not end % per_txn or end == n):
+                producer.flush()  # commit_transaction() would: timed apart from the EndTxn
+                t = clock()
+                producer.commit_transaction()
+                commits.append(clock() - t)
+            tick(end - first)
         producer.flush()
         seconds = clock() - started
     failed = [b.error for b in batches if b.error is not None]
@@ -114,7 +145,7 @@ def run_produce(options: Options, tick: Tick) -> Result:
     latency = Counter(
         int((ack_by_index[k] - t) * 1e6) for t, k in zip(sent_at, batch_of, strict=True)
     )
-    return Result(
+    result = Result(
         "produce",
         n,
         seconds,
@@ -124,6 +155,27 @@ def run_produce(options: Options, tick: Tick) -> Result:
         {"api": "send"},
         started_wall,
     )
+    if per_txn:
+        ms = sorted(c * 1000 for c in commits)
+        result.extra.update(
+            records_per_transaction=per_txn,
+            transactions=len(ms),
+            commit_p50_ms=round(statistics.median(ms), 3),
+            commit_max_ms=round(ms[-1], 3),
+        )
+    return result
+
+
+def run_paired(options: Options, tick: Tick, rounds: int) -> PairedResult:
+    """``--paired-rounds R``: R rounds, each an idempotent run then a transactional one
+    (``--transactional``), on one broker, so the two meet the same machine load."""
+    load_before = os.getloadavg()
+    pairs = []
+    for _ in range(rounds):
+        idempotent = run_produce(replace(options, transactional=0), tick)
+        transactional = run_produce(options, tick)
+        pairs.append((idempotent, transactional))
+    return PairedResult(pairs, load_before, os.getloadavg())
 
 
 def run_produce_batches(options: Options, tick: Tick) -> Result:
@@ -304,20 +356,47 @@ def run_consume(
 @common_options
 @send_batch_option
 @preload_option
+@click.option(
+    "--transactional",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="A transactional producer committing every N records (0: idempotent); reports "
+    "the commit_transaction() time after each flush.",
+)
+@click.option(
+    "--paired-rounds",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="R",
+    help="With --transactional: R rounds of an idempotent run then a transactional one, "
+    "and their ratio (median and range).",
+)
 @with_client_options
-def perf_produce(**kwargs: Any) -> None:
+def perf_produce(paired_rounds: int, **kwargs: Any) -> None:
     """Producer throughput and send -> ack latency."""
     options = Options(**kwargs)
+    if options.transactional and (options.client != "kvlog" or options.send_batch):
+        raise click.UsageError("--transactional is for kvlog's client's send()")
+    if options.transactional and options.acks not in ("all", "-1"):
+        raise click.UsageError("--transactional needs --acks all")
+    if paired_rounds and not options.transactional:
+        raise click.UsageError("--paired-rounds compares against --transactional N")
 
-    def body(o: Options, bars: bool) -> Result:
+    def body(o: Options, bars: bool) -> Result | PairedResult:
         stored = sum(preload(o, bars).values())
-        with progress_bar("produce", o.records, bars) as tick:
+        total = o.records * 2 * paired_rounds if paired_rounds else o.records
+        with progress_bar("produce", total, bars) as tick:
             if o.client != "kvlog":
                 from . import perf_kafka_clients
 
                 result = perf_kafka_clients.run_produce(o, tick)
             elif o.send_batch:
                 result = run_produce_batches(o, tick)
+            elif paired_rounds:
+                return run_paired(o, tick, paired_rounds)
             else:
                 result = run_produce(o, tick)
         result.extra["stored_before"] = stored

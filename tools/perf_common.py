@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -57,6 +58,7 @@ class Options:
     client: str = "kvlog"
     kafka_bootstrap: str | None = None
     client_setting: tuple[str, ...] = ()
+    transactional: int = 0  # produce: records per transaction (0: not transactional)
 
     @property
     def client_settings(self) -> dict[str, Any]:
@@ -127,6 +129,50 @@ class Result:
             "mean_ms": round(hist.get_mean_value() / 1000, 3) if samples else None,
             "percentiles": [[p, ms(p)] for p in PERCENTILES] if samples else [],
             **self.extra,
+            "bootstrap": bootstrap,
+            "embedded_broker": embedded,
+            "config": config,
+        }
+
+
+@dataclass
+class PairedResult:
+    """``kvlog perf produce --transactional N --paired-rounds R``: per round an idempotent
+    run and a transactional one; ``as_dict`` is the ``--json`` object."""
+
+    pairs: list[tuple[Result, Result]]
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float]
+
+    def as_dict(self, options: Options, bootstrap: str, embedded: bool) -> dict[str, Any]:
+        rounds = []
+        for idempotent, transactional in self.pairs:
+            i = idempotent.as_dict(options, bootstrap, embedded)
+            t = transactional.as_dict(options, bootstrap, embedded)
+            rounds.append(
+                {
+                    "idempotent_records_per_s": i["records_per_s"],
+                    "transactional_records_per_s": t["records_per_s"],
+                    "ratio": round(t["records_per_s"] / i["records_per_s"], 4),
+                    "commit_p50_ms": t["commit_p50_ms"],
+                    "commit_max_ms": t["commit_max_ms"],
+                }
+            )
+        ratios = sorted(r["ratio"] for r in rounds)
+        config = asdict(options)
+        config.pop("as_json")
+        config.pop("bootstrap_server")
+        config["command_config"] = str(options.command_config) if options.command_config else None
+        return {
+            "test": "produce-paired",
+            "records_per_transaction": options.transactional,
+            "rounds": rounds,
+            "ratio_median": round(statistics.median(ratios), 4),
+            "ratio_min": ratios[0],
+            "ratio_max": ratios[-1],
+            "commit_p50_ms": round(statistics.median(r["commit_p50_ms"] for r in rounds), 3),
+            "load_before": [round(x, 2) for x in self.load_before],
+            "load_after": [round(x, 2) for x in self.load_after],
             "bootstrap": bootstrap,
             "embedded_broker": embedded,
             "config": config,
@@ -267,6 +313,22 @@ QUEUEING_NOTE = (
 def _report(result: dict[str, Any]) -> None:
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
+
+    if result["test"] == "produce-paired":
+        for k, r in enumerate(result["rounds"]):
+            click.echo(
+                f"round {k}: idempotent {r['idempotent_records_per_s']:,.0f} records/s, "
+                f"transactional {r['transactional_records_per_s']:,.0f} records/s: "
+                f"{r['ratio']:.0%} (commit p50 {r['commit_p50_ms']:.2f} ms)"
+            )
+        click.echo(
+            f"transactional / idempotent ({result['records_per_transaction']:,} records per "
+            f"transaction): median {result['ratio_median']:.0%}, range "
+            f"{result['ratio_min']:.0%} - {result['ratio_max']:.0%}; commit p50 "
+            f"{result['commit_p50_ms']:.2f} ms; load {result['load_before'][0]:.1f} -> "
+            f"{result['load_after'][0]:.1f}"
+        )
+        return
 
     line = (
         f"{result['records']:,} records in {result['seconds']:.2f} s: "
@@ -409,7 +471,7 @@ preload_option = click.option(
 )
 
 
-def _run(options: Options, body: Callable[[Options, bool], Result]) -> None:
+def _run(options: Options, body: Callable[[Options, bool], Result | PairedResult]) -> None:
     if options.bootstrap_server is not None:
         from .common import check_endpoint
 

@@ -151,10 +151,15 @@ class InitProducerId:
     """A producer id: an idempotent producer's (the controller's), or with
     ``transactional_id`` a transactional producer's (the transaction coordinator's:
     :mod:`workers.txn_core`), whose transactions time out after
-    ``transaction_timeout_ms``."""
+    ``transaction_timeout_ms``. ``producer_id`` / ``producer_epoch`` (KIP-360; -1: none):
+    a transactional producer bumping its own epoch after an abortable error, allowed only
+    with the id's current producer id and epoch (so a zombie cannot fence its successor).
+    """
 
     transactional_id: str | None = None
     transaction_timeout_ms: int = 60_000
+    producer_id: int = -1
+    producer_epoch: int = -1
 
 
 @dataclass(slots=True)

@@ -211,6 +211,8 @@ class CoordinatorServer(GroupOps, TxnOps, KafkaShell, CoreShell, Server):
         event = InitProducerId(
             req.opt_str("transactional_id", max_len=32_767),
             req.int("transaction_timeout_ms", 60_000, low=-(1 << 31), high=INT32_MAX),
+            producer_id=req.int("producer_id", -1, low=-1),
+            producer_epoch=req.int("producer_epoch", -1, low=-1, high=32_767),
         )
         return self.call(peer, req.id, event)
 

@@ -26,7 +26,13 @@ from typing import Any
 
 import cbor2
 
-from kvlog.errors import KvlogError, OffsetMetadataTooLargeError
+from kvlog.errors import (
+    FencedInstanceIdError,
+    IllegalGenerationError,
+    KvlogError,
+    OffsetMetadataTooLargeError,
+    UnknownMemberIdError,
+)
 from kvlog.log import LogStore, WriteTxn
 from kvlog.metadata_store import CommittedOffset, commit_offset, group_offsets
 from kvlog.types import TopicPartition
@@ -125,6 +131,46 @@ class OffsetsCore:
         return Result().reply(token, answer)
 
     # -- transactional offsets (the transaction coordinator's) ------------------------------
+
+    def admit_txn(
+        self, group_id: str, generation: int, member_id: str, instance_id: str | None
+    ) -> None:
+        """Raise unless a transaction may commit offsets for ``group_id`` with this group
+        metadata (KIP-447; Kafka's classic group ``validateOffsetCommit`` for a
+        transactional commit): without metadata (generation -1, no member or instance
+        id) always, as before KIP-447; with it only for a current member
+        (UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID for a replaced static member) of the
+        current generation (ILLEGAL_GENERATION; also for a group that does not exist).
+        Unlike a consumer's commit, a rebalance in progress does not refuse it."""
+        if generation < 0 and not member_id and not instance_id:
+            return
+        group = self.groups.live_group(group_id)
+        if group is None or (generation < 0 and not group.members):
+            if generation < 0:
+                return  # an empty group takes any commit (Kafka: generation -1, Empty)
+            raise IllegalGenerationError(
+                f"group {group_id!r} has no generation {generation}: the consumer's group "
+                "is gone; this producer belongs to a zombie consumer"
+            )
+        if instance_id:
+            current = group.static.get(instance_id)
+            if current is None or current != member_id:
+                raise FencedInstanceIdError(
+                    f"group.instance.id {instance_id!r} of group {group_id!r} now belongs to "
+                    "another member: this consumer (and its transactional producer) was "
+                    "replaced"
+                )
+        if member_id not in group.members:
+            raise UnknownMemberIdError(
+                f"member {member_id!r} is not in group {group_id!r}: the group rebalanced "
+                "without it; this producer belongs to a zombie consumer"
+            )
+        if generation != group.generation:
+            raise IllegalGenerationError(
+                f"offsets from generation {generation}, but group {group_id!r} is at "
+                f"generation {group.generation}: a rebalance happened since this consumer "
+                "joined (a zombie's producer)"
+            )
 
     def stage_txn(
         self, group_id: str, producer_id: int, entries: list[CommitEntry], now_ms: int

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kvlog.errors import (
@@ -293,13 +293,19 @@ class TransactionCoordinator:
                 "(the broker's transaction.max.timeout.ms)"
             )
         meta = self.txns.get(tid)
+        if ev.producer_id >= 0:
+            # KIP-360: the producer bumps its own epoch (after an abortable error such as
+            # UNKNOWN_PRODUCER_ID), only while it is still the id's current instance.
+            self._current(tid, ev.producer_id, ev.producer_epoch)
         if meta is not None and meta.state.preparing:
-            self._park(token, ev, tid, now_ms)
+            self._park(token, ev, tid, now_ms)  # checked again once it completes
             return
         if meta is not None and meta.state is TxnState.ONGOING:
             # A new instance: the open transaction is aborted with the old instance fenced;
             # this request is answered once that abort completes.
             self._fence_and_abort(meta, now_ms)
+            if ev.producer_id >= 0:  # the epoch it bumps is the one the abort bumped
+                ev = replace(ev, producer_epoch=self.txns[tid].producer_epoch)
             self._park(token, ev, tid, now_ms)
             return
         # A new id, or an epoch that cannot grow: a new producer id at epoch 0.
@@ -369,6 +375,9 @@ class TransactionCoordinator:
                 "an open transaction; add it first (AddOffsetsToTxn / "
                 "send_offsets_to_transaction)"
             )
+        # KIP-447: the consumer whose offsets these are must still be the group's member
+        # of this generation, or its producer is a zombie's.
+        self.offsets.admit_txn(ev.group_id, ev.generation, ev.member_id, ev.instance_id)
         answer = self.offsets.stage_txn(ev.group_id, ev.producer_id, ev.offsets, now_ms)
         out.reply(token, answer)
 

@@ -56,13 +56,19 @@ class EndTxn:
 
 @dataclass(slots=True)
 class TxnOffsetCommit:
-    """Offsets of ``group_id`` to commit with the transaction (pending until it ends)."""
+    """Offsets of ``group_id`` to commit with the transaction (pending until it ends).
+    ``generation`` / ``member_id`` / ``instance_id``: the consumer's group metadata
+    (KIP-447), checked against the group as Kafka's coordinator does, so a zombie
+    consumer's producer is fenced; -1 / "" / None: unchecked (before KIP-447)."""
 
     transactional_id: str
     group_id: str
     producer_id: int
     producer_epoch: int
     offsets: list[CommitEntry] = field(default_factory=list)
+    generation: int = -1
+    member_id: str = ""
+    instance_id: str | None = None
 
 
 # -- internal -------------------------------------------------------------------------------

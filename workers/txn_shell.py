@@ -29,7 +29,7 @@ import zmq
 
 from kvlog import clock
 from kvlog.errors import InvalidRequestError, KvlogError
-from kvlog.ipc.wire import Request, check_list, check_str
+from kvlog.ipc.wire import INT32_MAX, Request, check_list, check_str
 from kvlog.types import TopicPartition, check_partition
 
 from .core_result import Send
@@ -97,7 +97,16 @@ class TxnOps:
     def op_txn_offset_commit(self, req: Request, peer: bytes) -> Fields | None:
         tid, pid, epoch = _producer(req)
         group_id = req.str("group_id", max_len=1024)
-        event = TxnOffsetCommit(tid, group_id, pid, epoch, commit_entries(req))
+        event = TxnOffsetCommit(
+            tid,
+            group_id,
+            pid,
+            epoch,
+            commit_entries(req),
+            generation=req.int("generation", -1, low=-1, high=INT32_MAX),
+            member_id=req.str("member_id", "", max_len=1024),
+            instance_id=req.opt_str("group_instance_id", max_len=1024),
+        )
         return self.call(peer, req.id, event)
 
     # -- the links to the nodes ------------------------------------------------------------

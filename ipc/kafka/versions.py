@@ -97,7 +97,7 @@ SERVED = VersionTable(
         ApiVersionRange(ApiKey.AddPartitionsToTxn, 0, 2),
         ApiVersionRange(ApiKey.AddOffsetsToTxn, 0, 2),
         ApiVersionRange(ApiKey.EndTxn, 0, 2),
-        ApiVersionRange(ApiKey.TxnOffsetCommit, 0, 2),
+        ApiVersionRange(ApiKey.TxnOffsetCommit, 0, 3),  # v3: KIP-447's group metadata
         ApiVersionRange(ApiKey.CreateTopics, 2, 4),
         ApiVersionRange(ApiKey.DeleteTopics, 1, 3),
         ApiVersionRange(ApiKey.CreatePartitions, 0, 1),

@@ -19,7 +19,7 @@ import pytest
 from brokertest_util import read_partitions, unique_topic, wait_until
 
 import kvlog
-from kvlog.errors import InvalidTxnStateError, ProducerFencedError
+from kvlog.errors import ErrorCode, InvalidTxnStateError, KvlogError, ProducerFencedError
 from kvlog.types import TopicPartition
 
 CHILD = str(Path(__file__).resolve().parent / "_txn_child.py")
@@ -202,3 +202,89 @@ def test_a_commit_survives_the_coordinator_killed_before_its_markers(tmp_path: P
         )
         assert values == [b"v%d" % i for i in range(10)]
         admin.close()
+
+
+def _joined(bootstrap: str, topic: str, group: str, **config: Any) -> Any:
+    consumer = kvlog.Consumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **config,
+    )
+    deadline = time.monotonic() + 30
+    while not consumer.assignment():
+        assert time.monotonic() < deadline, "the consumer never got its partitions"
+        consumer.poll(100)
+    return consumer
+
+
+def test_offsets_of_a_consumer_the_group_moved_on_from_are_fenced(broker: Any, admin: Any) -> None:
+    """KIP-447: send_offsets_to_transaction carries the consumer's group metadata, and a
+    consumer the group rebalanced without (a zombie) cannot commit through its producer."""
+    topic = unique_topic("kip447")
+    admin.create_topic(topic, partitions=1)
+    tp = TopicPartition(topic, 0)
+    group = f"{topic}-g"
+    zombie = _joined(broker.bootstrap, topic, group)
+    stale = zombie.group_metadata()
+    zombie.close(autocommit=False)  # leaves: the group moves on without it
+    live = _joined(broker.bootstrap, topic, group)
+    try:
+        current = live.group_metadata()
+        assert (current.member_id, current.generation_id) != (stale.member_id, stale.generation_id)
+        with kvlog.Producer(bootstrap_servers=broker.bootstrap, transactional_id=topic) as p:
+            p.init_transactions()
+            p.begin_transaction()
+            p.send(topic, b"zombie's", partition=0)
+            with pytest.raises(KvlogError) as refused:
+                p.send_offsets_to_transaction({tp: 5}, stale)
+            assert refused.value.code in (ErrorCode.ILLEGAL_GENERATION, ErrorCode.UNKNOWN_MEMBER_ID)
+            with pytest.raises(InvalidTxnStateError):
+                p.commit_transaction()  # only an abort ends it now
+            p.abort_transaction()
+            assert live.committed(tp) is None
+
+            p.begin_transaction()
+            p.send(topic, b"live", partition=0)
+            p.send_offsets_to_transaction({tp: 1}, current)
+            p.commit_transaction()
+        assert live.committed(tp) == 1
+    finally:
+        live.close(autocommit=False)
+    assert _values(broker.bootstrap, [tp], isolation_level="read_committed") == [b"live"]
+
+
+def test_a_producer_whose_sequence_a_leader_lost_bumps_its_epoch_after_the_abort(
+    broker: Any, admin: Any
+) -> None:
+    """KIP-360: the partition is recreated under the producer, so its leader has no state
+    for it (UNKNOWN_PRODUCER_ID at the next batch); the transaction aborts, the abort bumps
+    the epoch with the producer's current id and epoch, and the next transaction's
+    sequences restart at 0 and commit (before, every later transaction failed)."""
+    topic = unique_topic("kip360")
+    admin.create_topic(topic, partitions=1)
+    tp = TopicPartition(topic, 0)
+    with kvlog.Producer(bootstrap_servers=broker.bootstrap, transactional_id=topic) as p:
+        p.init_transactions()
+        p.begin_transaction()
+        for i in range(5):
+            p.send(topic, b"old-%d" % i, partition=0)
+        p.commit_transaction()
+        admin.delete_topic(topic)
+        wait_until(lambda: topic not in admin.list_topics(), 30, what="the topic's deletion")
+        admin.create_topic(topic, partitions=1)
+        p.begin_transaction()
+        lost = p.send(topic, b"lost", partition=0)
+        with pytest.raises(InvalidTxnStateError):
+            p.commit_transaction()
+        assert isinstance(lost.exception(5), KvlogError)
+        assert lost.exception(5).code is ErrorCode.UNKNOWN_PRODUCER_ID
+        epoch = p._txn.producer_epoch
+        p.abort_transaction()
+        assert p._txn.producer_epoch == epoch + 1
+        p.begin_transaction()
+        p.send(topic, b"new", partition=0)
+        p.commit_transaction()
+    assert _values(broker.bootstrap, [tp], isolation_level="read_committed") == [b"new"]

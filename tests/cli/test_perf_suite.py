@@ -36,6 +36,28 @@ def test_produce_with_send_batch_and_preload(serve: Serve) -> None:
     assert perf("produce", *b, "--records", "500")["api"] == "send"
 
 
+def test_produce_transactional_paired_with_idempotent(serve: Serve) -> None:
+    topic = unique("perf-txn")
+    b = ("--bootstrap-server", serve.bootstrap, "--topic", topic, "--partitions", "3")
+    single = perf("produce", *b, "--records", "2500", "--transactional", "1000")
+    assert single["records_per_transaction"] == 1000
+    assert single["transactions"] == 3  # 1000, 1000 and the last 500
+    assert 0 < single["commit_p50_ms"] <= single["commit_max_ms"]
+    paired = perf(
+        "produce", *b, "--records", "1200", "--transactional", "500", "--paired-rounds", "2"
+    )
+    assert paired["test"] == "produce-paired" and len(paired["rounds"]) == 2
+    for r in paired["rounds"]:
+        assert r["ratio"] == round(
+            r["transactional_records_per_s"] / r["idempotent_records_per_s"], 4
+        )
+    ratios = sorted(r["ratio"] for r in paired["rounds"])
+    assert paired["ratio_min"] == ratios[0] and paired["ratio_max"] == ratios[-1]
+    assert len(paired["load_before"]) == 3
+    refused = cli("perf", "produce", *b, "--records", "10", "--paired-rounds", "2")
+    assert refused.exit_code != 0 and "--transactional" in refused.output
+
+
 def test_consume_after_a_preload_reads_the_filled_records(serve: Serve) -> None:
     topic = unique("perf-preload")
     b = ("--bootstrap-server", serve.bootstrap, "--topic", topic, "--partitions", "2")

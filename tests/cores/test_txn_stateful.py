@@ -8,6 +8,9 @@ older instances become zombies, still sending with their epochs). Every write th
 coordinator makes to its ``transactions`` table is observed in order, so the checks see
 every state it stored, even those one event passes through.
 
+A KIP-360 rule has an instance (a zombie too) bump its own epoch with InitProducerId and
+its producer id and epoch.
+
 Safety, after every step:
 - a transaction is completed at most once: every CompleteCommit / CompleteAbort closes the
   one decision (PrepareCommit / PrepareAbort) stored before it, or is a decision without
@@ -16,10 +19,11 @@ Safety, after every step:
   it touched that still exists has its marker (producer id, epoch, outcome) written by
   that partition's leader, before the Complete write;
 - fenced epochs never write: a request succeeds only when its producer id and epoch are
-  the transactional id's current ones (a zombie's requests all fail), every decision's
-  markers carry an epoch at least every epoch handed out for that producer id before it,
-  and a transaction aborted because it timed out or a new instance arrived has its epoch
-  bumped (its writers are fenced at every partition by the marker);
+  the transactional id's current ones (a zombie's requests all fail, its KIP-360 epoch
+  bumps too), every decision's markers carry an epoch at least every epoch handed out
+  for that producer id before it, and a transaction aborted because it timed out or a
+  new instance arrived has its epoch bumped (its writers are fenced at every partition
+  by the marker);
 - group offsets: committed exactly when a transaction that committed offsets for them is
   decided to commit (the pending ones, at the decision's write), never on abort;
 - no Ongoing transaction outlives its timeout once the clock passed it, and stored states
@@ -44,7 +48,7 @@ from kvlog.errors import ErrorCode
 from kvlog.metadata_store import group_offsets
 from kvlog.types import TopicPartition
 from kvlog.workers.controller_events import InitProducerId, ProducerIdAnswer
-from kvlog.workers.group_events import CommitEntry, OffsetCommitAnswer
+from kvlog.workers.group_events import CommitEntry, JoinGroup, LeaveGroup, OffsetCommitAnswer
 from kvlog.workers.txn_core import TxnConfig
 from kvlog.workers.txn_events import (
     AddOffsetsToTxn,
@@ -125,6 +129,12 @@ class TxnMachine(RuleBasedStateMachine):
     def check_reply(self, sent: Sent, reply: Any) -> None:
         event, instance = sent.event, sent.instance
         if isinstance(event, InitProducerId):
+            if sent.fenced and event.producer_id >= 0:
+                # KIP-360: a zombie cannot bump the epoch (it would fence its successor).
+                assert reply.error is not None and reply.error.code in (
+                    ErrorCode.PRODUCER_FENCED,
+                    ErrorCode.INVALID_PRODUCER_ID_MAPPING,
+                ), reply
             if reply.error is None:
                 answer: ProducerIdAnswer = reply.body
                 instance.pid, instance.epoch = answer.producer_id, answer.producer_epoch
@@ -228,6 +238,13 @@ class TxnMachine(RuleBasedStateMachine):
         instance = Instance(tid)
         self.instances.append(instance)
         self.send(instance, InitProducerId(tid, timeout))
+
+    @precondition(lambda self: self.live())
+    @rule(data=st.data())
+    def bump(self, data: Any) -> None:
+        """KIP-360: an instance (a zombie too) bumps its own epoch."""
+        i = data.draw(st.sampled_from(self.live()))
+        self.send(i, InitProducerId(i.tid, 60_000, i.pid, i.epoch))
 
     @precondition(lambda self: self.live())
     @rule(data=st.data(), parts=st.lists(st.sampled_from(ALL_TPS), min_size=1, max_size=3))
@@ -336,3 +353,96 @@ TxnMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_txn_coordinator = TxnMachine.TestCase
+
+
+# -- KIP-447: a zombie consumer's producer is fenced by the group's generation --------------
+
+
+def test_txn_offset_commit_fences_a_consumer_the_group_moved_on_from() -> None:
+    h = TxnHarness(config=CONFIG)
+    groups = h.core.offsets.groups
+    token = h.request(InitProducerId("a", 60_000))
+    ids: ProducerIdAnswer = h.replies[token].body
+    pid, epoch = ids.producer_id, ids.producer_epoch
+    assert h.replies[h.request(AddOffsetsToTxn("a", pid, epoch, "g"))].error is None
+
+    def join(member_id: str = "", instance_id: str | None = None) -> tuple[str, int]:
+        event = JoinGroup(
+            "g",
+            member_id=member_id,
+            instance_id=instance_id,
+            server_assignor="range",
+            topics=["t"],
+        )
+        replies = groups.join("j", event, h.now).replies
+        while not replies:  # the group's first join waits group.initial.rebalance.delay.ms
+            h.now += 1000
+            replies = groups.tick(h.now).replies
+        [reply] = replies
+        return reply.body.member_id, reply.body.generation
+
+    def commit(generation: int, member_id: str, instance_id: str | None = None) -> Any:
+        entry = CommitEntry(TopicPartition("t", 0), 7)
+        event = TxnOffsetCommit("a", "g", pid, epoch, [entry], generation, member_id, instance_id)
+        reply = h.replies[h.request(event)]
+        return None if reply.error is None else reply.error.code
+
+    # A group that does not exist has no generation 3; without metadata (before KIP-447)
+    # nothing is checked.
+    assert commit(3, "nobody") is ErrorCode.ILLEGAL_GENERATION
+    assert commit(-1, "") is None
+
+    first, generation = join(instance_id="static-1")
+    assert commit(generation, first, "static-1") is None
+    assert commit(generation + 1, first, "static-1") is ErrorCode.ILLEGAL_GENERATION
+    assert commit(generation, "someone-else") is ErrorCode.UNKNOWN_MEMBER_ID
+
+    # Another process takes over the static member's instance id: the first is a zombie.
+    second, generation = join(instance_id="static-1")
+    assert second != first
+    assert commit(generation, first, "static-1") is ErrorCode.FENCED_INSTANCE_ID
+    assert commit(generation, second, "static-1") is None
+
+    # The member leaves and a new one joins: the old member and generation are refused.
+    groups.leave("l", LeaveGroup("g", [(second, "static-1")]), h.now)
+    third, newer = join()
+    assert newer > generation
+    assert commit(generation, second, "static-1") is ErrorCode.FENCED_INSTANCE_ID
+    assert commit(generation, second) is ErrorCode.UNKNOWN_MEMBER_ID
+    assert commit(generation, third) is ErrorCode.ILLEGAL_GENERATION
+    assert commit(newer, third) is None
+    # Only the accepted ones are pending, each replacing the one before.
+    assert h.core.offsets.pending_txn("g", pid) == {TopicPartition("t", 0): 7}
+
+
+# -- KIP-360: a producer bumps its own epoch, a zombie cannot --------------------------------
+
+
+def test_init_producer_id_with_the_current_epoch_bumps_it_and_a_stale_one_is_fenced() -> None:
+    h = TxnHarness(config=CONFIG)
+
+    def init(pid: int = -1, epoch: int = -1) -> Any:
+        reply = h.replies[h.request(InitProducerId("a", 60_000, pid, epoch))]
+        return reply.error.code if reply.error is not None else reply.body
+
+    first: ProducerIdAnswer = init()
+    pid, epoch = first.producer_id, first.producer_epoch
+    # The producer aborts a transaction it wrote to (the epoch bump waits for its markers).
+    tp = TopicPartition("t", 0)
+    assert h.replies[h.request(AddPartitionsToTxn("a", pid, epoch, [tp]))].error is None
+    assert h.replies[h.request(EndTxn("a", pid, epoch, False))].error is None
+    token = h.request(InitProducerId("a", 60_000, pid, epoch))
+    assert token not in h.replies, "parked until the abort's markers are written"
+    h.deliver_all()
+    bumped: ProducerIdAnswer = h.replies[token].body
+    assert (bumped.producer_id, bumped.producer_epoch) == (pid, epoch + 1)
+    # The old epoch (a zombie's) can no longer bump it; a producer id not the id's is refused.
+    assert init(pid, epoch) is ErrorCode.PRODUCER_FENCED
+    assert init(pid + 1, epoch + 1) is ErrorCode.INVALID_PRODUCER_ID_MAPPING
+    assert h.core.txns["a"].producer_epoch == epoch + 1
+    # With its current epoch while a transaction is open: aborted (epoch + 2), then bumped.
+    assert h.replies[h.request(AddPartitionsToTxn("a", pid, epoch + 1, [tp]))].error is None
+    token = h.request(InitProducerId("a", 60_000, pid, epoch + 1))
+    h.deliver_all()
+    again: ProducerIdAnswer = h.replies[token].body
+    assert (again.producer_id, again.producer_epoch) == (pid, epoch + 3)

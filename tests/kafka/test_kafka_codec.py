@@ -192,7 +192,7 @@ def test_the_served_table_is_what_kvlog_advertises():
         K.AddPartitionsToTxn: (0, 2),
         K.AddOffsetsToTxn: (0, 2),
         K.EndTxn: (0, 2),
-        K.TxnOffsetCommit: (0, 2),
+        K.TxnOffsetCommit: (0, 3),
         K.CreateTopics: (2, 4),
         K.DeleteTopics: (1, 3),
         K.CreatePartitions: (0, 1),

@@ -1,8 +1,11 @@
 """Transactions (KIP-98): AddPartitionsToTxn (v0-2), AddOffsetsToTxn (v0-2), EndTxn (v0-2)
-and TxnOffsetCommit (v0-2), events of the transaction coordinator
+and TxnOffsetCommit (v0-3), events of the transaction coordinator
 (:mod:`workers.txn_core`) in the coordinator process (nodes relay them there).
 
-Only the versions before Kafka's flexible encoding are served. What is Kafka's only, and
+The versions before Kafka's flexible encoding are served, and TxnOffsetCommit v3 (the
+first flexible one): it carries the consumer's group metadata (KIP-447: generation,
+member id, group instance id), with which the coordinator fences a zombie consumer's
+producer (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID). What is Kafka's only, and
 so here: the versions that predate PRODUCER_FENCED (AddPartitionsToTxn, AddOffsetsToTxn
 and EndTxn before v2, TxnOffsetCommit before v3, InitProducerId before v4) get
 INVALID_PRODUCER_EPOCH for it, as Kafka's brokers answer them (clients of those versions
@@ -138,6 +141,11 @@ def txn_offset_commit(request: KafkaRequest, ctx: KafkaContext) -> Plan:
         body.producer_id,
         body.producer_epoch,
         entries,
+        # v3 (KIP-447): the consumer's group metadata; the schema's defaults (-1, "",
+        # null) before, which the coordinator does not check.
+        generation=body.generation_id,
+        member_id=body.member_id or "",
+        instance_id=body.group_instance_id,
     )
 
     def respond(outcomes: list[Outcome]) -> Any:
