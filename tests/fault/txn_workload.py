@@ -269,7 +269,8 @@ class _TxnClient(threading.Thread):
 
 class TxnProducerWorker(_TxnClient):
     """Transactions of 2-4 partitions (of every topic in ``topics``), 1-3 records each;
-    ``abort_ratio`` of them aborted on purpose (after every record is written)."""
+    ``abort_ratio`` of them aborted on purpose (after every record is written), and
+    ``zombie_ratio`` left by an instance that a new one replaces (:meth:`_zombie`)."""
 
     def __init__(
         self,
@@ -279,20 +280,30 @@ class TxnProducerWorker(_TxnClient):
         topics: dict[str, int],
         *,
         seed: int,
-        abort_ratio: float = 0.25,
+        abort_ratio: float = 0.2,
+        zombie_ratio: float = 0.05,
         txn_timeout_ms: int = 10_000,
     ) -> None:
         super().__init__(tid, bootstrap, history, txn_timeout_ms)
         self.rng = random.Random(seed)
         self.tps = [(t, p) for t, n in sorted(topics.items()) for p in range(n)]
         self.abort_ratio = abort_ratio
+        self.zombie_ratio = zombie_ratio
+        self.zombies = 0
 
     def _run(self) -> None:
         while not self.stop_event.is_set():
             producer = self._ensure_producer(time.monotonic() + 30)
             if producer is None:
                 continue
-            intent = "abort" if self.rng.random() < self.abort_ratio else "commit"
+            draw = self.rng.random()
+            intent = (
+                "abort"
+                if draw < self.abort_ratio
+                else "zombie"
+                if draw < self.abort_ratio + self.zombie_ratio
+                else "commit"
+            )
             txn = self.history.begin(self._next_name(), self.tid, "write", intent)
             picks = self.rng.sample(self.tps, self.rng.randint(2, 4))
             plan = [tp for tp in picks for _ in range(self.rng.randint(1, 3))]
@@ -306,15 +317,56 @@ class TxnProducerWorker(_TxnClient):
                     future.add_done_callback(
                         lambda f, txn=txn, index=index: self.history.on_delivery(txn, index, f)
                     )
-                if intent == "abort":
+                if intent != "commit":
                     # Written first, so read_uncommitted readers must see them.
                     producer.flush()
             except KvlogError as exc:
                 self.history.error(txn, "send/flush", exc)
                 self._abort_after_error(txn)
                 continue
-            self._end(txn, intent == "commit")
+            if intent == "zombie":
+                self._zombie(txn, [tp for tp in self.tps if tp not in picks])
+            else:
+                self._end(txn, intent == "commit")
             self.stop_event.wait(self.rng.uniform(0.0, 0.05))
+
+    def _zombie(self, txn: Txn, unused: list[tuple[str, int]]) -> None:
+        """A new instance takes over while ``txn`` is open (as after a producer's crash
+        and restart): its init_transactions() fences this instance and aborts ``txn``.
+        The fenced one then writes to a partition of ``txn`` and to a new one, and tries
+        to commit: the client must be refused, so ``txn`` counts as aborted (had the
+        commit been accepted, the checker finds it committed but invisible)."""
+        zombie = self.producer
+        assert zombie is not None
+        self.producer = None
+        if self._ensure_producer(time.monotonic() + 30) is None:
+            self.producer = zombie
+            self._end(txn, False)
+            return
+        self.zombies += 1
+        self.history.note(txn, f"replaced by instance {self.instance_no}")
+        late = [txn.records[0][:2], self.rng.choice(unused)] if unused else [txn.records[0][:2]]
+        try:
+            for topic, partition in late:
+                index = self.history.add_record(txn, topic, partition, b"")
+                value = encode_txn_value(txn.name, index, -1, "late")
+                txn.records[index] = (topic, partition, value)
+                future = zombie.send(topic, value, partition=partition)
+                future.add_done_callback(
+                    lambda f, index=index: self.history.on_delivery(txn, index, f)
+                )
+            zombie.flush(timeout=3)
+        except KvlogError as exc:
+            self.history.error(txn, "late send/flush", exc)
+        self.history.ending(txn, "commit_transaction() (fenced instance)")
+        try:
+            zombie.commit_transaction()
+            self.history.settle(txn, COMMITTED)
+        except KvlogError as exc:
+            self.history.error(txn, "commit_transaction()", exc)
+            self.history.settle(txn, ABORTED)
+        finally:
+            zombie.close(timeout=1)
 
 
 class FeederWorker(threading.Thread):
