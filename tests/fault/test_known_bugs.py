@@ -25,7 +25,14 @@ import pytest
 
 import kvlog
 from kvlog import batch as batch_format
-from kvlog.errors import ErrorCode, KvlogError, OutOfOrderSequenceNumberError, Recovery
+from kvlog.errors import (
+    ErrorCode,
+    KafkaTimeoutError,
+    KvlogError,
+    OutOfOrderSequenceNumberError,
+    Recovery,
+)
+from kvlog.ipc.rpc import blocking_call
 from kvlog.ipc.sequencing import Sequencer, Verdict
 from kvlog.lmdb_store import LogDir
 from kvlog.types import TopicPartition
@@ -228,3 +235,45 @@ def test_server_dying_during_the_handshake_is_not_an_authentication_failure() ->
     finally:
         admin.close()
         listener.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=KafkaTimeoutError,
+    reason="open (found by the transactional fault run, seed 44): a Consumer's offset "
+    "lookups (end_offsets, beginning_offsets, offsets_for_times) of partitions it neither "
+    "subscribes to nor is assigned refresh only the metadata of its own topics "
+    "(Lookups._refresh asks for Consumer._interest()), so once their leader moves they "
+    "time out for good",
+)
+@pytest.mark.timeout(90)
+def test_end_offsets_follow_a_moved_leader_unassigned(tmp_path: Path) -> None:
+    log_dirs = [tmp_path / n for n in ("a", "b", "c")]
+    with kvlog.Broker(tmp_path, "tcp://127.0.0.1:0", log_dirs=log_dirs) as broker:
+        with kvlog.Admin(bootstrap_servers=broker.bootstrap) as admin:
+            admin.create_topic("t", partitions=1, replication_factor=3)
+
+        def leader() -> int:
+            reply = blocking_call(broker.bootstrap, "metadata", {"topics": ["t"]}, timeout_s=2)
+            [topic] = reply["topics"]
+            return int(topic["partitions"][0]["leader"])
+
+        consumer = kvlog.Consumer(bootstrap_servers=broker.bootstrap, request_timeout_ms=3000)
+        try:
+            assert consumer.end_offsets([TP]) == {TP: 0}  # the leader is known now
+            first = leader()
+            node = next(c for c in broker.children if c.role == "node" and c.node_id == first)
+            os.kill(node.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if leader() not in (first, -1):
+                        break
+                except KvlogError:
+                    pass
+                time.sleep(0.1)
+            else:
+                pytest.fail("the leadership did not move")
+            assert consumer.end_offsets([TP]) == {TP: 0}
+        finally:
+            consumer.close()

@@ -137,6 +137,22 @@ class TxnCluster(Cluster):
         return sorted(out)
 
 
+class TxnNemesis(Nemesis):
+    """The nemesis, killing the coordinator while a commit or abort is under way (waiting
+    up to a second for one): the transaction coordinator dies mid-decision."""
+
+    def __init__(self, history: TxnHistory, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.history = history
+
+    def kill(self, role: str, node_id: int | None) -> Kill | None:
+        if role == "coordinator":
+            deadline = time.monotonic() + 1.0
+            while not self.history.ending_at(time.monotonic()) and time.monotonic() < deadline:
+                time.sleep(0.002)
+        return super().kill(role, node_id)
+
+
 def _plan_with_coordinator_and_node(nemesis: Nemesis, rng: random.Random) -> None:
     """Every run kills the coordinator and a node at least once (the seed decides which
     kills they replace)."""
@@ -228,6 +244,7 @@ def run_txn_scenario(data_dir: Path, s: TxnScenario) -> TxnOutcome:
                     topic, partitions=count, replication_factor=3, config={"min.insync.replicas": 2}
                 )
         cluster = TxnCluster(broker, topics)
+        phase("cluster started, topics created")
         feeder = FeederWorker(broker.bootstrap, SOURCE, s.feed_rate)
         transform = TransformWorker(
             "eos-transform",
@@ -258,7 +275,7 @@ def run_txn_scenario(data_dir: Path, s: TxnScenario) -> TxnOutcome:
             time.sleep(0.05)
         if not history.beliefs():
             liveness.append("no transaction ended within 20 s of the start")
-        nemesis = Nemesis(cluster, s.seed, s.kills, t0, gap_s=s.gap_s)
+        nemesis = TxnNemesis(history, cluster, s.seed, s.kills, t0, gap_s=s.gap_s)
         _plan_with_coordinator_and_node(nemesis, rng)
         phase(f"{len(history.snapshot())} transactions begun; nemesis starts")
         nemesis.start()
@@ -274,7 +291,7 @@ def run_txn_scenario(data_dir: Path, s: TxnScenario) -> TxnOutcome:
         phase("producers stopped")
         ends = _wait_drained(broker.bootstrap, s.settle_timeout_s)
         if ends is not None:
-            liveness.append(f"the transform did not catch up: {ends}")
+            liveness.append(f"the transform did not catch up: {ends}; {transform.state}")
         stop(transform, "transform", 60)
         phase("transform drained")
         why = cluster.wait_healthy(s.settle_timeout_s)
@@ -345,7 +362,11 @@ def _wait_drained(bootstrap: str, timeout_s: float) -> dict[int, tuple[int | Non
     tps = [TopicPartition(SOURCE, p) for p in range(SOURCE_PARTITIONS)]
     deadline = time.monotonic() + timeout_s
     behind: dict[int, tuple[int | None, int]] = {}
+    why = ""
     with kvlog.Consumer(bootstrap_servers=bootstrap, group_id=GROUP) as c:
+        # Assigned (never polled) so that its offset lookups refresh these partitions'
+        # leaders: test_known_bugs.test_end_offsets_follow_a_moved_leader_unassigned.
+        c.assign(tps)
         while time.monotonic() < deadline:
             try:
                 ends = c.end_offsets(tps)
@@ -354,14 +375,18 @@ def _wait_drained(bootstrap: str, timeout_s: float) -> dict[int, tuple[int | Non
                     for tp, end in ends.items()
                     if (c.committed(tp) or 0) < end
                 }
-            except KvlogError:
+            except KvlogError as exc:
+                behind = {-1: (None, -1)}
+                why = f"{type(exc).__name__}: {exc}"
                 time.sleep(0.2)
                 continue
+            why = ""
             if not behind:
                 c.close(autocommit=False)
                 return None
             time.sleep(0.2)
         c.close(autocommit=False)
+    print(f"[txn-fault] drain: {behind} {why}", flush=True)
     return behind
 
 

@@ -323,6 +323,7 @@ class TxnProducerWorker(_TxnClient):
             except KvlogError as exc:
                 self.history.error(txn, "send/flush", exc)
                 self._abort_after_error(txn)
+                self.stop_event.wait(0.1)  # no busy loop while the cluster is down
                 continue
             if intent == "zombie":
                 self._zombie(txn, [tp for tp in self.tps if tp not in picks])
@@ -455,6 +456,8 @@ class TransformWorker(_TxnClient):
         self.max_records = max_records
         self.poll_errors: Counter[str] = Counter()
         self.transformed = 0
+        self.state = "not started"  # the consumer's assignment and positions, for reports
+        self._state_at = 0.0
 
     def _run(self) -> None:
         consumer = kvlog.Consumer(
@@ -480,6 +483,7 @@ class TransformWorker(_TxnClient):
                     self.poll_errors[type(exc).__name__] += 1
                     self.stop_event.wait(0.05)
                     continue
+                self._note_state(consumer, bool(polled))
                 if polled and not self._transform(consumer, polled):
                     self._rewind(consumer)
         finally:
@@ -487,6 +491,17 @@ class TransformWorker(_TxnClient):
                 consumer.close(autocommit=False)
             except KvlogError:
                 pass
+
+    def _note_state(self, consumer: kvlog.Consumer, polled: bool) -> None:
+        now = time.monotonic()
+        if polled or now - self._state_at < 1.0:
+            return
+        self._state_at = now
+        positions = {f"{tp.partition}": consumer.position(tp) for tp in consumer.assignment()}
+        self.state = (
+            f"t={now - self.history.t0:.2f} s: polled nothing; assignment/positions "
+            f"{positions}, {self.transformed} transformed"
+        )
 
     def _transform(self, consumer: kvlog.Consumer, polled: dict[TopicPartition, list[Any]]) -> bool:
         producer = self.producer
