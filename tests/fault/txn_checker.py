@@ -116,16 +116,16 @@ def analyse_txns(
         if t.belief == OPEN:
             v.open_at_end += 1
             v.note("open at the end", t.describe(t0))
-        if t.belief == COMMITTED and n and seen == 0:
+        if t.belief == ABORTED and seen:
+            v.aborted_visible += 1
+            v.note("aborted, visible", f"{seen}/{n} visible; {t.describe(t0)}")
+        elif t.belief == COMMITTED and n and seen == 0:
             v.committed_lost += 1
             v.note("committed, not visible", t.describe(t0))
         elif 0 < seen < n:
             v.partial += 1
             missing = sorted(set(range(n)) - visible[t.name])
             v.note("partly visible", f"{seen}/{n} visible (missing #{missing}); {t.describe(t0)}")
-        elif t.belief == ABORTED and seen:
-            v.aborted_visible += 1
-            v.note("aborted, visible", f"{seen}/{n} visible; {t.describe(t0)}")
         elif t.belief not in (COMMITTED, ABORTED, UNKNOWN, OPEN):
             raise ValueError(f"unknown belief {t.belief!r}")
 
