@@ -12,6 +12,7 @@ their transactions' timelines, a timeline of the run).
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections import Counter
@@ -335,6 +336,7 @@ def run_txn_scenario(data_dir: Path, s: TxnScenario) -> TxnOutcome:
         ending = history.ending_at(t0 + k.at_s)
         names = ", ".join(f"{t.name} ({t.belief})" for t in ending)
         in_flight.append(f"{len(ending)} at the {k.role} kill at t={k.at_s:.2f} s: {names}")
+    stalls = _stalls(history, t0)
     errors = Counter(history.errors)
     errors["zombie instances fenced on purpose"] = sum(p.zombies for p in producers)
     errors.update(f"transform poll: {k}" for k in transform.poll_errors.elements())
@@ -346,7 +348,7 @@ def run_txn_scenario(data_dir: Path, s: TxnScenario) -> TxnOutcome:
         run_s=time.monotonic() - t0,
         client_errors=errors,
         liveness=liveness + nemesis.liveness,
-        slow=nemesis.slow,
+        slow=nemesis.slow + stalls,
         replica_problems=replica_problems,
         events=sorted(
             nemesis.events
@@ -408,3 +410,19 @@ def _replicas(cluster: TxnCluster, topics: dict[str, int], timeout_s: float) -> 
             _check_replicas_identical(v, p, by_node)
         problems.extend(f"{topic}: {t}" for texts in v.problems.values() for t in texts)
     return problems
+
+
+def _stalls(history: TxnHistory, t0: float, gap_s: float = 3.0) -> list[str]:
+    """Gaps of more than ``gap_s`` between one transaction's end and the next, per
+    transactional.id (each instance's first wait included)."""
+    ends: dict[str, list[float]] = {}
+    for t in history.snapshot():
+        if t.ended_at >= 0:
+            ends.setdefault(t.tid, []).append(t.ended_at)
+    out = []
+    for tid, times in sorted(ends.items()):
+        times.sort()
+        for a, b in itertools.pairwise(times):
+            if b - a > gap_s:
+                out.append(f"{tid}: no transaction ended from t={a - t0:.2f} to {b - t0:.2f} s")
+    return out
