@@ -140,7 +140,9 @@ class TxnCluster(Cluster):
 
 class TxnNemesis(Nemesis):
     """The nemesis, killing the coordinator while a commit or abort is under way (waiting
-    up to a second for one): the transaction coordinator dies mid-decision."""
+    up to a second for one): the transaction coordinator dies mid-decision. A node drawn
+    while it leads nothing (just back from a kill) gives way to the lowest-numbered node
+    that leads something, so that every node kill takes leaderships down with it."""
 
     def __init__(self, history: TxnHistory, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -151,6 +153,14 @@ class TxnNemesis(Nemesis):
             deadline = time.monotonic() + 1.0
             while not self.history.ending_at(time.monotonic()) and time.monotonic() < deadline:
                 time.sleep(0.002)
+        if role == "node" and node_id is not None:
+            self._await_processes()
+            self.wait_whole(self.health_timeout_s)  # leaderships as they settled
+        if role == "node" and node_id is not None and not self.cluster.led_by(node_id):
+            leading = [n for n in self.cluster.node_ids if self.cluster.led_by(n)]
+            if leading:
+                self.say(f"node {node_id} leads nothing: killing node {leading[0]} instead")
+                node_id = leading[0]
         return super().kill(role, node_id)
 
 
