@@ -122,6 +122,7 @@ def test_a_clean_history_passes() -> None:
     assert v.ok, v.summary()
     assert v.inputs == 6
     assert v.beliefs["write committed"] == 2 and v.beliefs["transform aborted"] == 1
+    assert v.aborted_in_uncommitted == 2 + 3  # a.1.2's records and t.1.2's
 
 
 def test_a_committed_transaction_partly_visible_is_caught() -> None:

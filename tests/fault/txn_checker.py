@@ -49,6 +49,7 @@ class TxnVerdict:
     transformed_twice: int = 0  # extra committed outputs of one input record
     output_mismatch: int = 0  # an output naming an input that is not what the log holds
     offsets_wrong: int = 0  # group offset != input end offset
+    aborted_in_uncommitted: int = 0  # aborted records read_uncommitted saw (as it must)
     problems: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     def note(self, kind: str, text: str) -> None:
@@ -78,7 +79,8 @@ class TxnVerdict:
             f"transactions by client belief: {dict(sorted(self.beliefs.items()))}",
             f"committed lost {self.committed_lost}, partly visible {self.partial}, aborted "
             f"visible {self.aborted_visible}, open at the end {self.open_at_end}",
-            f"acknowledged but missing for read_uncommitted {self.uncommitted_missing}, "
+            f"read_uncommitted saw {self.aborted_in_uncommitted} aborted records; "
+            f"acknowledged but missing for it {self.uncommitted_missing}, "
             f"duplicated {self.duplicated}, phantom {self.phantom}, out of order "
             f"{self.disordered}",
             f"inputs {self.inputs}: lost {self.input_lost}, not transformed "
@@ -189,6 +191,8 @@ def _check_uncommitted_view(v: TxnVerdict, txns: list[Txn], uncommitted: View) -
         for index, (partition, offset) in sorted(t.acked.items()):
             topic, _, value = t.records[index]
             found = at.get((topic, partition), {}).get(offset)
+            if found == value and t.belief == ABORTED:
+                v.aborted_in_uncommitted += 1
             if found != value:
                 v.uncommitted_missing += 1
                 v.note(

@@ -79,6 +79,7 @@ class TxnOutcome:
             "kills_by_role": self.kills_by_role(),
             "transactions": dict(v.beliefs),
             "ends_in_flight_at_kills": sum(int(x.split()[0]) for x in self.in_flight),
+            "aborted_records_in_read_uncommitted": v.aborted_in_uncommitted,
             "inputs": v.inputs,
             "ok": self.ok,
             "run_s": round(self.run_s, 1),
