@@ -40,6 +40,6 @@ def test_transactions_under_kills(tmp_path: Path) -> None:
 @pytest.mark.timeout(1800)
 def test_transactions_under_kills_long(tmp_path: Path) -> None:
     outcome = _run(
-        tmp_path, TxnScenario(seed=seed_from_env(), kills=30, producers=3, feed_rate=300.0)
+        tmp_path, TxnScenario(seed=seed_from_env(), kills=30, producers=3, feed_rate=200.0)
     )
     assert len(outcome.kills) >= 20

@@ -446,7 +446,7 @@ class TransformWorker(_TxnClient):
         sink: str,
         group: str,
         *,
-        max_records: int = 20,
+        max_records: int = 100,
         txn_timeout_ms: int = 10_000,
     ) -> None:
         super().__init__(tid, bootstrap, history, txn_timeout_ms)
