@@ -40,6 +40,7 @@ class TxnScenario:
     seed: int
     kills: int
     producers: int = 2  # transactional.ids writing eos-a / eos-b
+    impatient_max_block_ms: int = 1500  # the first one's (the others': 15 s)
     feed_rate: float = 150.0  # input records/s
     gap_s: tuple[float, float] = (0.3, 1.2)
     settle_timeout_s: float = 60.0
@@ -275,6 +276,7 @@ def run_txn_scenario(data_dir: Path, s: TxnScenario) -> TxnOutcome:
                 TOPICS,
                 seed=rng.randrange(1 << 32),
                 txn_timeout_ms=s.txn_timeout_ms,
+                max_block_ms=s.impatient_max_block_ms if i == 0 else None,
             )
             for i in range(s.producers)
         ]

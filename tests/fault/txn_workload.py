@@ -184,6 +184,7 @@ class _TxnClient(threading.Thread):
         self.producer: kvlog.Producer | None = None
         self.instance_no = 0
         self.count = 0  # transactions begun by this instance
+        self.client_config = dict(CLIENT_CONFIG)
 
     def run(self) -> None:
         try:
@@ -210,7 +211,7 @@ class _TxnClient(threading.Thread):
                 transactional_id=self.tid,
                 transaction_timeout_ms=self.txn_timeout_ms,
                 client_id=f"{self.tid}-{self.instance_no}",
-                **CLIENT_CONFIG,
+                **self.client_config,
             )
             try:
                 producer.init_transactions()
@@ -283,8 +284,14 @@ class TxnProducerWorker(_TxnClient):
         abort_ratio: float = 0.2,
         zombie_ratio: float = 0.05,
         txn_timeout_ms: int = 10_000,
+        max_block_ms: int | None = None,
     ) -> None:
         super().__init__(tid, bootstrap, history, txn_timeout_ms)
+        if max_block_ms is not None:
+            # Impatient: its calls give up while a killed coordinator restarts, so its
+            # commits fail, and some are decided all the same (the client's abort is
+            # then refused: the transaction is in doubt until a new instance resolves it).
+            self.client_config["max_block_ms"] = max_block_ms
         self.rng = random.Random(seed)
         self.tps = [(t, p) for t, n in sorted(topics.items()) for p in range(n)]
         self.abort_ratio = abort_ratio
