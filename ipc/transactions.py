@@ -28,7 +28,6 @@ from typing import Any
 from kvlog.errors import (
     ErrorCode,
     InvalidTxnStateError,
-    KafkaTimeoutError,
     KvlogError,
     ProducerFencedError,
     error_from_code,
@@ -175,7 +174,9 @@ class TransactionManager:
 
     def end(self, commit: bool, flush: Callable[[float | None], None]) -> None:
         """commit_transaction() / abort_transaction(): every record sent first, then the
-        coordinator's decision (durable when this returns; markers follow)."""
+        coordinator's decision (durable when this returns; markers follow). Raises
+        KafkaTimeoutError if the records are not all settled within max.block.ms; the
+        call may be repeated."""
         with self._lock:
             self._check_fatal()
             if self.state not in (TxnState.IN_TRANSACTION, TxnState.ABORTABLE):
@@ -186,11 +187,10 @@ class TransactionManager:
                 raise InvalidTxnStateError(
                     f"the transaction failed ({self._why()}); call abort_transaction()"
                 )
-        try:
-            flush(self.max_block_s)
-        except KafkaTimeoutError:
-            if commit:
-                raise
+        # An abort, too, raises when its records are not all sent or failed in time (call
+        # it again): one left in the accumulator would go out later, in the next
+        # transaction, and commit with it.
+        flush(self.max_block_s)
         with self._lock:
             self._check_fatal()
             if commit and self.state is TxnState.ABORTABLE:
