@@ -1,7 +1,9 @@
 """Transactional fault tests (issue 17): transactional producers over two topics (some
 transactions aborted on purpose) and an exactly-once consume-transform-produce loop while
 a seeded nemesis SIGKILLs nodes (leaders and followers), the broker and the coordinator
-(the transaction coordinator's host), at random moments, commits under way among them.
+(the transaction coordinator's host), at random moments, commits under way among them;
+one transactional producer is impatient (max.block.ms 1.5 s), so some of its commits and
+aborts fail and their transactions are left in doubt for a new instance to resolve.
 Then: every committed transaction visible whole to read_committed, no aborted one
 visible, none partly visible, read_uncommitted sees every acknowledged record, every
 input transformed exactly once and the group's offsets at the input's end.

@@ -2,7 +2,8 @@
 client API, for :mod:`txn_scenario` and checked by :mod:`txn_checker`:
 
 - :class:`TxnProducerWorker` threads, one per ``transactional.id``: transactions writing a
-  few records to several partitions of two topics; some aborted on purpose.
+  few records to several partitions of two topics; some aborted on purpose, some left to
+  a new instance that fences the old one (a zombie).
 - :class:`FeederWorker`: an idempotent producer writing the input topic.
 - :class:`TransformWorker`: an exactly-once consume-transform-produce loop: a
   read_committed member of a consumer group reads the input topic, writes one output
@@ -13,7 +14,8 @@ Every transaction, what its records became (acknowledged offset or failure) and 
 client believed in the end goes into the :class:`TxnHistory`:
 
 - ``committed``: ``commit_transaction()`` returned;
-- ``aborted``: ``abort_transaction()`` returned (on purpose, or after an error);
+- ``aborted``: ``abort_transaction()`` returned (on purpose, or after an error), or a
+  zombie's commit was refused after its successor's ``init_transactions()`` returned;
 - ``unknown``: neither returned (fenced, a call failed, the instance was replaced): the
   transaction may have committed or not, but never partly.
 
@@ -441,8 +443,9 @@ class TransformWorker(_TxnClient):
     restarted coordinator hands its partitions straight back). After any failed
     transaction it rewinds to the group's committed offsets, as Kafka's EOS loop does.
 
-    One member only: kvlog's TxnOffsetCommit does not fence a stale group generation
-    (KIP-447), so two members could both transform a partition across a rebalance."""
+    One member only: with several, a rebalance lets a partition's old owner commit after
+    its new one started from the same offsets unless TxnOffsetCommit fences the stale
+    generation (KIP-447), which this workload does not exercise yet."""
 
     def __init__(
         self,
