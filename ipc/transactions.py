@@ -35,7 +35,6 @@ from typing import Any
 from kvlog.errors import (
     ErrorCode,
     InvalidTxnStateError,
-    KafkaTimeoutError,
     KvlogError,
     ProducerFencedError,
     error_from_code,
@@ -232,9 +231,10 @@ class TransactionManager:
     def end(self, commit: bool, flush: Callable[[float | None], None]) -> None:
         """commit_transaction() / abort_transaction(): every record sent first, then the
         coordinator's decision (durable when this returns; markers follow). ``send()``
-        is refused from the start (Kafka's COMMITTING / ABORTING states). A call that
-        raises a timeout may be retried (the same outcome; an abort, too, if the commit
-        timed out before its EndTxn went out)."""
+        is refused from the start (Kafka's COMMITTING / ABORTING states). Raises
+        KafkaTimeoutError if the records are not all settled within max.block.ms; a call
+        that raises a timeout may be retried (the same outcome; an abort, too, if the
+        commit timed out before its EndTxn went out)."""
         ending = TxnState.COMMITTING if commit else TxnState.ABORTING
         with self._lock:
             self._check_fatal()
@@ -251,11 +251,10 @@ class TransactionManager:
                 )
             if state is not TxnState.ABORTABLE:
                 self._move_locked(ending)
-        try:
-            flush(self.max_block_s)
-        except KafkaTimeoutError:
-            if commit:
-                raise
+        # An abort, too, raises when its records are not all sent or failed in time (call
+        # it again): one left in the accumulator would go out later, in the next
+        # transaction, and commit with it.
+        flush(self.max_block_s)
         with self._lock:
             self._check_fatal()
             if commit and self.state is TxnState.ABORTABLE:
