@@ -37,6 +37,7 @@ from . import kafka_client
 from .client_metrics import ConsumerMetrics
 from .config import CONSUMER_SETTINGS, resolve
 from .consumer_types import ConsumerRebalanceListener, OffsetAndMetadata, OffsetAndTimestamp
+from .fetch_visibility import step_over_hidden
 from .fetcher import Fetcher, PartitionFetchState
 from .group_member import GroupMember
 from .lookups import Lookups
@@ -415,11 +416,8 @@ class Consumer:
                 if update:
                     state.position = next_offset
                 remaining -= len(taken)
-            skip = state.skip
-            drained = not state.buffered and not self._decoded.get(tp)
-            if update and skip is not None and state.position == skip[0] and drained:
-                state.position = skip[1]  # over markers and aborted records
-                state.skip = None
+            if update:
+                step_over_hidden(state, not state.buffered and not self._decoded.get(tp))
             if remaining <= 0:
                 break
         return out
