@@ -109,8 +109,13 @@ def record_deserializers(cfg: Mapping[str, Any]) -> tuple[Deserializer | None, D
     )
 
 
-def subscription_args(topics: Any, pattern: str | None) -> tuple[list[str], re.Pattern[str] | None]:
-    """``subscribe``'s topics (a name or names) or regex ``pattern``, exactly one of them."""
+def subscription_args(
+    topics: Any, pattern: str | None, assigned: bool
+) -> tuple[list[str], re.Pattern[str] | None]:
+    """``subscribe``'s topics (a name or names) or regex ``pattern``, exactly one of them;
+    refused on a consumer given its partitions by ``assign`` (``assigned``)."""
+    if assigned:
+        raise IllegalStateError("subscribe() after assign(): call unsubscribe() first")
     topic_list = [topics] if isinstance(topics, str) else list(topics)
     if bool(topic_list) == (pattern is not None):
         raise IllegalStateError("subscribe() takes topics or a pattern, not both or neither")

@@ -83,9 +83,7 @@ class GroupSide:
     ) -> None:
         """Subscribe to topics (or a regex ``pattern``). With a ``group_id`` the group
         shares their partitions; without one this consumer reads all of them."""
-        if self._manual:
-            raise IllegalStateError("subscribe() after assign(): call unsubscribe() first")
-        topic_list, self._pattern = subscription_args(topics, pattern)
+        topic_list, self._pattern = subscription_args(topics, pattern, self._manual)
         self._subscription = set(topic_list)
         self._listener = listener
         if self.config["group_id"] is None:
