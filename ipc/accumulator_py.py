@@ -23,7 +23,6 @@ import cbor2
 
 from kvlog.errors import (
     InvalidPartitionsError,
-    InvalidTimestampError,
     KafkaTimeoutError,
     ProducerClosedError,
     SerializationError,
@@ -31,10 +30,10 @@ from kvlog.errors import (
 from kvlog.partitioner import partition_for_key
 from kvlog.types import TopicPartition
 
+from .client_args import check_timestamp, header_value
 from .futures import BatchFuture, FutureRecordMetadata
 
 RECORD_OVERHEAD = 12
-_INT64_MAX = (1 << 63) - 1
 
 
 class AccumulatorHooks(Protocol):
@@ -67,33 +66,6 @@ class NoHooks:
 
     def wake(self) -> None:
         pass
-
-
-def check_timestamp(timestamp_ms: Any) -> int:
-    """A record timestamp: ms since the epoch, non-negative and within int64 (as Kafka
-    requires). Refused here: the batch header could not hold it, and its encoding would
-    fail on the I/O thread, leaving the record unsent and flush() waiting forever."""
-    if isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int):
-        raise InvalidTimestampError(
-            f"timestamp_ms must be an integer (ms since the epoch), got {timestamp_ms!r}"
-        )
-    if not 0 <= timestamp_ms <= _INT64_MAX:
-        raise InvalidTimestampError(
-            f"timestamp_ms={timestamp_ms} is invalid: a timestamp is ms since the epoch, "
-            "non-negative (or None for now)"
-        )
-    return timestamp_ms
-
-
-def header_value(value: Any) -> bytes:
-    """Header values are bytes, as in Kafka. (``bytes(5)`` would silently give five zero
-    bytes, and ``bytes("text")`` a bare TypeError.)"""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    raise SerializationError(
-        f"header values must be bytes, got {type(value).__name__} {value!r:.40}; encode it "
-        "first (e.g. str.encode())"
-    )
 
 
 def _serialized(value: Any, what: str) -> bytes | None:

@@ -12,7 +12,6 @@ and ``describe_topics()`` with kafka-python's field names.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,15 @@ from kvlog.topic_config import effective_topic_config
 from kvlog.types import TopicPartition
 
 from . import kafka_client
+from .client_args import (
+    NewTopic,
+    create_each,
+    warn_partition_mapping,
+)
+
+# Re-exported: programs and tools/topics.py import the warning from here.
+from .client_args import PartitionMappingWarning as PartitionMappingWarning
+from .client_args import new_topics as new_topics_of
 from .config import ADMIN_SETTINGS, resolve
 from .kafka.scram import DEFAULT_ITERATIONS, SCRAM_SHA_256, SCRAM_SHA_512, scram_credential
 from .metadata import PartitionInfo
@@ -37,23 +45,6 @@ from .security import client_header_fields, client_socket_options
 from .wire import split_bootstrap
 
 log = logging.getLogger(__name__)
-
-
-class PartitionMappingWarning(UserWarning):
-    """Adding partitions moves keys to other partitions (murmur2 % partition count)."""
-
-
-@dataclass
-class NewTopic:
-    """A topic for :meth:`Admin.create_topics` (kafka-python's ``NewTopic``). -1 partitions
-    or replication factor means the default, 1. ``replica_assignments`` is refused: kvlog
-    places replicas itself (round robin over the log dirs)."""
-
-    name: str
-    num_partitions: int = -1
-    replication_factor: int = -1
-    replica_assignments: dict[int, list[int]] | None = None
-    topic_configs: dict[str, Any] | None = None
 
 
 @dataclass
@@ -268,45 +259,24 @@ class Admin(_AdminGroupsAndAcls):
         (TopicAlreadyExistsError for one that exists). Returns ``{"topics": [{"name",
         "topic_id", "error_code", "error_message"}, ...]}``. ``timeout_ms`` is accepted:
         a kvlog broker answers once the topics exist."""
-        results = []
-        first: KvlogError | None = None
-        for topic in _new_topics(new_topics):
+
+        def check(topic: NewTopic) -> None:
             if topic.replica_assignments:
                 raise InvalidConfigError(
                     f"topic {topic.name!r}: replica_assignments are not supported; kvlog "
                     "places replicas round robin over its log dirs"
                 )
-            try:
-                topic_id = self.create_topic(
-                    topic.name,
-                    1 if topic.num_partitions == -1 else topic.num_partitions,
-                    1 if topic.replication_factor == -1 else topic.replication_factor,
-                    topic.topic_configs,
-                    validate_only=validate_only,
-                )
-                results.append(
-                    {
-                        "name": topic.name,
-                        "topic_id": topic_id,
-                        "error_code": 0,
-                        "error_message": None,
-                    }
-                )
-            except KvlogError as exc:
-                if exc.retriable:  # the broker, not the topic: the rest would fail alike
-                    raise
-                first = first or exc
-                results.append(
-                    {
-                        "name": topic.name,
-                        "topic_id": "",
-                        "error_code": int(exc.code),
-                        "error_message": exc.message,
-                    }
-                )
-        if first is not None and raise_errors:
-            raise first
-        return {"topics": results}
+
+        def create(topic: NewTopic) -> str:
+            return self.create_topic(
+                topic.name,
+                1 if topic.num_partitions == -1 else topic.num_partitions,
+                1 if topic.replication_factor == -1 else topic.replication_factor,
+                topic.topic_configs,
+                validate_only=validate_only,
+            )
+
+        return create_each(new_topics_of(new_topics), check, create, raise_errors)
 
     def delete_topic(self, name: str) -> None:
         self._call("delete_topic", name=name)
@@ -320,12 +290,7 @@ class Admin(_AdminGroupsAndAcls):
         """
         reply = self._call("create_partitions", name=name, count=count)
         old = int(reply.get("old_count", 0))
-        message = (
-            f"topic {name!r} grew from {old} to {count} partitions: keyed records are placed "
-            f"by murmur2(key) % {count} from now on, so most keys map to a different "
-            "partition than before and per-key order across the change is not guaranteed"
-        )
-        warnings.warn(message, PartitionMappingWarning, stacklevel=2)
+        warn_partition_mapping(name, old, count)
         return old
 
     def alter_topic_config(self, name: str, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -394,24 +359,3 @@ class Admin(_AdminGroupsAndAcls):
     def describe_cluster(self) -> dict[str, Any]:
         reply = self._metadata([])
         return {"nodes": reply.get("nodes", []), "coordinator": reply.get("coordinator")}
-
-
-def _new_topics(spec: Any) -> list[NewTopic]:
-    """kafka-python's three spellings of the topics to create, as NewTopics."""
-    if isinstance(spec, Mapping):
-        return [
-            NewTopic(
-                name,
-                options.get("num_partitions", -1),
-                options.get("replication_factor", -1),
-                options.get("assignments") or None,
-                options.get("configs") or None,
-            )
-            for name, options in spec.items()
-        ]
-    topics = [NewTopic(item) if isinstance(item, str) else item for item in spec]
-    if not topics or not all(isinstance(t, NewTopic) for t in topics):
-        raise InvalidConfigError(
-            f"create_topics takes NewTopics, topic names or a dict of them, got {spec!r}"
-        )
-    return topics

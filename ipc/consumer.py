@@ -34,9 +34,16 @@ from kvlog.errors import (
 from kvlog.types import TopicPartition
 
 from . import kafka_client
+from .client_args import (
+    RecordIteration,
+    record_deserializers,
+    split_consumer_args,
+    subscription_args,
+)
 from .client_metrics import ConsumerMetrics
 from .config import CONSUMER_SETTINGS, resolve
 from .consumer_types import ConsumerRebalanceListener, OffsetAndMetadata, OffsetAndTimestamp
+from .fetch_visibility import step_over_hidden
 from .fetcher import Fetcher, PartitionFetchState
 from .group_member import GroupMember
 from .lookups import Lookups
@@ -45,14 +52,13 @@ from .positions import EARLIEST, LATEST, Positions
 from .records import ConsumerRecord, DecodedBatch, RecordColumns, UndecodableRecord, decode_batch
 from .rpc import IOThread
 from .security import client_header_fields, client_socket_options
-from .serializers import deserializer
 from .transactions import ConsumerGroupMetadata
 from .wire import split_bootstrap
 
 log = logging.getLogger(__name__)
 
 
-class Consumer:
+class Consumer(RecordIteration):
     """Reads records from kvlog topics. See the module docstring."""
 
     def __new__(cls, *topics: Any, **kwargs: Any) -> Any:
@@ -62,17 +68,12 @@ class Consumer:
         return super().__new__(cls)
 
     def __init__(self, *topics: Any, **kwargs: Any) -> None:
-        config: Mapping[str, Any] | None = None
-        if topics and isinstance(topics[0], Mapping):
-            config, topics = topics[0], topics[1:]
+        config, topics = split_consumer_args(topics)
         cfg = resolve(CONSUMER_SETTINGS, config, kwargs)
         self.config = cfg
         self._bootstrap = split_bootstrap(cfg["bootstrap_servers"])
-        self._key_deserializer = deserializer(cfg["key_deserializer"], "key_deserializer")
-        self._value_deserializer = deserializer(cfg["value_deserializer"], "value_deserializer")
         # None when the application takes the bytes as they are (no call per record).
-        self._keys_in = None if cfg["key_deserializer"] is None else self._key_deserializer
-        self._values_in = None if cfg["value_deserializer"] is None else self._value_deserializer
+        self._keys_in, self._values_in = record_deserializers(cfg)
         self._request_timeout_ms = cfg["request_timeout_ms"]
         self._check_crcs = cfg["check_crcs"]
         self.metadata = ClusterMetadata()
@@ -175,13 +176,8 @@ class Consumer:
     ) -> None:
         """Subscribe to topics (or a regex ``pattern``). With a ``group_id`` the group
         shares their partitions; without one this consumer reads all of them."""
-        if self._manual:
-            raise IllegalStateError("subscribe() after assign(): call unsubscribe() first")
-        topic_list = [topics] if isinstance(topics, str) else list(topics)
-        if bool(topic_list) == (pattern is not None):
-            raise IllegalStateError("subscribe() takes topics or a pattern, not both or neither")
+        topic_list, self._pattern = subscription_args(topics, pattern, self._manual)
         self._subscription = set(topic_list)
-        self._pattern = re.compile(pattern) if pattern is not None else None
         if self.config["group_id"] is not None:
             if self._group is None:
                 self._group = GroupMember(self.config, _GroupLink(self))
@@ -415,11 +411,8 @@ class Consumer:
                 if update:
                     state.position = next_offset
                 remaining -= len(taken)
-            skip = state.skip
-            drained = not state.buffered and not self._decoded.get(tp)
-            if update and skip is not None and state.position == skip[0] and drained:
-                state.position = skip[1]  # over markers and aborted records
-                state.skip = None
+            if update:
+                step_over_hidden(state, not state.buffered and not self._decoded.get(tp))
             if remaining <= 0:
                 break
         return out
@@ -513,27 +506,6 @@ class Consumer:
             headers=bad.headers,
             timestamp=bad.timestamp,
         )
-
-    # -- iteration (kafka-python) ------------------------------------------------------------------
-
-    def __iter__(self) -> Consumer:
-        return self
-
-    def __next__(self) -> ConsumerRecord:
-        timeout = self.config["consumer_timeout_ms"]
-        deadline = None if timeout is None else time.monotonic() + timeout / 1000
-        while True:
-            if self._iterator is not None:
-                record = next(self._iterator, None)
-                if record is not None:
-                    return record
-                self._iterator = None
-            wait = 1000 if deadline is None else int(max(0.0, deadline - time.monotonic()) * 1000)
-            batch = self.poll(timeout_ms=wait)
-            if batch:
-                self._iterator = iter([r for records in batch.values() for r in records])
-            elif deadline is not None and time.monotonic() >= deadline:
-                raise StopIteration
 
     # -- commits (groups) ------------------------------------------------------------------
 

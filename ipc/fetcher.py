@@ -13,6 +13,9 @@ A position that left the log (OFFSET_OUT_OF_RANGE: retention, DeleteRecords, a t
 or a topic deleted and created again under a committed offset) is handed to the consumer,
 which applies ``auto.offset.reset`` once (``reset_pending``: not the committed offset,
 which would only lead back out of range).
+
+Which fetched batches the consumer sees (transaction markers, aborted transactions):
+ipc/fetch_visibility.py.
 """
 
 from __future__ import annotations
@@ -25,8 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvlog.batch import next_offset, read_header
-from kvlog.control_batch import ABORT, marker_type
+from kvlog.batch import next_offset
 from kvlog.errors import (
     ErrorCode,
     KvlogError,
@@ -37,6 +39,7 @@ from kvlog.errors import (
 from kvlog.types import TopicPartition
 
 from .client_metrics import ConsumerMetrics
+from .fetch_visibility import hidden_tail, visible_batches
 from .metadata import ClusterMetadata, MetadataRefresher
 from .rpc import IOThread
 
@@ -253,11 +256,11 @@ class Fetcher:
                     state.buffered_bytes += len(raw)
                 if batches:
                     state.fetch_offset = max(offset, next_offset(bases[-1], batches[-1]))
-                    last_kept = next_offset(*kept[-1]) if kept else offset
-                    if last_kept < state.fetch_offset:
-                        # Markers or aborted records at the end: the position steps over
-                        # them once it reaches them (Consumer.poll).
-                        state.skip = (last_kept, state.fetch_offset)
+                    # Markers or aborted records at the end: the position steps over
+                    # them once it reaches them (Consumer.poll).
+                    tail = hidden_tail(offset, kept, state.fetch_offset)
+                    if tail is not None:
+                        state.skip = tail
             self.lock.notify_all()
         for tp, exc in out_of_range:
             self.on_out_of_range(tp, exc)
@@ -286,27 +289,3 @@ def out_of_range_message(tp: TopicPartition, position: int | None, start: int, e
 
 
 __all__ = ["Fetcher", "OffsetOutOfRangeError", "PartitionFetchState", "out_of_range_message"]
-
-
-def visible_batches(
-    bases: list[int], batches: list[bytes], aborted: list[list[int]] | None
-) -> list[tuple[int, bytes]]:
-    """The batches a consumer reads: never control batches (transaction markers); with
-    ``aborted`` (a read_committed fetch's ``[producer id, first offset]`` list), not the
-    transactional batches of a producer from its aborted transaction's first offset up to
-    its abort marker either (Kafka's consumer rule)."""
-    pending = sorted((first, pid) for pid, first in aborted or [])
-    active: set[int] = set()
-    out = []
-    for base, raw in zip(bases, batches, strict=True):
-        header = read_header(raw)
-        while pending and pending[0][0] <= next_offset(base, raw) - 1:
-            active.add(pending.pop(0)[1])
-        if header.is_control:
-            if header.producer_id in active and marker_type(raw) == ABORT:
-                active.discard(header.producer_id)
-            continue
-        if header.is_transactional and header.producer_id in active:
-            continue
-        out.append((base, raw))
-    return out

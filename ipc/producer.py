@@ -33,13 +33,13 @@ from kvlog.types import TopicPartition
 
 from . import kafka_client
 from .accumulator import RecordAccumulator, check_timestamp
+from .client_args import record_serializers
 from .config import PRODUCER_SETTINGS, resolve
 from .futures import BatchSendResult, FutureRecordMetadata, RecordMetadata
 from .metadata import ClusterMetadata
 from .rpc import IOThread
 from .security import client_header_fields, client_socket_options
 from .sender import Sender
-from .serializers import serializer
 from .transactions import TransactionManager
 from .wire import split_bootstrap
 
@@ -72,10 +72,7 @@ class Producer:
             hooks=_Hooks(self),
             # Without a serializer, bytes and None pass through untouched (no call per
             # record); with one, every key/value goes through it, as in kafka-python.
-            key_serializer=serializer(cfg["key_serializer"], "key_serializer"),
-            value_serializer=serializer(cfg["value_serializer"], "value_serializer"),
-            raw_keys=cfg["key_serializer"] is None,
-            raw_values=cfg["value_serializer"] is None,
+            **record_serializers(cfg),
             # More closed batches than the sender can have in flight for a partition:
             # send() lets the I/O thread have the GIL (ipc/accumulator.py).
             yield_batches=cfg["max_in_flight_requests_per_connection"],

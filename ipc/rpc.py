@@ -19,6 +19,8 @@ when a connection is back, so an application whose ``poll()`` returns nothing ca
 why. A client that has never reached any of its bootstrap servers and finds all of them
 refusing for :data:`CONNECT_GRACE_S` gives up with NoBrokersAvailable
 (:meth:`IOThread.bootstrap_call`, ipc/metadata.py's refresher): nothing listens there.
+What the monitor's events mean for an endpoint (down, refused, reached):
+ipc/endpoint_health.py.
 """
 
 from __future__ import annotations
@@ -43,10 +45,17 @@ from kvlog.errors import (
     NetworkError,
     NoBrokersAvailable,
     RequestTimedOutError,
-    UnauthenticatedError,
 )
 
 from . import wire
+from .endpoint_health import (
+    MONITORED_EVENTS,
+    EndpointHealth,
+    HandshakeRefused,
+    Lost,
+    RefusedConnectionError,
+    refused_error,
+)
 from .wire import Frame
 
 log = logging.getLogger(__name__)
@@ -58,22 +67,7 @@ CLOSE_LINGER_MS = 1000
 # nothing listens there.
 CONNECT_GRACE_S = 1.0
 
-_MONITORED = (
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_CONNECT_RETRIED
-    | zmq.EVENT_CONNECTED
-)
-
 Callback = Callable[[dict[str, Any] | None, list[bytes], KvlogError | None], None]
-
-
-class RefusedConnectionError(NetworkError):
-    """The endpoint refused the connection (nothing listens there): the request was never
-    delivered, so sending it again cannot apply it twice."""
 
 
 def display_address(endpoint: str) -> str:
@@ -125,22 +119,8 @@ class IOThread:
         self.request_timeout_ms = request_timeout_ms
         self.driver = driver
         self.socket_options = socket_options or {}
-        self._handshake_failures: dict[str, int] = {}
-        # Endpoints whose current socket completed a handshake (and has not dropped since).
-        self._connected: set[str] = set()
-        # Endpoints whose connection dropped or was refused, with no handshake since.
-        self._down: set[str] = set()
-        # Endpoints whose last connection attempt was refused (nothing listens there), and
-        # those where a TCP connection was made since the last attempt (something listens:
-        # a failure after it is the handshake's, not a refusal).
-        self._refused: set[str] = set()
-        self._tcp_up: set[str] = set()
-        # Endpoints this client completed a handshake with at least once.
-        self._reached: set[str] = set()
-        # Endpoint -> when it first refused a connection (never reached, no handshake since).
-        self._refused_since: dict[str, float] = {}
-        # Endpoints whose established connection dropped: logged once, then "back" once.
-        self._lost: set[str] = set()
+        # What each endpoint's connection is known to be: ipc/endpoint_health.py.
+        self._health = EndpointHealth(name)
         self._ctx = zmq.Context()
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._by_socket: dict[zmq.Socket[Any], str] = {}
@@ -268,12 +248,7 @@ class IOThread:
     def unreachable_since(self, endpoints: Sequence[str]) -> float | None:
         """When all of ``endpoints`` had refused connections, if this client never reached
         any of them (None otherwise: one was reached once, or one was not tried yet)."""
-        if any(e in self._reached for e in endpoints):
-            return None
-        starts = [self._refused_since.get(e) for e in endpoints]
-        if any(s is None for s in starts):
-            return None
-        return max(s for s in starts if s is not None)
+        return self._health.unreachable_since(endpoints)
 
     def close(self, timeout_s: float = 5.0) -> None:
         self._closing = True
@@ -301,7 +276,7 @@ class IOThread:
             # A refused handshake (unknown CURVE key, CURVE vs plaintext) or a dropped
             # connection (the server died) never answers the requests sent on it: watch for
             # both, so callers hear at once instead of after a timeout.
-            monitor = sock.get_monitor_socket(_MONITORED)
+            monitor = sock.get_monitor_socket(MONITORED_EVENTS)
             self._monitors[monitor] = endpoint
             self._poller.register(monitor, zmq.POLLIN)
             sock.connect(endpoint)
@@ -313,100 +288,36 @@ class IOThread:
     def endpoint_down(self, endpoint: str) -> bool:
         """Whether the endpoint's connection dropped or was refused and has not completed
         a handshake since (I/O thread). Its socket keeps reconnecting in the background."""
-        return endpoint in self._down
+        return self._health.is_down(endpoint)
 
     def _read_monitor(self, monitor: zmq.Socket[Any]) -> None:
-        """Handshake and connection events of one endpoint's socket.
-
-        - A dropped connection that had completed its handshake fails the requests sent
-          on it at once (the server died; the client reconnects and retries).
-        - A refused connection (nothing listens: the server is down or restarting) fails
-          them at once if one of them asked for it (``fail_fast``); others wait for the
-          server to come back, as a request queued on a reconnecting socket always did.
-        - A refused CURVE key fails them with UNAUTHENTICATED.
-        - Other handshake failures are ambiguous: a server dying mid-connect fails one,
-          while a security mismatch (plaintext against CURVE, wrong server key) fails
-          every reconnect. Three in a row count as a refusal.
-        """
+        """Handshake and connection events of one endpoint's socket, judged by
+        ipc/endpoint_health.py: a lost connection fails the requests sent on it at once
+        and replaces the socket; a refused handshake fails them with UNAUTHENTICATED."""
         endpoint = self._monitors[monitor]
         while True:
             try:
                 event = recv_monitor_message(monitor, flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            kind = event["event"]
-            if kind == zmq.EVENT_CONNECTED:
-                self._tcp_up.add(endpoint)
-                self._refused.discard(endpoint)
-                continue
-            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._handshake_failures[endpoint] = 0
-                self._connected.add(endpoint)
-                self._down.discard(endpoint)
-                self._refused.discard(endpoint)
-                self._reached.add(endpoint)
-                self._refused_since.pop(endpoint, None)
-                if self._lost:
-                    log.warning(
-                        "%s: connected to %s again; kvlog is reachable", self.name, endpoint
-                    )
-                    self._lost.clear()
-                continue
-            if kind == zmq.EVENT_DISCONNECTED:
-                if endpoint in self._connected:
-                    if not self._lost and not self._closing:
-                        log.warning(
-                            "%s: lost the connection to %s (the kvlog process there stopped "
-                            "or restarts); retrying until it is back",
-                            self.name,
-                            endpoint,
-                        )
-                    self._lost.add(endpoint)
-                    self._went_down(
-                        endpoint,
-                        NetworkError(
-                            f"the connection to {endpoint} dropped; the client reconnects "
-                            "and retries"
-                        ),
-                    )
-                    return  # the monitor was replaced with the socket
-                continue
-            if kind == zmq.EVENT_CONNECT_RETRIED:
-                if endpoint in self._connected:
-                    continue  # a stale event: the socket is connected
-                self._down.add(endpoint)
-                if endpoint in self._tcp_up:
-                    # A server took the connection and it failed after (its handshake, or
-                    # it went away): not a refusal. The handshake failures say more.
-                    self._tcp_up.discard(endpoint)
-                    continue
-                self._refused.add(endpoint)
-                if endpoint not in self._reached:
-                    self._refused_since.setdefault(endpoint, time.monotonic())
-                if any(p.fail_fast for p in self._pending.values() if p.endpoint == endpoint):
-                    self._went_down(endpoint, _refused(endpoint), refused=True)
-                    return
-                continue
-            failures = self._handshake_failures.get(endpoint, 0) + 1
-            self._handshake_failures[endpoint] = failures
-            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                reason = (
-                    f"the server at {endpoint} refused this client's CURVE key; ask its admin "
-                    "to add your .key file to its authorized keys (then kvlog acls reload)"
-                )
-            elif failures >= 3 or event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-                reason = (
-                    f"the security handshake with {endpoint} keeps failing: the server expects "
-                    "another security_protocol (curve or plaintext) or other keys"
-                )
-            else:
-                continue  # maybe a server going away mid-connect: libzmq reconnects
-            self._handshake_failures[endpoint] = 0
-            self._fail_endpoint(endpoint, UnauthenticatedError(reason))
-            # Start afresh on the next request (the key may be authorized by then; libzmq
-            # does not reconnect after a refused CURVE key).
-            self._drop_socket(endpoint)
-            return
+            verdict = self._health.on_event(
+                endpoint,
+                event["event"],
+                event["value"],
+                time.monotonic(),
+                closing=self._closing,
+                fail_fast_waiting=lambda: any(
+                    p.fail_fast for p in self._pending.values() if p.endpoint == endpoint
+                ),
+            )
+            if isinstance(verdict, Lost):
+                self._went_down(endpoint, verdict.error, refused=verdict.refused)
+                return  # the monitor was replaced with the socket
+            if isinstance(verdict, HandshakeRefused):
+                self._fail_endpoint(endpoint, verdict.error)
+                # Start afresh on the next request.
+                self._drop_socket(endpoint)
+                return
 
     def _went_down(self, endpoint: str, error: KvlogError, *, refused: bool = False) -> None:
         """The endpoint's connection dropped or was refused: fail what was sent to it and
@@ -422,17 +333,12 @@ class IOThread:
         self._fail_endpoint(endpoint, error)
         if not self._closing:
             self.socket_for(endpoint)
-            self._down.add(endpoint)
-            if refused:
-                self._refused.add(endpoint)
+            self._health.mark_down(endpoint, refused)
 
     def _drop_socket(self, endpoint: str) -> None:
         # Without a socket nothing would tell when the endpoint is back: the next request
         # opens a new one (and finds out).
-        self._connected.discard(endpoint)
-        self._down.discard(endpoint)
-        self._refused.discard(endpoint)
-        self._tcp_up.discard(endpoint)
+        self._health.forget_socket(endpoint)
         sock = self._sockets.pop(endpoint, None)
         if sock is None:
             return
@@ -470,9 +376,9 @@ class IOThread:
         request fails with NETWORK_EXCEPTION (RefusedConnectionError) as soon as its
         endpoint refuses the connection, or at once while it is known to refuse them,
         instead of waiting for the server to come back (or the timeout)."""
-        if fail_fast and endpoint in self._refused and endpoint in self._sockets:
+        if fail_fast and self._health.is_refused(endpoint) and endpoint in self._sockets:
             if callback is not None:
-                callback(None, [], _refused(endpoint))
+                callback(None, [], refused_error(endpoint))
             return
         rid = next(self._ids)
         header = wire.request_header(op, rid, **self.header_fields, **fields)
@@ -613,12 +519,6 @@ class IOThread:
         self._ctx.term()
         os.close(self._wake_r)
         os.close(self._wake_w)
-
-
-def _refused(endpoint: str) -> RefusedConnectionError:
-    return RefusedConnectionError(
-        f"the connection to {endpoint} was refused (is the server running?); the client retries"
-    )
 
 
 def blocking_call(

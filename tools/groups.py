@@ -27,6 +27,13 @@ from typing import Any
 
 import click
 
+from kvlog.ipc.cluster_reports import (
+    describe_or_empty,
+    group_report,
+    log_ranges,
+    plan_reset,
+)
+
 from .client_cli import admin_client, client_config, client_options
 from .common import (
     Group,
@@ -59,16 +66,6 @@ def _clients(
         admin.close()
 
 
-def _describe_or_empty(admin: Any, group_id: str) -> dict[str, Any]:
-    """describe_groups, with an unknown group read as an empty one."""
-    from kvlog.errors import GroupIdNotFoundError
-
-    try:
-        return admin.describe_groups([group_id])[0]
-    except GroupIdNotFoundError:
-        return {"group_id": group_id, "state": "Dead", "members": []}
-
-
 @click.group(cls=Group)
 def groups() -> None:
     """List, describe, delete consumer groups and reset their offsets."""
@@ -94,75 +91,6 @@ def list_(as_json: bool, bootstrap_server: str | None, command_config: Path | No
             for g in sorted(found, key=lambda g: g.get("group_id", ""))
         ),
     )
-
-
-def group_report(admin: Any, consumer: Any, group_id: str) -> dict[str, Any]:
-    """Description, members and per-partition committed / end offsets and lag."""
-    from kvlog.types import TopicPartition
-
-    desc = _describe_or_empty(admin, group_id)
-    committed = admin.list_group_offsets(group_id)
-    owners: dict[TopicPartition, dict[str, Any]] = {}
-    for m in desc.get("members", []):
-        for topic, partition in m.get("assignment", []):
-            owners[TopicPartition(topic, partition)] = m
-    tps = sorted(set(committed) | set(owners))
-    ends = consumer.end_offsets(tps) if tps else {}
-    starts = consumer.beginning_offsets(tps) if tps else {}
-    rows = []
-    for tp in tps:
-        offset = committed.get(tp)
-        end = ends.get(tp)
-        member = owners.get(tp)
-        problem = _out_of_range(offset, starts.get(tp), end)
-        rows.append(
-            {
-                "topic": tp.topic,
-                "partition": tp.partition,
-                "committed_offset": offset,
-                "log_end_offset": end,
-                "lag": None if offset is None or end is None or problem else end - offset,
-                "member_id": member.get("member_id") if member else None,
-                "client_id": member.get("client_id") if member else None,
-                **({"problem": problem} if problem else {}),
-            }
-        )
-    return {
-        "group_id": group_id,
-        "state": desc.get("state"),
-        "generation": desc.get("generation"),
-        "protocol": desc.get("protocol"),
-        "leader": desc.get("leader"),
-        "members": [
-            {
-                "member_id": m.get("member_id"),
-                "client_id": m.get("client_id"),
-                "instance_id": m.get("instance_id"),
-                "assignment": [f"{t}-{p}" for t, p in m.get("assignment", [])],
-            }
-            for m in desc.get("members", [])
-        ],
-        "partitions": rows,
-    }
-
-
-def _out_of_range(committed: int | None, start: int | None, end: int | None) -> str | None:
-    """What is wrong with a committed offset outside the log, or None."""
-    if committed is None or start is None or end is None:
-        return None
-    if committed > end:
-        return (
-            f"committed offset {committed} is past the log end offset {end} (the topic was "
-            "deleted and created again, or the log was truncated): the group's consumers "
-            "reset it with auto.offset.reset when they next read"
-        )
-    if committed < start:
-        return (
-            f"committed offset {committed} is before the log start offset {start}: retention "
-            f"removed {start - committed} record(s) the group had not read; its consumers "
-            "reset it with auto.offset.reset when they next read"
-        )
-    return None
 
 
 def _print_report(console: Any, report: dict[str, Any]) -> None:
@@ -229,7 +157,7 @@ def describe(
     if not wanted:
         raise click.UsageError("name a group: kvlog groups describe GROUP (or --group GROUP)")
     with _clients(bootstrap_server, command_config, consumer=True) as (admin, consumer):
-        reports = [group_report(admin, consumer, g) for g in wanted]
+        reports = [group_report(admin, lambda tps: log_ranges(consumer, tps), g) for g in wanted]
     missing = [r["group_id"] for r in reports if _missing(r)]
     found = [r for r in reports if not _missing(r)]
     if as_json:
@@ -318,36 +246,6 @@ def _topic_partitions(specs: tuple[str, ...], consumer: Any) -> list[Any]:
     return sorted(set(out))
 
 
-def plan_reset(
-    consumer: Any,
-    tps: list[Any],
-    committed: dict[Any, int],
-    *,
-    to_earliest: bool,
-    to_latest: bool,
-    to_offset: int | None,
-    to_datetime: str | None,
-    shift_by: int | None,
-) -> dict[Any, int]:
-    """The new offset of each partition, clamped to [log start, log end]."""
-    begin = consumer.beginning_offsets(tps)
-    end = consumer.end_offsets(tps)
-    if to_earliest:
-        target = dict(begin)
-    elif to_latest:
-        target = dict(end)
-    elif to_offset is not None:
-        target = dict.fromkeys(tps, to_offset)
-    elif to_datetime is not None:
-        ms = parse_datetime(to_datetime)
-        found = consumer.offsets_for_times(dict.fromkeys(tps, ms))
-        target = {tp: end[tp] if found.get(tp) is None else found[tp].offset for tp in tps}
-    else:
-        assert shift_by is not None
-        target = {tp: committed.get(tp, begin[tp]) + shift_by for tp in tps}
-    return {tp: min(max(target[tp], begin[tp]), end[tp]) for tp in tps}
-
-
 @groups.command("reset-offsets")
 @click.option("--group", "group_id", required=True)
 @click.option(
@@ -407,7 +305,7 @@ def reset_offsets(
     if to_datetime is not None:
         parse_datetime(to_datetime)  # a bad date is a usage error before any network call
     with _clients(bootstrap_server, command_config, consumer=True) as (admin, consumer):
-        desc = _describe_or_empty(admin, group_id)
+        desc = describe_or_empty(admin, group_id)
         members = desc.get("members") or []
         if members:
             raise click.ClickException(
@@ -417,15 +315,22 @@ def reset_offsets(
             )
         tps = _topic_partitions(topic_specs, consumer)
         committed = admin.list_group_offsets(group_id)
+        if to_earliest or to_latest:
+            strategy, value = ("earliest" if to_earliest else "latest"), None
+        elif to_offset is not None:
+            strategy, value = "offset", to_offset
+        elif to_datetime is not None:
+            strategy, value = "timestamp", parse_datetime(to_datetime)
+        else:
+            strategy, value = "shift", shift_by
+        begin = consumer.beginning_offsets(tps)
+        end = consumer.end_offsets(tps)
         plan = plan_reset(
-            consumer,
-            tps,
+            strategy,
+            value,
+            {tp: (begin[tp], end[tp]) for tp in tps},
             committed,
-            to_earliest=to_earliest,
-            to_latest=to_latest,
-            to_offset=to_offset,
-            to_datetime=to_datetime,
-            shift_by=shift_by,
+            consumer.offsets_for_times,
         )
         if not dry_run:
             admin.alter_group_offsets(group_id, plan)

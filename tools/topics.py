@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from kvlog.ipc.cluster_reports import partition_rows
+
 from .client_cli import admin_client, client_options
 from .common import (
     Group,
@@ -96,16 +98,7 @@ def _describe_json(desc: Any) -> dict[str, Any]:
         "name": desc.name,
         "topic_id": desc.topic_id,
         "replication_factor": desc.replication_factor,
-        "partitions": [
-            {
-                "partition": p.partition,
-                "leader": p.leader,
-                "leader_epoch": p.leader_epoch,
-                "replicas": list(p.replicas),
-                "isr": list(p.isr),
-            }
-            for p in desc.partitions
-        ],
+        "partitions": partition_rows(desc),
         "config": desc.config,
         "overrides": desc.overrides,
     }

@@ -316,16 +316,7 @@ class ControllerCore:
             raise InvalidRequestError(
                 f"node {ev.node_id} is not one of this broker's nodes {self.state.node_ids}"
             )
-        self.state.node_heartbeat(
-            ev.node_id,
-            ev.endpoint,
-            ev.log_dir,
-            ev.applied_version,
-            ev.pid,
-            now_ms,
-            offline=ev.offline,
-            kafka_endpoint=ev.kafka_endpoint,
-        )
+        self.state.node_heartbeat(ev, now_ms)
         self._check_admin_waiters(out, None)
         old = self.node_waiters.pop(ev.node_id, None)
         if old is not None:  # a newer heartbeat supersedes the parked one

@@ -17,7 +17,8 @@ State and who changes it:
   simply not told about);
 - a metadata ``version`` that grows with every change, persisted so it keeps growing
   across restarts; nodes and the broker cache compare versions to know they are behind;
-- nodes: registered by their heartbeats; in memory only (they heartbeat again).
+- nodes: registered by their heartbeats; in memory only (they heartbeat again):
+  workers/controller_nodes.py.
 
 Errors are raised as :class:`kvlog.errors.KvlogError`. Every method that depends on time
 takes ``now_ms``; topic ids come from the id source given at construction; nothing here
@@ -57,7 +58,15 @@ from kvlog.topic_config import (
 )
 from kvlog.types import TopicPartition, check_topic_name, partition_key
 
-from .controller_events import HostedPartition, MissingTopic, NodeEntry, PartitionEntry, TopicEntry
+from .controller_events import (
+    HostedPartition,
+    MissingTopic,
+    NodeEntry,
+    NodeHeartbeat,
+    PartitionEntry,
+    TopicEntry,
+)
+from .controller_nodes import NodeInfo, NodeRegistry
 from .core_ids import IdSource
 from .replication_core import elect_leader
 
@@ -85,18 +94,6 @@ class PartitionState:
 
 
 @dataclass
-class NodeInfo:
-    node_id: int
-    endpoint: str
-    log_dir: str
-    last_heartbeat_ms: int
-    applied_version: int = -1
-    pid: int = 0
-    alive: bool = True
-    kafka_endpoint: str | None = None
-
-
-@dataclass
 class TopicView:
     """A topic with its partitions' live state, as metadata replies carry it."""
 
@@ -111,19 +108,18 @@ class ControllerState:
         self, store: LogStore, node_ids: list[int], *, node_timeout_ms: int, topic_ids: IdSource
     ) -> None:
         self.store = store
-        self.node_ids = sorted(node_ids)
-        self.node_timeout_ms = node_timeout_ms
         self.topic_ids = topic_ids
-        self.nodes: dict[int, NodeInfo] = {}
+        # Who registered and who is alive: workers/controller_nodes.py.
+        self.registry = NodeRegistry(node_ids, node_timeout_ms=node_timeout_ms)
+        self.node_ids = self.registry.node_ids
+        self.nodes = self.registry.nodes
         self.version = 0
-        self.started_ms = 0
-        self._grace_over = False
 
     def start(self, now_ms: int) -> None:
         """A new process: the version moves on (so caches notice the restart) and the
         start-up grace period for nodes that have not registered yet begins."""
         self.version = self.store.write(self._bump_version)
-        self.started_ms = now_ms
+        self.registry.start(now_ms)
 
     # -- version ---------------------------------------------------------------------------
 
@@ -354,10 +350,7 @@ class ControllerState:
         return entries
 
     def node_entries(self) -> list[NodeEntry]:
-        return [
-            NodeEntry(n.node_id, n.endpoint, n.alive, n.kafka_endpoint)
-            for n in sorted(self.nodes.values(), key=lambda n: n.node_id)
-        ]
+        return self.registry.entries()
 
     def _topic_entry(self, view: TopicView) -> TopicEntry:
         meta = view.meta
@@ -383,53 +376,16 @@ class ControllerState:
         return views[0].meta.partitions if views else None
 
     def _alive(self, node_id: int) -> bool:
-        node = self.nodes.get(node_id)
-        return node is not None and node.alive
+        return self.registry.is_alive(node_id)
 
     # -- nodes -----------------------------------------------------------------------------
 
-    def node_heartbeat(
-        self,
-        node_id: int,
-        endpoint: str,
-        log_dir: str,
-        applied_version: int,
-        pid: int,
-        now_ms: int,
-        *,
-        offline: bool = False,
-        kafka_endpoint: str | None = None,
-    ) -> NodeInfo:
-        node = self.nodes.get(node_id)
-        if offline:
-            # The node runs but its log dir fails (full, read-only, I/O errors): it leads
-            # nothing and counts as out of every ISR until it reports the disk back.
-            if node is None or node.alive or node.pid != pid:
-                log.warning("node %d reports its log dir %s offline", node_id, log_dir)
-                node = self.nodes[node_id] = NodeInfo(node_id, endpoint, log_dir, now_ms, pid=pid)
-                node.alive = False
-                if not self.reelect():
-                    self.bump()
-            node.last_heartbeat_ms = now_ms
-            node.applied_version = applied_version
-            return node
-        if (
-            node is None
-            or node.endpoint != endpoint
-            or node.kafka_endpoint != kafka_endpoint
-            or node.pid != pid
-            or not node.alive
-        ):
-            log.info(
-                "node %d registered at %s (pid %d, log dir %s)", node_id, endpoint, pid, log_dir
-            )
-            node = self.nodes[node_id] = NodeInfo(
-                node_id, endpoint, log_dir, now_ms, pid=pid, kafka_endpoint=kafka_endpoint
-            )
-            if not self.reelect():
-                self.bump()  # who is alive is part of the metadata
-        node.last_heartbeat_ms = now_ms
-        node.applied_version = applied_version
+    def node_heartbeat(self, ev: NodeHeartbeat, now_ms: int) -> NodeInfo:
+        """A node's heartbeat; a node that (re)registered or went offline moves
+        leaderships (who is alive is part of the metadata)."""
+        node, changed = self.registry.heartbeat(ev, now_ms)
+        if changed and not self.reelect():
+            self.bump()
         return node
 
     def bump(self) -> None:
@@ -437,7 +393,7 @@ class ControllerState:
         self.version = self.store.write(self._bump_version)
 
     def node_endpoints(self) -> dict[int, str]:
-        return {n.node_id: n.endpoint for n in self.nodes.values() if n.alive}
+        return self.registry.endpoints()
 
     def assignment_for(self, node_id: int) -> list[HostedPartition]:
         """The partitions a node holds, as its heartbeat answer carries them."""
@@ -463,44 +419,19 @@ class ControllerState:
     def expire_nodes(self, now_ms: int) -> list[int]:
         """Mark nodes whose heartbeats stopped as dead (and, once the start-up grace period
         has passed, nodes that never registered); moves their leaderships."""
-        dead = []
-        for node in self.nodes.values():
-            if node.alive and now_ms - node.last_heartbeat_ms > self.node_timeout_ms:
-                node.alive = False
-                dead.append(node.node_id)
-                log.warning(
-                    "node %d missed heartbeats for %d ms: marked dead",
-                    node.node_id,
-                    now_ms - node.last_heartbeat_ms,
-                )
-        if not self._grace_over and now_ms - self.started_ms > self.node_timeout_ms:
-            self._grace_over = True
-            missing = [n for n in self.node_ids if n not in self.nodes]
-            if missing:
-                log.warning("nodes %s never registered since start-up: treated as dead", missing)
-                dead.extend(missing)
+        dead = self.registry.expire(now_ms)
         if dead and not self.reelect():
             self.bump()
         return dead
 
     def next_expiry_ms(self) -> int | None:
-        """When :meth:`expire_nodes` next has something to do: a live node's heartbeats
-        stopping, or the end of the start-up grace period."""
-        deadlines = [
-            n.last_heartbeat_ms + self.node_timeout_ms + 1 for n in self.nodes.values() if n.alive
-        ]
-        if not self._grace_over:
-            deadlines.append(self.started_ms + self.node_timeout_ms + 1)
-        return min(deadlines, default=None)
+        return self.registry.next_expiry_ms()
 
     def node_down(self, node_id: int, pid: int) -> bool:
         """The supervisor saw the node's process die: fail over at once instead of
         waiting for node.session.timeout.ms. Ignored if that process is already gone."""
-        node = self.nodes.get(node_id)
-        if node is None or not node.alive or node.pid != pid:
-            return False  # only the process that died counts (the supervisor knows its pid)
-        node.alive = False
-        log.warning("node %d (pid %d) died: moving its leaderships", node_id, node.pid)
+        if not self.registry.down(node_id, pid):
+            return False
         if not self.reelect():
             self.bump()
         return True
@@ -508,13 +439,8 @@ class ControllerState:
     # -- leadership ------------------------------------------------------------------------
 
     def alive_ids(self) -> set[int]:
-        """Nodes that may lead. After a coordinator restart, a node that has not
-        registered yet is unknown, not dead: it keeps its leaderships through the start-up
-        grace period (else the first node to register would take every leadership)."""
-        alive = {n for n, info in self.nodes.items() if info.alive}
-        if not self._grace_over:
-            alive |= {n for n in self.node_ids if n not in self.nodes}
-        return alive
+        """Nodes that may lead (the registry's answer)."""
+        return self.registry.alive_ids()
 
     def reelect(self) -> bool:
         """Give every partition whose leader is gone a new leader from its ISR (higher
@@ -609,7 +535,7 @@ class ControllerState:
         return [tp for tp, _ in changes]
 
     def nodes_behind(self, node_ids: list[int], version: int) -> list[int]:
-        return [n for n in node_ids if self._alive(n) and self.nodes[n].applied_version < version]
+        return self.registry.behind(node_ids, version)
 
     # -- producer ids ----------------------------------------------------------------------
 
@@ -625,8 +551,7 @@ class ControllerState:
         return views[0].states[tp.partition]
 
     def node_alive_endpoint(self, node_id: int) -> str | None:
-        node = self.nodes.get(node_id)
-        return node.endpoint if node is not None and node.alive else None
+        return self.registry.alive_endpoint(node_id)
 
 
 def next_producer_id(w: WriteTxn) -> int:

@@ -350,10 +350,10 @@ class ConsumerPool:
     def start(self) -> ConsumerPool:
         if self.create_dlq:
             self._ensure_dlq_topics()
-        from .supervisor import _main_module_hidden
+        from .supervised import main_module_hidden
 
         for i in range(self.workers):
-            self._spawn(i, _main_module_hidden)
+            self._spawn(i, main_module_hidden)
         self._monitor = threading.Thread(target=self._watch, name="kvlog-pool", daemon=True)
         self._monitor.start()
         return self
@@ -370,7 +370,7 @@ class ConsumerPool:
         self._procs[index] = proc
 
     def _watch(self) -> None:
-        from .supervisor import _main_module_hidden
+        from .supervised import main_module_hidden
 
         while not self._stopping.wait(0.2):
             for i, proc in enumerate(self._procs):
@@ -382,7 +382,7 @@ class ConsumerPool:
                         proc.exitcode,
                     )
                     self.restarts += 1
-                    self._spawn(i, _main_module_hidden)
+                    self._spawn(i, main_module_hidden)
 
     @property
     def pids(self) -> list[int]:

@@ -17,7 +17,9 @@ before any process starts and kept across restarts. Every fixed port is checked 
 taken one fails the start with one line naming the port and its holder, and a data dir
 this start created is removed again.
 
-The data dir's layout and run files: workers/data_dir.py (``STATUS_FILE`` and
+One child's record, spawn and ready wait: workers/supervised.py. The optional processes
+(web console, mirrors, Prometheus endpoint): workers/optional_processes.py. The data dir's
+layout and run files: workers/data_dir.py (``STATUS_FILE`` and
 ``read_status`` are re-exported here for the tools).
 """
 
@@ -29,12 +31,9 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
-import types
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -60,63 +59,14 @@ from .data_dir import (
 from .kafka_addresses import KafkaAddress, KafkaPlan
 from .kafka_security import KafkaSecurityConfig
 from .metrics_http import MetricsEndpoint
-from .metrics_http import resolve_auto as resolve_metrics_auto
-from .runtime import process_main
+from .optional_processes import ROLES as OPTIONAL_ROLES
+from .optional_processes import OptionalProcesses
 from .security import SecuritySettings, client_options_for
+from .supervised import Child, await_ready, spawn
 
 log = logging.getLogger("kvlog.supervisor")
 
 _STOP_ORDER = ("console", "mirror", "broker", "sweeper", "node", "coordinator")
-
-
-@dataclass
-class Child:
-    role: str
-    settings: dict[str, Any]
-    node_id: int | None = None
-    log_dir: str | None = None
-    process: Any = None
-    endpoint: str = ""
-    kafka: KafkaAddress | None = None
-    pid: int = 0
-    started_at: float = 0.0
-    restarts: int = 0
-    backoff_s: float = 0.2
-    history: list[str] = field(default_factory=list)
-
-    def exited(self) -> KvlogError:
-        """The error for a process that died while it started."""
-        return KvlogError(
-            f"kvlog {self.role} exited during start-up (exit code {self.process.exitcode}); "
-            "see its log lines above"
-        )
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "role": self.role,
-            "node_id": self.node_id,
-            "pid": self.pid,
-            "endpoint": self.endpoint,
-            "kafka": self.kafka.advertised if self.kafka else None,
-            "kafka_listen": self.kafka.listen if self.kafka else None,
-            "log_dir": self.log_dir,
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at)),
-        }
-
-
-@contextlib.contextmanager
-def _main_module_hidden() -> Iterator[None]:
-    """Spawned children re-import the parent's ``__main__`` script unless it has no file
-    (as in a REPL). Ours only need kvlog's own modules, so hide it while starting them:
-    ``kvlog.Broker`` then works from scripts without an ``if __name__ == "__main__"``
-    guard, from notebooks and from the REPL."""
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        if main is not None:
-            sys.modules["__main__"] = main
 
 
 DEFAULT_DATA_DIR: str = SERVER_SETTINGS.default("data_dir")
@@ -182,9 +132,6 @@ class Broker:
         mirrors: list[dict[str, Any]] | None = None,
     ) -> None:
         self.advertised_host = advertised_host
-        # ``kvlog mirror`` processes (one per [[mirror]] table of --mirror-config), started
-        # once the broker answers, restarted like the others (workers/mirror_shell.py).
-        self.mirrors = [dict(m) for m in mirrors or []]
         self.kafka_advertised_host = kafka_advertised_host
         self.config = BROKER_CONFIG.complete(config)
         self.security = SecuritySettings(
@@ -217,21 +164,19 @@ class Broker:
             # CURVE authentication every ZeroMQ socket requires.
             self.kafka_off_reason = self.kafka_security.off_reason(self.security.enabled)
             self.kafka_listen = None
-        self.console_listen, self.console_off_reason = console_listen_setting.resolve(
-            SERVER_SETTINGS["console_listen"].parse(console_listen),
-            self.listen,
-            self.security.enabled,
+        self.run_dir = self.data_dir / "run"
+        # The console, the mirrors and the metrics endpoint: workers/optional_processes.py.
+        self.optional = OptionalProcesses(
+            listen=self.listen,
+            run_dir=self.run_dir,
+            security=self.security,
+            console_listen=console_listen,
+            metrics_listen=metrics_listen,
+            mirrors=mirrors,
         )
-        self.console_url: str | None = None
         self.log_dirs = [Path(d).resolve() for d in (log_dirs or [self.data_dir / "logs" / "0"])]
         self.log_level = log_level
         self.start_timeout_s = start_timeout_s
-        self.run_dir = self.data_dir / "run"
-        listen_at = resolve_metrics_auto(
-            SERVER_SETTINGS["metrics_listen"].parse(metrics_listen), self.listen
-        )
-        self.metrics = MetricsEndpoint(listen_at, self.run_dir) if listen_at else None
-        self.metrics_url: str | None = None
         self.children: list[Child] = []
         self._ctx = multiprocess.get_context("spawn")
         self._lock_file: Any = None
@@ -242,6 +187,30 @@ class Broker:
         self.coordinator_endpoint = ""
         self.kafka_plan: KafkaPlan | None = None
         self.kafka_bootstrap: str | None = None
+
+    @property
+    def mirrors(self) -> list[dict[str, Any]]:
+        return self.optional.mirrors
+
+    @property
+    def console_listen(self) -> str | None:
+        return self.optional.console_listen
+
+    @property
+    def console_off_reason(self) -> str | None:
+        return self.optional.console_off_reason
+
+    @property
+    def console_url(self) -> str | None:
+        return self.optional.console_url
+
+    @property
+    def metrics(self) -> MetricsEndpoint | None:
+        return self.optional.metrics
+
+    @property
+    def metrics_url(self) -> str | None:
+        return self.optional.metrics_url
 
     def __repr__(self) -> str:
         return f"Broker(data_dir={str(self.data_dir)!r}, bootstrap={self.bootstrap!r})"
@@ -301,22 +270,16 @@ class Broker:
             taken.add(node_id)
             nodes.append((node_id, log_dir))
         self._plan_kafka(sorted(taken))
-        self.console_url = console_listen_setting.plan(
-            self.console_listen, self.console_off_reason, self.security.enabled
-        )
+        self.optional.plan_console()
         # Each process's settings: what every process takes, then its role's settings
         # (the broker config keys the table says it uses, and what only the supervisor
         # knows). workers/runtime.py turns them into workers/settings.py's dataclasses.
-        if self.metrics is not None:
-            # The endpoint's thread reads the children without the mutex (a restart holds
-            # it for seconds); it copies the list first.
-            self.metrics.start(lambda: list(self.children))
-            self.metrics_url = self.metrics.url
+        self.optional.start_metrics(lambda: list(self.children))
         common = {
             "log_level": self.log_level,
             "data_dir": str(self.data_dir),
             "security": asdict(self.security),
-            "metrics_dir": str(self.metrics.directory) if self.metrics else None,
+            "metrics_dir": self.optional.metrics_dir,
         }
         coordinator = Child(
             "coordinator",
@@ -333,8 +296,8 @@ class Broker:
             kafka=self._kafka_for("coordinator"),
         )
         self.children.append(coordinator)
-        self._spawn(coordinator)
-        self._await_ready([coordinator])
+        spawn(self._ctx, coordinator)
+        await_ready([coordinator], self.start_timeout_s)
         self.coordinator_endpoint = advertise(coordinator.endpoint, self.advertised_host)
         group = []
         for node_id, log_dir in nodes:
@@ -375,8 +338,8 @@ class Broker:
         )
         for child in group:
             self.children.append(child)
-            self._spawn(child)
-        self._await_ready(group)
+            spawn(self._ctx, child)
+        await_ready(group, self.start_timeout_s)
         self.bootstrap = advertise(group[-1].endpoint, self.advertised_host)
         sweeper = Child(
             "sweeper",
@@ -390,11 +353,18 @@ class Broker:
             },
         )
         self.children.append(sweeper)
-        self._spawn(sweeper)
-        self._await_ready([sweeper])
-        if self.console_url is not None:
-            self._start_console([str(d) for _, d in nodes])
-        self._start_mirrors(common)
+        spawn(self._ctx, sweeper)
+        await_ready([sweeper], self.start_timeout_s)
+        self.optional.start(
+            launch=self._launch,
+            await_ready=lambda children: await_ready(children, self.start_timeout_s),
+            stopping=self._stopping,
+            common=common,
+            log_level=self.log_level,
+            data_dir=self.data_dir,
+            bootstrap=self.bootstrap,
+            log_dirs=[str(d) for _, d in nodes],
+        )
         self._write_status()
         self._await_nodes(len(nodes))
         log.info(
@@ -404,60 +374,10 @@ class Broker:
             len(nodes),
         )
 
-    def _start_console(self, log_dirs: list[str]) -> None:
-        """Spawn the console at its fixed address. Clients need not wait for it, so its
-        ready message is awaited on a thread of its own; a death before it is logged
-        there, and the watch thread restarts it as any other process."""
-        assert self.console_url is not None
-        console = Child(
-            "console",
-            console_listen_setting.process_settings(
-                self.console_url,
-                self.log_level,
-                self.data_dir,
-                self.bootstrap,
-                log_dirs,
-                asdict(self.security),
-            ),
-            endpoint=self.console_url,
-        )
-        self.children.append(console)
-        self._spawn(console)
-
-        def await_ready() -> None:
-            try:
-                self._await_ready([console])
-            except KvlogError as exc:
-                if not self._stopping.is_set():
-                    log.error("%s", exc.message)
-
-        threading.Thread(target=await_ready, name="kvlog-console-start", daemon=True).start()
-
-    def _start_mirrors(self, common: dict[str, Any]) -> None:
-        source_settings: dict[str, Any] = {}
-        if self.security.enabled:  # the mirror reads the source as the server itself
-            source_settings = {
-                "security_protocol": "curve",
-                "curve_server_key": self.security.server_secret_key,
-                "curve_secret_key": self.security.server_secret_key,
-            }
-        for entry in self.mirrors:
-            name = str(entry.get("name", ""))
-            child = Child(
-                "mirror",
-                {
-                    **common,
-                    "mirror": {
-                        "config": entry,
-                        "source": self.bootstrap,
-                        "state_dir": str(self.data_dir / "mirror" / name),
-                        "source_settings": source_settings,
-                    },
-                },
-            )
-            self.children.append(child)
-            self._spawn(child)
-            self._await_ready([child])
+    def _launch(self, child: Child) -> None:
+        """Record and spawn one more child (the optional processes')."""
+        self.children.append(child)
+        spawn(self._ctx, child)
 
     def _plan_kafka(self, node_ids: list[int]) -> None:
         """Fix every process's Kafka address, then check that every fixed port is free
@@ -501,45 +421,6 @@ class Broker:
             "kafka_ssl_cafile": kafka.ssl_cafile,
             "kafka_ssl_client_auth": kafka.ssl_client_auth,
         }
-
-    def _spawn(self, child: Child) -> None:
-        parent_conn, child_conn = self._ctx.Pipe(duplex=False)
-        process = self._ctx.Process(
-            target=process_main,
-            args=(child.role, child.settings, child_conn),
-            name=f"kvlog-{child.role}{'' if child.node_id is None else child.node_id}",
-            daemon=True,
-        )
-        with _main_module_hidden():
-            process.start()
-        child_conn.close()
-        child.process = process
-        child.pid = process.pid
-        child.started_at = time.time()
-        child.settings["_ready"] = parent_conn
-
-    def _await_ready(self, children: list[Child]) -> None:
-        deadline = time.monotonic() + self.start_timeout_s
-        for child in children:
-            conn = child.settings.pop("_ready")
-            try:
-                while not conn.poll(0.05):
-                    if not child.process.is_alive():
-                        raise child.exited()
-                    if time.monotonic() > deadline:
-                        raise KafkaTimeoutError(f"kvlog {child.role} did not start in time")
-                try:
-                    message = conn.recv()
-                except (EOFError, OSError):
-                    raise child.exited() from None
-            finally:
-                conn.close()
-            if "error" in message:
-                raise KvlogError(f"kvlog {child.role} failed to start: {message['error']}")
-            if message["endpoint"]:
-                child.endpoint = message["endpoint"]
-                # A restart binds the same endpoint, so clients find it again.
-                child.settings["endpoint"] = child.endpoint
 
     def _await_nodes(self, count: int) -> None:
         """Wait until the broker's metadata shows every node alive."""
@@ -602,8 +483,7 @@ class Broker:
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         log.warning("kvlog %s (pid %d) died (%s); restarting", child.role, child.pid, how)
         child.history.append(how)
-        if self.metrics is not None:
-            self.metrics.process_died(child.pid)
+        self.optional.process_died(child.pid)
         if child.role == "node" and self.coordinator_endpoint:
             self._report_node_down(child)
         if time.time() - child.started_at > 30:
@@ -615,8 +495,8 @@ class Broker:
         with self._mutex:
             child.restarts += 1
             try:
-                self._spawn(child)
-                self._await_ready([child])
+                spawn(self._ctx, child)
+                await_ready([child], self.start_timeout_s)
             except Exception as exc:  # the watch thread must outlive any failed restart
                 message = exc.message if isinstance(exc, KvlogError) else repr(exc)
                 log.error("restart of kvlog %s failed: %s; trying again", child.role, message)
@@ -673,8 +553,7 @@ class Broker:
                     child.process.kill()
                     child.process.join(2)
             self.children = []
-        if self.metrics is not None:
-            self.metrics.stop()
+        self.optional.stop()
         if self._lock_file is not None:
             # Only the lock's holder owns the run files: a start refused because another
             # kvlog holds the data dir must leave that one's processes.json alone.
@@ -692,7 +571,7 @@ class Broker:
         with self._mutex:
             for child in self.children:
                 if (
-                    child.role not in ("sweeper", "console", "mirror")
+                    child.role not in ("sweeper", *OPTIONAL_ROLES)
                     and child.process is not None
                     and child.process.is_alive()
                 ):

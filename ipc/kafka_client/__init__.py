@@ -93,5 +93,6 @@ def make_admin(config: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> A
 
 def consumer_wanted(topics: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
     """``wanted`` for Consumer's signature (a settings dict may come first)."""
-    config = topics[0] if topics and isinstance(topics[0], Mapping) else None
-    return wanted(config, kwargs)
+    from ..client_args import split_consumer_args
+
+    return wanted(split_consumer_args(topics)[0], kwargs)

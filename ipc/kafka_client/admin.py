@@ -17,7 +17,6 @@ Safe to share between threads (each call is one AdminClient request).
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +24,9 @@ from kvlog.errors import InvalidConfigError, KvlogError, UnknownTopicOrPartition
 from kvlog.topic_config import TOPIC_CONFIG
 from kvlog.types import TopicPartition
 
-from ..admin import NewTopic, PartitionMappingWarning, TopicDescription, _new_topics
+from ..admin import TopicDescription
+from ..client_args import NewTopic, create_each, warn_partition_mapping
+from ..client_args import new_topics as new_topics_of
 from ..metadata import PartitionInfo
 from .errors import LoginWatch, kafka_errors, to_kvlog
 from .settings import kafka_settings
@@ -149,39 +150,24 @@ class KafkaModeAdmin:
         raise_errors: bool = True,
     ) -> dict[str, Any]:
         """kafka-python's create_topics (kvlog mode's contract)."""
-        results = []
-        first: KvlogError | None = None
-        for topic in _new_topics(new_topics):
+
+        def check(topic: NewTopic) -> None:
             if topic.replica_assignments:
                 raise InvalidConfigError(
                     f"topic {topic.name!r}: replica_assignments are not supported"
                 )
-            try:
-                self.create_topic(
-                    topic.name,
-                    topic.num_partitions,
-                    topic.replication_factor,
-                    topic.topic_configs,
-                    validate_only=validate_only,
-                )
-                results.append(
-                    {"name": topic.name, "topic_id": "", "error_code": 0, "error_message": None}
-                )
-            except KvlogError as exc:
-                if exc.retriable:
-                    raise
-                first = first or exc
-                results.append(
-                    {
-                        "name": topic.name,
-                        "topic_id": "",
-                        "error_code": int(exc.code),
-                        "error_message": exc.message,
-                    }
-                )
-        if first is not None and raise_errors:
-            raise first
-        return {"topics": results}
+
+        def create(topic: NewTopic) -> str:
+            self.create_topic(
+                topic.name,
+                topic.num_partitions,
+                topic.replication_factor,
+                topic.topic_configs,
+                validate_only=validate_only,
+            )
+            return ""  # Kafka mode's result rows carry no topic id (as they never did)
+
+        return create_each(new_topics_of(new_topics), check, create, raise_errors)
 
     def delete_topic(self, name: str) -> None:
         with kafka_errors(f"delete topic {name}: "):
@@ -199,13 +185,7 @@ class KafkaModeAdmin:
                 [NewPartitions(name, count)], request_timeout=self._timeout_s
             )
         self._wait(futures[name], f"create partitions of {name}")
-        warnings.warn(
-            f"topic {name!r} grew from {old} to {count} partitions: keyed records are placed "
-            f"by murmur2(key) % {count} from now on, so most keys map to a different "
-            "partition than before and per-key order across the change is not guaranteed",
-            PartitionMappingWarning,
-            stacklevel=2,
-        )
+        warn_partition_mapping(name, old, count)
         return old
 
     def _topic_configs(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -34,10 +34,10 @@ from kvlog.errors import (
 )
 from kvlog.types import TopicPartition
 
+from ..client_args import RecordIteration, record_deserializers, split_consumer_args
 from ..client_metrics import ConsumerMetrics
 from ..consumer_types import OffsetAndTimestamp
 from ..records import ConsumerRecord, RecordColumns
-from ..serializers import deserializer
 from .consumer_group import GroupSide
 from .errors import kafka_errors, to_kvlog
 from .settings import kafka_settings
@@ -57,28 +57,17 @@ def _rd_tp(tp: TopicPartition, offset: int = _OFFSET_INVALID) -> Any:
     return RdTopicPartition(tp.topic, tp.partition, offset)
 
 
-class KafkaModeConsumer(GroupSide):
+class KafkaModeConsumer(GroupSide, RecordIteration):
     """Reads records from a Kafka cluster with kvlog's Consumer API (module docstring)."""
 
     def __init__(self, *topics: Any, **kwargs: Any) -> None:
         from confluent_kafka import Consumer as _RdConsumer
 
-        config: Mapping[str, Any] | None = None
-        if topics and isinstance(topics[0], Mapping):
-            config, topics = topics[0], topics[1:]
+        config, topics = split_consumer_args(topics)
         settings = kafka_settings("consumer", config, kwargs)
         cfg = self.config = settings.kvlog
         self._bootstrap = settings.bootstrap
-        self._keys_in = (
-            None
-            if cfg["key_deserializer"] is None
-            else deserializer(cfg["key_deserializer"], "key_deserializer")
-        )
-        self._values_in = (
-            None
-            if cfg["value_deserializer"] is None
-            else deserializer(cfg["value_deserializer"], "value_deserializer")
-        )
+        self._keys_in, self._values_in = record_deserializers(cfg)
         self._timeout_s = cfg["request_timeout_ms"] / 1000
         self._metrics = ConsumerMetrics()
         self._positions: dict[TopicPartition, int] = {}
@@ -440,27 +429,6 @@ class KafkaModeConsumer(GroupSide):
             -1 if key is None else len(key),
             -1 if value is None else len(value),
         )
-
-    # -- iteration (kafka-python) ----------------------------------------------------------
-
-    def __iter__(self) -> KafkaModeConsumer:
-        return self
-
-    def __next__(self) -> ConsumerRecord:
-        timeout = self.config["consumer_timeout_ms"]
-        deadline = None if timeout is None else time.monotonic() + timeout / 1000
-        while True:
-            if self._iterator is not None:
-                record = next(self._iterator, None)
-                if record is not None:
-                    return record
-                self._iterator = None
-            wait = 1000 if deadline is None else int(max(0.0, deadline - time.monotonic()) * 1000)
-            batch = self.poll(timeout_ms=wait)
-            if batch:
-                self._iterator = iter([r for records in batch.values() for r in records])
-            elif deadline is not None and time.monotonic() >= deadline:
-                raise StopIteration
 
     # -- close -----------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from kvlog.errors import (
 )
 from kvlog.types import TopicPartition
 
+from ..client_args import subscription_args
 from ..consumer_types import ConsumerRebalanceListener, OffsetAndMetadata
 from .errors import kafka_errors, to_kvlog
 
@@ -82,13 +83,8 @@ class GroupSide:
     ) -> None:
         """Subscribe to topics (or a regex ``pattern``). With a ``group_id`` the group
         shares their partitions; without one this consumer reads all of them."""
-        if self._manual:
-            raise IllegalStateError("subscribe() after assign(): call unsubscribe() first")
-        topic_list = [topics] if isinstance(topics, str) else list(topics)
-        if bool(topic_list) == (pattern is not None):
-            raise IllegalStateError("subscribe() takes topics or a pattern, not both or neither")
+        topic_list, self._pattern = subscription_args(topics, pattern, self._manual)
         self._subscription = set(topic_list)
-        self._pattern = re.compile(pattern) if pattern is not None else None
         self._listener = listener
         if self.config["group_id"] is None:
             self._set_assignment(self._all_partitions(self._matching_topics()))

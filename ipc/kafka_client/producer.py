@@ -27,23 +27,20 @@ from typing import Any
 
 from kvlog.errors import (
     InvalidPartitionsError,
-    InvalidTimestampError,
     KafkaTimeoutError,
     KvlogError,
     ProducerClosedError,
-    SerializationError,
     UnknownTopicOrPartitionError,
 )
 from kvlog.partitioner import partition_for_key
 
+from ..client_args import check_timestamp, header_value, record_serializers
 from ..client_metrics import ProducerMetrics
 from ..futures import BatchFuture, BatchSendResult, FutureRecordMetadata
-from ..serializers import serializer
 from .errors import kafka_errors, to_kvlog
 from .settings import kafka_settings
 
 log = logging.getLogger(__name__)
-_INT64_MAX = (1 << 63) - 1
 
 
 class KafkaModeProducer:
@@ -55,10 +52,11 @@ class KafkaModeProducer:
         settings = kafka_settings("producer", config, kwargs)
         cfg = self.config = settings.kvlog
         self._bootstrap = settings.bootstrap
-        self._key_serializer = serializer(cfg["key_serializer"], "key_serializer")
-        self._value_serializer = serializer(cfg["value_serializer"], "value_serializer")
-        self._raw_keys = cfg["key_serializer"] is None
-        self._raw_values = cfg["value_serializer"] is None
+        serializers = record_serializers(cfg)
+        self._key_serializer = serializers["key_serializer"]
+        self._value_serializer = serializers["value_serializer"]
+        self._raw_keys = serializers["raw_keys"]
+        self._raw_values = serializers["raw_values"]
         self._max_block_s = cfg["max_block_ms"] / 1000
         self._timeout_s = cfg["request_timeout_ms"] / 1000
         self._batch_size = cfg["batch_size"]
@@ -176,8 +174,8 @@ class KafkaModeProducer:
             if self._raw_values and (value is None or type(value) is bytes)
             else self._value_serializer(value)
         )
-        header_list = [(str(n), _header_value(v)) for n, v in headers] if headers else None
-        ts = time.time_ns() // 1_000_000 if timestamp_ms is None else _check_timestamp(timestamp_ms)
+        header_list = [(str(n), header_value(v)) for n, v in headers] if headers else None
+        ts = time.time_ns() // 1_000_000 if timestamp_ms is None else check_timestamp(timestamp_ms)
         size = len(value_bytes or b"") + len(key_bytes or b"")
         where = self._place(topic, key_bytes, partition, size)
         future = FutureRecordMetadata(
@@ -245,7 +243,7 @@ class KafkaModeProducer:
         self._check_open("send_batch()")
         if keys is not None and len(keys) != len(values):
             raise ValueError(f"send_batch: {len(keys)} keys for {len(values)} values")
-        ts = time.time_ns() // 1_000_000 if timestamp_ms is None else _check_timestamp(timestamp_ms)
+        ts = time.time_ns() // 1_000_000 if timestamp_ms is None else check_timestamp(timestamp_ms)
         segments: list[tuple[int, list[int], BatchFuture, int]] = []
         for i, value in enumerate(values):
             future = self.send(
@@ -295,25 +293,3 @@ class KafkaModeProducer:
         """Kafka's producer metric names, as in kvlog mode (librdkafka's own statistics
         are in its ``statistics.interval.ms`` callback)."""
         return self._metrics.snapshot()
-
-
-def _header_value(value: Any) -> bytes:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    raise SerializationError(
-        f"header values must be bytes, got {type(value).__name__} {value!r:.40}; encode it "
-        "first (e.g. str.encode())"
-    )
-
-
-def _check_timestamp(timestamp_ms: Any) -> int:
-    if isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int):
-        raise InvalidTimestampError(
-            f"timestamp_ms must be an integer (ms since the epoch), got {timestamp_ms!r}"
-        )
-    if not 0 <= timestamp_ms <= _INT64_MAX:
-        raise InvalidTimestampError(
-            f"timestamp_ms={timestamp_ms} is invalid: a timestamp is ms since the epoch, "
-            "non-negative (or None for now)"
-        )
-    return timestamp_ms

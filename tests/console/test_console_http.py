@@ -95,12 +95,17 @@ def _plan(body: str) -> list[int]:
     return [int(v) for v in re.findall(r'<td class="new">(\d+)</td>', body)]
 
 
-def test_reset_strategies_plan_clamped_offsets(broker: Any, admin: Any) -> None:
-    admin.create_topic("resets", 2)
+def _two_partitions(broker: Any, admin: Any, topic: str, records: int) -> None:
+    """A new topic of two partitions, ``records`` records spread over them in turn."""
+    admin.create_topic(topic, 2)
     with kvlog.Producer(bootstrap_servers=broker.bootstrap, linger_ms=0) as producer:
-        for i in range(10):
-            producer.send("resets", value=b"%d" % i, partition=i % 2)
+        for i in range(records):
+            producer.send(topic, value=b"%d" % i, partition=i % 2)
         producer.flush()
+
+
+def test_reset_strategies_plan_clamped_offsets(broker: Any, admin: Any) -> None:
+    _two_partitions(broker, admin, "resets", 10)
     admin.alter_group_offsets(
         "planner", {TopicPartition("resets", 0): 4, TopicPartition("resets", 1): 1}
     )
@@ -130,6 +135,34 @@ def test_reset_strategies_plan_clamped_offsets(broker: Any, admin: Any) -> None:
         TopicPartition("resets", 0): 3,
         TopicPartition("resets", 1): 3,
     }
+
+
+def test_group_page_shows_a_committed_offset_outside_the_log_as_out_of_range(
+    broker: Any, admin: Any
+) -> None:
+    # As ``kvlog groups describe`` does (tests/broker/test_offsets_out_of_range.py): a
+    # committed offset past the log end has no lag (not lag 0, not a negative one).
+    _two_partitions(broker, admin, "strays", 6)
+    admin.alter_group_offsets(
+        "strayed", {TopicPartition("strays", 0): 50, TopicPartition("strays", 1): 1}
+    )
+    url = broker.console_url
+    status, _, body = _request(url, path="/api/groups/strayed")
+    assert status == 200
+    rows = {r["partition"]: r for r in json.loads(body)["partitions"]}
+    assert (rows[0]["committed_offset"], rows[0]["log_end_offset"], rows[0]["lag"]) == (50, 3, None)
+    assert "past the log end offset 3" in rows[0]["problem"]
+    assert (rows[1]["committed_offset"], rows[1]["log_end_offset"], rows[1]["lag"]) == (1, 3, 2)
+    assert "problem" not in rows[1]
+    status, _, page = _request(url, path="/groups/strayed")
+    assert status == 200
+    cells = re.findall(
+        r'<tr data-tp="strays-(\d)">.*?<td class="lag"[^>]*>([^<]*)</td>', page, re.S
+    )
+    assert dict(cells) == {"0": "out of range", "1": "2"}
+    assert "strays-0: committed offset 50 is past the log end offset 3" in page
+    total = re.search(r'id="total-lag">(\d+)<', page)
+    assert total is not None and total.group(1) == "2"  # the stray partition adds nothing
 
 
 def test_pages_send_security_headers_and_errors_are_pages(broker: Any) -> None:

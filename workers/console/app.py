@@ -29,9 +29,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from kvlog.errors import AuthorizationError, KvlogError
+from kvlog.ipc.cluster_reports import RESET_STRATEGIES
 
 from .login import SESSION_COOKIE, SESSION_TTL_S, WRONG_LOGIN
-from .view import RESET_STRATEGIES, ClusterView
+from .view import ClusterView
 
 if TYPE_CHECKING:
     from .server import Views

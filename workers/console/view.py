@@ -29,6 +29,15 @@ from kvlog.errors import (
     GroupIdNotFoundError,
 )
 from kvlog.ipc.admin import Admin
+from kvlog.ipc.cluster_reports import (
+    Ranges,
+    check_reset,
+    describe_or_empty,
+    group_report,
+    log_ranges,
+    partition_rows,
+    plan_reset,
+)
 from kvlog.ipc.consumer import Consumer
 from kvlog.types import TopicPartition
 
@@ -38,7 +47,6 @@ from .records import render_record
 BROWSE_LIMIT_MAX = 200
 REQUEST_TIMEOUT_MS = 10_000
 _BROWSE_WAIT_S = 2.0
-RESET_STRATEGIES = ("earliest", "latest", "offset", "timestamp", "shift")
 
 
 def _dir_bytes(path: Path) -> int:
@@ -116,14 +124,14 @@ class ClusterView:
         with self._offsets_lock:
             yield self._offsets
 
-    def _ranges(self, tps: list[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
-        """(log start, log end) of each partition."""
-        if not tps:
-            return {}
+    def _log_ranges(self, tps: list[TopicPartition]) -> Ranges:
+        """(log start, log end) of each partition; None where the broker did not say."""
         with self._offsets_client() as consumer:
-            starts = consumer.beginning_offsets(tps)
-            ends = consumer.end_offsets(tps)
-        return {tp: (starts.get(tp, 0), ends.get(tp, 0)) for tp in tps}
+            return log_ranges(consumer, tps)
+
+    def _ranges(self, tps: list[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+        """(log start, log end) of each partition (0 where the broker did not say)."""
+        return {tp: (start or 0, end or 0) for tp, (start, end) in self._log_ranges(tps).items()}
 
     # -- overview ------------------------------------------------------------------------
 
@@ -203,15 +211,11 @@ class ClusterView:
             "replication_factor": desc.replication_factor,
             "partitions": [
                 {
-                    "partition": p.partition,
-                    "leader": p.leader,
-                    "leader_epoch": p.leader_epoch,
-                    "replicas": list(p.replicas),
-                    "isr": list(p.isr),
-                    "start": ranges[TopicPartition(name, p.partition)][0],
-                    "end": ranges[TopicPartition(name, p.partition)][1],
+                    **row,
+                    "start": ranges[TopicPartition(name, row["partition"])][0],
+                    "end": ranges[TopicPartition(name, row["partition"])][1],
                 }
-                for p in desc.partitions
+                for row in partition_rows(desc)
             ],
             "config": [
                 {"key": k, "value": v, "override": k in desc.overrides}
@@ -328,56 +332,12 @@ class ClusterView:
             pass
         return True
 
-    def _describe(self, group_id: str) -> dict[str, Any]:
-        try:
-            return self.admin.describe_groups([group_id])[0]
-        except GroupIdNotFoundError:
-            return {"group_id": group_id, "state": "Dead", "members": []}
-
     def group(self, group_id: str) -> dict[str, Any]:
-        """Members, assignments and, per partition, committed offset, log end and lag."""
-        desc = self._describe(group_id)
-        committed = self.admin.list_group_offsets(group_id)
-        owners: dict[TopicPartition, dict[str, Any]] = {}
-        for member in desc.get("members", []):
-            for topic, partition in member.get("assignment", []):
-                owners[TopicPartition(topic, partition)] = member
-        tps = sorted(set(committed) | set(owners))
-        ranges = self._ranges(tps)
-        rows = []
-        for tp in tps:
-            offset = committed.get(tp)
-            start, end = ranges.get(tp, (0, 0))
-            in_range = offset is not None and start <= offset <= end
-            owner = owners.get(tp)
-            rows.append(
-                {
-                    "topic": tp.topic,
-                    "partition": tp.partition,
-                    "committed": offset,
-                    "start": start,
-                    "end": end,
-                    "lag": end - offset if in_range and offset is not None else None,
-                    "member_id": owner.get("member_id") if owner else None,
-                    "client_id": owner.get("client_id") if owner else None,
-                }
-            )
-        return {
-            "group_id": group_id,
-            "state": desc.get("state"),
-            "generation": desc.get("generation"),
-            "protocol": desc.get("protocol"),
-            "members": [
-                {
-                    "member_id": m.get("member_id"),
-                    "client_id": m.get("client_id"),
-                    "assignment": [f"{t}-{p}" for t, p in m.get("assignment", [])],
-                }
-                for m in desc.get("members", [])
-            ],
-            "partitions": rows,
-            "t": int(time.time() * 1000),
-        }
+        """Members, assignments and, per partition, committed offset, log end and lag (a
+        committed offset outside the log: no lag, a ``problem`` instead), as ``kvlog
+        groups describe --json`` reports them; ``t``: when (ms)."""
+        report = group_report(self.admin, self._log_ranges, group_id)
+        return {**report, "t": int(time.time() * 1000)}
 
     def plan_reset(
         self, group_id: str, topic: str, strategy: str, value: int | None
@@ -385,46 +345,30 @@ class ClusterView:
         """New committed offsets of every partition of ``topic`` for ``group_id``, clamped
         to [log start, log end] (``kvlog groups reset-offsets``' rules). ``value``: the
         offset, the timestamp (ms) or the shift."""
-        if strategy not in RESET_STRATEGIES:
-            raise ValueError(f"unknown reset strategy {strategy!r}")
-        if strategy != "earliest" and strategy != "latest" and value is None:
-            raise ValueError(f"reset to {strategy} needs a value")
+        check_reset(strategy, value)
         desc = self.admin.describe_topic(topic)
         tps = [TopicPartition(topic, p.partition) for p in desc.partitions]
         ranges = self._ranges(tps)
         committed = self.admin.list_group_offsets(group_id)
-        found: dict[TopicPartition, Any] = {}
-        if strategy == "timestamp":
-            assert value is not None
+
+        def offsets_for_times(times: dict[TopicPartition, int]) -> dict[TopicPartition, Any]:
             with self._offsets_client() as consumer:
-                found = consumer.offsets_for_times(dict.fromkeys(tps, value))
-        rows = []
-        for tp in tps:
-            start, end = ranges[tp]
-            if strategy == "earliest":
-                target = start
-            elif strategy == "latest":
-                target = end
-            elif strategy == "offset":
-                target = int(value or 0)
-            elif strategy == "timestamp":
-                hit = found.get(tp)
-                target = end if hit is None else hit.offset
-            else:
-                target = committed.get(tp, start) + int(value or 0)
-            rows.append(
-                {
-                    "topic": tp.topic,
-                    "partition": tp.partition,
-                    "current": committed.get(tp),
-                    "new": min(max(target, start), end),
-                }
-            )
-        return rows
+                return consumer.offsets_for_times(times)
+
+        plan = plan_reset(strategy, value, ranges, committed, offsets_for_times)
+        return [
+            {
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "current": committed.get(tp),
+                "new": new,
+            }
+            for tp, new in plan.items()
+        ]
 
     def apply_reset(self, group_id: str, rows: list[dict[str, Any]]) -> None:
         """Store a plan's offsets; the broker refuses while the group has members."""
-        members = self._describe(group_id).get("members") or []
+        members = describe_or_empty(self.admin, group_id).get("members") or []
         if members:
             raise ValueError(
                 f"group {group_id} has {len(members)} active member(s); stop its consumers "

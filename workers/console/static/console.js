@@ -71,10 +71,22 @@ function showGroup(sample) {
   for (const row of sample.partitions) {
     const tr = document.querySelector(`tr[data-tp="${CSS.escape(row.topic + "-" + row.partition)}"]`);
     if (!tr) continue;
-    tr.querySelector(".committed").textContent = dash(row.committed);
-    tr.querySelector(".end").textContent = dash(row.end);
-    tr.querySelector(".lag").textContent = dash(row.lag);
+    tr.querySelector(".committed").textContent = dash(row.committed_offset);
+    tr.querySelector(".end").textContent = dash(row.log_end_offset);
+    const lag = tr.querySelector(".lag");
+    // A committed offset outside the log has no lag (ipc/cluster_reports.py).
+    lag.textContent = row.problem ? "out of range" : dash(row.lag);
+    lag.title = row.problem || "";
     tr.querySelector(".client").textContent = row.client_id || "";
+  }
+  const problems = document.getElementById("problems");
+  if (problems) {
+    problems.replaceChildren(...sample.partitions.filter((row) => row.problem).map((row) => {
+      const p = document.createElement("p");
+      p.className = "problem";
+      p.textContent = row.topic + "-" + row.partition + ": " + row.problem;
+      return p;
+    }));
   }
   const body = document.querySelector("#members tbody");
   if (!body) return;

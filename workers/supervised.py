@@ -1,0 +1,120 @@
+"""A supervised process: the supervisor's record of one child, how it is spawned and how
+its ready message is awaited.
+
+workers/supervisor.py starts, watches and restarts these; workers/optional_processes.py
+builds the records of the optional ones (console, mirrors). workers/pool.py spawns its
+workers under :func:`main_module_hidden` too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvlog.errors import KafkaTimeoutError, KvlogError
+
+from .kafka_addresses import KafkaAddress
+from .runtime import process_main
+
+
+@dataclass
+class Child:
+    """One supervised process. Owned by the supervisor; its watch thread changes it under
+    the supervisor's mutex."""
+
+    role: str
+    settings: dict[str, Any]
+    node_id: int | None = None
+    log_dir: str | None = None
+    process: Any = None
+    endpoint: str = ""
+    kafka: KafkaAddress | None = None
+    pid: int = 0
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff_s: float = 0.2
+    history: list[str] = field(default_factory=list)
+
+    def exited(self) -> KvlogError:
+        """The error for a process that died while it started."""
+        return KvlogError(
+            f"kvlog {self.role} exited during start-up (exit code {self.process.exitcode}); "
+            "see its log lines above"
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "node_id": self.node_id,
+            "pid": self.pid,
+            "endpoint": self.endpoint,
+            "kafka": self.kafka.advertised if self.kafka else None,
+            "kafka_listen": self.kafka.listen if self.kafka else None,
+            "log_dir": self.log_dir,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at)),
+        }
+
+
+@contextlib.contextmanager
+def main_module_hidden() -> Iterator[None]:
+    """Spawned children re-import the parent's ``__main__`` script unless it has no file
+    (as in a REPL). Ours only need kvlog's own modules, so hide it while starting them:
+    ``kvlog.Broker`` then works from scripts without an ``if __name__ == "__main__"``
+    guard, from notebooks and from the REPL."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
+def spawn(ctx: Any, child: Child) -> None:
+    """Start ``child``'s process in the ``multiprocess`` context ``ctx``; its ready
+    message is awaited later by :func:`await_ready`."""
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    process = ctx.Process(
+        target=process_main,
+        args=(child.role, child.settings, child_conn),
+        name=f"kvlog-{child.role}{'' if child.node_id is None else child.node_id}",
+        daemon=True,
+    )
+    with main_module_hidden():
+        process.start()
+    child_conn.close()
+    child.process = process
+    child.pid = process.pid
+    child.started_at = time.time()
+    child.settings["_ready"] = parent_conn
+
+
+def await_ready(children: list[Child], timeout_s: float) -> None:
+    """Wait for each spawned child's ready message (all within ``timeout_s``); a child
+    that dies, fails or is late raises."""
+    deadline = time.monotonic() + timeout_s
+    for child in children:
+        conn = child.settings.pop("_ready")
+        try:
+            while not conn.poll(0.05):
+                if not child.process.is_alive():
+                    raise child.exited()
+                if time.monotonic() > deadline:
+                    raise KafkaTimeoutError(f"kvlog {child.role} did not start in time")
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                raise child.exited() from None
+        finally:
+            conn.close()
+        if "error" in message:
+            raise KvlogError(f"kvlog {child.role} failed to start: {message['error']}")
+        if message["endpoint"]:
+            child.endpoint = message["endpoint"]
+            # A restart binds the same endpoint, so clients find it again.
+            child.settings["endpoint"] = child.endpoint
