@@ -75,13 +75,9 @@ class ProducerEntry:
         return self.batches[-1].last_seq if self.batches else -1
 
     def encode(self) -> bytes:
-        return cbor2.dumps(
-            [
-                self.epoch,
-                self.last_timestamp,
-                list(self.batches),  # each a CBOR array, as a list would be
-            ]
-        )
+        # Each batch as a list: the same CBOR array as the NamedTuple, which cbor2 encodes
+        # ~5x slower (the leader encodes this row once per appended batch).
+        return cbor2.dumps([self.epoch, self.last_timestamp, [[*b] for b in self.batches]])
 
     @classmethod
     def decode(cls, raw: bytes) -> ProducerEntry:
