@@ -75,9 +75,13 @@ class ProducerEntry:
         return self.batches[-1].last_seq if self.batches else -1
 
     def encode(self) -> bytes:
-        # Each batch as a list: the same CBOR array as the NamedTuple, which cbor2 encodes
-        # ~5x slower (the leader encodes this row once per appended batch).
-        return cbor2.dumps([self.epoch, self.last_timestamp, [[*b] for b in self.batches]])
+        return cbor2.dumps(
+            [
+                self.epoch,
+                self.last_timestamp,
+                list(self.batches),  # each a CBOR array, as a list would be
+            ]
+        )
 
     @classmethod
     def decode(cls, raw: bytes) -> ProducerEntry:
