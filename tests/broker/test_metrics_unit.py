@@ -77,6 +77,12 @@ def test_tally_and_gauge_set() -> None:
     gauges.update({("1",): 9.0})
     assert math.isnan(registry.get_sample_value("g", {"p": "0"}) or 0.0)  # retired: NaN
     assert registry.get_sample_value("g", {"p": "1"}) == 9.0
+    gauges.update({("0",): 5.0, ("1",): 9.0})  # a retired series comes back (its cached child)
+    assert registry.get_sample_value("g", {"p": "0"}) == 5.0
+    assert registry.get_sample_value("g", {"p": "1"}) == 9.0
+    gauge.labels("1").set(1.0)  # the cached child is the one labels() returns
+    gauges.update({("0",): 5.0, ("1",): 2.0})
+    assert registry.get_sample_value("g", {"p": "1"}) == 2.0
     assert NAN != NAN
 
 

@@ -768,6 +768,22 @@ def test_a_rerun_write_fn_sees_clean_producer_state(tmp_path):
         assert produce(store, table, big) == (0, True)
 
 
+def test_producer_state_row_bytes():
+    """The stored row of a producer's state is [epoch, last_timestamp, [[first_seq,
+    last_seq, base_offset, last_offset_delta], ...]] in CBOR: data dirs written by earlier
+    versions load, whatever Python type encodes it."""
+    entry = ps.ProducerEntry(3, 1_700_000_000_000)
+    entry.batches.extend([ps.BatchMetadata(0, 4, 100, 4), ps.BatchMetadata(5, 9, 105, 4)])
+    row = bytes.fromhex("83031b0000018bcfe5680082840004186404840509186904")
+    assert entry.encode() == row
+    decoded = ps.ProducerEntry.decode(row)
+    assert (decoded.epoch, decoded.last_timestamp, list(decoded.batches)) == (
+        3,
+        1_700_000_000_000,
+        list(entry.batches),
+    )
+
+
 def test_producer_state_persists_with_the_log(store_kind):
     store = store_kind.open()
     store.create_partition(TP)
