@@ -90,6 +90,17 @@ class PartitionTxns:
         lso = high_watermark if first is None else min(high_watermark, first)
         return max(lso, log_start_offset)
 
+    def open_below(self, log_start_offset: int) -> list[tuple[int, int]]:
+        """``(producer id, first offset)`` of the transactions that began below the log
+        start and are not decided below it: what a replica reset at the log start cannot
+        learn from the log (:func:`rebuild`)."""
+        return [
+            (pid, t.first_offset)
+            for pid, t in self.open.items()
+            if t.first_offset < log_start_offset
+            and (t.end_offset < 0 or t.end_offset >= log_start_offset)
+        ]
+
     def aborted_between(self, start: int, end: int) -> list[AbortedTxn]:
         """Aborted transactions overlapping offsets ``[start, end)``."""
         i = bisect.bisect_left(self.aborted, start, key=lambda a: a.last_offset)
@@ -109,6 +120,19 @@ def _open_key(tp: TopicPartition, producer_id: int) -> bytes:
 
 def _aborted_key(tp: TopicPartition, aborted: AbortedTxn) -> bytes:
     return _prefix(tp) + _QQ.pack(aborted.last_offset, aborted.producer_id)
+
+
+def _rows(r: ReadTxn, tp: TopicPartition) -> PartitionTxns:
+    """A partition's rows as stored."""
+    part = PartitionTxns()
+    prefix = _prefix(tp)
+    for key, raw in r.items(OPEN_TABLE, prefix):
+        (pid,) = _Q.unpack_from(key, len(prefix))
+        part.open[pid] = OpenTxn(*_QQ.unpack(raw))
+    for key, raw in r.items(ABORTED_TABLE, prefix):
+        last, pid = _QQ.unpack_from(key, len(prefix))
+        part.aborted.append(AbortedTxn(pid, _Q.unpack(raw)[0], last))
+    return part
 
 
 def marker_needed(
@@ -156,14 +180,7 @@ class TxnStateTable:
     def load(self, r: ReadTxn, partitions: Iterable[TopicPartition]) -> None:
         """(Re)load ``partitions`` from the store, replacing memory."""
         for tp in partitions:
-            part = PartitionTxns()
-            prefix = _prefix(tp)
-            for key, raw in r.items(OPEN_TABLE, prefix):
-                (pid,) = _Q.unpack_from(key, len(prefix))
-                part.open[pid] = OpenTxn(*_QQ.unpack(raw))
-            for key, raw in r.items(ABORTED_TABLE, prefix):
-                last, pid = _QQ.unpack_from(key, len(prefix))
-                part.aborted.append(AbortedTxn(pid, _Q.unpack(raw)[0], last))
+            part = _rows(r, tp)
             if part.open or part.aborted:
                 self._parts[tp] = part
             else:
@@ -299,11 +316,51 @@ def scan(r: ReadTxn, tp: TopicPartition, high_watermark: int) -> PartitionTxns:
     return PartitionTxns(kept, aborted)
 
 
-def rebuild(w: WriteTxn, tp: TopicPartition, high_watermark: int) -> None:
+def rebuild(
+    w: WriteTxn,
+    tp: TopicPartition,
+    high_watermark: int,
+    leader_open: Iterable[tuple[int, int]] | None = None,
+) -> None:
     """Recompute a partition's rows from the batches its log holds (after a truncation
-    cut markers or transactions off); the caller reloads it in memory afterwards."""
+    cut markers or transactions off); the caller reloads it in memory afterwards.
+
+    The log cannot show a transaction whose first batches retention or DeleteRecords
+    removed while it was open, yet it holds the LSO at the log start until its marker
+    (Kafka keeps producer state snapshots for it). Such a transaction is carried over
+    from the rows as they were (the truncation left them as they were: it only cut the
+    log's end), reopened if the truncation took its marker; or, when the log was reset
+    at the leader's log start (``leader_open``: the ``(producer id, first offset)`` the
+    leader has open below its log start), from the leader's view, as this replica may
+    never have held them."""
+    before = _rows(w, tp)
     clear(w, tp)
     found = scan(w, tp, high_watermark)
+    state = w.offsets(tp)
+    start, end = state.log_start_offset, state.log_end_offset
+    if leader_open is None:
+        carried = {pid: t for pid, t in before.open.items() if t.first_offset < start}
+        carried_aborted = [
+            a for a in before.aborted if a.first_offset < start and a.last_offset < end
+        ]
+    else:
+        carried = {pid: OpenTxn(first) for pid, first in leader_open if first < start}
+        carried_aborted = []
+    for pid, t in carried.items():
+        marker = t.end_offset if 0 <= t.end_offset < end else -1
+        if 0 <= marker < high_watermark:
+            found.open.pop(pid, None)  # decided and stable: nothing to keep
+        else:
+            found.open[pid] = OpenTxn(t.first_offset, marker)
+    for entry in carried_aborted:
+        # The scan saw this abort from its first batch left, if any: where it began is
+        # the rows' (and the leader's).
+        found.aborted = [
+            a
+            for a in found.aborted
+            if (a.producer_id, a.last_offset) != (entry.producer_id, entry.last_offset)
+        ]
+        bisect.insort(found.aborted, entry, key=lambda a: a.last_offset)
     for pid, t in found.open.items():
         w.put(OPEN_TABLE, _open_key(tp, pid), _QQ.pack(*t))
     for entry in found.aborted:

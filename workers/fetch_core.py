@@ -200,6 +200,11 @@ class FetchCore:
                         ]
                 except KvlogError as exc:
                     fetched.error = exc
+                    if replica_id >= 0 and 0 <= part.offset < fetched.log_start_offset:
+                        # The follower starts over at the log start: what it cannot see.
+                        fetched.open_transactions = txns.partition(part.tp).open_below(
+                            fetched.log_start_offset
+                        )
         if moved:
             leader.followers_fetched(moved, now_ms)
         return out

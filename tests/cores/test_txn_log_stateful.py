@@ -245,7 +245,7 @@ class TxnLogMachine(LeaderMachine):
 # explores at random again.
 TxnLogMachine.TestCase.settings = settings(
     LeaderMachine.TestCase.settings,
-    max_examples=100,
+    max_examples=int(os.environ.get("KVLOG_TXN_EXAMPLES", "100")),
     derandomize=not os.environ.get("KVLOG_LONG_TESTS"),
 )
 TestTxnLogMachine = TxnLogMachine.TestCase
