@@ -281,6 +281,20 @@ class TxnStage:
         self._changed = {}
 
 
+def forget_aborted(w: WriteTxn, tp: TopicPartition, producer_id: int, last_offset: int) -> None:
+    """Delete the aborted-index row of the transaction whose abort marker was at
+    ``last_offset`` (the cleaner removed that marker and every batch of it). A node
+    holding the entry in memory no longer serves it (:func:`stored_aborted`) and forgets
+    it when the log start passes it."""
+    w.delete(ABORTED_TABLE, _aborted_key(tp, AbortedTxn(producer_id, -1, last_offset)))
+
+
+def stored_aborted(r: ReadTxn, tp: TopicPartition, entries: list[AbortedTxn]) -> list[AbortedTxn]:
+    """``entries`` whose rows are still stored: the cleaner (another process) deletes the
+    row of an abort it removed with its marker."""
+    return [a for a in entries if r.get(ABORTED_TABLE, _aborted_key(tp, a)) is not None]
+
+
 def clear(w: WriteTxn, tp: TopicPartition) -> None:
     """Delete a partition's rows (it was dropped or restarted empty); the caller forgets
     it in memory (:meth:`TxnStateTable.forget_partition`) or reloads it."""
@@ -376,7 +390,9 @@ __all__ = [
     "TxnStage",
     "TxnStateTable",
     "clear",
+    "forget_aborted",
     "marker_needed",
     "rebuild",
     "scan",
+    "stored_aborted",
 ]

@@ -99,3 +99,68 @@ def test_compaction_below_an_open_transaction_leaves_it_alone() -> None:
         assert result.last.records_removed == 0
     with store.reader() as r:
         assert [base for base, _ in r.read(TP, 0, 1 << 30)] == [0, 1, 2]
+
+
+def _left(store: MemoryLogDir) -> list[int]:
+    with store.reader() as r:
+        return [base for base, _ in r.read(TP, 0, 1 << 30)]
+
+
+def test_markers_go_after_delete_retention_once_their_transaction_is_gone() -> None:
+    store = MemoryLogDir()
+    store.create_partition(TP)
+    table = txn_state.TxnStateTable()
+    for batch in [
+        _batch(b"b", b"b1"),  # 0
+        _batch(b"a", b"a2", 7, True),  # 1: aborted
+        _marker(7, commit=False),  # 2
+        _batch(b"a", b"a3", 8, True),  # 3: committed, stays (latest a)
+        _marker(8, commit=True),  # 4: stays with it
+        _marker(9, commit=False),  # 5: an epoch bump with no data here
+        _batch(b"c", b"c1"),  # 6: the log end
+    ]:
+        _append(store, table, batch)
+    now = [0]
+    info = TopicInfo("id", {"cleanup.policy": "compact", "delete.retention.ms": "1000"})
+    # One batch a read: the walk carries what it met from chunk to chunk.
+    cleaner = Cleaner(store, lambda _t: info, clock=lambda: now[0], io_buffer_bytes=1)
+    cleaner.run({TP.topic})
+    # The aborted data goes; its marker stays until a later pass (and the horizon).
+    assert _left(store) == [0, 2, 3, 4, 5, 6]
+    assert cleaner.status(TP, info).tombstone_due_ms == 1000
+    now[0] = 999
+    assert cleaner.run() == []  # not due yet
+    now[0] = 1000
+    [result] = cleaner.run()
+    assert result.last.reason == "delete.retention.ms"
+    assert _left(store) == [0, 3, 4, 6]  # both markers without data went, 8's stays
+    with store.reader() as r:
+        after = txn_state.TxnStateTable()
+        after.load(r, [TP])
+        # The abort's index entry went with its marker; a node that still holds it in
+        # memory no longer serves it.
+        assert after.aborted(TP, 0, 7) == []
+        assert txn_state.stored_aborted(r, TP, table.aborted(TP, 0, 7)) == []
+        assert txn_state.scan(r, TP, 7) == txn_state.PartitionTxns()
+    assert cleaner.status(TP, info).tombstone_due_ms is None
+    assert cleaner.run() == []
+
+
+def test_a_commit_marker_goes_once_its_records_are_superseded() -> None:
+    store = MemoryLogDir()
+    store.create_partition(TP)
+    table = txn_state.TxnStateTable()
+    for batch in [
+        _batch(b"a", b"a1", 8, True),  # 0: committed
+        _marker(8, commit=True),  # 1
+        _batch(b"a", b"a2", 8, True),  # 2: committed, a later transaction of 8
+        _marker(8, commit=True),  # 3
+        _batch(b"b", b"b1"),  # 4: the log end
+    ]:
+        _append(store, table, batch)
+    info = TopicInfo("id", {"cleanup.policy": "compact", "delete.retention.ms": "0"})
+    cleaner = Cleaner(store, lambda _t: info, clock=lambda: 5)
+    cleaner.run({TP.topic})
+    assert _left(store) == [1, 2, 3, 4]  # a1 superseded; its marker waits for a pass
+    cleaner.run()  # due at once (delete.retention.ms=0)
+    assert _left(store) == [2, 3, 4]  # the second transaction's data keeps its marker
