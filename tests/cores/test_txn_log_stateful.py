@@ -25,8 +25,11 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+import sys
 from typing import Any
 
+import pytest
+import test_leader_stateful
 from crc32c import crc32c
 from hypothesis import event, settings
 from hypothesis import strategies as st
@@ -214,6 +217,8 @@ class TxnLogMachine(LeaderMachine):
                     logged = txn_state.scan(r, tp, hw)
                 memory = node.core.leader.txns.partition(tp)
                 hidden = below_log_start(memory, start)
+                if hidden and tp not in node.core.leader.leaders:
+                    event("a follower holds a transaction begun below its log start")
                 assert normalized(memory, hw, start, hidden) == normalized(
                     logged, hw, start, hidden
                 ), f"node {n} {tp}: transaction state {memory} is not its log's {logged}"
@@ -233,11 +238,62 @@ class TxnLogMachine(LeaderMachine):
                     continue
                 if tp not in c.core(n).leader.hosted:
                     continue  # restarted, its assignment not yet in: nothing loaded
-                if (state.high_watermark, state.log_start_offset) != at:
+                # A node the coordinator moved the leadership from, not told yet, still
+                # leads in its own eyes: its LSO stands on its own (in-memory) HW, which
+                # may be past its stored one and its successor's.
+                own = c.core(n).leader.leaders.get(tp)
+                n_hw = state.high_watermark if own is None else own.high_watermark
+                if (n_hw, state.log_start_offset) != at:
                     continue
                 assert c.core(n).last_stable_offset(tp) == lso, (
                     f"{tp}: node {n}'s LSO differs from its leader {leader}'s at HW {hw}"
                 )
+                if lso == leader_state.log_start_offset < hw:
+                    event("a follower's LSO held at the log start, as its leader's")
+
+
+def test_a_leader_not_told_yet_keeps_its_own_lso(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A random run's failure, a wrong check: the coordinator moved a leadership away
+    from a node whose in-memory high watermark (1) had passed its stored one (0), to a
+    follower that had only learnt 0. Until its heartbeat tells it, the old leader's LSO
+    stands on its own HW (1): it is no follower of the new leader's (0) yet."""
+    for module in (sys.modules[__name__], test_leader_stateful):
+        monkeypatch.setattr(module, "event", lambda *_: None)
+    m = TxnLogMachine()
+    m.setup(min_isr=1, fetch_wait_ms=0)
+    c = m.cluster
+    tp = TPS[0]
+    old = c.controller.state[tp].leader
+    successor, other = [r for r in c.controller.replicas[tp] if r != old]
+    m.produce(tp, acks=1, count=1, anywhere=1)
+
+    def fetch_round(n: int) -> None:
+        """``n``'s replica fetch from the old leader, and its answer."""
+        [request] = [
+            r
+            for r in c.pending(delivered=False)
+            if r.src == n and r.send.op == "fetch" and r.send.to.node_id == old
+        ]
+        c.deliver(request)
+        [i] = [i for i, (r, _) in enumerate(c.answers) if r is request]
+        c.deliver_answer(i)
+
+    for _ in range(2):  # the successor's fetch acknowledges 1 before the other's does
+        fetch_round(successor)
+        fetch_round(other)
+    m.suspect(old)
+    m.sync(successor)
+    assert c.controller.state[tp].leader == successor
+    stored = offsets(c.nodes[old].store, tp)
+    assert stored is not None and stored.high_watermark == 0
+    assert c.core(old).leader.leaders[tp].high_watermark == 1
+    assert c.core(successor).last_stable_offset(tp) == 0 < c.core(old).last_stable_offset(tp)
+    m.txn_state_is_the_logs()
+    m.network_round(heartbeats=True)  # told: it follows
+    m.network_round(heartbeats=True)
+    assert tp not in c.core(old).leader.leaders
+    m.txn_state_is_the_logs()
+    m.teardown()
 
 
 # Derandomized in the default run: a random run found a failing example at the final
