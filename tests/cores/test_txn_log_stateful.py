@@ -137,6 +137,29 @@ class TxnLogMachine(LeaderMachine):
         self.txn_tokens.add(token)
         self.cluster.write_markers(token, leader, [marker])
 
+    @precondition(
+        lambda self: (
+            self.c is not None
+            and any(p not in self.decisions for txns in self.txns.values() for p in txns)
+        )
+    )
+    @rule(commit=st.booleans())
+    def end_transactions(self, commit: bool) -> None:
+        """The coordinator decides every open transaction at once (so committed ones
+        get read), and the network carries its markers and their replication once."""
+        for tp in TPS:
+            leader = self._leader(tp)
+            if leader is None:
+                continue
+            state = self.cluster.controller.state[tp]
+            for pid in sorted(self.txns[tp]):
+                committed, epoch = self.decisions.setdefault(pid, (commit, 0))
+                token = next(self.tokens)
+                self.txn_tokens.add(token)
+                marker = TxnMarker(tp, pid, epoch, committed, state.epoch)
+                self.cluster.write_markers(token, leader, [marker])
+        self.network_round(heartbeats=False)
+
     @rule(tp=st.sampled_from(TPS), where=st.sampled_from(["start", "zero"]))
     def consume_committed(self, tp: TopicPartition, where: str) -> None:
         c = self.cluster
