@@ -275,6 +275,18 @@ class TxnLogMachine(LeaderMachine):
                     event("a follower's LSO held at the log start, as its leader's")
 
 
+def fetch_round(c: Any, n: int, leader: int) -> None:
+    """Node ``n``'s replica fetch from ``leader``, and its answer."""
+    [request] = [
+        r
+        for r in c.pending(delivered=False)
+        if r.src == n and r.send.op == "fetch" and r.send.to.node_id == leader
+    ]
+    c.deliver(request)
+    [i] = [i for i, (r, _) in enumerate(c.answers) if r is request]
+    c.deliver_answer(i)
+
+
 def test_a_leader_not_told_yet_keeps_its_own_lso(monkeypatch: pytest.MonkeyPatch) -> None:
     """A random run's failure, a wrong check: the coordinator moved a leadership away
     from a node whose in-memory high watermark (1) had passed its stored one (0), to a
@@ -290,20 +302,9 @@ def test_a_leader_not_told_yet_keeps_its_own_lso(monkeypatch: pytest.MonkeyPatch
     successor, other = [r for r in c.controller.replicas[tp] if r != old]
     m.produce(tp, acks=1, count=1, anywhere=1)
 
-    def fetch_round(n: int) -> None:
-        """``n``'s replica fetch from the old leader, and its answer."""
-        [request] = [
-            r
-            for r in c.pending(delivered=False)
-            if r.src == n and r.send.op == "fetch" and r.send.to.node_id == old
-        ]
-        c.deliver(request)
-        [i] = [i for i, (r, _) in enumerate(c.answers) if r is request]
-        c.deliver_answer(i)
-
     for _ in range(2):  # the successor's fetch acknowledges 1 before the other's does
-        fetch_round(successor)
-        fetch_round(other)
+        fetch_round(c, successor, old)
+        fetch_round(c, other, old)
     m.suspect(old)
     m.sync(successor)
     assert c.controller.state[tp].leader == successor
@@ -315,6 +316,49 @@ def test_a_leader_not_told_yet_keeps_its_own_lso(monkeypatch: pytest.MonkeyPatch
     m.network_round(heartbeats=True)  # told: it follows
     m.network_round(heartbeats=True)
     assert tp not in c.core(old).leader.leaders
+    m.txn_state_is_the_logs()
+    m.teardown()
+
+
+def test_a_follower_truncating_keeps_a_transaction_begun_below_its_log_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 17's known gap: a follower whose history diverges truncates and rebuilds its
+    transaction state from its log, which no longer shows a transaction DeleteRecords took
+    the first batch of while it was open; its LSO then ran ahead of its leader's (held at
+    the log start) until the marker. The rebuild keeps it from the rows."""
+    for module in (sys.modules[__name__], test_leader_stateful):
+        monkeypatch.setattr(module, "event", lambda *_: None)
+    m = TxnLogMachine()
+    m.setup(min_isr=1, fetch_wait_ms=0)
+    c = m.cluster
+    tp = TPS[0]
+    old = c.controller.state[tp].leader
+    successor, other = [r for r in c.controller.replicas[tp] if r != old]
+    m.txn_produce(tp, retry=False)  # offset 0, left open
+    for _ in range(3):
+        fetch_round(c, successor, old)
+        fetch_round(c, other, old)
+    c.delete_records(next(m.tokens), old, tp, 1)
+    fetch_round(c, successor, old)  # both follow the log start to 1
+    fetch_round(c, other, old)
+    m.produce(tp, acks=1, count=1, anywhere=1)  # offset 1: only the other copies it
+    fetch_round(c, other, old)
+    m.kill(old)
+    m.sync(successor)
+    m.sync(other)
+    assert c.controller.state[tp].leader == successor
+    m.network_round(heartbeats=True)  # the other's history diverges at 1: it truncates
+    m.produce(tp, acks=1, count=1, anywhere=1)
+    m.network_round(heartbeats=True)
+    m.network_round(heartbeats=True)
+    leader_state = offsets(c.nodes[successor].store, tp)
+    state = offsets(c.nodes[other].store, tp)
+    assert leader_state is not None and state is not None
+    assert leader_state.log_start_offset == state.log_start_offset == 1
+    assert state.log_end_offset == 2 == state.high_watermark
+    assert c.core(other).leader.txns.partition(tp).open == {5000: txn_state.OpenTxn(0)}
+    assert c.core(other).last_stable_offset(tp) == c.core(successor).last_stable_offset(tp) == 1
     m.txn_state_is_the_logs()
     m.teardown()
 
