@@ -22,7 +22,10 @@ Both live in the log store's tables (``txn_open``, ``txn_aborted``), written in 
 transaction as the batches that change them, and are loaded at start, so they survive
 restarts; a follower computes the same from the batches it copies (so its LSO matches the
 leader's at the same high watermark), and rebuilds them from the log's headers after a
-truncation (:func:`rebuild`). Changes go through a :meth:`TxnStateTable.stage`, applied
+truncation, keeping what the log cannot show: transactions begun below the log start
+(:func:`rebuild`). Compaction (another process) removes an abort marker with no data
+left together with its aborted-index row (:func:`forget_aborted`); fetches serve only
+entries whose rows are stored (:func:`stored_aborted`). Changes go through a :meth:`TxnStateTable.stage`, applied
 only once the write commits, like :mod:`kvlog.producer_state`.
 
 Rules at append (the leader's, via :meth:`TxnStage.check`): a non-transactional batch of
