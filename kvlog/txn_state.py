@@ -25,8 +25,9 @@ leader's at the same high watermark), and rebuilds them from the log's headers a
 truncation, keeping what the log cannot show: transactions begun below the log start
 (:func:`rebuild`). Compaction (another process) removes an abort marker with no data
 left together with its aborted-index row (:func:`forget_aborted`); fetches serve only
-entries whose rows are stored (:func:`stored_aborted`). Changes go through a :meth:`TxnStateTable.stage`, applied
-only once the write commits, like :mod:`kvlog.producer_state`.
+entries whose rows are stored (:func:`stored_aborted`). Changes go through a
+:meth:`TxnStateTable.stage`, applied only once the write commits, like
+:mod:`kvlog.producer_state`.
 
 Rules at append (the leader's, via :meth:`TxnStage.check`): a non-transactional batch of
 a producer with an open transaction in the partition is INVALID_TXN_STATE (Kafka's rule).
