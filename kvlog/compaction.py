@@ -335,13 +335,12 @@ class TxnWalk:
         """ "kept": data of the marker's transaction stays; "removed": this pass removes
         the last of it; "none": none is left. The producer's next transaction starts
         afresh."""
-        found = (
-            "kept"
-            if producer_id in self.kept
-            else "removed"
-            if producer_id in self.removed
-            else "none"
-        )
+        if producer_id in self.kept:
+            found = "kept"
+        elif producer_id in self.removed:
+            found = "removed"
+        else:
+            found = "none"
         self.kept.discard(producer_id)
         self.removed.discard(producer_id)
         return found
