@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import batch as batch_format
-from . import epochs, txn_state
+from . import control_batch, epochs, txn_state
 from .clock import now_ms as wall_clock_ms
 from .compact_records import Action, new_offset_map
 from .compaction import (
@@ -43,6 +43,7 @@ from .compaction import (
     CleanPlan,
     CompactionConfig,
     LastCompaction,
+    TxnWalk,
     current_state,
     decide,
     epoch_mark,
@@ -295,6 +296,7 @@ class Cleaner:
             offset = batch_format.next_offset(*batches[-1])
         now = self.clock()
         offset = -1
+        walk = TxnWalk()
         while True:
             if self.should_stop():
                 return None
@@ -313,6 +315,7 @@ class Cleaner:
                 config=config,
                 now_ms=now,
                 aborted=aborted,
+                walk=walk,
             )
             self._apply(tp, decisions, current, total)
             offset = batch_format.next_offset(*batches[-1])
@@ -353,7 +356,14 @@ class Cleaner:
 
         def write(w: WriteTxn) -> list[bool]:
             self._check_sentinel(w, tp, current)
-            return w.replace_batches(tp, replacements)
+            applied = w.replace_batches(tp, replacements)
+            for (base, batch, new), ok in zip(replacements, applied, strict=True):
+                header = batch_format.read_header(batch)
+                removed = ok and new is None and header.is_control
+                if removed and control_batch.marker_type(batch) == control_batch.ABORT:
+                    # Nothing of the transaction is left to drop.
+                    txn_state.forget_aborted(w, tp, header.producer_id, base)
+            return applied
 
         applied = self.store.write(write)
         outcomes = {base: outcome for base, _batch, outcome in decisions}

@@ -29,11 +29,15 @@ Kafka's rules (``LogCleaner``, ``LogCleanerManager``), per partition whose topic
 
 - Transactions (Kafka's cleaner does the same): nothing at or past the partition's last
   stable offset is cleaned (an undecided transaction's records stay as written); a
-  control batch (a commit or abort marker) is never mapped nor removed, so every
-  transaction's data keeps its marker; a batch of an aborted transaction (covered by the
-  partition's aborted index) is never mapped, so it cannot supersede committed values,
-  and is removed. kvlog keeps markers for good (Kafka drops them after
-  ``delete.retention.ms`` once their transaction's data is gone).
+  control batch (a commit or abort marker) is never mapped; a batch of an aborted
+  transaction (covered by the partition's aborted index) is never mapped, so it cannot
+  supersede committed values, and is removed. A marker stays while any batch of its
+  transaction does (the walk from the log start met one since the producer's previous
+  marker: readers need it to end the transaction), and goes like a tombstone once no
+  data of its transaction is left and ``delete.retention.ms`` has passed since the pass
+  that first covered it; an abort marker takes its aborted-index entry with it (the
+  cleaner deletes both in one write: with nothing left to drop, the entry would only
+  make a reader drop the producer's later records).
 
 Everything here takes ``now_ms`` and data in and returns decisions; the cleaner
 (:mod:`kvlog.cleaner`) reads and writes the store.
@@ -314,6 +318,34 @@ def _transactional_role(
     return None
 
 
+@dataclass
+class TxnWalk:
+    """What a pass's walk from the log start has met of transactions so far, per
+    producer since its last marker: a data batch that stays (the transaction's marker
+    must stay), or only batches this pass removes (the marker may go in a later pass,
+    once they are gone for sure). Carried from one chunk's :func:`decide` to the next."""
+
+    kept: set[int] = field(default_factory=set)
+    removed: set[int] = field(default_factory=set)
+
+    def data(self, producer_id: int, action: Action) -> None:
+        (self.removed if action is Action.REMOVE else self.kept).add(producer_id)
+
+    def at_marker(self, producer_id: int) -> str:
+        """ "kept": data of the marker's transaction stays; "removed": this pass removes
+        the last of it; "none": none is left. The producer's next transaction starts
+        afresh."""
+        if producer_id in self.kept:
+            found = "kept"
+        elif producer_id in self.removed:
+            found = "removed"
+        else:
+            found = "none"
+        self.kept.discard(producer_id)
+        self.removed.discard(producer_id)
+        return found
+
+
 def fill_map(
     omap: Any,
     batches: Iterable[tuple[int, bytes | memoryview]],
@@ -353,22 +385,35 @@ def decide(
     config: CompactionConfig,
     now_ms: int,
     aborted: Sequence[AbortedRange] = (),
+    walk: TxnWalk | None = None,
 ) -> list[tuple[int, bytes | memoryview, Outcome]]:
-    """What becomes of each batch below ``map_end`` (see the module docstring)."""
+    """What becomes of each batch below ``map_end`` (see the module docstring).
+    ``walk``: the transactions met by the walk so far (it must start at the log start for
+    markers to go), updated."""
     horizon = tombstone_horizon(state.passes, now_ms, config.delete_retention_ms)
+    walk = TxnWalk() if walk is None else walk
     decided = []
     for base, batch in batches:
         if base >= map_end:
             continue
+        header = batch_format.read_header(batch)
         role = _transactional_role(base, batch, aborted)
-        if role is None:
-            outcome = filter_batch(omap, base, batch, map_end, horizon)
-        else:
-            count = batch_format.read_header(batch).record_count
-            if role == "marker":
+        count = header.record_count
+        if role == "marker":
+            left = walk.at_marker(header.producer_id)
+            if left == "kept":
                 outcome = Outcome(Action.KEEP, None, count, 0, 0, 0, -1)
+            elif left == "none" and base < horizon:
+                outcome = Outcome(Action.REMOVE, None, 0, count, 0, 0, -1)
+            else:  # kept until a later pass, like a tombstone (it schedules that pass)
+                outcome = Outcome(Action.KEEP, None, count, 0, 0, 0, base)
+        else:
+            if role is None:
+                outcome = filter_batch(omap, base, batch, map_end, horizon)
             else:
                 outcome = Outcome(Action.REMOVE, None, 0, count, 0, 0, -1)
+            if header.is_transactional:
+                walk.data(header.producer_id, outcome.action)
         decided.append((base, batch, outcome))
     return decided
 

@@ -22,8 +22,12 @@ Both live in the log store's tables (``txn_open``, ``txn_aborted``), written in 
 transaction as the batches that change them, and are loaded at start, so they survive
 restarts; a follower computes the same from the batches it copies (so its LSO matches the
 leader's at the same high watermark), and rebuilds them from the log's headers after a
-truncation (:func:`rebuild`). Changes go through a :meth:`TxnStateTable.stage`, applied
-only once the write commits, like :mod:`kvlog.producer_state`.
+truncation, keeping what the log cannot show: transactions begun below the log start
+(:func:`rebuild`). Compaction (another process) removes an abort marker with no data
+left together with its aborted-index row (:func:`forget_aborted`); fetches serve only
+entries whose rows are stored (:func:`stored_aborted`). Changes go through a
+:meth:`TxnStateTable.stage`, applied only once the write commits, like
+:mod:`kvlog.producer_state`.
 
 Rules at append (the leader's, via :meth:`TxnStage.check`): a non-transactional batch of
 a producer with an open transaction in the partition is INVALID_TXN_STATE (Kafka's rule).
@@ -90,6 +94,17 @@ class PartitionTxns:
         lso = high_watermark if first is None else min(high_watermark, first)
         return max(lso, log_start_offset)
 
+    def open_below(self, log_start_offset: int) -> list[tuple[int, int]]:
+        """``(producer id, first offset)`` of the transactions that began below the log
+        start and are not decided below it: what a replica reset at the log start cannot
+        learn from the log (:func:`rebuild`)."""
+        return [
+            (pid, t.first_offset)
+            for pid, t in self.open.items()
+            if t.first_offset < log_start_offset
+            and (t.end_offset < 0 or t.end_offset >= log_start_offset)
+        ]
+
     def aborted_between(self, start: int, end: int) -> list[AbortedTxn]:
         """Aborted transactions overlapping offsets ``[start, end)``."""
         i = bisect.bisect_left(self.aborted, start, key=lambda a: a.last_offset)
@@ -109,6 +124,19 @@ def _open_key(tp: TopicPartition, producer_id: int) -> bytes:
 
 def _aborted_key(tp: TopicPartition, aborted: AbortedTxn) -> bytes:
     return _prefix(tp) + _QQ.pack(aborted.last_offset, aborted.producer_id)
+
+
+def _rows(r: ReadTxn, tp: TopicPartition) -> PartitionTxns:
+    """A partition's rows as stored."""
+    part = PartitionTxns()
+    prefix = _prefix(tp)
+    for key, raw in r.items(OPEN_TABLE, prefix):
+        (pid,) = _Q.unpack_from(key, len(prefix))
+        part.open[pid] = OpenTxn(*_QQ.unpack(raw))
+    for key, raw in r.items(ABORTED_TABLE, prefix):
+        last, pid = _QQ.unpack_from(key, len(prefix))
+        part.aborted.append(AbortedTxn(pid, _Q.unpack(raw)[0], last))
+    return part
 
 
 def marker_needed(
@@ -156,14 +184,7 @@ class TxnStateTable:
     def load(self, r: ReadTxn, partitions: Iterable[TopicPartition]) -> None:
         """(Re)load ``partitions`` from the store, replacing memory."""
         for tp in partitions:
-            part = PartitionTxns()
-            prefix = _prefix(tp)
-            for key, raw in r.items(OPEN_TABLE, prefix):
-                (pid,) = _Q.unpack_from(key, len(prefix))
-                part.open[pid] = OpenTxn(*_QQ.unpack(raw))
-            for key, raw in r.items(ABORTED_TABLE, prefix):
-                last, pid = _QQ.unpack_from(key, len(prefix))
-                part.aborted.append(AbortedTxn(pid, _Q.unpack(raw)[0], last))
+            part = _rows(r, tp)
             if part.open or part.aborted:
                 self._parts[tp] = part
             else:
@@ -264,6 +285,20 @@ class TxnStage:
         self._changed = {}
 
 
+def forget_aborted(w: WriteTxn, tp: TopicPartition, producer_id: int, last_offset: int) -> None:
+    """Delete the aborted-index row of the transaction whose abort marker was at
+    ``last_offset`` (the cleaner removed that marker and every batch of it). A node
+    holding the entry in memory no longer serves it (:func:`stored_aborted`) and forgets
+    it when the log start passes it."""
+    w.delete(ABORTED_TABLE, _aborted_key(tp, AbortedTxn(producer_id, -1, last_offset)))
+
+
+def stored_aborted(r: ReadTxn, tp: TopicPartition, entries: list[AbortedTxn]) -> list[AbortedTxn]:
+    """``entries`` whose rows are still stored: the cleaner (another process) deletes the
+    row of an abort it removed with its marker."""
+    return [a for a in entries if r.get(ABORTED_TABLE, _aborted_key(tp, a)) is not None]
+
+
 def clear(w: WriteTxn, tp: TopicPartition) -> None:
     """Delete a partition's rows (it was dropped or restarted empty); the caller forgets
     it in memory (:meth:`TxnStateTable.forget_partition`) or reloads it."""
@@ -299,11 +334,51 @@ def scan(r: ReadTxn, tp: TopicPartition, high_watermark: int) -> PartitionTxns:
     return PartitionTxns(kept, aborted)
 
 
-def rebuild(w: WriteTxn, tp: TopicPartition, high_watermark: int) -> None:
+def rebuild(
+    w: WriteTxn,
+    tp: TopicPartition,
+    high_watermark: int,
+    leader_open: Iterable[tuple[int, int]] | None = None,
+) -> None:
     """Recompute a partition's rows from the batches its log holds (after a truncation
-    cut markers or transactions off); the caller reloads it in memory afterwards."""
+    cut markers or transactions off); the caller reloads it in memory afterwards.
+
+    The log cannot show a transaction whose first batches retention or DeleteRecords
+    removed while it was open, yet it holds the LSO at the log start until its marker
+    (Kafka keeps producer state snapshots for it). Such a transaction is carried over
+    from the rows as they were (the truncation left them as they were: it only cut the
+    log's end), reopened if the truncation took its marker; or, when the log was reset
+    at the leader's log start (``leader_open``: the ``(producer id, first offset)`` the
+    leader has open below its log start), from the leader's view, as this replica may
+    never have held them."""
+    before = _rows(w, tp)
     clear(w, tp)
     found = scan(w, tp, high_watermark)
+    state = w.offsets(tp)
+    start, end = state.log_start_offset, state.log_end_offset
+    if leader_open is None:
+        carried = {pid: t for pid, t in before.open.items() if t.first_offset < start}
+        carried_aborted = [
+            a for a in before.aborted if a.first_offset < start and a.last_offset < end
+        ]
+    else:
+        carried = {pid: OpenTxn(first) for pid, first in leader_open if first < start}
+        carried_aborted = []
+    for pid, t in carried.items():
+        marker = t.end_offset if 0 <= t.end_offset < end else -1
+        if 0 <= marker < high_watermark:
+            found.open.pop(pid, None)  # decided and stable: nothing to keep
+        else:
+            found.open[pid] = OpenTxn(t.first_offset, marker)
+    for entry in carried_aborted:
+        # The scan saw this abort from its first batch left, if any: where it began is
+        # the rows' (and the leader's).
+        found.aborted = [
+            a
+            for a in found.aborted
+            if (a.producer_id, a.last_offset) != (entry.producer_id, entry.last_offset)
+        ]
+        bisect.insort(found.aborted, entry, key=lambda a: a.last_offset)
     for pid, t in found.open.items():
         w.put(OPEN_TABLE, _open_key(tp, pid), _QQ.pack(*t))
     for entry in found.aborted:
@@ -319,7 +394,9 @@ __all__ = [
     "TxnStage",
     "TxnStateTable",
     "clear",
+    "forget_aborted",
     "marker_needed",
     "rebuild",
     "scan",
+    "stored_aborted",
 ]

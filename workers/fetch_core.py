@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvlog import batch as batch_format
-from kvlog import epochs
+from kvlog import epochs, txn_state
 from kvlog.errors import KvlogError, OffsetOutOfRangeError
 from kvlog.types import TopicPartition
 
@@ -194,12 +194,17 @@ class FetchCore:
                     if read_committed and fetched.batches:
                         base, last = fetched.batches[-1]
                         upper = batch_format.next_offset(base, last)
-                        fetched.aborted = [
-                            (a.producer_id, a.first_offset)
-                            for a in txns.aborted(part.tp, part.offset, upper)
-                        ]
+                        found = txns.aborted(part.tp, part.offset, upper)
+                        if found:  # (the cleaner may have removed some: rows are the truth)
+                            found = txn_state.stored_aborted(r, part.tp, found)
+                        fetched.aborted = [(a.producer_id, a.first_offset) for a in found]
                 except KvlogError as exc:
                     fetched.error = exc
+                    if replica_id >= 0 and 0 <= part.offset < fetched.log_start_offset:
+                        # The follower starts over at the log start: what it cannot see.
+                        fetched.open_transactions = txns.partition(part.tp).open_below(
+                            fetched.log_start_offset
+                        )
         if moved:
             leader.followers_fetched(moved, now_ms)
         return out

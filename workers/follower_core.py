@@ -243,9 +243,12 @@ class FollowerCore:
             plan.append((target, entry, frames[cursor : cursor + len(bases)]))
             cursor += len(bases)
         truncated: list[TopicPartition] = []
+        # Reset at the leader's log start: the transactions it has open below it.
+        reset: dict[TopicPartition, list[tuple[int, int]]] = {}
 
         def write(w: WriteTxn) -> tuple[set[TopicPartition], ProducerStateStage, TxnStage]:
             truncated.clear()
+            reset.clear()
             changed = set()
             stage = core.producers.stage()
             txns = core.txns.stage()
@@ -261,7 +264,11 @@ class FollowerCore:
                 if code:
                     error = error_from_code(code, entry.get("message"))
                     if error.code is ErrorCode.OFFSET_OUT_OF_RANGE:
-                        self._realign(w, tp, state.log_end_offset, entry)
+                        if self._realign(w, tp, state.log_end_offset, entry):
+                            reset[tp] = [
+                                (int(pid), int(first))
+                                for pid, first in entry.get("open_transactions") or []
+                            ]
                         truncated.append(tp)
                         changed.add(tp)
                     continue
@@ -307,7 +314,7 @@ class FollowerCore:
                     txns.purge(w, tp, moved.log_start_offset)
             for tp in truncated:
                 self._rebuild_producer_state(w, tp)
-                txn_state.rebuild(w, tp, w.offsets(tp).high_watermark)
+                txn_state.rebuild(w, tp, w.offsets(tp).high_watermark, reset.get(tp))
             return changed, stage, txns
 
         try:
@@ -346,9 +353,10 @@ class FollowerCore:
             return min(own_end, end, leo)
         return min(own_end, leo)
 
-    def _realign(self, w: WriteTxn, tp: TopicPartition, leo: int, entry: dict[str, Any]) -> None:
+    def _realign(self, w: WriteTxn, tp: TopicPartition, leo: int, entry: dict[str, Any]) -> bool:
         """Our offset is outside the leader's log: past its end (cut back) or before its
-        start (retention moved on: start over at its log start)."""
+        start (retention moved on: start over at its log start). Returns whether it
+        started over."""
         leader_end = int(entry.get("log_end_offset", -1))
         leader_start = int(entry.get("log_start_offset", -1))
         if 0 <= leader_end < leo:
@@ -364,6 +372,8 @@ class FollowerCore:
             )
             w.reset(tp, leader_start)
             epochs.clear(w, tp)
+            return True
+        return False
 
     def _rebuild_producer_state(self, w: WriteTxn, tp: TopicPartition) -> None:
         """After a truncation: producer state from the batch headers that remain (Kafka

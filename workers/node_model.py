@@ -220,6 +220,9 @@ class FetchedPartition:
     # read_committed: (producer id, first offset) of each aborted transaction overlapping
     # the batches returned (None: read_uncommitted, Kafka's null)
     aborted: list[tuple[int, int]] | None = None
+    # A follower fetch below the log start: (producer id, first offset) of the
+    # transactions the leader has open that began below it (the log cannot show them)
+    open_transactions: list[tuple[int, int]] | None = None
 
     @property
     def size(self) -> int:

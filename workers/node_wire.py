@@ -173,6 +173,8 @@ def fetched_header(p: FetchedPartition) -> dict[str, Any]:
     if p.aborted is not None:  # a read_committed fetch
         out["last_stable_offset"] = p.last_stable_offset
         out["aborted_transactions"] = [[pid, first] for pid, first in p.aborted]
+    if p.open_transactions is not None:  # a follower fetch below the log start
+        out["open_transactions"] = [[pid, first] for pid, first in p.open_transactions]
     return out
 
 
