@@ -8,6 +8,7 @@ Tests that kill processes or need a broker config start their own with ``make_br
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,11 @@ def _start(data_dir: Path, config: dict[str, Any] | None) -> Any:
 def _stop(broker: Any) -> None:
     pids = [p["pid"] for p in broker.processes()]
     broker.stop()
-    alive = [pid for pid in pids if pid_alive(pid)]
+    # A straggler Broker.stop() SIGKILLed may still be dying when it returns (on a loaded
+    # machine, in the middle of an fsync): left behind means alive seconds later.
+    deadline = time.monotonic() + 10
+    while (alive := [pid for pid in pids if pid_alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not alive, f"processes left behind by Broker.stop(): {alive}"
 
 

@@ -140,7 +140,8 @@ def test_acknowledged_produces_resume_on_the_new_leader_before_the_dead_one_rest
     assert duplicated == 0, f"{duplicated} record(s) stored twice"
     assert indices == list(range(sent)), "records lost or out of order"
     assert [r.offset for r in records] == list(range(len(records)))
-    assert not [p for p in pids if pid_alive(p)], "processes left behind"
+    # (a straggler stop() SIGKILLed may take a moment to die on a loaded machine)
+    wait_until(lambda: not [p for p in pids if pid_alive(p)], 10, what="no process left behind")
 
 
 @pytest.mark.timeout(60)

@@ -222,7 +222,11 @@ def stop_and_check(secured: SecuredBroker) -> None:
     """Stop the broker; every one of its processes must be gone afterwards."""
     pids = list(secured.pids().values())
     secured.stop()
-    left = [pid for pid in pids if pid_alive(pid)]
+    # A straggler Broker.stop() SIGKILLed may still be dying when it returns (on a loaded
+    # machine, in the middle of an fsync): left behind means alive seconds later.
+    deadline = time.monotonic() + 10
+    while (left := [pid for pid in pids if pid_alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not left, f"processes left behind by Broker.stop(): {left}"
 
 
