@@ -1,8 +1,10 @@
 """Fixtures for the broker tests: real kvlog process groups on free ports.
 
-``broker`` is module-scoped (start-up costs about a second): tests sharing it must not
-disturb it (no killing, no broker-wide config) and each uses its own topic names.
-Tests that kill processes or need a broker config start their own with ``make_broker``.
+``broker`` is shared by every module of this folder (session-scoped: a start and a stop
+cost a few seconds, most of this folder's time when each module had its own): tests sharing
+it must not disturb it (no killing, no broker-wide config) and each uses its own topic and
+group names. Tests that kill processes or need a broker config start their own with
+``make_broker``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def _stop(broker: Any) -> None:
     assert not alive, f"processes left behind by Broker.stop(): {alive}"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     b = _start(tmp_path_factory.mktemp("broker"), {})
     try:
@@ -49,7 +51,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         _stop(b)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def admin(broker: Any) -> Iterator[Any]:
     a = kvlog.Admin(bootstrap_servers=broker.bootstrap)
     try:

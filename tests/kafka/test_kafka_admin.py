@@ -34,12 +34,8 @@ def start(tmp: str, **config: object) -> KafkaBroker:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    b = start(str(tmp_path_factory.mktemp("kafka-admin")))
-    try:
-        yield b
-    finally:
-        b.stop()
+def broker(kafka_broker: KafkaBroker) -> KafkaBroker:
+    return kafka_broker  # shared (tests/kafka/conftest.py); default config
 
 
 @pytest.fixture

@@ -41,14 +41,8 @@ CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    data_dir = tmp_path_factory.mktemp("node-kafka")
-    b = kvlog.Broker(data_dir, "tcp://127.0.0.1:0", kafka_listen="127.0.0.1:0")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
+def broker(kafka_broker: Any) -> Any:
+    return kafka_broker  # shared (tests/kafka/conftest.py); default config
 
 
 @pytest.fixture

@@ -184,7 +184,15 @@ def test_retention_is_held_while_the_target_is_away(source: Any, tmp_path: Path)
     admin.create_topic("appliance", partitions=1, config={"retention.ms": 2_000})
     admin.create_topic("appliance.gaps", partitions=1, config={"retention.ms": 2_000})
     target = FixedBroker(tmp_path / "target")  # not started yet: the link is down
-    held = _spec(source, target.kafka, tmp_path / "held", name="held", topics="appliance")
+    # Retries back off to 1 s at most (10 s by default): the link's return is noticed soon.
+    held = _spec(
+        source,
+        target.kafka,
+        tmp_path / "held",
+        name="held",
+        topics="appliance",
+        backoff_max_ms=1_000,
+    )
     gaps = _spec(
         source,
         target.kafka,
@@ -192,6 +200,7 @@ def test_retention_is_held_while_the_target_is_away(source: Any, tmp_path: Path)
         name="gaps",
         topics=r"appliance\.gaps",
         allow_gaps=True,
+        backoff_max_ms=1_000,
     )
     mirrors = [Mirror(held), Mirror(gaps)]
     import threading
