@@ -3,8 +3,9 @@
 ``kafka_broker`` is one broker with Kafka listeners on free ports and the default config,
 shared by every module here that needs no config of its own (a start and a stop cost a few
 seconds each): its tests use their own topic and group names and do not disturb it (no
-killing, no broker-wide config). Modules that need a config or kill processes start
-their own.
+killing, no broker-wide config). ``kafka_groups_broker`` is the same with a short initial
+rebalance delay, for the group modules. Modules that need another config or kill broker
+processes start their own.
 """
 
 from __future__ import annotations
@@ -32,6 +33,23 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from kafka_broker import KafkaBroker
 
     b = KafkaBroker(str(tmp_path_factory.mktemp("kafka-shared")), listen="tcp://127.0.0.1:0")
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_groups_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from kafka_broker import KafkaBroker
+
+    # A short initial rebalance delay keeps the group tests quick (Kafka's default is 3 s).
+    b = KafkaBroker(
+        str(tmp_path_factory.mktemp("kafka-groups")),
+        listen="tcp://127.0.0.1:0",
+        config={"group.initial.rebalance.delay.ms": 100},
+    )
     b.start()
     try:
         yield b

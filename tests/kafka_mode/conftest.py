@@ -28,7 +28,8 @@ import kvlog  # noqa: E402
 # seconds); their tests use their own topic and group names, as in tests/broker.
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaView]:
-    config = {"group.initial.rebalance.delay.ms": 0}
+    # tests/groups' broker config (test_groups_kafka_mode.py uses this broker too)
+    config = {"group.min.session.timeout.ms": 100, "group.initial.rebalance.delay.ms": 0}
     with kvlog.Broker(tmp_path_factory.mktemp("broker"), "tcp://127.0.0.1:0", config=config) as b:
         yield KafkaView(b)
 
