@@ -27,7 +27,11 @@ import kvlog  # noqa: E402
 
 
 def _start(data_dir: Path, config: dict[str, Any] | None) -> Any:
-    broker = kvlog.Broker(data_dir=data_dir, listen="tcp://127.0.0.1:0", config=config or {})
+    # No web console: no test here uses it, and its process costs CPU at every start and
+    # up to 2 s at every stop (tests that count a broker's processes start their own).
+    broker = kvlog.Broker(
+        data_dir=data_dir, listen="tcp://127.0.0.1:0", config=config or {}, console_listen="none"
+    )
     return broker.start()
 
 

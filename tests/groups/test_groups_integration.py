@@ -37,7 +37,9 @@ from kvlog.types import TopicPartition as TP
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory):
     data = tmp_path_factory.mktemp("groups-broker")
-    with kvlog.Broker(data_dir=data, listen="tcp://127.0.0.1:0", config=BROKER_CONFIG) as b:
+    with kvlog.Broker(
+        data_dir=data, listen="tcp://127.0.0.1:0", config=BROKER_CONFIG, console_listen="none"
+    ) as b:
         yield b
 
 

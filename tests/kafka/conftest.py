@@ -32,7 +32,12 @@ with warnings.catch_warnings():
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from kafka_broker import KafkaBroker
 
-    b = KafkaBroker(str(tmp_path_factory.mktemp("kafka-shared")), listen="tcp://127.0.0.1:0")
+    # No web console: no test here uses it (its process costs CPU at start, seconds at stop).
+    b = KafkaBroker(
+        str(tmp_path_factory.mktemp("kafka-shared")),
+        listen="tcp://127.0.0.1:0",
+        console_listen="none",
+    )
     b.start()
     try:
         yield b
@@ -49,6 +54,7 @@ def kafka_groups_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ob
         str(tmp_path_factory.mktemp("kafka-groups")),
         listen="tcp://127.0.0.1:0",
         config={"group.initial.rebalance.delay.ms": 100},
+        console_listen="none",
     )
     b.start()
     try:

@@ -30,7 +30,9 @@ import kvlog  # noqa: E402
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaView]:
     # tests/groups' broker config (test_groups_kafka_mode.py uses this broker too)
     config = {"group.min.session.timeout.ms": 100, "group.initial.rebalance.delay.ms": 0}
-    with kvlog.Broker(tmp_path_factory.mktemp("broker"), "tcp://127.0.0.1:0", config=config) as b:
+    with kvlog.Broker(
+        tmp_path_factory.mktemp("broker"), "tcp://127.0.0.1:0", config=config, console_listen="none"
+    ) as b:
         yield KafkaView(b)
 
 

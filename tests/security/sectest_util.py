@@ -203,6 +203,9 @@ def start_secured_broker(
 ) -> SecuredBroker:
     """``broker_kwargs``: more ``kvlog.Broker`` keywords (the Kafka listener's security)."""
     log_path = root / "broker.log"
+    # No web console unless asked: no test here uses it (its process costs CPU at start and
+    # up to 2 s at stop).
+    broker_kwargs.setdefault("console_listen", "none")
     broker = kvlog.Broker(
         root / "data",
         "tcp://127.0.0.1:0",
