@@ -78,7 +78,9 @@ def test_acknowledged_produces_resume_on_the_new_leader_before_the_dead_one_rest
     tp = TopicPartition(topic, 0)
     log_dirs = [tmp_path / "logs" / name for name in ("a", "b", "c")]
     pids: set[int] = set()
-    with kvlog.Broker(tmp_path, "tcp://127.0.0.1:0", log_dirs=log_dirs) as broker:
+    with kvlog.Broker(
+        tmp_path, "tcp://127.0.0.1:0", console_listen="none", log_dirs=log_dirs
+    ) as broker:
         nodes = {c.node_id: c for c in broker.children if c.role == "node"}
         admin = kvlog.Admin(bootstrap_servers=broker.bootstrap)
         producer: SteadyProducer | None = None

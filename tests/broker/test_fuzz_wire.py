@@ -590,7 +590,10 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         "max.frame.bytes": MAX_FRAME_BYTES,
     }
     broker = kvlog.Broker(
-        data_dir=tmp_path_factory.mktemp("fuzz"), listen="tcp://127.0.0.1:0", config=config
+        data_dir=tmp_path_factory.mktemp("fuzz"),
+        listen="tcp://127.0.0.1:0",
+        console_listen="none",
+        config=config,
     ).start()
     try:
         kept_topic = unique_topic("fuzz-keep")

@@ -619,7 +619,10 @@ def test_static_member_restart_keeps_partitions_without_a_rebalance(broker, admi
 def test_group_and_offsets_survive_a_coordinator_sigkill(tmp_path, closing) -> None:
     with (
         kvlog.Broker(
-            data_dir=tmp_path / "data", listen="tcp://127.0.0.1:0", config=BROKER_CONFIG
+            data_dir=tmp_path / "data",
+            listen="tcp://127.0.0.1:0",
+            console_listen="none",
+            config=BROKER_CONFIG,
         ) as broker,
         kvlog.Admin(bootstrap_servers=broker.bootstrap) as admin,
     ):

@@ -31,7 +31,9 @@ PARTITIONS = 3
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     config = {"log.retention.check.interval.ms": 300, "group.initial.rebalance.delay.ms": 0}
-    with kvlog.Broker(tmp_path_factory.mktemp("source"), "tcp://127.0.0.1:0", config=config) as b:
+    with kvlog.Broker(
+        tmp_path_factory.mktemp("source"), "tcp://127.0.0.1:0", console_listen="none", config=config
+    ) as b:
         yield b
 
 
@@ -269,7 +271,10 @@ def test_kvlog_serve_runs_mirrors_from_a_config_file_and_restarts_them(
     from kvlog.tools.serve import load_mirror_config
 
     with kvlog.Broker(
-        tmp_path / "data", "tcp://127.0.0.1:0", mirrors=load_mirror_config(config)
+        tmp_path / "data",
+        "tcp://127.0.0.1:0",
+        console_listen="none",
+        mirrors=load_mirror_config(config),
     ) as broker:
         admin = kvlog.Admin(bootstrap_servers=broker.bootstrap)
         admin.create_topic("fleet", partitions=1)
