@@ -1,13 +1,16 @@
 """Fixtures for the broker tests: real kvlog process groups on free ports.
 
-``broker`` is module-scoped (start-up costs about a second): tests sharing it must not
-disturb it (no killing, no broker-wide config) and each uses its own topic names.
-Tests that kill processes or need a broker config start their own with ``make_broker``.
+``broker`` is shared by every module of this folder (session-scoped: a start and a stop
+cost a few seconds, most of this folder's time when each module had its own): tests sharing
+it must not disturb it (no killing, no broker-wide config) and each uses its own topic and
+group names. Tests that kill processes or need a broker config start their own with
+``make_broker``.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,18 +27,26 @@ import kvlog  # noqa: E402
 
 
 def _start(data_dir: Path, config: dict[str, Any] | None) -> Any:
-    broker = kvlog.Broker(data_dir=data_dir, listen="tcp://127.0.0.1:0", config=config or {})
+    # No web console: no test here uses it, and its process costs CPU at every start and
+    # up to 2 s at every stop (tests that count a broker's processes start their own).
+    broker = kvlog.Broker(
+        data_dir=data_dir, listen="tcp://127.0.0.1:0", config=config or {}, console_listen="none"
+    )
     return broker.start()
 
 
 def _stop(broker: Any) -> None:
     pids = [p["pid"] for p in broker.processes()]
     broker.stop()
-    alive = [pid for pid in pids if pid_alive(pid)]
+    # A straggler Broker.stop() SIGKILLed may still be dying when it returns (on a loaded
+    # machine, in the middle of an fsync): left behind means alive seconds later.
+    deadline = time.monotonic() + 10
+    while (alive := [pid for pid in pids if pid_alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not alive, f"processes left behind by Broker.stop(): {alive}"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     b = _start(tmp_path_factory.mktemp("broker"), {})
     try:
@@ -44,7 +55,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         _stop(b)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def admin(broker: Any) -> Iterator[Any]:
     a = kvlog.Admin(bootstrap_servers=broker.bootstrap)
     try:

@@ -87,7 +87,7 @@ def test_backup_under_load_and_restore_keeps_every_acknowledged_record(tmp_path:
     copy = tmp_path / "backup"
     topic, group = unique_topic("backed-up"), unique_topic("backed-up-group")
     tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-    broker = kvlog.Broker(data_dir=data, listen="tcp://127.0.0.1:0").start()
+    broker = kvlog.Broker(data_dir=data, listen="tcp://127.0.0.1:0", console_listen="none").start()
     try:
         with kvlog.Admin(bootstrap_servers=broker.bootstrap) as admin:
             admin.create_topic(topic, partitions=PARTITIONS)
@@ -128,13 +128,13 @@ def test_backup_under_load_and_restore_keeps_every_acknowledged_record(tmp_path:
 
 def test_a_data_dir_from_a_newer_kvlog_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    broker = kvlog.Broker(data_dir=data, listen="tcp://127.0.0.1:0").start()
+    broker = kvlog.Broker(data_dir=data, listen="tcp://127.0.0.1:0", console_listen="none").start()
     broker.stop()
     assert read_format(data) == FORMAT_VERSION, "a new data dir is stamped"
     assert read_format(data / "logs" / "0") == FORMAT_VERSION
     (data / FORMAT_FILE).write_text(json.dumps({"format": FORMAT_VERSION + 1}))
     with pytest.raises(NewerFormatError) as info:
-        kvlog.Broker(data_dir=data, listen="tcp://127.0.0.1:0").start()
+        kvlog.Broker(data_dir=data, listen="tcp://127.0.0.1:0", console_listen="none").start()
     message = str(info.value)
     assert f"format {FORMAT_VERSION + 1}" in message and "newer kvlog" in message, message
     refused = _kvlog("backup", "--data-dir", str(data), "--to", str(tmp_path / "copy"))

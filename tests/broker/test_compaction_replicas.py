@@ -60,7 +60,9 @@ def full_isr(admin: kvlog.Admin) -> int | None:
 def test_replicas_compact_and_agree_across_a_leader_election(tmp_path: Path) -> None:
     log_dirs = [tmp_path / "logs" / name for name in ("a", "b", "c")]
     config = {"log.cleaner.backoff.ms": 100, "replica.fetch.wait.max.ms": 50}
-    with kvlog.Broker(tmp_path, "tcp://127.0.0.1:0", log_dirs=log_dirs, config=config) as broker:
+    with kvlog.Broker(
+        tmp_path, "tcp://127.0.0.1:0", console_listen="none", log_dirs=log_dirs, config=config
+    ) as broker:
         admin = kvlog.Admin(bootstrap_servers=broker.bootstrap)
         admin.create_topic(
             TOPIC,

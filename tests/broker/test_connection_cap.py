@@ -35,7 +35,9 @@ def _pings(sock: zmq.Socket[Any], timeout_s: float) -> bool:
 
 @pytest.mark.timeout(60)
 def test_connections_over_the_cap_are_refused_until_one_closes(tmp_path: Any) -> None:
-    with kvlog.Broker(tmp_path, "tcp://127.0.0.1:0", config={"max.connections": 3}) as broker:
+    with kvlog.Broker(
+        tmp_path, "tcp://127.0.0.1:0", console_listen="none", config={"max.connections": 3}
+    ) as broker:
         ctx = zmq.Context()
         try:
             held = [_dealer(ctx, broker.bootstrap) for _ in range(3)]

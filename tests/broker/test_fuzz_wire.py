@@ -20,6 +20,7 @@ fuzz read back identically with unchanged end offsets.
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -589,7 +590,10 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         "max.frame.bytes": MAX_FRAME_BYTES,
     }
     broker = kvlog.Broker(
-        data_dir=tmp_path_factory.mktemp("fuzz"), listen="tcp://127.0.0.1:0", config=config
+        data_dir=tmp_path_factory.mktemp("fuzz"),
+        listen="tcp://127.0.0.1:0",
+        console_listen="none",
+        config=config,
     ).start()
     try:
         kept_topic = unique_topic("fuzz-keep")
@@ -649,8 +653,9 @@ def _exchange(target: Target, name: str, case: Case) -> None:
         assert isinstance(header.get("message", ""), str)
 
 
+# 300 requests per endpoint in the default run; KVLOG_LONG_TESTS=1 sends 1,800.
 FUZZ_SETTINGS = settings(
-    max_examples=600,
+    max_examples=1800 if os.environ.get("KVLOG_LONG_TESTS") == "1" else 300,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

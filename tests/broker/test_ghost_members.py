@@ -31,10 +31,9 @@ def _members(admin: Any, group: str) -> list[Any]:
         return []
 
 
-def test_a_consumer_closed_while_its_first_join_waits_leaves_no_ghost(
-    make_broker: Any,
-) -> None:
-    broker = make_broker()  # group.initial.rebalance.delay.ms: 3000, Kafka's default
+def test_a_consumer_closed_while_its_first_join_waits_leaves_no_ghost(broker: Any) -> None:
+    # The shared broker (conftest.py) has the default config: its
+    # group.initial.rebalance.delay.ms is 3000, Kafka's default; the group is new.
     topic, group = unique_topic("ghost"), unique_topic("ghost-group")
     with kvlog.Admin(bootstrap_servers=broker.bootstrap) as admin:
         admin.create_topic(topic, partitions=2)
@@ -68,8 +67,7 @@ def test_a_consumer_closed_while_its_first_join_waits_leaves_no_ghost(
             later.close()
 
 
-def test_cli_timeout_counts_from_the_assignment_and_leaves(make_broker: Any) -> None:
-    broker = make_broker()
+def test_cli_timeout_counts_from_the_assignment_and_leaves(broker: Any) -> None:
     topic, group = unique_topic("orders"), unique_topic("billing")
     with kvlog.Admin(bootstrap_servers=broker.bootstrap) as admin:
         admin.create_topic(topic, partitions=1)

@@ -133,8 +133,29 @@ def test_a_taken_port_names_its_holder(held: socket.socket) -> None:
         ports.check_listeners(f"tcp://*:{port}", [])
 
 
-def test_a_node_port_of_the_scheme_is_checked_too(held: socket.socket) -> None:
-    port = held.getsockname()[1]
+@pytest.fixture
+def held_above_two_free() -> Iterator[socket.socket]:
+    """A held port P whose two ports below are free now: the broker's and coordinator's
+    Kafka ports of a scheme based at P - 2 (any process of a busy machine may hold the
+    ports next to a port 0 bind, and the check would name that one instead)."""
+    for _ in range(100):
+        sock = socket.create_server(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        if port > 2 and all(
+            ports.check_bindable("127.0.0.1", p) is None for p in (port - 2, port - 1)
+        ):
+            break
+        sock.close()
+    else:
+        raise AssertionError("no held port with two free ports below it")
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def test_a_node_port_of_the_scheme_is_checked_too(held_above_two_free: socket.socket) -> None:
+    port = held_above_two_free.getsockname()[1]
     with pytest.raises(ports.PortInUseError, match=f"node 0's Kafka listener 127.0.0.1:{port}"):
         ports.check_listeners("tcp://127.0.0.1:0", plan(f"127.0.0.1:{port - 2}", [0]))
 

@@ -134,7 +134,9 @@ def test_metrics_change_as_records_flow(broker: Any, admin: Any) -> None:
 
 def test_node_kill_shows_as_election_and_restart(tmp_path: Path) -> None:
     dirs = [tmp_path / "a", tmp_path / "b"]
-    with kvlog.Broker(tmp_path / "data", "tcp://127.0.0.1:0", log_dirs=dirs) as b:
+    with kvlog.Broker(
+        tmp_path / "data", "tcp://127.0.0.1:0", console_listen="none", log_dirs=dirs
+    ) as b:
         topic = unique_topic("kill")
         with kvlog.Admin(bootstrap_servers=b.bootstrap) as admin:
             admin.create_topic(topic, partitions=1, replication_factor=2)
@@ -175,11 +177,16 @@ def test_metrics_off_and_taken_port(tmp_path: Path) -> None:
         held.listen(1)
         port = held.getsockname()[1]
         taken = kvlog.Broker(
-            tmp_path / "taken", "tcp://127.0.0.1:0", metrics_listen=f"127.0.0.1:{port}"
+            tmp_path / "taken",
+            "tcp://127.0.0.1:0",
+            console_listen="none",
+            metrics_listen=f"127.0.0.1:{port}",
         )
         with pytest.raises(PortInUseError, match=f"port {port} .*metrics endpoint"):
             taken.start()
-    with kvlog.Broker(tmp_path / "off", "tcp://127.0.0.1:0", metrics_listen="none") as b:
+    with kvlog.Broker(
+        tmp_path / "off", "tcp://127.0.0.1:0", console_listen="none", metrics_listen="none"
+    ) as b:
         assert b.metrics_url is None
         assert not (tmp_path / "off" / "run" / "metrics").exists()
 

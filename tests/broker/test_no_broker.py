@@ -98,6 +98,12 @@ def test_poll_never_blocks_longer_than_asked_without_a_broker() -> None:
         consumer.close()
 
 
+def _broker(data: Path, listen: str) -> Any:
+    return kvlog.Broker(
+        data_dir=data, listen=listen, console_listen="none", metrics_listen="none"
+    ).start()
+
+
 def test_a_broker_lost_mid_run_is_logged_once_and_again_when_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -105,7 +111,9 @@ def test_a_broker_lost_mid_run_is_logged_once_and_again_when_back(
     data = tmp_path / "data"
     topic = unique_topic("lost")
     tp = TopicPartition(topic, 0)
-    broker = kvlog.Broker(data_dir=data, listen=listen).start()
+    # listen has a fixed port (the broker comes back on it): off, the console and metrics
+    # would take their fixed default ports, which another broker may hold.
+    broker = _broker(data, listen)
     consumer = None
     try:
         with kvlog.Admin(bootstrap_servers=broker.bootstrap) as admin:
@@ -130,7 +138,7 @@ def test_a_broker_lost_mid_run_is_logged_once_and_again_when_back(
 
         assert len(said("lost the connection")) == 1, caplog.text
         assert said("again") == []
-        broker = kvlog.Broker(data_dir=data, listen=listen).start()
+        broker = _broker(data, listen)
         with kvlog.Producer(bootstrap_servers=broker.bootstrap) as producer:
             producer.send(topic, value=b"back", partition=0).get(timeout=20)
         got: list[Any] = []

@@ -208,7 +208,7 @@ def test_supervisor_restarts_killed_processes(make_broker: Any) -> None:
                 lambda c=child: (
                     _run_file(broker)["processes"][broker.children.index(c)]["pid"] == c.pid
                 ),
-                10,
+                30,  # the run file is written once the new process is ready: slow under load
                 what="the run file to show the new pid",
             )
             assert _kafka_by_process(broker) == kafka

@@ -22,6 +22,7 @@ at the end: with the faults stopped, every batch reaches a final verdict (no dea
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from typing import Any
 
@@ -326,8 +327,9 @@ class SequencerMachine(RuleBasedStateMachine):
                 assert set(batch.records) <= set(self.log)
 
 
+# 200 examples in the default run (about 6 s); KVLOG_LONG_TESTS=1 explores 1,000.
 SequencerMachine.TestCase.settings = settings(
-    max_examples=500,
+    max_examples=1000 if os.environ.get("KVLOG_LONG_TESTS") == "1" else 200,
     stateful_step_count=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

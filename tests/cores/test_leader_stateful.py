@@ -408,7 +408,7 @@ class LeaderMachine(RuleBasedStateMachine):
 
 
 LeaderMachine.TestCase.settings = settings(
-    max_examples=300,
+    max_examples=600 if __import__("os").environ.get("KVLOG_LONG_TESTS") == "1" else 150,
     stateful_step_count=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

@@ -3,9 +3,9 @@
 Run as ``python _group_child.py '<json spec>'``. It subscribes, polls in a loop and prints
 one JSON object per line (flushed at once) for everything the parent checks: assignments
 and revocations (from its ConsumerRebalanceListener), the records each poll() returned,
-its commits, errors, and its membership state (unjoined, joining, stable) when it
-changes. The parent may write commands to stdin: ``close`` (close the consumer and exit),
-``stall <ms>`` (stop polling that long).
+its commits, errors, and its membership state (unjoined, joining, stable) with its
+generation when it changes. The parent may write commands to stdin: ``close`` (close the
+consumer and exit), ``stall <ms>`` (stop polling that long).
 
 Spec keys: bootstrap, group, topics or pattern, config (Consumer keyword arguments), name,
 commit ("sync": commit what each poll returned; "none"), commit_upto (never commit past
@@ -88,7 +88,7 @@ def main() -> None:
     for _ in range(MAX_LOOPS):
         if consumer._group.state.value != state:  # unjoined / joining / stable
             state = consumer._group.state.value
-            emit(ev="state", state=state)
+            emit(ev="state", state=state, gen=consumer._group.generation)
         for command in commands():
             if command == "close":
                 consumer.close()

@@ -79,7 +79,12 @@ def test_with_the_default_heartbeat_interval_a_leave_rebalances_well_under_it(
     topic, group = "long-poll", "long-poll-group"
     partitions = {TP(topic, p) for p in range(10)}
     with (
-        kvlog.Broker(data_dir=tmp_path, listen="tcp://127.0.0.1:0", config=BROKER_CONFIG) as b,
+        kvlog.Broker(
+            data_dir=tmp_path,
+            listen="tcp://127.0.0.1:0",
+            console_listen="none",
+            config=BROKER_CONFIG,
+        ) as b,
         kvlog.Admin(bootstrap_servers=b.bootstrap) as admin,
     ):
         admin.create_topic(topic, partitions=len(partitions))

@@ -30,16 +30,14 @@ EC_NONE, EC_UNKNOWN_TOPIC, EC_LEADER_NOT_AVAILABLE, EC_UNSUPPORTED = 0, 3, 5, 35
 
 
 def start(tmp: str, **config: object) -> KafkaBroker:
-    return KafkaBroker(tmp, listen="tcp://127.0.0.1:0", config=config or None).start()
+    return KafkaBroker(
+        tmp, listen="tcp://127.0.0.1:0", console_listen="none", config=config or None
+    ).start()
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    b = start(str(tmp_path_factory.mktemp("kafka-admin")))
-    try:
-        yield b
-    finally:
-        b.stop()
+def broker(kafka_broker: KafkaBroker) -> KafkaBroker:
+    return kafka_broker  # shared (tests/kafka/conftest.py); default config
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,15 +37,12 @@ TOPIC = "kept"
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    b = KafkaBroker(str(tmp_path_factory.mktemp("kafka-bad")), listen="tcp://127.0.0.1:0").start()
-    try:
-        with kvlog.Admin({"bootstrap.servers": b.bootstrap}) as admin:
-            admin.create_topic(TOPIC, 2, 1)
-            admin.alter_group_offsets("g", {kvlog.TopicPartition(TOPIC, 0): 7})
-        yield b
-    finally:
-        b.stop()
+def broker(kafka_broker: KafkaBroker) -> KafkaBroker:
+    """The shared broker (tests/kafka/conftest.py), with this module's topic and group."""
+    with kvlog.Admin({"bootstrap.servers": kafka_broker.bootstrap}) as admin:
+        admin.create_topic(TOPIC, 2, 1)
+        admin.alter_group_offsets("g", {kvlog.TopicPartition(TOPIC, 0): 7})
+    return kafka_broker
 
 
 def frame(api_key: int, version: int, body: bytes, correlation_id: int = 1) -> bytes:

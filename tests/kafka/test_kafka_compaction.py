@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,14 +30,8 @@ ROUNDS = 12
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    data_dir = tmp_path_factory.mktemp("kafka-compaction")
-    b = kvlog.Broker(data_dir, "tcp://127.0.0.1:0", kafka_listen="127.0.0.1:0")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
+def broker(kafka_broker: Any) -> Any:
+    return kafka_broker  # shared (tests/kafka/conftest.py); default config
 
 
 def _write(broker: Any, topic: str) -> dict[bytes, bytes | None]:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,18 +96,12 @@ def wait_for(check: Callable[[], bool], members: list[Member], what: str, timeou
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    b = KafkaBroker(
-        str(tmp_path / "data"),
-        listen="tcp://127.0.0.1:0",
-        config={"group.initial.rebalance.delay.ms": 100},
-    ).start()
-    try:
-        with kvlog.Admin({"bootstrap.servers": b.bootstrap}) as admin:
-            admin.create_topic(TOPIC, PARTITIONS, 1)
-        yield b
-    finally:
-        b.stop()
+def broker(kafka_groups_broker: KafkaBroker) -> KafkaBroker:
+    """The shared groups broker (tests/kafka/conftest.py), with this module's topic (the
+    members kill each other, not the broker)."""
+    with kvlog.Admin({"bootstrap.servers": kafka_groups_broker.bootstrap}) as admin:
+        admin.create_topic(TOPIC, PARTITIONS, 1)
+    return kafka_groups_broker
 
 
 def test_three_mixed_members_survive_a_kill_and_a_leave(broker: KafkaBroker) -> None:

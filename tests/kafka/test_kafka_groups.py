@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,19 +32,11 @@ TOPIC = "orders"
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    # A short initial rebalance delay keeps the tests quick (Kafka's default is 3 s).
-    b = KafkaBroker(
-        str(tmp_path_factory.mktemp("kafka-groups")),
-        listen="tcp://127.0.0.1:0",
-        config={"group.initial.rebalance.delay.ms": 100},
-    ).start()
-    try:
-        with kvlog.Admin({"bootstrap.servers": b.bootstrap}) as admin:
-            admin.create_topic(TOPIC, 4, 1)
-        yield b
-    finally:
-        b.stop()
+def broker(kafka_groups_broker: KafkaBroker) -> KafkaBroker:
+    """The shared groups broker (tests/kafka/conftest.py), with this module's topic."""
+    with kvlog.Admin({"bootstrap.servers": kafka_groups_broker.bootstrap}) as admin:
+        admin.create_topic(TOPIC, 4, 1)
+    return kafka_groups_broker
 
 
 def wait_for(

@@ -5,8 +5,6 @@ ILLEGAL_SASL_STATE, and SCRAM users that can be prepared before security is turn
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from kafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest, DescribeAclsRequest
 from kafka.protocol.metadata import MetadataRequest
@@ -20,12 +18,8 @@ SECURITY_DISABLED, ILLEGAL_SASL_STATE = 54, 34
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    b = KafkaBroker(str(tmp_path_factory.mktemp("plain")), listen="tcp://127.0.0.1:0").start()
-    try:
-        yield b
-    finally:
-        b.stop()
+def broker(kafka_broker: KafkaBroker) -> KafkaBroker:
+    return kafka_broker  # shared (tests/kafka/conftest.py); default config: no security
 
 
 def test_the_listeners_are_plaintext(broker: KafkaBroker) -> None:

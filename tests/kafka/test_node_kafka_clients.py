@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,14 +29,8 @@ KCAT = shutil.which("kcat") or "/usr/bin/kcat"
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    data_dir = tmp_path_factory.mktemp("node-kafka-clients")
-    b = kvlog.Broker(data_dir, "tcp://127.0.0.1:0", kafka_listen="127.0.0.1:0")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
+def broker(kafka_broker: Any) -> Any:
+    return kafka_broker  # shared (tests/kafka/conftest.py); default config
 
 
 def topic_name(prefix: str) -> str:

@@ -41,7 +41,11 @@ def test_kafka_clients_follow_a_leader_election_without_loss(tmp_path: Path) -> 
     log_dirs = [tmp_path / "logs" / name for name in ("a", "b", "c")]
     with (
         kvlog.Broker(
-            tmp_path / "data", "tcp://127.0.0.1:0", log_dirs=log_dirs, kafka_listen="127.0.0.1:0"
+            tmp_path / "data",
+            "tcp://127.0.0.1:0",
+            console_listen="none",
+            log_dirs=log_dirs,
+            kafka_listen="127.0.0.1:0",
         ) as broker,
         kvlog.Admin(bootstrap_servers=broker.bootstrap) as admin,
     ):

@@ -49,7 +49,11 @@ def topic_name(prefix: str) -> str:
 def test_a_node_refuses_partitions_it_does_not_lead(tmp_path: Path) -> None:
     logs = [tmp_path / "logs" / str(i) for i in range(2)]
     with kvlog.Broker(
-        tmp_path / "data", "tcp://127.0.0.1:0", log_dirs=logs, kafka_listen="127.0.0.1:0"
+        tmp_path / "data",
+        "tcp://127.0.0.1:0",
+        console_listen="none",
+        log_dirs=logs,
+        kafka_listen="127.0.0.1:0",
     ) as broker:
         topic = topic_name("led")
         led = create_topic(broker, topic, partitions=2, rf=2)
@@ -151,7 +155,9 @@ def _leads(address: str, topic: str) -> bool:
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Any:
     data_dir = tmp_path_factory.mktemp("node-kafka-bad")
-    broker = kvlog.Broker(data_dir, "tcp://127.0.0.1:0", kafka_listen="127.0.0.1:0")
+    broker = kvlog.Broker(
+        data_dir, "tcp://127.0.0.1:0", console_listen="none", kafka_listen="127.0.0.1:0"
+    )
     broker.start()
     topic = topic_name("intact")
     create_topic(broker, topic)

@@ -126,6 +126,7 @@ def capped(tmp_path: Any) -> Iterator[Any]:
     with kvlog.Broker(
         tmp_path,
         "tcp://127.0.0.1:0",
+        console_listen="none",
         kafka_listen="127.0.0.1:0",
         config={"max.inflight.requests.per.client": 2},
     ) as broker:

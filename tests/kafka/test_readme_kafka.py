@@ -26,9 +26,11 @@ def _blocks(language: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory):
-    with KafkaBroker(data_dir=str(tmp_path_factory.mktemp("readme-kafka"))) as b:
-        yield b
+def broker(kafka_broker: KafkaBroker) -> KafkaBroker:
+    # The shared broker (tests/kafka/conftest.py): free ports for every listener (a broker
+    # of README's defaults took 7092, 7180 and 9645, which other brokers of a run or of
+    # another checkout may hold); README's topics and groups are used by no other module.
+    return kafka_broker
 
 
 def _run_python(code: str, bootstrap: str, tmp_path: Path) -> str:

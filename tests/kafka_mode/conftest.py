@@ -24,14 +24,19 @@ from kafka_mode_util import KafkaView  # noqa: E402
 import kvlog  # noqa: E402
 
 
-@pytest.fixture(scope="module")
+# Session-scoped: the modules of this folder that use it share one (each start and stop costs
+# seconds); their tests use their own topic and group names, as in tests/broker.
+@pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaView]:
-    config = {"group.initial.rebalance.delay.ms": 0}
-    with kvlog.Broker(tmp_path_factory.mktemp("broker"), "tcp://127.0.0.1:0", config=config) as b:
+    # tests/groups' broker config (test_groups_kafka_mode.py uses this broker too)
+    config = {"group.min.session.timeout.ms": 100, "group.initial.rebalance.delay.ms": 0}
+    with kvlog.Broker(
+        tmp_path_factory.mktemp("broker"), "tcp://127.0.0.1:0", config=config, console_listen="none"
+    ) as b:
         yield KafkaView(b)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def admin(broker: KafkaView) -> Iterator[Any]:
     a = kvlog.Admin(bootstrap_servers=broker.bootstrap)
     try:

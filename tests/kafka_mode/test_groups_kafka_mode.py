@@ -32,10 +32,11 @@ del test_sticky_keeps_what_it_can_when_a_member_joins  # noqa: F821
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaView]:
-    data = tmp_path_factory.mktemp("groups-broker")
-    with kvlog.Broker(data_dir=data, listen="tcp://127.0.0.1:0", config=BROKER_CONFIG) as b:
-        yield KafkaView(b)
+def broker(broker: KafkaView) -> KafkaView:
+    """This folder's shared broker (conftest.py, which has tests/groups' BROKER_CONFIG),
+    over the kvlog-mode one the star import above brings."""
+    assert {k: broker.config[k] for k in BROKER_CONFIG} == BROKER_CONFIG
+    return broker
 
 
 @pytest.fixture

@@ -31,7 +31,9 @@ PARTITIONS = 3
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     config = {"log.retention.check.interval.ms": 300, "group.initial.rebalance.delay.ms": 0}
-    with kvlog.Broker(tmp_path_factory.mktemp("source"), "tcp://127.0.0.1:0", config=config) as b:
+    with kvlog.Broker(
+        tmp_path_factory.mktemp("source"), "tcp://127.0.0.1:0", console_listen="none", config=config
+    ) as b:
         yield b
 
 
@@ -184,7 +186,15 @@ def test_retention_is_held_while_the_target_is_away(source: Any, tmp_path: Path)
     admin.create_topic("appliance", partitions=1, config={"retention.ms": 2_000})
     admin.create_topic("appliance.gaps", partitions=1, config={"retention.ms": 2_000})
     target = FixedBroker(tmp_path / "target")  # not started yet: the link is down
-    held = _spec(source, target.kafka, tmp_path / "held", name="held", topics="appliance")
+    # Retries back off to 1 s at most (10 s by default): the link's return is noticed soon.
+    held = _spec(
+        source,
+        target.kafka,
+        tmp_path / "held",
+        name="held",
+        topics="appliance",
+        backoff_max_ms=1_000,
+    )
     gaps = _spec(
         source,
         target.kafka,
@@ -192,6 +202,7 @@ def test_retention_is_held_while_the_target_is_away(source: Any, tmp_path: Path)
         name="gaps",
         topics=r"appliance\.gaps",
         allow_gaps=True,
+        backoff_max_ms=1_000,
     )
     mirrors = [Mirror(held), Mirror(gaps)]
     import threading
@@ -260,7 +271,10 @@ def test_kvlog_serve_runs_mirrors_from_a_config_file_and_restarts_them(
     from kvlog.tools.serve import load_mirror_config
 
     with kvlog.Broker(
-        tmp_path / "data", "tcp://127.0.0.1:0", mirrors=load_mirror_config(config)
+        tmp_path / "data",
+        "tcp://127.0.0.1:0",
+        console_listen="none",
+        mirrors=load_mirror_config(config),
     ) as broker:
         admin = kvlog.Admin(bootstrap_servers=broker.bootstrap)
         admin.create_topic("fleet", partitions=1)

@@ -203,6 +203,9 @@ def start_secured_broker(
 ) -> SecuredBroker:
     """``broker_kwargs``: more ``kvlog.Broker`` keywords (the Kafka listener's security)."""
     log_path = root / "broker.log"
+    # No web console unless asked: no test here uses it (its process costs CPU at start and
+    # up to 2 s at stop).
+    broker_kwargs.setdefault("console_listen", "none")
     broker = kvlog.Broker(
         root / "data",
         "tcp://127.0.0.1:0",
@@ -222,7 +225,11 @@ def stop_and_check(secured: SecuredBroker) -> None:
     """Stop the broker; every one of its processes must be gone afterwards."""
     pids = list(secured.pids().values())
     secured.stop()
-    left = [pid for pid in pids if pid_alive(pid)]
+    # A straggler Broker.stop() SIGKILLed may still be dying when it returns (on a loaded
+    # machine, in the middle of an fsync): left behind means alive seconds later.
+    deadline = time.monotonic() + 10
+    while (left := [pid for pid in pids if pid_alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not left, f"processes left behind by Broker.stop(): {left}"
 
 
