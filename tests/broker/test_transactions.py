@@ -132,7 +132,7 @@ def test_exactly_once_consume_transform_produce_survives_sigkills(broker: Any, a
     source, sink, group = unique_topic("eos-in"), unique_topic("eos-out"), unique_topic("eos")
     admin.create_topic(source, partitions=3)
     admin.create_topic(sink, partitions=3)
-    inputs = [b"r%04d" % i for i in range(2000)]
+    inputs = [b"r%04d" % i for i in range(4000)]
     with kvlog.Producer(bootstrap_servers=broker.bootstrap) as p:
         for i, value in enumerate(inputs):
             p.send(source, value, key=b"%d" % i)
@@ -141,17 +141,17 @@ def test_exactly_once_consume_transform_produce_survives_sigkills(broker: Any, a
     while kills < 20:
         child = _child("eos", broker.bootstrap, source, sink, group)
         assert child.stdout is not None
-        line = child.stdout.readline()  # "" once it finds nothing left and exits
-        if not line.startswith("committed"):
-            child.wait(30)
-            assert child.returncode == 0
-            break
-        # Kill it at a random moment after it committed something.
-        time.sleep(rng.uniform(0.0, 0.2))
+        # Kill it at a random moment after its 1st to 3rd commit: between transactions or
+        # inside one (each is up to 10 records), at most ~130 records a life, so the
+        # input lasts for all 20 kills.
+        for _ in range(rng.randint(1, 3)):
+            line = child.stdout.readline()
+            assert line.startswith("committed"), f"the loop ended early: {line!r}"
+        time.sleep(rng.uniform(0.0, 0.02))
         child.send_signal(signal.SIGKILL)
         child.wait()
         kills += 1
-    assert kills >= 5, f"only {kills} kills before the input ran out"
+    assert kills == 20
     child = _child("eos", broker.bootstrap, source, sink, group)  # finishes the rest
     out, _ = child.communicate(timeout=120)
     assert child.returncode == 0, out
