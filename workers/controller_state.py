@@ -101,6 +101,27 @@ class TopicView:
     states: list[PartitionState] = field(default_factory=list)
 
 
+@dataclass
+class PartitionTransitions:
+    """Counts of partition state changes: new leader epochs, replicas that left an ISR,
+    replicas that joined one."""
+
+    elections: int = 0
+    shrinks: int = 0
+    expands: int = 0
+
+    def count(self, before: PartitionState, after: PartitionState) -> None:
+        if after.leader_epoch > before.leader_epoch:
+            self.elections += 1
+        self.shrinks += len(set(before.isr) - set(after.isr))
+        self.expands += len(set(after.isr) - set(before.isr))
+
+    def add(self, other: PartitionTransitions) -> None:
+        self.elections += other.elections
+        self.shrinks += other.shrinks
+        self.expands += other.expands
+
+
 class ControllerState:
     """Owned by :class:`workers.controller_core.ControllerCore`; not thread-safe."""
 
@@ -114,6 +135,11 @@ class ControllerState:
         self.node_ids = self.registry.node_ids
         self.nodes = self.registry.nodes
         self.version = 0
+        # Leader elections and ISR shrinks/expands since this process started, counted as
+        # each change commits (the metrics read them: sampling the states would miss a
+        # shrink and its expand between two looks).
+        self.transitions = PartitionTransitions()
+        self._staged = PartitionTransitions()
 
     def start(self, now_ms: int) -> None:
         """A new process: the version moves on (so caches notice the restart) and the
@@ -136,7 +162,9 @@ class ControllerState:
             result = fn(w)
             return result, self._bump_version(w)
 
+        self._staged = PartitionTransitions()
         result, self.version = self.store.write(run)
+        self.transitions.add(self._staged)
         return result
 
     # -- topics ----------------------------------------------------------------------------
@@ -217,7 +245,11 @@ class ControllerState:
             raise TopicAlreadyExistsError(f"topic {name!r} exists already")
 
     def _put_state(self, w: WriteTxn, tp: TopicPartition, state: PartitionState) -> None:
-        w.put(PARTITION_STATES_TABLE, partition_key(tp), state.encode())
+        key = partition_key(tp)
+        raw = w.get(PARTITION_STATES_TABLE, key)
+        if raw:
+            self._staged.count(PartitionState.decode(raw), state)
+        w.put(PARTITION_STATES_TABLE, key, state.encode())
 
     def _require(self, r: ReadTxn, name: str) -> TopicMetadata:
         meta = get_topic(r, name)

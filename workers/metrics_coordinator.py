@@ -1,10 +1,11 @@
 """The coordinator process's metrics (docs/METRICS.md, "Cluster and groups").
 
 Once a second the coordinator's loop reads its own state: each partition's leader,
-epoch and ISR (under-replicated and offline partitions; elections and ISR changes since
-the last look, counted from how epochs and ISRs moved), the groups in memory (state,
-members, generation: each generation step is a rebalance) and every committed offset.
-Changes that come and go within one second are counted as their net move.
+epoch and ISR (under-replicated and offline partitions), the controller's counts of
+elections and ISR shrinks/expands (counted as each change commits:
+``ControllerState.transitions``, so a shrink undone within the second still counts), the
+groups in memory (state, members, generation: each generation step is a rebalance) and
+every committed offset.
 
 Owned by the coordinator's loop thread; not thread-safe.
 """
@@ -44,8 +45,9 @@ class CoordinatorMetrics(ProcessMetrics):
         self.state = GaugeSet(
             gauge("kvlog_group_state", "1 for the group's state", ["group", "state"])
         )
-        # (topic id, partition) -> (leader epoch, ISR) at the last look
-        self._seen: dict[tuple[str, int], tuple[int, frozenset[int]]] = {}
+        # The controller's transition counts at the last look (its own counters: they
+        # see every change, where comparing states between looks would miss some).
+        self._counted = (0, 0, 0)
         self._generations: dict[str, int] = {}
 
     def collect(self, server: Any) -> None:
@@ -61,36 +63,25 @@ class CoordinatorMetrics(ProcessMetrics):
 
     def _partitions(self, state: Any) -> None:
         total = under = offline = 0
-        elections = shrinks = expands = 0
-        seen: dict[tuple[str, int], tuple[int, frozenset[int]]] = {}
         for view in state.topics():
             meta = view.meta
             for p, part in enumerate(view.states):
                 total += 1
-                isr = frozenset(part.isr)
-                if len(isr) < len(meta.replicas[p]):
+                if len(part.isr) < len(meta.replicas[p]):
                     under += 1
                 if part.leader < 0 or not state._alive(part.leader):
                     offline += 1
-                key = (meta.topic_id, p)
-                seen[key] = (part.leader_epoch, isr)
-                before = self._seen.get(key)
-                if before is None:
-                    continue  # new to this process: nothing moved yet
-                if part.leader_epoch > before[0]:
-                    elections += 1
-                shrinks += len(before[1] - isr)
-                expands += len(isr - before[1])
-        self._seen = seen
         self.partitions.set(total)
         self.under_replicated.set(under)
         self.offline.set(offline)
-        if elections:
-            self.elections.inc(elections)
-        if shrinks:
-            self.shrinks.inc(shrinks)
-        if expands:
-            self.expands.inc(expands)
+        moved = state.transitions
+        now = (moved.elections, moved.shrinks, moved.expands)
+        for counter, was, is_ in zip(
+            (self.elections, self.shrinks, self.expands), self._counted, now, strict=True
+        ):
+            if is_ > was:
+                counter.inc(is_ - was)
+        self._counted = now
 
     def _groups(self, groups: dict[str, Any]) -> None:
         members: dict[tuple[str, ...], float] = {}

@@ -444,3 +444,19 @@ def test_ping_and_the_timer_with_nothing_parked() -> None:
     assert body.version == c.version and body.nodes == []
     # nothing registered yet: the timer is the end of the grace period
     assert c.deadline_ms == START_MS + NODE_TIMEOUT_MS + 1
+
+
+def test_elections_and_isr_changes_are_counted_as_they_commit() -> None:
+    # The metrics read these counts; a shrink undone before anyone looks still counts.
+    c = live_cluster()
+    created(c, "t", 1, 3)
+    moved = c.core.state.transitions
+    assert (moved.elections, moved.shrinks, moved.expands) == (0, 0, 0), "creation is no move"
+    state = c.state("t")
+    leader, followers = state.leader, [r for r in state.isr if r != state.leader]
+    c.alter_isr("t", 0, [leader])
+    c.alter_isr("t", 0, [leader, *followers])
+    assert (moved.elections, moved.shrinks, moved.expands) == (0, 2, 2)
+    assert c.answer(NodeDown(leader, c.pids[leader])).body.moved is True
+    assert (moved.elections, moved.shrinks, moved.expands) == (1, 3, 2)
+    assert c.state("t").leader != leader
