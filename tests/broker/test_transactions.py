@@ -132,7 +132,7 @@ def test_exactly_once_consume_transform_produce_survives_sigkills(broker: Any, a
     source, sink, group = unique_topic("eos-in"), unique_topic("eos-out"), unique_topic("eos")
     admin.create_topic(source, partitions=3)
     admin.create_topic(sink, partitions=3)
-    inputs = [b"r%04d" % i for i in range(4000)]
+    inputs = [b"r%04d" % i for i in range(2000)]
     with kvlog.Producer(bootstrap_servers=broker.bootstrap) as p:
         for i, value in enumerate(inputs):
             p.send(source, value, key=b"%d" % i)
@@ -142,7 +142,7 @@ def test_exactly_once_consume_transform_produce_survives_sigkills(broker: Any, a
         child = _child("eos", broker.bootstrap, source, sink, group)
         assert child.stdout is not None
         # Kill it at a random moment after its 1st to 3rd commit: between transactions or
-        # inside one (each is up to 10 records), at most ~130 records a life, so the
+        # inside one (each is up to 10 records), at most ~50 records a life, so the
         # input lasts for all 20 kills.
         for _ in range(rng.randint(1, 3)):
             line = child.stdout.readline()
