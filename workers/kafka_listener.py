@@ -32,7 +32,8 @@ What closes a connection (each logged once, at INFO with the peer's address): a 
 error (:class:`KafkaProtocolError`: see ``ipc/kafka/connection.py`` for the list), an
 advertised API this listener has no handler for (another process serves it), a handler
 that raised (a bug: logged with its traceback; no generic Kafka error response exists),
-a failed TLS handshake or login (after its error response, where SASL has one),
+a failed TLS handshake or login (``connection.failed.authentication.delay.ms`` after its
+error response, where SASL has one),
 ``connections.max.idle.ms`` without traffic while owed nothing, more connections than
 ``max.connections``, and the peer closing. Nothing a client sends raises out of
 :meth:`on_ready`.
