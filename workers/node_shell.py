@@ -91,6 +91,10 @@ log = logging.getLogger(__name__)
 
 MAX_POLL_MS = 100  # wake at least this often (ACL refreshes, key reloads)
 GIL_SWITCH_INTERVAL_S = 0.0005
+# How long the loop waits, GIL released, for the committer to run a group commit's body
+# (tens of microseconds) before it goes on: past this the committer is waiting for LMDB's
+# writer lock held by another process (the sweeper), and the loop must not stall on that.
+BODY_WAIT_S = 0.002
 
 
 def _headroom(log_dir: str) -> int:
@@ -154,6 +158,9 @@ class NodeServer(NodeKafkaShell, Server):
     thread; not thread-safe."""
 
     name = "node"
+    # A drain answers fetches before it stages produce requests (zmq_server: the e2e
+    # latency's consumer half need not wait behind the produce half's decoding).
+    first_ops = frozenset({"fetch"})
 
     def __init__(
         self,
@@ -269,11 +276,16 @@ class NodeServer(NodeKafkaShell, Server):
         job = self.core.take_commit()
         if job is None:
             return
-        committer.begin(job.write)
+        write = committer.begin(job.write)
         self._commit_job = job
         # For the produce latency's parts (metrics): the turn that read the requests and
         # when their commit began; _land observes the rest.
         self._commit_began = (self.turn_started, time.perf_counter())
+        # The body is on the commit's critical path, the rest of this turn is not: let the
+        # committer have the GIL now rather than when this turn ends or the switch
+        # interval runs out (0.07 to 0.3 ms of every commit, measured). The loop goes on
+        # once the fsync runs (GIL released), answering fetches and staging requests.
+        write.ran.wait(BODY_WAIT_S)
 
     def _land(self, *, wait: bool, now_ms: int | None = None) -> bool:
         job = self._commit_job
