@@ -95,6 +95,9 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 # (tens of microseconds) before it goes on: past this the committer is waiting for LMDB's
 # writer lock held by another process (the sweeper), and the loop must not stall on that.
 BODY_WAIT_S = 0.002
+# Inline commits: how many more drains and commits a turn runs for requests that arrived
+# during its commit (NodeServer._commit_inline).
+POST_COMMIT_DRAINS = 2
 
 
 def _headroom(log_dir: str) -> int:
@@ -253,22 +256,40 @@ class NodeServer(NodeKafkaShell, Server):
         self._carry(self.core.ping(self._token(req, peer, counted=False)))
 
     def after_drain(self) -> None:
-        now_ms = clock.now_ms()
         if self.committer is None:  # commit.pipelined off: the commit in this turn
-            flush_started = time.perf_counter()
-            self._carry(self.core.flush(now_ms))
-            flush_ended = time.perf_counter()
-            self.flush_kafka()
-            if self.metrics is not None:
-                # The produce latency's three parts, per turn (every request of a turn
-                # shares them): read -> commit start, the group commit, -> replies sent.
-                replied = time.perf_counter()
-                self.metrics.on_turn(self.turn_started, flush_started, flush_ended, replied)
+            self._commit_inline()
             return
+        now_ms = clock.now_ms()
         if self._commit_job is None:
             self._start_commit(self.committer)
         self._carry(self.core.settle(Result(), now_ms))
         self.flush_kafka()
+
+    def _commit_inline(self) -> None:
+        """The group commit in this turn, then again for what arrived during its fsync.
+
+        The loop cannot read requests while it waits for a commit's fsync; a consumer's
+        next fetch (sent when the last one was answered) is usually among what arrived
+        meanwhile. It is read and answered right after the commit (a drain answers
+        fetches first), with the records just committed, and the produce requests that
+        came with it commit at once, rather than after this turn's timers and the next
+        poll. At most ``POST_COMMIT_DRAINS`` times, so timers keep their turn."""
+        turn_started = self.turn_started
+        for drains in range(POST_COMMIT_DRAINS + 1):
+            if drains:
+                turn_started = time.perf_counter()
+                self._drain_router()
+            flush_started = time.perf_counter()
+            self._carry(self.core.flush(clock.now_ms()))
+            flush_ended = time.perf_counter()
+            self.flush_kafka()
+            if self.metrics is not None:
+                # The produce latency's three parts, per commit (every request of it
+                # shares them): read -> commit start, the group commit, -> replies sent.
+                replied = time.perf_counter()
+                self.metrics.on_turn(turn_started, flush_started, flush_ended, replied)
+            if not self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
 
     # -- the pipelined group commit ---------------------------------------------------------
 
