@@ -818,16 +818,21 @@ static int append_grouped(kv_acc *self, kv_entry *e, PyObject *ks, PyObject *vs,
     int32_t *part = PyMem_Malloc((size_t)n * sizeof(int32_t));
     int32_t *order = PyMem_Malloc((size_t)n * sizeof(int32_t));
     int32_t *first_run = PyMem_Malloc((size_t)n * sizeof(int32_t));
+    PyObject **hashed = PyMem_Malloc((size_t)n * sizeof(PyObject *)); /* strong refs */
+    Py_ssize_t nhashed = 0;
     kv_batch **runs = PyMem_Malloc((size_t)n * sizeof(kv_batch *));
     Py_ssize_t *start = PyMem_Calloc((size_t)count + 1, sizeof(Py_ssize_t));
     Py_ssize_t nruns = 0;
-    if (part == NULL || order == NULL || first_run == NULL || runs == NULL || start == NULL) {
+    if (part == NULL || order == NULL || first_run == NULL || hashed == NULL || runs == NULL
+        || start == NULL) {
         PyErr_NoMemory();
         goto done;
     }
     PyObject **kitems = PySequence_Fast_ITEMS(ks);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *k = kitems[i];
+        PyObject *k = hashed[i] = kitems[i];
+        Py_INCREF(k); /* alive until the end: the same object is the same key below */
+        nhashed++;
         part[i] = (int32_t)kafka_partition((const unsigned char *)PyBytes_AS_STRING(k),
                                            PyBytes_GET_SIZE(k), count);
         start[part[i] + 1]++;
@@ -875,7 +880,9 @@ static int append_grouped(kv_acc *self, kv_entry *e, PyObject *ks, PyObject *vs,
             vdata = PyBytes_AS_STRING(v);
             vlen = PyBytes_GET_SIZE(v);
         }
-        long p = kafka_partition((const unsigned char *)kdata, klen, count);
+        /* The same key object as hashed above (bytes do not change): its partition. */
+        long p = k == hashed[i] ? part[i]
+                                : kafka_partition((const unsigned char *)kdata, klen, count);
         Py_ssize_t size = RECORD_OVERHEAD + klen + (vlen > 0 ? vlen : 0);
         kv_batch *landed = NULL;
         Py_ssize_t delta = 0;
@@ -916,6 +923,9 @@ done:
     PyMem_Free(part);
     PyMem_Free(order);
     PyMem_Free(first_run);
+    for (Py_ssize_t i = 0; i < nhashed; i++)
+        Py_DECREF(hashed[i]);
+    PyMem_Free(hashed);
     PyMem_Free(runs);
     PyMem_Free(start);
     return rc;
