@@ -59,7 +59,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import cbor2
-from crc32c import crc32c
+from crc32c import crc32c as _crc32c
 
 from .clock import now_ms
 from .codecs import Codec, compress, decompress
@@ -68,6 +68,27 @@ from .errors import (
     InvalidRecordError,
     UnsupportedCompressionTypeError,
 )
+
+
+def _crc32c_keeping_gil() -> Any:
+    """crc32c that never releases the GIL. By default the package releases it for inputs
+    of 32 KiB or more; a batch's CRC takes a few microseconds (hardware CRC), but getting
+    the GIL back waits until the thread holding it lets go: in the producer, whose main
+    thread runs the C append for a whole ``send_batch`` call, up to a switch interval
+    (5 ms) per batch, and at 1,000 partitions a 1 MiB request carries ~20 batches of
+    ~50 KB (BENCHMARKS.md, issue 14). crc32c before 2.5 has no ``gil_release_mode``."""
+    try:
+        _crc32c(b"", gil_release_mode=0)
+    except TypeError:
+        return _crc32c
+
+    def crc32c(data: Any, value: int = 0) -> int:
+        return _crc32c(data, value, gil_release_mode=0)
+
+    return crc32c
+
+
+crc32c = _crc32c_keeping_gil()
 
 MAGIC = 1
 KAFKA_MAGIC = 2  # a Kafka RecordBatch v2 minus its first 12 bytes (kvlog.kafka_batch)

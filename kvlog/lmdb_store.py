@@ -26,6 +26,7 @@ it. py-lmdb also releases the GIL while ``begin(write=True)`` waits for another 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import resource
@@ -53,6 +54,26 @@ _KEY = struct.Struct(">Q")
 _STATE = struct.Struct(">qqqq")
 _STATE_TABLE = "partitions"
 _META_TABLE = "meta"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _pkey(tp: TopicPartition) -> bytes:
+    """``partition_key(tp)``, kept: a group commit builds it several times per batch (the
+    partition's sub-database, its state row), 1,000 partitions a few thousand times a
+    second."""
+    return partition_key(tp)
+
+
+@functools.lru_cache(maxsize=256)
+def _table_name(table: str) -> bytes:
+    return b"t/" + table.encode()
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _partition_db_name(tp: TopicPartition) -> bytes:
+    return b"p/" + partition_key(tp)
+
+
 FORMAT_VERSION = 1
 
 DEFAULT_MAP_SIZE = 256 << 20
@@ -320,26 +341,26 @@ class _LmdbBase:
         return db
 
     def _partition_db(self, tp: TopicPartition) -> Any:
-        db = self._db(b"p/" + partition_key(tp))
+        db = self._db(_partition_db_name(tp))
         if db is None:
             raise UnknownTopicOrPartitionError(f"partition {tp} does not exist in this log dir")
         return db
 
     def offsets(self, tp: TopicPartition) -> PartitionOffsets:
-        raw = self.get(_STATE_TABLE, partition_key(tp))
+        raw = self.get(_STATE_TABLE, _pkey(tp))
         if raw is None:
             raise UnknownTopicOrPartitionError(f"partition {tp} does not exist in this log dir")
         return PartitionOffsets._make(_STATE.unpack(raw))
 
     def get(self, table: str, key: bytes) -> bytes | None:
-        db = self._db(b"t/" + table.encode())
+        db = self._db(_table_name(table))
         if db is None:
             return None
         value = self._txn.get(key, db=db)
         return None if value is None else bytes(value)
 
     def items(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        db = self._db(b"t/" + table.encode())
+        db = self._db(_table_name(table))
         if db is None:
             return
         cursor = self._txn.cursor(db=db)
@@ -414,15 +435,15 @@ class _LmdbWrite(_LmdbRead):
         self._opened.clear()
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
-        db = self._db(b"t/" + table.encode(), create=True)
+        db = self._db(_table_name(table), create=True)
         self._txn.put(key, value, db=db)
 
     def delete(self, table: str, key: bytes) -> bool:
-        db = self._db(b"t/" + table.encode())
+        db = self._db(_table_name(table))
         return db is not None and self._txn.delete(key, db=db)
 
     def _set_offsets(self, tp: TopicPartition, state: PartitionOffsets) -> None:
-        self.put(_STATE_TABLE, partition_key(tp), _STATE.pack(*state))
+        self.put(_STATE_TABLE, _pkey(tp), _STATE.pack(*state))
         self._states[tp] = state
 
     def create_partition(self, tp: TopicPartition, *, start_offset: int = 0) -> bool:

@@ -30,6 +30,7 @@ same (a transactional producer numbers on across its transactions).
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -96,10 +97,13 @@ def _in_sequence(last_seq: int, next_seq: int) -> bool:
 
 
 def _row_key(tp: TopicPartition, producer_id: int) -> bytes:
-    return partition_key(tp) + b"\x00" + _PID.pack(producer_id)
+    return _partition_prefix(tp) + _PID.pack(producer_id)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _partition_prefix(tp: TopicPartition) -> bytes:
+    # Kept: the group commit writes a row per appended batch (1,000 partitions: a few
+    # thousand a second).
     return partition_key(tp) + b"\x00"
 
 
@@ -147,17 +151,21 @@ def after_append(
     """The producer's entry once the batch is appended (a new object; ``entry`` is kept)."""
     if header.is_control:
         return after_marker(entry, header.producer_epoch, header.max_timestamp)
-    if entry is None or header.producer_epoch != entry.epoch:
-        new = ProducerEntry(header.producer_epoch, header.max_timestamp)
-    else:
-        new = ProducerEntry(entry.epoch, max(entry.last_timestamp, header.max_timestamp))
-        new.batches.extend(entry.batches)
-    new.batches.append(
-        BatchMetadata(
-            header.base_sequence, header.last_sequence, base_offset, header.last_offset_delta
-        )
+    # One per appended batch: the deque is built whole (the default factory and an
+    # extend cost as much as the rest of the leader's Python for the batch).
+    cached = BatchMetadata(
+        header.base_sequence, header.last_sequence, base_offset, header.last_offset_delta
     )
-    return new
+    if entry is None or header.producer_epoch != entry.epoch:
+        return ProducerEntry(
+            header.producer_epoch, header.max_timestamp, deque((cached,), MAX_CACHED_BATCHES)
+        )
+    batches = deque(entry.batches, MAX_CACHED_BATCHES)
+    batches.append(cached)
+    last = entry.last_timestamp
+    return ProducerEntry(
+        entry.epoch, last if last > header.max_timestamp else header.max_timestamp, batches
+    )
 
 
 def after_marker(entry: ProducerEntry | None, epoch: int, timestamp: int) -> ProducerEntry:

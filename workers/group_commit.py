@@ -218,7 +218,14 @@ class GroupCommit:
             replica = leaders.get(tp)
             if replica is not None:
                 replica.on_local_append(state.log_end_offset)
-                if replica.recompute_high_watermark():
+                # A partition without followers moved its stored high watermark in the
+                # commit itself: nothing is left to persist. Marking it dirty anyway made
+                # every later commit re-read it and a flush transaction every 200 ms
+                # (at 1,000 partitions: hundreds of state reads per commit).
+                if (
+                    replica.recompute_high_watermark()
+                    and replica.high_watermark > state.high_watermark
+                ):
                     self._hw_dirty.add(tp)
         appended = self.stats.appended
         for item, base, duplicate, error in outcome:

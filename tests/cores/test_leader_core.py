@@ -419,6 +419,28 @@ def test_moved_high_watermarks_are_persisted_at_a_pace() -> None:
     assert stored_hw() == 2
 
 
+def test_a_partition_without_followers_persists_its_high_watermark_in_the_commit() -> None:
+    """RF 1: the group commit moves the stored high watermark itself, so nothing is left
+    to flush: no write transaction at the flush pace and no wake-up for it (with 1,000
+    such partitions, every commit re-read the states a flush would write)."""
+    store = Store()
+    core = node(store)
+    assign(core, part(T0, [0]), part(T1, [0]))
+    core.tick(NOW, ROOM)
+    for i, tp in enumerate([T0, T1, T0]):
+        core.produce(Produce(i, -1, [(tp, batch())]), NOW + 1)
+    result = core.flush(NOW + 1)
+    assert [r.token for r in result.replies] == [0, 1, 2], "acks=all answered at the commit"
+    with store.reader() as r:
+        assert r.offsets(T0).high_watermark == 2 and r.offsets(T1).high_watermark == 1
+    assert core.leader.leaders[T0].high_watermark == 2
+    writes = store.writes
+    for now in (NOW + 1 + HW_FLUSH_INTERVAL_MS, NOW + 1 + 3 * HW_FLUSH_INTERVAL_MS):
+        core.tick(now, ROOM)
+    assert store.writes == writes, "no flush transaction: nothing was left to persist"
+    assert not core.leader.tick(NOW + 2 + ISR_CHECK_INTERVAL_MS).sends, "no ISR to propose"
+
+
 def test_idle_producer_ids_are_forgotten() -> None:
     store = Store()
     core = node(store, producer_id_expiration_ms=1000)
