@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import logging
 import os
 import signal
@@ -92,7 +93,38 @@ def process_main(role: str, settings: dict[str, Any], conn: Any) -> None:
         raise SystemExit(1) from exc
 
 
+def _import_role(role: str) -> None:
+    """Import the role's server module (most of a process's start-up CPU)."""
+    modules = {
+        "coordinator": ".coordinator_shell",
+        "node": ".node_shell",
+        "broker": ".broker_shell",
+    }
+    if role not in modules:
+        raise ValueError(f"unknown role {role!r}")
+    importlib.import_module(modules[role], __package__)
+
+
+def _await_late_settings(settings: dict[str, Any], conn: Any, should_stop: Any) -> None:
+    """A process spawned ``late`` (workers/supervised.py) waits here for the rest of its
+    settings (the coordinator's endpoint, once it is bound); a stop meanwhile ends it."""
+    if not settings.pop("_late", False):
+        return
+    while not conn.poll(0.05):
+        if should_stop():
+            raise SystemExit(0)
+    try:
+        message = conn.recv()
+    except (EOFError, OSError):
+        raise SystemExit(0) from None  # the supervisor gave up on this start
+    for section, values in message["settings"].items():
+        settings[section].update(values)
+
+
 def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any) -> None:
+    _import_role(role)
+    _await_late_settings(settings, conn, should_stop)
+
     import zmq
 
     from kvlog.lmdb_store import LogDir

@@ -37,7 +37,8 @@ class Child:
     pid: int = 0
     started_at: float = 0.0
     restarts: int = 0
-    backoff_s: float = 0.2
+    # The wait before its next restart (None: restart.backoff.ms, the supervisor's).
+    backoff_s: float | None = None
     history: list[str] = field(default_factory=list)
 
     def exited(self) -> KvlogError:
@@ -75,23 +76,45 @@ def main_module_hidden() -> Iterator[None]:
             sys.modules["__main__"] = main
 
 
-def spawn(ctx: Any, child: Child) -> None:
+def spawn(ctx: Any, child: Child, *, late: bool = False) -> None:
     """Start ``child``'s process in the ``multiprocess`` context ``ctx``; its ready
-    message is awaited later by :func:`await_ready`."""
-    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    message is awaited later by :func:`await_ready`.
+
+    ``late``: the process imports its modules, then waits for the rest of its settings
+    (:func:`send_late_settings`) before it starts its server. The supervisor starts the
+    nodes and the broker beside the coordinator this way: their imports (most of a
+    process's start) overlap the coordinator's start, and its endpoint follows once it
+    is bound."""
+    parent_conn, child_conn = ctx.Pipe(duplex=True)
+    if late:
+        child.settings["_late"] = True
     process = ctx.Process(
         target=process_main,
         args=(child.role, child.settings, child_conn),
         name=f"kvlog-{child.role}{'' if child.node_id is None else child.node_id}",
         daemon=True,
     )
-    with main_module_hidden():
-        process.start()
+    try:
+        with main_module_hidden():
+            process.start()
+    finally:
+        child.settings.pop("_late", None)  # a restart starts with every setting
     child_conn.close()
     child.process = process
     child.pid = process.pid
     child.started_at = time.time()
     child.settings["_ready"] = parent_conn
+
+
+def send_late_settings(child: Child, update: dict[str, dict[str, Any]]) -> None:
+    """Complete the settings of a child spawned ``late``: each ``{section: {key: value}}``
+    of ``update`` goes into its settings (here too, for its restarts) and to the process."""
+    for section, values in update.items():
+        child.settings[section].update(values)
+    try:
+        child.settings["_ready"].send({"settings": update})
+    except OSError:
+        pass  # it died already: await_ready says so
 
 
 def await_ready(children: list[Child], timeout_s: float) -> None:
