@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import multiprocess
+
 from kvlog.errors import KafkaTimeoutError, KvlogError
 
 from .kafka_addresses import KafkaAddress
@@ -74,6 +76,33 @@ def main_module_hidden() -> Iterator[None]:
     finally:
         if main is not None:
             sys.modules["__main__"] = main
+
+
+# What the fork server imports once (most of each process's start-up CPU): the server
+# roles' modules and the sweeper's. Not prometheus_client, which a process may import only
+# after it has set its multiprocess directory (workers/metrics.py); nothing here opens a
+# ZeroMQ context or an LMDB environment, or starts a thread, on import.
+PRELOAD = (
+    "kvlog.workers.runtime",
+    "kvlog.workers.coordinator_shell",
+    "kvlog.workers.node_shell",
+    "kvlog.workers.broker_shell",
+    "kvlog.workers.sweeper",
+)
+
+
+def context() -> Any:
+    """The ``multiprocess`` context the supervisor starts its processes in: a fork server.
+
+    Its server process is a fresh interpreter (not a fork of the caller) that imports
+    :data:`PRELOAD` once, then forks each process the supervisor asks for; every process
+    still opens its own ZeroMQ context and LMDB environments after the fork. One fork
+    server serves every ``kvlog.Broker`` of the calling process (a process that starts
+    several, as a test run does, pays the imports once) and exits with it; the processes
+    it forked then get SIGTERM (runtime.py's parent-death signal)."""
+    ctx = multiprocess.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD))
+    return ctx
 
 
 def spawn(ctx: Any, child: Child, *, late: bool = False) -> None:

@@ -66,6 +66,7 @@ from .optional_processes import OptionalProcesses
 from .security import SecuritySettings, client_options_for
 from .settings import SupervisorSettings
 from .supervised import Child, await_ready, send_late_settings, spawn
+from .supervised import context as supervised_context
 
 log = logging.getLogger("kvlog.supervisor")
 
@@ -184,7 +185,7 @@ class Broker:
         self.log_level = log_level
         self.start_timeout_s = start_timeout_s
         self.children: list[Child] = []
-        self._ctx = multiprocess.get_context("spawn")
+        self._ctx = supervised_context()
         self._lock_file: Any = None
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
