@@ -238,7 +238,8 @@ BROKER_CONFIG = ConfigDef(
             "restart.backoff.max.ms",
             integer(0),
             10_000,
-            "The longest wait before a restart: restart.backoff.ms doubles up to this.",
+            "The longest wait before a restart: restart.backoff.ms doubles up to this (a "
+            "smaller value is restart.backoff.ms).",
             used_by=("supervisor",),
         ),
         ConfigKey(

@@ -1,9 +1,11 @@
 """Process entry points: what a spawned broker, node, coordinator or sweeper runs.
 
-Each process opens its own ZeroMQ context and LMDB environments after spawn (never
-across a fork), binds, reports the endpoint it bound to the supervisor through a pipe,
-and loops until SIGTERM. It asks the kernel to send it SIGTERM when the supervisor dies
-(Linux ``PR_SET_PDEATHSIG``), so no process is left behind.
+Each process is forked by the supervisor's fork server (workers/supervised.py), which has
+imported the modules and opened nothing: it opens its own ZeroMQ context and LMDB
+environments after the fork (none crosses one), binds, reports the endpoint it bound to
+the supervisor through a pipe, and loops until SIGTERM. It asks the kernel to send it
+SIGTERM when its parent dies (Linux ``PR_SET_PDEATHSIG``; the fork server exits with the
+supervisor), so no process is left behind.
 """
 
 from __future__ import annotations

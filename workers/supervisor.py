@@ -499,11 +499,12 @@ class Broker:
         # A process that dies again soon after its start waits twice as long each time
         # (up to the cap); one that ran a while starts over at restart.backoff.ms.
         first = self.supervisor_settings.restart_backoff_ms / 1000
-        cap = self.supervisor_settings.restart_backoff_max_ms / 1000
+        # As Kafka's reconnect.backoff.max.ms: a max below the first wait is the first wait.
+        cap = max(self.supervisor_settings.restart_backoff_max_ms / 1000, first)
         if child.backoff_s is None or time.time() - child.started_at > _HEALTHY_AFTER_S:
             child.backoff_s = first
-        delay = min(child.backoff_s, cap)
-        child.backoff_s = min(max(child.backoff_s * 2, first), cap)
+        delay = child.backoff_s  # as set (a test may hold a restart back longer)
+        child.backoff_s = min(child.backoff_s * 2, cap)
         if self._stopping.wait(delay):  # a stop does not wait for the back-off
             return
         with self._mutex:
