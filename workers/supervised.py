@@ -105,6 +105,15 @@ def context() -> Any:
     return ctx
 
 
+def warm_up() -> None:
+    """Start the fork server now (if it is not running), so that its imports overlap the
+    supervisor's own start-up work; the first spawn waits for them."""
+    import multiprocess.forkserver
+
+    with main_module_hidden():
+        multiprocess.forkserver.ensure_running()
+
+
 def spawn(ctx: Any, child: Child, *, late: bool = False) -> None:
     """Start ``child``'s process in the ``multiprocess`` context ``ctx``; its ready
     message is awaited later by :func:`await_ready`.

@@ -65,7 +65,7 @@ from .optional_processes import ROLES as OPTIONAL_ROLES
 from .optional_processes import OptionalProcesses
 from .security import SecuritySettings, client_options_for
 from .settings import SupervisorSettings
-from .supervised import Child, await_ready, send_late_settings, spawn
+from .supervised import Child, await_ready, send_late_settings, spawn, warm_up
 from .supervised import context as supervised_context
 
 log = logging.getLogger("kvlog.supervisor")
@@ -250,6 +250,7 @@ class Broker:
         self._lock_file.flush()
 
     def start(self) -> Broker:
+        warm_up()
         created = missing_roots([self.data_dir, *self.log_dirs])
         self._lock()
         try:
