@@ -47,8 +47,21 @@ def setup_logging(role: str, level: str) -> None:
     )
 
 
-def process_main(role: str, settings: dict[str, Any], conn: Any) -> None:
-    """Run one kvlog process until SIGTERM. ``conn`` receives one ready message."""
+def _take_streams(streams: tuple[int, ...]) -> None:
+    """Make the supervisor's stdout and stderr (as they were when it started this process,
+    received as descriptors) this process's fds 1 and 2."""
+    for target, fd in zip((1, 2), streams, strict=False):
+        if fd != target:
+            os.dup2(fd, target)
+            os.close(fd)
+
+
+def process_main(
+    role: str, settings: dict[str, Any], conn: Any, streams: tuple[int, ...] = ()
+) -> None:
+    """Run one kvlog process until SIGTERM. ``conn`` receives one ready message;
+    ``streams``: the descriptors to take as stdout and stderr."""
+    _take_streams(streams)
     _die_with_parent()
     tune_allocator()
     setup_logging(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import multiprocess
+import multiprocess.reduction
 
 from kvlog.errors import KafkaTimeoutError, KvlogError
 
@@ -105,6 +106,25 @@ def context() -> Any:
     return ctx
 
 
+class InheritedFd:
+    """One of the supervisor's file descriptors as it is when a process is started,
+    duplicated into that process (a file descriptor number there once unpickled). A
+    forked process has the fork server's stdout and stderr, fixed when it started; the
+    supervisor hands its current ones over so that its processes log where it does now,
+    as spawned ones did (a caller may point fd 2 at a file while it starts a broker)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickled while the process starts: DupFd sends the descriptor along with it.
+        return (_detach, (multiprocess.reduction.DupFd(self.fd),))
+
+
+def _detach(dup: Any) -> int:
+    return int(dup.detach())
+
+
 def warm_up() -> None:
     """Start the fork server now (if it is not running), so that its imports overlap the
     supervisor's own start-up work; the first spawn waits for them."""
@@ -128,7 +148,7 @@ def spawn(ctx: Any, child: Child, *, late: bool = False) -> None:
         child.settings["_late"] = True
     process = ctx.Process(
         target=process_main,
-        args=(child.role, child.settings, child_conn),
+        args=(child.role, child.settings, child_conn, (InheritedFd(1), InheritedFd(2))),
         name=f"kvlog-{child.role}{'' if child.node_id is None else child.node_id}",
         daemon=True,
     )
