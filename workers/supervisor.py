@@ -250,7 +250,6 @@ class Broker:
         self._lock_file.flush()
 
     def start(self) -> Broker:
-        warm_up()
         created = missing_roots([self.data_dir, *self.log_dirs])
         self._lock()
         try:
@@ -282,6 +281,8 @@ class Broker:
             nodes.append((node_id, log_dir))
         self._plan_kafka(sorted(taken))
         self.optional.plan_console()
+        # Nothing refused the start: the fork server's imports overlap what follows.
+        warm_up()
         # Each process's settings: what every process takes, then its role's settings
         # (the broker config keys the table says it uses, and what only the supervisor
         # knows). workers/runtime.py turns them into workers/settings.py's dataclasses.
