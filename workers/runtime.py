@@ -57,11 +57,19 @@ def _take_streams(streams: tuple[int, ...]) -> None:
 
 
 def process_main(
-    role: str, settings: dict[str, Any], conn: Any, streams: tuple[int, ...] = ()
+    role: str,
+    settings: dict[str, Any],
+    conn: Any,
+    streams: tuple[int, ...] = (),
+    environ: dict[str, str] | None = None,
 ) -> None:
     """Run one kvlog process until SIGTERM. ``conn`` receives one ready message;
-    ``streams``: the descriptors to take as stdout and stderr."""
+    ``streams``: the descriptors to take as stdout and stderr; ``environ``: the
+    environment to run in (the supervisor's, not the fork server's)."""
     _take_streams(streams)
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     _die_with_parent()
     tune_allocator()
     setup_logging(

@@ -9,6 +9,7 @@ workers under :func:`main_module_hidden` too.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 import types
@@ -148,7 +149,15 @@ def spawn(ctx: Any, child: Child, *, late: bool = False) -> None:
         child.settings["_late"] = True
     process = ctx.Process(
         target=process_main,
-        args=(child.role, child.settings, child_conn, (InheritedFd(1), InheritedFd(2))),
+        # What a spawned process inherited and a forked one would have from the fork
+        # server instead: the supervisor's stdout, stderr and environment as they are now.
+        args=(
+            child.role,
+            child.settings,
+            child_conn,
+            (InheritedFd(1), InheritedFd(2)),
+            dict(os.environ),
+        ),
         name=f"kvlog-{child.role}{'' if child.node_id is None else child.node_id}",
         daemon=True,
     )
