@@ -25,6 +25,9 @@ from kvlog.errors import KafkaTimeoutError, KvlogError
 from .kafka_addresses import KafkaAddress
 from .runtime import process_main
 
+# A process that ran this long before it died is restarted after restart.backoff.ms again.
+HEALTHY_AFTER_S = 30.0
+
 
 @dataclass
 class Child:
@@ -44,6 +47,21 @@ class Child:
     # The wait before its next restart (None: restart.backoff.ms, the supervisor's).
     backoff_s: float | None = None
     history: list[str] = field(default_factory=list)
+
+    def restart_delay(self, backoff_ms: int, backoff_max_ms: int) -> float:
+        """Seconds to wait before restarting this process, which just died: one that
+        dies again soon after its start waits twice as long each time, up to
+        ``backoff_max_ms`` (restart.backoff.max.ms; below ``backoff_ms``, as Kafka's
+        reconnect.backoff.max.ms, it is ``backoff_ms``); one that ran a while starts over
+        at ``backoff_ms`` (restart.backoff.ms). A wait set on the record is kept (a test
+        may hold a restart back longer)."""
+        first = backoff_ms / 1000
+        cap = max(backoff_max_ms / 1000, first)
+        if self.backoff_s is None or time.time() - self.started_at > HEALTHY_AFTER_S:
+            self.backoff_s = first
+        delay = self.backoff_s
+        self.backoff_s = min(self.backoff_s * 2, cap)
+        return delay
 
     def exited(self) -> KvlogError:
         """The error for a process that died while it started."""
@@ -208,3 +226,39 @@ def await_ready(children: list[Child], timeout_s: float) -> None:
             child.endpoint = message["endpoint"]
             # A restart binds the same endpoint, so clients find it again.
             child.settings["endpoint"] = child.endpoint
+
+
+def await_nodes(
+    bootstrap: str,
+    count: int,
+    children: list[Child],
+    timeout_s: float,
+    socket_options: dict[int, Any],
+) -> None:
+    """Wait until the broker's metadata shows ``count`` nodes alive (each has registered
+    with the coordinator); a child that died meanwhile, or the timeout, raises."""
+    from kvlog.ipc.rpc import blocking_call
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            reply = blocking_call(
+                bootstrap,
+                "metadata",
+                {"topics": []},
+                timeout_s=2.0,
+                socket_options=socket_options,
+            )
+            alive = [n for n in reply.get("nodes", []) if n.get("alive")]
+            if len(alive) >= count:
+                return
+        except KvlogError:
+            pass
+        for child in children:
+            if child.process is not None and not child.process.is_alive():
+                raise child.exited()
+        if time.monotonic() > deadline:
+            raise KafkaTimeoutError(
+                f"kvlog nodes did not register with the coordinator within {timeout_s:.0f} s"
+            )
+        time.sleep(0.02)

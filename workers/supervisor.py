@@ -43,7 +43,7 @@ import multiprocess
 import multiprocess.connection
 
 from kvlog.data_format import check_data_dir, stamp_data_dir
-from kvlog.errors import InvalidConfigError, KafkaTimeoutError, KvlogError
+from kvlog.errors import InvalidConfigError, KvlogError
 from kvlog.ipc.security import load_keys
 from kvlog.ipc.wire import advertise, normalize_endpoint
 
@@ -65,14 +65,19 @@ from .optional_processes import ROLES as OPTIONAL_ROLES
 from .optional_processes import OptionalProcesses
 from .security import SecuritySettings, client_options_for
 from .settings import SupervisorSettings
-from .supervised import Child, await_ready, send_late_settings, spawn, warm_up
+from .supervised import (
+    Child,
+    await_nodes,
+    await_ready,
+    send_late_settings,
+    spawn,
+    warm_up,
+)
 from .supervised import context as supervised_context
 
 log = logging.getLogger("kvlog.supervisor")
 
 _STOP_ORDER = ("console", "mirror", "broker", "sweeper", "node", "coordinator")
-# A process that ran this long before it died is restarted after restart.backoff.ms again.
-_HEALTHY_AFTER_S = 30.0
 
 
 DEFAULT_DATA_DIR: str = SERVER_SETTINGS.default("data_dir")
@@ -378,7 +383,13 @@ class Broker:
             log_dirs=[str(d) for _, d in nodes],
         )
         self._write_status()
-        self._await_nodes(len(nodes))
+        await_nodes(
+            self.bootstrap,
+            len(nodes),
+            self.children,
+            self.start_timeout_s,
+            self._internal_options,
+        )
         log.info(
             "kvlog broker ready on %s, Kafka bootstrap %s (%d node(s))",
             self.bootstrap,
@@ -434,35 +445,6 @@ class Broker:
             "kafka_ssl_client_auth": kafka.ssl_client_auth,
         }
 
-    def _await_nodes(self, count: int) -> None:
-        """Wait until the broker's metadata shows every node alive."""
-        from kvlog.ipc.rpc import blocking_call
-
-        deadline = time.monotonic() + self.start_timeout_s
-        while True:
-            try:
-                reply = blocking_call(
-                    self.bootstrap,
-                    "metadata",
-                    {"topics": []},
-                    timeout_s=2.0,
-                    socket_options=self._internal_options,
-                )
-                alive = [n for n in reply.get("nodes", []) if n.get("alive")]
-                if len(alive) >= count:
-                    return
-            except KvlogError:
-                pass
-            for child in self.children:
-                if child.process is not None and not child.process.is_alive():
-                    raise child.exited()
-            if time.monotonic() > deadline:
-                raise KafkaTimeoutError(
-                    f"kvlog nodes did not register with the coordinator within "
-                    f"{self.start_timeout_s:.0f} s"
-                )
-            time.sleep(0.02)
-
     def _write_status(self) -> None:
         write_status(
             self.run_dir,
@@ -498,15 +480,8 @@ class Broker:
         self.optional.process_died(child.pid)
         if child.role == "node" and self.coordinator_endpoint:
             self._report_node_down(child)
-        # A process that dies again soon after its start waits twice as long each time
-        # (up to the cap); one that ran a while starts over at restart.backoff.ms.
-        first = self.supervisor_settings.restart_backoff_ms / 1000
-        # As Kafka's reconnect.backoff.max.ms: a max below the first wait is the first wait.
-        cap = max(self.supervisor_settings.restart_backoff_max_ms / 1000, first)
-        if child.backoff_s is None or time.time() - child.started_at > _HEALTHY_AFTER_S:
-            child.backoff_s = first
-        delay = child.backoff_s  # as set (a test may hold a restart back longer)
-        child.backoff_s = min(child.backoff_s * 2, cap)
+        settings = self.supervisor_settings
+        delay = child.restart_delay(settings.restart_backoff_ms, settings.restart_backoff_max_ms)
         if self._stopping.wait(delay):  # a stop does not wait for the back-off
             return
         with self._mutex:
