@@ -47,11 +47,11 @@ def setup_logging(role: str, level: str) -> None:
     )
 
 
-def _take_streams(streams: tuple[int, ...]) -> None:
+def _take_streams(streams: tuple[int | None, ...]) -> None:
     """Make the supervisor's stdout and stderr (as they were when it started this process,
-    received as descriptors) this process's fds 1 and 2."""
+    received as descriptors; None: it had none) this process's fds 1 and 2."""
     for target, fd in zip((1, 2), streams, strict=False):
-        if fd != target:
+        if fd is not None and fd != target:
             os.dup2(fd, target)
             os.close(fd)
 
@@ -60,7 +60,7 @@ def process_main(
     role: str,
     settings: dict[str, Any],
     conn: Any,
-    streams: tuple[int, ...] = (),
+    streams: tuple[int | None, ...] = (),
     environ: dict[str, str] | None = None,
 ) -> None:
     """Run one kvlog process until SIGTERM. ``conn`` receives one ready message;

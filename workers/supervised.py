@@ -140,6 +140,15 @@ class InheritedFd:
         return (_detach, (multiprocess.reduction.DupFd(self.fd),))
 
 
+def _is_open(fd: int) -> bool:
+    """Whether ``fd`` is open here (a daemon may have closed its stdout)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
 def _detach(dup: Any) -> int:
     return int(dup.detach())
 
@@ -173,7 +182,7 @@ def spawn(ctx: Any, child: Child, *, late: bool = False) -> None:
             child.role,
             child.settings,
             child_conn,
-            (InheritedFd(1), InheritedFd(2)),
+            tuple(InheritedFd(fd) if _is_open(fd) else None for fd in (1, 2)),
             dict(os.environ),
         ),
         name=f"kvlog-{child.role}{'' if child.node_id is None else child.node_id}",
