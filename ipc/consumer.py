@@ -114,6 +114,9 @@ class Consumer(RecordIteration):
         self._closed = False
         self._iterator: Iterator[ConsumerRecord] | None = None
         self._rr = 0
+        # A poll() took records from a partition whose buffer was full: its fetches were
+        # held back (ipc/fetcher.py), so the I/O thread is woken to send one.
+        self._room_freed = False
         self._group: GroupMember | None = None
         self._thread_guard = threading.Lock()
         self._positions = Positions(
@@ -372,7 +375,12 @@ class Consumer(RecordIteration):
             with self._lock:
                 taken = self._collect(limit, update_offsets, columns)
                 if taken:
-                    self._io.wake()
+                    if self._room_freed:
+                        # Otherwise the next fetch is in flight already (sent with the
+                        # last reply): a wake-up would only cost the I/O thread a turn and
+                        # this thread the GIL.
+                        self._room_freed = False
+                        self._io.wake()
                     self._metrics.consumed(
                         sum(len(records) for records in taken.values()), time.monotonic()
                     )
@@ -426,6 +434,7 @@ class Consumer(RecordIteration):
         count = 0
         next_offset = 0
         position = state.position or 0
+        full = state.buffered_bytes >= self._fetcher.buffer_limit
         while count < limit:
             decoded = self._decoded.get(tp)
             if decoded is None or not decoded:
@@ -469,6 +478,8 @@ class Consumer(RecordIteration):
                 next_offset = records[-1].offset + 1
             count = len(taken)
             position = next_offset
+        if full and state.buffered_bytes < self._fetcher.buffer_limit:
+            self._room_freed = True
         return taken, next_offset
 
     def _take_run(

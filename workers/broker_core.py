@@ -13,9 +13,12 @@ Metadata policy: before the first cache, LEADER_NOT_AVAILABLE (retry); topics as
 name come in request order, unknown ones as UNKNOWN_TOPIC_OR_PARTITION; with security on,
 a topic the principal may not describe is left out of a full listing and answered
 TOPIC_AUTHORIZATION_FAILED when asked for by name (Kafka's behaviour). A request that
-allows auto-creation (Kafka's Metadata v4+) and names topics the cache lacks is passed to
-the coordinator, which decides (``auto.create.topics.enable``) and creates them; its
-answer for those topics (LEADER_NOT_AVAILABLE once created) replaces the cache's.
+names topics the cache lacks asks the coordinator about those, and its answer replaces
+the cache's: a topic created a moment ago where the broker did not see it (through the
+coordinator's Kafka listener) is found at once, and when the request allows
+auto-creation (Kafka's Metadata v4+) the coordinator decides (``auto.create.topics.enable``)
+and creates them (LEADER_NOT_AVAILABLE once created). No answer in time: the cache's
+stands.
 
 Requests are events handed to :meth:`BrokerCore.handle` with the shell's opaque token;
 the coordinator's answers come back through :meth:`BrokerCore.on_answer` with the Send's
@@ -124,8 +127,9 @@ class Held:
 
 
 @dataclass(slots=True)
-class _AutoCreating:
-    """An auto-creating metadata request's Send token: whose request, and the request."""
+class _AskingCoordinator:
+    """The Send token of a metadata request that named topics the cache lacks: whose
+    request, and the request."""
 
     token: Any
     event: BrokerMetadata
@@ -172,8 +176,8 @@ class BrokerCore:
         out = Result()
         if send_token == WATCH:
             self._on_watch(out, answer, now_ms)
-        elif isinstance(send_token, _AutoCreating):
-            self._on_auto_created(out, send_token, answer)
+        elif isinstance(send_token, _AskingCoordinator):
+            self._on_coordinator_metadata(out, send_token, answer)
         else:
             self._on_forwarded(out, send_token, answer, now_ms)
         return out.wake_at(self.next_deadline_ms())
@@ -219,20 +223,25 @@ class BrokerCore:
             for t in answer.topics
             if isinstance(t, MissingTopic) and t.code == UnknownTopicOrPartitionError.code
         ]
-        if ev.allow_auto_create and missing:
+        if missing:
+            # The cache follows the coordinator a watch behind: a topic created a moment
+            # ago (through another process's listener) may not be in it yet, and a client
+            # that created it must find it (as it may auto-create it, when allowed).
             out.send(
                 Send(
                     COORDINATOR,
                     "metadata",
-                    {"topics": missing, "allow_auto_create": True},
-                    token=_AutoCreating(token, ev),
+                    {"topics": missing, "allow_auto_create": ev.allow_auto_create},
+                    token=_AskingCoordinator(token, ev),
                     timeout_ms=self.config.admin_timeout_ms,
                 )
             )
             return
         out.reply(token, answer)
 
-    def _on_auto_created(self, out: Result, sent: _AutoCreating, answer: CoordinatorAnswer) -> None:
+    def _on_coordinator_metadata(
+        self, out: Result, sent: _AskingCoordinator, answer: CoordinatorAnswer
+    ) -> None:
         """The coordinator's word on the topics the cache lacked replaces the cache's (no
         answer: the cache's stands)."""
         reply = self._metadata_answer(sent.event)

@@ -218,6 +218,14 @@ BROKER_CONFIG = ConfigDef(
             used_by=("server",),
         ),
         ConfigKey(
+            "connection.failed.authentication.delay.ms",
+            integer(0),
+            100,
+            "A failed SASL login's connection closes this long after its error response "
+            "(Kafka's; slows password guessing, and lets clients read why).",
+            used_by=("server",),
+        ),
+        ConfigKey(
             "max.inflight.requests.per.client",
             integer(1),
             1000,

@@ -32,7 +32,8 @@ What closes a connection (each logged once, at INFO with the peer's address): a 
 error (:class:`KafkaProtocolError`: see ``ipc/kafka/connection.py`` for the list), an
 advertised API this listener has no handler for (another process serves it), a handler
 that raised (a bug: logged with its traceback; no generic Kafka error response exists),
-a failed TLS handshake or login (after its error response, where SASL has one),
+a failed TLS handshake or login (``connection.failed.authentication.delay.ms`` after its
+error response, where SASL has one),
 ``connections.max.idle.ms`` without traffic while owed nothing, more connections than
 ``max.connections``, and the peer closing. Nothing a client sends raises out of
 :meth:`on_ready`.
@@ -90,6 +91,7 @@ DEFERRED: Any = _Deferred()  # a handler's "I will respond later through respond
 Handler = Callable[[KafkaRequest, "KafkaToken"], Any]
 
 DEFAULT_CONNECTIONS_MAX_IDLE_MS = 600_000  # Kafka's connections.max.idle.ms
+DEFAULT_FAILED_AUTHENTICATION_DELAY_MS = 100  # connection.failed.authentication.delay.ms
 DEFAULT_MAX_CONNECTIONS = 1000
 _RECV_BYTES = 256 * 1024
 _READS_PER_TURN = 16  # per connection and on_ready call: others get their turn
@@ -132,6 +134,7 @@ class _Client:
     listener's."""
 
     __slots__ = (
+        "close_at",
         "closing",
         "conn",
         "id",
@@ -161,6 +164,7 @@ class _Client:
         self.sasl: SaslServer | None = None  # until the login is done
         self.scram_user: str | None = None  # its removal closes the connection
         self.closing: str | None = None  # close, for this reason, once out is sent
+        self.close_at = 0.0  # and not before (a failed login's delay)
 
 
 class KafkaListener:
@@ -178,6 +182,7 @@ class KafkaListener:
         max_pending: int = DEFAULT_MAX_PENDING,
         connections_max_idle_ms: int = DEFAULT_CONNECTIONS_MAX_IDLE_MS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        failed_authentication_delay_ms: int = DEFAULT_FAILED_AUTHENTICATION_DELAY_MS,
         clock: Callable[[], float] = time.monotonic,
         name: str = "kafka",
         security: ListenerSecurity | None = None,
@@ -192,6 +197,7 @@ class KafkaListener:
         self.max_pending = max_pending
         self.auth_failures = 0  # SASL logins refused (metrics)
         self.idle_s = connections_max_idle_ms / 1000
+        self.failed_login_delay_s = failed_authentication_delay_ms / 1000
         self.max_connections = max_connections
         self.clock = clock
         self.name = name
@@ -287,14 +293,19 @@ class KafkaListener:
             self._close(client, reason)
 
     def next_deadline(self) -> float | None:
-        """When the next idle connection expires (on ``clock``), or None."""
+        """When the next idle connection expires or failed login closes (on ``clock``),
+        or None."""
         idle = [c.last_active for c in self._clients.values() if not c.conn.pending]
-        return min(idle) + self.idle_s if idle else None
+        closes = [c.close_at for c in self._clients.values() if c.closing is not None]
+        deadlines = ([min(idle) + self.idle_s] if idle else []) + closes
+        return min(deadlines) if deadlines else None
 
     def expire_idle(self, now: float | None = None) -> int:
         """Close connections silent for ``connections.max.idle.ms`` and owed nothing
         (a request half sent and then stalled ends here too); returns how many."""
         now = self.clock() if now is None else now
+        for client in [c for c in self._clients.values() if c.closing is not None]:
+            self._flush(client)  # closes it once its delay is over and its output sent
         stale = [
             c
             for c in self._clients.values()
@@ -484,7 +495,7 @@ class KafkaListener:
             return False
         if isinstance(decision, Refuse):
             self.auth_failures += 1
-            self._close(client, decision.reason)
+            self._close_later(client, decision.reason)
             return True
         assert isinstance(decision, Respond)
         try:
@@ -510,8 +521,16 @@ class KafkaListener:
             )
         if decision.close_reason is not None:
             self.auth_failures += 1
-            client.closing = decision.close_reason  # once the response is out
+            self._close_later(client, decision.close_reason)
         return True
+
+    def _close_later(self, client: _Client, reason: str) -> None:
+        """A failed login: stop reading, send what is owed, close after Kafka's
+        ``connection.failed.authentication.delay.ms``. Closing at once let the client's
+        read see the end of the stream with the error response (kafka-python then drops
+        the response and reports a disconnection instead of the failed login)."""
+        client.closing = reason
+        client.close_at = self.clock() + self.failed_login_delay_s
 
     # -- output ----------------------------------------------------------------------------
 
@@ -551,7 +570,7 @@ class KafkaListener:
                 else:
                     client.out[0] = head[sent:]
                     sent = 0
-        if client.closing is not None and not client.out:
+        if client.closing is not None and not client.out and self.clock() >= client.close_at:
             self._close(client, client.closing)
 
     def _wants_read(self, client: _Client) -> bool:

@@ -161,6 +161,7 @@ class NodeKafkaShell:
             port=port,
             max_pending=max_pending,
             max_connections=limit if limit > 0 else 1 << 30,
+            failed_authentication_delay_ms=settings.connection_failed_authentication_delay_ms,
             name=f"{self.name} kafka",
             security=security,
         )

@@ -169,6 +169,7 @@ class KafkaShell:
             host=bind,
             port=port,
             max_connections=limit if limit > 0 else 1 << 30,
+            failed_authentication_delay_ms=settings.connection_failed_authentication_delay_ms,
             name=f"{getattr(self, 'name', 'kvlog')} kafka",
             security=security,
         )

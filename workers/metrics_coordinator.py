@@ -48,7 +48,9 @@ class CoordinatorMetrics(ProcessMetrics):
         # The controller's transition counts at the last look (its own counters: they
         # see every change, where comparing states between looks would miss some).
         self._counted = (0, 0, 0)
-        self._generations: dict[str, int] = {}
+        # Each group's generation at the last sample; None before the first (the groups
+        # loaded at start-up: their earlier rebalances are not this process's to count).
+        self._generations: dict[str, int] | None = None
 
     def collect(self, server: Any) -> None:
         core = server.core
@@ -94,11 +96,23 @@ class CoordinatorMetrics(ProcessMetrics):
             for s in GroupState:
                 states[(name, s.value)] = 1.0 if s is group.state else 0.0
             generations[name] = group.generation
-            before = self._generations.get(name)
-            if before is not None and group.generation > before:
-                self.rebalances.labels(name).inc(group.generation - before)
-            elif before is None:
-                self.rebalances.labels(name).inc(0)  # the series shows from the start
+        for name, count in rebalances_since(self._generations, generations).items():
+            self.rebalances.labels(name).inc(count)  # 0: the series shows from the start
         self._generations = generations
         self.members.update(members)
         self.state.update(states)
+
+
+def rebalances_since(before: dict[str, int] | None, now: dict[str, int]) -> dict[str, int]:
+    """Rebalances per group between two samples of the groups' generations (each
+    generation step is one). ``before`` None: the first sample, whose groups were loaded
+    with earlier rebalances this process did not see (0 each). A group new since the last
+    sample had all of its rebalances while this process watched: its first one may have
+    completed before it showed in a sample."""
+    if before is None:
+        return dict.fromkeys(now, 0)
+    return {
+        name: generation - before.get(name, 0)
+        for name, generation in now.items()
+        if generation > before.get(name, 0) or name not in before
+    }

@@ -91,6 +91,13 @@ log = logging.getLogger(__name__)
 
 MAX_POLL_MS = 100  # wake at least this often (ACL refreshes, key reloads)
 GIL_SWITCH_INTERVAL_S = 0.0005
+# How long the loop waits, GIL released, for the committer to run a group commit's body
+# (tens of microseconds) before it goes on: past this the committer is waiting for LMDB's
+# writer lock held by another process (the sweeper), and the loop must not stall on that.
+BODY_WAIT_S = 0.002
+# Inline commits: how many more drains and commits a turn runs for requests that arrived
+# during its commit (NodeServer._commit_inline).
+POST_COMMIT_DRAINS = 2
 
 
 def _headroom(log_dir: str) -> int:
@@ -154,6 +161,9 @@ class NodeServer(NodeKafkaShell, Server):
     thread; not thread-safe."""
 
     name = "node"
+    # A drain answers fetches before it stages produce requests (zmq_server: the e2e
+    # latency's consumer half need not wait behind the produce half's decoding).
+    first_ops = frozenset({"fetch"})
 
     def __init__(
         self,
@@ -246,22 +256,40 @@ class NodeServer(NodeKafkaShell, Server):
         self._carry(self.core.ping(self._token(req, peer, counted=False)))
 
     def after_drain(self) -> None:
-        now_ms = clock.now_ms()
         if self.committer is None:  # commit.pipelined off: the commit in this turn
-            flush_started = time.perf_counter()
-            self._carry(self.core.flush(now_ms))
-            flush_ended = time.perf_counter()
-            self.flush_kafka()
-            if self.metrics is not None:
-                # The produce latency's three parts, per turn (every request of a turn
-                # shares them): read -> commit start, the group commit, -> replies sent.
-                replied = time.perf_counter()
-                self.metrics.on_turn(self.turn_started, flush_started, flush_ended, replied)
+            self._commit_inline()
             return
+        now_ms = clock.now_ms()
         if self._commit_job is None:
             self._start_commit(self.committer)
         self._carry(self.core.settle(Result(), now_ms))
         self.flush_kafka()
+
+    def _commit_inline(self) -> None:
+        """The group commit in this turn, then again for what arrived during its fsync.
+
+        The loop cannot read requests while it waits for a commit's fsync; a consumer's
+        next fetch (sent when the last one was answered) is usually among what arrived
+        meanwhile. It is read and answered right after the commit (a drain answers
+        fetches first), with the records just committed, and the produce requests that
+        came with it commit at once, rather than after this turn's timers and the next
+        poll. At most ``POST_COMMIT_DRAINS`` times, so timers keep their turn."""
+        turn_started = self.turn_started
+        for drains in range(POST_COMMIT_DRAINS + 1):
+            if drains:
+                turn_started = time.perf_counter()
+                self._drain_router()
+            flush_started = time.perf_counter()
+            self._carry(self.core.flush(clock.now_ms()))
+            flush_ended = time.perf_counter()
+            self.flush_kafka()
+            if self.metrics is not None:
+                # The produce latency's three parts, per commit (every request of it
+                # shares them): read -> commit start, the group commit, -> replies sent.
+                replied = time.perf_counter()
+                self.metrics.on_turn(turn_started, flush_started, flush_ended, replied)
+            if not self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
 
     # -- the pipelined group commit ---------------------------------------------------------
 
@@ -269,11 +297,16 @@ class NodeServer(NodeKafkaShell, Server):
         job = self.core.take_commit()
         if job is None:
             return
-        committer.begin(job.write)
+        write = committer.begin(job.write)
         self._commit_job = job
         # For the produce latency's parts (metrics): the turn that read the requests and
         # when their commit began; _land observes the rest.
         self._commit_began = (self.turn_started, time.perf_counter())
+        # The body is on the commit's critical path, the rest of this turn is not: let the
+        # committer have the GIL now rather than when this turn ends or the switch
+        # interval runs out (0.07 to 0.3 ms of every commit, measured). The loop goes on
+        # once the fsync runs (GIL released), answering fetches and staging requests.
+        write.ran.wait(BODY_WAIT_S)
 
     def _land(self, *, wait: bool, now_ms: int | None = None) -> bool:
         job = self._commit_job

@@ -17,6 +17,9 @@ class ServerSettings:
 
     max_frame_bytes: int = broker_default("max.frame.bytes")
     max_connections: int = broker_default("max.connections")
+    connection_failed_authentication_delay_ms: int = broker_default(
+        "connection.failed.authentication.delay.ms"
+    )
     # This process's Kafka listener: the HOST:PORT it binds (port 0: a free one), None for
     # none; and the host it advertises in Kafka metadata (an IPv4 literal) when it binds a
     # wildcard address. The supervisor gives each process its own address.

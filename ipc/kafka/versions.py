@@ -92,7 +92,7 @@ SERVED = VersionTable(
         ApiVersionRange(ApiKey.ListGroups, 0, 2),
         ApiVersionRange(ApiKey.DeleteGroups, 0, 1),
         # Producer ids and admin (the controller: the coordinator process).
-        ApiVersionRange(ApiKey.InitProducerId, 0, 1),
+        ApiVersionRange(ApiKey.InitProducerId, 0, 4),
         # Transactions (the transaction coordinator: the coordinator process).
         ApiVersionRange(ApiKey.AddPartitionsToTxn, 0, 2),
         ApiVersionRange(ApiKey.AddOffsetsToTxn, 0, 2),

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from kvlog.workers.metrics import LATENCY_BUCKETS, NAN, GaugeSet, LocalHistogram, Tally
+from kvlog.workers.metrics_coordinator import rebalances_since
 from kvlog.workers.metrics_http import BrokerCollector, parse_metrics_listen, resolve_auto
 
 
@@ -84,6 +85,18 @@ def test_tally_and_gauge_set() -> None:
     gauges.update({("0",): 5.0, ("1",): 2.0})
     assert registry.get_sample_value("g", {"p": "1"}) == 2.0
     assert NAN != NAN
+
+
+def test_rebalances_count_generation_steps_and_new_groups_from_zero() -> None:
+    # The first sample: loaded groups show, their earlier rebalances are not counted.
+    assert rebalances_since(None, {"a": 4, "b": 0}) == {"a": 0, "b": 0}
+    # Later: steps of known groups; a new group counts from generation 0 (its first
+    # rebalance completed before the sample that first saw it).
+    assert rebalances_since({"a": 4, "b": 0}, {"a": 6, "b": 0, "c": 1, "d": 0}) == {
+        "a": 2,
+        "c": 1,
+        "d": 0,
+    }
 
 
 def test_listen_setting() -> None:

@@ -109,7 +109,11 @@ def test_the_cache_is_kept_by_watching_the_coordinator() -> None:
 def test_metadata_by_name_in_request_order_and_unknown_topics_say_so() -> None:
     b = Broker()
     b.cache(metadata(3, "a", "b"))
-    body = b.request("m", BrokerMetadata(["b", "x", "a"])).body
+    assert b.request("m", BrokerMetadata(["b", "x", "a"])) is None
+    [send] = [s for s in b.sends if s.op == "metadata"]
+    assert send.fields == {"topics": ["x"], "allow_auto_create": False}
+    b.answer(send, CoordinatorAnswer(MetadataAnswer(3, [], [])))  # it does not know x either
+    body = b.replies["m"].body
     assert isinstance(body, MetadataAnswer)
     assert (body.version, body.coordinator) == (3, ENDPOINT)
     assert [t.name for t in body.topics] == ["b", "x", "a"]
@@ -200,10 +204,8 @@ def test_the_cache_passes_the_coordinators_metadata_on_unchanged() -> None:
 def test_auto_creation_is_the_coordinators_decision() -> None:
     b = Broker()
     b.answer(b.watch(), CoordinatorAnswer(metadata(5, "known")))
-    # Known topics, or auto-creation not allowed: answered from the cache at once.
+    # Known topics: answered from the cache at once.
     assert b.request("k", BrokerMetadata(["known"], allow_auto_create=True)).error is None
-    body = b.request("n", BrokerMetadata(["new"])).body
-    assert [t.code for t in body.topics] == [EC.UNKNOWN_TOPIC_OR_PARTITION]
     # Allowed and missing: the coordinator is asked, and its word on "new" is the answer.
     assert b.request("a", BrokerMetadata(["known", "new"], allow_auto_create=True)) is None
     [send] = [s for s in b.sends if s.op == "metadata"]
@@ -218,6 +220,19 @@ def test_auto_creation_is_the_coordinators_decision() -> None:
     [send] = [s for s in b.sends if s.op == "metadata"]
     b.answer(send, CoordinatorAnswer())
     assert [t.code for t in b.replies["t"].body.topics] == [EC.UNKNOWN_TOPIC_OR_PARTITION]
+
+
+def test_a_topic_the_cache_lacks_is_asked_of_the_coordinator() -> None:
+    """Created through the coordinator's Kafka listener a moment ago, before the watch
+    brought it: the coordinator's answer is the reply, not the cache's "unknown"."""
+    b = Broker()
+    b.answer(b.watch(), CoordinatorAnswer(metadata(5, "known")))
+    assert b.request("n", BrokerMetadata(["known", "fresh"])) is None
+    [send] = [s for s in b.sends if s.op == "metadata"]
+    assert send.fields == {"topics": ["fresh"], "allow_auto_create": False}
+    b.answer(send, CoordinatorAnswer(metadata(6, "fresh")))
+    assert [t.name for t in b.replies["n"].body.topics] == ["known", "fresh"]
+    assert all(isinstance(t, TopicEntry) for t in b.replies["n"].body.topics)
 
 
 def test_find_coordinator_gives_the_kafka_endpoint_from_the_cache() -> None:

@@ -196,6 +196,38 @@ def test_init_producer_id(broker):
     assert (again.error_code, again.producer_id, again.producer_epoch) == (0, txn.producer_id, 1)
 
 
+def test_init_producer_id_bumps_its_own_epoch_kip_360(broker):
+    """v3+: a transactional producer bumps its epoch with its current id and epoch; a
+    stale epoch is fenced (PRODUCER_FENCED from v4, INVALID_PRODUCER_EPOCH before);
+    an idempotent producer's id and epoch are ignored (a new producer id)."""
+
+    def init(c, version, tid, pid=-1, epoch=-1):
+        return c.send(
+            InitProducerIdRequest(
+                version=version,
+                transactional_id=tid,
+                transaction_timeout_ms=60000,
+                producer_id=pid,
+                producer_epoch=epoch,
+            )
+        )
+
+    with RawClient(broker.kafka_coordinator) as c:
+        first = init(c, 4, "kip360")
+        bumped = init(c, 4, "kip360", first.producer_id, first.producer_epoch)
+        stale_v4 = init(c, 4, "kip360", first.producer_id, first.producer_epoch)
+        stale_v3 = init(c, 3, "kip360", first.producer_id, first.producer_epoch)
+        again = init(c, 3, "kip360", bumped.producer_id, bumped.producer_epoch)
+        idempotent = init(c, 4, None, first.producer_id, first.producer_epoch)
+    assert first.error_code == 0 and first.producer_id >= 0
+    assert (bumped.error_code, bumped.producer_id) == (0, first.producer_id)
+    assert bumped.producer_epoch == first.producer_epoch + 1
+    assert stale_v4.error_code == 90  # PRODUCER_FENCED
+    assert stale_v3.error_code == 47  # INVALID_PRODUCER_EPOCH
+    assert (again.error_code, again.producer_epoch) == (0, bumped.producer_epoch + 1)
+    assert idempotent.error_code == 0 and idempotent.producer_id not in (-1, first.producer_id)
+
+
 # -- topics, partitions, configs ---------------------------------------------------------------
 
 

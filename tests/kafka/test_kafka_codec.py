@@ -188,7 +188,7 @@ def test_the_served_table_is_what_kvlog_advertises():
         K.DescribeGroups: (0, 4),
         K.ListGroups: (0, 2),
         K.DeleteGroups: (0, 1),
-        K.InitProducerId: (0, 1),
+        K.InitProducerId: (0, 4),
         K.AddPartitionsToTxn: (0, 2),
         K.AddOffsetsToTxn: (0, 2),
         K.EndTxn: (0, 2),

@@ -328,6 +328,53 @@ def test_a_half_sent_request_is_closed_when_idle():
         listener.close()
 
 
+def test_a_failed_login_closes_after_kafkas_delay_not_before_its_answer():
+    """A failed SASL login is answered, then closed connection.failed.authentication.delay.ms
+    later (Kafka's 100 ms): a client reading the answer and the close together would drop
+    the answer (kafka-python does) and report a disconnection instead of the failure."""
+    from kafka.protocol.sasl import SaslHandshakeRequest
+
+    from kvlog.ipc.kafka.scram import DecoySalts
+    from kvlog.workers.kafka_security import ListenerSecurity
+
+    clock = Clock()
+    security = ListenerSecurity(
+        "SASL_PLAINTEXT",
+        ("SCRAM-SHA-256",),
+        lambda m, u: None,
+        lambda u: False,
+        DecoySalts(b"k" * 32),
+    )
+    listener = KafkaListener(
+        {ApiKey.ApiVersions: lambda r, t: api_versions_response(r)},
+        port=0,
+        failed_authentication_delay_ms=100,
+        clock=clock,
+        security=security,
+    )
+    _, port = listener.start()
+    try:
+        sock = connect(port)
+        protocol = KafkaProtocol(client_id="t")
+        protocol.send_request(SaslHandshakeRequest(mechanism="PLAIN", version=1))
+        sock.sendall(protocol.send_bytes())
+        pump(listener)
+        response = protocol.receive_bytes(sock.recv(65536))[0][1]
+        assert response.error_code == 33  # UNSUPPORTED_SASL_MECHANISM
+        assert listener.connections == 1 and listener.auth_failures == 1
+        assert listener.next_deadline() == pytest.approx(1000.1)
+        clock.now += 0.05
+        listener.expire_idle()
+        assert listener.connections == 1
+        clock.now += 0.06
+        listener.expire_idle()
+        assert listener.connections == 0
+        assert closed_by_peer(sock)
+        sock.close()
+    finally:
+        listener.close()
+
+
 def test_a_deferred_response_holds_back_the_ones_after_it():
     tokens = []
 

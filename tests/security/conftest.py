@@ -24,6 +24,7 @@ from sectest_util import (  # noqa: E402
     SecuredBroker,
     start_secured_broker,
     stop_and_check,
+    wait_until,
 )
 
 PRINCIPALS = ("admin", "alice", "bob", "carol")
@@ -62,6 +63,11 @@ def sasl(tmp_path_factory: pytest.TempPathFactory, ring: KeyRing) -> Iterator[Se
         with b.admin() as admin:
             for user, password in PASSWORDS.items():
                 admin.upsert_scram_user(user, password)
+        # Each server process loads the users on its next refresh (as each Kafka broker
+        # does from its metadata): wait for all, or a first login races the load.
+        loaded = f"loaded {len(PASSWORDS)} SCRAM user(s)"
+        servers = len(b.children())
+        wait_until(lambda: b.log_text().count(loaded) >= servers, 15, what=loaded)
         yield b
     finally:
         stop_and_check(b)

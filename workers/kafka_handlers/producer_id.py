@@ -1,8 +1,14 @@
-"""InitProducerId (v0-1): a producer id for an idempotent producer, from the controller
+"""InitProducerId (v0-4): a producer id for an idempotent producer, from the controller
 (:mod:`workers.controller_core`), durable so ids are never reused; or, with a
 transactional id, from the transaction coordinator (:mod:`workers.txn_core`), which
 bumps the id's epoch (fencing an older instance) and aborts a transaction the older
-instance left open (the answer waits for that abort). v0-1 predate PRODUCER_FENCED:
+instance left open (the answer waits for that abort).
+
+From v3 the request carries the producer's current id and epoch (KIP-360): a
+transactional producer bumps its own epoch after an abortable error (UNKNOWN_PRODUCER_ID,
+a timed-out transaction), allowed only while that id and epoch are the current ones, so a
+zombie cannot fence its successor. An idempotent producer's (no transactional id) are
+ignored, as Kafka does: it gets a new producer id. v0-3 predate PRODUCER_FENCED:
 INVALID_PRODUCER_EPOCH stands for it (:func:`.transactions.kafka_code`).
 """
 
@@ -24,6 +30,13 @@ _Response = response_class(ApiKey.InitProducerId)
 def init_producer_id(request: KafkaRequest, ctx: KafkaContext) -> Plan:
     body, version = request.body, request.api_version
     event = InitProducerId(body.transactional_id, body.transaction_timeout_ms)
+    if version >= 3 and body.transactional_id is not None and body.producer_id >= 0:
+        event = InitProducerId(
+            body.transactional_id,
+            body.transaction_timeout_ms,
+            producer_id=body.producer_id,
+            producer_epoch=body.producer_epoch,
+        )
 
     def respond(outcomes: list[Outcome]) -> Any:
         [outcome] = outcomes
