@@ -39,7 +39,8 @@ from .metrics_http import parse_metrics_listen
 
 # The processes a broker key can be for. "server" is every server process (coordinator,
 # node, broker): workers/runtime.py reads those keys before it starts the role's server.
-PROCESSES = ("server", "coordinator", "node", "broker", "sweeper")
+# "supervisor" is the process that starts and restarts them (workers/supervisor.py).
+PROCESSES = ("server", "coordinator", "node", "broker", "sweeper", "supervisor")
 
 BROKER_CONFIG = ConfigDef(
     "broker config",
@@ -230,6 +231,24 @@ BROKER_CONFIG = ConfigDef(
             1000,
             "Requests one client may have waiting at a node.",
             used_by=("node",),
+        ),
+        ConfigKey(
+            "restart.backoff.ms",
+            integer(0),
+            200,
+            "How long the supervisor waits before it restarts a process that died; each "
+            "death within 30 s of the process's start doubles the wait, up to "
+            "restart.backoff.max.ms (a process that keeps dying is not restarted in a "
+            "tight loop).",
+            used_by=("supervisor",),
+        ),
+        ConfigKey(
+            "restart.backoff.max.ms",
+            integer(0),
+            10_000,
+            "The longest wait before a restart: restart.backoff.ms doubles up to this (a "
+            "smaller value is restart.backoff.ms).",
+            used_by=("supervisor",),
         ),
         ConfigKey(
             "test.drop.produce.replies",

@@ -125,12 +125,18 @@ def _parent(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
+_FORK_SERVER = "forkserver import main"
+
+
 def describe_process(pid: int) -> str:
-    """``pid N (its command line)``; a spawned child (multiprocess's ``spawn_main``, as
-    kvlog's own processes are) is named with the process that started it."""
+    """``pid N (its command line)``; a spawned child (multiprocess's ``spawn_main``) or a
+    process of a fork server (as kvlog's own processes are, workers/supervised.py) is
+    named with the process that started it (for the latter, the fork server's parent)."""
     cmdline = _cmdline(pid)
-    if "spawn_main" in cmdline:
+    if "spawn_main" in cmdline or _FORK_SERVER in cmdline:
         parent = _parent(pid)
+        while parent and _FORK_SERVER in _cmdline(parent):
+            parent = _parent(parent)
         if parent:
             return f"pid {pid}, started by pid {parent} ({_cmdline(parent) or '?'})"
     return f"pid {pid} ({cmdline})" if cmdline else f"pid {pid}"

@@ -1,15 +1,18 @@
 """Process entry points: what a spawned broker, node, coordinator or sweeper runs.
 
-Each process opens its own ZeroMQ context and LMDB environments after spawn (never
-across a fork), binds, reports the endpoint it bound to the supervisor through a pipe,
-and loops until SIGTERM. It asks the kernel to send it SIGTERM when the supervisor dies
-(Linux ``PR_SET_PDEATHSIG``), so no process is left behind.
+Each process is forked by the supervisor's fork server (workers/supervised.py), which has
+imported the modules and opened nothing: it opens its own ZeroMQ context and LMDB
+environments after the fork (none crosses one), binds, reports the endpoint it bound to
+the supervisor through a pipe, and loops until SIGTERM. It asks the kernel to send it
+SIGTERM when its parent dies (Linux ``PR_SET_PDEATHSIG``; the fork server exits with the
+supervisor), so no process is left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import logging
 import os
 import signal
@@ -44,8 +47,29 @@ def setup_logging(role: str, level: str) -> None:
     )
 
 
-def process_main(role: str, settings: dict[str, Any], conn: Any) -> None:
-    """Run one kvlog process until SIGTERM. ``conn`` receives one ready message."""
+def _take_streams(streams: tuple[int | None, ...]) -> None:
+    """Make the supervisor's stdout and stderr (as they were when it started this process,
+    received as descriptors; None: it had none) this process's fds 1 and 2."""
+    for target, fd in zip((1, 2), streams, strict=False):
+        if fd is not None and fd != target:
+            os.dup2(fd, target)
+            os.close(fd)
+
+
+def process_main(
+    role: str,
+    settings: dict[str, Any],
+    conn: Any,
+    streams: tuple[int | None, ...] = (),
+    environ: dict[str, str] | None = None,
+) -> None:
+    """Run one kvlog process until SIGTERM. ``conn`` receives one ready message;
+    ``streams``: the descriptors to take as stdout and stderr; ``environ``: the
+    environment to run in (the supervisor's, not the fork server's)."""
+    _take_streams(streams)
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     _die_with_parent()
     tune_allocator()
     setup_logging(
@@ -92,7 +116,38 @@ def process_main(role: str, settings: dict[str, Any], conn: Any) -> None:
         raise SystemExit(1) from exc
 
 
+def _import_role(role: str) -> None:
+    """Import the role's server module (most of a process's start-up CPU)."""
+    modules = {
+        "coordinator": ".coordinator_shell",
+        "node": ".node_shell",
+        "broker": ".broker_shell",
+    }
+    if role not in modules:
+        raise ValueError(f"unknown role {role!r}")
+    importlib.import_module(modules[role], __package__)
+
+
+def _await_late_settings(settings: dict[str, Any], conn: Any, should_stop: Any) -> None:
+    """A process spawned ``late`` (workers/supervised.py) waits here for the rest of its
+    settings (the coordinator's endpoint, once it is bound); a stop meanwhile ends it."""
+    if not settings.pop("_late", False):
+        return
+    while not conn.poll(0.05):
+        if should_stop():
+            raise SystemExit(0)
+    try:
+        message = conn.recv()
+    except (EOFError, OSError):
+        raise SystemExit(0) from None  # the supervisor gave up on this start
+    for section, values in message["settings"].items():
+        settings[section].update(values)
+
+
 def run_server(role: str, settings: dict[str, Any], conn: Any, should_stop: Any) -> None:
+    _import_role(role)
+    _await_late_settings(settings, conn, should_stop)
+
     import zmq
 
     from kvlog.lmdb_store import LogDir

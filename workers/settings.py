@@ -92,3 +92,11 @@ class SweeperSettings:
     cleaner_backoff_ms: int = broker_default("log.cleaner.backoff.ms")
     dedupe_buffer_bytes: int = broker_default("log.cleaner.dedupe.buffer.size")
     io_buffer_bytes: int = broker_default("log.cleaner.io.buffer.size")
+
+
+@dataclass
+class SupervisorSettings:
+    """What the supervisor itself reads (workers/supervisor.py)."""
+
+    restart_backoff_ms: int = broker_default("restart.backoff.ms")
+    restart_backoff_max_ms: int = broker_default("restart.backoff.max.ms")

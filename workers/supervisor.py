@@ -6,10 +6,12 @@ process (a context manager)::
     with kvlog.Broker(data_dir="./kvlog-data", listen="tcp://127.0.0.1:0") as broker:
         producer = kvlog.Producer(bootstrap_servers=broker.bootstrap)
 
-It spawns (``multiprocess``, spawn context) the coordinator first, then one node per log
-dir and the broker, then the retention sweeper; waits until every node has registered;
-restarts any process that dies (same endpoint, so clients reconnect by themselves) and
-logs why; and on stop sends SIGTERM, waits a few seconds, then SIGKILLs what is left.
+It spawns (``multiprocess``, spawn context) the coordinator, one node per log dir, the
+broker and the retention sweeper at once (the nodes and the broker are handed the
+coordinator's endpoint once it has bound); waits until every node has registered;
+restarts any process that dies (same endpoint, so clients reconnect by themselves) after
+a back-off (``restart.backoff.ms``, doubling up to ``restart.backoff.max.ms``) and logs
+why; and on stop sends SIGTERM, waits a few seconds, then SIGKILLs what is left.
 
 Each server process also gets its Kafka listener address (``ServerSettings.kafka_listen``
 and ``kafka_advertised_host``; the port scheme is in workers/kafka_addresses.py), fixed
@@ -41,7 +43,7 @@ import multiprocess
 import multiprocess.connection
 
 from kvlog.data_format import check_data_dir, stamp_data_dir
-from kvlog.errors import InvalidConfigError, KafkaTimeoutError, KvlogError
+from kvlog.errors import InvalidConfigError, KvlogError
 from kvlog.ipc.security import load_keys
 from kvlog.ipc.wire import advertise, normalize_endpoint
 
@@ -62,7 +64,16 @@ from .metrics_http import MetricsEndpoint
 from .optional_processes import ROLES as OPTIONAL_ROLES
 from .optional_processes import OptionalProcesses
 from .security import SecuritySettings, client_options_for
-from .supervised import Child, await_ready, spawn
+from .settings import SupervisorSettings
+from .supervised import (
+    Child,
+    await_nodes,
+    await_ready,
+    send_late_settings,
+    spawn,
+    warm_up,
+)
+from .supervised import context as supervised_context
 
 log = logging.getLogger("kvlog.supervisor")
 
@@ -134,6 +145,7 @@ class Broker:
         self.advertised_host = advertised_host
         self.kafka_advertised_host = kafka_advertised_host
         self.config = BROKER_CONFIG.complete(config)
+        self.supervisor_settings = SupervisorSettings(**process_settings(self.config, "supervisor"))
         self.security = SecuritySettings(
             str(curve_secret_key) if curve_secret_key else None,
             str(curve_authorized_keys) if curve_authorized_keys else None,
@@ -178,10 +190,11 @@ class Broker:
         self.log_level = log_level
         self.start_timeout_s = start_timeout_s
         self.children: list[Child] = []
-        self._ctx = multiprocess.get_context("spawn")
+        self._ctx = supervised_context()
         self._lock_file: Any = None
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
+        self._wake: tuple[int, int] = (-1, -1)  # the watch thread's wake-up pipe
         self._mutex = threading.Lock()
         self.bootstrap = ""
         self.coordinator_endpoint = ""
@@ -257,6 +270,8 @@ class Broker:
                 for path in created:
                     shutil.rmtree(path, ignore_errors=True)
             raise
+        # stop() writes a byte here to wake the watch thread at once.
+        self._wake = os.pipe()
         self._monitor = threading.Thread(target=self._watch, name="kvlog-supervisor", daemon=True)
         self._monitor.start()
         return self
@@ -271,6 +286,8 @@ class Broker:
             nodes.append((node_id, log_dir))
         self._plan_kafka(sorted(taken))
         self.optional.plan_console()
+        # Nothing refused the start: the fork server's imports overlap what follows.
+        warm_up()
         # Each process's settings: what every process takes, then its role's settings
         # (the broker config keys the table says it uses, and what only the supervisor
         # knows). workers/runtime.py turns them into workers/settings.py's dataclasses.
@@ -295,10 +312,9 @@ class Broker:
             },
             kafka=self._kafka_for("coordinator"),
         )
-        self.children.append(coordinator)
-        spawn(self._ctx, coordinator)
-        await_ready([coordinator], self.start_timeout_s)
-        self.coordinator_endpoint = advertise(coordinator.endpoint, self.advertised_host)
+        # The nodes and the broker need the coordinator's endpoint, which it knows once it
+        # has bound: they are spawned beside it and wait for it after their imports (most
+        # of a process's start), so the starts overlap instead of following each other.
         group = []
         for node_id, log_dir in nodes:
             child = Child(
@@ -311,7 +327,7 @@ class Broker:
                     "node": {
                         "node_id": node_id,
                         "log_dir": str(log_dir),
-                        "coordinator": self.coordinator_endpoint,
+                        "coordinator": "",
                         "advertised_host": self.advertised_host,
                         **process_settings(cfg, "node"),
                     },
@@ -328,19 +344,11 @@ class Broker:
                     **common,
                     "server": self._server_settings("broker"),
                     "endpoint": self.listen,
-                    "broker": {
-                        "coordinator": self.coordinator_endpoint,
-                        **process_settings(cfg, "broker"),
-                    },
+                    "broker": {"coordinator": "", **process_settings(cfg, "broker")},
                 },
                 kafka=self._kafka_for("broker"),
             )
         )
-        for child in group:
-            self.children.append(child)
-            spawn(self._ctx, child)
-        await_ready(group, self.start_timeout_s)
-        self.bootstrap = advertise(group[-1].endpoint, self.advertised_host)
         sweeper = Child(
             "sweeper",
             {
@@ -352,9 +360,18 @@ class Broker:
                 },
             },
         )
-        self.children.append(sweeper)
-        spawn(self._ctx, sweeper)
-        await_ready([sweeper], self.start_timeout_s)
+        self._launch(coordinator)
+        for child in group:
+            self.children.append(child)
+            spawn(self._ctx, child, late=True)
+        await_ready([coordinator], self.start_timeout_s)
+        self.coordinator_endpoint = advertise(coordinator.endpoint, self.advertised_host)
+        for child in group:
+            send_late_settings(child, {child.role: {"coordinator": self.coordinator_endpoint}})
+        # The sweeper reads the metadata dir, which the coordinator creates on its start.
+        self._launch(sweeper)
+        await_ready([*group, sweeper], self.start_timeout_s)
+        self.bootstrap = advertise(group[-1].endpoint, self.advertised_host)
         self.optional.start(
             launch=self._launch,
             await_ready=lambda children: await_ready(children, self.start_timeout_s),
@@ -366,7 +383,13 @@ class Broker:
             log_dirs=[str(d) for _, d in nodes],
         )
         self._write_status()
-        self._await_nodes(len(nodes))
+        await_nodes(
+            self.bootstrap,
+            len(nodes),
+            self.children,
+            self.start_timeout_s,
+            self._internal_options,
+        )
         log.info(
             "kvlog broker ready on %s, Kafka bootstrap %s (%d node(s))",
             self.bootstrap,
@@ -422,35 +445,6 @@ class Broker:
             "kafka_ssl_client_auth": kafka.ssl_client_auth,
         }
 
-    def _await_nodes(self, count: int) -> None:
-        """Wait until the broker's metadata shows every node alive."""
-        from kvlog.ipc.rpc import blocking_call
-
-        deadline = time.monotonic() + self.start_timeout_s
-        while True:
-            try:
-                reply = blocking_call(
-                    self.bootstrap,
-                    "metadata",
-                    {"topics": []},
-                    timeout_s=2.0,
-                    socket_options=self._internal_options,
-                )
-                alive = [n for n in reply.get("nodes", []) if n.get("alive")]
-                if len(alive) >= count:
-                    return
-            except KvlogError:
-                pass
-            for child in self.children:
-                if child.process is not None and not child.process.is_alive():
-                    raise child.exited()
-            if time.monotonic() > deadline:
-                raise KafkaTimeoutError(
-                    f"kvlog nodes did not register with the coordinator within "
-                    f"{self.start_timeout_s:.0f} s"
-                )
-            time.sleep(0.02)
-
     def _write_status(self) -> None:
         write_status(
             self.run_dir,
@@ -470,7 +464,7 @@ class Broker:
         while not self._stopping.is_set():
             with self._mutex:
                 sentinels = {c.process.sentinel: c for c in self.children if c.process}
-            ready = multiprocess.connection.wait(list(sentinels), timeout=0.2)
+            ready = multiprocess.connection.wait([*sentinels, self._wake[0]], timeout=0.2)
             if self._stopping.is_set():
                 return
             for sentinel in ready:
@@ -486,11 +480,9 @@ class Broker:
         self.optional.process_died(child.pid)
         if child.role == "node" and self.coordinator_endpoint:
             self._report_node_down(child)
-        if time.time() - child.started_at > 30:
-            child.backoff_s = 0.2
-        time.sleep(child.backoff_s)
-        child.backoff_s = min(child.backoff_s * 2, 10.0)
-        if self._stopping.is_set():
+        settings = self.supervisor_settings
+        delay = child.restart_delay(settings.restart_backoff_ms, settings.restart_backoff_max_ms)
+        if self._stopping.wait(delay):  # a stop does not wait for the back-off
             return
         with self._mutex:
             child.restarts += 1
@@ -523,8 +515,15 @@ class Broker:
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM every process (broker first, coordinator last); SIGKILL stragglers."""
         self._stopping.set()
-        if self._monitor is not None and self._monitor is not threading.current_thread():
-            self._monitor.join(timeout=2)
+        # The metrics endpoint's server takes up to half a second to notice its shutdown:
+        # it does so while the processes stop.
+        metrics_stop = threading.Thread(target=self.optional.stop, name="kvlog-metrics-stop")
+        metrics_stop.start()
+        if self._monitor is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._wake[1], b"x")
+            if self._monitor is not threading.current_thread():
+                self._monitor.join(timeout=2)
         with self._mutex:
             for role in _STOP_ORDER:
                 for child in self.children:
@@ -553,7 +552,12 @@ class Broker:
                     child.process.kill()
                     child.process.join(2)
             self.children = []
-        self.optional.stop()
+        if self._monitor is not None and not self._monitor.is_alive():
+            for fd in self._wake:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._monitor = None
+        metrics_stop.join()
         if self._lock_file is not None:
             # Only the lock's holder owns the run files: a start refused because another
             # kvlog holds the data dir must leave that one's processes.json alone.

@@ -3,8 +3,10 @@
 ``broker`` is shared by every module of this folder (session-scoped: a start and a stop
 cost a few seconds, most of this folder's time when each module had its own): tests sharing
 it must not disturb it (no killing, no broker-wide config) and each uses its own topic and
-group names. Tests that kill processes or need a broker config start their own with
-``make_broker``.
+group names. ``group_broker`` is another, with a short initial rebalance delay, which the
+modules whose tests start consumer groups take as their ``broker`` (each new group would
+wait Kafka's 3 s for more members otherwise). Tests that kill processes or need a broker
+config start their own with ``make_broker``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,27 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def admin(broker: Any) -> Iterator[Any]:
     a = kvlog.Admin(bootstrap_servers=broker.bootstrap)
+    try:
+        yield a
+    finally:
+        a.close()
+
+
+@pytest.fixture(scope="session")
+def group_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Like ``broker``, with a 100 ms group.initial.rebalance.delay.ms instead of Kafka's
+    3 s: for the modules whose tests start new consumer groups and do not look at the
+    delay (such a module overrides ``broker`` and ``admin`` with these two)."""
+    b = _start(tmp_path_factory.mktemp("group-broker"), {"group.initial.rebalance.delay.ms": 100})
+    try:
+        yield b
+    finally:
+        _stop(b)
+
+
+@pytest.fixture(scope="session")
+def group_admin(group_broker: Any) -> Iterator[Any]:
+    a = kvlog.Admin(bootstrap_servers=group_broker.bootstrap)
     try:
         yield a
     finally:

@@ -20,6 +20,7 @@ from kvlog.workers.settings import (
     CoordinatorSettings,
     NodeSettings,
     ServerSettings,
+    SupervisorSettings,
     SweeperSettings,
 )
 from kvlog.workers.supervisor import Broker
@@ -30,6 +31,7 @@ SETTINGS = {
     "node": (NodeSettings, {"node_id": 0, "log_dir": "l", "coordinator": "tcp://c:1"}),
     "broker": (BrokerSettings, {"coordinator": "tcp://c:1"}),
     "sweeper": (SweeperSettings, {"data_dir": "d", "log_dirs": ["l"]}),
+    "supervisor": (SupervisorSettings, {}),
 }
 
 

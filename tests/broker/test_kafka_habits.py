@@ -25,6 +25,17 @@ from kvlog.errors import (
 from kvlog.types import TopicPartition
 
 
+@pytest.fixture
+def broker(group_broker: Any) -> Any:
+    """New groups here start after 100 ms, not Kafka's 3 s (tests/broker/conftest.py)."""
+    return group_broker
+
+
+@pytest.fixture
+def admin(group_admin: Any) -> Any:
+    return group_admin
+
+
 def _fill(bootstrap: str, topic: str, count: int) -> None:
     with kvlog.Producer(bootstrap_servers=bootstrap) as producer:
         producer.send_batch(topic, [b"v%d" % i for i in range(count)], partition=0)

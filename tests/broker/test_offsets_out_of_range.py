@@ -20,6 +20,17 @@ from kvlog.tools.cli import main
 from kvlog.types import TopicPartition
 
 
+@pytest.fixture
+def broker(group_broker: Any) -> Any:
+    """New groups here start after 100 ms, not Kafka's 3 s (tests/broker/conftest.py)."""
+    return group_broker
+
+
+@pytest.fixture
+def admin(group_admin: Any) -> Any:
+    return group_admin
+
+
 def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
     with kvlog.Producer(bootstrap_servers=bootstrap, linger_ms=0) as producer:
         for value in values:

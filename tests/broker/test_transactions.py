@@ -25,6 +25,17 @@ from kvlog.types import TopicPartition
 CHILD = str(Path(__file__).resolve().parent / "_txn_child.py")
 
 
+@pytest.fixture
+def broker(group_broker: Any) -> Any:
+    """New groups here start after 100 ms, not Kafka's 3 s (tests/broker/conftest.py)."""
+    return group_broker
+
+
+@pytest.fixture
+def admin(group_admin: Any) -> Any:
+    return group_admin
+
+
 def _values(bootstrap: str, tps: list[TopicPartition], **config: Any) -> list[bytes]:
     got = read_partitions(bootstrap, tps, **config)
     return sorted(r.value for records in got.values() for r in records)

@@ -23,6 +23,17 @@ from kvlog.types import TopicPartition
 VALUES = [b'{"n": 0}', b'{"n": 1}', b"not json", b'{"n": 3}']
 
 
+@pytest.fixture
+def broker(group_broker: Any) -> Any:
+    """New groups here start after 100 ms, not Kafka's 3 s (tests/broker/conftest.py)."""
+    return group_broker
+
+
+@pytest.fixture
+def admin(group_admin: Any) -> Any:
+    return group_admin
+
+
 def _topic_with(admin: Any, bootstrap: str, values: list[bytes], partitions: int = 1) -> str:
     topic = unique_topic("undecodable")
     admin.create_topic(topic, partitions=partitions)

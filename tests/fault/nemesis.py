@@ -41,6 +41,9 @@ BROKER_CONFIG = {
     # Preferred leaders come back within seconds, so leadership keeps moving and every
     # node keeps leading something worth killing.
     "leader.imbalance.check.interval.ms": 3000,
+    # A process killed again within 30 s of its start comes back after 0.2 s doubling up
+    # to 1 s, not up to 10 s: the run spends its time on faults, not waiting for restarts.
+    "restart.backoff.max.ms": 1000,
 }
 
 

@@ -7,3 +7,6 @@ records auto.offset.reset=latest skips; librdkafka resets positions inside, unse
 from test_undecodable_records import *  # noqa: F403
 
 del test_a_group_that_starts_at_the_end_says_what_it_skips  # noqa: F821
+# That module's broker and admin fixtures are tests/broker's group broker; this folder's
+# conftest.py gives Kafka mode's.
+del broker, admin  # noqa: F821

@@ -183,9 +183,17 @@ class ServeProcess:
     """``kvlog serve`` in a session of its own on fixed ports: its whole process group
     (supervisor and children) can be SIGKILLed and started again on the same data dir."""
 
-    def __init__(self, data_dir: Path, log_path: Path, *, kafka: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        log_path: Path,
+        *,
+        kafka: bool = False,
+        config: dict[str, int] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
+        self.config = config or {}  # broker config keys (integers), in a --config file
         base = consecutive_free_ports(4)
         self.bootstrap = f"tcp://127.0.0.1:{base}"
         # With a Kafka listener: base + 1, the coordinator's + 2, node 0's + 3.
@@ -198,6 +206,11 @@ class ServeProcess:
 
     def start(self, timeout_s: float = 60.0) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
+        config: list[str] = []
+        if self.config:
+            path = self.log_path.with_suffix(".toml")
+            path.write_text("".join(f'"{k}" = {v}\n' for k, v in self.config.items()))
+            config = ["--config", str(path)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
             [
@@ -205,6 +218,7 @@ class ServeProcess:
                 *("--data-dir", str(self.data_dir), "--listen", self.bootstrap),
                 *("--kafka-listen", self.kafka_listen),
                 *("--metrics-listen", "none", "--console-listen", "none"),
+                *config,
             ],
             cwd=REPO,
             env=env,
