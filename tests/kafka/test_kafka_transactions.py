@@ -240,7 +240,12 @@ def test_kafka_python_offsets_of_a_zombie_consumer_are_fenced(broker: Any) -> No
         producer.send(topic, b"live", partition=0)
         producer.send_offsets_to_transaction({tp: OffsetAndMetadata(1, "", -1)}, current)
         producer.commit_transaction()
-        assert live.committed(tp) == 1
+        # As in Kafka, EndTxn answers once the commit is decided; the offsets show once
+        # its markers are written (an OffsetFetch without require_stable may come first).
+        deadline = time.monotonic() + 10
+        while live.committed(tp) != 1:
+            assert time.monotonic() < deadline, f"committed offset {live.committed(tp)}"
+            time.sleep(0.05)
     finally:
         producer.close()
         live.close()
