@@ -243,13 +243,21 @@ class BrokerCore:
         self, out: Result, sent: _AskingCoordinator, answer: CoordinatorAnswer
     ) -> None:
         """The coordinator's word on the topics the cache lacked replaces the cache's (no
-        answer: the cache's stands)."""
+        answer, or the same verdict: the cache's stands, with its message naming the
+        topic)."""
         reply = self._metadata_answer(sent.event)
         if isinstance(answer.body, MetadataAnswer):
             theirs = {t.name: t for t in answer.body.topics}
-            reply.topics = [
-                theirs.get(t.name, t) if isinstance(t, MissingTopic) else t for t in reply.topics
-            ]
+
+            def settled(mine: TopicEntry | MissingTopic) -> TopicEntry | MissingTopic:
+                found = theirs.get(mine.name)
+                if not isinstance(mine, MissingTopic) or found is None:
+                    return mine
+                if isinstance(found, MissingTopic) and found.code == mine.code:
+                    return mine
+                return found
+
+            reply.topics = [settled(t) for t in reply.topics]
         out.reply(sent.token, reply)
 
     def _metadata_answer(self, ev: BrokerMetadata) -> MetadataAnswer:

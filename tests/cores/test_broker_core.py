@@ -112,7 +112,13 @@ def test_metadata_by_name_in_request_order_and_unknown_topics_say_so() -> None:
     assert b.request("m", BrokerMetadata(["b", "x", "a"])) is None
     [send] = [s for s in b.sends if s.op == "metadata"]
     assert send.fields == {"topics": ["x"], "allow_auto_create": False}
-    b.answer(send, CoordinatorAnswer(MetadataAnswer(3, [], [])))  # it does not know x either
+    # It does not know x either: the cache's answer stands, its message naming the topic.
+    b.answer(
+        send,
+        CoordinatorAnswer(
+            MetadataAnswer(3, [], [MissingTopic("x", EC.UNKNOWN_TOPIC_OR_PARTITION)])
+        ),
+    )
     body = b.replies["m"].body
     assert isinstance(body, MetadataAnswer)
     assert (body.version, body.coordinator) == (3, ENDPOINT)
