@@ -11,7 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
-from kvlog.workers.metrics import LATENCY_BUCKETS, NAN, GaugeSet, LocalHistogram, Tally
+from kvlog.workers.metrics import (
+    LATENCY_BUCKETS,
+    NAN,
+    NEW_SERIES_PER_UPDATE,
+    GaugeSet,
+    LocalHistogram,
+    Tally,
+)
 from kvlog.workers.metrics_coordinator import rebalances_since
 from kvlog.workers.metrics_http import BrokerCollector, parse_metrics_listen, resolve_auto
 
@@ -85,6 +92,22 @@ def test_tally_and_gauge_set() -> None:
     gauges.update({("0",): 5.0, ("1",): 2.0})
     assert registry.get_sample_value("g", {"p": "1"}) == 2.0
     assert NAN != NAN
+
+
+def test_gauge_set_creates_a_bounded_number_of_new_series_per_update() -> None:
+    registry = CollectorRegistry()
+    gauge = Gauge("many", "d", ["p"], registry=registry)
+    gauges = GaugeSet(gauge)
+    values = {(str(p),): float(p) for p in range(NEW_SERIES_PER_UPDATE * 2 + 10)}
+    gauges.update(values)
+    assert len(gauges.children) == NEW_SERIES_PER_UPDATE  # the loop never stalls on many
+    gauges.update(values)
+    gauges.update(values)
+    assert len(gauges.children) == len(values)
+    assert all(registry.get_sample_value("many", {"p": p}) == v for (p,), v in values.items())
+    gauges.update({("0",): 7.0})  # the others went away: NaN
+    assert registry.get_sample_value("many", {"p": "0"}) == 7.0
+    assert math.isnan(registry.get_sample_value("many", {"p": "1"}) or 0.0)
 
 
 def test_rebalances_count_generation_steps_and_new_groups_from_zero() -> None:
