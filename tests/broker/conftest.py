@@ -5,8 +5,8 @@ cost a few seconds, most of this folder's time when each module had its own): te
 it must not disturb it (no killing, no broker-wide config) and each uses its own topic and
 group names. ``group_broker`` is another, with a short initial rebalance delay, which the
 modules whose tests start consumer groups take as their ``broker`` (each new group would
-wait Kafka's 3 s for more members otherwise). Tests that kill processes or need a broker
-config start their own with ``make_broker``.
+wait Kafka's 3 s for more members otherwise: ``on_group_broker.py``). Tests that kill
+processes or need a broker config start their own with ``make_broker``.
 """
 
 from __future__ import annotations
@@ -48,22 +48,30 @@ def _stop(broker: Any) -> None:
     assert not alive, f"processes left behind by Broker.stop(): {alive}"
 
 
+def _running(data_dir: Path, config: dict[str, Any]) -> Iterator[Any]:
+    broker = _start(data_dir, config)
+    try:
+        yield broker
+    finally:
+        _stop(broker)
+
+
+def _admin_of(broker: Any) -> Iterator[Any]:
+    admin = kvlog.Admin(bootstrap_servers=broker.bootstrap)
+    try:
+        yield admin
+    finally:
+        admin.close()
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    b = _start(tmp_path_factory.mktemp("broker"), {})
-    try:
-        yield b
-    finally:
-        _stop(b)
+    yield from _running(tmp_path_factory.mktemp("broker"), {})
 
 
 @pytest.fixture(scope="session")
 def admin(broker: Any) -> Iterator[Any]:
-    a = kvlog.Admin(bootstrap_servers=broker.bootstrap)
-    try:
-        yield a
-    finally:
-        a.close()
+    yield from _admin_of(broker)
 
 
 @pytest.fixture(scope="session")
@@ -71,20 +79,13 @@ def group_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Like ``broker``, with a 100 ms group.initial.rebalance.delay.ms instead of Kafka's
     3 s: for the modules whose tests start new consumer groups and do not look at the
     delay (such a module overrides ``broker`` and ``admin`` with these two)."""
-    b = _start(tmp_path_factory.mktemp("group-broker"), {"group.initial.rebalance.delay.ms": 100})
-    try:
-        yield b
-    finally:
-        _stop(b)
+    config = {"group.initial.rebalance.delay.ms": 100}
+    yield from _running(tmp_path_factory.mktemp("group-broker"), config)
 
 
 @pytest.fixture(scope="session")
 def group_admin(group_broker: Any) -> Iterator[Any]:
-    a = kvlog.Admin(bootstrap_servers=group_broker.bootstrap)
-    try:
-        yield a
-    finally:
-        a.close()
+    yield from _admin_of(group_broker)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any
 
+import on_group_broker
 import pytest
 from brokertest_util import unique_topic
 
@@ -24,16 +25,8 @@ from kvlog.errors import (
 )
 from kvlog.types import TopicPartition
 
-
-@pytest.fixture
-def broker(group_broker: Any) -> Any:
-    """New groups here start after 100 ms, not Kafka's 3 s (tests/broker/conftest.py)."""
-    return group_broker
-
-
-@pytest.fixture
-def admin(group_admin: Any) -> Any:
-    return group_admin
+# New groups here start after 100 ms, not Kafka's 3 s (tests/broker/conftest.py).
+broker, admin = on_group_broker.broker, on_group_broker.admin
 
 
 def _fill(bootstrap: str, topic: str, count: int) -> None:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import on_group_broker
 import pytest
 from brokertest_util import read_partitions, unique_topic, wait_until
 
@@ -22,18 +23,10 @@ import kvlog
 from kvlog.errors import ErrorCode, InvalidTxnStateError, KvlogError, ProducerFencedError
 from kvlog.types import TopicPartition
 
+# New groups here start after 100 ms, not Kafka's 3 s (tests/broker/conftest.py).
+broker, admin = on_group_broker.broker, on_group_broker.admin
+
 CHILD = str(Path(__file__).resolve().parent / "_txn_child.py")
-
-
-@pytest.fixture
-def broker(group_broker: Any) -> Any:
-    """New groups here start after 100 ms, not Kafka's 3 s (tests/broker/conftest.py)."""
-    return group_broker
-
-
-@pytest.fixture
-def admin(group_admin: Any) -> Any:
-    return group_admin
 
 
 def _values(bootstrap: str, tps: list[TopicPartition], **config: Any) -> list[bytes]:

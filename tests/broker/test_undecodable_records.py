@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import on_group_broker
 import pytest
 from brokertest_util import read_partitions, unique_topic, wait_until
 
@@ -20,18 +21,10 @@ import kvlog
 from kvlog.errors import RecordDeserializationError, SerializationError
 from kvlog.types import TopicPartition
 
+# New groups here start after 100 ms, not Kafka's 3 s (tests/broker/conftest.py).
+broker, admin = on_group_broker.broker, on_group_broker.admin
+
 VALUES = [b'{"n": 0}', b'{"n": 1}', b"not json", b'{"n": 3}']
-
-
-@pytest.fixture
-def broker(group_broker: Any) -> Any:
-    """New groups here start after 100 ms, not Kafka's 3 s (tests/broker/conftest.py)."""
-    return group_broker
-
-
-@pytest.fixture
-def admin(group_admin: Any) -> Any:
-    return group_admin
 
 
 def _topic_with(admin: Any, bootstrap: str, values: list[bytes], partitions: int = 1) -> str:
