@@ -56,14 +56,6 @@ _STATE_TABLE = "partitions"
 _META_TABLE = "meta"
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _pkey(tp: TopicPartition) -> bytes:
-    """``partition_key(tp)``, kept: a group commit builds it several times per batch (the
-    partition's sub-database, its state row), 1,000 partitions a few thousand times a
-    second."""
-    return partition_key(tp)
-
-
 @functools.lru_cache(maxsize=256)
 def _table_name(table: str) -> bytes:
     return b"t/" + table.encode()
@@ -347,7 +339,7 @@ class _LmdbBase:
         return db
 
     def offsets(self, tp: TopicPartition) -> PartitionOffsets:
-        raw = self.get(_STATE_TABLE, _pkey(tp))
+        raw = self.get(_STATE_TABLE, partition_key(tp))
         if raw is None:
             raise UnknownTopicOrPartitionError(f"partition {tp} does not exist in this log dir")
         return PartitionOffsets._make(_STATE.unpack(raw))
@@ -443,7 +435,7 @@ class _LmdbWrite(_LmdbRead):
         return db is not None and self._txn.delete(key, db=db)
 
     def _set_offsets(self, tp: TopicPartition, state: PartitionOffsets) -> None:
-        self.put(_STATE_TABLE, _pkey(tp), _STATE.pack(*state))
+        self.put(_STATE_TABLE, partition_key(tp), _STATE.pack(*state))
         self._states[tp] = state
 
     def create_partition(self, tp: TopicPartition, *, start_offset: int = 0) -> bool:
