@@ -6,8 +6,8 @@ process (a context manager)::
     with kvlog.Broker(data_dir="./kvlog-data", listen="tcp://127.0.0.1:0") as broker:
         producer = kvlog.Producer(bootstrap_servers=broker.bootstrap)
 
-It spawns (``multiprocess``, spawn context) the coordinator, one node per log dir, the
-broker and the retention sweeper at once (the nodes and the broker are handed the
+It starts (``multiprocess``, from a fork server: workers/supervised.py) the coordinator,
+one node per log dir, the broker and the retention sweeper at once (the nodes and the broker are handed the
 coordinator's endpoint once it has bound); waits until every node has registered;
 restarts any process that dies (same endpoint, so clients reconnect by themselves) after
 a back-off (``restart.backoff.ms``, doubling up to ``restart.backoff.max.ms``) and logs
