@@ -7,11 +7,12 @@ process (a context manager)::
         producer = kvlog.Producer(bootstrap_servers=broker.bootstrap)
 
 It starts (``multiprocess``, from a fork server: workers/supervised.py) the coordinator,
-one node per log dir, the broker and the retention sweeper at once (the nodes and the broker are handed the
-coordinator's endpoint once it has bound); waits until every node has registered;
-restarts any process that dies (same endpoint, so clients reconnect by themselves) after
-a back-off (``restart.backoff.ms``, doubling up to ``restart.backoff.max.ms``) and logs
-why; and on stop sends SIGTERM, waits a few seconds, then SIGKILLs what is left.
+one node per log dir, the broker and the retention sweeper at once (the nodes and the
+broker are handed the coordinator's endpoint once it has bound); waits until every node
+has registered; restarts any process that dies (same endpoint, so clients reconnect by
+themselves) after a back-off (``restart.backoff.ms``, doubling up to
+``restart.backoff.max.ms``) and logs why; and on stop sends SIGTERM, waits a few
+seconds, then SIGKILLs what is left.
 
 Each server process also gets its Kafka listener address (``ServerSettings.kafka_listen``
 and ``kafka_advertised_host``; the port scheme is in workers/kafka_addresses.py), fixed
