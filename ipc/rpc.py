@@ -411,9 +411,14 @@ class IOThread:
                 # in under 1 ms would poll with 0 and spin until it is due.
                 events = dict(self._poller.poll(math.ceil(max(0.0, wait) * 1000)))
                 if self._wake_r in events:
-                    self._woken = False
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
+                    # Cleared after the pipe is drained, never before: a wake() between
+                    # a clear and the read would have its byte drained with the flag
+                    # left set, and no wake() would write again: every later send()
+                    # waited for this loop's 100 ms tick (e2e p99 100 ms, issue 14).
+                    # A wake() before the clear writes nothing; this turn sees its work.
+                    self._woken = False
                 for sock in list(events):
                     if sock is self._wake_r:
                         continue
