@@ -22,7 +22,14 @@ setup(
         # ipc/accumulator.py's PyRecordAccumulator does the same in Python.
         Extension(
             "kvlog._accumulator",
-            ["kvlog/_accumulator.c", "kvlog/_acc_batch.c"],
+            [
+                "kvlog/_accumulator.c",
+                "kvlog/_acc_entry.c",
+                "kvlog/_acc_send.c",
+                "kvlog/_acc_send_batch.c",
+                "kvlog/_acc_sender.c",
+                "kvlog/_acc_batch.c",
+            ],
             depends=["kvlog/_accumulator.h", "kvlog/_cbor_columns.h", "kvlog/_murmur2.h"],
             optional=True,
         ),

@@ -1,6 +1,14 @@
-/* The producer's record accumulator in C (module kvlog._accumulator): the types shared by
- * _accumulator.c (the accumulator: partitions, open batches, queues, send()) and
- * _acc_batch.c (a batch: its columns and its future; a record's handle).
+/* The producer's record accumulator in C (module kvlog._accumulator): the types and
+ * functions shared by its files, one job each:
+ *   _accumulator.c    the module and the Accumulator type: configuration, metadata,
+ *                     life cycle, method table, module init (its comment explains the whole);
+ *   _acc_entry.c      a topic's entry (its partitions' open batches and send queues) and
+ *                     the accumulator's lists;
+ *   _acc_send.c       the record path: send() and append(), one record at a time;
+ *   _acc_send_batch.c send_batch()'s path (append_records), keyed records grouped by
+ *                     partition when that is safe;
+ *   _acc_sender.c     the I/O thread's side: ready, drain, requeue, complete, expire;
+ *   _acc_batch.c      a batch: its columns and its future; a record's handle.
  *
  * Everything here runs with the GIL held, and no Python code runs between a check and
  * the change it allows: that is the accumulator's lock. Python code (hooks, serializers,
@@ -83,6 +91,36 @@ typedef struct kv_entry {
     long long version;
 } kv_entry;
 
+/* The accumulator (kvlog._accumulator.Accumulator; ipc/accumulator.py subclasses it). */
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t batch_size;
+    Py_ssize_t buffer_memory;
+    Py_ssize_t used;
+    double linger_s;
+    double delivery_timeout_s;
+    int flushing;
+    int closed;
+    int refusing;
+    int raw_keys;
+    int raw_values;
+    PyObject *key_serializer;
+    PyObject *value_serializer;
+    PyObject *topics; /* str -> kv_entry */
+    kv_batch *inc_head, *inc_tail;
+    Py_ssize_t inc_count;
+    long long version; /* the metadata version the entries were registered at */
+    Py_ssize_t yield_batches;
+    double yield_timeout_s;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned long long progress;
+    int stalled;
+    int has_sender;   /* the I/O thread said who it is: it never yields to itself */
+    pthread_t sender;
+    PyObject *weakreflist;
+} kv_acc;
+
 extern PyTypeObject kv_FutureType;
 extern PyTypeObject kv_BatchType;
 extern PyTypeObject kv_HandleType;
@@ -105,5 +143,76 @@ PyObject *kv_batch_payload(kv_batch *b);
 PyObject *kv_handle_new(PyObject *batch, Py_ssize_t delta, PyObject *topic, long partition,
                         long long timestamp, Py_ssize_t key_size, Py_ssize_t value_size);
 int kv_types_ready(void);
+
+/* Module state, set by PyInit__accumulator (_accumulator.c). */
+extern PyObject *kv_ProducerClosedError, *kv_InvalidPartitionsError, *kv_SerializationError;
+/* Interned names: the Python subclass's hooks, send()'s keyword arguments. */
+extern PyObject *kv_s_on_topic, *kv_s_choose_sticky, *kv_s_wait_for_room, *kv_s_wake,
+    *kv_s_check_timestamp;
+extern PyObject *kv_s_topic, *kv_s_value, *kv_s_key, *kv_s_headers, *kv_s_partition,
+    *kv_s_timestamp_ms;
+
+/* _acc_entry.c: topic entries and the accumulator's lists. */
+int kv_entry_grow(kv_entry *e, Py_ssize_t n);
+kv_entry *kv_entry_get(kv_acc *self, PyObject *topic, int create);
+kv_entry *kv_entry_for_tp(kv_acc *self, PyObject *tp, Py_ssize_t *partition, int create);
+void kv_inc_add(kv_acc *self, kv_batch *b);
+void kv_inc_remove(kv_acc *self, kv_batch *b);
+void kv_close_batch(kv_entry *e, kv_batch *b);
+kv_batch *kv_queue_pop(kv_entry *e, Py_ssize_t p);
+
+/* _acc_send.c: the record path, shared with send_batch's. */
+
+/* A key or value as bytes to copy: its buffer, or len -1 for None. `serializer` is
+ * called for anything else (or for everything when `raw` is 0); its result must be
+ * bytes-like or None. The field holds what must be released after the copy. */
+typedef struct {
+    Py_buffer view;
+    int has_view;
+    PyObject *obj; /* the serialized object (strong), or NULL */
+} kv_field;
+
+int kv_put_record(kv_acc *self, kv_entry *e, Py_ssize_t p, long long timestamp,
+                  const char *key, Py_ssize_t klen, const char *value, Py_ssize_t vlen,
+                  const cbor_buf *headers, int hkind, Py_ssize_t size, double now,
+                  kv_batch **landed, Py_ssize_t *delta);
+int kv_ensure_room(kv_acc *self, Py_ssize_t size);
+int kv_field_get(kv_field *f, PyObject *value, int raw, PyObject *serializer, const char *what,
+                 const char **data, Py_ssize_t *len);
+int kv_call_sticky(kv_acc *self, kv_entry *e, long count, long current);
+int kv_call_hook(kv_acc *self, PyObject *name, PyObject *arg);
+void kv_yield_to_sender(kv_acc *self);
+int kv_wants_yield(kv_acc *self, kv_entry *e, Py_ssize_t p);
+kv_entry *kv_entry_for_send(kv_acc *self, PyObject *topic);
+/* Inline, as the compiler made it when one file held both paths: send_batch's path
+ * (another file) releases two fields per record. */
+static inline void kv_field_release(kv_field *f)
+{
+    if (f->has_view)
+        PyBuffer_Release(&f->view);
+    f->has_view = 0;
+    Py_CLEAR(f->obj);
+}
+
+/* The Accumulator's methods, defined beside the code they share, listed in the method
+ * table of _accumulator.c. */
+PyObject *acc_send(kv_acc *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
+PyObject *acc_append(kv_acc *self, PyObject *args, PyObject *kwargs);
+PyObject *acc_append_records(kv_acc *self, PyObject *args, PyObject *kwargs);
+PyObject *acc_ready(kv_acc *self, PyObject *arg);
+PyObject *acc_drain(kv_acc *self, PyObject *args, PyObject *kwargs);
+PyObject *acc_requeue_front(kv_acc *self, PyObject *args, PyObject *kwargs);
+PyObject *acc_complete(kv_acc *self, PyObject *arg);
+PyObject *acc_expired(kv_acc *self, PyObject *arg);
+PyObject *acc_abort_all(kv_acc *self, PyObject *unused);
+PyObject *acc_incomplete(kv_acc *self, PyObject *unused);
+PyObject *acc_get_has_unsent(kv_acc *self, void *closure);
+PyObject *acc_queued(kv_acc *self, PyObject *tp);
+PyObject *acc_progress(kv_acc *self, PyObject *unused);
+PyObject *acc_sender_thread(kv_acc *self, PyObject *unused);
+PyObject *acc_begin_flush(kv_acc *self, PyObject *unused);
+PyObject *acc_end_flush(kv_acc *self, PyObject *unused);
+PyObject *acc_close(kv_acc *self, PyObject *unused);
+PyObject *acc_refuse(kv_acc *self, PyObject *unused);
 
 #endif

@@ -3,7 +3,7 @@
  *   [offset_deltas (null), timestamp_deltas (int or array of ints), keys, values(, headers)]
  *
  * with definite lengths and the shortest head for every number, as cbor2 writes them. The
- * producer's accumulator (_accumulator.c) writes each column as records arrive; the
+ * producer's accumulator (_acc_batch.c) writes each column as records arrive; the
  * consumer's reader (_records.c) finds each record's key and value in place. Only that
  * canonical shape is read here: anything else goes to cbor2 (kvlog/batch.py).
  */

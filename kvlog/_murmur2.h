@@ -1,6 +1,6 @@
 /* Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), byte for byte; shared
- * by _murmur2.c and _accumulator.c. The pure-Python twin in partitioner.py is the
- * reference; tests check they agree. */
+ * by _murmur2.c and the accumulator (_acc_send.c, _acc_send_batch.c). The pure-Python
+ * twin in partitioner.py is the reference; tests check they agree. */
 #ifndef KVLOG_MURMUR2_H
 #define KVLOG_MURMUR2_H
 #include <stdint.h>

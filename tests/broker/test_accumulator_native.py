@@ -331,7 +331,7 @@ def test_send_on_the_sender_thread_never_waits_for_itself(cls: type) -> None:
     assert took and took[0] < 5 and not acc.stalled
 
 
-MANY = 300  # partitions: send_batch's grouped path (kvlog/_accumulator.c, append_grouped)
+MANY = 300  # partitions: send_batch's grouped path (kvlog/_acc_send_batch.c, append_grouped)
 
 
 class ManyHooks(Hooks):
