@@ -983,6 +983,52 @@ static PyObject *filter_kafka(PyObject *self, PyObject *const *args, Py_ssize_t 
     return filter(args, nargs, 1);
 }
 
+/* -- records without a key ---------------------------------------------------------------- */
+
+/* The offset delta of the first record without a key, or -1: a compacted topic refuses
+ * such a batch at produce, as Kafka does (the cleaner would only drop the record later). */
+static PyObject *first_keyless(PyObject *const *args, Py_ssize_t nargs, int kafka)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "first_keyless_*(records, count)");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative record count");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    parsed b;
+    int r = kafka ? parse_kafka(view.buf, view.len, n, 0, &b) : parse_native(view.buf, view.len, n, 0, &b);
+    PyBuffer_Release(&view);
+    if (r < 0)
+        return NULL;
+    long long found = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (b.keys[i].len < 0) {
+            found = b.offsets[i];
+            break;
+        }
+    }
+    parsed_free(&b);
+    return PyLong_FromLongLong(found);
+}
+
+static PyObject *first_keyless_native(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return first_keyless(args, nargs, 0);
+}
+
+static PyObject *first_keyless_kafka(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return first_keyless(args, nargs, 1);
+}
+
 static PyObject *hash128(PyObject *self, PyObject *key)
 {
     Py_buffer view;
@@ -1007,6 +1053,10 @@ static PyMethodDef methods[] = {
     {"filter_kafka", (PyCFunction)(void (*)(void))filter_kafka, METH_FASTCALL,
      "filter_kafka(...): filter_native for a Kafka batch's records section."},
     {"hash128", (PyCFunction)hash128, METH_O, "hash128(key) -> (h1, h2): the map's hash."},
+    {"first_keyless_native", (PyCFunction)(void (*)(void))first_keyless_native, METH_FASTCALL,
+     "first_keyless_native(payload, count) -> offset delta of the first keyless record, or -1"},
+    {"first_keyless_kafka", (PyCFunction)(void (*)(void))first_keyless_kafka, METH_FASTCALL,
+     "first_keyless_kafka(records, count) -> offset delta of the first keyless record, or -1"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -110,6 +110,22 @@ def put_kafka(omap: KeyOffsets, records: Any, count: int, base: int, min_offset:
     return _fill(omap, offsets, keys, base, min_offset)
 
 
+def _first_none(offsets: list[int], keys: list[Any]) -> int:
+    return next((delta for delta, key in zip(offsets, keys, strict=True) if key is None), -1)
+
+
+def first_keyless_native(payload: Any, count: int) -> int:
+    """The offset delta of the first record without a key, or -1."""
+    cols = _native_columns(payload, count)
+    return _first_none(list(range(count)) if cols[0] is None else cols[0], cols[2])
+
+
+def first_keyless_kafka(records: Any, count: int) -> int:
+    """The offset delta of the first record without a key, or -1."""
+    offsets, _ts, keys, _values = _kafka_columns(records, count)
+    return _first_none(offsets, keys)
+
+
 def _decide(
     omap: KeyOffsets,
     offsets: list[int],

@@ -24,7 +24,15 @@ from .codecs import Codec, compress, decompress
 from .errors import CorruptRecordError
 
 try:
-    from ._compact import OffsetMap, filter_kafka, filter_native, put_kafka, put_native
+    from ._compact import (
+        OffsetMap,
+        filter_kafka,
+        filter_native,
+        first_keyless_kafka,
+        first_keyless_native,
+        put_kafka,
+        put_native,
+    )
 
     ACCELERATED = True
 except ImportError:  # built without a compiler: the same walks in Python
@@ -32,6 +40,8 @@ except ImportError:  # built without a compiler: the same walks in Python
         OffsetMap,
         filter_kafka,
         filter_native,
+        first_keyless_kafka,
+        first_keyless_native,
         put_kafka,
         put_native,
     )
@@ -91,6 +101,22 @@ def map_batch(omap: Any, base: int, batch: bytes | memoryview, min_offset: int) 
             return (_compact_py.put_kafka if kafka else _compact_py.put_native)(*args)
     except ValueError as exc:
         raise CorruptRecordError(f"record batch at {base}: {exc}") from exc
+
+
+def first_keyless(batch: bytes | memoryview) -> int:
+    """The offset delta of the batch's first record without a key, or -1 (a compacted
+    topic refuses the batch, as Kafka does: the cleaner could only drop the record)."""
+    header, records = _records(batch)
+    kafka = header.magic == KAFKA_MAGIC
+    args = (records, header.record_count)
+    try:
+        try:
+            return (first_keyless_kafka if kafka else first_keyless_native)(*args)
+        except NotImplementedError:
+            twin = _compact_py.first_keyless_kafka if kafka else _compact_py.first_keyless_native
+            return twin(*args)
+    except ValueError as exc:
+        raise CorruptRecordError(f"record batch does not parse: {exc}") from exc
 
 
 def filter_batch(

@@ -540,7 +540,8 @@ class ElectionNotNeededError(KvlogError, code=ErrorCode.ELECTION_NOT_NEEDED):
 
 
 class InvalidRecordError(KvlogError, code=ErrorCode.INVALID_RECORD):
-    """A record in the batch is not valid."""
+    """A record in the batch is not valid (a record without a key on a compacted topic); the
+    batch was not stored."""
 
 
 class ThrottlingQuotaExceededError(RetriableError, code=ErrorCode.THROTTLING_QUOTA_EXCEEDED):

@@ -41,7 +41,9 @@ from typing import Any, TypeVar
 
 from kvlog import batch as batch_format
 from kvlog import epochs, txn_state
+from kvlog.compact_records import first_keyless
 from kvlog.errors import (
+    InvalidRecordError,
     KvlogError,
     MessageSizeTooLargeError,
     NotLeaderOrFollowerError,
@@ -86,6 +88,20 @@ class IsrChange:
     tp: TopicPartition
 
 
+def check_keyed(tp: TopicPartition, batch: bytes | memoryview) -> None:
+    """Refuse a batch with a record without a key on a compacted topic, as Kafka does
+    (INVALID_RECORD): compaction keeps the latest record per key, so such a record could
+    only be dropped later, silently (the one per-record walk of the leader: in C, and
+    only on compacted topics)."""
+    delta = first_keyless(batch)
+    if delta >= 0:
+        raise InvalidRecordError(
+            f"{tp}: the record at offset delta {delta} of the batch has no key, and topic "
+            f"{tp.topic!r} is compacted (cleanup.policy=compact): give every record a key, "
+            "or produce to a topic with cleanup.policy=delete"
+        )
+
+
 class LeaderCore(GroupCommit):
     """Owned by one node's loop (with the fetch and follower cores, which share its
     store, hosted partitions and producer state); not thread-safe."""
@@ -108,6 +124,7 @@ class LeaderCore(GroupCommit):
         self.producer_id_expiration_ms = producer_id_expiration_ms
         self.hosted: dict[TopicPartition, HostedPartition] = {}
         self._max_message_bytes: dict[TopicPartition, int] = {}  # of self.hosted
+        self._compacted: dict[TopicPartition, bool] = {}  # of self.hosted
         self.leaders: dict[TopicPartition, LeaderReplica] = {}
         self.producers = ProducerStateTable()
         self.txns = TxnStateTable()
@@ -193,6 +210,7 @@ class LeaderCore(GroupCommit):
                 del self.leaders[tp]
         self.hosted = assigned
         self._max_message_bytes = {}
+        self._compacted = {}
         with self.store.reader() as r:
             self.producers.load(r, new)
             self.txns.load(r, new)
@@ -296,6 +314,8 @@ class LeaderCore(GroupCommit):
                     replica.check_enough_replicas()
                 header = batch_format.validate(batch)
                 batch_format.check_produced(header)
+                if self._is_compacted(tp) and not header.is_control:
+                    check_keyed(tp, batch)
             except KvlogError as exc:
                 items.append(ProduceItem(tp, None, None, exc))
                 continue
@@ -304,6 +324,12 @@ class LeaderCore(GroupCommit):
             StagedProduce(request.token, request.acks, items, request.timeout_ms, total)
         )
         return Result()
+
+    def _is_compacted(self, tp: TopicPartition) -> bool:
+        compacted = self._compacted.get(tp)
+        if compacted is None:  # the effective config is merged once per assignment
+            compacted = self._compacted[tp] = self.hosted[tp].compacted
+        return compacted
 
     def _flush_high_watermarks(self) -> None:
         """Persist moved high watermarks (they are also written with every commit)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from kvlog.errors import KvlogError
-from kvlog.topic_config import effective_topic_config
+from kvlog.topic_config import cleanup_policies, effective_topic_config
 from kvlog.types import TopicPartition
 
 D = TypeVar("D", int, float)
@@ -60,6 +60,11 @@ class HostedPartition:
     @property
     def max_message_bytes(self) -> int:
         return int(effective_topic_config(self.config)["max.message.bytes"])
+
+    @property
+    def compacted(self) -> bool:
+        """cleanup.policy includes compact: records without a key are refused."""
+        return "compact" in cleanup_policies(effective_topic_config(self.config))
 
     @property
     def min_insync_replicas(self) -> int:

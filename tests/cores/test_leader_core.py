@@ -123,6 +123,21 @@ def test_a_request_over_message_max_bytes_is_refused_whole_at_once() -> None:
     assert not core.has_staged
 
 
+def test_a_compacted_topic_refuses_a_batch_with_a_keyless_record_as_kafka_does() -> None:
+    core = LeaderCore(0, Store())
+    core.apply_assignment([part(T0, [0], **{"cleanup.policy": "compact"}), part(T1, [0])])
+    keyless = batch_format.build_batch([(b"k", b"v"), (None, b"v")])
+    keyed = batch_format.build_batch([(b"k", b"v"), (b"", b"tombstone-to-be")])
+    entries = [(T0, keyless), (T0, keyed), (T1, keyless)]
+    assert not core.produce(Produce("p", 1, entries))
+    [reply] = core.commit(NOW).replies
+    refused, stored, elsewhere = reply.body.partitions
+    assert refused.error is not None and refused.error.code is ErrorCode.INVALID_RECORD
+    assert "offset delta 1" in refused.error.message and "cleanup.policy" in refused.error.message
+    assert stored.error is None and stored.base_offset == 0, "an empty key is a key"
+    assert elsewhere.error is None, "a topic that is not compacted takes records without keys"
+
+
 def test_partition_errors_fail_only_their_batch() -> None:
     core = LeaderCore(0, Store())
     core.apply_assignment(

@@ -159,3 +159,49 @@ def test_kafka_clients_read_a_compacted_log_from_offset_zero(broker: Any) -> Non
     finally:
         consumer.close()
     assert table == expected
+
+
+def test_a_compacted_topic_refuses_records_without_a_key_on_both_wires(broker: Any) -> None:
+    """As Kafka does (INVALID_RECORD): compaction keeps the latest record per key, so a
+    keyless record could only be dropped later, silently."""
+    topic = f"keyed-{uuid.uuid4().hex[:8]}"
+    create_topic(broker, topic, **{"cleanup.policy": "compact"})
+    kp = KafkaProducer(bootstrap_servers=broker.kafka_bootstrap, acks="all", retries=0)
+    try:
+        with pytest.raises(Exception) as refused:
+            kp.send(topic, key=None, value=b"no key").get(30)
+        assert "InvalidRecord" in type(refused.value).__name__, refused.value
+        kp.send(topic, key=b"k", value=b"kafka-python").get(30)
+    finally:
+        kp.close()
+
+    errors: list[Any] = []
+    ck = CKProducer({"bootstrap.servers": broker.kafka_bootstrap})
+    # Separately: a batch is refused whole, as in Kafka.
+    ck.produce(topic, value=b"no key", on_delivery=lambda err, _msg: errors.append(err))
+    ck.flush(30)
+    ck.produce(topic, key=b"k", value=b"librdkafka", on_delivery=lambda e, _m: errors.append(e))
+    ck.flush(30)
+    assert errors[0] is not None and errors[0].name() == "INVALID_RECORD", errors
+    assert errors[1] is None, errors
+
+    producer = kvlog.Producer(bootstrap_servers=broker.bootstrap)
+    try:
+        with pytest.raises(kvlog.errors.InvalidRecordError, match="has no key"):
+            producer.send(topic, value=b"no key").get(30)
+        producer.send(topic, key=b"k", value=b"kvlog").get(30)
+    finally:
+        producer.close()
+
+    consumer = kvlog.Consumer(bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        seen: list[Any] = []
+        deadline = time.monotonic() + 30
+        while len(seen) < 3 and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                seen.extend((rec.key, rec.value) for rec in records)
+    finally:
+        consumer.close()
+    assert seen == [(b"k", b"kafka-python"), (b"k", b"librdkafka"), (b"k", b"kvlog")]

@@ -12,7 +12,14 @@ from logtest_util import budget
 from kvlog import _compact_py, kafka_batch
 from kvlog import batch as batch_format
 from kvlog.codecs import Codec, compress
-from kvlog.compact_records import ACCELERATED, Action, filter_batch, map_batch, new_offset_map
+from kvlog.compact_records import (
+    ACCELERATED,
+    Action,
+    filter_batch,
+    first_keyless,
+    map_batch,
+    new_offset_map,
+)
 
 c_impl = pytest.importorskip("kvlog._compact") if ACCELERATED else None
 needs_c = pytest.mark.skipif(not ACCELERATED, reason="the C accelerator was not built")
@@ -187,3 +194,17 @@ def test_hash_spreads_keys():
     seen = {c_impl.hash128(b"key-%d" % i)[0] for i in range(200_000)}
     assert len(seen) == 200_000  # no collision even in one 64-bit half
     assert c_impl.hash128(b"") != (0, 0)  # the empty-slot marker is never a hash
+
+
+@given(stored=stored_batches())
+@budget(200)
+def test_first_keyless_names_the_first_record_without_a_key_in_either_format(stored):
+    _base, batch = stored
+    header, records = _map_records(batch)
+    kafka = header.magic == batch_format.KAFKA_MAGIC
+    twin = _compact_py.first_keyless_kafka if kafka else _compact_py.first_keyless_native
+    expected = twin(records, header.record_count)
+    assert first_keyless(batch) == expected
+    if ACCELERATED:
+        walk = c_impl.first_keyless_kafka if kafka else c_impl.first_keyless_native
+        assert walk(records, header.record_count) == expected
