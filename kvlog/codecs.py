@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from typing import Any
 
 import cramjam
 
@@ -75,3 +76,33 @@ def decompress(codec: Codec, data: bytes | memoryview) -> bytes | memoryview:
     if codec is Codec.NONE:
         return data
     return _DECOMPRESS[codec](data)
+
+
+# Decompression into a caller's buffer: the result may not outgrow it.
+_DECOMPRESS_INTO: dict[Codec, Callable[[Any, Any], int]] = {
+    Codec.GZIP: cramjam.gzip.decompress_into,
+    Codec.SNAPPY: cramjam.snappy.decompress_raw_into,
+    Codec.LZ4: cramjam.lz4.decompress_into,
+    Codec.ZSTD: cramjam.zstd.decompress_into,
+}
+
+
+def decompress_within(codec: Codec, data: bytes | memoryview, out: memoryview) -> memoryview:
+    """``data`` decompressed into ``out``: the view of ``out`` it fills. ValueError when it
+    does not decompress or would not fit: for a server that must not let a small batch
+    take unbounded memory (a decompression bomb: zstd reaches ~32,000 to 1)."""
+    if codec is Codec.NONE:
+        if len(data) > len(out):
+            raise ValueError(f"{len(data)} bytes do not fit in {len(out)}")
+        return memoryview(data)
+    if codec is Codec.SNAPPY and cramjam.snappy.decompress_raw_len(data) > len(out):
+        raise ValueError(f"snappy data decompresses to more than {len(out)} bytes")
+    try:
+        size = _DECOMPRESS_INTO[codec](data, out)
+    except cramjam.DecompressionError as exc:
+        # Also what a full buffer raises (gzip, lz4 and zstd do not say their size first).
+        raise ValueError(f"does not decompress within {len(out)} bytes ({exc})") from exc
+    if size >= len(out):
+        # Exactly full: it may have been cut there.
+        raise ValueError(f"decompresses to {len(out)} bytes or more")
+    return out[:size]

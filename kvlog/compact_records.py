@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import enum
 import math
+import mmap
+import threading
 from typing import Any, NamedTuple
 
 from . import _compact_py, kafka_batch
 from . import batch as batch_format
 from .batch import HEADER_SIZE, KAFKA_MAGIC, TIMESTAMP_LOG_APPEND_TIME, BatchHeader
-from .codecs import Codec, compress, decompress
-from .errors import CorruptRecordError
+from .codecs import Codec, compress, decompress, decompress_within
+from .errors import CorruptRecordError, InvalidRecordError
 
 try:
     from ._compact import (
@@ -49,6 +51,12 @@ except ImportError:  # built without a compiler: the same walks in Python
     ACCELERATED = False
 
 SLOT_BYTES = 24  # a 128-bit key hash and an int64 offset
+# A producer's batch walked before it is stored (first_keyless) decompresses into at most
+# this many times its size: real data compresses well under it, a bomb (zstd: ~32,000
+# to 1) is refused.
+MAX_DECOMPRESSION_RATIO = 64
+MIN_DECOMPRESSED_BYTES = 1 << 20
+_SCRATCH = threading.local()
 LOAD_FACTOR = 0.9  # Kafka's log.cleaner.io.buffer.load.factor
 _MIN_SLOTS = 4  # tests use tiny maps to force several passes
 
@@ -105,9 +113,27 @@ def map_batch(omap: Any, base: int, batch: bytes | memoryview, min_offset: int) 
 
 def first_keyless(batch: bytes | memoryview) -> int:
     """The offset delta of the batch's first record without a key, or -1 (a compacted
-    topic refuses the batch, as Kafka does: the cleaner could only drop the record)."""
-    header, records = _records(batch)
+    topic refuses the batch, as Kafka does: the cleaner could only drop the record).
+
+    A producer's batch, walked in a server before it is stored: it is decompressed into
+    a buffer of at most ``MAX_DECOMPRESSION_RATIO`` times its size (at least
+    ``MIN_DECOMPRESSED_BYTES``), never more: InvalidRecordError if it does not fit (a
+    decompression bomb must not take the node's memory)."""
+    header = batch_format.read_header(batch)
+    body = memoryview(batch)[HEADER_SIZE:]
     kafka = header.magic == KAFKA_MAGIC
+    limit = max(MIN_DECOMPRESSED_BYTES, MAX_DECOMPRESSION_RATIO * len(body))
+    out = _scratch(limit)
+    try:
+        if kafka:
+            records = kafka_batch.decompress_within(header.attributes & 0x07, body, out)
+        else:
+            records = decompress_within(header.codec, body, out)
+    except ValueError as exc:
+        raise InvalidRecordError(
+            f"the record batch does not decompress within {limit} bytes "
+            f"({MAX_DECOMPRESSION_RATIO} times its size): {exc}"
+        ) from exc
     args = (records, header.record_count)
     try:
         try:
@@ -117,6 +143,18 @@ def first_keyless(batch: bytes | memoryview) -> int:
             return twin(*args)
     except ValueError as exc:
         raise CorruptRecordError(f"record batch does not parse: {exc}") from exc
+    finally:
+        records.release()
+
+
+def _scratch(limit: int) -> memoryview:
+    """This thread's decompression buffer, of at least ``limit`` + 1 bytes (anonymous
+    memory: pages cost only once written; kept for the next batch)."""
+    buf: mmap.mmap | None = getattr(_SCRATCH, "buf", None)
+    if buf is None or len(buf) <= limit:
+        # The old one is unmapped once no view of it is left (not closed: one may be).
+        buf = _SCRATCH.buf = mmap.mmap(-1, limit + 1)
+    return memoryview(buf)[: limit + 1]
 
 
 def filter_batch(

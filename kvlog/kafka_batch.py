@@ -38,6 +38,7 @@ import cramjam
 from crc32c import crc32c
 
 from . import batch as batch_format
+from . import codecs
 from .batch import HEADER_SIZE, BatchHeader, Columns
 from .codecs import Codec, compress, decompress
 from .errors import (
@@ -254,9 +255,25 @@ def _decompress(codec_id: int, data: memoryview) -> bytes | memoryview:
     return decompress(codec, data)
 
 
-def _xerial_snappy(data: memoryview) -> bytes:
-    """Snappy in xerial's block framing (what Java's Kafka client writes). Its version
-    and compat words are not checked: some writers get their byte order wrong."""
+def decompress_within(codec_id: int, data: memoryview, out: memoryview) -> memoryview:
+    """:func:`kvlog.codecs.decompress_within` for a Kafka batch's records (codec ids,
+    xerial-framed snappy): ValueError when they do not decompress within ``out``."""
+    if codec_id > max(Codec):
+        raise UnsupportedCompressionTypeError(
+            f"record batch uses compression codec id {codec_id}; known codecs are 0-4"
+        )
+    codec = Codec(codec_id)
+    if codec is not Codec.SNAPPY or data[: len(_XERIAL_MAGIC)] != _XERIAL_MAGIC:
+        return codecs.decompress_within(codec, data, out)
+    filled = 0
+    for block in _xerial_blocks(data):
+        filled += len(codecs.decompress_within(codec, block, out[filled:]))
+    return out[:filled]
+
+
+def _xerial_blocks(data: memoryview) -> list[memoryview]:
+    """The snappy blocks of xerial's framing (version and compat words not checked: some
+    writers get their byte order wrong)."""
     blocks = []
     pos, end = _XERIAL_HEADER_SIZE, len(data)
     while pos < end:
@@ -266,6 +283,11 @@ def _xerial_snappy(data: memoryview) -> bytes:
         pos += 4
         if size < 0 or size > end - pos:
             raise ValueError(f"xerial snappy block of {size} bytes with {end - pos} left")
-        blocks.append(bytes(cramjam.snappy.decompress_raw(data[pos : pos + size])))
+        blocks.append(data[pos : pos + size])
         pos += size
-    return b"".join(blocks)
+    return blocks
+
+
+def _xerial_snappy(data: memoryview) -> bytes:
+    """Snappy in xerial's block framing (what Java's Kafka client writes)."""
+    return b"".join(bytes(cramjam.snappy.decompress_raw(b)) for b in _xerial_blocks(data))

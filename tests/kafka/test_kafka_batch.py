@@ -161,6 +161,18 @@ def test_snappy_in_xerial_framing_and_raw_are_both_read(impl):
     assert snappy_encode  # the framing under test is kafka-python's default
 
 
+def test_xerial_snappy_decompresses_within_a_buffer_or_refuses(impl):
+    recs = compressible([(b"k", b"%d" % i, [], 5) for i in range(2000)])
+    xerial = memoryview(kafka_batch.from_record_set(kafka_python_batch(recs, Codec.SNAPPY)))
+    body = xerial[bf.HEADER_SIZE :]
+    whole = kafka_batch._decompress(Codec.SNAPPY, body)
+    assert len(whole) > 32 * 1024, "several xerial blocks"
+    out = memoryview(bytearray(len(whole) + 1))
+    assert bytes(kafka_batch.decompress_within(Codec.SNAPPY, body, out)) == bytes(whole)
+    with pytest.raises(ValueError):
+        kafka_batch.decompress_within(Codec.SNAPPY, body, out[: len(whole) - 1])
+
+
 def test_offset_gaps_survive(impl):
     recs = [(b"a", b"1", [], 1), (b"b", b"2", [], 2), (b"c", b"3", [], 3)]
     stored = kafka_batch.from_record_set(kafka_python_batch(recs, offsets=[0, 4, 9]))

@@ -208,3 +208,43 @@ def test_first_keyless_names_the_first_record_without_a_key_in_either_format(sto
     if ACCELERATED:
         walk = c_impl.first_keyless_kafka if kafka else c_impl.first_keyless_native
         assert walk(records, header.record_count) == expected
+
+
+@pytest.mark.parametrize("codec", list(Codec))
+def test_decompress_within_fills_its_buffer_or_refuses(codec):
+    from kvlog.codecs import decompress, decompress_within
+
+    data = b"".join(b"record %d; " % i for i in range(5000))
+    packed = compress(codec, data)
+    assert bytes(decompress(codec, packed)) == data
+    roomy = memoryview(bytearray(len(data) + 1))
+    assert bytes(decompress_within(codec, packed, roomy)) == data
+    # Exactly full may have been cut there (not when there is nothing to decompress).
+    shorts = (len(data) - 1, 10) if codec is Codec.NONE else (len(data), len(data) - 1, 10)
+    for short in shorts:
+        with pytest.raises(ValueError):
+            decompress_within(codec, packed, memoryview(bytearray(short)))
+
+
+@pytest.mark.parametrize("kafka", [False, True])
+def test_a_decompression_bomb_is_refused_not_decompressed(kafka):
+    from kvlog.compact_records import MAX_DECOMPRESSION_RATIO, MIN_DECOMPRESSED_BYTES
+    from kvlog.errors import InvalidRecordError
+
+    # One record of 3 MiB of zeros: zstd packs it into a few hundred bytes.
+    value = bytes(3 * MIN_DECOMPRESSED_BYTES)
+    common = dict(first_timestamp=1, max_timestamp=1, codec=Codec.ZSTD)
+    if kafka:
+        batch = kafka_batch.encode(None, 0, [b"k"], [value], None, **common)
+    else:
+        batch = batch_format.encode(0, [b"k"], [value], **common)
+    assert len(batch) * MAX_DECOMPRESSION_RATIO < MIN_DECOMPRESSED_BYTES
+    with pytest.raises(InvalidRecordError, match="does not decompress within"):
+        first_keyless(batch)
+    # The same record within the bound is walked.
+    small = bytes(MIN_DECOMPRESSED_BYTES // 2)
+    if kafka:
+        fine = kafka_batch.encode(None, 0, [None], [small], None, **common)
+    else:
+        fine = batch_format.encode(0, [None], [small], **common)
+    assert first_keyless(fine) == 0
