@@ -169,11 +169,10 @@ PyObject *acc_complete(kv_acc *self, PyObject *arg)
     Py_RETURN_TRUE;
 }
 
-PyObject *acc_expired(kv_acc *self, PyObject *arg)
+/* Take every batch whose deadline is at or before `now` out of the accumulator: queued
+ * (closed) ones first, then open ones. abort_all takes them all (now = +inf). */
+static PyObject *take_due(kv_acc *self, double now)
 {
-    double now = PyFloat_AsDouble(arg);
-    if (now == -1.0 && PyErr_Occurred())
-        return NULL;
     PyObject *out = PyList_New(0);
     if (out == NULL)
         return NULL;
@@ -210,42 +209,17 @@ fail:
     return NULL;
 }
 
+PyObject *acc_expired(kv_acc *self, PyObject *arg)
+{
+    double now = PyFloat_AsDouble(arg);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    return take_due(self, now);
+}
+
 PyObject *acc_abort_all(kv_acc *self, PyObject *unused)
 {
-    PyObject *out = PyList_New(0);
-    if (out == NULL)
-        return NULL;
-    Py_ssize_t pos = 0;
-    PyObject *k, *value;
-    for (int pass = 0; pass < 2; pass++) {
-        pos = 0;
-        while (PyDict_Next(self->topics, &pos, &k, &value)) {
-            kv_entry *e = (kv_entry *)value;
-            for (Py_ssize_t p = 0; p < e->cap; p++) {
-                if (pass == 0) {
-                    while (e->qhead[p] != NULL) {
-                        kv_batch *b = kv_queue_pop(e, p);
-                        int failed = PyList_Append(out, (PyObject *)b);
-                        Py_DECREF(b);
-                        if (failed < 0)
-                            goto fail;
-                    }
-                } else if (e->open[p] != NULL) {
-                    kv_batch *b = e->open[p];
-                    e->open[p] = NULL;
-                    b->state = BATCH_TAKEN;
-                    int failed = PyList_Append(out, (PyObject *)b);
-                    Py_DECREF(b);
-                    if (failed < 0)
-                        goto fail;
-                }
-            }
-        }
-    }
-    return out;
-fail:
-    Py_DECREF(out);
-    return NULL;
+    return take_due(self, Py_HUGE_VAL);
 }
 
 PyObject *acc_incomplete(kv_acc *self, PyObject *unused)

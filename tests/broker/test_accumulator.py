@@ -197,6 +197,16 @@ def test_expiry_after_delivery_timeout() -> None:
     assert not acc.has_unsent
 
 
+def test_abort_all_takes_queued_batches_then_open_ones_whatever_their_deadline() -> None:
+    acc = make(linger_ms=60_000, batch_size=100, delivery_timeout_ms=1000)
+    acc.append(TP, 1, None, rec(100), None, now=0.0)  # full: queued
+    acc.append(TP, 1, None, rec(50), None, now=0.5)  # open
+    acc.append(TP2, 1, None, rec(50), None, now=0.2)  # open, another partition
+    taken = sorted((b.tp, b.size) for b in acc.abort_all())
+    assert taken == sorted([(TP, 100), (TP, 50), (TP2, 50)])
+    assert not acc.has_unsent and acc.abort_all() == []
+
+
 def test_requeue_front_keeps_order_and_waits_for_the_backoff() -> None:
     acc = make(batch_size=100, linger_ms=0)
     for _ in range(3):
