@@ -26,38 +26,22 @@ from .codecs import Codec, compress, decompress, decompress_within
 from .errors import CorruptRecordError, InvalidRecordError
 
 try:
-    from ._compact import (
-        OffsetMap,
-        filter_kafka,
-        filter_native,
-        first_keyless_kafka,
-        first_keyless_native,
-        put_kafka,
-        put_native,
-    )
+    from . import _compact as _walks
 
     ACCELERATED = True
 except ImportError:  # built without a compiler: the same walks in Python
-    from ._compact_py import (  # type: ignore[assignment]
-        OffsetMap,
-        filter_kafka,
-        filter_native,
-        first_keyless_kafka,
-        first_keyless_native,
-        put_kafka,
-        put_native,
-    )
-
+    _walks = _compact_py  # type: ignore[assignment]
     ACCELERATED = False
 
+OffsetMap = _walks.OffsetMap
 SLOT_BYTES = 24  # a 128-bit key hash and an int64 offset
+LOAD_FACTOR = 0.9  # Kafka's log.cleaner.io.buffer.load.factor
 # A producer's batch walked before it is stored (first_keyless) decompresses into at most
 # this many times its size: real data compresses well under it, a bomb (zstd: ~32,000
 # to 1) is refused.
 MAX_DECOMPRESSION_RATIO = 64
 MIN_DECOMPRESSED_BYTES = 1 << 20
 _SCRATCH = threading.local()
-LOAD_FACTOR = 0.9  # Kafka's log.cleaner.io.buffer.load.factor
 _MIN_SLOTS = 4  # tests use tiny maps to force several passes
 
 
@@ -85,6 +69,17 @@ class Outcome(NamedTuple):
     first_tombstone: int  # offset of the first kept tombstone, or -1
 
 
+def _walk(name: str, kafka: bool, *args: Any) -> Any:
+    """The per-record walk ``name`` of the batch's format (``put``, ``filter``,
+    ``first_keyless``): in C, or its Python twin for valid CBOR the C walker does not read
+    (NotImplementedError). ValueError: a malformed batch."""
+    fn = f"{name}_{'kafka' if kafka else 'native'}"
+    try:
+        return getattr(_walks, fn)(*args)
+    except NotImplementedError:
+        return getattr(_compact_py, fn)(*args)
+
+
 def _records(batch: bytes | memoryview) -> tuple[BatchHeader, Any]:
     header = batch_format.read_header(batch)
     body = memoryview(batch)[HEADER_SIZE:]
@@ -101,12 +96,8 @@ def map_batch(omap: Any, base: int, batch: bytes | memoryview, min_offset: int) 
     of the first record that did not fit (the map is full: the pass ends there)."""
     header, records = _records(batch)
     kafka = header.magic == KAFKA_MAGIC
-    args = (omap, records, header.record_count, base, min_offset)
     try:
-        try:
-            return (put_kafka if kafka else put_native)(*args)
-        except NotImplementedError:
-            return (_compact_py.put_kafka if kafka else _compact_py.put_native)(*args)
+        return int(_walk("put", kafka, omap, records, header.record_count, base, min_offset))
     except ValueError as exc:
         raise CorruptRecordError(f"record batch at {base}: {exc}") from exc
 
@@ -134,13 +125,8 @@ def first_keyless(batch: bytes | memoryview) -> int:
             f"the record batch does not decompress within {limit} bytes "
             f"({MAX_DECOMPRESSION_RATIO} times its size): {exc}"
         ) from exc
-    args = (records, header.record_count)
     try:
-        try:
-            return (first_keyless_kafka if kafka else first_keyless_native)(*args)
-        except NotImplementedError:
-            twin = _compact_py.first_keyless_kafka if kafka else _compact_py.first_keyless_native
-            return twin(*args)
+        return int(_walk("first_keyless", kafka, records, header.record_count))
     except ValueError as exc:
         raise CorruptRecordError(f"record batch does not parse: {exc}") from exc
     finally:
@@ -166,12 +152,8 @@ def filter_batch(
     header, records = _records(batch)
     kafka = header.magic == KAFKA_MAGIC
     count = header.record_count
-    args = (omap, records, count, base, map_end, tombstone_horizon)
     try:
-        try:
-            result = (filter_kafka if kafka else filter_native)(*args)
-        except NotImplementedError:
-            result = (_compact_py.filter_kafka if kafka else _compact_py.filter_native)(*args)
+        result = _walk("filter", kafka, omap, records, count, base, map_end, tombstone_horizon)
     except ValueError as exc:
         raise CorruptRecordError(f"record batch at {base}: {exc}") from exc
     kept, new_records, max_ts_delta, first_tombstone, tombstones, keyless = result
