@@ -66,6 +66,7 @@ from .node_model import (
     HostedPartition,
     LeaderStats,
     Produce,
+    ProduceRules,
     earliest,
 )
 from .replication_core import DEFAULT_REPLICA_LAG_TIME_MAX_MS, LeaderReplica
@@ -123,8 +124,7 @@ class LeaderCore(GroupCommit):
         self.message_max_bytes = message_max_bytes
         self.producer_id_expiration_ms = producer_id_expiration_ms
         self.hosted: dict[TopicPartition, HostedPartition] = {}
-        self._max_message_bytes: dict[TopicPartition, int] = {}  # of self.hosted
-        self._compacted: dict[TopicPartition, bool] = {}  # of self.hosted
+        self._rules: dict[TopicPartition, ProduceRules] = {}  # of self.hosted
         self.leaders: dict[TopicPartition, LeaderReplica] = {}
         self.producers = ProducerStateTable()
         self.txns = TxnStateTable()
@@ -209,8 +209,7 @@ class LeaderCore(GroupCommit):
                 self._settle(replica.abandon(f"node {self.node_id} no longer leads ({reason})"))
                 del self.leaders[tp]
         self.hosted = assigned
-        self._max_message_bytes = {}
-        self._compacted = {}
+        self._rules = {}
         with self.store.reader() as r:
             self.producers.load(r, new)
             self.txns.load(r, new)
@@ -295,14 +294,15 @@ class LeaderCore(GroupCommit):
                 ),
             )
         items = []
-        max_bytes = self._max_message_bytes
+        all_rules = self._rules
         for tp, batch in request.entries:
             try:
                 replica = self.leader_for(tp)
-                limit = max_bytes.get(tp)
-                if limit is None:
+                rules = all_rules.get(tp)
+                if rules is None:
                     # The topic's effective config is merged per call: once per assignment.
-                    limit = max_bytes[tp] = self.hosted[tp].max_message_bytes
+                    rules = all_rules[tp] = self.hosted[tp].produce_rules()
+                limit = rules.max_message_bytes
                 if len(batch) > limit:
                     raise MessageSizeTooLargeError(
                         f"batch of {len(batch)} bytes for {tp} exceeds max.message.bytes="
@@ -314,7 +314,7 @@ class LeaderCore(GroupCommit):
                     replica.check_enough_replicas()
                 header = batch_format.validate(batch)
                 batch_format.check_produced(header)
-                if self._is_compacted(tp) and not header.is_control:
+                if rules.compacted and not header.is_control:
                     check_keyed(tp, batch)
             except KvlogError as exc:
                 items.append(ProduceItem(tp, None, None, exc))
@@ -324,12 +324,6 @@ class LeaderCore(GroupCommit):
             StagedProduce(request.token, request.acks, items, request.timeout_ms, total)
         )
         return Result()
-
-    def _is_compacted(self, tp: TopicPartition) -> bool:
-        compacted = self._compacted.get(tp)
-        if compacted is None:  # the effective config is merged once per assignment
-            compacted = self._compacted[tp] = self.hosted[tp].compacted
-        return compacted
 
     def _flush_high_watermarks(self) -> None:
         """Persist moved high watermarks (they are also written with every commit)."""

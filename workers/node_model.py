@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from kvlog.errors import KvlogError
 from kvlog.topic_config import cleanup_policies, effective_topic_config
@@ -45,6 +45,13 @@ class NodePeer:
 # -- what the coordinator assigns ------------------------------------------------------------
 
 
+class ProduceRules(NamedTuple):
+    """A partition's topic config as the leader checks produced batches against it."""
+
+    max_message_bytes: int
+    compacted: bool  # cleanup.policy includes compact: records without a key are refused
+
+
 @dataclass
 class HostedPartition:
     """What this node knows about a partition it holds (from the coordinator)."""
@@ -57,14 +64,11 @@ class HostedPartition:
     config: dict[str, Any] = field(default_factory=dict)
     isr: list[int] = field(default_factory=list)
 
-    @property
-    def max_message_bytes(self) -> int:
-        return int(effective_topic_config(self.config)["max.message.bytes"])
-
-    @property
-    def compacted(self) -> bool:
-        """cleanup.policy includes compact: records without a key are refused."""
-        return "compact" in cleanup_policies(effective_topic_config(self.config))
+    def produce_rules(self) -> ProduceRules:
+        """What the leader checks a produced batch against (the effective config merged
+        once: the leader keeps this per assignment)."""
+        config = effective_topic_config(self.config)
+        return ProduceRules(int(config["max.message.bytes"]), "compact" in cleanup_policies(config))
 
     @property
     def min_insync_replicas(self) -> int:
@@ -350,6 +354,7 @@ __all__ = [
     "OffsetForLeaderEpochResponse",
     "Produce",
     "ProduceResponse",
+    "ProduceRules",
     "ProducedPartition",
     "TxnMarker",
     "Unanswered",
